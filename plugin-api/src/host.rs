@@ -1,0 +1,400 @@
+//! The host side of the ABI, made safe: [`PluginRef`] checks a descriptor's version and tables,
+//! [`Instance`] calls a plugin instance's entry points, and a [`Collector`] receives what the plugin
+//! emits. Used by the Sluice runtime and by the `testing` harness; it never loads libraries
+//! itself (the runtime does, and never unloads them).
+//!
+//! Every host callback runs under `catch_unwind`: a panicking [`Collector`] fails the call with a
+//! message instead of unwinding through the plugin's frames. A record the host refuses fails the
+//! call even when the plugin ignores the refusal, so nothing is dropped silently.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::abi::{self, Descriptor, Event, Host, OpenContext, Partition, PluginVTable, Record, Slice, Str};
+
+/// Why a descriptor cannot be used. Messages say what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DescriptorError {
+    /// The entry point returned a null descriptor.
+    Null,
+    /// Built for another ABI major version.
+    AbiMajor {
+        /// The plugin's ABI version.
+        found: (u32, u32),
+    },
+    /// The descriptor has no function table.
+    NullVTable,
+    /// The function table is smaller than ABI 1.0 requires.
+    VTableTooSmall {
+        /// The size the plugin declared.
+        size: usize,
+    },
+    /// A descriptor string is not UTF-8.
+    NotUtf8(&'static str),
+}
+
+impl fmt::Display for DescriptorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DescriptorError::Null => write!(f, "sluice_plugin_entry returned NULL"),
+            DescriptorError::AbiMajor { found: (major, minor) } => write!(
+                f,
+                "plugin built for ABI {major}.{minor}, this host speaks ABI {}.{}: rebuild the plugin against sluice-plugin-api {}.x",
+                abi::ABI_MAJOR,
+                abi::ABI_MINOR,
+                abi::ABI_MAJOR
+            ),
+            DescriptorError::NullVTable => write!(f, "the plugin descriptor has a NULL vtable"),
+            DescriptorError::VTableTooSmall { size } => write!(
+                f,
+                "the plugin vtable is {size} bytes, ABI {}.0 needs at least {}: rebuild the plugin against the current header",
+                abi::ABI_MAJOR,
+                MIN_VTABLE_SIZE
+            ),
+            DescriptorError::NotUtf8(field) => write!(f, "the plugin descriptor's {field} is not UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for DescriptorError {}
+
+/// Size of the ABI 1.0 plugin vtable: every 1.x plugin has at least these entries.
+pub const MIN_VTABLE_SIZE: usize = std::mem::size_of::<PluginVTable>();
+
+/// How a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The plugin returned an error with this message.
+    Failed(String),
+    /// The plugin panicked; the SDK caught it (message attached).
+    Panicked(String),
+    /// The host refused something the plugin emitted (unknown output, malformed record).
+    Refused(String),
+    /// The plugin broke the calling convention (unknown status, bad event index).
+    Protocol(String),
+}
+
+impl CallError {
+    /// The message without the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            CallError::Failed(m) | CallError::Panicked(m) | CallError::Refused(m) | CallError::Protocol(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Failed(m) => write!(f, "plugin error: {m}"),
+            CallError::Panicked(m) => write!(f, "plugin panic: {m}"),
+            CallError::Refused(m) => write!(f, "record refused: {m}"),
+            CallError::Protocol(m) => write!(f, "plugin broke the ABI contract: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// The kind of a per-event error reported by a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventErrorKind {
+    /// Undecodable or invalid input; retrying cannot help.
+    InvalidInput,
+    /// Processing failed; a retry may succeed.
+    Failed,
+}
+
+/// Why the host refused a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No output of that name.
+    UnknownOutput,
+    /// The record cannot be written (message says why).
+    Invalid(String),
+}
+
+/// Receives what a plugin emits during one call.
+pub trait Collector {
+    /// A record for `output` (already checked to be UTF-8, as are the header keys).
+    fn emit(&mut self, output: &str, record: &Record<'_>) -> Result<(), Refusal>;
+    /// The event at `index` of the current batch failed.
+    fn event_error(&mut self, index: usize, kind: EventErrorKind, message: &str);
+    /// A log line from the plugin (`abi::LOG_*` level).
+    fn log(&mut self, level: u32, message: &str);
+}
+
+/// A collector that refuses every record: for calls that must not emit.
+#[derive(Debug, Default)]
+pub struct NoOutputs;
+
+impl Collector for NoOutputs {
+    fn emit(&mut self, _output: &str, _record: &Record<'_>) -> Result<(), Refusal> {
+        Err(Refusal::Invalid("records cannot be emitted from this call".into()))
+    }
+    fn event_error(&mut self, _index: usize, _kind: EventErrorKind, _message: &str) {}
+    fn log(&mut self, _level: u32, _message: &str) {}
+}
+
+/// A checked plugin descriptor. Copyable: it points into a library that is never unloaded.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginRef {
+    descriptor: &'static Descriptor,
+    vtable: &'static PluginVTable,
+}
+
+impl PluginRef {
+    /// Checks a descriptor's ABI major version, table size and strings.
+    ///
+    /// # Safety
+    /// `descriptor` is null or points at a descriptor (and everything it references) that stays
+    /// valid for the rest of the process: the library is never unloaded.
+    pub unsafe fn new(descriptor: *const Descriptor) -> Result<Self, DescriptorError> {
+        if descriptor.is_null() {
+            return Err(DescriptorError::Null);
+        }
+        // SAFETY: non-null and 'static per this function's contract. Only the two leading fields,
+        // stable across every major version, are read before the major version is known.
+        let descriptor: &'static Descriptor = unsafe { &*descriptor };
+        if descriptor.abi_major != abi::ABI_MAJOR {
+            return Err(DescriptorError::AbiMajor { found: (descriptor.abi_major, descriptor.abi_minor) });
+        }
+        if descriptor.vtable.is_null() {
+            return Err(DescriptorError::NullVTable);
+        }
+        // SAFETY: non-null, 'static per this function's contract; its first field is its size.
+        let vtable: &'static PluginVTable = unsafe { &*descriptor.vtable };
+        if vtable.size < MIN_VTABLE_SIZE {
+            return Err(DescriptorError::VTableTooSmall { size: vtable.size });
+        }
+        for (field, value) in [
+            ("name", descriptor.name),
+            ("version", descriptor.version),
+            ("description", descriptor.description),
+            ("config_schema", descriptor.config_schema),
+        ] {
+            value.to_str().map_err(|_| DescriptorError::NotUtf8(field))?;
+        }
+        Ok(PluginRef { descriptor, vtable })
+    }
+
+    /// The raw descriptor.
+    pub fn descriptor(&self) -> &'static Descriptor {
+        self.descriptor
+    }
+    /// Plugin name.
+    pub fn name(&self) -> &'static str {
+        self.descriptor.name.to_str().unwrap_or_default()
+    }
+    /// Plugin version.
+    pub fn version(&self) -> &'static str {
+        self.descriptor.version.to_str().unwrap_or_default()
+    }
+    /// One-line description.
+    pub fn description(&self) -> &'static str {
+        self.descriptor.description.to_str().unwrap_or_default()
+    }
+    /// The config's JSON schema, if the plugin publishes one.
+    pub fn config_schema(&self) -> Option<&'static str> {
+        Some(self.descriptor.config_schema.to_str().unwrap_or_default()).filter(|s| !s.trim().is_empty())
+    }
+    /// The ABI version the plugin was built against.
+    pub fn abi_version(&self) -> (u32, u32) {
+        (self.descriptor.abi_major, self.descriptor.abi_minor)
+    }
+
+    /// Opens an instance with its JSON config (an object).
+    pub fn open(
+        &self,
+        config_json: &str,
+        context: &OpenContext<'_>,
+        collector: &mut dyn Collector,
+    ) -> Result<Instance, CallError> {
+        let mut ptr: *mut c_void = std::ptr::null_mut();
+        let open = self.vtable.open;
+        call(collector, 0, |host| {
+            // SAFETY: per the ABI: valid config, context, host and out-slot for the call.
+            unsafe { open(Str::new(config_json), context, host, &mut ptr) }
+        })?;
+        if ptr.is_null() {
+            return Err(CallError::Protocol("open returned OK but no instance".into()));
+        }
+        Ok(Instance { plugin: *self, ptr })
+    }
+}
+
+/// One open plugin instance. Closed on drop (errors then only logged to the collector-less void);
+/// call [`Instance::close`] to see them.
+#[derive(Debug)]
+pub struct Instance {
+    plugin: PluginRef,
+    ptr: *mut c_void,
+}
+
+// SAFETY: the ABI requires instances to be movable between threads (never called from two at
+// once, which `&mut self` on every call guarantees); the Rust SDK enforces `Pipeline: Send`.
+unsafe impl Send for Instance {}
+
+impl Instance {
+    /// The plugin this instance belongs to.
+    pub fn plugin(&self) -> &PluginRef {
+        &self.plugin
+    }
+
+    /// Processes a batch of events.
+    pub fn process(&mut self, events: &[Event<'_>], collector: &mut dyn Collector) -> Result<(), CallError> {
+        let (process, ptr) = (self.plugin.vtable.process, self.ptr);
+        call(collector, events.len(), |host| {
+            // SAFETY: live instance; events borrowed for the call.
+            unsafe { process(ptr, Slice::new(events), host) }
+        })
+    }
+
+    /// Tells the instance about newly assigned partitions.
+    pub fn assigned(&mut self, partitions: &[Partition<'_>], collector: &mut dyn Collector) -> Result<(), CallError> {
+        let (assigned, ptr) = (self.plugin.vtable.assigned, self.ptr);
+        // SAFETY: live instance; partitions borrowed for the call.
+        call(collector, 0, |host| unsafe { assigned(ptr, Slice::new(partitions), host) })
+    }
+
+    /// Tells the instance its partitions were revoked.
+    pub fn revoked(&mut self, partitions: &[Partition<'_>], collector: &mut dyn Collector) -> Result<(), CallError> {
+        let (revoked, ptr) = (self.plugin.vtable.revoked, self.ptr);
+        // SAFETY: live instance; partitions borrowed for the call.
+        call(collector, 0, |host| unsafe { revoked(ptr, Slice::new(partitions), host) })
+    }
+
+    /// Asks the instance to emit everything it buffers (before offsets are committed).
+    pub fn flush(&mut self, collector: &mut dyn Collector) -> Result<(), CallError> {
+        let (flush, ptr) = (self.plugin.vtable.flush, self.ptr);
+        // SAFETY: live instance.
+        call(collector, 0, |host| unsafe { flush(ptr, host) })
+    }
+
+    /// Closes the instance.
+    pub fn close(self, collector: &mut dyn Collector) -> Result<(), CallError> {
+        let this = std::mem::ManuallyDrop::new(self);
+        let (close, ptr) = (this.plugin.vtable.close, this.ptr);
+        // SAFETY: live instance, closed exactly once (Drop is skipped).
+        call(collector, 0, |host| unsafe { close(ptr, host) })
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let (close, ptr) = (self.plugin.vtable.close, self.ptr);
+        // SAFETY: live instance, closed exactly once (`close` skips this Drop).
+        let _ = call(&mut NoOutputs, 0, |host| unsafe { close(ptr, host) });
+    }
+}
+
+/// Per-call state behind `Host::ctx`.
+struct CallState<'c> {
+    collector: &'c mut dyn Collector,
+    batch_len: usize,
+    failure: Option<String>,
+    refused: Option<String>,
+    protocol: Option<String>,
+}
+
+fn call(collector: &mut dyn Collector, batch_len: usize, f: impl FnOnce(*const Host) -> abi::Status) -> Result<(), CallError> {
+    let mut state = CallState { collector, batch_len, failure: None, refused: None, protocol: None };
+    let host = Host {
+        size: std::mem::size_of::<Host>(),
+        ctx: (&raw mut state).cast(),
+        emit: host_emit,
+        event_error: host_event_error,
+        fail: host_fail,
+        log: host_log,
+    };
+    let status = f(&host);
+    if let Some(message) = state.protocol {
+        return Err(CallError::Protocol(message));
+    }
+    if let Some(message) = state.refused {
+        return Err(CallError::Refused(message));
+    }
+    let message = || state.failure.clone().unwrap_or_else(|| "the plugin gave no message".to_owned());
+    match status {
+        abi::STATUS_OK => Ok(()),
+        abi::STATUS_ERROR => Err(CallError::Failed(message())),
+        abi::STATUS_PANIC => Err(CallError::Panicked(message())),
+        other => Err(CallError::Protocol(format!("unknown status {other} ({})", message()))),
+    }
+}
+
+/// # Safety
+/// `ctx` is the `CallState` of the call in progress (the plugin passes back what it was given).
+unsafe fn state<'a>(ctx: *mut c_void) -> &'a mut CallState<'a> {
+    // SAFETY: per the contract above.
+    unsafe { &mut *ctx.cast::<CallState<'a>>() }
+}
+
+unsafe extern "C" fn host_emit(ctx: *mut c_void, record: *const Record<'_>) -> abi::Status {
+    // SAFETY: ctx comes from `call`.
+    let state = unsafe { state(ctx) };
+    if record.is_null() {
+        state.refused.get_or_insert_with(|| "emit called with a NULL record".into());
+        return abi::STATUS_INVALID_RECORD;
+    }
+    // SAFETY: non-null; the plugin keeps the record alive during emit.
+    let record = unsafe { &*record };
+    let Ok(output) = record.output_name().to_str() else {
+        state.refused.get_or_insert_with(|| "output name is not UTF-8".into());
+        return abi::STATUS_INVALID_RECORD;
+    };
+    if record.header_list().iter().any(|h| h.raw_key().to_str().is_err()) {
+        state.refused.get_or_insert_with(|| format!("a header key of a record for `{output}` is not UTF-8"));
+        return abi::STATUS_INVALID_RECORD;
+    }
+    match catch_unwind(AssertUnwindSafe(|| state.collector.emit(output, record))) {
+        Ok(Ok(())) => abi::STATUS_OK,
+        Ok(Err(Refusal::UnknownOutput)) => {
+            state.refused.get_or_insert_with(|| {
+                format!("the plugin emitted to output `{output}`, which the pipeline spec does not define: add it under `outputs:`")
+            });
+            abi::STATUS_UNKNOWN_OUTPUT
+        }
+        Ok(Err(Refusal::Invalid(why))) => {
+            state.refused.get_or_insert_with(|| format!("record for `{output}`: {why}"));
+            abi::STATUS_INVALID_RECORD
+        }
+        Err(_) => {
+            state.protocol.get_or_insert_with(|| format!("the host panicked writing a record for `{output}`"));
+            abi::STATUS_INVALID_RECORD
+        }
+    }
+}
+
+unsafe extern "C" fn host_event_error(ctx: *mut c_void, index: usize, kind: u32, message: Str<'_>) {
+    // SAFETY: ctx comes from `call`.
+    let state = unsafe { state(ctx) };
+    if index >= state.batch_len {
+        state.protocol.get_or_insert_with(|| {
+            format!("event error for index {index}, but the batch has {} events", state.batch_len)
+        });
+        return;
+    }
+    let kind = match kind {
+        abi::EVENT_ERROR_INVALID_INPUT => EventErrorKind::InvalidInput,
+        _ => EventErrorKind::Failed,
+    };
+    let message = message.to_string_lossy();
+    if catch_unwind(AssertUnwindSafe(|| state.collector.event_error(index, kind, &message))).is_err() {
+        state.protocol.get_or_insert_with(|| "the host panicked recording an event error".into());
+    }
+}
+
+unsafe extern "C" fn host_fail(ctx: *mut c_void, message: Str<'_>) {
+    // SAFETY: ctx comes from `call`.
+    let state = unsafe { state(ctx) };
+    state.failure = Some(message.to_string_lossy());
+}
+
+unsafe extern "C" fn host_log(ctx: *mut c_void, level: u32, message: Str<'_>) {
+    // SAFETY: ctx comes from `call`.
+    let state = unsafe { state(ctx) };
+    let message = message.to_string_lossy();
+    let _ = catch_unwind(AssertUnwindSafe(|| state.collector.log(level, &message)));
+}

@@ -1,0 +1,230 @@
+//! An in-process harness for plugin authors (`features = ["testing"]`): runs a [`Pipeline`]
+//! through the same C entry points and panic guards the real host uses, without a host.
+//!
+//! ```ignore
+//! let mut h = Harness::<MyPipeline>::open(serde_json::json!({"min_fare": 5.0}))?;
+//! let out = h.process(&[TestEvent::json(&serde_json::json!({"fare": 9.5}))])?;
+//! assert_eq!(out.records.len(), 1);
+//! ```
+
+use std::marker::PhantomData;
+
+use crate::abi::{Event, Header, OpenContext, Partition, Record};
+use crate::host::{CallError, Collector, EventErrorKind, Instance, PluginRef, Refusal};
+use crate::sdk::{Pipeline, shims};
+
+/// An input event owned by the test.
+#[derive(Debug, Clone)]
+pub struct TestEvent {
+    /// Topic (default `test`).
+    pub topic: String,
+    /// Partition (default 0).
+    pub partition: i32,
+    /// Offset (default: position in the batch).
+    pub offset: Option<i64>,
+    /// Event time, ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+    /// Key (`None`: null key).
+    pub key: Option<Vec<u8>>,
+    /// Payload (`None`: tombstone).
+    pub payload: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl TestEvent {
+    /// An event with this payload.
+    pub fn new(payload: impl Into<Vec<u8>>) -> Self {
+        TestEvent {
+            topic: "test".into(),
+            partition: 0,
+            offset: None,
+            timestamp_ms: None,
+            key: None,
+            payload: Some(payload.into()),
+            headers: Vec::new(),
+        }
+    }
+    /// An event whose payload is this JSON value.
+    pub fn json(value: &serde_json::Value) -> Self {
+        Self::new(value.to_string())
+    }
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+    /// Sets topic and partition.
+    pub fn at(mut self, topic: &str, partition: i32) -> Self {
+        self.topic = topic.into();
+        self.partition = partition;
+        self
+    }
+    /// Sets the offset.
+    pub fn offset(mut self, offset: i64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+    /// Sets the event time.
+    pub fn timestamp_ms(mut self, ts: i64) -> Self {
+        self.timestamp_ms = Some(ts);
+        self
+    }
+    /// Adds a header.
+    pub fn header(mut self, key: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// A record the plugin emitted, copied out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    /// Output name.
+    pub output: String,
+    /// Key (`None`: null key).
+    pub key: Option<Vec<u8>>,
+    /// Value (`None`: tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Requested partition.
+    pub partition: Option<i32>,
+}
+
+impl Emitted {
+    /// The value as UTF-8 text (empty for a tombstone).
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(self.value.as_deref().unwrap_or_default()).unwrap_or("<not utf-8>")
+    }
+    /// The value parsed as JSON (panics if it is not: this is for tests).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.value.as_deref().unwrap_or_default()).expect("emitted value is not JSON")
+    }
+}
+
+/// A per-event error the plugin reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Index of the event in the batch.
+    pub index: usize,
+    /// Kind.
+    pub kind: EventErrorKind,
+    /// Message.
+    pub message: String,
+}
+
+/// What one call produced.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// Emitted records, in order.
+    pub records: Vec<Emitted>,
+    /// Per-event errors.
+    pub errors: Vec<Failure>,
+    /// Log lines (level, message).
+    pub logs: Vec<(u32, String)>,
+}
+
+impl Outcome {
+    /// The records sent to `output`.
+    pub fn to(&self, output: &str) -> Vec<&Emitted> {
+        self.records.iter().filter(|r| r.output == output).collect()
+    }
+}
+
+impl Collector for Outcome {
+    fn emit(&mut self, output: &str, record: &Record<'_>) -> Result<(), Refusal> {
+        self.records.push(Emitted {
+            output: output.to_owned(),
+            key: record.key_bytes().map(<[u8]>::to_vec),
+            value: record.value_bytes().map(<[u8]>::to_vec),
+            headers: record.header_list().iter().map(|h| (h.key().to_owned(), h.value().to_vec())).collect(),
+            partition: record.partition_hint(),
+        });
+        Ok(())
+    }
+    fn event_error(&mut self, index: usize, kind: EventErrorKind, message: &str) {
+        self.errors.push(Failure { index, kind, message: message.to_owned() });
+    }
+    fn log(&mut self, level: u32, message: &str) {
+        self.logs.push((level, message.to_owned()));
+    }
+}
+
+/// Runs one instance of `P` in process.
+#[derive(Debug)]
+pub struct Harness<P> {
+    instance: Instance,
+    next_offset: i64,
+    _pipeline: PhantomData<P>,
+}
+
+impl<P: Pipeline> Harness<P> {
+    /// Opens an instance with this config (as it would appear in the spec's `plugin.config`).
+    pub fn open(config: serde_json::Value) -> Result<Self, CallError> {
+        // Leaked once per harness: the descriptor must be 'static, as in a real library.
+        let vtable = Box::leak(Box::new(shims::vtable::<P>()));
+        let descriptor = Box::leak(Box::new(shims::descriptor::<P>("harness", "0.0.0", vtable)));
+        // SAFETY: a descriptor made by the SDK for `P`, leaked so it lives forever.
+        let plugin = unsafe { PluginRef::new(descriptor) }.map_err(|e| CallError::Protocol(e.to_string()))?;
+        let mut outcome = Outcome::default();
+        let instance = plugin.open(&config.to_string(), &OpenContext::new("test", 0, 1), &mut outcome)?;
+        Ok(Harness { instance, next_offset: 0, _pipeline: PhantomData })
+    }
+
+    /// Processes a batch.
+    pub fn process(&mut self, events: &[TestEvent]) -> Result<Outcome, CallError> {
+        let headers: Vec<Vec<Header<'_>>> = events
+            .iter()
+            .map(|e| e.headers.iter().map(|(k, v)| Header::new(k, v)).collect())
+            .collect();
+        let mut raw = Vec::with_capacity(events.len());
+        for (event, headers) in events.iter().zip(&headers) {
+            let offset = event.offset.unwrap_or(self.next_offset);
+            self.next_offset = offset + 1;
+            let mut e = Event::new(&event.topic, event.partition, offset).with_headers(headers);
+            e = match &event.payload {
+                Some(p) => e.with_payload(p),
+                None => e.with_null_payload(),
+            };
+            if let Some(key) = &event.key {
+                e = e.with_key(key);
+            }
+            if let Some(ts) = event.timestamp_ms {
+                e = e.with_timestamp_ms(ts);
+            }
+            raw.push(e);
+        }
+        let mut outcome = Outcome::default();
+        self.instance.process(&raw, &mut outcome)?;
+        Ok(outcome)
+    }
+
+    /// Calls the assigned hook for `partitions` of `topic`.
+    pub fn assigned(&mut self, topic: &str, partitions: &[i32]) -> Result<Outcome, CallError> {
+        let parts: Vec<Partition<'_>> = partitions.iter().map(|p| Partition::new(topic, *p)).collect();
+        let mut outcome = Outcome::default();
+        self.instance.assigned(&parts, &mut outcome)?;
+        Ok(outcome)
+    }
+
+    /// Calls the revoked hook for `partitions` of `topic`.
+    pub fn revoked(&mut self, topic: &str, partitions: &[i32]) -> Result<Outcome, CallError> {
+        let parts: Vec<Partition<'_>> = partitions.iter().map(|p| Partition::new(topic, *p)).collect();
+        let mut outcome = Outcome::default();
+        self.instance.revoked(&parts, &mut outcome)?;
+        Ok(outcome)
+    }
+
+    /// Calls flush.
+    pub fn flush(&mut self) -> Result<Outcome, CallError> {
+        let mut outcome = Outcome::default();
+        self.instance.flush(&mut outcome)?;
+        Ok(outcome)
+    }
+
+    /// Closes the instance.
+    pub fn close(self) -> Result<(), CallError> {
+        self.instance.close(&mut Outcome::default())
+    }
+}

@@ -1,0 +1,151 @@
+//! The `sluice` command line: run and validate pipeline specs, inspect and scaffold plugins.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
+use crate::local::RunError;
+use crate::plugin::{LoadError, Plugin};
+use crate::{local, scaffold};
+
+/// Sluice: a plugin-based Kafka stream-processing runtime.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    /// Print full detail with errors (e.g. the complete ABI layout report).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline spec.
+    Run {
+        /// The pipeline spec (YAML).
+        #[arg(short = 'f', long = "file")]
+        spec: PathBuf,
+    },
+    /// Check a pipeline spec: parse it, load and verify its plugin, check the plugin config
+    /// against the plugin's schema.
+    Validate {
+        /// The pipeline spec (YAML).
+        #[arg(short = 'f', long = "file")]
+        spec: PathBuf,
+    },
+    /// Work with plugin libraries.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `sluice plugin ...`
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Load a plugin library and print its descriptor.
+    Inspect {
+        /// The shared library.
+        library: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a new plugin crate that builds and passes its tests out of the box.
+    New {
+        /// Crate name: lowercase letters, digits and dashes.
+        name: String,
+        /// Parent directory (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path of the sluice-plugin-api crate to depend on (default: the one this binary was built from).
+        #[arg(long)]
+        api_path: Option<PathBuf>,
+    },
+}
+
+/// Runs a parsed command line. Errors are one line; `--verbose` adds detail below it.
+pub fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { spec } => {
+            let spec = PipelineSpec::load(&spec)?;
+            let summary = local::run(&spec).map_err(|e| with_detail(e, cli.verbose))?;
+            eprintln!("sluice: pipeline {}: {summary}", spec.name);
+            Ok(())
+        }
+        Command::Validate { spec } => {
+            let spec = PipelineSpec::load(&spec)?;
+            let plugin = local::prepare(&spec).map_err(|e| with_detail(e, cli.verbose))?;
+            let SourceSpec::File(file) = &spec.source;
+            let input = spec.resolve(&file.path);
+            if input != Path::new("-") && !input.is_file() {
+                anyhow::bail!(
+                    "{}: source.file.path: {} does not exist: create it or fix the path",
+                    spec.file.display(),
+                    input.display()
+                );
+            }
+            let (major, minor) = plugin.plugin_ref().abi_version();
+            println!("ok: {}: pipeline {}", spec.file.display(), spec.name);
+            println!("  plugin   {} (ABI {major}.{minor}) from {}", plugin.label(), plugin.path().display());
+            println!("  source   file {}", input.display());
+            for (name, output) in &spec.outputs {
+                match output {
+                    OutputSpec::Stdout(_) => println!("  output   {name} -> stdout"),
+                    OutputSpec::File(f) => println!("  output   {name} -> file {}", spec.resolve(&f.path).display()),
+                }
+            }
+            Ok(())
+        }
+        Command::Plugin(PluginCommand::Inspect { library, json }) => {
+            let plugin = Plugin::load(&library, None).map_err(|e| with_detail(RunError::Load(e), cli.verbose))?;
+            let info = plugin.describe();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print_descriptor(&info);
+            }
+            Ok(())
+        }
+        Command::Plugin(PluginCommand::New { name, dir, api_path }) => {
+            let api = match api_path {
+                Some(path) => path,
+                None => scaffold::default_api_path().context(
+                    "cannot find the sluice-plugin-api sources this binary was built from: pass --api-path",
+                )?,
+            };
+            let created = scaffold::create(&name, &dir, &api)?;
+            println!("created {}", created.display());
+            println!("next: cd {} && cargo test && cargo build && sluice run -f pipeline.yaml", created.display());
+            Ok(())
+        }
+    }
+}
+
+fn with_detail(err: RunError, verbose: bool) -> anyhow::Error {
+    let detail = match &err {
+        RunError::Load(load @ LoadError::Layout { .. }) if verbose => load.detail().map(str::to_owned),
+        _ => None,
+    };
+    match detail {
+        Some(detail) => anyhow::anyhow!("{err}\n{detail}"),
+        None => err.into(),
+    }
+}
+
+fn print_descriptor(info: &serde_json::Value) {
+    let field = |key: &str| info[key].as_str().unwrap_or_default().to_owned();
+    println!("name         {}", field("name"));
+    println!("version      {}", field("version"));
+    println!("description  {}", field("description"));
+    println!("abi          {} ({} plugin)", field("abi_version"), field("language"));
+    println!("path         {}", field("path"));
+    println!("sha256       {}", field("sha256"));
+    match &info["config_schema"] {
+        serde_json::Value::Null => println!("config       no schema published"),
+        schema => println!("config       {}", serde_json::to_string_pretty(schema).unwrap_or_default().replace('\n', "\n             ")),
+    }
+}

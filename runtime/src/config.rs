@@ -1,0 +1,451 @@
+//! The pipeline spec: a YAML file naming the plugin, its source, its outputs and its error policy.
+//!
+//! Loading is strict: unknown fields are rejected, every error names the file with line and
+//! column, and `${VAR}` / `${VAR:-default}` are replaced from the environment before parsing
+//! (`$$` is a literal `$`), so secrets never have to be written into the file. Relative paths
+//! are resolved against the spec's own directory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a spec could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the pipeline spec: {source}")]
+    Read {
+        /// The spec path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `${VAR}` names a variable that is not set (and has no default).
+    #[error("{path}:{line}:{column}: environment variable `{var}` is not set: export it, or write `${{{var}:-default}}`")]
+    MissingVar {
+        /// The spec path.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The variable.
+        var: String,
+    },
+    /// `${...}` is malformed.
+    #[error("{path}:{line}:{column}: {message}")]
+    BadInterpolation {
+        /// The spec path.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The YAML does not parse into a spec.
+    #[error("{path}:{location}{message}")]
+    Parse {
+        /// The spec path.
+        path: PathBuf,
+        /// `line:column: `, or empty when unknown.
+        location: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// The spec parses but is inconsistent.
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        /// The spec path.
+        path: PathBuf,
+        /// The offending field, e.g. `source.file.batch-size`.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// A parsed and checked pipeline spec.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipelineSpec {
+    /// Pipeline name: shown in logs and passed to the plugin.
+    pub name: String,
+    /// The plugin library and its config.
+    pub plugin: PluginSpec,
+    /// Where events come from.
+    pub source: SourceSpec,
+    /// Named outputs the plugin emits to. Names are the ones the plugin uses.
+    pub outputs: BTreeMap<String, OutputSpec>,
+    /// What to do with events that fail.
+    #[serde(default)]
+    pub error_policy: ErrorPolicy,
+    /// Directory of the spec file; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The spec file.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+/// The plugin library.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginSpec {
+    /// Path of the shared library (`.so`), relative to the spec.
+    pub path: PathBuf,
+    /// Hex sha256 of the library file; when set, a different file is refused.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The plugin's config, passed to it as a JSON object and checked against its schema.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// Where events come from. Exactly one kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum SourceSpec {
+    /// Lines of a local file or stdin: for local runs and tests, no broker needed.
+    File(FileSourceSpec),
+}
+
+/// A local file (or stdin) read line by line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileSourceSpec {
+    /// The file, relative to the spec; `-` reads stdin.
+    pub path: PathBuf,
+    /// How each line becomes an event.
+    #[serde(default)]
+    pub format: LineFormat,
+    /// Topic name the plugin sees (default: the file's stem, or `stdin`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// `json-lines` only: top-level field whose value becomes the event key.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// `json-lines` only: top-level field holding the event time in ms since the epoch.
+    #[serde(default)]
+    pub timestamp_field: Option<String>,
+    /// Events per plugin call.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_batch_size() -> usize {
+    256
+}
+
+/// How a line becomes an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LineFormat {
+    /// Each line is a JSON value (checked before it reaches the plugin).
+    #[default]
+    JsonLines,
+    /// Each line is passed as-is.
+    Lines,
+}
+
+/// One named output. Exactly one kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum OutputSpec {
+    /// Standard output.
+    Stdout(StdoutOutputSpec),
+    /// A local file (created or truncated).
+    File(FileOutputSpec),
+}
+
+/// Standard output.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StdoutOutputSpec {
+    /// How records are written.
+    #[serde(default)]
+    pub format: RecordFormat,
+}
+
+/// A local file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileOutputSpec {
+    /// The file, relative to the spec.
+    pub path: PathBuf,
+    /// How records are written.
+    #[serde(default)]
+    pub format: RecordFormat,
+}
+
+/// How a record is written to a local output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordFormat {
+    /// The value bytes and a newline (tombstones: an empty line).
+    #[default]
+    Value,
+    /// One JSON object per record: output, key, value, headers, partition.
+    Json,
+}
+
+/// What happens to an event that fails, per failure class.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ErrorPolicy {
+    /// Input the source cannot decode (e.g. a line that is not JSON).
+    #[serde(default)]
+    pub invalid_input: Action,
+    /// An event the plugin reports as failed or invalid.
+    #[serde(default)]
+    pub event_error: Action,
+}
+
+/// What to do with a failed event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Stop the pipeline with an error; nothing past the event counts as done.
+    #[default]
+    Fail,
+    /// Log and count the event, then go on.
+    Skip,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Fail => "fail",
+            Action::Skip => "skip",
+        })
+    }
+}
+
+impl PipelineSpec {
+    /// Reads, interpolates, parses and checks a spec file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path, |name| std::env::var(name).ok())
+    }
+
+    /// Parses spec text as if read from `path`, looking variables up with `env`.
+    pub fn parse(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = interpolate(text, path, env)?;
+        let mut spec: PipelineSpec = serde_yaml_ng::from_str(&text).map_err(|err| {
+            let message = err.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(at) if err.location().is_some() => message[..at].to_owned(),
+                _ => message,
+            };
+            ConfigError::Parse {
+                path: path.into(),
+                location: err.location().map(|l| format!("{}:{}: ", l.line(), l.column())).unwrap_or_default(),
+                message,
+            }
+        })?;
+        spec.file = path.into();
+        spec.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        spec.check()?;
+        Ok(spec)
+    }
+
+    fn invalid(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { path: self.file.clone(), field: field.into(), message: message.into() }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.name.trim().is_empty() {
+            return Err(self.invalid("name", "must not be empty"));
+        }
+        if !self.plugin.config.is_object() {
+            return Err(self.invalid("plugin.config", "must be a mapping (key: value pairs)"));
+        }
+        if let Some(sha) = &self.plugin.sha256 {
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(self.invalid("plugin.sha256", "must be 64 hex digits (as printed by `sha256sum`)"));
+            }
+        }
+        if self.outputs.is_empty() {
+            return Err(self.invalid("outputs", "define at least one output"));
+        }
+        match &self.source {
+            SourceSpec::File(file) => {
+                if file.batch_size == 0 || file.batch_size > 65_536 {
+                    return Err(self.invalid("source.file.batch-size", "must be between 1 and 65536"));
+                }
+                if file.format == LineFormat::Lines && (file.key_field.is_some() || file.timestamp_field.is_some()) {
+                    return Err(self.invalid(
+                        "source.file",
+                        "key-field and timestamp-field need `format: json-lines`",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A path from the spec, resolved against the spec's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() || path == Path::new("-") { path.to_path_buf() } else { self.base_dir.join(path) }
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in `text`; `$$` stands for `$`. Values may not contain
+/// newlines (they would change the YAML's structure and its line numbers).
+fn interpolate(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let column = line.len() - rest.len() + at + 1;
+            let here = |message: String| ConfigError::BadInterpolation {
+                path: path.into(),
+                line: line_no + 1,
+                column,
+                message,
+            };
+            let after = &rest[at + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                out.push('$');
+                rest = tail;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let end = body.find('}').ok_or_else(|| here("`${` without a closing `}`".into()))?;
+                let expr = &body[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (expr, None),
+                };
+                let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(here(format!(
+                        "`${{{expr}}}` is not a variable reference: use ${{NAME}} or ${{NAME:-default}}, and $$ for a literal $"
+                    )));
+                }
+                let value = match (env(name), default) {
+                    (Some(value), _) => value,
+                    (None, Some(default)) => default.to_owned(),
+                    (None, None) => {
+                        return Err(ConfigError::MissingVar {
+                            path: path.into(),
+                            line: line_no + 1,
+                            column,
+                            var: name.into(),
+                        });
+                    }
+                };
+                if value.contains('\n') || value.contains('\r') {
+                    return Err(here(format!("environment variable `{name}` contains a newline, which a spec value cannot hold")));
+                }
+                out.push_str(&value);
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = "\
+name: demo
+plugin:
+  path: ${PLUGIN_DIR:-lib}/libdemo.so
+  config:
+    min_fare: 5
+source:
+  file:
+    path: events.jsonl
+    key-field: id
+outputs:
+  out:
+    stdout: {}
+";
+
+    fn parse(text: &str) -> Result<PipelineSpec, ConfigError> {
+        PipelineSpec::parse(text, Path::new("/specs/p.yaml"), |name| match name {
+            "SECRET" => Some("s3cr$t".into()),
+            "MULTI" => Some("a\nb".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let spec = parse(SPEC).unwrap();
+        assert_eq!(spec.resolve(&spec.plugin.path), Path::new("/specs/lib/libdemo.so"));
+        assert_eq!(spec.plugin.config["min_fare"], 5);
+        let SourceSpec::File(file) = &spec.source;
+        assert_eq!(file.batch_size, 256);
+        assert_eq!(file.key_field.as_deref(), Some("id"));
+        assert_eq!(spec.error_policy.event_error, Action::Fail);
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_column() {
+        let err = parse(&SPEC.replace("key-field", "key-feild")).unwrap_err().to_string();
+        assert!(err.starts_with("/specs/p.yaml:9:5: "), "{err}");
+        assert!(err.contains("unknown field `key-feild`"), "{err}");
+        assert!(!err.contains(" at line "), "{err}");
+    }
+
+    #[test]
+    fn interpolates_environment_and_escapes() {
+        let text = SPEC.replace("name: demo", "name: \"${SECRET}-$${HOME}\"");
+        assert_eq!(parse(&text).unwrap().name, "s3cr$t-${HOME}");
+    }
+
+    #[test]
+    fn missing_variable_names_it_and_its_place() {
+        let err = parse(&SPEC.replace("${PLUGIN_DIR:-lib}", "${PLUGIN_DIR}")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml:3:9: environment variable `PLUGIN_DIR` is not set: export it, or write `${PLUGIN_DIR:-default}`"
+        );
+    }
+
+    #[test]
+    fn rejects_newlines_and_malformed_references() {
+        let err = parse(&SPEC.replace("name: demo", "name: ${MULTI}")).unwrap_err().to_string();
+        assert!(err.contains("`MULTI` contains a newline"), "{err}");
+        let err = parse(&SPEC.replace("name: demo", "name: ${not valid}")).unwrap_err().to_string();
+        assert!(err.starts_with("/specs/p.yaml:1:7: `${not valid}` is not a variable reference"), "{err}");
+        let err = parse(&SPEC.replace("name: demo", "name: ${OPEN")).unwrap_err().to_string();
+        assert!(err.contains("without a closing"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_checks_name_the_field() {
+        let err = parse(&SPEC.replace("key-field: id", "batch-size: 0")).unwrap_err().to_string();
+        assert_eq!(err, "/specs/p.yaml: source.file.batch-size: must be between 1 and 65536");
+        let err = parse(&SPEC.replace("key-field: id", "key-field: id\n    format: lines")).unwrap_err().to_string();
+        assert!(err.contains("source.file: key-field and timestamp-field need `format: json-lines`"), "{err}");
+        let err = parse(&SPEC.replace("  path: ${PLUGIN_DIR:-lib}/libdemo.so", "  path: x.so\n  sha256: abc"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plugin.sha256: must be 64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn unknown_source_kind_is_rejected() {
+        let err = parse(&SPEC.replace("  file:\n    path: events.jsonl", "  kafkaa:\n    path: events.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `kafkaa`"), "{err}");
+    }
+}

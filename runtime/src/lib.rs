@@ -1,0 +1,11 @@
+//! The Sluice runtime: loads a pipeline plugin, feeds it events from a source, routes what it
+//! emits to outputs, and applies the pipeline's error policy. `main.rs` is a thin shell over
+//! [`cli`]; everything is here so tests can use it.
+
+pub mod cli;
+pub mod config;
+pub mod local;
+pub mod plugin;
+pub mod scaffold;
+pub mod sink;
+pub mod source;
