@@ -158,7 +158,14 @@ typedef struct sluice_plugin_descriptor {
 
 #define SLUICE_STR(literal) ((sluice_str){(literal), sizeof(literal) - 1})
 
-const sluice_plugin_descriptor *sluice_plugin_entry(void);
+#if defined(_WIN32)
+#define SLUICE_EXPORT __declspec(dllexport)
+#else
+#define SLUICE_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* The one symbol a plugin exports (visible even under -fvisibility=hidden). */
+SLUICE_EXPORT const sluice_plugin_descriptor *sluice_plugin_entry(void);
 
 #ifdef __cplusplus
 }

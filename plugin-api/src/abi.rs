@@ -77,11 +77,19 @@ impl<T> Copy for Slice<'_, T> {}
 
 impl<'a, T> Slice<'a, T> {
     /// The empty slice, `{NULL, 0}`.
-    pub const EMPTY: Self = Slice { ptr: std::ptr::null(), len: 0, _borrow: PhantomData };
+    pub const EMPTY: Self = Slice {
+        ptr: std::ptr::null(),
+        len: 0,
+        _borrow: PhantomData,
+    };
 
     /// Borrows a Rust slice.
     pub const fn new(items: &'a [T]) -> Self {
-        Slice { ptr: items.as_ptr(), len: items.len(), _borrow: PhantomData }
+        Slice {
+            ptr: items.as_ptr(),
+            len: items.len(),
+            _borrow: PhantomData,
+        }
     }
 
     /// The items, empty for `{NULL, 0}`.
@@ -125,11 +133,15 @@ pub struct Str<'a> {
 
 impl<'a> Str<'a> {
     /// The empty string, `{NULL, 0}`.
-    pub const EMPTY: Self = Str { bytes: Slice::EMPTY };
+    pub const EMPTY: Self = Str {
+        bytes: Slice::EMPTY,
+    };
 
     /// Borrows a Rust string.
     pub const fn new(s: &'a str) -> Self {
-        Str { bytes: Slice::new(s.as_bytes()) }
+        Str {
+            bytes: Slice::new(s.as_bytes()),
+        }
     }
 
     /// The raw bytes (no UTF-8 check).
@@ -165,7 +177,10 @@ pub struct Header<'a> {
 impl<'a> Header<'a> {
     /// A header borrowing its key and value.
     pub const fn new(key: &'a str, value: &'a [u8]) -> Self {
-        Header { key: Str::new(key), value: Slice::new(value) }
+        Header {
+            key: Str::new(key),
+            value: Slice::new(value),
+        }
     }
     /// The header's key (lossy for non-UTF-8 keys from C plugins: see [`Str::to_str`]).
     pub fn key(&self) -> &'a str {
@@ -256,11 +271,19 @@ impl<'a> Event<'a> {
     }
     /// Event time in milliseconds since the Unix epoch, `None` when the source has none.
     pub const fn timestamp_ms(&self) -> Option<i64> {
-        if self.timestamp_ms < 0 { None } else { Some(self.timestamp_ms) }
+        if self.timestamp_ms < 0 {
+            None
+        } else {
+            Some(self.timestamp_ms)
+        }
     }
     /// The key, `None` for a null key.
     pub fn key(&self) -> Option<&'a [u8]> {
-        if self.flags & FLAG_KEY_NULL != 0 { None } else { Some(self.key.as_slice()) }
+        if self.flags & FLAG_KEY_NULL != 0 {
+            None
+        } else {
+            Some(self.key.as_slice())
+        }
     }
     /// The payload (empty for a tombstone: see [`Event::is_tombstone`]).
     pub fn payload(&self) -> &'a [u8] {
@@ -276,7 +299,10 @@ impl<'a> Event<'a> {
     }
     /// The value of the first header named `key`.
     pub fn header(&self, key: &str) -> Option<&'a [u8]> {
-        self.headers().iter().find(|h| h.key() == key).map(|h| h.value())
+        self.headers()
+            .iter()
+            .find(|h| h.key() == key)
+            .map(|h| h.value())
     }
 }
 
@@ -340,11 +366,19 @@ impl<'a> Record<'a> {
     }
     /// The key, `None` for a null key.
     pub fn key_bytes(&self) -> Option<&'a [u8]> {
-        if self.flags & FLAG_KEY_NULL != 0 { None } else { Some(self.key.as_slice()) }
+        if self.flags & FLAG_KEY_NULL != 0 {
+            None
+        } else {
+            Some(self.key.as_slice())
+        }
     }
     /// The value, `None` for a tombstone.
     pub fn value_bytes(&self) -> Option<&'a [u8]> {
-        if self.flags & FLAG_VALUE_NULL != 0 { None } else { Some(self.value.as_slice()) }
+        if self.flags & FLAG_VALUE_NULL != 0 {
+            None
+        } else {
+            Some(self.value.as_slice())
+        }
     }
     /// The headers.
     pub fn header_list(&self) -> &'a [Header<'a>] {
@@ -352,7 +386,11 @@ impl<'a> Record<'a> {
     }
     /// The requested partition, `None` when the sink chooses.
     pub const fn partition_hint(&self) -> Option<i32> {
-        if self.partition < 0 { None } else { Some(self.partition) }
+        if self.partition < 0 {
+            None
+        } else {
+            Some(self.partition)
+        }
     }
 }
 
@@ -367,7 +405,10 @@ pub struct Partition<'a> {
 impl<'a> Partition<'a> {
     /// A topic partition.
     pub const fn new(topic: &'a str, partition: i32) -> Self {
-        Partition { topic: Str::new(topic), partition }
+        Partition {
+            topic: Str::new(topic),
+            partition,
+        }
     }
     /// The topic.
     pub fn topic(&self) -> &'a str {
@@ -391,7 +432,11 @@ pub struct OpenContext<'a> {
 impl<'a> OpenContext<'a> {
     /// A context for worker `worker_id` of `worker_count` in the named pipeline.
     pub const fn new(pipeline: &'a str, worker_id: u32, worker_count: u32) -> Self {
-        OpenContext { pipeline: Str::new(pipeline), worker_id, worker_count }
+        OpenContext {
+            pipeline: Str::new(pipeline),
+            worker_id,
+            worker_count,
+        }
     }
     /// The pipeline's name from its spec.
     pub fn pipeline(&self) -> &'a str {
@@ -438,7 +483,8 @@ pub struct Host {
     pub emit: unsafe extern "C" fn(ctx: *mut c_void, record: *const Record<'_>) -> Status,
     /// Reports that the event at `index` of the current `process` batch failed, with an
     /// `EVENT_ERROR_*` kind. The host applies its error policy to that event alone.
-    pub event_error: unsafe extern "C" fn(ctx: *mut c_void, index: usize, kind: u32, message: Str<'_>),
+    pub event_error:
+        unsafe extern "C" fn(ctx: *mut c_void, index: usize, kind: u32, message: Str<'_>),
     /// Sets the message of a failing call; call it before returning [`STATUS_ERROR`].
     pub fail: unsafe extern "C" fn(ctx: *mut c_void, message: Str<'_>),
     /// Writes a line to the host's log at a `LOG_*` level.
@@ -460,8 +506,11 @@ pub struct PluginVTable {
         instance: *mut *mut c_void,
     ) -> Status,
     /// Processes a batch of events, emitting records and per-event errors through `host`.
-    pub process:
-        unsafe extern "C" fn(instance: *mut c_void, events: Slice<'_, Event<'_>>, host: *const Host) -> Status,
+    pub process: unsafe extern "C" fn(
+        instance: *mut c_void,
+        events: Slice<'_, Event<'_>>,
+        host: *const Host,
+    ) -> Status,
     /// Partitions newly assigned to this instance.
     pub assigned: unsafe extern "C" fn(
         instance: *mut c_void,

@@ -11,7 +11,9 @@ use std::ffi::c_void;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::abi::{self, Descriptor, Event, Host, OpenContext, Partition, PluginVTable, Record, Slice, Str};
+use crate::abi::{
+    self, Descriptor, Event, Host, OpenContext, Partition, PluginVTable, Record, Slice, Str,
+};
 
 /// Why a descriptor cannot be used. Messages say what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +40,9 @@ impl fmt::Display for DescriptorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DescriptorError::Null => write!(f, "sluice_plugin_entry returned NULL"),
-            DescriptorError::AbiMajor { found: (major, minor) } => write!(
+            DescriptorError::AbiMajor {
+                found: (major, minor),
+            } => write!(
                 f,
                 "plugin built for ABI {major}.{minor}, this host speaks ABI {}.{}: rebuild the plugin against sluice-plugin-api {}.x",
                 abi::ABI_MAJOR,
@@ -52,7 +56,9 @@ impl fmt::Display for DescriptorError {
                 abi::ABI_MAJOR,
                 MIN_VTABLE_SIZE
             ),
-            DescriptorError::NotUtf8(field) => write!(f, "the plugin descriptor's {field} is not UTF-8"),
+            DescriptorError::NotUtf8(field) => {
+                write!(f, "the plugin descriptor's {field} is not UTF-8")
+            }
         }
     }
 }
@@ -79,7 +85,10 @@ impl CallError {
     /// The message without the kind.
     pub fn message(&self) -> &str {
         match self {
-            CallError::Failed(m) | CallError::Panicked(m) | CallError::Refused(m) | CallError::Protocol(m) => m,
+            CallError::Failed(m)
+            | CallError::Panicked(m)
+            | CallError::Refused(m)
+            | CallError::Protocol(m) => m,
         }
     }
 }
@@ -131,7 +140,9 @@ pub struct NoOutputs;
 
 impl Collector for NoOutputs {
     fn emit(&mut self, _output: &str, _record: &Record<'_>) -> Result<(), Refusal> {
-        Err(Refusal::Invalid("records cannot be emitted from this call".into()))
+        Err(Refusal::Invalid(
+            "records cannot be emitted from this call".into(),
+        ))
     }
     fn event_error(&mut self, _index: usize, _kind: EventErrorKind, _message: &str) {}
     fn log(&mut self, _level: u32, _message: &str) {}
@@ -158,7 +169,9 @@ impl PluginRef {
         // stable across every major version, are read before the major version is known.
         let descriptor: &'static Descriptor = unsafe { &*descriptor };
         if descriptor.abi_major != abi::ABI_MAJOR {
-            return Err(DescriptorError::AbiMajor { found: (descriptor.abi_major, descriptor.abi_minor) });
+            return Err(DescriptorError::AbiMajor {
+                found: (descriptor.abi_major, descriptor.abi_minor),
+            });
         }
         if descriptor.vtable.is_null() {
             return Err(DescriptorError::NullVTable);
@@ -174,7 +187,9 @@ impl PluginRef {
             ("description", descriptor.description),
             ("config_schema", descriptor.config_schema),
         ] {
-            value.to_str().map_err(|_| DescriptorError::NotUtf8(field))?;
+            value
+                .to_str()
+                .map_err(|_| DescriptorError::NotUtf8(field))?;
         }
         Ok(PluginRef { descriptor, vtable })
     }
@@ -197,7 +212,8 @@ impl PluginRef {
     }
     /// The config's JSON schema, if the plugin publishes one.
     pub fn config_schema(&self) -> Option<&'static str> {
-        Some(self.descriptor.config_schema.to_str().unwrap_or_default()).filter(|s| !s.trim().is_empty())
+        Some(self.descriptor.config_schema.to_str().unwrap_or_default())
+            .filter(|s| !s.trim().is_empty())
     }
     /// The ABI version the plugin was built against.
     pub fn abi_version(&self) -> (u32, u32) {
@@ -218,7 +234,9 @@ impl PluginRef {
             unsafe { open(Str::new(config_json), context, host, &mut ptr) }
         })?;
         if ptr.is_null() {
-            return Err(CallError::Protocol("open returned OK but no instance".into()));
+            return Err(CallError::Protocol(
+                "open returned OK but no instance".into(),
+            ));
         }
         Ok(Instance { plugin: *self, ptr })
     }
@@ -243,7 +261,11 @@ impl Instance {
     }
 
     /// Processes a batch of events.
-    pub fn process(&mut self, events: &[Event<'_>], collector: &mut dyn Collector) -> Result<(), CallError> {
+    pub fn process(
+        &mut self,
+        events: &[Event<'_>],
+        collector: &mut dyn Collector,
+    ) -> Result<(), CallError> {
         let (process, ptr) = (self.plugin.vtable.process, self.ptr);
         call(collector, events.len(), |host| {
             // SAFETY: live instance; events borrowed for the call.
@@ -252,17 +274,29 @@ impl Instance {
     }
 
     /// Tells the instance about newly assigned partitions.
-    pub fn assigned(&mut self, partitions: &[Partition<'_>], collector: &mut dyn Collector) -> Result<(), CallError> {
+    pub fn assigned(
+        &mut self,
+        partitions: &[Partition<'_>],
+        collector: &mut dyn Collector,
+    ) -> Result<(), CallError> {
         let (assigned, ptr) = (self.plugin.vtable.assigned, self.ptr);
         // SAFETY: live instance; partitions borrowed for the call.
-        call(collector, 0, |host| unsafe { assigned(ptr, Slice::new(partitions), host) })
+        call(collector, 0, |host| unsafe {
+            assigned(ptr, Slice::new(partitions), host)
+        })
     }
 
     /// Tells the instance its partitions were revoked.
-    pub fn revoked(&mut self, partitions: &[Partition<'_>], collector: &mut dyn Collector) -> Result<(), CallError> {
+    pub fn revoked(
+        &mut self,
+        partitions: &[Partition<'_>],
+        collector: &mut dyn Collector,
+    ) -> Result<(), CallError> {
         let (revoked, ptr) = (self.plugin.vtable.revoked, self.ptr);
         // SAFETY: live instance; partitions borrowed for the call.
-        call(collector, 0, |host| unsafe { revoked(ptr, Slice::new(partitions), host) })
+        call(collector, 0, |host| unsafe {
+            revoked(ptr, Slice::new(partitions), host)
+        })
     }
 
     /// Asks the instance to emit everything it buffers (before offsets are committed).
@@ -298,8 +332,18 @@ struct CallState<'c> {
     protocol: Option<String>,
 }
 
-fn call(collector: &mut dyn Collector, batch_len: usize, f: impl FnOnce(*const Host) -> abi::Status) -> Result<(), CallError> {
-    let mut state = CallState { collector, batch_len, failure: None, refused: None, protocol: None };
+fn call(
+    collector: &mut dyn Collector,
+    batch_len: usize,
+    f: impl FnOnce(*const Host) -> abi::Status,
+) -> Result<(), CallError> {
+    let mut state = CallState {
+        collector,
+        batch_len,
+        failure: None,
+        refused: None,
+        protocol: None,
+    };
     let host = Host {
         size: std::mem::size_of::<Host>(),
         ctx: (&raw mut state).cast(),
@@ -315,12 +359,20 @@ fn call(collector: &mut dyn Collector, batch_len: usize, f: impl FnOnce(*const H
     if let Some(message) = state.refused {
         return Err(CallError::Refused(message));
     }
-    let message = || state.failure.clone().unwrap_or_else(|| "the plugin gave no message".to_owned());
+    let message = || {
+        state
+            .failure
+            .clone()
+            .unwrap_or_else(|| "the plugin gave no message".to_owned())
+    };
     match status {
         abi::STATUS_OK => Ok(()),
         abi::STATUS_ERROR => Err(CallError::Failed(message())),
         abi::STATUS_PANIC => Err(CallError::Panicked(message())),
-        other => Err(CallError::Protocol(format!("unknown status {other} ({})", message()))),
+        other => Err(CallError::Protocol(format!(
+            "unknown status {other} ({})",
+            message()
+        ))),
     }
 }
 
@@ -335,17 +387,27 @@ unsafe extern "C" fn host_emit(ctx: *mut c_void, record: *const Record<'_>) -> a
     // SAFETY: ctx comes from `call`.
     let state = unsafe { state(ctx) };
     if record.is_null() {
-        state.refused.get_or_insert_with(|| "emit called with a NULL record".into());
+        state
+            .refused
+            .get_or_insert_with(|| "emit called with a NULL record".into());
         return abi::STATUS_INVALID_RECORD;
     }
     // SAFETY: non-null; the plugin keeps the record alive during emit.
     let record = unsafe { &*record };
     let Ok(output) = record.output_name().to_str() else {
-        state.refused.get_or_insert_with(|| "output name is not UTF-8".into());
+        state
+            .refused
+            .get_or_insert_with(|| "output name is not UTF-8".into());
         return abi::STATUS_INVALID_RECORD;
     };
-    if record.header_list().iter().any(|h| h.raw_key().to_str().is_err()) {
-        state.refused.get_or_insert_with(|| format!("a header key of a record for `{output}` is not UTF-8"));
+    if record
+        .header_list()
+        .iter()
+        .any(|h| h.raw_key().to_str().is_err())
+    {
+        state
+            .refused
+            .get_or_insert_with(|| format!("a header key of a record for `{output}` is not UTF-8"));
         return abi::STATUS_INVALID_RECORD;
     }
     match catch_unwind(AssertUnwindSafe(|| state.collector.emit(output, record))) {
@@ -357,11 +419,15 @@ unsafe extern "C" fn host_emit(ctx: *mut c_void, record: *const Record<'_>) -> a
             abi::STATUS_UNKNOWN_OUTPUT
         }
         Ok(Err(Refusal::Invalid(why))) => {
-            state.refused.get_or_insert_with(|| format!("record for `{output}`: {why}"));
+            state
+                .refused
+                .get_or_insert_with(|| format!("record for `{output}`: {why}"));
             abi::STATUS_INVALID_RECORD
         }
         Err(_) => {
-            state.protocol.get_or_insert_with(|| format!("the host panicked writing a record for `{output}`"));
+            state.protocol.get_or_insert_with(|| {
+                format!("the host panicked writing a record for `{output}`")
+            });
             abi::STATUS_INVALID_RECORD
         }
     }
@@ -372,7 +438,10 @@ unsafe extern "C" fn host_event_error(ctx: *mut c_void, index: usize, kind: u32,
     let state = unsafe { state(ctx) };
     if index >= state.batch_len {
         state.protocol.get_or_insert_with(|| {
-            format!("event error for index {index}, but the batch has {} events", state.batch_len)
+            format!(
+                "event error for index {index}, but the batch has {} events",
+                state.batch_len
+            )
         });
         return;
     }
@@ -381,8 +450,14 @@ unsafe extern "C" fn host_event_error(ctx: *mut c_void, index: usize, kind: u32,
         _ => EventErrorKind::Failed,
     };
     let message = message.to_string_lossy();
-    if catch_unwind(AssertUnwindSafe(|| state.collector.event_error(index, kind, &message))).is_err() {
-        state.protocol.get_or_insert_with(|| "the host panicked recording an event error".into());
+    if catch_unwind(AssertUnwindSafe(|| {
+        state.collector.event_error(index, kind, &message)
+    }))
+    .is_err()
+    {
+        state
+            .protocol
+            .get_or_insert_with(|| "the host panicked recording an event error".into());
     }
 }
 

@@ -19,7 +19,9 @@ pub struct Error {
 impl Error {
     /// An error with this message.
     pub fn msg(message: impl fmt::Display) -> Self {
-        Error { message: message.to_string() }
+        Error {
+            message: message.to_string(),
+        }
     }
     /// The message.
     pub fn message(&self) -> &str {
@@ -155,15 +157,20 @@ impl<'h> Output<'h> {
         let status = unsafe { (self.host.emit)(self.host.ctx, &record) };
         match status {
             abi::STATUS_OK => Ok(()),
-            abi::STATUS_UNKNOWN_OUTPUT => {
-                Err(EmitError::UnknownOutput(record.output_name().to_string_lossy()))
-            }
+            abi::STATUS_UNKNOWN_OUTPUT => Err(EmitError::UnknownOutput(
+                record.output_name().to_string_lossy(),
+            )),
             other => Err(EmitError::Rejected(other)),
         }
     }
 
     /// Shorthand: emits `value` with `key` to `output`.
-    pub fn send(&mut self, output: &str, key: Option<&[u8]>, value: &[u8]) -> Result<(), EmitError> {
+    pub fn send(
+        &mut self,
+        output: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<(), EmitError> {
         let record = Record::to(output).value(value);
         self.emit(match key {
             Some(key) => record.key(key),
@@ -242,12 +249,20 @@ pub trait Pipeline: Sized + Send + 'static {
     }
 
     /// Partitions assigned to this instance.
-    fn assigned(&mut self, _partitions: &[Partition<'_>], _out: &mut Output<'_>) -> Result<(), Error> {
+    fn assigned(
+        &mut self,
+        _partitions: &[Partition<'_>],
+        _out: &mut Output<'_>,
+    ) -> Result<(), Error> {
         Ok(())
     }
 
     /// Partitions revoked from this instance: emit what is buffered for them.
-    fn revoked(&mut self, _partitions: &[Partition<'_>], _out: &mut Output<'_>) -> Result<(), Error> {
+    fn revoked(
+        &mut self,
+        _partitions: &[Partition<'_>],
+        _out: &mut Output<'_>,
+    ) -> Result<(), Error> {
         Ok(())
     }
 
@@ -263,7 +278,11 @@ pub trait Pipeline: Sized + Send + 'static {
 }
 
 /// Reports a per-event error to the host; a fatal one is returned to fail the call.
-pub fn report_event_error(out: &mut Output<'_>, index: usize, err: EventError) -> Result<(), Error> {
+pub fn report_event_error(
+    out: &mut Output<'_>,
+    index: usize,
+    err: EventError,
+) -> Result<(), Error> {
     let (kind, message) = match err {
         EventError::Invalid(message) => (abi::EVENT_ERROR_INVALID_INPUT, message),
         EventError::Failed(message) => (abi::EVENT_ERROR_FAILED, message),
@@ -311,7 +330,8 @@ pub mod shims {
             Err(payload) => {
                 let message = panic_message(&*payload);
                 // Dropping a payload can panic too; keep that from unwinding out of here.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+                let _ =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
                 fail(host, &format!("plugin panicked: {message}"));
                 abi::STATUS_PANIC
             }
@@ -328,12 +348,14 @@ pub mod shims {
     ) -> abi::Status {
         guard(host, |host| {
             if context.is_null() || instance.is_null() {
-                return Err(Error::msg("open called with a null context or instance pointer"));
+                return Err(Error::msg(
+                    "open called with a null context or instance pointer",
+                ));
             }
             let text = config_json.to_str()?;
             let text = if text.trim().is_empty() { "{}" } else { text };
-            let config: P::Config =
-                serde_json::from_str(text).map_err(|e| Error::msg(format!("invalid plugin config: {e}")))?;
+            let config: P::Config = serde_json::from_str(text)
+                .map_err(|e| Error::msg(format!("invalid plugin config: {e}")))?;
             // SAFETY: checked non-null; valid for the call per the ABI.
             let raw = unsafe { &*context };
             let plugin = P::open(config, &Context { raw, host })?;
@@ -399,7 +421,10 @@ pub mod shims {
 
     /// # Safety
     /// Called by the host per the C ABI.
-    pub unsafe extern "C" fn flush<P: Pipeline>(instance: *mut c_void, host: *const Host) -> abi::Status {
+    pub unsafe extern "C" fn flush<P: Pipeline>(
+        instance: *mut c_void,
+        host: *const Host,
+    ) -> abi::Status {
         guard(host, |host| {
             // SAFETY: see `instance`.
             let plugin = unsafe { self::instance::<P>(instance) }?;
@@ -409,7 +434,10 @@ pub mod shims {
 
     /// # Safety
     /// Called by the host per the C ABI, exactly once per instance.
-    pub unsafe extern "C" fn close<P: Pipeline>(instance: *mut c_void, host: *const Host) -> abi::Status {
+    pub unsafe extern "C" fn close<P: Pipeline>(
+        instance: *mut c_void,
+        host: *const Host,
+    ) -> abi::Status {
         guard(host, |_| {
             if instance.is_null() {
                 return Ok(());
@@ -450,7 +478,8 @@ pub mod shims {
                 None => Str::EMPTY,
             },
             vtable,
-            layout: <abi::AbiTypes<'static> as abi_stable::StableAbi>::LAYOUT as *const _ as *const c_void,
+            layout: <abi::AbiTypes<'static> as abi_stable::StableAbi>::LAYOUT as *const _
+                as *const c_void,
         }
     }
 }
@@ -464,12 +493,14 @@ pub mod shims {
 #[macro_export]
 macro_rules! export_plugin {
     ($pipeline:ty) => {
-        static __SLUICE_VTABLE: $crate::abi::PluginVTable = $crate::sdk::shims::vtable::<$pipeline>();
-        static __SLUICE_DESCRIPTOR: $crate::abi::Descriptor = $crate::sdk::shims::descriptor::<$pipeline>(
-            env!("CARGO_PKG_NAME"),
-            env!("CARGO_PKG_VERSION"),
-            &__SLUICE_VTABLE,
-        );
+        static __SLUICE_VTABLE: $crate::abi::PluginVTable =
+            $crate::sdk::shims::vtable::<$pipeline>();
+        static __SLUICE_DESCRIPTOR: $crate::abi::Descriptor =
+            $crate::sdk::shims::descriptor::<$pipeline>(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+                &__SLUICE_VTABLE,
+            );
 
         /// The plugin entry point (see `sluice_plugin.h`).
         #[unsafe(no_mangle)]

@@ -99,7 +99,8 @@ impl Emitted {
     }
     /// The value parsed as JSON (panics if it is not: this is for tests).
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(self.value.as_deref().unwrap_or_default()).expect("emitted value is not JSON")
+        serde_json::from_slice(self.value.as_deref().unwrap_or_default())
+            .expect("emitted value is not JSON")
     }
 }
 
@@ -138,13 +139,21 @@ impl Collector for Outcome {
             output: output.to_owned(),
             key: record.key_bytes().map(<[u8]>::to_vec),
             value: record.value_bytes().map(<[u8]>::to_vec),
-            headers: record.header_list().iter().map(|h| (h.key().to_owned(), h.value().to_vec())).collect(),
+            headers: record
+                .header_list()
+                .iter()
+                .map(|h| (h.key().to_owned(), h.value().to_vec()))
+                .collect(),
             partition: record.partition_hint(),
         });
         Ok(())
     }
     fn event_error(&mut self, index: usize, kind: EventErrorKind, message: &str) {
-        self.errors.push(Failure { index, kind, message: message.to_owned() });
+        self.errors.push(Failure {
+            index,
+            kind,
+            message: message.to_owned(),
+        });
     }
     fn log(&mut self, level: u32, message: &str) {
         self.logs.push((level, message.to_owned()));
@@ -166,10 +175,19 @@ impl<P: Pipeline> Harness<P> {
         let vtable = Box::leak(Box::new(shims::vtable::<P>()));
         let descriptor = Box::leak(Box::new(shims::descriptor::<P>("harness", "0.0.0", vtable)));
         // SAFETY: a descriptor made by the SDK for `P`, leaked so it lives forever.
-        let plugin = unsafe { PluginRef::new(descriptor) }.map_err(|e| CallError::Protocol(e.to_string()))?;
+        let plugin = unsafe { PluginRef::new(descriptor) }
+            .map_err(|e| CallError::Protocol(e.to_string()))?;
         let mut outcome = Outcome::default();
-        let instance = plugin.open(&config.to_string(), &OpenContext::new("test", 0, 1), &mut outcome)?;
-        Ok(Harness { instance, next_offset: 0, _pipeline: PhantomData })
+        let instance = plugin.open(
+            &config.to_string(),
+            &OpenContext::new("test", 0, 1),
+            &mut outcome,
+        )?;
+        Ok(Harness {
+            instance,
+            next_offset: 0,
+            _pipeline: PhantomData,
+        })
     }
 
     /// Processes a batch.
@@ -202,7 +220,10 @@ impl<P: Pipeline> Harness<P> {
 
     /// Calls the assigned hook for `partitions` of `topic`.
     pub fn assigned(&mut self, topic: &str, partitions: &[i32]) -> Result<Outcome, CallError> {
-        let parts: Vec<Partition<'_>> = partitions.iter().map(|p| Partition::new(topic, *p)).collect();
+        let parts: Vec<Partition<'_>> = partitions
+            .iter()
+            .map(|p| Partition::new(topic, *p))
+            .collect();
         let mut outcome = Outcome::default();
         self.instance.assigned(&parts, &mut outcome)?;
         Ok(outcome)
@@ -210,7 +231,10 @@ impl<P: Pipeline> Harness<P> {
 
     /// Calls the revoked hook for `partitions` of `topic`.
     pub fn revoked(&mut self, topic: &str, partitions: &[i32]) -> Result<Outcome, CallError> {
-        let parts: Vec<Partition<'_>> = partitions.iter().map(|p| Partition::new(topic, *p)).collect();
+        let parts: Vec<Partition<'_>> = partitions
+            .iter()
+            .map(|p| Partition::new(topic, *p))
+            .collect();
         let mut outcome = Outcome::default();
         self.instance.revoked(&parts, &mut outcome)?;
         Ok(outcome)

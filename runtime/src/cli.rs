@@ -90,18 +90,26 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             let (major, minor) = plugin.plugin_ref().abi_version();
             println!("ok: {}: pipeline {}", spec.file.display(), spec.name);
-            println!("  plugin   {} (ABI {major}.{minor}) from {}", plugin.label(), plugin.path().display());
+            println!(
+                "  plugin   {} (ABI {major}.{minor}) from {}",
+                plugin.label(),
+                plugin.path().display()
+            );
             println!("  source   file {}", input.display());
             for (name, output) in &spec.outputs {
                 match output {
                     OutputSpec::Stdout(_) => println!("  output   {name} -> stdout"),
-                    OutputSpec::File(f) => println!("  output   {name} -> file {}", spec.resolve(&f.path).display()),
+                    OutputSpec::File(f) => println!(
+                        "  output   {name} -> file {}",
+                        spec.resolve(&f.path).display()
+                    ),
                 }
             }
             Ok(())
         }
         Command::Plugin(PluginCommand::Inspect { library, json }) => {
-            let plugin = Plugin::load(&library, None).map_err(|e| with_detail(RunError::Load(e), cli.verbose))?;
+            let plugin = Plugin::load(&library, None)
+                .map_err(|e| with_detail(RunError::Load(e), cli.verbose))?;
             let info = plugin.describe();
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
@@ -110,7 +118,11 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Plugin(PluginCommand::New { name, dir, api_path }) => {
+        Command::Plugin(PluginCommand::New {
+            name,
+            dir,
+            api_path,
+        }) => {
             let api = match api_path {
                 Some(path) => path,
                 None => scaffold::default_api_path().context(
@@ -119,7 +131,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             };
             let created = scaffold::create(&name, &dir, &api)?;
             println!("created {}", created.display());
-            println!("next: cd {} && cargo test && cargo build && sluice run -f pipeline.yaml", created.display());
+            println!(
+                "next: cd {} && cargo test && cargo build && sluice run -f pipeline.yaml",
+                created.display()
+            );
             Ok(())
         }
     }
@@ -127,7 +142,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
 
 fn with_detail(err: RunError, verbose: bool) -> anyhow::Error {
     let detail = match &err {
-        RunError::Load(load @ LoadError::Layout { .. }) if verbose => load.detail().map(str::to_owned),
+        RunError::Load(load @ LoadError::Layout { .. }) if verbose => {
+            load.detail().map(str::to_owned)
+        }
         _ => None,
     };
     match detail {
@@ -141,11 +158,20 @@ fn print_descriptor(info: &serde_json::Value) {
     println!("name         {}", field("name"));
     println!("version      {}", field("version"));
     println!("description  {}", field("description"));
-    println!("abi          {} ({} plugin)", field("abi_version"), field("language"));
+    println!(
+        "abi          {} ({} plugin)",
+        field("abi_version"),
+        field("language")
+    );
     println!("path         {}", field("path"));
     println!("sha256       {}", field("sha256"));
     match &info["config_schema"] {
         serde_json::Value::Null => println!("config       no schema published"),
-        schema => println!("config       {}", serde_json::to_string_pretty(schema).unwrap_or_default().replace('\n', "\n             ")),
+        schema => println!(
+            "config       {}",
+            serde_json::to_string_pretty(schema)
+                .unwrap_or_default()
+                .replace('\n', "\n             ")
+        ),
     }
 }

@@ -24,7 +24,9 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// `${VAR}` names a variable that is not set (and has no default).
-    #[error("{path}:{line}:{column}: environment variable `{var}` is not set: export it, or write `${{{var}:-default}}`")]
+    #[error(
+        "{path}:{line}:{column}: environment variable `{var}` is not set: export it, or write `${{{var}:-default}}`"
+    )]
     MissingVar {
         /// The spec path.
         path: PathBuf,
@@ -110,12 +112,29 @@ fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }
 
-/// Where events come from. Exactly one kind.
+/// Where events come from: exactly one kind, written as `source: { file: {...} }`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(try_from = "RawSourceSpec")]
 pub enum SourceSpec {
     /// Lines of a local file or stdin: for local runs and tests, no broker needed.
     File(FileSourceSpec),
+}
+
+/// The YAML shape of [`SourceSpec`]: one optional key per kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSourceSpec {
+    file: Option<FileSourceSpec>,
+}
+
+impl TryFrom<RawSourceSpec> for SourceSpec {
+    type Error = String;
+    fn try_from(raw: RawSourceSpec) -> Result<Self, String> {
+        match raw {
+            RawSourceSpec { file: Some(file) } => Ok(SourceSpec::File(file)),
+            RawSourceSpec { file: None } => Err("set one source kind: `file`".into()),
+        }
+    }
 }
 
 /// A local file (or stdin) read line by line.
@@ -156,14 +175,39 @@ pub enum LineFormat {
     Lines,
 }
 
-/// One named output. Exactly one kind.
+/// One named output: exactly one kind, written as `name: { stdout: {...} }`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(try_from = "RawOutputSpec")]
 pub enum OutputSpec {
     /// Standard output.
     Stdout(StdoutOutputSpec),
     /// A local file (created or truncated).
     File(FileOutputSpec),
+}
+
+/// The YAML shape of [`OutputSpec`]: one optional key per kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawOutputSpec {
+    stdout: Option<StdoutOutputSpec>,
+    file: Option<FileOutputSpec>,
+}
+
+impl TryFrom<RawOutputSpec> for OutputSpec {
+    type Error = String;
+    fn try_from(raw: RawOutputSpec) -> Result<Self, String> {
+        match raw {
+            RawOutputSpec {
+                stdout: Some(stdout),
+                file: None,
+            } => Ok(OutputSpec::Stdout(stdout)),
+            RawOutputSpec {
+                stdout: None,
+                file: Some(file),
+            } => Ok(OutputSpec::File(file)),
+            _ => Err("set exactly one output kind: `stdout` or `file`".into()),
+        }
+    }
 }
 
 /// Standard output.
@@ -232,12 +276,19 @@ impl fmt::Display for Action {
 impl PipelineSpec {
     /// Reads, interpolates, parses and checks a spec file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path, |name| std::env::var(name).ok())
     }
 
     /// Parses spec text as if read from `path`, looking variables up with `env`.
-    pub fn parse(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let text = interpolate(text, path, env)?;
         let mut spec: PipelineSpec = serde_yaml_ng::from_str(&text).map_err(|err| {
             let message = err.to_string();
@@ -247,7 +298,10 @@ impl PipelineSpec {
             };
             ConfigError::Parse {
                 path: path.into(),
-                location: err.location().map(|l| format!("{}:{}: ", l.line(), l.column())).unwrap_or_default(),
+                location: err
+                    .location()
+                    .map(|l| format!("{}:{}: ", l.line(), l.column()))
+                    .unwrap_or_default(),
                 message,
             }
         })?;
@@ -258,7 +312,11 @@ impl PipelineSpec {
     }
 
     fn invalid(&self, field: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { path: self.file.clone(), field: field.into(), message: message.into() }
+        ConfigError::Invalid {
+            path: self.file.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -270,7 +328,10 @@ impl PipelineSpec {
         }
         if let Some(sha) = &self.plugin.sha256 {
             if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(self.invalid("plugin.sha256", "must be 64 hex digits (as printed by `sha256sum`)"));
+                return Err(self.invalid(
+                    "plugin.sha256",
+                    "must be 64 hex digits (as printed by `sha256sum`)",
+                ));
             }
         }
         if self.outputs.is_empty() {
@@ -279,9 +340,13 @@ impl PipelineSpec {
         match &self.source {
             SourceSpec::File(file) => {
                 if file.batch_size == 0 || file.batch_size > 65_536 {
-                    return Err(self.invalid("source.file.batch-size", "must be between 1 and 65536"));
+                    return Err(
+                        self.invalid("source.file.batch-size", "must be between 1 and 65536")
+                    );
                 }
-                if file.format == LineFormat::Lines && (file.key_field.is_some() || file.timestamp_field.is_some()) {
+                if file.format == LineFormat::Lines
+                    && (file.key_field.is_some() || file.timestamp_field.is_some())
+                {
                     return Err(self.invalid(
                         "source.file",
                         "key-field and timestamp-field need `format: json-lines`",
@@ -294,13 +359,21 @@ impl PipelineSpec {
 
     /// A path from the spec, resolved against the spec's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() || path == Path::new("-") { path.to_path_buf() } else { self.base_dir.join(path) }
+        if path.is_absolute() || path == Path::new("-") {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
     }
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` in `text`; `$$` stands for `$`. Values may not contain
 /// newlines (they would change the YAML's structure and its line numbers).
-fn interpolate(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+fn interpolate(
+    text: &str,
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     for (line_no, line) in text.split_inclusive('\n').enumerate() {
         let mut rest = line;
@@ -318,13 +391,18 @@ fn interpolate(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) ->
                 out.push('$');
                 rest = tail;
             } else if let Some(body) = after.strip_prefix('{') {
-                let end = body.find('}').ok_or_else(|| here("`${` without a closing `}`".into()))?;
+                let end = body
+                    .find('}')
+                    .ok_or_else(|| here("`${` without a closing `}`".into()))?;
                 let expr = &body[..end];
                 let (name, default) = match expr.split_once(":-") {
                     Some((name, default)) => (name, Some(default)),
                     None => (expr, None),
                 };
-                let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                let valid = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !valid {
                     return Err(here(format!(
@@ -344,7 +422,9 @@ fn interpolate(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) ->
                     }
                 };
                 if value.contains('\n') || value.contains('\r') {
-                    return Err(here(format!("environment variable `{name}` contains a newline, which a spec value cannot hold")));
+                    return Err(here(format!(
+                        "environment variable `{name}` contains a newline, which a spec value cannot hold"
+                    )));
                 }
                 out.push_str(&value);
                 rest = &body[end + 1..];
@@ -388,7 +468,10 @@ outputs:
     #[test]
     fn parses_and_resolves_relative_paths() {
         let spec = parse(SPEC).unwrap();
-        assert_eq!(spec.resolve(&spec.plugin.path), Path::new("/specs/lib/libdemo.so"));
+        assert_eq!(
+            spec.resolve(&spec.plugin.path),
+            Path::new("/specs/lib/libdemo.so")
+        );
         assert_eq!(spec.plugin.config["min_fare"], 5);
         let SourceSpec::File(file) = &spec.source;
         assert_eq!(file.batch_size, 256);
@@ -398,7 +481,9 @@ outputs:
 
     #[test]
     fn unknown_field_names_line_and_column() {
-        let err = parse(&SPEC.replace("key-field", "key-feild")).unwrap_err().to_string();
+        let err = parse(&SPEC.replace("key-field", "key-feild"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("/specs/p.yaml:9:5: "), "{err}");
         assert!(err.contains("unknown field `key-feild`"), "{err}");
         assert!(!err.contains(" at line "), "{err}");
@@ -412,7 +497,9 @@ outputs:
 
     #[test]
     fn missing_variable_names_it_and_its_place() {
-        let err = parse(&SPEC.replace("${PLUGIN_DIR:-lib}", "${PLUGIN_DIR}")).unwrap_err().to_string();
+        let err = parse(&SPEC.replace("${PLUGIN_DIR:-lib}", "${PLUGIN_DIR}"))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "/specs/p.yaml:3:9: environment variable `PLUGIN_DIR` is not set: export it, or write `${PLUGIN_DIR:-default}`"
@@ -421,31 +508,69 @@ outputs:
 
     #[test]
     fn rejects_newlines_and_malformed_references() {
-        let err = parse(&SPEC.replace("name: demo", "name: ${MULTI}")).unwrap_err().to_string();
+        let err = parse(&SPEC.replace("name: demo", "name: ${MULTI}"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`MULTI` contains a newline"), "{err}");
-        let err = parse(&SPEC.replace("name: demo", "name: ${not valid}")).unwrap_err().to_string();
-        assert!(err.starts_with("/specs/p.yaml:1:7: `${not valid}` is not a variable reference"), "{err}");
-        let err = parse(&SPEC.replace("name: demo", "name: ${OPEN")).unwrap_err().to_string();
+        let err = parse(&SPEC.replace("name: demo", "name: ${not valid}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/specs/p.yaml:1:7: `${not valid}` is not a variable reference"),
+            "{err}"
+        );
+        let err = parse(&SPEC.replace("name: demo", "name: ${OPEN"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("without a closing"), "{err}");
     }
 
     #[test]
     fn cross_field_checks_name_the_field() {
-        let err = parse(&SPEC.replace("key-field: id", "batch-size: 0")).unwrap_err().to_string();
-        assert_eq!(err, "/specs/p.yaml: source.file.batch-size: must be between 1 and 65536");
-        let err = parse(&SPEC.replace("key-field: id", "key-field: id\n    format: lines")).unwrap_err().to_string();
-        assert!(err.contains("source.file: key-field and timestamp-field need `format: json-lines`"), "{err}");
-        let err = parse(&SPEC.replace("  path: ${PLUGIN_DIR:-lib}/libdemo.so", "  path: x.so\n  sha256: abc"))
+        let err = parse(&SPEC.replace("key-field: id", "batch-size: 0"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("plugin.sha256: must be 64 hex digits"), "{err}");
+        assert_eq!(
+            err,
+            "/specs/p.yaml: source.file.batch-size: must be between 1 and 65536"
+        );
+        let err = parse(&SPEC.replace("key-field: id", "key-field: id\n    format: lines"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.file: key-field and timestamp-field need `format: json-lines`"),
+            "{err}"
+        );
+        let err = parse(&SPEC.replace(
+            "  path: ${PLUGIN_DIR:-lib}/libdemo.so",
+            "  path: x.so\n  sha256: abc",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("plugin.sha256: must be 64 hex digits"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_source_kind_is_rejected() {
-        let err = parse(&SPEC.replace("  file:\n    path: events.jsonl", "  kafkaa:\n    path: events.jsonl"))
+        let err = parse(&SPEC.replace(
+            "  file:\n    path: events.jsonl",
+            "  kafkaa:\n    path: events.jsonl",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/specs/p.yaml:7:3: source: unknown field `kafkaa`, expected `file`"),
+            "{err}"
+        );
+        let err = parse(&SPEC.replace("    stdout: {}", "    stdout: {}\n    file: {path: x}"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("unknown variant `kafkaa`"), "{err}");
+        assert!(
+            err.contains("outputs: set exactly one output kind"),
+            "{err}"
+        );
     }
 }

@@ -38,7 +38,9 @@ pub enum RunError {
         plugin: String,
     },
     /// The plugin publishes a schema that is not a valid JSON schema.
-    #[error("plugin {plugin}: its config schema is not a valid JSON schema ({message}): report this to the plugin's authors")]
+    #[error(
+        "plugin {plugin}: its config schema is not a valid JSON schema ({message}): report this to the plugin's authors"
+    )]
     BadSchema {
         /// "name version".
         plugin: String,
@@ -94,7 +96,9 @@ pub enum RunError {
         message: String,
     },
     /// The plugin failed an event and the policy is `fail`.
-    #[error("{input}:{line}: plugin {plugin} failed this event ({kind}): {message}: fix the input or set `error-policy.event-error: skip`")]
+    #[error(
+        "{input}:{line}: plugin {plugin} failed this event ({kind}): {message}: fix the input or set `error-policy.event-error: skip`"
+    )]
     EventFailed {
         /// The input.
         input: PathBuf,
@@ -125,10 +129,23 @@ pub struct Summary {
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let total: u64 = self.records_out.values().sum();
-        let per: Vec<String> = self.records_out.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        write!(f, "{} events in, {total} records out ({})", self.events_in, per.join(", "))?;
+        let per: Vec<String> = self
+            .records_out
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        write!(
+            f,
+            "{} events in, {total} records out ({})",
+            self.events_in,
+            per.join(", ")
+        )?;
         if self.skipped_invalid + self.skipped_failed > 0 {
-            write!(f, ", skipped {} undecodable and {} failed events", self.skipped_invalid, self.skipped_failed)?;
+            write!(
+                f,
+                ", skipped {} undecodable and {} failed events",
+                self.skipped_invalid, self.skipped_failed
+            )?;
         }
         Ok(())
     }
@@ -137,23 +154,43 @@ impl std::fmt::Display for Summary {
 /// Loads the spec's plugin and checks its config against the plugin's schema: everything
 /// `sluice validate` checks, and the first thing `sluice run` does.
 pub fn prepare(spec: &PipelineSpec) -> Result<Plugin, RunError> {
-    let plugin = Plugin::load(&spec.resolve(&spec.plugin.path), spec.plugin.sha256.as_deref())?;
+    let plugin = Plugin::load(
+        &spec.resolve(&spec.plugin.path),
+        spec.plugin.sha256.as_deref(),
+    )?;
     check_config(&plugin, &spec.plugin.config, &spec.file)?;
     Ok(plugin)
 }
 
 /// Validates `config` against the plugin's JSON schema, if it publishes one.
-pub fn check_config(plugin: &Plugin, config: &serde_json::Value, spec: &Path) -> Result<(), RunError> {
+pub fn check_config(
+    plugin: &Plugin,
+    config: &serde_json::Value,
+    spec: &Path,
+) -> Result<(), RunError> {
     let Some(schema) = plugin.plugin_ref().config_schema() else {
         return Ok(());
     };
-    let bad_schema = |message: String| RunError::BadSchema { plugin: plugin.label(), message };
-    let schema: serde_json::Value = serde_json::from_str(schema).map_err(|e| bad_schema(e.to_string()))?;
+    let bad_schema = |message: String| RunError::BadSchema {
+        plugin: plugin.label(),
+        message,
+    };
+    let schema: serde_json::Value =
+        serde_json::from_str(schema).map_err(|e| bad_schema(e.to_string()))?;
     let validator = jsonschema::validator_for(&schema).map_err(|e| bad_schema(e.to_string()))?;
     if let Some(error) = validator.iter_errors(config).next() {
         let pointer = error.instance_path().to_string();
-        let field: String = pointer.split('/').filter(|s| !s.is_empty()).map(|s| format!(".{s}")).collect();
-        return Err(RunError::Config { spec: spec.into(), field, message: error.to_string(), plugin: plugin.label() });
+        let field: String = pointer
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| format!(".{s}"))
+            .collect();
+        return Err(RunError::Config {
+            spec: spec.into(),
+            field,
+            message: error.to_string(),
+            plugin: plugin.label(),
+        });
     }
     Ok(())
 }
@@ -173,8 +210,9 @@ impl Collector for Router {
             return Err(Refusal::UnknownOutput);
         };
         let (name, out) = &mut self.outputs[index];
-        out.write(name, record)
-            .map_err(|e| Refusal::Invalid(format!("writing to {} failed: {e}", out.target().display())))?;
+        out.write(name, record).map_err(|e| {
+            Refusal::Invalid(format!("writing to {} failed: {e}", out.target().display()))
+        })?;
         self.counts[index] += 1;
         Ok(())
     }
@@ -208,14 +246,25 @@ pub fn run(spec: &PipelineSpec) -> Result<Summary, RunError> {
     let mut instance = plugin
         .plugin_ref()
         .open(&config, &OpenContext::new(&spec.name, 0, 1), &mut router)
-        .map_err(|source| RunError::Open { plugin: label.clone(), spec: spec.file.clone(), source })?;
+        .map_err(|source| RunError::Open {
+            plugin: label.clone(),
+            spec: spec.file.clone(),
+            source,
+        })?;
     let topic = source.topic().to_owned();
     let call_error = |call: &'static str, at: String| {
         let plugin = label.clone();
-        move |source: CallError| RunError::Call { plugin, call, at, source }
+        move |source: CallError| RunError::Call {
+            plugin,
+            call,
+            at,
+            source,
+        }
     };
     let partitions = [Partition::new(&topic, 0)];
-    instance.assigned(&partitions, &mut router).map_err(call_error("assigned", format!("{topic}/0")))?;
+    instance
+        .assigned(&partitions, &mut router)
+        .map_err(call_error("assigned", format!("{topic}/0")))?;
 
     let mut summary = Summary::default();
     let mut batch = Batch::default();
@@ -242,21 +291,29 @@ pub fn run(spec: &PipelineSpec) -> Result<Summary, RunError> {
         if batch.events.is_empty() {
             continue;
         }
-        let events: Vec<Event<'_>> = batch.events.iter().map(|e| {
-            let mut event = Event::new(&topic, 0, e.offset).with_payload(batch.payload(e));
-            if let Some(key) = &e.key {
-                event = event.with_key(key);
-            }
-            if let Some(ts) = e.timestamp_ms {
-                event = event.with_timestamp_ms(ts);
-            }
-            event
-        }).collect();
-        let (first, last) = (batch.events[0].offset + 1, batch.events[batch.events.len() - 1].offset + 1);
+        let events: Vec<Event<'_>> = batch
+            .events
+            .iter()
+            .map(|e| {
+                let mut event = Event::new(&topic, 0, e.offset).with_payload(batch.payload(e));
+                if let Some(key) = &e.key {
+                    event = event.with_key(key);
+                }
+                if let Some(ts) = e.timestamp_ms {
+                    event = event.with_timestamp_ms(ts);
+                }
+                event
+            })
+            .collect();
+        let (first, last) = (
+            batch.events[0].offset + 1,
+            batch.events[batch.events.len() - 1].offset + 1,
+        );
         router.event_errors.clear();
-        instance
-            .process(&events, &mut router)
-            .map_err(call_error("process", format!("{} lines {first}-{last}", input.display())))?;
+        instance.process(&events, &mut router).map_err(call_error(
+            "process",
+            format!("{} lines {first}-{last}", input.display()),
+        ))?;
         summary.events_in += events.len() as u64;
         for (index, kind, message) in router.event_errors.drain(..) {
             let line = batch.events[index].offset as u64 + 1;
@@ -266,7 +323,13 @@ pub fn run(spec: &PipelineSpec) -> Result<Summary, RunError> {
             };
             match spec.error_policy.event_error {
                 Action::Fail => {
-                    return Err(RunError::EventFailed { input, line, plugin: label, kind, message });
+                    return Err(RunError::EventFailed {
+                        input,
+                        line,
+                        plugin: label,
+                        kind,
+                        message,
+                    });
                 }
                 Action::Skip => {
                     tracing::warn!(input = %input.display(), line, plugin = %label, kind, "skipped failed event: {message}");
@@ -276,14 +339,24 @@ pub fn run(spec: &PipelineSpec) -> Result<Summary, RunError> {
         }
     }
     let end = format!("end of {}", input.display());
-    instance.flush(&mut router).map_err(call_error("flush", end.clone()))?;
-    instance.revoked(&partitions, &mut router).map_err(call_error("revoked", end.clone()))?;
-    instance.close(&mut router).map_err(call_error("close", end))?;
+    instance
+        .flush(&mut router)
+        .map_err(call_error("flush", end.clone()))?;
+    instance
+        .revoked(&partitions, &mut router)
+        .map_err(call_error("revoked", end.clone()))?;
+    instance
+        .close(&mut router)
+        .map_err(call_error("close", end))?;
     for (index, (name, output)) in router.outputs.iter_mut().enumerate() {
-        output
-            .flush()
-            .map_err(|source| RunError::Output { name: name.clone(), target: output.target().into(), source })?;
-        summary.records_out.insert(name.clone(), router.counts[index]);
+        output.flush().map_err(|source| RunError::Output {
+            name: name.clone(),
+            target: output.target().into(),
+            source,
+        })?;
+        summary
+            .records_out
+            .insert(name.clone(), router.counts[index]);
     }
     Ok(summary)
 }
@@ -295,13 +368,26 @@ fn open_outputs(spec: &PipelineSpec, plugin: String) -> Result<Router, RunError>
             OutputSpec::Stdout(stdout) => LocalOutput::stdout(stdout.format),
             OutputSpec::File(file) => {
                 let target = spec.resolve(&file.path);
-                LocalOutput::file(&target, file.format)
-                    .map_err(|source| RunError::Output { name: name.clone(), target, source })?
+                LocalOutput::file(&target, file.format).map_err(|source| RunError::Output {
+                    name: name.clone(),
+                    target,
+                    source,
+                })?
             }
         };
         outputs.push((name.clone(), out));
     }
-    let by_name = outputs.iter().enumerate().map(|(i, (name, _))| (name.clone(), i)).collect();
+    let by_name = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name.clone(), i))
+        .collect();
     let counts = vec![0; outputs.len()];
-    Ok(Router { outputs, by_name, counts, event_errors: Vec::new(), plugin })
+    Ok(Router {
+        outputs,
+        by_name,
+        counts,
+        event_errors: Vec::new(),
+        plugin,
+    })
 }

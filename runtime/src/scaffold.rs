@@ -6,10 +6,22 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 
 const TEMPLATES: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("../templates/plugin/Cargo.toml.tmpl")),
-    ("src/lib.rs", include_str!("../templates/plugin/lib.rs.tmpl")),
-    ("pipeline.yaml", include_str!("../templates/plugin/pipeline.yaml.tmpl")),
-    ("sample.jsonl", include_str!("../templates/plugin/sample.jsonl.tmpl")),
+    (
+        "Cargo.toml",
+        include_str!("../templates/plugin/Cargo.toml.tmpl"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../templates/plugin/lib.rs.tmpl"),
+    ),
+    (
+        "pipeline.yaml",
+        include_str!("../templates/plugin/pipeline.yaml.tmpl"),
+    ),
+    (
+        "sample.jsonl",
+        include_str!("../templates/plugin/sample.jsonl.tmpl"),
+    ),
     (".gitignore", "/target\n/Cargo.lock\n"),
 ];
 
@@ -23,18 +35,30 @@ pub fn default_api_path() -> Option<PathBuf> {
 /// Creates `dir/name` from the templates; refuses to touch an existing directory.
 pub fn create(name: &str, dir: &Path, api_path: &Path) -> anyhow::Result<PathBuf> {
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.ends_with('-');
     if !valid {
-        bail!("plugin name `{name}`: use lowercase letters, digits and dashes, starting with a letter (e.g. `ride-enricher`)");
+        bail!(
+            "plugin name `{name}`: use lowercase letters, digits and dashes, starting with a letter (e.g. `ride-enricher`)"
+        );
     }
     let api_path = std::fs::canonicalize(api_path)
         .ok()
         .filter(|p| p.join("Cargo.toml").is_file())
-        .with_context(|| format!("--api-path {}: no sluice-plugin-api crate there", api_path.display()))?;
+        .with_context(|| {
+            format!(
+                "--api-path {}: no sluice-plugin-api crate there",
+                api_path.display()
+            )
+        })?;
     let root = dir.join(name);
     if root.exists() {
-        bail!("{}: already exists: choose another name or --dir", root.display());
+        bail!(
+            "{}: already exists: choose another name or --dir",
+            root.display()
+        );
     }
     let api = api_path.to_string_lossy().replace('\\', "/");
     for (file, template) in TEMPLATES {
@@ -67,7 +91,9 @@ mod tests {
         assert!(!lib.contains("{{"), "unreplaced placeholder in lib.rs");
         let spec = std::fs::read_to_string(root.join("pipeline.yaml")).unwrap();
         assert!(spec.contains("target/debug/libdemo_plugin.so"));
-        let err = create("demo-plugin", dir.path(), &api).unwrap_err().to_string();
+        let err = create("demo-plugin", dir.path(), &api)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already exists"), "{err}");
     }
 }

@@ -13,12 +13,18 @@ use sluice_plugin_api::abi::AbiTypes;
 /// Compares `found` (the plugin's layout) with the host's; `Err((summary, full_report))`.
 pub fn check(found: &'static TypeLayout) -> Result<(), (String, String)> {
     let expected = <AbiTypes<'static> as StableAbi>::LAYOUT;
-    check_layout_compatibility(expected, found).map_err(|errors| (summarize(&errors), errors.to_string()))
+    check_layout_compatibility(expected, found)
+        .map_err(|errors| (summarize(&errors), errors.to_string()))
 }
 
 fn summarize(errors: &AbiInstabilityErrors) -> String {
     // The deepest error is the cause; the ones above it only say "a field's type differs".
-    let Some(error) = errors.errors.iter().filter(|e| !e.errs.is_empty()).max_by_key(|e| e.stack_trace.len()) else {
+    let Some(error) = errors
+        .errors
+        .iter()
+        .filter(|e| !e.errs.is_empty())
+        .max_by_key(|e| e.stack_trace.len())
+    else {
         return "the layouts differ (no detail from abi_stable)".into();
     };
     let (path, expected_type, found_type) = locate(error);
@@ -33,8 +39,16 @@ fn summarize(errors: &AbiInstabilityErrors) -> String {
                         .unwrap_or_default()
                 };
                 let (exp, fnd) = (names(expected_type), names(found_type));
-                let added: Vec<_> = fnd.iter().filter(|n| !exp.contains(n)).map(|n| format!("`{n}`")).collect();
-                let missing: Vec<_> = exp.iter().filter(|n| !fnd.contains(n)).map(|n| format!("`{n}`")).collect();
+                let added: Vec<_> = fnd
+                    .iter()
+                    .filter(|n| !exp.contains(n))
+                    .map(|n| format!("`{n}`"))
+                    .collect();
+                let missing: Vec<_> = exp
+                    .iter()
+                    .filter(|n| !fnd.contains(n))
+                    .map(|n| format!("`{n}`"))
+                    .collect();
                 let mut text = format!("{} fields, expected {}", ef.found, ef.expected);
                 if !added.is_empty() {
                     text.push_str(&format!(" (plugin adds {})", added.join(", ")));
@@ -45,16 +59,31 @@ fn summarize(errors: &AbiInstabilityErrors) -> String {
                 text
             }
             AbiInstability::UnexpectedField(ef) => {
-                format!("field `{}` where `{}` was expected", ef.found.name(), ef.expected.name())
+                format!(
+                    "field `{}` where `{}` was expected",
+                    ef.found.name(),
+                    ef.expected.name()
+                )
             }
-            AbiInstability::Size(ef) => format!("size {} bytes, expected {}", ef.found, ef.expected),
-            AbiInstability::Alignment(ef) => format!("alignment {}, expected {}", ef.found, ef.expected),
+            AbiInstability::Size(ef) => {
+                format!("size {} bytes, expected {}", ef.found, ef.expected)
+            }
+            AbiInstability::Alignment(ef) => {
+                format!("alignment {}, expected {}", ef.found, ef.expected)
+            }
             AbiInstability::Name(ef) => format!("type {}, expected {}", ef.found, ef.expected),
-            AbiInstability::Package(ef) => format!("defined in package {}, expected {}", ef.found, ef.expected),
-            AbiInstability::PackageVersion(ef) => {
-                format!("built against version {}, host has {}", ef.found, ef.expected)
+            AbiInstability::Package(ef) => {
+                format!("defined in package {}, expected {}", ef.found, ef.expected)
             }
-            AbiInstability::MismatchedPrimitive(ef) => format!("primitive {:?}, expected {:?}", ef.found, ef.expected),
+            AbiInstability::PackageVersion(ef) => {
+                format!(
+                    "built against version {}, host has {}",
+                    ef.found, ef.expected
+                )
+            }
+            AbiInstability::MismatchedPrimitive(ef) => {
+                format!("primitive {:?}, expected {:?}", ef.found, ef.expected)
+            }
             other => {
                 let text = format!("{other:?}");
                 text.chars().take(160).collect()
@@ -68,7 +97,13 @@ fn summarize(errors: &AbiInstabilityErrors) -> String {
 }
 
 /// "Type (at AbiTypes.field.field)" for the innermost type of an error, with both layouts.
-fn locate(error: &AbiInstabilityError) -> (String, Option<&'static TypeLayout>, Option<&'static TypeLayout>) {
+fn locate(
+    error: &AbiInstabilityError,
+) -> (
+    String,
+    Option<&'static TypeLayout>,
+    Option<&'static TypeLayout>,
+) {
     let mut fields = vec!["AbiTypes".to_owned()];
     let (mut expected, mut found) = (None, None);
     for step in error.stack_trace.iter() {
@@ -84,5 +119,9 @@ fn locate(error: &AbiInstabilityError) -> (String, Option<&'static TypeLayout>, 
         }
     }
     let type_name = expected.map(|l| l.name()).unwrap_or("AbiTypes");
-    (format!("type `{type_name}` (at {})", fields.join(".")), expected, found)
+    (
+        format!("type `{type_name}` (at {})", fields.join(".")),
+        expected,
+        found,
+    )
 }

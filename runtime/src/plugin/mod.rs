@@ -27,7 +27,9 @@ use sluice_plugin_api::host::{DescriptorError, PluginRef};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// No file at the path.
-    #[error("plugin {path}: no such file: build the plugin (for a cdylib crate: `cargo build`) or fix `plugin.path`")]
+    #[error(
+        "plugin {path}: no such file: build the plugin (for a cdylib crate: `cargo build`) or fix `plugin.path`"
+    )]
     NotFound {
         /// The library path.
         path: PathBuf,
@@ -42,7 +44,9 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The sha256 pinned in the spec differs.
-    #[error("plugin {path}: sha256 is {found} but the spec pins {expected}: deploy the pinned build or update `plugin.sha256`")]
+    #[error(
+        "plugin {path}: sha256 is {found} but the spec pins {expected}: deploy the pinned build or update `plugin.sha256`"
+    )]
     Checksum {
         /// The library path.
         path: PathBuf,
@@ -52,7 +56,9 @@ pub enum LoadError {
         found: String,
     },
     /// `dlopen` refused the file.
-    #[error("plugin {path}: not a loadable shared library ({cause}): point `plugin.path` at the .so of a cdylib crate built for this platform")]
+    #[error(
+        "plugin {path}: not a loadable shared library ({cause}): point `plugin.path` at the .so of a cdylib crate built for this platform"
+    )]
     NotALibrary {
         /// The library path.
         path: PathBuf,
@@ -119,7 +125,10 @@ impl Plugin {
     pub fn load(path: &Path, sha256: Option<&str>) -> Result<Plugin, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => LoadError::NotFound { path: path.into() },
-            _ => LoadError::Read { path: path.into(), source },
+            _ => LoadError::Read {
+                path: path.into(),
+                source,
+            },
         })?;
         let digest = hex(&Sha256::digest(&bytes));
         if let Some(expected) = sha256 {
@@ -133,7 +142,10 @@ impl Plugin {
         }
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         static LOADED: OnceLock<Mutex<HashMap<PathBuf, Plugin>>> = OnceLock::new();
-        let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        let mut loaded = LOADED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(plugin) = loaded.get(&key) {
             // The file may have been rebuilt since; a process can only ever run its first load.
             if plugin.sha256 != digest {
@@ -146,13 +158,20 @@ impl Plugin {
         }
         let descriptor = open_library(path)?;
         // SAFETY: the descriptor lives in a library that is never unloaded (`open_library`).
-        let plugin = unsafe { PluginRef::new(descriptor) }
-            .map_err(|source| LoadError::Descriptor { path: path.into(), source })?;
+        let plugin =
+            unsafe { PluginRef::new(descriptor) }.map_err(|source| LoadError::Descriptor {
+                path: path.into(),
+                source,
+            })?;
         if !plugin.descriptor().layout.is_null() {
             // SAFETY: a non-null layout pointer is `&'static TypeLayout` per the ABI; it lives in
             // the never-unloaded library.
             let found = unsafe { &*plugin.descriptor().layout.cast() };
-            layout::check(found).map_err(|(summary, detail)| LoadError::Layout { path: path.into(), summary, detail })?;
+            layout::check(found).map_err(|(summary, detail)| LoadError::Layout {
+                path: path.into(),
+                summary,
+                detail,
+            })?;
         }
         let plugin = Plugin {
             plugin,
@@ -211,8 +230,11 @@ fn open_library(path: &Path) -> Result<*const Descriptor, LoadError> {
     let full = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     // SAFETY: loading a library runs its initializers; that is what loading a plugin means, and
     // the file was checked against the spec's pin (if any) just before.
-    let library = unsafe { libloading::Library::new(&full) }
-        .map_err(|e| LoadError::NotALibrary { path: path.into(), cause: dlerror_text(&e, &full) })?;
+    let library =
+        unsafe { libloading::Library::new(&full) }.map_err(|e| LoadError::NotALibrary {
+            path: path.into(),
+            cause: dlerror_text(&e, &full),
+        })?;
     // Never unloaded: see the module docs.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     type Entry = extern "C" fn() -> *const Descriptor;

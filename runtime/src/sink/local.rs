@@ -16,7 +16,10 @@ pub struct LocalOutput {
 
 impl std::fmt::Debug for LocalOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalOutput").field("target", &self.target).field("format", &self.format).finish()
+        f.debug_struct("LocalOutput")
+            .field("target", &self.target)
+            .field("format", &self.format)
+            .finish()
     }
 }
 
@@ -36,7 +39,11 @@ impl LocalOutput {
             std::fs::create_dir_all(dir)?;
         }
         let file = std::fs::File::create(path)?;
-        Ok(LocalOutput { writer: Box::new(std::io::BufWriter::new(file)), format, target: path.into() })
+        Ok(LocalOutput {
+            writer: Box::new(std::io::BufWriter::new(file)),
+            format,
+            target: path.into(),
+        })
     }
 
     /// Where it writes.
@@ -48,7 +55,8 @@ impl LocalOutput {
     pub fn write(&mut self, name: &str, record: &Record<'_>) -> std::io::Result<()> {
         match self.format {
             RecordFormat::Value => {
-                self.writer.write_all(record.value_bytes().unwrap_or_default())?;
+                self.writer
+                    .write_all(record.value_bytes().unwrap_or_default())?;
                 self.writer.write_all(b"\n")
             }
             RecordFormat::Json => {

@@ -81,7 +81,10 @@ pub struct FileSource {
 
 impl std::fmt::Debug for FileSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileSource").field("path", &self.path).field("topic", &self.topic).finish()
+        f.debug_struct("FileSource")
+            .field("path", &self.path)
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 
@@ -91,11 +94,21 @@ impl FileSource {
         let reader: Box<dyn BufRead + Send> = if path == Path::new("-") {
             Box::new(std::io::BufReader::new(std::io::stdin()))
         } else {
-            let file = std::fs::File::open(path).map_err(|source| SourceError::Io { path: path.into(), source })?;
+            let file = std::fs::File::open(path).map_err(|source| SourceError::Io {
+                path: path.into(),
+                source,
+            })?;
             Box::new(std::io::BufReader::with_capacity(1 << 16, file))
         };
         let topic = spec.topic.clone().unwrap_or_else(|| default_topic(path));
-        Ok(FileSource { reader, spec: spec.clone(), path: path.into(), topic, next_offset: 0, line: Vec::new() })
+        Ok(FileSource {
+            reader,
+            spec: spec.clone(),
+            path: path.into(),
+            topic,
+            next_offset: 0,
+            line: Vec::new(),
+        })
     }
 
     /// The topic name events carry.
@@ -118,7 +131,10 @@ impl FileSource {
             let read = self
                 .reader
                 .read_until(b'\n', &mut self.line)
-                .map_err(|source| SourceError::Io { path: self.path.clone(), source })?;
+                .map_err(|source| SourceError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
             if read == 0 {
                 break;
             }
@@ -135,9 +151,17 @@ impl FileSource {
                 Ok((key, timestamp_ms)) => {
                     let start = batch.data.len();
                     batch.data.extend_from_slice(line);
-                    batch.events.push(LineEvent { offset, payload: start..batch.data.len(), key, timestamp_ms });
+                    batch.events.push(LineEvent {
+                        offset,
+                        payload: start..batch.data.len(),
+                        key,
+                        timestamp_ms,
+                    });
                 }
-                Err(message) => batch.undecodable.push(Undecodable { line: offset as u64 + 1, message }),
+                Err(message) => batch.undecodable.push(Undecodable {
+                    line: offset as u64 + 1,
+                    message,
+                }),
             }
         }
         Ok(())
@@ -149,15 +173,21 @@ impl FileSource {
             return Ok((None, None));
         }
         if self.spec.key_field.is_none() && self.spec.timestamp_field.is_none() {
-            serde_json::from_slice::<serde::de::IgnoredAny>(line).map_err(|e| format!("not valid JSON: {e}"))?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(line)
+                .map_err(|e| format!("not valid JSON: {e}"))?;
             return Ok((None, None));
         }
-        let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| format!("not valid JSON: {e}"))?;
-        let key = self.spec.key_field.as_deref().and_then(|field| match value.get(field)? {
-            serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
-            serde_json::Value::Null => None,
-            other => Some(other.to_string().into_bytes()),
-        });
+        let value: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| format!("not valid JSON: {e}"))?;
+        let key = self
+            .spec
+            .key_field
+            .as_deref()
+            .and_then(|field| match value.get(field)? {
+                serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
+                serde_json::Value::Null => None,
+                other => Some(other.to_string().into_bytes()),
+            });
         let timestamp_ms = match self.spec.timestamp_field.as_deref() {
             Some(field) => match value.get(field) {
                 None | Some(serde_json::Value::Null) => None,
@@ -175,14 +205,21 @@ fn default_topic(path: &Path) -> String {
     if path == Path::new("-") {
         return "stdin".into();
     }
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "input".into())
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spec(format: LineFormat, key: Option<&str>, ts: Option<&str>, batch_size: usize) -> FileSourceSpec {
+    fn spec(
+        format: LineFormat,
+        key: Option<&str>,
+        ts: Option<&str>,
+        batch_size: usize,
+    ) -> FileSourceSpec {
         FileSourceSpec {
             path: "x".into(),
             format,
@@ -228,10 +265,17 @@ mod tests {
 
     #[test]
     fn bad_timestamp_is_undecodable_and_lines_format_passes_anything() {
-        let mut src = source("{\"ts\":\"noon\"}\n", spec(LineFormat::JsonLines, None, Some("ts"), 8));
+        let mut src = source(
+            "{\"ts\":\"noon\"}\n",
+            spec(LineFormat::JsonLines, None, Some("ts"), 8),
+        );
         let mut batch = Batch::default();
         src.next_batch(&mut batch).unwrap();
-        assert!(batch.undecodable[0].message.contains("not a timestamp"), "{:?}", batch.undecodable);
+        assert!(
+            batch.undecodable[0].message.contains("not a timestamp"),
+            "{:?}",
+            batch.undecodable
+        );
         let mut src = source("plain text\n", spec(LineFormat::Lines, None, None, 8));
         src.next_batch(&mut batch).unwrap();
         assert_eq!(batch.payload(&batch.events[0]), b"plain text");

@@ -1,0 +1,81 @@
+//! passthrough: forwards every event unchanged (key, value, headers; tombstones stay
+//! tombstones) to the `out` output. A mirror or topic-copy pipeline, and the no-op plugin the
+//! ABI benchmark measures.
+
+use sluice_plugin_api::{
+    Context, Error, Event, EventError, NoConfig, Output, Pipeline, Record, export_plugin,
+};
+
+/// The pipeline.
+#[derive(Debug)]
+pub struct Passthrough;
+
+impl Pipeline for Passthrough {
+    type Config = NoConfig;
+    const DESCRIPTION: &'static str = "Forwards every event unchanged to the `out` output";
+    const CONFIG_SCHEMA: Option<&'static str> =
+        Some(r#"{"type": "object", "additionalProperties": false}"#);
+
+    fn open(_config: NoConfig, _ctx: &Context<'_>) -> Result<Self, Error> {
+        Ok(Passthrough)
+    }
+
+    fn process_event(&mut self, event: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
+        let mut record = Record::to("out").headers(event.headers());
+        record = if event.is_tombstone() {
+            record.tombstone()
+        } else {
+            record.value(event.payload())
+        };
+        if let Some(key) = event.key() {
+            record = record.key(key);
+        }
+        out.emit(record)?;
+        Ok(())
+    }
+}
+
+export_plugin!(Passthrough);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_plugin_api::testing::{Harness, TestEvent};
+
+    #[test]
+    fn forwards_key_value_headers_and_tombstones() {
+        let mut h = Harness::<Passthrough>::open(serde_json::json!({})).unwrap();
+        let mut tombstone = TestEvent::new("").key("gone");
+        tombstone.payload = None;
+        let out = h
+            .process(&[
+                TestEvent::new("v1").key("k1").header("h", "x"),
+                tombstone,
+                TestEvent::new(""),
+            ])
+            .unwrap();
+        assert_eq!(out.records.len(), 3);
+        assert_eq!(out.records[0].value.as_deref(), Some(&b"v1"[..]));
+        assert_eq!(out.records[0].headers, [("h".into(), b"x".to_vec())]);
+        assert_eq!(
+            (
+                out.records[1].key.as_deref(),
+                out.records[1].value.as_deref()
+            ),
+            (Some(&b"gone"[..]), None)
+        );
+        assert_eq!(
+            (
+                out.records[2].key.as_deref(),
+                out.records[2].value.as_deref()
+            ),
+            (None, Some(&b""[..]))
+        );
+    }
+
+    #[test]
+    fn refuses_any_config() {
+        let err = Harness::<Passthrough>::open(serde_json::json!({"x": 1})).unwrap_err();
+        assert!(err.message().contains("unknown field `x`"), "{err}");
+    }
+}
