@@ -557,3 +557,125 @@ pub struct Descriptor {
 unsafe impl Sync for Descriptor {}
 // SAFETY: as above; fn pointers are thread-safe by themselves.
 unsafe impl Sync for PluginVTable {}
+
+/// The C header must describe exactly these types: compile it with the system C compiler and
+/// compare every size, alignment and field offset.
+#[cfg(test)]
+mod header_matches_rust {
+    use std::mem::{align_of, offset_of, size_of};
+
+    use super::*;
+
+    struct Layout {
+        c_type: &'static str,
+        size: usize,
+        align: usize,
+        fields: Vec<(&'static str, usize)>,
+    }
+
+    macro_rules! layout {
+        ($c:literal, $t:ty, { $($cf:literal => $rf:ident),* $(,)? }) => {
+            Layout {
+                c_type: $c,
+                size: size_of::<$t>(),
+                align: align_of::<$t>(),
+                fields: vec![$(($cf, offset_of!($t, $rf))),*],
+            }
+        };
+    }
+
+    #[test]
+    #[cfg(not(feature = "abi-test-changed-layout"))]
+    fn every_size_alignment_and_offset_matches() {
+        let layouts = [
+            layout!("sluice_bytes", Bytes<'static>, { "ptr" => ptr, "len" => len }),
+            layout!("sluice_str", Str<'static>, { "ptr" => bytes }),
+            layout!("sluice_header", Header<'static>, { "key" => key, "value" => value }),
+            layout!("sluice_headers", Slice<'static, Header<'static>>, { "ptr" => ptr, "len" => len }),
+            layout!("sluice_event", Event<'static>, {
+                "topic" => topic, "partition" => partition, "flags" => flags, "offset" => offset,
+                "timestamp_ms" => timestamp_ms, "key" => key, "payload" => payload, "headers" => headers,
+            }),
+            layout!("sluice_events", Slice<'static, Event<'static>>, { "ptr" => ptr, "len" => len }),
+            layout!("sluice_record", Record<'static>, {
+                "output" => output, "key" => key, "value" => value, "headers" => headers,
+                "partition" => partition, "flags" => flags,
+            }),
+            layout!("sluice_partition", Partition<'static>, { "topic" => topic, "partition" => partition }),
+            layout!("sluice_partitions", Slice<'static, Partition<'static>>, { "ptr" => ptr, "len" => len }),
+            layout!("sluice_open_context", OpenContext<'static>, {
+                "pipeline" => pipeline, "worker_id" => worker_id, "worker_count" => worker_count,
+            }),
+            layout!("sluice_host", Host, {
+                "size" => size, "ctx" => ctx, "emit" => emit, "event_error" => event_error,
+                "fail" => fail, "log" => log,
+            }),
+            layout!("sluice_plugin_vtable", PluginVTable, {
+                "size" => size, "open" => open, "process" => process, "assigned" => assigned,
+                "revoked" => revoked, "flush" => flush, "close" => close,
+            }),
+            layout!("sluice_plugin_descriptor", Descriptor, {
+                "abi_major" => abi_major, "abi_minor" => abi_minor, "name" => name, "version" => version,
+                "description" => description, "config_schema" => config_schema, "vtable" => vtable,
+                "layout" => layout,
+            }),
+        ];
+        let mut program = String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"sluice_plugin.h\"\nint main(void) {\n");
+        let mut expected = String::new();
+        for l in &layouts {
+            program.push_str(&format!(
+                "  printf(\"{0} %zu %zu\\n\", sizeof({0}), _Alignof({0}));\n",
+                l.c_type
+            ));
+            expected.push_str(&format!("{} {} {}\n", l.c_type, l.size, l.align));
+            for (field, offset) in &l.fields {
+                program.push_str(&format!("  printf(\"{0}.{1} %zu\\n\", offsetof({0}, {1}));\n", l.c_type, field));
+                expected.push_str(&format!("{}.{} {}\n", l.c_type, field, offset));
+            }
+        }
+        let constants = [
+            ("SLUICE_ABI_MAJOR", ABI_MAJOR as i64),
+            ("SLUICE_ABI_MINOR", ABI_MINOR as i64),
+            ("SLUICE_STATUS_OK", STATUS_OK as i64),
+            ("SLUICE_STATUS_ERROR", STATUS_ERROR as i64),
+            ("SLUICE_STATUS_PANIC", STATUS_PANIC as i64),
+            ("SLUICE_STATUS_UNKNOWN_OUTPUT", STATUS_UNKNOWN_OUTPUT as i64),
+            ("SLUICE_STATUS_INVALID_RECORD", STATUS_INVALID_RECORD as i64),
+            ("SLUICE_FLAG_KEY_NULL", FLAG_KEY_NULL as i64),
+            ("SLUICE_FLAG_VALUE_NULL", FLAG_VALUE_NULL as i64),
+            ("SLUICE_PARTITION_ANY", PARTITION_ANY as i64),
+            ("SLUICE_EVENT_ERROR_INVALID_INPUT", EVENT_ERROR_INVALID_INPUT as i64),
+            ("SLUICE_EVENT_ERROR_FAILED", EVENT_ERROR_FAILED as i64),
+            ("SLUICE_LOG_ERROR", LOG_ERROR as i64),
+            ("SLUICE_LOG_WARN", LOG_WARN as i64),
+            ("SLUICE_LOG_INFO", LOG_INFO as i64),
+            ("SLUICE_LOG_DEBUG", LOG_DEBUG as i64),
+        ];
+        for (name, value) in constants {
+            program.push_str(&format!("  printf(\"{name} %lld\\n\", (long long)({name}));\n"));
+            expected.push_str(&format!("{name} {value}\n"));
+        }
+        program.push_str("  return 0;\n}\n");
+
+        let dir = std::env::temp_dir().join(format!("sluice-header-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, exe) = (dir.join("check.c"), dir.join("check"));
+        std::fs::write(&src, program).unwrap();
+        let include = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let status = std::process::Command::new(&cc)
+            .args(["-std=c11", "-Wall", "-Werror", "-I", include, "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}` (install gcc): {e}"));
+        assert!(status.success(), "sluice_plugin.h does not compile");
+        let output = std::process::Command::new(&exe).output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let actual = String::from_utf8(output.stdout).unwrap();
+        for (c, rust) in actual.lines().zip(expected.lines()) {
+            assert_eq!(c, rust, "C header (left) and src/abi.rs (right) disagree");
+        }
+        assert_eq!(actual.lines().count(), expected.lines().count());
+    }
+}

@@ -487,8 +487,30 @@ pub mod shims {
 /// Exports a [`Pipeline`] as this library's plugin: defines `sluice_plugin_entry`. The plugin's
 /// name and version are the crate's (`CARGO_PKG_NAME`, `CARGO_PKG_VERSION`).
 ///
-/// ```ignore
-/// sluice_plugin_api::export_plugin!(MyPipeline);
+/// ```
+/// use sluice_plugin_api::{Context, Error, Event, EventError, NoConfig, Output, Pipeline, Record};
+///
+/// struct Echo;
+///
+/// impl Pipeline for Echo {
+///     type Config = NoConfig;
+///     const DESCRIPTION: &'static str = "Echoes every payload to `out`";
+///
+///     fn open(_config: NoConfig, _ctx: &Context<'_>) -> Result<Self, Error> {
+///         Ok(Echo)
+///     }
+///
+///     fn process_event(&mut self, event: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
+///         out.emit(Record::to("out").value(event.payload()))?;
+///         Ok(())
+///     }
+/// }
+///
+/// sluice_plugin_api::export_plugin!(Echo);
+///
+/// let descriptor = unsafe { &*sluice_plugin_entry() };
+/// assert_eq!(descriptor.abi_major, sluice_plugin_api::abi::ABI_MAJOR);
+/// assert_eq!(descriptor.description.to_str(), Ok("Echoes every payload to `out`"));
 /// ```
 #[macro_export]
 macro_rules! export_plugin {

@@ -1,10 +1,26 @@
 //! An in-process harness for plugin authors (`features = ["testing"]`): runs a [`Pipeline`]
 //! through the same C entry points and panic guards the real host uses, without a host.
 //!
-//! ```ignore
-//! let mut h = Harness::<MyPipeline>::open(serde_json::json!({"min_fare": 5.0}))?;
-//! let out = h.process(&[TestEvent::json(&serde_json::json!({"fare": 9.5}))])?;
-//! assert_eq!(out.records.len(), 1);
+//! ```
+//! use sluice_plugin_api::testing::{Harness, TestEvent};
+//! use sluice_plugin_api::{Context, Error, Event, EventError, NoConfig, Output, Pipeline, Record};
+//!
+//! struct Upper;
+//! impl Pipeline for Upper {
+//!     type Config = NoConfig;
+//!     const DESCRIPTION: &'static str = "Upper-cases payloads";
+//!     fn open(_: NoConfig, _: &Context<'_>) -> Result<Self, Error> {
+//!         Ok(Upper)
+//!     }
+//!     fn process_event(&mut self, e: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
+//!         out.emit(Record::to("out").value(&e.payload().to_ascii_uppercase()))?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let mut h = Harness::<Upper>::open(serde_json::json!({})).unwrap();
+//! let out = h.process(&[TestEvent::new("hi")]).unwrap();
+//! assert_eq!(out.records[0].text(), "HI");
 //! ```
 
 use std::marker::PhantomData;

@@ -1,0 +1,598 @@
+//! The plugin ABI end to end: real libraries opened with dlopen, the real `sluice` binary, real
+//! files. Covers every refusal the host makes, panic containment, a plugin written in C, every
+//! example spec in the repository, and `sluice plugin new`.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use sluice_plugin_api::abi::{Event, OpenContext, Record};
+use sluice_plugin_api::host::{CallError, Collector, EventErrorKind, Refusal};
+use sluice_runtime::plugin::{LoadError, Plugin};
+use sluice_tests::{Run, cc_plugin, changed_layout_plugin, plugin, root, sluice, write_spec};
+
+/// Records what a plugin emits, by output.
+#[derive(Default)]
+struct Collected {
+    records: Vec<(String, Vec<u8>)>,
+    errors: Vec<(usize, EventErrorKind, String)>,
+}
+
+impl Collector for Collected {
+    fn emit(&mut self, output: &str, record: &Record<'_>) -> Result<(), Refusal> {
+        if output == "nowhere" {
+            return Err(Refusal::UnknownOutput);
+        }
+        self.records.push((output.to_owned(), record.value_bytes().unwrap_or_default().to_vec()));
+        Ok(())
+    }
+    fn event_error(&mut self, index: usize, kind: EventErrorKind, message: &str) {
+        self.errors.push((index, kind, message.to_owned()));
+    }
+    fn log(&mut self, _level: u32, _message: &str) {}
+}
+
+fn load(path: &Path) -> Result<Plugin, LoadError> {
+    Plugin::load(path, None)
+}
+
+fn assert_exit_1(run: &Run) {
+    assert_eq!(run.code, Some(1), "expected exit 1 (not a crash):\n{}", run.stderr);
+    assert_eq!(run.stderr.lines().filter(|l| l.starts_with("error: ")).count(), 1, "one error line:\n{}", run.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading: every example plugin, several plugins per process, one load per path.
+
+#[test]
+fn loads_every_example_plugin_with_its_descriptor() {
+    for (name, language) in [
+        ("filter-and-enrich", "rust"),
+        ("windowed-count", "rust"),
+        ("router", "rust"),
+        ("passthrough", "rust"),
+        ("c-mask", "c"),
+    ] {
+        let plugin = load(&plugin(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let info = plugin.describe();
+        assert_eq!(info["name"], name);
+        assert_eq!(info["version"], "0.1.0");
+        assert_eq!(info["abi_version"], "1.0");
+        assert_eq!(info["language"], language);
+        assert!(!info["description"].as_str().unwrap().is_empty());
+        assert!(info["config_schema"].is_object(), "{name} publishes a config schema");
+    }
+}
+
+#[test]
+fn same_path_loads_once_and_two_plugins_coexist() {
+    let a = load(&plugin("passthrough")).unwrap();
+    let b = load(&plugin("passthrough")).unwrap();
+    assert!(std::ptr::eq(a.plugin_ref().descriptor(), b.plugin_ref().descriptor()));
+    let c = load(&plugin("router")).unwrap();
+    assert!(!std::ptr::eq(a.plugin_ref().descriptor(), c.plugin_ref().descriptor()));
+
+    // Both work side by side, through their real entry points.
+    let mut out = Collected::default();
+    let ctx = OpenContext::new("t", 0, 1);
+    let mut pass = a.plugin_ref().open("{}", &ctx, &mut out).unwrap();
+    let mut route = c.plugin_ref().open(r#"{"field":"c","routes":{"x":"xs"}}"#, &ctx, &mut out).unwrap();
+    let events = [Event::new("t", 0, 0).with_payload(br#"{"c":"x"}"#)];
+    pass.process(&events, &mut out).unwrap();
+    route.process(&events, &mut out).unwrap();
+    assert_eq!(out.records, [("out".into(), br#"{"c":"x"}"#.to_vec()), ("xs".into(), br#"{"c":"x"}"#.to_vec())]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals: one line each, naming the path, the cause and what to do.
+
+#[test]
+fn refuses_a_missing_file() {
+    let err = load(Path::new("/nonexistent/libnope.so")).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "plugin /nonexistent/libnope.so: no such file: build the plugin (for a cdylib crate: `cargo build`) or fix `plugin.path`"
+    );
+}
+
+#[test]
+fn refuses_a_file_that_is_not_a_shared_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("libfake.so");
+    std::fs::write(&path, "not an ELF file").unwrap();
+    let err = load(&path).unwrap_err().to_string();
+    assert!(err.starts_with(&format!("plugin {}: not a loadable shared library (", path.display())), "{err}");
+    assert!(err.ends_with("point `plugin.path` at the .so of a cdylib crate built for this platform"), "{err}");
+    assert!(!err.contains('\n'));
+}
+
+#[test]
+fn refuses_a_library_without_the_entry_symbol() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = cc_plugin(dir.path(), "noentry", "int not_a_plugin(void) { return 1; }\n");
+    let err = load(&lib).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "plugin {}: no `sluice_plugin_entry` symbol: export one with `sluice_plugin_api::export_plugin!(YourPipeline)` (C: see sluice_plugin.h)",
+            lib.display()
+        )
+    );
+}
+
+/// A C plugin whose descriptor says `major.minor` and whose vtable has `vtable_size` bytes; its
+/// entries work (open succeeds, process emits each payload to `out`).
+fn c_plugin_with_version(dir: &Path, name: &str, major: u32, minor: u32, vtable_size: &str) -> std::path::PathBuf {
+    let source = format!(
+        r#"#include <string.h>
+#include "sluice_plugin.h"
+static sluice_status op(sluice_str c, const sluice_open_context *x, const sluice_host *h, void **i) {{
+    (void)c; (void)x; (void)h; *i = (void *)1; return SLUICE_STATUS_OK; }}
+static sluice_status pr(void *i, sluice_events ev, const sluice_host *h) {{
+    (void)i;
+    for (size_t n = 0; n < ev.len; n++) {{
+        sluice_record r; memset(&r, 0, sizeof r);
+        r.output = SLUICE_STR("out"); r.value = ev.ptr[n].payload; r.flags = SLUICE_FLAG_KEY_NULL;
+        if (h->emit(h->ctx, &r) != SLUICE_STATUS_OK) return SLUICE_STATUS_ERROR;
+    }}
+    return SLUICE_STATUS_OK; }}
+static sluice_status parts(void *i, sluice_partitions p, const sluice_host *h) {{ (void)i; (void)p; (void)h; return SLUICE_STATUS_OK; }}
+static sluice_status fl(void *i, const sluice_host *h) {{ (void)i; (void)h; return SLUICE_STATUS_OK; }}
+/* A 1.x table that a future minor version grew by one entry. */
+typedef struct {{ sluice_plugin_vtable v1; void (*added_in_a_later_minor)(void); }} grown_vtable;
+static const grown_vtable VT = {{ {{ {vtable_size}, op, pr, parts, parts, fl, fl }}, 0 }};
+static const sluice_plugin_descriptor D = {{ {major}, {minor}, SLUICE_STR("{name}"), SLUICE_STR("{major}.{minor}.0"),
+    SLUICE_STR("versioned test plugin"), {{0, 0}}, &VT.v1, 0 }};
+SLUICE_EXPORT const sluice_plugin_descriptor *sluice_plugin_entry(void) {{ return &D; }}
+"#
+    );
+    cc_plugin(dir, name, &source)
+}
+
+#[test]
+fn refuses_a_plugin_built_for_another_abi_major_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = c_plugin_with_version(dir.path(), "future", 2, 0, "sizeof(grown_vtable)");
+    let err = load(&lib).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "plugin {}: plugin built for ABI 2.0, this host speaks ABI 1.0: rebuild the plugin against sluice-plugin-api 1.x",
+            lib.display()
+        )
+    );
+}
+
+#[test]
+fn refuses_a_vtable_smaller_than_abi_1_0_and_accepts_a_newer_minor() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = c_plugin_with_version(dir.path(), "truncated", 1, 0, "16");
+    let err = load(&small).unwrap_err().to_string();
+    assert!(err.contains("the plugin vtable is 16 bytes, ABI 1.0 needs at least 56"), "{err}");
+
+    // Built against a later 1.x header with a longer table: this (older) host accepts it and
+    // calls only the entries it knows.
+    let newer = c_plugin_with_version(dir.path(), "newer", 1, 7, "sizeof(grown_vtable)");
+    let plugin = load(&newer).unwrap();
+    assert_eq!(plugin.plugin_ref().abi_version(), (1, 7));
+    let mut out = Collected::default();
+    let mut instance = plugin.plugin_ref().open("{}", &OpenContext::new("t", 0, 1), &mut out).unwrap();
+    instance.process(&[Event::new("t", 0, 0).with_payload(b"hello")], &mut out).unwrap();
+    assert_eq!(out.records, [("out".into(), b"hello".to_vec())]);
+}
+
+#[test]
+fn refuses_a_changed_layout_naming_the_type_and_field() {
+    let lib = changed_layout_plugin();
+    let err = load(&lib).unwrap_err();
+    let line = err.to_string();
+    assert!(!line.contains('\n'), "one line: {line}");
+    assert!(line.starts_with(&format!("plugin {}: ABI layout mismatch: type `Event` (at AbiTypes.event): ", lib.display())), "{line}");
+    assert!(line.contains("9 fields, expected 8 (plugin adds `priority`)"), "{line}");
+    assert!(line.ends_with("rebuild the plugin against sluice-plugin-api 1.x (run with --verbose for the full layout report)"), "{line}");
+    assert!(err.detail().unwrap().lines().count() > 20, "the full report is kept for --verbose");
+
+    // The CLI: one line by default, the whole report with --verbose.
+    let run = sluice(&["plugin", "inspect", lib.to_str().unwrap()], &root(), "");
+    assert_exit_1(&run);
+    assert_eq!(run.error_line(), format!("error: {line}"));
+    let verbose = sluice(&["plugin", "inspect", "--verbose", lib.to_str().unwrap()], &root(), "");
+    assert_eq!(verbose.code, Some(1));
+    assert!(verbose.stderr.lines().count() > 20, "{}", verbose.stderr);
+}
+
+#[test]
+fn refuses_a_library_whose_sha256_differs_from_the_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = plugin("passthrough");
+    let good = sluice_runtime::plugin::file_sha256(&lib).unwrap();
+    let bad = "0".repeat(64);
+    let spec = |sha: &str| {
+        format!(
+            "name: pinned\nplugin:\n  path: {}\n  sha256: {sha}\nsource:\n  file: {{path: \"-\", format: lines}}\noutputs:\n  out:\n    stdout: {{}}\n",
+            lib.display()
+        )
+    };
+    let path = write_spec(dir.path(), &spec(&bad));
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "a\n");
+    assert_exit_1(&run);
+    assert_eq!(
+        run.error_line(),
+        format!(
+            "error: plugin {}: sha256 is {good} but the spec pins {bad}: deploy the pinned build or update `plugin.sha256`",
+            lib.display()
+        )
+    );
+    assert_eq!(run.stdout, "", "nothing ran");
+    let path = write_spec(dir.path(), &spec(&good));
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "a\nb\n");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "a\nb\n");
+}
+
+#[test]
+fn refuses_config_that_breaks_the_plugin_schema_or_fails_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = plugin("filter-and-enrich");
+    let spec = |config: &str| {
+        format!(
+            "name: cfg\nplugin:\n  path: {}\n  config: {config}\nsource:\n  file: {{path: \"-\"}}\noutputs:\n  enriched:\n    stdout: {{}}\n",
+            lib.display()
+        )
+    };
+    let path = write_spec(dir.path(), &spec("{min_fare: cheap}"));
+    for command in ["validate", "run"] {
+        let run = sluice(&[command, "-f", path.to_str().unwrap()], dir.path(), "");
+        assert_exit_1(&run);
+        assert_eq!(
+            run.error_line(),
+            format!(
+                "error: {}: plugin.config.min_fare: \"cheap\" is not of type \"number\" (per the config schema of plugin filter-and-enrich 0.1.0)",
+                path.display()
+            )
+        );
+    }
+    // Schema-valid but refused by the plugin's own open().
+    let path = write_spec(dir.path(), &spec("{fare_bands: [30, 10]}"));
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "");
+    assert_exit_1(&run);
+    assert_eq!(
+        run.error_line(),
+        format!(
+            "error: plugin filter-and-enrich 0.1.0 failed to open: plugin error: fare_bands must be ascending, e.g. [10, 30]: check `plugin.config` in {}",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn spec_errors_name_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_spec(
+        dir.path(),
+        "name: typo\nplugin:\n  path: x.so\nsource:\n  file:\n    path: in.jsonl\n    batch-sise: 3\noutputs:\n  out:\n    stdout: {}\n",
+    );
+    let run = sluice(&["validate", "-f", path.to_str().unwrap()], dir.path(), "");
+    assert_exit_1(&run);
+    assert!(run.error_line().starts_with(&format!("error: {}:7:5: source.file: unknown field `batch-sise`", path.display())), "{}", run.stderr);
+
+    let path = write_spec(dir.path(), "name: env\nplugin:\n  path: ${PLUGIN_DIR_UNSET_FOR_TEST}/x.so\n");
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "");
+    assert_exit_1(&run);
+    assert_eq!(
+        run.error_line(),
+        format!(
+            "error: {}:3:9: environment variable `PLUGIN_DIR_UNSET_FOR_TEST` is not set: export it, or write `${{PLUGIN_DIR_UNSET_FOR_TEST:-default}}`",
+            path.display()
+        )
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Containment: panics and failures inside a plugin never take the host down.
+
+fn misbehaving(mode: &str) -> (Plugin, String) {
+    (load(&plugin("misbehaving")).unwrap(), json!({ "mode": mode }).to_string())
+}
+
+#[test]
+fn a_panic_in_any_call_becomes_an_error_and_the_host_lives_on() {
+    let ctx = OpenContext::new("t", 0, 1);
+    let mut out = Collected::default();
+
+    let (p, config) = misbehaving("panic-open");
+    let err = p.plugin_ref().open(&config, &ctx, &mut out).unwrap_err();
+    assert_eq!(err, CallError::Panicked("plugin panicked: panic in open, as configured".into()));
+
+    let (p, config) = misbehaving("panic-process");
+    let mut instance = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
+    let batch = [Event::new("t", 0, 0).with_payload(b"fine"), Event::new("t", 0, 1).with_payload(b"boom")];
+    let err = instance.process(&batch, &mut out).unwrap_err();
+    assert_eq!(err, CallError::Panicked("plugin panicked: boom at offset 1".into()));
+    // The same library keeps working: a fresh instance processes normally.
+    let mut fresh = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
+    out.records.clear();
+    fresh.process(&batch[..1], &mut out).unwrap();
+    assert_eq!(out.records, [("out".into(), b"fine".to_vec())]);
+
+    let (p, config) = misbehaving("panic-flush");
+    let mut instance = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
+    let err = instance.flush(&mut out).unwrap_err();
+    assert!(
+        matches!(&err, CallError::Panicked(m) if m.contains("index out of bounds: the len is 0 but the index is 3")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn fatal_errors_and_unknown_outputs_fail_the_call() {
+    let ctx = OpenContext::new("t", 0, 1);
+    let mut out = Collected::default();
+    let (p, config) = misbehaving("fail-process");
+    let mut instance = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
+    let err = instance.process(&[Event::new("t", 0, 0).with_payload(b"boom")], &mut out).unwrap_err();
+    assert_eq!(err, CallError::Failed("database unreachable".into()));
+
+    let (p, config) = misbehaving("unknown-output");
+    let mut instance = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
+    let err = instance.process(&[Event::new("t", 0, 0).with_payload(b"x")], &mut out).unwrap_err();
+    assert!(
+        matches!(&err, CallError::Refused(m) if m.contains("output `nowhere`, which the pipeline spec does not define")),
+        "{err:?}"
+    );
+
+    let (p, config) = misbehaving("event-error");
+    let mut instance = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
+    let batch = [Event::new("t", 0, 0).with_payload(b"ok"), Event::new("t", 0, 1).with_payload(b"bad")];
+    instance.process(&batch, &mut out).unwrap();
+    assert_eq!(out.errors, [(1, EventErrorKind::Failed, "this event is bad".into())]);
+}
+
+fn misbehaving_spec(dir: &Path, mode: &str, policy: &str) -> std::path::PathBuf {
+    write_spec(
+        dir,
+        &format!(
+            "name: contain\nplugin:\n  path: {}\n  config: {{mode: {mode}}}\nsource:\n  file: {{path: \"-\", format: lines}}\noutputs:\n  out:\n    stdout: {{}}\nerror-policy:\n  event-error: {policy}\n",
+            plugin("misbehaving").display()
+        ),
+    )
+}
+
+#[test]
+fn sluice_run_reports_a_plugin_panic_and_exits_1_not_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = misbehaving_spec(dir.path(), "panic-process", "fail");
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "a\nb\nboom\nc\n");
+    assert_exit_1(&run);
+    assert_eq!(
+        run.error_line(),
+        "error: plugin misbehaving 0.1.0 failed in process (- lines 1-4): plugin panic: plugin panicked: boom at offset 2"
+    );
+    let path = misbehaving_spec(dir.path(), "unknown-output", "fail");
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "a\n");
+    assert_exit_1(&run);
+    assert!(run.error_line().contains("record refused: the plugin emitted to output `nowhere`, which the pipeline spec does not define: add it under `outputs:`"), "{}", run.stderr);
+}
+
+#[test]
+fn error_policy_fails_or_skips_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = misbehaving_spec(dir.path(), "event-error", "fail");
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "a\nbad\nc\n");
+    assert_exit_1(&run);
+    assert_eq!(
+        run.error_line(),
+        "error: -:2: plugin misbehaving 0.1.0 failed this event (failed): this event is bad: fix the input or set `error-policy.event-error: skip`"
+    );
+    let path = misbehaving_spec(dir.path(), "event-error", "skip");
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "a\nbad\nc\n");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "a\nc\n");
+    assert!(run.stderr.contains("skipped failed event: this event is bad"), "{}", run.stderr);
+    assert!(run.stderr.contains("3 events in, 2 records out (out: 2), skipped 0 undecodable and 1 failed events"), "{}", run.stderr);
+
+    // Undecodable input is the source's call, before the plugin sees it.
+    let spec = std::fs::read_to_string(&path).unwrap().replace(", format: lines", "");
+    std::fs::write(&path, spec).unwrap();
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "{\"a\":1}\nnot json\n");
+    assert_exit_1(&run);
+    assert!(run.error_line().starts_with("error: -:2: not valid JSON: "), "{}", run.stderr);
+    assert!(run.error_line().ends_with("fix the input or set `error-policy.invalid-input: skip`"), "{}", run.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The example specs, end to end through `sluice run`, and `sluice validate` on every spec.
+
+fn example_specs() -> Vec<std::path::PathBuf> {
+    let mut specs: Vec<_> = std::fs::read_dir(root().join("plugins"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("pipeline.yaml"))
+        .filter(|p| p.is_file())
+        .collect();
+    specs.sort();
+    specs
+}
+
+fn run_example(name: &str, out_dir: &Path) -> Run {
+    let spec = root().join("plugins").join(name).join("pipeline.yaml");
+    let plugin_dir = plugin("passthrough").parent().unwrap().to_owned();
+    let c_dir = plugin("c-mask").parent().unwrap().to_owned();
+    sluice_with_env(&["run", "-f", spec.to_str().unwrap()], out_dir, &plugin_dir, &c_dir)
+}
+
+fn sluice_with_env(args: &[&str], out_dir: &Path, plugin_dir: &Path, c_dir: &Path) -> Run {
+    let output = std::process::Command::new(plugin_dir.join("sluice"))
+        .args(args)
+        .env("SLUICE_PLUGIN_DIR", plugin_dir)
+        .env("SLUICE_C_PLUGIN_DIR", c_dir)
+        .env("SLUICE_OUT_DIR", out_dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
+}
+
+#[test]
+fn every_example_spec_validates() {
+    let specs = example_specs();
+    assert_eq!(specs.len(), 4, "{specs:?}");
+    let plugin_dir = plugin("passthrough").parent().unwrap().to_owned();
+    let c_dir = plugin("c-mask").parent().unwrap().to_owned();
+    let out = tempfile::tempdir().unwrap();
+    for spec in specs {
+        let run = sluice_with_env(&["validate", "-f", spec.to_str().unwrap()], out.path(), &plugin_dir, &c_dir);
+        assert_eq!(run.code, Some(0), "{}: {}", spec.display(), run.stderr);
+        assert!(run.stdout.starts_with(&format!("ok: {}", spec.display())), "{}", run.stdout);
+    }
+}
+
+#[test]
+fn example_filter_and_enrich_end_to_end() {
+    let out = tempfile::tempdir().unwrap();
+    let run = run_example("filter-and-enrich", out.path());
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let kept = json_lines(&run.stdout);
+    let ids: Vec<_> = kept.iter().map(|v| v["booking_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["b-1001", "b-1004", "b-1006", "b-1008"]);
+    assert_eq!(kept[1]["fare_band"], "high");
+    assert_eq!(kept[1]["long_trip"], true);
+    assert_eq!(kept[0]["fare_per_km"], 2.0);
+    let filtered = json_lines(&std::fs::read_to_string(out.path().join("filtered.jsonl")).unwrap());
+    assert_eq!(
+        filtered,
+        [
+            json!({"booking_id": "b-1002", "reason": "status"}),
+            json!({"booking_id": "b-1003", "reason": "min_fare"}),
+            json!({"booking_id": "b-1005", "reason": "city"})
+        ]
+    );
+    assert!(run.stderr.contains("line=7"), "the incomplete booking is skipped by policy, by line: {}", run.stderr);
+    assert!(run.stderr.contains("8 events in, 7 records out (enriched: 4, filtered: 3), skipped 0 undecodable and 1 failed events"));
+}
+
+#[test]
+fn example_windowed_count_end_to_end() {
+    let out = tempfile::tempdir().unwrap();
+    let run = run_example("windowed-count", out.path());
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let counts = json_lines(&run.stdout);
+    // The 8 bookings: 7 with a pickup time (1 lacks one and is skipped), in 15-minute windows.
+    let total: u64 = counts.iter().map(|c| c["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 7);
+    let sg_first: Vec<_> = counts.iter().filter(|c| c["key"] == "SG" && c["window_start"] == 1763798400000u64).collect();
+    assert_eq!(sg_first.len(), 1);
+    assert_eq!(sg_first[0]["count"], 1);
+    assert_eq!(sg_first[0]["closed"], true);
+    assert!(counts.iter().any(|c| c["closed"] == false), "the last windows are emitted by flush");
+}
+
+#[test]
+fn example_router_end_to_end() {
+    let out = tempfile::tempdir().unwrap();
+    let run = run_example("router", out.path());
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let read = |f: &str| json_lines(&std::fs::read_to_string(out.path().join(f)).unwrap());
+    let ids = |v: Vec<Value>| v.iter().map(|e| e["booking_id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert_eq!(ids(read("sg.jsonl")), ["b-1001", "b-1002", "b-1007", "b-1008"]);
+    assert_eq!(ids(read("jkt.jsonl")), ["b-1003", "b-1006"]);
+    assert_eq!(ids(read("mnl.jsonl")), ["b-1004"]);
+    // stdout: the audit copy of b-1004 as a JSON envelope, and BKK (no route) via `other`.
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    let envelope: Value = serde_json::from_str(lines.iter().find(|l| l.contains("\"output\"")).unwrap()).unwrap();
+    assert_eq!(envelope["output"], "philippines-audit");
+    assert_eq!(envelope["key"], "b-1004");
+    assert_eq!(envelope["headers"]["x-routed-by"], "city");
+    assert!(lines.iter().any(|l| l.contains("b-1005")));
+}
+
+#[test]
+fn example_c_plugin_end_to_end() {
+    let out = tempfile::tempdir().unwrap();
+    let run = run_example("c-mask", out.path());
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let cards: Vec<_> = json_lines(&run.stdout).iter().map(|v| v["card"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(cards, ["************1111", "**** **** **** 0004", "***********0009"]);
+    assert!(run.stdout.contains("booking 77881234"), "short digit runs are left alone");
+
+    // Its own config check: a bad value is refused by the schema, before the C code sees it.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!(
+        "name: c\nplugin:\n  path: {}\n  config: {{min_digits: 2}}\nsource:\n  file: {{path: \"-\"}}\noutputs:\n  masked:\n    stdout: {{}}\n",
+        plugin("c-mask").display()
+    );
+    let path = write_spec(dir.path(), &spec);
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "");
+    assert_exit_1(&run);
+    assert!(run.error_line().contains("plugin.config.min_digits: 2 is less than the minimum of 5"), "{}", run.stderr);
+}
+
+#[test]
+fn stdin_source_and_null_keys_through_the_c_plugin() {
+    // Events with no key and no headers reach C as {NULL, 0} slices; the plugin copes.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!(
+        "name: c\nplugin:\n  path: {}\nsource:\n  file: {{path: \"-\", format: lines, topic: payments}}\noutputs:\n  masked:\n    stdout: {{format: json}}\n",
+        plugin("c-mask").display()
+    );
+    let path = write_spec(dir.path(), &spec);
+    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "card 4000-0000-0000-0002 ok\n\nplain\n");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let lines = json_lines(&run.stdout);
+    assert_eq!(lines.len(), 2, "the blank line is skipped");
+    assert_eq!(lines[0], json!({"output": "masked", "key": null, "value": "card ****-****-****-0002 ok", "headers": {}, "partition": null}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// `sluice plugin inspect` and `sluice plugin new`.
+
+#[test]
+fn inspect_prints_text_and_json() {
+    let lib = plugin("windowed-count");
+    let run = sluice(&["plugin", "inspect", lib.to_str().unwrap()], &root(), "");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.starts_with("name         windowed-count\nversion      0.1.0\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("abi          1.0 (rust plugin)"));
+    let run = sluice(&["plugin", "inspect", "--json", lib.to_str().unwrap()], &root(), "");
+    let info: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(info["config_schema"]["required"], json!(["key_field", "window_ms"]));
+}
+
+#[test]
+fn plugin_new_scaffolds_a_crate_that_tests_builds_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = sluice(&["plugin", "new", "ride-tagger", "--dir", dir.path().to_str().unwrap()], dir.path(), "");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let crate_dir = dir.path().join("ride-tagger");
+    // A shared target dir keeps the second run fast; the crate is still built on its own.
+    let target = sluice_tests::target_dir().join("scaffold");
+    for args in [&["test", "--quiet"][..], &["build", "--quiet"][..]] {
+        let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(args)
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&crate_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cargo {args:?} in the new crate:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let spec = std::fs::read_to_string(crate_dir.join("pipeline.yaml"))
+        .unwrap()
+        .replace("target/debug", target.join("debug").to_str().unwrap());
+    std::fs::write(crate_dir.join("pipeline.yaml"), spec).unwrap();
+    let run = sluice(&["run", "-f", "pipeline.yaml"], &crate_dir, "");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        json_lines(&run.stdout),
+        [
+            json!({"id": "1", "text": "hello", "tagged_by": "ride-tagger"}),
+            json!({"id": "2", "text": "world", "tagged_by": "ride-tagger"})
+        ]
+    );
+}

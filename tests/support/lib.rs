@@ -1,0 +1,144 @@
+//! Shared fixtures for the end-to-end tests: builds the workspace's plugins and the `sluice`
+//! binary once per test process, compiles C plugins with the system compiler, runs `sluice`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Cargo's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+fn profile_dir() -> PathBuf {
+    target_dir().join(if cfg!(debug_assertions) { "debug" } else { "release" })
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn check(what: &str, output: std::io::Result<Output>) {
+    let output = output.unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Builds every workspace plugin, the `sluice` binary and the C plugin (once per process; a
+/// no-op when `make test` built them already).
+pub fn build() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cmd = cargo();
+        cmd.args(["build", "--workspace", "--quiet"]).current_dir(root());
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        check("cargo build --workspace", cmd.output());
+        let out = format!("OUT={}", target_dir().join("plugins").display());
+        check("make -C plugins/c-mask", Command::new("make").args(["-s", "-C", "plugins/c-mask", &out]).current_dir(root()).output());
+    });
+}
+
+/// A workspace plugin library by crate name (`filter-and-enrich` -> `libfilter_and_enrich.so`).
+pub fn plugin(name: &str) -> PathBuf {
+    build();
+    if name == "c-mask" {
+        return target_dir().join("plugins/libc_mask.so");
+    }
+    profile_dir().join(format!("lib{}.so", name.replace('-', "_")))
+}
+
+/// The plugin built against a changed `Event` layout (its own target dir, built once).
+pub fn changed_layout_plugin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = target_dir().join("abi-fixtures");
+            check(
+                "cargo build (changed-layout fixture)",
+                cargo()
+                    .args(["build", "--quiet", "--manifest-path", "tests/fixtures/changed-layout/Cargo.toml", "--target-dir"])
+                    .arg(&dir)
+                    .current_dir(root())
+                    .output(),
+            );
+            dir.join("debug/libchanged_layout.so")
+        })
+        .clone()
+}
+
+/// Compiles C source into a shared library in `dir` against `sluice_plugin.h`.
+pub fn cc_plugin(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    let lib = dir.join(format!("lib{name}.so"));
+    std::fs::write(&src, source).unwrap();
+    check(
+        &format!("gcc {name}.c"),
+        Command::new(std::env::var("CC").unwrap_or_else(|_| "gcc".into()))
+            .args(["-std=c11", "-Wall", "-Werror", "-fPIC", "-shared", "-I"])
+            .arg(root().join("plugin-api/include"))
+            .arg("-o")
+            .arg(&lib)
+            .arg(&src)
+            .output(),
+    );
+    lib
+}
+
+/// What a `sluice` run printed.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// The last line of stderr that starts with `error: `.
+    pub fn error_line(&self) -> &str {
+        self.stderr.lines().rev().find(|l| l.starts_with("error: ")).unwrap_or("")
+    }
+}
+
+/// Runs the `sluice` binary with `args` in `cwd`, with `stdin` as input.
+pub fn sluice(args: &[&str], cwd: &Path, stdin: &str) -> Run {
+    build();
+    use std::io::Write;
+    let mut child = Command::new(profile_dir().join("sluice"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .env_remove("SLUICE_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sluice");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let output = child.wait_with_output().expect("wait for sluice");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Writes `spec` (YAML) as `pipeline.yaml` in `dir` and returns its path.
+pub fn write_spec(dir: &Path, spec: &str) -> PathBuf {
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, spec).unwrap();
+    path
+}
