@@ -22,7 +22,10 @@ impl Collector for Collected {
         if output == "nowhere" {
             return Err(Refusal::UnknownOutput);
         }
-        self.records.push((output.to_owned(), record.value_bytes().unwrap_or_default().to_vec()));
+        self.records.push((
+            output.to_owned(),
+            record.value_bytes().unwrap_or_default().to_vec(),
+        ));
         Ok(())
     }
     fn event_error(&mut self, index: usize, kind: EventErrorKind, message: &str) {
@@ -36,8 +39,21 @@ fn load(path: &Path) -> Result<Plugin, LoadError> {
 }
 
 fn assert_exit_1(run: &Run) {
-    assert_eq!(run.code, Some(1), "expected exit 1 (not a crash):\n{}", run.stderr);
-    assert_eq!(run.stderr.lines().filter(|l| l.starts_with("error: ")).count(), 1, "one error line:\n{}", run.stderr);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "expected exit 1 (not a crash):\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .count(),
+        1,
+        "one error line:\n{}",
+        run.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -59,7 +75,10 @@ fn loads_every_example_plugin_with_its_descriptor() {
         assert_eq!(info["abi_version"], "1.0");
         assert_eq!(info["language"], language);
         assert!(!info["description"].as_str().unwrap().is_empty());
-        assert!(info["config_schema"].is_object(), "{name} publishes a config schema");
+        assert!(
+            info["config_schema"].is_object(),
+            "{name} publishes a config schema"
+        );
     }
 }
 
@@ -67,19 +86,34 @@ fn loads_every_example_plugin_with_its_descriptor() {
 fn same_path_loads_once_and_two_plugins_coexist() {
     let a = load(&plugin("passthrough")).unwrap();
     let b = load(&plugin("passthrough")).unwrap();
-    assert!(std::ptr::eq(a.plugin_ref().descriptor(), b.plugin_ref().descriptor()));
+    assert!(std::ptr::eq(
+        a.plugin_ref().descriptor(),
+        b.plugin_ref().descriptor()
+    ));
     let c = load(&plugin("router")).unwrap();
-    assert!(!std::ptr::eq(a.plugin_ref().descriptor(), c.plugin_ref().descriptor()));
+    assert!(!std::ptr::eq(
+        a.plugin_ref().descriptor(),
+        c.plugin_ref().descriptor()
+    ));
 
     // Both work side by side, through their real entry points.
     let mut out = Collected::default();
     let ctx = OpenContext::new("t", 0, 1);
     let mut pass = a.plugin_ref().open("{}", &ctx, &mut out).unwrap();
-    let mut route = c.plugin_ref().open(r#"{"field":"c","routes":{"x":"xs"}}"#, &ctx, &mut out).unwrap();
+    let mut route = c
+        .plugin_ref()
+        .open(r#"{"field":"c","routes":{"x":"xs"}}"#, &ctx, &mut out)
+        .unwrap();
     let events = [Event::new("t", 0, 0).with_payload(br#"{"c":"x"}"#)];
     pass.process(&events, &mut out).unwrap();
     route.process(&events, &mut out).unwrap();
-    assert_eq!(out.records, [("out".into(), br#"{"c":"x"}"#.to_vec()), ("xs".into(), br#"{"c":"x"}"#.to_vec())]);
+    assert_eq!(
+        out.records,
+        [
+            ("out".into(), br#"{"c":"x"}"#.to_vec()),
+            ("xs".into(), br#"{"c":"x"}"#.to_vec())
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -87,7 +121,9 @@ fn same_path_loads_once_and_two_plugins_coexist() {
 
 #[test]
 fn refuses_a_missing_file() {
-    let err = load(Path::new("/nonexistent/libnope.so")).unwrap_err().to_string();
+    let err = load(Path::new("/nonexistent/libnope.so"))
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "plugin /nonexistent/libnope.so: no such file: build the plugin (for a cdylib crate: `cargo build`) or fix `plugin.path`"
@@ -100,15 +136,28 @@ fn refuses_a_file_that_is_not_a_shared_library() {
     let path = dir.path().join("libfake.so");
     std::fs::write(&path, "not an ELF file").unwrap();
     let err = load(&path).unwrap_err().to_string();
-    assert!(err.starts_with(&format!("plugin {}: not a loadable shared library (", path.display())), "{err}");
-    assert!(err.ends_with("point `plugin.path` at the .so of a cdylib crate built for this platform"), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "plugin {}: not a loadable shared library (",
+            path.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("point `plugin.path` at the .so of a cdylib crate built for this platform"),
+        "{err}"
+    );
     assert!(!err.contains('\n'));
 }
 
 #[test]
 fn refuses_a_library_without_the_entry_symbol() {
     let dir = tempfile::tempdir().unwrap();
-    let lib = cc_plugin(dir.path(), "noentry", "int not_a_plugin(void) { return 1; }\n");
+    let lib = cc_plugin(
+        dir.path(),
+        "noentry",
+        "int not_a_plugin(void) { return 1; }\n",
+    );
     let err = load(&lib).unwrap_err().to_string();
     assert_eq!(
         err,
@@ -121,7 +170,13 @@ fn refuses_a_library_without_the_entry_symbol() {
 
 /// A C plugin whose descriptor says `major.minor` and whose vtable has `vtable_size` bytes; its
 /// entries work (open succeeds, process emits each payload to `out`).
-fn c_plugin_with_version(dir: &Path, name: &str, major: u32, minor: u32, vtable_size: &str) -> std::path::PathBuf {
+fn c_plugin_with_version(
+    dir: &Path,
+    name: &str,
+    major: u32,
+    minor: u32,
+    vtable_size: &str,
+) -> std::path::PathBuf {
     let source = format!(
         r#"#include <string.h>
 #include "sluice_plugin.h"
@@ -167,7 +222,10 @@ fn refuses_a_vtable_smaller_than_abi_1_0_and_accepts_a_newer_minor() {
     let dir = tempfile::tempdir().unwrap();
     let small = c_plugin_with_version(dir.path(), "truncated", 1, 0, "16");
     let err = load(&small).unwrap_err().to_string();
-    assert!(err.contains("the plugin vtable is 16 bytes, ABI 1.0 needs at least 56"), "{err}");
+    assert!(
+        err.contains("the plugin vtable is 16 bytes, ABI 1.0 needs at least 56"),
+        "{err}"
+    );
 
     // Built against a later 1.x header with a longer table: this (older) host accepts it and
     // calls only the entries it knows.
@@ -175,8 +233,13 @@ fn refuses_a_vtable_smaller_than_abi_1_0_and_accepts_a_newer_minor() {
     let plugin = load(&newer).unwrap();
     assert_eq!(plugin.plugin_ref().abi_version(), (1, 7));
     let mut out = Collected::default();
-    let mut instance = plugin.plugin_ref().open("{}", &OpenContext::new("t", 0, 1), &mut out).unwrap();
-    instance.process(&[Event::new("t", 0, 0).with_payload(b"hello")], &mut out).unwrap();
+    let mut instance = plugin
+        .plugin_ref()
+        .open("{}", &OpenContext::new("t", 0, 1), &mut out)
+        .unwrap();
+    instance
+        .process(&[Event::new("t", 0, 0).with_payload(b"hello")], &mut out)
+        .unwrap();
     assert_eq!(out.records, [("out".into(), b"hello".to_vec())]);
 }
 
@@ -186,16 +249,32 @@ fn refuses_a_changed_layout_naming_the_type_and_field() {
     let err = load(&lib).unwrap_err();
     let line = err.to_string();
     assert!(!line.contains('\n'), "one line: {line}");
-    assert!(line.starts_with(&format!("plugin {}: ABI layout mismatch: type `Event` (at AbiTypes.event): ", lib.display())), "{line}");
-    assert!(line.contains("9 fields, expected 8 (plugin adds `priority`)"), "{line}");
+    assert!(
+        line.starts_with(&format!(
+            "plugin {}: ABI layout mismatch: type `Event` (at AbiTypes.event): ",
+            lib.display()
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains("9 fields, expected 8 (plugin adds `priority`)"),
+        "{line}"
+    );
     assert!(line.ends_with("rebuild the plugin against sluice-plugin-api 1.x (run with --verbose for the full layout report)"), "{line}");
-    assert!(err.detail().unwrap().lines().count() > 20, "the full report is kept for --verbose");
+    assert!(
+        err.detail().unwrap().lines().count() > 20,
+        "the full report is kept for --verbose"
+    );
 
     // The CLI: one line by default, the whole report with --verbose.
     let run = sluice(&["plugin", "inspect", lib.to_str().unwrap()], &root(), "");
     assert_exit_1(&run);
     assert_eq!(run.error_line(), format!("error: {line}"));
-    let verbose = sluice(&["plugin", "inspect", "--verbose", lib.to_str().unwrap()], &root(), "");
+    let verbose = sluice(
+        &["plugin", "inspect", "--verbose", lib.to_str().unwrap()],
+        &root(),
+        "",
+    );
     assert_eq!(verbose.code, Some(1));
     assert!(verbose.stderr.lines().count() > 20, "{}", verbose.stderr);
 }
@@ -273,9 +352,19 @@ fn spec_errors_name_file_line_and_column() {
     );
     let run = sluice(&["validate", "-f", path.to_str().unwrap()], dir.path(), "");
     assert_exit_1(&run);
-    assert!(run.error_line().starts_with(&format!("error: {}:7:5: source.file: unknown field `batch-sise`", path.display())), "{}", run.stderr);
+    assert!(
+        run.error_line().starts_with(&format!(
+            "error: {}:7:5: source.file: unknown field `batch-sise`",
+            path.display()
+        )),
+        "{}",
+        run.stderr
+    );
 
-    let path = write_spec(dir.path(), "name: env\nplugin:\n  path: ${PLUGIN_DIR_UNSET_FOR_TEST}/x.so\n");
+    let path = write_spec(
+        dir.path(),
+        "name: env\nplugin:\n  path: ${PLUGIN_DIR_UNSET_FOR_TEST}/x.so\n",
+    );
     let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "");
     assert_exit_1(&run);
     assert_eq!(
@@ -291,7 +380,10 @@ fn spec_errors_name_file_line_and_column() {
 // Containment: panics and failures inside a plugin never take the host down.
 
 fn misbehaving(mode: &str) -> (Plugin, String) {
-    (load(&plugin("misbehaving")).unwrap(), json!({ "mode": mode }).to_string())
+    (
+        load(&plugin("misbehaving")).unwrap(),
+        json!({ "mode": mode }).to_string(),
+    )
 }
 
 #[test]
@@ -301,13 +393,22 @@ fn a_panic_in_any_call_becomes_an_error_and_the_host_lives_on() {
 
     let (p, config) = misbehaving("panic-open");
     let err = p.plugin_ref().open(&config, &ctx, &mut out).unwrap_err();
-    assert_eq!(err, CallError::Panicked("plugin panicked: panic in open, as configured".into()));
+    assert_eq!(
+        err,
+        CallError::Panicked("plugin panicked: panic in open, as configured".into())
+    );
 
     let (p, config) = misbehaving("panic-process");
     let mut instance = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
-    let batch = [Event::new("t", 0, 0).with_payload(b"fine"), Event::new("t", 0, 1).with_payload(b"boom")];
+    let batch = [
+        Event::new("t", 0, 0).with_payload(b"fine"),
+        Event::new("t", 0, 1).with_payload(b"boom"),
+    ];
     let err = instance.process(&batch, &mut out).unwrap_err();
-    assert_eq!(err, CallError::Panicked("plugin panicked: boom at offset 1".into()));
+    assert_eq!(
+        err,
+        CallError::Panicked("plugin panicked: boom at offset 1".into())
+    );
     // The same library keeps working: a fresh instance processes normally.
     let mut fresh = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
     out.records.clear();
@@ -329,12 +430,16 @@ fn fatal_errors_and_unknown_outputs_fail_the_call() {
     let mut out = Collected::default();
     let (p, config) = misbehaving("fail-process");
     let mut instance = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
-    let err = instance.process(&[Event::new("t", 0, 0).with_payload(b"boom")], &mut out).unwrap_err();
+    let err = instance
+        .process(&[Event::new("t", 0, 0).with_payload(b"boom")], &mut out)
+        .unwrap_err();
     assert_eq!(err, CallError::Failed("database unreachable".into()));
 
     let (p, config) = misbehaving("unknown-output");
     let mut instance = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
-    let err = instance.process(&[Event::new("t", 0, 0).with_payload(b"x")], &mut out).unwrap_err();
+    let err = instance
+        .process(&[Event::new("t", 0, 0).with_payload(b"x")], &mut out)
+        .unwrap_err();
     assert!(
         matches!(&err, CallError::Refused(m) if m.contains("output `nowhere`, which the pipeline spec does not define")),
         "{err:?}"
@@ -342,9 +447,15 @@ fn fatal_errors_and_unknown_outputs_fail_the_call() {
 
     let (p, config) = misbehaving("event-error");
     let mut instance = p.plugin_ref().open(&config, &ctx, &mut out).unwrap();
-    let batch = [Event::new("t", 0, 0).with_payload(b"ok"), Event::new("t", 0, 1).with_payload(b"bad")];
+    let batch = [
+        Event::new("t", 0, 0).with_payload(b"ok"),
+        Event::new("t", 0, 1).with_payload(b"bad"),
+    ];
     instance.process(&batch, &mut out).unwrap();
-    assert_eq!(out.errors, [(1, EventErrorKind::Failed, "this event is bad".into())]);
+    assert_eq!(
+        out.errors,
+        [(1, EventErrorKind::Failed, "this event is bad".into())]
+    );
 }
 
 fn misbehaving_spec(dir: &Path, mode: &str, policy: &str) -> std::path::PathBuf {
@@ -361,7 +472,11 @@ fn misbehaving_spec(dir: &Path, mode: &str, policy: &str) -> std::path::PathBuf 
 fn sluice_run_reports_a_plugin_panic_and_exits_1_not_abort() {
     let dir = tempfile::tempdir().unwrap();
     let path = misbehaving_spec(dir.path(), "panic-process", "fail");
-    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "a\nb\nboom\nc\n");
+    let run = sluice(
+        &["run", "-f", path.to_str().unwrap()],
+        dir.path(),
+        "a\nb\nboom\nc\n",
+    );
     assert_exit_1(&run);
     assert_eq!(
         run.error_line(),
@@ -377,26 +492,60 @@ fn sluice_run_reports_a_plugin_panic_and_exits_1_not_abort() {
 fn error_policy_fails_or_skips_per_event() {
     let dir = tempfile::tempdir().unwrap();
     let path = misbehaving_spec(dir.path(), "event-error", "fail");
-    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "a\nbad\nc\n");
+    let run = sluice(
+        &["run", "-f", path.to_str().unwrap()],
+        dir.path(),
+        "a\nbad\nc\n",
+    );
     assert_exit_1(&run);
     assert_eq!(
         run.error_line(),
         "error: -:2: plugin misbehaving 0.1.0 failed this event (failed): this event is bad: fix the input or set `error-policy.event-error: skip`"
     );
     let path = misbehaving_spec(dir.path(), "event-error", "skip");
-    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "a\nbad\nc\n");
+    let run = sluice(
+        &["run", "-f", path.to_str().unwrap()],
+        dir.path(),
+        "a\nbad\nc\n",
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.stdout, "a\nc\n");
-    assert!(run.stderr.contains("skipped failed event: this event is bad"), "{}", run.stderr);
-    assert!(run.stderr.contains("3 events in, 2 records out (out: 2), skipped 0 undecodable and 1 failed events"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("skipped failed event: this event is bad"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "3 events in, 2 records out (out: 2), skipped 0 undecodable and 1 failed events"
+        ),
+        "{}",
+        run.stderr
+    );
 
     // Undecodable input is the source's call, before the plugin sees it.
-    let spec = std::fs::read_to_string(&path).unwrap().replace(", format: lines", "");
+    let spec = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(", format: lines", "");
     std::fs::write(&path, spec).unwrap();
-    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "{\"a\":1}\nnot json\n");
+    let run = sluice(
+        &["run", "-f", path.to_str().unwrap()],
+        dir.path(),
+        "{\"a\":1}\nnot json\n",
+    );
     assert_exit_1(&run);
-    assert!(run.error_line().starts_with("error: -:2: not valid JSON: "), "{}", run.stderr);
-    assert!(run.error_line().ends_with("fix the input or set `error-policy.invalid-input: skip`"), "{}", run.stderr);
+    assert!(
+        run.error_line().starts_with("error: -:2: not valid JSON: "),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.error_line()
+            .ends_with("fix the input or set `error-policy.invalid-input: skip`"),
+        "{}",
+        run.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,7 +565,12 @@ fn run_example(name: &str, out_dir: &Path) -> Run {
     let spec = root().join("plugins").join(name).join("pipeline.yaml");
     let plugin_dir = plugin("passthrough").parent().unwrap().to_owned();
     let c_dir = plugin("c-mask").parent().unwrap().to_owned();
-    sluice_with_env(&["run", "-f", spec.to_str().unwrap()], out_dir, &plugin_dir, &c_dir)
+    sluice_with_env(
+        &["run", "-f", spec.to_str().unwrap()],
+        out_dir,
+        &plugin_dir,
+        &c_dir,
+    )
 }
 
 fn sluice_with_env(args: &[&str], out_dir: &Path, plugin_dir: &Path, c_dir: &Path) -> Run {
@@ -436,7 +590,9 @@ fn sluice_with_env(args: &[&str], out_dir: &Path, plugin_dir: &Path, c_dir: &Pat
 }
 
 fn json_lines(text: &str) -> Vec<Value> {
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
 }
 
 #[test]
@@ -447,9 +603,18 @@ fn every_example_spec_validates() {
     let c_dir = plugin("c-mask").parent().unwrap().to_owned();
     let out = tempfile::tempdir().unwrap();
     for spec in specs {
-        let run = sluice_with_env(&["validate", "-f", spec.to_str().unwrap()], out.path(), &plugin_dir, &c_dir);
+        let run = sluice_with_env(
+            &["validate", "-f", spec.to_str().unwrap()],
+            out.path(),
+            &plugin_dir,
+            &c_dir,
+        );
         assert_eq!(run.code, Some(0), "{}: {}", spec.display(), run.stderr);
-        assert!(run.stdout.starts_with(&format!("ok: {}", spec.display())), "{}", run.stdout);
+        assert!(
+            run.stdout.starts_with(&format!("ok: {}", spec.display())),
+            "{}",
+            run.stdout
+        );
     }
 }
 
@@ -459,7 +624,10 @@ fn example_filter_and_enrich_end_to_end() {
     let run = run_example("filter-and-enrich", out.path());
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let kept = json_lines(&run.stdout);
-    let ids: Vec<_> = kept.iter().map(|v| v["booking_id"].as_str().unwrap()).collect();
+    let ids: Vec<_> = kept
+        .iter()
+        .map(|v| v["booking_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["b-1001", "b-1004", "b-1006", "b-1008"]);
     assert_eq!(kept[1]["fare_band"], "high");
     assert_eq!(kept[1]["long_trip"], true);
@@ -473,7 +641,11 @@ fn example_filter_and_enrich_end_to_end() {
             json!({"booking_id": "b-1005", "reason": "city"})
         ]
     );
-    assert!(run.stderr.contains("line=7"), "the incomplete booking is skipped by policy, by line: {}", run.stderr);
+    assert!(
+        run.stderr.contains("line=7"),
+        "the incomplete booking is skipped by policy, by line: {}",
+        run.stderr
+    );
     assert!(run.stderr.contains("8 events in, 7 records out (enriched: 4, filtered: 3), skipped 0 undecodable and 1 failed events"));
 }
 
@@ -483,14 +655,20 @@ fn example_windowed_count_end_to_end() {
     let run = run_example("windowed-count", out.path());
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let counts = json_lines(&run.stdout);
-    // The 8 bookings: 7 with a pickup time (1 lacks one and is skipped), in 15-minute windows.
+    // The 8 bookings: 7 with a pickup time (1 lacks one and is skipped), in hourly windows.
     let total: u64 = counts.iter().map(|c| c["count"].as_u64().unwrap()).sum();
     assert_eq!(total, 7);
-    let sg_first: Vec<_> = counts.iter().filter(|c| c["key"] == "SG" && c["window_start"] == 1763798400000u64).collect();
+    let sg_first: Vec<_> = counts
+        .iter()
+        .filter(|c| c["key"] == "SG" && c["window_start"] == 1763798400000u64)
+        .collect();
     assert_eq!(sg_first.len(), 1);
-    assert_eq!(sg_first[0]["count"], 1);
+    assert_eq!(sg_first[0]["count"], 2);
     assert_eq!(sg_first[0]["closed"], true);
-    assert!(counts.iter().any(|c| c["closed"] == false), "the last windows are emitted by flush");
+    assert!(
+        counts.iter().any(|c| c["closed"] == false),
+        "the last windows are emitted by flush"
+    );
 }
 
 #[test]
@@ -499,14 +677,22 @@ fn example_router_end_to_end() {
     let run = run_example("router", out.path());
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let read = |f: &str| json_lines(&std::fs::read_to_string(out.path().join(f)).unwrap());
-    let ids = |v: Vec<Value>| v.iter().map(|e| e["booking_id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
-    assert_eq!(ids(read("sg.jsonl")), ["b-1001", "b-1002", "b-1007", "b-1008"]);
+    let ids = |v: Vec<Value>| {
+        v.iter()
+            .map(|e| e["booking_id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(read("sg.jsonl")),
+        ["b-1001", "b-1002", "b-1007", "b-1008"]
+    );
     assert_eq!(ids(read("jkt.jsonl")), ["b-1003", "b-1006"]);
     assert_eq!(ids(read("mnl.jsonl")), ["b-1004"]);
     // stdout: the audit copy of b-1004 as a JSON envelope, and BKK (no route) via `other`.
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", run.stdout);
-    let envelope: Value = serde_json::from_str(lines.iter().find(|l| l.contains("\"output\"")).unwrap()).unwrap();
+    let envelope: Value =
+        serde_json::from_str(lines.iter().find(|l| l.contains("\"output\"")).unwrap()).unwrap();
     assert_eq!(envelope["output"], "philippines-audit");
     assert_eq!(envelope["key"], "b-1004");
     assert_eq!(envelope["headers"]["x-routed-by"], "city");
@@ -518,9 +704,18 @@ fn example_c_plugin_end_to_end() {
     let out = tempfile::tempdir().unwrap();
     let run = run_example("c-mask", out.path());
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let cards: Vec<_> = json_lines(&run.stdout).iter().map(|v| v["card"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(cards, ["************1111", "**** **** **** 0004", "***********0009"]);
-    assert!(run.stdout.contains("booking 77881234"), "short digit runs are left alone");
+    let cards: Vec<_> = json_lines(&run.stdout)
+        .iter()
+        .map(|v| v["card"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        cards,
+        ["************1111", "**** **** **** 0004", "***********0009"]
+    );
+    assert!(
+        run.stdout.contains("booking 77881234"),
+        "short digit runs are left alone"
+    );
 
     // Its own config check: a bad value is refused by the schema, before the C code sees it.
     let dir = tempfile::tempdir().unwrap();
@@ -531,7 +726,12 @@ fn example_c_plugin_end_to_end() {
     let path = write_spec(dir.path(), &spec);
     let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "");
     assert_exit_1(&run);
-    assert!(run.error_line().contains("plugin.config.min_digits: 2 is less than the minimum of 5"), "{}", run.stderr);
+    assert!(
+        run.error_line()
+            .contains("plugin.config.min_digits: 2 is less than the minimum of 5"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -543,11 +743,18 @@ fn stdin_source_and_null_keys_through_the_c_plugin() {
         plugin("c-mask").display()
     );
     let path = write_spec(dir.path(), &spec);
-    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "card 4000-0000-0000-0002 ok\n\nplain\n");
+    let run = sluice(
+        &["run", "-f", path.to_str().unwrap()],
+        dir.path(),
+        "card 4000-0000-0000-0002 ok\n\nplain\n",
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let lines = json_lines(&run.stdout);
     assert_eq!(lines.len(), 2, "the blank line is skipped");
-    assert_eq!(lines[0], json!({"output": "masked", "key": null, "value": "card ****-****-****-0002 ok", "headers": {}, "partition": null}));
+    assert_eq!(
+        lines[0],
+        json!({"output": "masked", "key": null, "value": "card ****-****-****-0002 ok", "headers": {}, "partition": null})
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -558,29 +765,56 @@ fn inspect_prints_text_and_json() {
     let lib = plugin("windowed-count");
     let run = sluice(&["plugin", "inspect", lib.to_str().unwrap()], &root(), "");
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stdout.starts_with("name         windowed-count\nversion      0.1.0\n"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .starts_with("name         windowed-count\nversion      0.1.0\n"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("abi          1.0 (rust plugin)"));
-    let run = sluice(&["plugin", "inspect", "--json", lib.to_str().unwrap()], &root(), "");
+    let run = sluice(
+        &["plugin", "inspect", "--json", lib.to_str().unwrap()],
+        &root(),
+        "",
+    );
     let info: Value = serde_json::from_str(&run.stdout).unwrap();
-    assert_eq!(info["config_schema"]["required"], json!(["key_field", "window_ms"]));
+    assert_eq!(
+        info["config_schema"]["required"],
+        json!(["key_field", "window_ms"])
+    );
 }
 
 #[test]
 fn plugin_new_scaffolds_a_crate_that_tests_builds_and_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let run = sluice(&["plugin", "new", "ride-tagger", "--dir", dir.path().to_str().unwrap()], dir.path(), "");
+    let run = sluice(
+        &[
+            "plugin",
+            "new",
+            "ride-tagger",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        dir.path(),
+        "",
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let crate_dir = dir.path().join("ride-tagger");
     // A shared target dir keeps the second run fast; the crate is still built on its own.
     let target = sluice_tests::target_dir().join("scaffold");
     for args in [&["test", "--quiet"][..], &["build", "--quiet"][..]] {
-        let out = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(args)
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(&crate_dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "cargo {args:?} in the new crate:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out =
+            std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args(args)
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(&crate_dir)
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo {args:?} in the new crate:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let spec = std::fs::read_to_string(crate_dir.join("pipeline.yaml"))
         .unwrap()

@@ -620,7 +620,9 @@ mod header_matches_rust {
                 "layout" => layout,
             }),
         ];
-        let mut program = String::from("#include <stdio.h>\n#include <stddef.h>\n#include \"sluice_plugin.h\"\nint main(void) {\n");
+        let mut program = String::from(
+            "#include <stdio.h>\n#include <stddef.h>\n#include \"sluice_plugin.h\"\nint main(void) {\n",
+        );
         let mut expected = String::new();
         for l in &layouts {
             program.push_str(&format!(
@@ -629,7 +631,10 @@ mod header_matches_rust {
             ));
             expected.push_str(&format!("{} {} {}\n", l.c_type, l.size, l.align));
             for (field, offset) in &l.fields {
-                program.push_str(&format!("  printf(\"{0}.{1} %zu\\n\", offsetof({0}, {1}));\n", l.c_type, field));
+                program.push_str(&format!(
+                    "  printf(\"{0}.{1} %zu\\n\", offsetof({0}, {1}));\n",
+                    l.c_type, field
+                ));
                 expected.push_str(&format!("{}.{} {}\n", l.c_type, field, offset));
             }
         }
@@ -644,7 +649,10 @@ mod header_matches_rust {
             ("SLUICE_FLAG_KEY_NULL", FLAG_KEY_NULL as i64),
             ("SLUICE_FLAG_VALUE_NULL", FLAG_VALUE_NULL as i64),
             ("SLUICE_PARTITION_ANY", PARTITION_ANY as i64),
-            ("SLUICE_EVENT_ERROR_INVALID_INPUT", EVENT_ERROR_INVALID_INPUT as i64),
+            (
+                "SLUICE_EVENT_ERROR_INVALID_INPUT",
+                EVENT_ERROR_INVALID_INPUT as i64,
+            ),
             ("SLUICE_EVENT_ERROR_FAILED", EVENT_ERROR_FAILED as i64),
             ("SLUICE_LOG_ERROR", LOG_ERROR as i64),
             ("SLUICE_LOG_WARN", LOG_WARN as i64),
@@ -652,7 +660,9 @@ mod header_matches_rust {
             ("SLUICE_LOG_DEBUG", LOG_DEBUG as i64),
         ];
         for (name, value) in constants {
-            program.push_str(&format!("  printf(\"{name} %lld\\n\", (long long)({name}));\n"));
+            program.push_str(&format!(
+                "  printf(\"{name} %lld\\n\", (long long)({name}));\n"
+            ));
             expected.push_str(&format!("{name} {value}\n"));
         }
         program.push_str("  return 0;\n}\n");

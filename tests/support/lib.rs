@@ -7,16 +7,25 @@ use std::sync::OnceLock;
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Cargo's target directory.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 fn profile_dir() -> PathBuf {
-    target_dir().join(if cfg!(debug_assertions) { "debug" } else { "release" })
+    target_dir().join(if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    })
 }
 
 fn cargo() -> Command {
@@ -39,13 +48,20 @@ pub fn build() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let mut cmd = cargo();
-        cmd.args(["build", "--workspace", "--quiet"]).current_dir(root());
+        cmd.args(["build", "--workspace", "--quiet"])
+            .current_dir(root());
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }
         check("cargo build --workspace", cmd.output());
         let out = format!("OUT={}", target_dir().join("plugins").display());
-        check("make -C plugins/c-mask", Command::new("make").args(["-s", "-C", "plugins/c-mask", &out]).current_dir(root()).output());
+        check(
+            "make -C plugins/c-mask",
+            Command::new("make")
+                .args(["-s", "-C", "plugins/c-mask", &out])
+                .current_dir(root())
+                .output(),
+        );
     });
 }
 
@@ -67,7 +83,13 @@ pub fn changed_layout_plugin() -> PathBuf {
             check(
                 "cargo build (changed-layout fixture)",
                 cargo()
-                    .args(["build", "--quiet", "--manifest-path", "tests/fixtures/changed-layout/Cargo.toml", "--target-dir"])
+                    .args([
+                        "build",
+                        "--quiet",
+                        "--manifest-path",
+                        "tests/fixtures/changed-layout/Cargo.toml",
+                        "--target-dir",
+                    ])
                     .arg(&dir)
                     .current_dir(root())
                     .output(),
@@ -109,7 +131,11 @@ pub struct Run {
 impl Run {
     /// The last line of stderr that starts with `error: `.
     pub fn error_line(&self) -> &str {
-        self.stderr.lines().rev().find(|l| l.starts_with("error: ")).unwrap_or("")
+        self.stderr
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or("")
     }
 }
 
@@ -127,7 +153,12 @@ pub fn sluice(args: &[&str], cwd: &Path, stdin: &str) -> Run {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run sluice");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
     let output = child.wait_with_output().expect("wait for sluice");
     Run {
         code: output.status.code(),

@@ -1,0 +1,45 @@
+# The commands people run. `make demo` and `make test` work on a fresh Debian machine with a
+# Rust toolchain: they install what they need first.
+CARGO ?= cargo
+SLUICE := target/debug/sluice
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint bench build deps
+
+## deps: system packages the build needs (a C compiler for the C plugin and the header check).
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
+	@command -v gcc >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends gcc libc6-dev; }
+
+## build: the runtime, every Rust plugin, and the C plugin.
+build: deps
+	$(CARGO) build --workspace
+	$(MAKE) -s -C plugins/c-mask OUT=$(CURDIR)/target/plugins
+
+## demo: run the example pipelines on their sample files and show what they produce.
+demo: build
+	@echo; echo "== the plugin: $(SLUICE) plugin inspect target/debug/libfilter_and_enrich.so"
+	@$(SLUICE) plugin inspect target/debug/libfilter_and_enrich.so | head -5
+	@echo; echo "== input: plugins/filter-and-enrich/bookings.jsonl"
+	@cat plugins/filter-and-enrich/bookings.jsonl
+	@echo; echo "== $(SLUICE) run -f plugins/filter-and-enrich/pipeline.yaml (enriched bookings on stdout)"
+	@$(SLUICE) run -f plugins/filter-and-enrich/pipeline.yaml
+	@echo; echo "== the 'filtered' output: target/demo-out/filtered.jsonl"
+	@cat target/demo-out/filtered.jsonl
+	@echo; echo "== the same bookings counted per city in hourly windows (windowed-count)"
+	@$(SLUICE) run -f plugins/windowed-count/pipeline.yaml
+	@echo; echo "== card numbers masked by a plugin written in C (c-mask)"
+	@$(SLUICE) run -f plugins/c-mask/pipeline.yaml
+
+## test: lint, then every test (unit, plugin end-to-end, scaffold).
+test: build lint
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## bench: the plugin-boundary benchmark (dlopen vs statically linked), see BENCHMARKS.md.
+bench: deps
+	$(CARGO) build --release -p passthrough
+	$(CARGO) bench -p sluice-runtime --bench abi
