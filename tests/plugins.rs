@@ -244,6 +244,24 @@ fn refuses_a_vtable_smaller_than_abi_1_0_and_accepts_a_newer_minor() {
 }
 
 #[test]
+fn refuses_a_library_rebuilt_after_this_process_loaded_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = c_plugin_with_version(dir.path(), "rebuilt", 1, 0, "sizeof(grown_vtable)");
+    load(&lib).unwrap();
+    // A new build replaces the file (a new inode, as `cargo build` and `install` do).
+    let newer = c_plugin_with_version(dir.path(), "rebuilt2", 1, 1, "sizeof(grown_vtable)");
+    std::fs::rename(&newer, &lib).unwrap();
+    let err = load(&lib).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "plugin {}: the file changed after this process loaded it: restart the process to load the new build",
+            lib.display()
+        )
+    );
+}
+
+#[test]
 fn refuses_a_changed_layout_naming_the_type_and_field() {
     let lib = changed_layout_plugin();
     let err = load(&lib).unwrap_err();

@@ -80,6 +80,14 @@ pub enum LoadError {
         #[source]
         source: DescriptorError,
     },
+    /// The file at this path changed after this process loaded it (libraries are never unloaded).
+    #[error(
+        "plugin {path}: the file changed after this process loaded it: restart the process to load the new build"
+    )]
+    ChangedSinceLoad {
+        /// The library path.
+        path: PathBuf,
+    },
     /// The frozen data types differ from the host's.
     #[error("plugin {path}: ABI layout mismatch: {summary}: rebuild the plugin against sluice-plugin-api {major}.x (run with --verbose for the full layout report)", major = abi::ABI_MAJOR)]
     Layout {
@@ -149,10 +157,7 @@ impl Plugin {
         if let Some(plugin) = loaded.get(&key) {
             // The file may have been rebuilt since; a process can only ever run its first load.
             if plugin.sha256 != digest {
-                return Err(LoadError::NotALibrary {
-                    path: path.into(),
-                    cause: "the file changed after this process loaded it; restart to load the new build".into(),
-                });
+                return Err(LoadError::ChangedSinceLoad { path: path.into() });
             }
             return Ok(*plugin);
         }
