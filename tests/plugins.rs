@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use sluice_plugin_api::abi::{Event, OpenContext, Record};
 use sluice_plugin_api::host::{CallError, Collector, EventErrorKind, Refusal};
 use sluice_runtime::plugin::{LoadError, Plugin};
-use sluice_tests::{Run, cc_plugin, changed_layout_plugin, plugin, root, sluice, write_spec};
+use sluice_tests::{
+    Run, cc_plugin, changed_layout_plugin, plugin, root, sluice, sluice_env, write_spec,
+};
 
 /// Records what a plugin emits, by output.
 #[derive(Default)]
@@ -592,19 +594,12 @@ fn run_example(name: &str, out_dir: &Path) -> Run {
 }
 
 fn sluice_with_env(args: &[&str], out_dir: &Path, plugin_dir: &Path, c_dir: &Path) -> Run {
-    let output = std::process::Command::new(plugin_dir.join("sluice"))
-        .args(args)
-        .env("SLUICE_PLUGIN_DIR", plugin_dir)
-        .env("SLUICE_C_PLUGIN_DIR", c_dir)
-        .env("SLUICE_OUT_DIR", out_dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    let env = [
+        ("SLUICE_PLUGIN_DIR", plugin_dir),
+        ("SLUICE_C_PLUGIN_DIR", c_dir),
+        ("SLUICE_OUT_DIR", out_dir),
+    ];
+    sluice_env(args, &root(), "", &env)
 }
 
 fn json_lines(text: &str) -> Vec<Value> {

@@ -141,11 +141,17 @@ impl Run {
 
 /// Runs the `sluice` binary with `args` in `cwd`, with `stdin` as input.
 pub fn sluice(args: &[&str], cwd: &Path, stdin: &str) -> Run {
+    sluice_env(args, cwd, stdin, &[])
+}
+
+/// [`sluice`] with extra environment variables.
+pub fn sluice_env(args: &[&str], cwd: &Path, stdin: &str, env: &[(&str, &Path)]) -> Run {
     build();
     use std::io::Write;
     let mut child = Command::new(profile_dir().join("sluice"))
         .args(args)
         .current_dir(cwd)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .env_remove("SLUICE_LOG")
         .stdin(std::process::Stdio::piped())
