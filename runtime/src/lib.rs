@@ -4,7 +4,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod cpu;
 pub mod local;
+pub mod offsets;
 pub mod plugin;
 pub mod scaffold;
 pub mod sink;

@@ -1,0 +1,360 @@
+//! At-least-once bookkeeping: which offsets of each partition are fully done, and therefore
+//! which offset may be committed.
+//!
+//! Work is tracked in *units*: a unit covers a contiguous run of offsets of one partition (one
+//! plugin batch, or one event) and is complete when the plugin has finished with it **and** every
+//! record it emitted has been acknowledged by its sink. The committable offset of a partition is
+//! one past the last offset of the longest prefix of complete units: the partition's low
+//! watermark. Acknowledgements may arrive in any order; a unit whose record failed blocks its
+//! partition until the record is retried and acknowledged, so no offset ever moves past an event
+//! that was not fully handled.
+
+use std::collections::{HashMap, VecDeque};
+
+/// A topic partition.
+pub type TopicPartition = (String, i32);
+
+/// Identifies a unit of one partition (sequence number within the partition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UnitId {
+    seq: u64,
+    generation: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Unit {
+    last_offset: i64,
+    outstanding: u32,
+    processed: bool,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    generation: u64,
+    /// Sequence number of `units[0]`.
+    front_seq: u64,
+    units: VecDeque<Unit>,
+    /// One past the last offset of the complete prefix (what may be committed).
+    committable: Option<i64>,
+    /// What was last handed out by [`OffsetTracker::take_commits`].
+    committed: Option<i64>,
+    last_read: Option<i64>,
+}
+
+impl PartitionState {
+    fn unit(&mut self, id: UnitId) -> Option<&mut Unit> {
+        if id.generation != self.generation || id.seq < self.front_seq {
+            return None;
+        }
+        self.units.get_mut((id.seq - self.front_seq) as usize)
+    }
+
+    fn advance(&mut self) {
+        while let Some(front) = self.units.front() {
+            if !front.processed || front.outstanding > 0 {
+                break;
+            }
+            self.committable = Some(front.last_offset + 1);
+            self.units.pop_front();
+            self.front_seq += 1;
+        }
+    }
+}
+
+/// Why the tracker refused a call: each is a bug in the caller, reported rather than ignored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OffsetError {
+    /// Offsets of a partition must be registered in increasing order.
+    #[error("{topic}/{partition}: offset {offset} registered after {last}: offsets must increase")]
+    NotIncreasing {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The new offset.
+        offset: i64,
+        /// The last registered offset.
+        last: i64,
+    },
+    /// The partition is not assigned.
+    #[error("{topic}/{partition}: not assigned")]
+    NotAssigned {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+    },
+}
+
+/// Per-partition low watermarks for at-least-once commits.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    partitions: HashMap<TopicPartition, PartitionState>,
+    generation: u64,
+}
+
+impl OffsetTracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts tracking a newly assigned partition. Forgets any earlier state for it: units from
+    /// an earlier assignment are ignored from now on.
+    pub fn assign(&mut self, tp: TopicPartition) {
+        self.generation += 1;
+        self.partitions.insert(
+            tp,
+            PartitionState {
+                generation: self.generation,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Stops tracking a revoked partition; returns its final committable offset if it was not yet
+    /// handed out by [`OffsetTracker::take_commits`].
+    pub fn revoke(&mut self, tp: &TopicPartition) -> Option<i64> {
+        let state = self.partitions.remove(tp)?;
+        state.committable.filter(|c| Some(*c) != state.committed)
+    }
+
+    /// Registers a unit covering offsets up to `last_offset` (inclusive), read from `tp`.
+    pub fn begin(&mut self, tp: &TopicPartition, last_offset: i64) -> Result<UnitId, OffsetError> {
+        let state = self
+            .partitions
+            .get_mut(tp)
+            .ok_or_else(|| OffsetError::NotAssigned {
+                topic: tp.0.clone(),
+                partition: tp.1,
+            })?;
+        if let Some(last) = state.last_read {
+            if last_offset <= last {
+                return Err(OffsetError::NotIncreasing {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    offset: last_offset,
+                    last,
+                });
+            }
+        }
+        state.last_read = Some(last_offset);
+        let id = UnitId {
+            seq: state.front_seq + state.units.len() as u64,
+            generation: state.generation,
+        };
+        state.units.push_back(Unit {
+            last_offset,
+            outstanding: 0,
+            processed: false,
+        });
+        Ok(id)
+    }
+
+    /// The unit emitted `records` more records that its sinks must acknowledge.
+    pub fn emitted(&mut self, tp: &TopicPartition, unit: UnitId, records: u32) {
+        if let Some(u) = self.partitions.get_mut(tp).and_then(|s| s.unit(unit)) {
+            u.outstanding += records;
+        }
+    }
+
+    /// The plugin is done with the unit: nothing more will be emitted for it.
+    pub fn processed(&mut self, tp: &TopicPartition, unit: UnitId) {
+        if let Some(state) = self.partitions.get_mut(tp) {
+            if let Some(u) = state.unit(unit) {
+                u.processed = true;
+                state.advance();
+            }
+        }
+    }
+
+    /// A sink acknowledged one record of the unit. Acks for revoked partitions are ignored.
+    pub fn acked(&mut self, tp: &TopicPartition, unit: UnitId) {
+        if let Some(state) = self.partitions.get_mut(tp) {
+            if let Some(u) = state.unit(unit) {
+                u.outstanding = u.outstanding.saturating_sub(1);
+                state.advance();
+            }
+        }
+    }
+
+    /// The offset that may be committed for `tp` (the next offset to read), if any.
+    pub fn committable(&self, tp: &TopicPartition) -> Option<i64> {
+        self.partitions.get(tp).and_then(|s| s.committable)
+    }
+
+    /// Units of `tp` not yet complete.
+    pub fn in_flight(&self, tp: &TopicPartition) -> usize {
+        self.partitions.get(tp).map_or(0, |s| s.units.len())
+    }
+
+    /// Units not yet complete, over all partitions.
+    pub fn total_in_flight(&self) -> usize {
+        self.partitions.values().map(|s| s.units.len()).sum()
+    }
+
+    /// The committable offsets that moved since the last call, marked as handed out.
+    pub fn take_commits(&mut self) -> Vec<(TopicPartition, i64)> {
+        let mut out = Vec::new();
+        for (tp, state) in &mut self.partitions {
+            if let Some(c) = state.committable {
+                if state.committed != Some(c) {
+                    state.committed = Some(c);
+                    out.push((tp.clone(), c));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(p: i32) -> TopicPartition {
+        ("t".into(), p)
+    }
+
+    #[test]
+    fn commits_only_the_complete_prefix() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp(0));
+        let a = t.begin(&tp(0), 9).unwrap(); // offsets 0..=9
+        let b = t.begin(&tp(0), 19).unwrap();
+        t.emitted(&tp(0), a, 2);
+        t.emitted(&tp(0), b, 1);
+        t.processed(&tp(0), b);
+        t.acked(&tp(0), b);
+        assert_eq!(t.committable(&tp(0)), None, "b is done but a is not");
+        t.processed(&tp(0), a);
+        t.acked(&tp(0), a);
+        assert_eq!(t.committable(&tp(0)), None, "a still waits for one ack");
+        t.acked(&tp(0), a);
+        assert_eq!(
+            t.committable(&tp(0)),
+            Some(20),
+            "a and b complete: commit the next offset"
+        );
+        assert_eq!(t.in_flight(&tp(0)), 0);
+    }
+
+    #[test]
+    fn a_unit_that_emitted_nothing_completes_when_processed() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp(1));
+        let u = t.begin(&tp(1), 41).unwrap();
+        assert_eq!(t.committable(&tp(1)), None);
+        t.processed(&tp(1), u);
+        assert_eq!(t.committable(&tp(1)), Some(42));
+    }
+
+    #[test]
+    fn take_commits_hands_out_each_move_once() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp(0));
+        t.assign(tp(1));
+        let u0 = t.begin(&tp(0), 4).unwrap();
+        let u1 = t.begin(&tp(1), 7).unwrap();
+        t.processed(&tp(0), u0);
+        t.processed(&tp(1), u1);
+        assert_eq!(t.take_commits(), [(tp(0), 5), (tp(1), 8)]);
+        assert_eq!(t.take_commits(), []);
+        let v = t.begin(&tp(0), 5).unwrap();
+        t.processed(&tp(0), v);
+        assert_eq!(t.take_commits(), [(tp(0), 6)]);
+    }
+
+    #[test]
+    fn revoke_returns_the_uncommitted_final_offset_and_ignores_late_acks() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp(0));
+        let u = t.begin(&tp(0), 2).unwrap();
+        t.processed(&tp(0), u);
+        assert_eq!(t.revoke(&tp(0)), Some(3));
+        // Reassigned: an ack for a unit of the old assignment must not complete a new unit.
+        t.assign(tp(0));
+        let old_ack = UnitId { seq: 0, ..u };
+        let fresh = t.begin(&tp(0), 10).unwrap();
+        t.emitted(&tp(0), fresh, 1);
+        t.processed(&tp(0), fresh);
+        t.acked(&tp(0), old_ack);
+        assert_eq!(t.committable(&tp(0)), None);
+        t.acked(&tp(0), fresh);
+        assert_eq!(t.committable(&tp(0)), Some(11));
+        assert_eq!(t.take_commits(), [(tp(0), 11)]);
+        assert_eq!(t.revoke(&tp(0)), None, "already handed out");
+    }
+
+    #[test]
+    fn refuses_decreasing_offsets_and_unassigned_partitions() {
+        let mut t = OffsetTracker::new();
+        assert_eq!(
+            t.begin(&tp(0), 1),
+            Err(OffsetError::NotAssigned {
+                topic: "t".into(),
+                partition: 0
+            })
+        );
+        t.assign(tp(0));
+        t.begin(&tp(0), 5).unwrap();
+        let err = t.begin(&tp(0), 5).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t/0: offset 5 registered after 5: offsets must increase"
+        );
+    }
+
+    /// Random interleavings: the committable offset never passes an incomplete unit and ends at
+    /// the end once everything is acknowledged.
+    #[test]
+    fn never_passes_an_incomplete_unit_under_any_ack_order() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _round in 0..200 {
+            let mut t = OffsetTracker::new();
+            t.assign(tp(0));
+            let units: Vec<(UnitId, i64, u32)> = (0..20)
+                .map(|i| {
+                    let last = i * 10 + 9;
+                    let id = t.begin(&tp(0), last).unwrap();
+                    let records = rand(4) as u32;
+                    t.emitted(&tp(0), id, records);
+                    (id, last, records)
+                })
+                .collect();
+            // Every event: one `processed` and `records` acks, in a random global order.
+            let mut steps: Vec<(usize, bool)> = Vec::new();
+            for (i, (_, _, records)) in units.iter().enumerate() {
+                steps.push((i, true));
+                steps.extend(std::iter::repeat_n((i, false), *records as usize));
+            }
+            let mut remaining: Vec<(bool, u32)> =
+                units.iter().map(|(_, _, r)| (false, *r)).collect();
+            while !steps.is_empty() {
+                let (i, is_processed) = steps.swap_remove(rand(steps.len()));
+                if is_processed {
+                    t.processed(&tp(0), units[i].0);
+                    remaining[i].0 = true;
+                } else {
+                    t.acked(&tp(0), units[i].0);
+                    remaining[i].1 -= 1;
+                }
+                let first_incomplete = remaining.iter().position(|(p, r)| !*p || *r > 0);
+                let expected = match first_incomplete {
+                    Some(0) => None,
+                    Some(i) => Some(units[i - 1].1 + 1),
+                    None => Some(units[19].1 + 1),
+                };
+                assert_eq!(t.committable(&tp(0)), expected);
+            }
+            assert_eq!(t.committable(&tp(0)), Some(200));
+        }
+    }
+}
