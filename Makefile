@@ -3,13 +3,28 @@
 CARGO ?= cargo
 SLUICE := target/debug/sluice
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Built once per machine, outside the repo, so every clone (and CI) reuses it.
+CACHE ?= $(HOME)/.cache/sluice
+TANSU := $(CACHE)/tansu-0.6.0/bin/tansu
+PYTHON := $(CACHE)/venv/bin/python
+export SLUICE_CACHE := $(CACHE)
 
 .PHONY: demo test lint bench build deps
 
-## deps: system packages the build needs (a C compiler for the C plugin and the header check).
-deps:
+## deps: what the build and tests need: a C compiler (the C plugin, the header check), the
+## Kafka-protocol test broker (tansu, built from crates.io once) and the reference client
+## (confluent-kafka from PyPI, in a virtualenv).
+deps: $(TANSU) $(PYTHON)
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
 	@command -v gcc >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends gcc libc6-dev; }
+
+$(TANSU):
+	@echo "building the test broker (tansu 0.6.0) once; it is cached in $(CACHE)"
+	$(CARGO) install tansu --version 0.6.0 --locked --features dynostore,postgres,libsql --root $(CACHE)/tansu-0.6.0
+
+$(PYTHON):
+	python3 -m venv $(CACHE)/venv || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && python3 -m venv $(CACHE)/venv; }
+	$(PYTHON) -m pip install --quiet confluent-kafka==2.16.1
 
 ## build: the runtime, every Rust plugin, and the C plugin.
 build: deps

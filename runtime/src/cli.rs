@@ -79,30 +79,42 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Validate { spec } => {
             let spec = PipelineSpec::load(&spec)?;
             let plugin = local::prepare(&spec).map_err(|e| with_detail(e, cli.verbose))?;
-            let SourceSpec::File(file) = &spec.source;
-            let input = spec.resolve(&file.path);
-            if input != Path::new("-") && !input.is_file() {
-                anyhow::bail!(
-                    "{}: source.file.path: {} does not exist: create it or fix the path",
-                    spec.file.display(),
-                    input.display()
-                );
-            }
+            let source = match &spec.source {
+                SourceSpec::File(file) => {
+                    let input = spec.resolve(&file.path);
+                    if input != Path::new("-") && !input.is_file() {
+                        anyhow::bail!(
+                            "{}: source.file.path: {} does not exist: create it or fix the path",
+                            spec.file.display(),
+                            input.display()
+                        );
+                    }
+                    format!("file {}", input.display())
+                }
+                SourceSpec::Kafka(k) => format!(
+                    "kafka topics {} as group {} from {}",
+                    k.topics.join(","),
+                    k.group_id,
+                    k.bootstrap_servers
+                ),
+            };
             let (major, minor) = plugin.plugin_ref().abi_version();
             println!("ok: {}: pipeline {}", spec.file.display(), spec.name);
-            println!(
-                "  plugin   {} (ABI {major}.{minor}) from {}",
-                plugin.label(),
-                plugin.path().display()
-            );
-            println!("  source   file {}", input.display());
+            let (label, path) = (plugin.label(), plugin.path().display());
+            println!("  plugin   {label} (ABI {major}.{minor}) from {path}");
+            println!("  source   {source}");
             for (name, output) in &spec.outputs {
                 match output {
                     OutputSpec::Stdout(_) => println!("  output   {name} -> stdout"),
-                    OutputSpec::File(f) => println!(
-                        "  output   {name} -> file {}",
-                        spec.resolve(&f.path).display()
-                    ),
+                    OutputSpec::File(f) => {
+                        println!(
+                            "  output   {name} -> file {}",
+                            spec.resolve(&f.path).display()
+                        )
+                    }
+                    OutputSpec::Kafka(k) => {
+                        println!("  output   {name} -> kafka topic {}", k.topic)
+                    }
                 }
             }
             Ok(())

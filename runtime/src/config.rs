@@ -83,6 +83,13 @@ pub struct PipelineSpec {
     pub source: SourceSpec,
     /// Named outputs the plugin emits to. Names are the ones the plugin uses.
     pub outputs: BTreeMap<String, OutputSpec>,
+    /// Worker threads, each with its own plugin instance (Kafka source). Default: the container's
+    /// CPU quota rounded to whole CPUs (see `cpu.rs`). A file source always uses one.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Producer settings for Kafka outputs.
+    #[serde(default)]
+    pub producer: ProducerSpec,
     /// What to do with events that fail.
     #[serde(default)]
     pub error_policy: ErrorPolicy,
@@ -118,6 +125,8 @@ fn empty_object() -> serde_json::Value {
 pub enum SourceSpec {
     /// Lines of a local file or stdin: for local runs and tests, no broker needed.
     File(FileSourceSpec),
+    /// A Kafka consumer group.
+    Kafka(KafkaSourceSpec),
 }
 
 /// The YAML shape of [`SourceSpec`]: one optional key per kind.
@@ -125,16 +134,84 @@ pub enum SourceSpec {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawSourceSpec {
     file: Option<FileSourceSpec>,
+    kafka: Option<KafkaSourceSpec>,
 }
 
 impl TryFrom<RawSourceSpec> for SourceSpec {
     type Error = String;
     fn try_from(raw: RawSourceSpec) -> Result<Self, String> {
         match raw {
-            RawSourceSpec { file: Some(file) } => Ok(SourceSpec::File(file)),
-            RawSourceSpec { file: None } => Err("set one source kind: `file`".into()),
+            RawSourceSpec {
+                file: Some(file),
+                kafka: None,
+            } => Ok(SourceSpec::File(file)),
+            RawSourceSpec {
+                file: None,
+                kafka: Some(kafka),
+            } => Ok(SourceSpec::Kafka(kafka)),
+            _ => Err("set exactly one source kind: `file` or `kafka`".into()),
         }
     }
+}
+
+/// A Kafka consumer group: every assigned partition becomes its own bounded event channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaSourceSpec {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    pub group_id: String,
+    /// librdkafka consumer properties passed through (security, timeouts, fetch sizes...).
+    /// Offset management properties are Sluice's own and are refused here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values come from environment variables (credentials):
+    /// `sasl.password: KAFKA_PASSWORD`.
+    #[serde(default)]
+    pub properties_from_env: BTreeMap<String, String>,
+    /// Events of one partition read but not yet processed before the partition is paused.
+    #[serde(default = "default_partition_capacity")]
+    pub partition_capacity: usize,
+    /// Most events per plugin call.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How often offsets are committed (after a plugin flush).
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// How long a revoke or shutdown may spend draining in-flight events. The default fits a
+    /// spot interruption notice (GKE gives ~30 s).
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_partition_capacity() -> usize {
+    1024
+}
+
+fn default_commit_interval_ms() -> u64 {
+    1000
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    25_000
+}
+
+/// librdkafka producer settings for the pipeline's Kafka outputs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProducerSpec {
+    /// Brokers (default: the Kafka source's).
+    #[serde(default)]
+    pub bootstrap_servers: Option<String>,
+    /// librdkafka producer properties passed through. Idempotence is always on.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Properties whose values come from environment variables (credentials).
+    #[serde(default)]
+    pub properties_from_env: BTreeMap<String, String>,
 }
 
 /// A local file (or stdin) read line by line.
@@ -183,6 +260,8 @@ pub enum OutputSpec {
     Stdout(StdoutOutputSpec),
     /// A local file (created or truncated).
     File(FileOutputSpec),
+    /// A Kafka topic, written by the pipeline's idempotent producer.
+    Kafka(KafkaOutputSpec),
 }
 
 /// The YAML shape of [`OutputSpec`]: one optional key per kind.
@@ -191,23 +270,27 @@ pub enum OutputSpec {
 struct RawOutputSpec {
     stdout: Option<StdoutOutputSpec>,
     file: Option<FileOutputSpec>,
+    kafka: Option<KafkaOutputSpec>,
 }
 
 impl TryFrom<RawOutputSpec> for OutputSpec {
     type Error = String;
     fn try_from(raw: RawOutputSpec) -> Result<Self, String> {
-        match raw {
-            RawOutputSpec {
-                stdout: Some(stdout),
-                file: None,
-            } => Ok(OutputSpec::Stdout(stdout)),
-            RawOutputSpec {
-                stdout: None,
-                file: Some(file),
-            } => Ok(OutputSpec::File(file)),
-            _ => Err("set exactly one output kind: `stdout` or `file`".into()),
+        match (raw.stdout, raw.file, raw.kafka) {
+            (Some(stdout), None, None) => Ok(OutputSpec::Stdout(stdout)),
+            (None, Some(file), None) => Ok(OutputSpec::File(file)),
+            (None, None, Some(kafka)) => Ok(OutputSpec::Kafka(kafka)),
+            _ => Err("set exactly one output kind: `stdout`, `file` or `kafka`".into()),
         }
     }
+}
+
+/// A Kafka topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaOutputSpec {
+    /// The topic records go to.
+    pub topic: String,
 }
 
 /// Standard output.
@@ -337,8 +420,33 @@ impl PipelineSpec {
         if self.outputs.is_empty() {
             return Err(self.invalid("outputs", "define at least one output"));
         }
+        if let Some(workers) = self.workers {
+            if workers == 0 || workers > 1024 {
+                return Err(self.invalid(
+                    "workers",
+                    "must be between 1 and 1024 (omit it to size from the CPU quota)",
+                ));
+            }
+            if matches!(self.source, SourceSpec::File(_)) && workers != 1 {
+                return Err(self.invalid(
+                    "workers",
+                    "a file source is one partition and runs one worker: omit `workers`",
+                ));
+            }
+        }
         match &self.source {
+            SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
             SourceSpec::File(file) => {
+                if let Some((name, _)) = self
+                    .outputs
+                    .iter()
+                    .find(|(_, o)| matches!(o, OutputSpec::Kafka(_)))
+                {
+                    return Err(self.invalid(
+                        &format!("outputs.{name}"),
+                        "kafka outputs need a `source: kafka` (the file source has no offsets to commit)",
+                    ));
+                }
                 if file.batch_size == 0 || file.batch_size > 65_536 {
                     return Err(
                         self.invalid("source.file.batch-size", "must be between 1 and 65536")
@@ -357,6 +465,53 @@ impl PipelineSpec {
         Ok(())
     }
 
+    fn check_kafka(&self, kafka: &KafkaSourceSpec) -> Result<(), ConfigError> {
+        if kafka.topics.is_empty() {
+            return Err(self.invalid("source.kafka.topics", "name at least one topic"));
+        }
+        if kafka.batch_size == 0 || kafka.batch_size > 65_536 {
+            return Err(self.invalid("source.kafka.batch-size", "must be between 1 and 65536"));
+        }
+        if kafka.partition_capacity < kafka.batch_size {
+            return Err(self.invalid(
+                "source.kafka.partition-capacity",
+                "must be at least batch-size",
+            ));
+        }
+        if kafka.drain_timeout_ms == 0 || kafka.commit_interval_ms == 0 {
+            return Err(self.invalid(
+                "source.kafka",
+                "drain-timeout-ms and commit-interval-ms must be positive",
+            ));
+        }
+        for key in kafka
+            .properties
+            .keys()
+            .chain(kafka.properties_from_env.keys())
+        {
+            if RESERVED_CONSUMER_PROPERTIES.contains(&key.as_str()) {
+                return Err(self.invalid(
+                    &format!("source.kafka.properties.{key}"),
+                    "is managed by Sluice (offsets are committed only for fully handled events): remove it",
+                ));
+            }
+        }
+        for key in self
+            .producer
+            .properties
+            .keys()
+            .chain(self.producer.properties_from_env.keys())
+        {
+            if RESERVED_PRODUCER_PROPERTIES.contains(&key.as_str()) {
+                return Err(self.invalid(
+                    &format!("producer.properties.{key}"),
+                    "is managed by Sluice (idempotent, acks=all): remove it",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A path from the spec, resolved against the spec's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() || path == Path::new("-") {
@@ -366,6 +521,17 @@ impl PipelineSpec {
         }
     }
 }
+
+/// Consumer properties Sluice sets itself: at-least-once depends on them.
+const RESERVED_CONSUMER_PROPERTIES: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+];
+
+/// Producer properties Sluice sets itself.
+const RESERVED_PRODUCER_PROPERTIES: &[&str] = &["enable.idempotence", "acks"];
 
 /// Replaces `${VAR}` and `${VAR:-default}` in `text`; `$$` stands for `$`. Values may not contain
 /// newlines (they would change the YAML's structure and its line numbers).
@@ -473,7 +639,9 @@ outputs:
             Path::new("/specs/lib/libdemo.so")
         );
         assert_eq!(spec.plugin.config["min_fare"], 5);
-        let SourceSpec::File(file) = &spec.source;
+        let SourceSpec::File(file) = &spec.source else {
+            panic!("file source")
+        };
         assert_eq!(file.batch_size, 256);
         assert_eq!(file.key_field.as_deref(), Some("id"));
         assert_eq!(spec.error_policy.event_error, Action::Fail);
@@ -549,6 +717,44 @@ outputs:
         .to_string();
         assert!(
             err.contains("plugin.sha256: must be 64 hex digits"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kafka_source_defaults_and_reserved_properties() {
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: 127.0.0.1:9092\n    topics: [a]\n    group-id: g\n",
+        );
+        let spec = parse(&kafka).unwrap();
+        let SourceSpec::Kafka(k) = &spec.source else {
+            panic!("kafka source")
+        };
+        assert_eq!(
+            (
+                k.partition_capacity,
+                k.batch_size,
+                k.commit_interval_ms,
+                k.drain_timeout_ms
+            ),
+            (1024, 256, 1000, 25_000)
+        );
+        let err = parse(&kafka.replace(
+            "group-id: g\n",
+            "group-id: g\n    properties: {enable.auto.commit: \"true\"}\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("source.kafka.properties.enable.auto.commit: is managed by Sluice"),
+            "{err}"
+        );
+        let err = parse(&SPEC.replace("    stdout: {}", "    kafka: {topic: t}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("outputs.out: kafka outputs need a `source: kafka`"),
             "{err}"
         );
     }

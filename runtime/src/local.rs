@@ -74,6 +74,12 @@ pub enum RunError {
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The pipeline could not be set up (clients, threads, signals).
+    #[error("{0}")]
+    Setup(String),
+    /// A fatal error stopped a running pipeline; offsets stop short of the failing event.
+    #[error("{0}")]
+    Fatal(String),
     /// An output could not be created or written.
     #[error("output `{name}` ({target}): {source}")]
     Output {
@@ -222,22 +228,61 @@ impl Collector for Router {
     }
 
     fn log(&mut self, level: u32, message: &str) {
-        use sluice_plugin_api::abi::{LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN};
-        let plugin = self.plugin.as_str();
-        match level {
-            LOG_ERROR => tracing::error!(plugin, "{message}"),
-            LOG_WARN => tracing::warn!(plugin, "{message}"),
-            LOG_INFO => tracing::info!(plugin, "{message}"),
-            LOG_DEBUG => tracing::debug!(plugin, "{message}"),
-            _ => tracing::trace!(plugin, "{message}"),
+        log_plugin_line(&self.plugin, level, message);
+    }
+}
+
+/// Writes a plugin's log line through `tracing` at its level.
+pub fn log_plugin_line(plugin: &str, level: u32, message: &str) {
+    use sluice_plugin_api::abi::{LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN};
+    match level {
+        LOG_ERROR => tracing::error!(plugin, "{message}"),
+        LOG_WARN => tracing::warn!(plugin, "{message}"),
+        LOG_INFO => tracing::info!(plugin, "{message}"),
+        LOG_DEBUG => tracing::debug!(plugin, "{message}"),
+        _ => tracing::trace!(plugin, "{message}"),
+    }
+}
+
+/// Runs a spec to its end: a `source: file` spec here, a Kafka one in [`crate::pipeline`].
+pub fn run(spec: &PipelineSpec) -> Result<Summary, RunError> {
+    match &spec.source {
+        SourceSpec::File(file) => run_file(spec, file),
+        SourceSpec::Kafka(_) => {
+            let shutdown = crate::shutdown::Shutdown::install()
+                .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
+            crate::pipeline::run(spec, &shutdown)
         }
     }
 }
 
-/// Runs a `source: file` spec to the end of its input.
-pub fn run(spec: &PipelineSpec) -> Result<Summary, RunError> {
+/// Opens a local output; `None` for outputs that are not local (Kafka topics).
+pub fn open_local_output(
+    spec: &PipelineSpec,
+    name: &str,
+    output: &OutputSpec,
+) -> Result<Option<LocalOutput>, RunError> {
+    Ok(match output {
+        OutputSpec::Stdout(stdout) => Some(LocalOutput::stdout(stdout.format)),
+        OutputSpec::File(file) => {
+            let target = spec.resolve(&file.path);
+            Some(
+                LocalOutput::file(&target, file.format).map_err(|source| RunError::Output {
+                    name: name.to_owned(),
+                    target,
+                    source,
+                })?,
+            )
+        }
+        OutputSpec::Kafka(_) => None,
+    })
+}
+
+fn run_file(
+    spec: &PipelineSpec,
+    source_spec: &crate::config::FileSourceSpec,
+) -> Result<Summary, RunError> {
     let plugin = prepare(spec)?;
-    let SourceSpec::File(source_spec) = &spec.source;
     let input = spec.resolve(&source_spec.path);
     let mut source = FileSource::open(source_spec, &input)?;
     let mut router = open_outputs(spec, plugin.label())?;
@@ -364,17 +409,9 @@ pub fn run(spec: &PipelineSpec) -> Result<Summary, RunError> {
 fn open_outputs(spec: &PipelineSpec, plugin: String) -> Result<Router, RunError> {
     let mut outputs = Vec::new();
     for (name, output) in &spec.outputs {
-        let out = match output {
-            OutputSpec::Stdout(stdout) => LocalOutput::stdout(stdout.format),
-            OutputSpec::File(file) => {
-                let target = spec.resolve(&file.path);
-                LocalOutput::file(&target, file.format).map_err(|source| RunError::Output {
-                    name: name.clone(),
-                    target,
-                    source,
-                })?
-            }
-        };
+        let out = open_local_output(spec, name, output)?.ok_or_else(|| {
+            RunError::Setup(format!("outputs.{name}: kafka outputs need a `source: kafka` (the file source has no offsets)"))
+        })?;
         outputs.push((name.clone(), out));
     }
     let by_name = outputs

@@ -193,6 +193,17 @@ impl OffsetTracker {
         self.partitions.values().map(|s| s.units.len()).sum()
     }
 
+    /// A commit of offsets from [`OffsetTracker::take_commits`] failed: hand them out again.
+    pub fn commit_failed(&mut self, commits: &[(TopicPartition, i64)]) {
+        for (tp, offset) in commits {
+            if let Some(state) = self.partitions.get_mut(tp) {
+                if state.committed == Some(*offset) {
+                    state.committed = None;
+                }
+            }
+        }
+    }
+
     /// The committable offsets that moved since the last call, marked as handed out.
     pub fn take_commits(&mut self) -> Vec<(TopicPartition, i64)> {
         let mut out = Vec::new();
@@ -264,6 +275,12 @@ mod tests {
         let v = t.begin(&tp(0), 5).unwrap();
         t.processed(&tp(0), v);
         assert_eq!(t.take_commits(), [(tp(0), 6)]);
+        t.commit_failed(&[(tp(0), 6)]);
+        assert_eq!(
+            t.take_commits(),
+            [(tp(0), 6)],
+            "a failed commit is handed out again"
+        );
     }
 
     #[test]

@@ -179,3 +179,140 @@ pub fn write_spec(dir: &Path, spec: &str) -> PathBuf {
     std::fs::write(&path, spec).unwrap();
     path
 }
+
+/// The cache the set-up fills (broker binary, Python client): outside the repo, so fresh clones
+/// on the same machine reuse it.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SLUICE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/tmp".into());
+            home.join(".cache/sluice")
+        })
+}
+
+/// The reference Kafka client (confluent-kafka in the set-up's virtualenv) running
+/// `tests/tools/kafka_tool.py` with `args`; returns stdout, panics with stderr on failure.
+pub fn kafka_tool(args: &[&str]) -> String {
+    let python = std::env::var_os("SLUICE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("venv/bin/python"));
+    let output = Command::new(&python)
+        .arg(root().join("tests/tools/kafka_tool.py"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: run `make test` (it installs the reference client)",
+                python.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "kafka_tool {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// A tansu broker on 127.0.0.1, started by this test process and stopped when it exits.
+#[derive(Debug)]
+pub struct Broker {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    port: u16,
+    data: tempfile::TempDir,
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl Broker {
+    /// The broker binary built by the set-up.
+    pub fn binary() -> PathBuf {
+        std::env::var_os("SLUICE_TANSU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cache_dir().join("tansu-0.6.0/bin/tansu"))
+    }
+
+    /// Starts a broker with durable (SQLite) storage in a fresh directory.
+    pub fn start() -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let broker = Broker {
+            addr: format!("127.0.0.1:{port}"),
+            port,
+            data: tempfile::tempdir().unwrap(),
+            child: std::sync::Mutex::new(None),
+        };
+        broker.up();
+        broker
+    }
+
+    /// (Re)starts the broker process on the same port and storage.
+    pub fn up(&self) {
+        let binary = Self::binary();
+        assert!(
+            binary.is_file(),
+            "{}: no broker binary: run `make test` (it builds tansu once)",
+            binary.display()
+        );
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        // A watchdog shell stops the broker when this test process goes away, however it ends.
+        let script = format!(
+            "\"$0\" broker --listener-url {url} --advertised-listener-url {url} --storage-engine sqlite://tansu.db >broker.log 2>&1 & b=$!; \
+             while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill -9 $b 2>/dev/null",
+            parent = std::process::id()
+        );
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(&binary)
+            .current_dir(self.data.path())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start broker");
+        *self.child.lock().unwrap() = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "broker did not listen on {} within 30 s: see {}",
+                self.addr,
+                self.data.path().join("broker.log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the broker process (SIGKILL), keeping its storage.
+    pub fn down(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            // Killing the watchdog leaves the broker; kill the broker through its port owner.
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("pkill -9 -P {}", child.id()))
+                .status();
+            let _ = child.wait();
+        }
+        while std::net::TcpStream::connect(&self.addr).is_ok() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Creates a topic.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        kafka_tool(&[
+            "create",
+            "--broker",
+            &self.addr,
+            "--topic",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ]);
+    }
+}

@@ -1,0 +1,144 @@
+//! The Kafka sink: one idempotent producer for all of a pipeline's Kafka outputs. Every record
+//! carries the units it came from; its delivery report acknowledges them in the offset tracker.
+//! A record that finally fails is never acknowledged, so the source offset cannot move past the
+//! event that produced it, and the pipeline is stopped with the error.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
+use sluice_plugin_api::abi::Record;
+
+use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
+
+/// What a delivered record acknowledges.
+#[derive(Debug)]
+pub enum Ack {
+    /// One unit.
+    One(TopicPartition, UnitId),
+    /// Several units (a record emitted by `flush`, which may derive from any of them).
+    Many(Arc<Vec<(TopicPartition, UnitId)>>),
+}
+
+/// State shared with the producer's delivery callback.
+#[derive(Debug)]
+pub struct DeliveryContext {
+    tracker: Arc<Mutex<OffsetTracker>>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Ack>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+        match result {
+            Ok(_) => {
+                let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                match *ack {
+                    Ack::One(tp, unit) => tracker.acked(&tp, unit),
+                    Ack::Many(units) => {
+                        for (tp, unit) in units.iter() {
+                            tracker.acked(tp, *unit);
+                        }
+                    }
+                }
+            }
+            Err((err, message)) => {
+                // librdkafka already retried for message.timeout.ms; the units stay unacknowledged.
+                let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+                failure.get_or_insert_with(|| {
+                    format!("delivery to topic {} failed: {err}", message.topic())
+                });
+            }
+        }
+    }
+}
+
+/// The pipeline's producer.
+pub struct KafkaSink {
+    producer: ThreadedProducer<DeliveryContext>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink").finish_non_exhaustive()
+    }
+}
+
+impl KafkaSink {
+    /// Creates the producer. `config` must carry bootstrap servers and any pass-through
+    /// properties; idempotence and `acks=all` are set here.
+    pub fn new(
+        mut config: ClientConfig,
+        tracker: Arc<Mutex<OffsetTracker>>,
+        failure: Arc<Mutex<Option<String>>>,
+    ) -> Result<Self, KafkaError> {
+        config.set("enable.idempotence", "true").set("acks", "all");
+        let producer = config.create_with_context(DeliveryContext {
+            tracker: tracker.clone(),
+            failure,
+        })?;
+        Ok(KafkaSink { producer, tracker })
+    }
+
+    /// Sends a record to `topic` on behalf of `ack`'s units. Counts it as outstanding first, so an
+    /// early delivery report cannot be lost. Waits while the producer queue is full.
+    pub fn send(&self, topic: &str, record: &Record<'_>, ack: Ack) -> Result<(), String> {
+        {
+            let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            match &ack {
+                Ack::One(tp, unit) => tracker.emitted(tp, *unit, 1),
+                Ack::Many(units) => units
+                    .iter()
+                    .for_each(|(tp, unit)| tracker.emitted(tp, *unit, 1)),
+            }
+        }
+        let headers = (!record.header_list().is_empty()).then(|| {
+            record.header_list().iter().fold(
+                OwnedHeaders::new_with_capacity(record.header_list().len()),
+                |hs, h| {
+                    hs.insert(Header {
+                        key: h.key(),
+                        value: Some(h.value()),
+                    })
+                },
+            )
+        });
+        let mut base = BaseRecord::<[u8], [u8], Box<Ack>>::with_opaque_to(topic, Box::new(ack));
+        if let Some(key) = record.key_bytes() {
+            base = base.key(key);
+        }
+        if let Some(value) = record.value_bytes() {
+            base = base.payload(value);
+        }
+        if let Some(headers) = headers {
+            base = base.headers(headers);
+        }
+        if let Some(partition) = record.partition_hint() {
+            base = base.partition(partition);
+        }
+        loop {
+            match self.producer.send(base) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    base = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                // The record stays counted and unacknowledged: the unit never completes.
+                Err((err, _)) => return Err(format!("cannot produce to topic {topic}: {err}")),
+            }
+        }
+    }
+
+    /// Waits for every queued record to be delivered (or fail), up to `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}

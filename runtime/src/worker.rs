@@ -1,0 +1,354 @@
+//! Workers: each owns one plugin instance on its own OS thread (plugin calls block and may be
+//! slow, so they never run on an async executor). A partition is pinned to one worker at a time
+//! and its events arrive in order through the worker's inbox, so per-partition order holds end
+//! to end.
+//!
+//! A batch becomes one offset unit. Units are marked *processed* only by the next `flush` (or
+//! `revoked`), because a plugin may buffer what it derived from them until then; records the
+//! plugin emits from `flush` acknowledge every unit since the previous flush.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use rdkafka::Message;
+use rdkafka::message::{Headers, OwnedMessage};
+use sluice_plugin_api::abi::{Event, Header, Partition, Record};
+use sluice_plugin_api::host::{Collector, EventErrorKind, Instance, Refusal};
+
+use crate::config::{Action, ErrorPolicy};
+use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
+use crate::sink::kafka::{Ack, KafkaSink};
+use crate::sink::local::LocalOutput;
+
+/// Where an output name leads.
+#[derive(Debug)]
+pub enum OutputTarget {
+    /// A Kafka topic.
+    Kafka(String),
+    /// stdout or a file: written synchronously, so nothing to acknowledge later.
+    Local(Mutex<LocalOutput>),
+}
+
+/// What a worker is told to do, in order.
+#[derive(Debug)]
+pub enum Command {
+    /// An event of an assigned partition, and that partition's in-flight counter.
+    Event(OwnedMessage, Arc<AtomicUsize>),
+    /// Partitions newly pinned to this worker.
+    Assigned(Vec<TopicPartition>),
+    /// Finish everything queued, call `revoked` and `flush`, then reply.
+    Revoke(Vec<TopicPartition>, mpsc::SyncSender<()>),
+    /// Finish everything queued, call `flush`, then reply.
+    Flush(mpsc::SyncSender<()>),
+    /// Close the instance and end the thread.
+    Stop,
+}
+
+/// Shared by every worker of a pipeline.
+#[derive(Debug)]
+pub struct WorkerShared {
+    /// "name version" of the plugin, for messages.
+    pub plugin: String,
+    /// Outputs by name.
+    pub outputs: HashMap<String, OutputTarget>,
+    /// The Kafka producer, if any output is a topic.
+    pub sink: Option<KafkaSink>,
+    /// Offset bookkeeping.
+    pub tracker: Arc<Mutex<OffsetTracker>>,
+    /// The first fatal error; once set, nothing more is marked processed.
+    pub failure: Arc<Mutex<Option<String>>>,
+    /// The error policy.
+    pub policy: ErrorPolicy,
+    /// Events handed to the plugin.
+    pub events_in: AtomicU64,
+    /// Records emitted.
+    pub records_out: AtomicU64,
+    /// Failed events skipped by policy.
+    pub skipped: AtomicU64,
+}
+
+impl WorkerShared {
+    fn fail(&self, message: String) {
+        tracing::error!("{message}");
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(message);
+    }
+
+    fn failed(&self) -> bool {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+}
+
+/// Routes a call's records to outputs on behalf of some units.
+struct Emitter<'a> {
+    shared: &'a WorkerShared,
+    ack: AckFor,
+    errors: Vec<(usize, EventErrorKind, String)>,
+}
+
+enum AckFor {
+    One(TopicPartition, UnitId),
+    Many(Arc<Vec<(TopicPartition, UnitId)>>),
+}
+
+impl Collector for Emitter<'_> {
+    fn emit(&mut self, output: &str, record: &Record<'_>) -> Result<(), Refusal> {
+        match self.shared.outputs.get(output) {
+            None => Err(Refusal::UnknownOutput),
+            Some(OutputTarget::Local(out)) => {
+                let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                out.write(output, record).map_err(|e| {
+                    Refusal::Invalid(format!("writing to {} failed: {e}", out.target().display()))
+                })
+            }
+            Some(OutputTarget::Kafka(topic)) => {
+                let sink = self
+                    .shared
+                    .sink
+                    .as_ref()
+                    .ok_or_else(|| Refusal::Invalid("no producer".into()))?;
+                let ack = match &self.ack {
+                    AckFor::One(tp, unit) => Ack::One(tp.clone(), *unit),
+                    AckFor::Many(units) => Ack::Many(units.clone()),
+                };
+                sink.send(topic, record, ack).map_err(Refusal::Invalid)
+            }
+        }?;
+        self.shared.records_out.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn event_error(&mut self, index: usize, kind: EventErrorKind, message: &str) {
+        self.errors.push((index, kind, message.to_owned()));
+    }
+
+    fn log(&mut self, level: u32, message: &str) {
+        crate::local::log_plugin_line(&self.shared.plugin, level, message);
+    }
+}
+
+/// One worker thread's state.
+pub struct Worker {
+    instance: Instance,
+    shared: Arc<WorkerShared>,
+    batch_size: usize,
+    /// Units processed by the plugin since the last flush.
+    pending: Vec<(TopicPartition, UnitId)>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker around an open instance.
+    pub fn new(instance: Instance, shared: Arc<WorkerShared>, batch_size: usize) -> Self {
+        Worker {
+            instance,
+            shared,
+            batch_size,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Runs until [`Command::Stop`] or the sender is dropped.
+    pub fn run(mut self, inbox: mpsc::Receiver<Command>) {
+        let mut next: Option<Command> = None;
+        loop {
+            let command = match next.take() {
+                Some(c) => c,
+                None => match inbox.recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                },
+            };
+            match command {
+                Command::Event(message, counter) => {
+                    let mut batch = vec![(message, counter)];
+                    while batch.len() < self.batch_size {
+                        match inbox.try_recv() {
+                            Ok(Command::Event(m, c)) => batch.push((m, c)),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.process(batch);
+                }
+                Command::Assigned(partitions) => self.hook("assigned", &partitions),
+                Command::Revoke(partitions, reply) => {
+                    self.hook("revoked", &partitions);
+                    self.flush();
+                    let _ = reply.send(());
+                }
+                Command::Flush(reply) => {
+                    self.flush();
+                    let _ = reply.send(());
+                }
+                Command::Stop => break,
+            }
+        }
+        let shared = self.shared.clone();
+        if let Err(err) = self.instance.close(&mut Emitter {
+            shared: &shared,
+            ack: AckFor::Many(Arc::default()),
+            errors: Vec::new(),
+        }) {
+            tracing::warn!(plugin = %shared.plugin, "close failed: {err}");
+        }
+    }
+
+    fn hook(&mut self, call: &'static str, partitions: &[TopicPartition]) {
+        if self.shared.failed() {
+            return;
+        }
+        let parts: Vec<Partition<'_>> = partitions
+            .iter()
+            .map(|(t, p)| Partition::new(t, *p))
+            .collect();
+        let shared = self.shared.clone();
+        let mut emitter = Emitter {
+            shared: &shared,
+            ack: AckFor::Many(Arc::new(self.pending.clone())),
+            errors: Vec::new(),
+        };
+        let result = match call {
+            "assigned" => self.instance.assigned(&parts, &mut emitter),
+            _ => self.instance.revoked(&parts, &mut emitter),
+        };
+        if let Err(err) = result {
+            shared.fail(format!("plugin {} failed in {call}: {err}", shared.plugin));
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.shared.failed() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let units = Arc::new(std::mem::take(&mut self.pending));
+        let mut emitter = Emitter {
+            shared: &shared,
+            ack: AckFor::Many(units.clone()),
+            errors: Vec::new(),
+        };
+        match self.instance.flush(&mut emitter) {
+            Ok(()) => {
+                let mut tracker = shared.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                for (tp, unit) in units.iter() {
+                    tracker.processed(tp, *unit);
+                }
+            }
+            Err(err) => shared.fail(format!("plugin {} failed in flush: {err}", shared.plugin)),
+        }
+    }
+
+    fn process(&mut self, batch: Vec<(OwnedMessage, Arc<AtomicUsize>)>) {
+        let mut start = 0;
+        while start < batch.len() {
+            let (topic, partition) = (batch[start].0.topic(), batch[start].0.partition());
+            let end = batch[start..]
+                .iter()
+                .position(|(m, _)| m.partition() != partition || m.topic() != topic)
+                .map_or(batch.len(), |n| start + n);
+            self.process_partition(&batch[start..end]);
+            for (_, counter) in &batch[start..end] {
+                counter.fetch_sub(1, Ordering::AcqRel);
+            }
+            start = end;
+        }
+    }
+
+    fn process_partition(&mut self, messages: &[(OwnedMessage, Arc<AtomicUsize>)]) {
+        let shared = self.shared.clone();
+        if shared.failed() {
+            return; // never marked processed: nothing from here on is committed
+        }
+        let first = &messages[0].0;
+        let tp: TopicPartition = (first.topic().to_owned(), first.partition());
+        let last_offset = messages[messages.len() - 1].0.offset();
+        let unit = match shared
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .begin(&tp, last_offset)
+        {
+            Ok(unit) => unit,
+            Err(err) => return shared.fail(format!("offset bookkeeping: {err}")),
+        };
+        let headers: Vec<Vec<Header<'_>>> = messages
+            .iter()
+            .map(|(m, _)| {
+                m.headers().map_or_else(Vec::new, |hs| {
+                    hs.iter()
+                        .map(|h| Header::new(h.key, h.value.unwrap_or_default()))
+                        .collect()
+                })
+            })
+            .collect();
+        let events: Vec<Event<'_>> = messages
+            .iter()
+            .zip(&headers)
+            .map(|((m, _), headers)| {
+                let mut e = Event::new(&tp.0, tp.1, m.offset()).with_headers(headers);
+                e = match m.payload() {
+                    Some(p) => e.with_payload(p),
+                    None => e.with_null_payload(),
+                };
+                if let Some(k) = m.key() {
+                    e = e.with_key(k);
+                }
+                if let Some(ts) = m.timestamp().to_millis() {
+                    e = e.with_timestamp_ms(ts);
+                }
+                e
+            })
+            .collect();
+        let mut emitter = Emitter {
+            shared: &shared,
+            ack: AckFor::One(tp.clone(), unit),
+            errors: Vec::new(),
+        };
+        let result = self.instance.process(&events, &mut emitter);
+        shared
+            .events_in
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        if let Err(err) = result {
+            return shared.fail(format!(
+                "plugin {} failed in process ({}/{} offsets {}-{last_offset}): {err}",
+                shared.plugin,
+                tp.0,
+                tp.1,
+                first.offset()
+            ));
+        }
+        for (index, kind, message) in emitter.errors {
+            let offset = events[index].offset();
+            match shared.policy.event_error {
+                Action::Skip => {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, offset, plugin = %shared.plugin, ?kind, "skipped failed event: {message}");
+                    shared.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Action::Fail => {
+                    return shared.fail(format!(
+                        "{}/{}@{offset}: plugin {} failed this event: {message}: fix the input or set `error-policy.event-error: skip`",
+                        tp.0, tp.1, shared.plugin
+                    ));
+                }
+            }
+        }
+        self.pending.push((tp, unit));
+    }
+}

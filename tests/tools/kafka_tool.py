@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""The independent reference client for Sluice's tests and demo: confluent-kafka (librdkafka).
+
+  kafka_tool.py produce  --broker B --topic T --count N [--keys K] [--start S] [--json]
+  kafka_tool.py consume  --broker B --topic T [--expect N] [--timeout S]
+  kafka_tool.py create   --broker B --topic T --partitions P
+  kafka_tool.py committed --broker B --topic T --group G
+
+`produce` writes N events; event i has key "k{i % K}" and value {"seq": i, "key": ...}, so a
+consumer can check per-key order. `consume` prints one JSON object per record (topic,
+partition, offset, key, value, headers) read from the beginning with a throwaway group, and
+stops after --expect records (plus --linger seconds, to catch extra ones) or --timeout seconds
+of silence counted from the partition assignment.
+"""
+import argparse
+import json
+import sys
+import time
+import uuid
+
+from confluent_kafka import ConsumerGroupTopicPartitions, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def produce(args):
+    p = Producer({"bootstrap.servers": args.broker, "enable.idempotence": True, "linger.ms": 5})
+    failures = []
+
+    def report(err, _msg):
+        if err is not None:
+            failures.append(str(err))
+
+    for i in range(args.start, args.start + args.count):
+        key = f"k{i % args.keys}"
+        value = json.dumps({"seq": i, "key": key})
+        while True:
+            try:
+                p.produce(args.topic, key=key, value=value, on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    remaining = p.flush(60)
+    if failures or remaining:
+        sys.exit(f"produce failed: {failures[:3]} ({remaining} undelivered)")
+    print(f"produced {args.count} events to {args.topic}", file=sys.stderr)
+
+
+def consume(args):
+    c = Consumer({
+        "bootstrap.servers": args.broker,
+        "group.id": f"reference-{uuid.uuid4()}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    })
+    state = {"assigned": False}
+
+    def on_assign(consumer, partitions):
+        state["assigned"] = True
+
+    c.subscribe([args.topic], on_assign=on_assign)
+    seen, last, started = 0, time.time(), time.time()
+    try:
+        while True:
+            if not state["assigned"]:
+                # The silence timeout starts once the group has assigned the partitions.
+                if time.time() - started > 60:
+                    sys.exit("consume: no partition assignment within 60 s")
+                last = time.time()
+            if args.expect is not None and seen >= args.expect:
+                # Linger briefly: anything beyond --expect is a duplicate the caller wants to see.
+                if time.time() - last > args.linger:
+                    break
+            elif time.time() - last > args.timeout:
+                break
+            msg = c.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error():
+                print(f"consumer error: {msg.error()}", file=sys.stderr)
+                continue
+            seen += 1
+            last = time.time()
+            print(json.dumps({
+                "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+                "key": msg.key().decode() if msg.key() is not None else None,
+                "value": msg.value().decode() if msg.value() is not None else None,
+                "headers": {k: v.decode() for k, v in (msg.headers() or [])},
+            }), flush=True)
+    finally:
+        c.close()
+
+
+def create(args):
+    admin = AdminClient({"bootstrap.servers": args.broker})
+    futures = admin.create_topics([NewTopic(args.topic, num_partitions=args.partitions, replication_factor=1)])
+    for f in futures.values():
+        f.result(30)
+
+
+def committed(args):
+    # Through the admin API: a Consumer with the group's id would disturb the group it inspects.
+    admin = AdminClient({"bootstrap.servers": args.broker})
+    md = admin.list_topics(args.topic, timeout=10)
+    parts = [TopicPartition(args.topic, p) for p in md.topics[args.topic].partitions]
+    request = [ConsumerGroupTopicPartitions(args.group, parts)]
+    result = admin.list_consumer_group_offsets(request)[args.group].result(30)
+    print(json.dumps({str(tp.partition): tp.offset for tp in result.topic_partitions if tp.topic == args.topic}))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("produce", "consume", "create", "committed"):
+        s = sub.add_parser(name)
+        s.add_argument("--broker", required=True)
+        s.add_argument("--topic", required=True)
+        if name == "produce":
+            s.add_argument("--count", type=int, required=True)
+            s.add_argument("--keys", type=int, default=16)
+            s.add_argument("--start", type=int, default=0)
+        if name == "consume":
+            s.add_argument("--expect", type=int)
+            s.add_argument("--timeout", type=float, default=10.0)
+            s.add_argument("--linger", type=float, default=1.0)
+        if name == "create":
+            s.add_argument("--partitions", type=int, default=1)
+        if name == "committed":
+            s.add_argument("--group", required=True)
+    args = ap.parse_args()
+    {"produce": produce, "consume": consume, "create": create, "committed": committed}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
