@@ -45,6 +45,8 @@ demo: build
 	@$(SLUICE) run -f plugins/windowed-count/pipeline.yaml
 	@echo; echo "== card numbers masked by a plugin written in C (c-mask)"
 	@$(SLUICE) run -f plugins/c-mask/pipeline.yaml
+	@echo; echo "==== and on Kafka: a real broker, the reference client, offsets committed after delivery"
+	@./scripts/demo-kafka.sh
 
 ## test: lint, then every test (unit, plugin end-to-end, scaffold).
 test: build lint

@@ -574,8 +574,9 @@ fn error_policy_fails_or_skips_per_event() {
 fn example_specs() -> Vec<std::path::PathBuf> {
     let mut specs: Vec<_> = std::fs::read_dir(root().join("plugins"))
         .unwrap()
-        .map(|e| e.unwrap().path().join("pipeline.yaml"))
-        .filter(|p| p.is_file())
+        .flat_map(|e| std::fs::read_dir(e.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     specs.sort();
     specs
@@ -611,7 +612,7 @@ fn json_lines(text: &str) -> Vec<Value> {
 #[test]
 fn every_example_spec_validates() {
     let specs = example_specs();
-    assert_eq!(specs.len(), 4, "{specs:?}");
+    assert_eq!(specs.len(), 5, "{specs:?}");
     let plugin_dir = plugin("passthrough").parent().unwrap().to_owned();
     let c_dir = plugin("c-mask").parent().unwrap().to_owned();
     let out = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@
 //! pipeline with nothing committed past the failing event.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -224,11 +224,11 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
             (_, Some(local)) => OutputTarget::Local(Mutex::new(local)),
             (_, None) => return Err(RunError::Setup(format!("outputs.{name}: cannot open"))),
         };
-        outputs.insert(name.clone(), target);
+        outputs.insert(name.clone(), (target, AtomicU64::new(0)));
     }
     let sink = if outputs
         .values()
-        .any(|o| matches!(o, OutputTarget::Kafka(_)))
+        .any(|(o, _)| matches!(o, OutputTarget::Kafka(_)))
     {
         let bootstrap = spec
             .producer
@@ -256,7 +256,6 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         failure: failure.clone(),
         policy: spec.error_policy.clone(),
         events_in: Default::default(),
-        records_out: Default::default(),
         skipped: Default::default(),
     });
 
@@ -393,9 +392,11 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         events_in: shared.events_in.load(Ordering::Relaxed),
         ..Default::default()
     };
-    summary
-        .records_out
-        .insert("all".into(), shared.records_out.load(Ordering::Relaxed));
+    for (name, (_, written)) in &shared.outputs {
+        summary
+            .records_out
+            .insert(name.clone(), written.load(Ordering::Relaxed));
+    }
     summary.skipped_failed = shared.skipped.load(Ordering::Relaxed);
     Ok(summary)
 }

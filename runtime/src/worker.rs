@@ -50,8 +50,8 @@ pub enum Command {
 pub struct WorkerShared {
     /// "name version" of the plugin, for messages.
     pub plugin: String,
-    /// Outputs by name.
-    pub outputs: HashMap<String, OutputTarget>,
+    /// Outputs by name, with the records written to each.
+    pub outputs: HashMap<String, (OutputTarget, AtomicU64)>,
     /// The Kafka producer, if any output is a topic.
     pub sink: Option<KafkaSink>,
     /// Offset bookkeeping.
@@ -62,8 +62,6 @@ pub struct WorkerShared {
     pub policy: ErrorPolicy,
     /// Events handed to the plugin.
     pub events_in: AtomicU64,
-    /// Records emitted.
-    pub records_out: AtomicU64,
     /// Failed events skipped by policy.
     pub skipped: AtomicU64,
 }
@@ -99,15 +97,17 @@ enum AckFor {
 
 impl Collector for Emitter<'_> {
     fn emit(&mut self, output: &str, record: &Record<'_>) -> Result<(), Refusal> {
-        match self.shared.outputs.get(output) {
-            None => Err(Refusal::UnknownOutput),
-            Some(OutputTarget::Local(out)) => {
+        let Some((target, written)) = self.shared.outputs.get(output) else {
+            return Err(Refusal::UnknownOutput);
+        };
+        match target {
+            OutputTarget::Local(out) => {
                 let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
                 out.write(output, record).map_err(|e| {
                     Refusal::Invalid(format!("writing to {} failed: {e}", out.target().display()))
                 })
             }
-            Some(OutputTarget::Kafka(topic)) => {
+            OutputTarget::Kafka(topic) => {
                 let sink = self
                     .shared
                     .sink
@@ -120,7 +120,7 @@ impl Collector for Emitter<'_> {
                 sink.send(topic, record, ack).map_err(Refusal::Invalid)
             }
         }?;
-        self.shared.records_out.fetch_add(1, Ordering::Relaxed);
+        written.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The independent reference client for Sluice's tests and demo: confluent-kafka (librdkafka).
 
-  kafka_tool.py produce  --broker B --topic T --count N [--keys K] [--start S] [--json]
+  kafka_tool.py produce  --broker B --topic T --count N [--keys K] [--start S] [--size BYTES]
+  kafka_tool.py produce-file --broker B --topic T --file F [--key-field FIELD]
   kafka_tool.py consume  --broker B --topic T [--expect N] [--timeout S]
   kafka_tool.py create   --broker B --topic T --partitions P
   kafka_tool.py committed --broker B --topic T --group G
@@ -30,9 +31,10 @@ def produce(args):
         if err is not None:
             failures.append(str(err))
 
+    pad = "x" * args.size
     for i in range(args.start, args.start + args.count):
         key = f"k{i % args.keys}"
-        value = json.dumps({"seq": i, "key": key})
+        value = json.dumps({"seq": i, "key": key, "pad": pad} if args.size else {"seq": i, "key": key})
         while True:
             try:
                 p.produce(args.topic, key=key, value=value, on_delivery=report)
@@ -44,6 +46,24 @@ def produce(args):
     if failures or remaining:
         sys.exit(f"produce failed: {failures[:3]} ({remaining} undelivered)")
     print(f"produced {args.count} events to {args.topic}", file=sys.stderr)
+
+
+def produce_file(args):
+    p = Producer({"bootstrap.servers": args.broker, "enable.idempotence": True})
+    count = 0
+    with open(args.file) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            key = None
+            if args.key_field:
+                key = str(json.loads(line).get(args.key_field, "")) or None
+            p.produce(args.topic, key=key, value=line)
+            count += 1
+    if p.flush(60):
+        sys.exit("produce-file: not all records were delivered")
+    print(f"produced {count} events from {args.file} to {args.topic}", file=sys.stderr)
 
 
 def consume(args):
@@ -111,7 +131,7 @@ def committed(args):
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("produce", "consume", "create", "committed"):
+    for name in ("produce", "produce-file", "consume", "create", "committed"):
         s = sub.add_parser(name)
         s.add_argument("--broker", required=True)
         s.add_argument("--topic", required=True)
@@ -119,6 +139,10 @@ def main():
             s.add_argument("--count", type=int, required=True)
             s.add_argument("--keys", type=int, default=16)
             s.add_argument("--start", type=int, default=0)
+            s.add_argument("--size", type=int, default=0, help="padding bytes per event")
+        if name == "produce-file":
+            s.add_argument("--file", required=True)
+            s.add_argument("--key-field")
         if name == "consume":
             s.add_argument("--expect", type=int)
             s.add_argument("--timeout", type=float, default=10.0)
@@ -128,7 +152,9 @@ def main():
         if name == "committed":
             s.add_argument("--group", required=True)
     args = ap.parse_args()
-    {"produce": produce, "consume": consume, "create": create, "committed": committed}[args.cmd](args)
+    commands = {"produce": produce, "produce-file": produce_file, "consume": consume, "create": create,
+                "committed": committed}
+    commands[args.cmd](args)
 
 
 if __name__ == "__main__":
