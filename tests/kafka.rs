@@ -359,3 +359,204 @@ fn broker_config_problems_are_one_line_errors() {
         "{stderr}"
     );
 }
+
+/// A broker of its own: these tests restart it.
+fn own_broker_spec(
+    dir: &Path,
+    broker: &Broker,
+    names: &Names,
+    delay_us: u32,
+    extra: &str,
+) -> PathBuf {
+    let text = std::fs::read_to_string(slow_spec(dir, names, delay_us, extra)).unwrap();
+    let path = dir.join("own-broker.yaml");
+    std::fs::write(&path, text.replace(&crate::broker().addr, &broker.addr)).unwrap();
+    path
+}
+
+fn tool_on(broker: &Broker, args: &[&str]) -> String {
+    let mut full: Vec<&str> = vec![args[0], "--broker", &broker.addr];
+    full.extend_from_slice(&args[1..]);
+    kafka_tool(&full)
+}
+
+#[test]
+fn broker_restart_mid_stream_loses_nothing() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let names = Names {
+        input: unique("in"),
+        output: unique("out"),
+        group: unique("group"),
+    };
+    broker.create_topic(&names.input, 2);
+    broker.create_topic(&names.output, 2);
+    let total = 3000;
+    tool_on(
+        &broker,
+        &[
+            "produce",
+            "--topic",
+            &names.input,
+            "--count",
+            &total.to_string(),
+        ],
+    );
+    let spec = own_broker_spec(
+        dir.path(),
+        &broker,
+        &names,
+        3000,
+        "    batch-size: 16\n    partition-capacity: 32\n",
+    );
+    let run = start(&spec, dir.path());
+    let committed = || {
+        let out = tool_on(
+            &broker,
+            &[
+                "committed",
+                "--topic",
+                &names.input,
+                "--group",
+                &names.group,
+            ],
+        );
+        serde_json::from_str::<BTreeMap<String, i64>>(&out)
+            .unwrap()
+            .values()
+            .filter(|o| **o >= 0)
+            .sum::<i64>()
+    };
+    wait_until("a first commit", Duration::from_secs(30), || {
+        committed() > 100
+    });
+    broker.down();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.up();
+    wait_until("every offset committed", Duration::from_secs(120), || {
+        committed() == total as i64
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let records: Vec<Value> = tool_on(
+        &broker,
+        &[
+            "consume",
+            "--topic",
+            &names.output,
+            "--expect",
+            &total.to_string(),
+            "--timeout",
+            "20",
+        ],
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
+    let duplicates = check_every_event_once_in_key_order(&records, total);
+    eprintln!("broker restart: {total} events, {duplicates} duplicates (at-least-once)");
+}
+
+#[test]
+fn two_processes_split_the_partitions_and_one_leaves_mid_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(4);
+    let total = 4000;
+    produce(&names.input, total, 0);
+    let spec = slow_spec(
+        dir.path(),
+        &names,
+        4000,
+        "    batch-size: 16\n    partition-capacity: 32\n",
+    );
+    let a = start(&spec, dir.path());
+    let b = start(&spec, dir.path());
+    let per_partition = || -> BTreeMap<String, i64> {
+        serde_json::from_str(&kafka_tool(&[
+            "committed",
+            "--broker",
+            &broker().addr,
+            "--topic",
+            &names.input,
+            "--group",
+            &names.group,
+        ]))
+        .unwrap()
+    };
+    // Both members work: every partition has a commit, and the logs show each got some.
+    wait_until(
+        "commits on all 4 partitions",
+        Duration::from_secs(60),
+        || per_partition().values().all(|o| *o > 0),
+    );
+    let (code, log_a) = a.stop(); // leaves the group mid-stream; b takes over its partitions
+    assert_eq!(code, Some(0), "{log_a}");
+    assert!(log_a.contains("assigned"), "{log_a}");
+    wait_until("every offset committed", Duration::from_secs(120), || {
+        per_partition().values().sum::<i64>() == total as i64
+    });
+    let (code, log_b) = b.stop();
+    assert_eq!(code, Some(0), "{log_b}");
+    let records = consume(&names.output, total);
+    assert_eq!(
+        check_every_event_once_in_key_order(&records, total),
+        0,
+        "a graceful leave duplicates nothing"
+    );
+    assert_eq!(records.len(), total);
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_slow_plugin_on_a_fast_topic_keeps_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(2);
+    // 20,000 events of ~10 KiB: ~200 MiB of input that the slow plugin cannot keep up with.
+    let total = 20_000;
+    kafka_tool(&[
+        "produce",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        &names.input,
+        "--count",
+        &total.to_string(),
+        "--size",
+        "10000",
+    ]);
+    let spec = slow_spec(
+        dir.path(),
+        &names,
+        2000,
+        "    batch-size: 16\n    partition-capacity: 64\n",
+    );
+    let run = start(&spec, dir.path());
+    wait_until("a first commit", Duration::from_secs(30), || {
+        committed_sum(&names.input, &names.group) > 0
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let peak = peak_rss_kib(run.child.id());
+    let done = committed_sum(&names.input, &names.group);
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!(
+        "backpressure: peak RSS {} MiB after {done} of {total} events (~{} MiB input)",
+        peak / 1024,
+        total * 10 / 1024
+    );
+    assert!(
+        (done as usize) < total / 2,
+        "the plugin really is slower than the topic ({done} done)"
+    );
+    assert!(
+        peak < 96 * 1024,
+        "peak RSS {} MiB: memory is not bounded by partition-capacity",
+        peak / 1024
+    );
+}
