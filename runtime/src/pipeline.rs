@@ -380,7 +380,13 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         let _ = thread.join();
     }
     if let Some(sink) = &shared.sink {
-        let _ = sink.flush(Duration::from_millis(source.drain_timeout_ms));
+        // Their offsets were not committed (the tracker waits for acks), so nothing is lost;
+        // but the stop was not clean and the next run will send them again.
+        if let Err(err) = sink.flush(Duration::from_millis(source.drain_timeout_ms)) {
+            failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(format!(
+                "records still undelivered when the drain timeout ran out ({err}); their source offsets were not committed"
+            ));
+        }
     }
     if let Some(message) =
         fatal.or_else(|| failure.lock().unwrap_or_else(|e| e.into_inner()).clone())
