@@ -139,6 +139,14 @@ fn start(spec: &Path, dir: &Path) -> Running {
     Running { child, log }
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test must not leave its pipeline running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Running {
     fn signal(&self, signal: &str) {
         Command::new("kill")
@@ -502,9 +510,16 @@ fn two_processes_split_the_partitions_and_one_leaves_mid_stream() {
         per_partition().values().sum::<i64>() < total as i64,
         "a left mid-stream"
     );
-    wait_until("every offset committed", Duration::from_secs(120), || {
-        per_partition().values().sum::<i64>() == total as i64
-    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while per_partition().values().sum::<i64>() != total as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "b did not finish: committed {:?}\n--- a ---\n{log_a}\n--- b ---\n{}",
+            per_partition(),
+            std::fs::read_to_string(&b.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (code, log_b) = b.stop();
     assert_eq!(code, Some(0), "{log_b}");
     let records = consume(&names.output, total);

@@ -5,7 +5,8 @@
 //! plugin batch, or one event) and is complete when the plugin has finished with it **and** every
 //! record it emitted has been acknowledged by its sink. The committable offset of a partition is
 //! one past the last offset of the longest prefix of complete units: the partition's low
-//! watermark. Acknowledgements may arrive in any order; a unit whose record failed blocks its
+//! watermark. Acknowledgements may arrive in any order, even before the emit count they answer is
+//! added (callers add counts before marking a unit processed); a unit whose record failed blocks its
 //! partition until the record is retried and acknowledged, so no offset ever moves past an event
 //! that was not fully handled.
 
@@ -24,7 +25,11 @@ pub struct UnitId {
 #[derive(Debug, Clone)]
 struct Unit {
     last_offset: i64,
-    outstanding: u32,
+    /// Records emitted minus records acknowledged. Acks may be counted before their records
+    /// (a producer can report delivery before the worker adds its count), so this may dip
+    /// below zero meanwhile; the unit cannot complete until it is processed, and it is marked
+    /// processed only after every count was added.
+    outstanding: i64,
     processed: bool,
 }
 
@@ -151,10 +156,11 @@ impl OffsetTracker {
         Ok(id)
     }
 
-    /// The unit emitted `records` more records that its sinks must acknowledge.
+    /// The unit emitted `records` more records that its sinks must acknowledge. Must be called
+    /// before [`OffsetTracker::processed`] for the unit.
     pub fn emitted(&mut self, tp: &TopicPartition, unit: UnitId, records: u32) {
         if let Some(u) = self.partitions.get_mut(tp).and_then(|s| s.unit(unit)) {
-            u.outstanding += records;
+            u.outstanding += i64::from(records);
         }
     }
 
@@ -172,7 +178,7 @@ impl OffsetTracker {
     pub fn acked(&mut self, tp: &TopicPartition, unit: UnitId) {
         if let Some(state) = self.partitions.get_mut(tp) {
             if let Some(u) = state.unit(unit) {
-                u.outstanding = u.outstanding.saturating_sub(1);
+                u.outstanding -= 1;
                 state.advance();
             }
         }
@@ -249,6 +255,24 @@ mod tests {
             "a and b complete: commit the next offset"
         );
         assert_eq!(t.in_flight(&tp(0)), 0);
+    }
+
+    #[test]
+    fn acks_counted_before_their_emit_count_still_add_up() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp(0));
+        let u = t.begin(&tp(0), 3).unwrap();
+        t.acked(&tp(0), u);
+        t.acked(&tp(0), u);
+        t.emitted(&tp(0), u, 3);
+        t.processed(&tp(0), u);
+        assert_eq!(
+            t.committable(&tp(0)),
+            None,
+            "one record still unacknowledged"
+        );
+        t.acked(&tp(0), u);
+        assert_eq!(t.committable(&tp(0)), Some(4));
     }
 
     #[test]

@@ -47,6 +47,8 @@ struct Dispatch {
     tracker: Arc<Mutex<OffsetTracker>>,
     failure: Arc<Mutex<Option<String>>>,
     drain_timeout: Duration,
+    /// Partitions revoked since the current poll burst began.
+    revoked_log: Vec<TopicPartition>,
 }
 
 struct RebalanceContext {
@@ -68,8 +70,13 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka keeps a partition's pause flag across unassign and assign: a partition
+            // revoked while paused would come back paused, and our fresh slot would never resume it.
+            if let Err(err) = consumer.resume(tpl) {
+                tracing::warn!("resume of newly assigned partitions failed: {err}");
+            }
             let mut dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
             let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
             for e in tpl.elements() {
@@ -112,6 +119,7 @@ fn revoke(
     partitions: &[TopicPartition],
 ) {
     let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
+    dispatch.revoked_log.extend(partitions.iter().cloned());
     for tp in partitions {
         if let Some(slot) = dispatch.slots.remove(tp) {
             dispatch.load[slot.worker] -= 1;
@@ -293,6 +301,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         tracker: tracker.clone(),
         failure: failure.clone(),
         drain_timeout: Duration::from_millis(source.drain_timeout_ms),
+        revoked_log: Vec::new(),
     }));
     let consumer = create_consumer(spec, source, dispatch.clone())?;
     let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
@@ -300,21 +309,30 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         .subscribe(&topics)
         .map_err(|e| RunError::Setup(format!("cannot subscribe to {topics:?}: {e}")))?;
 
+    let burst_limit = source.batch_size * worker_count;
     let commit_every = Duration::from_millis(source.commit_interval_ms);
     let mut next_commit = Instant::now() + commit_every;
     let mut flush_round: Option<Vec<mpsc::Receiver<()>>> = None;
     while !shutdown.requested() && failure.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
         release_held(&consumer, &dispatch, source.partition_capacity);
-        match consumer.poll(Duration::from_millis(50)) {
-            Some(Ok(message)) => dispatch_message(
-                &consumer,
-                &dispatch,
-                message.detach(),
-                source.partition_capacity,
-            ),
-            Some(Err(err)) => tracing::warn!("consumer: {err}"),
-            None => {}
+        // Drain what librdkafka has ready in one burst, then hand each worker its share in one
+        // message: one wake-up per burst, not per event.
+        dispatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .revoked_log
+            .clear();
+        let mut burst = Vec::new();
+        let mut wait = Duration::from_millis(50);
+        while burst.len() < burst_limit {
+            match consumer.poll(wait) {
+                Some(Ok(message)) => burst.push(message.detach()),
+                Some(Err(err)) => tracing::warn!("consumer: {err}"),
+                None => break,
+            }
+            wait = Duration::ZERO;
         }
+        dispatch_burst(&consumer, &dispatch, burst, source.partition_capacity);
         // Commit cycle: flush every worker (without blocking the poll loop), then commit.
         if flush_round.is_none() && Instant::now() >= next_commit {
             flush_round = Some(
@@ -442,30 +460,53 @@ fn tpl_of(tp: &TopicPartition) -> TopicPartitionList {
     tpl
 }
 
-fn dispatch_message(
+/// Dispatches a burst of events to the workers their partitions are pinned to, pausing full
+/// partitions. Events of a partition revoked during the burst are dropped: whoever owns it now
+/// reads them again from the committed offset.
+fn dispatch_burst(
     consumer: &BaseConsumer<RebalanceContext>,
     dispatch: &Mutex<Dispatch>,
-    message: OwnedMessage,
+    burst: Vec<OwnedMessage>,
     capacity: usize,
 ) {
-    let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-    let Dispatch { slots, workers, .. } = &mut *d;
-    let tp = (message.topic().to_owned(), message.partition());
-    let Some(slot) = slots.get_mut(&tp) else {
-        return; // revoked meanwhile: the next owner reads it from the committed offset
-    };
-    if slot.paused || slot.in_flight.load(Ordering::Acquire) >= capacity {
-        if !slot.paused {
-            if let Err(err) = consumer.pause(&tpl_of(&tp)) {
-                tracing::warn!(topic = %tp.0, partition = tp.1, "pause failed: {err}");
-            }
-            slot.paused = true;
-        }
-        slot.held.push_back(message);
+    if burst.is_empty() {
         return;
     }
-    slot.in_flight.fetch_add(1, Ordering::AcqRel);
-    let _ = workers[slot.worker].send(Command::Event(message, slot.in_flight.clone()));
+    let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+    let Dispatch {
+        slots,
+        workers,
+        revoked_log,
+        ..
+    } = &mut *d;
+    let mut outgoing: Vec<Vec<(OwnedMessage, Arc<AtomicUsize>)>> =
+        workers.iter().map(|_| Vec::new()).collect();
+    for message in burst {
+        let tp = (message.topic().to_owned(), message.partition());
+        if revoked_log.contains(&tp) {
+            continue;
+        }
+        let Some(slot) = slots.get_mut(&tp) else {
+            continue; // not (or no longer) ours
+        };
+        if slot.paused || slot.in_flight.load(Ordering::Acquire) >= capacity {
+            if !slot.paused {
+                if let Err(err) = consumer.pause(&tpl_of(&tp)) {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, "pause failed: {err}");
+                }
+                slot.paused = true;
+            }
+            slot.held.push_back(message);
+            continue;
+        }
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        outgoing[slot.worker].push((message, slot.in_flight.clone()));
+    }
+    for (worker, events) in outgoing.into_iter().enumerate() {
+        if !events.is_empty() {
+            let _ = workers[worker].send(Command::Events(events));
+        }
+    }
 }
 
 /// Hands held events of paused partitions to their workers as room frees up, and resumes a
@@ -478,12 +519,16 @@ fn release_held(
     let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
     let Dispatch { slots, workers, .. } = &mut *d;
     for (tp, slot) in slots.iter_mut().filter(|(_, s)| s.paused) {
+        let mut events = Vec::new();
         while slot.in_flight.load(Ordering::Acquire) < capacity {
             let Some(message) = slot.held.pop_front() else {
                 break;
             };
             slot.in_flight.fetch_add(1, Ordering::AcqRel);
-            let _ = workers[slot.worker].send(Command::Event(message, slot.in_flight.clone()));
+            events.push((message, slot.in_flight.clone()));
+        }
+        if !events.is_empty() {
+            let _ = workers[slot.worker].send(Command::Events(events));
         }
         // Resume at half capacity, so a slow partition does not flap between pause and resume.
         if slot.held.is_empty() && slot.in_flight.load(Ordering::Acquire) <= capacity / 2 {

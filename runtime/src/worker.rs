@@ -33,8 +33,8 @@ pub enum OutputTarget {
 /// What a worker is told to do, in order.
 #[derive(Debug)]
 pub enum Command {
-    /// An event of an assigned partition, and that partition's in-flight counter.
-    Event(OwnedMessage, Arc<AtomicUsize>),
+    /// Events of assigned partitions, in order, each with its partition's in-flight counter.
+    Events(Vec<(OwnedMessage, Arc<AtomicUsize>)>),
     /// Partitions newly pinned to this worker.
     Assigned(Vec<TopicPartition>),
     /// Finish everything queued, call `revoked` and `flush`, then reply.
@@ -88,6 +88,37 @@ struct Emitter<'a> {
     shared: &'a WorkerShared,
     ack: AckFor,
     errors: Vec<(usize, EventErrorKind, String)>,
+    /// Records handed to the Kafka sink for `ack`'s units during this call.
+    sent: u32,
+}
+
+impl Emitter<'_> {
+    fn new(shared: &WorkerShared, ack: AckFor) -> Emitter<'_> {
+        Emitter {
+            shared,
+            ack,
+            errors: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Adds this call's records to its units' outstanding counts (one lock per call).
+    fn count_sent(&self) {
+        if self.sent == 0 {
+            return;
+        }
+        let mut tracker = self
+            .shared
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &self.ack {
+            AckFor::One(tp, unit) => tracker.emitted(tp, *unit, self.sent),
+            AckFor::Many(units) => units
+                .iter()
+                .for_each(|(tp, unit)| tracker.emitted(tp, *unit, self.sent)),
+        }
+    }
 }
 
 enum AckFor {
@@ -117,6 +148,8 @@ impl Collector for Emitter<'_> {
                     AckFor::One(tp, unit) => Ack::One(tp.clone(), *unit),
                     AckFor::Many(units) => Ack::Many(units.clone()),
                 };
+                // Counted even if the send fails: such a unit must never complete.
+                self.sent += 1;
                 sink.send(topic, record, ack).map_err(Refusal::Invalid)
             }
         }?;
@@ -173,11 +206,10 @@ impl Worker {
                 },
             };
             match command {
-                Command::Event(message, counter) => {
-                    let mut batch = vec![(message, counter)];
+                Command::Events(mut batch) => {
                     while batch.len() < self.batch_size {
                         match inbox.try_recv() {
-                            Ok(Command::Event(m, c)) => batch.push((m, c)),
+                            Ok(Command::Events(more)) => batch.extend(more),
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -201,11 +233,10 @@ impl Worker {
             }
         }
         let shared = self.shared.clone();
-        if let Err(err) = self.instance.close(&mut Emitter {
-            shared: &shared,
-            ack: AckFor::Many(Arc::default()),
-            errors: Vec::new(),
-        }) {
+        if let Err(err) = self
+            .instance
+            .close(&mut Emitter::new(&shared, AckFor::Many(Arc::default())))
+        {
             tracing::warn!(plugin = %shared.plugin, "close failed: {err}");
         }
     }
@@ -219,15 +250,12 @@ impl Worker {
             .map(|(t, p)| Partition::new(t, *p))
             .collect();
         let shared = self.shared.clone();
-        let mut emitter = Emitter {
-            shared: &shared,
-            ack: AckFor::Many(Arc::new(self.pending.clone())),
-            errors: Vec::new(),
-        };
+        let mut emitter = Emitter::new(&shared, AckFor::Many(Arc::new(self.pending.clone())));
         let result = match call {
             "assigned" => self.instance.assigned(&parts, &mut emitter),
             _ => self.instance.revoked(&parts, &mut emitter),
         };
+        emitter.count_sent(); // before the next flush marks the pending units processed
         if let Err(err) = result {
             shared.fail(format!("plugin {} failed in {call}: {err}", shared.plugin));
         }
@@ -239,12 +267,10 @@ impl Worker {
         }
         let shared = self.shared.clone();
         let units = Arc::new(std::mem::take(&mut self.pending));
-        let mut emitter = Emitter {
-            shared: &shared,
-            ack: AckFor::Many(units.clone()),
-            errors: Vec::new(),
-        };
-        match self.instance.flush(&mut emitter) {
+        let mut emitter = Emitter::new(&shared, AckFor::Many(units.clone()));
+        let result = self.instance.flush(&mut emitter);
+        emitter.count_sent();
+        match result {
             Ok(()) => {
                 let mut tracker = shared.tracker.lock().unwrap_or_else(|e| e.into_inner());
                 for (tp, unit) in units.iter() {
@@ -263,7 +289,9 @@ impl Worker {
                 .iter()
                 .position(|(m, _)| m.partition() != partition || m.topic() != topic)
                 .map_or(batch.len(), |n| start + n);
-            self.process_partition(&batch[start..end]);
+            for chunk in batch[start..end].chunks(self.batch_size) {
+                self.process_partition(chunk);
+            }
             for (_, counter) in &batch[start..end] {
                 counter.fetch_sub(1, Ordering::AcqRel);
             }
@@ -316,12 +344,9 @@ impl Worker {
                 e
             })
             .collect();
-        let mut emitter = Emitter {
-            shared: &shared,
-            ack: AckFor::One(tp.clone(), unit),
-            errors: Vec::new(),
-        };
+        let mut emitter = Emitter::new(&shared, AckFor::One(tp.clone(), unit));
         let result = self.instance.process(&events, &mut emitter);
+        emitter.count_sent();
         shared
             .events_in
             .fetch_add(events.len() as u64, Ordering::Relaxed);

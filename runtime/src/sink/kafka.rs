@@ -63,7 +63,6 @@ impl ProducerContext for DeliveryContext {
 /// The pipeline's producer.
 pub struct KafkaSink {
     producer: ThreadedProducer<DeliveryContext>,
-    tracker: Arc<Mutex<OffsetTracker>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -81,25 +80,14 @@ impl KafkaSink {
         failure: Arc<Mutex<Option<String>>>,
     ) -> Result<Self, KafkaError> {
         config.set("enable.idempotence", "true").set("acks", "all");
-        let producer = config.create_with_context(DeliveryContext {
-            tracker: tracker.clone(),
-            failure,
-        })?;
-        Ok(KafkaSink { producer, tracker })
+        let producer = config.create_with_context(DeliveryContext { tracker, failure })?;
+        Ok(KafkaSink { producer })
     }
 
-    /// Sends a record to `topic` on behalf of `ack`'s units. Counts it as outstanding first, so an
-    /// early delivery report cannot be lost. Waits while the producer queue is full.
+    /// Sends a record to `topic` on behalf of `ack`'s units; the caller counts it as emitted for
+    /// them (`OffsetTracker::emitted`) before it marks them processed. Waits while the producer
+    /// queue is full.
     pub fn send(&self, topic: &str, record: &Record<'_>, ack: Ack) -> Result<(), String> {
-        {
-            let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-            match &ack {
-                Ack::One(tp, unit) => tracker.emitted(tp, *unit, 1),
-                Ack::Many(units) => units
-                    .iter()
-                    .for_each(|(tp, unit)| tracker.emitted(tp, *unit, 1)),
-            }
-        }
         let headers = (!record.header_list().is_empty()).then(|| {
             record.header_list().iter().fold(
                 OwnedHeaders::new_with_capacity(record.header_list().len()),
