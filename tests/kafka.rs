@@ -599,9 +599,14 @@ fn a_second_signal_exits_at_once() {
         "    partition-capacity: 3000\n    batch-size: 16\n",
     );
     let mut run = start(&spec, dir.path());
-    wait_until("a first commit", Duration::from_secs(30), || {
-        committed_sum(&names.input, &names.group) > 0
+    // The whole input is queued at once, so no commit comes before it is done: wait for the
+    // assignment, then give the worker a moment.
+    wait_until("the assignment", Duration::from_secs(30), || {
+        std::fs::read_to_string(&run.log)
+            .unwrap_or_default()
+            .contains(" assigned ")
     });
+    std::thread::sleep(Duration::from_secs(1));
     run.signal("-TERM");
     std::thread::sleep(Duration::from_millis(300));
     let stopping = Instant::now();
