@@ -337,6 +337,14 @@ impl<'a> Record<'a> {
         self.flags &= !FLAG_KEY_NULL;
         self
     }
+    /// Sets the key, or leaves it null for `None` (e.g. `.key_opt(event.key())` keeps an
+    /// event's key, null or not).
+    pub const fn key_opt(self, key: Option<&'a [u8]>) -> Self {
+        match key {
+            Some(key) => self.key(key),
+            None => self,
+        }
+    }
     /// Sets the value.
     pub const fn value(mut self, value: &'a [u8]) -> Self {
         self.value = Slice::new(value);

@@ -171,11 +171,7 @@ impl<'h> Output<'h> {
         key: Option<&[u8]>,
         value: &[u8],
     ) -> Result<(), EmitError> {
-        let record = Record::to(output).value(value);
-        self.emit(match key {
-            Some(key) => record.key(key),
-            None => record,
-        })
+        self.emit(Record::to(output).value(value).key_opt(key))
     }
 
     /// Writes a line to the host's log.

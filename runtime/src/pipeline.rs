@@ -481,8 +481,12 @@ fn dispatch_burst(
     } = &mut *d;
     let mut outgoing: Vec<Vec<(OwnedMessage, Arc<AtomicUsize>)>> =
         workers.iter().map(|_| Vec::new()).collect();
+    let mut tp: TopicPartition = (String::new(), -1);
     for message in burst {
-        let tp = (message.topic().to_owned(), message.partition());
+        // Consecutive events mostly share a partition: allocate its key only when it changes.
+        if tp.1 != message.partition() || tp.0 != message.topic() {
+            tp = (message.topic().to_owned(), message.partition());
+        }
         if revoked_log.contains(&tp) {
             continue;
         }

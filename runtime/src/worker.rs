@@ -166,6 +166,22 @@ impl Collector for Emitter<'_> {
     }
 }
 
+/// The partition hooks a worker calls.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Assigned,
+    Revoked,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Assigned => "assigned",
+            Hook::Revoked => "revoked",
+        }
+    }
+}
+
 /// One worker thread's state.
 pub struct Worker {
     instance: Instance,
@@ -219,9 +235,9 @@ impl Worker {
                     }
                     self.process(batch);
                 }
-                Command::Assigned(partitions) => self.hook("assigned", &partitions),
+                Command::Assigned(partitions) => self.hook(Hook::Assigned, &partitions),
                 Command::Revoke(partitions, reply) => {
-                    self.hook("revoked", &partitions);
+                    self.hook(Hook::Revoked, &partitions);
                     self.flush();
                     let _ = reply.send(());
                 }
@@ -241,7 +257,7 @@ impl Worker {
         }
     }
 
-    fn hook(&mut self, call: &'static str, partitions: &[TopicPartition]) {
+    fn hook(&mut self, hook: Hook, partitions: &[TopicPartition]) {
         if self.shared.failed() {
             return;
         }
@@ -251,13 +267,17 @@ impl Worker {
             .collect();
         let shared = self.shared.clone();
         let mut emitter = Emitter::new(&shared, AckFor::Many(Arc::new(self.pending.clone())));
-        let result = match call {
-            "assigned" => self.instance.assigned(&parts, &mut emitter),
-            _ => self.instance.revoked(&parts, &mut emitter),
+        let result = match hook {
+            Hook::Assigned => self.instance.assigned(&parts, &mut emitter),
+            Hook::Revoked => self.instance.revoked(&parts, &mut emitter),
         };
         emitter.count_sent(); // before the next flush marks the pending units processed
         if let Err(err) = result {
-            shared.fail(format!("plugin {} failed in {call}: {err}", shared.plugin));
+            shared.fail(format!(
+                "plugin {} failed in {}: {err}",
+                shared.plugin,
+                hook.name()
+            ));
         }
     }
 

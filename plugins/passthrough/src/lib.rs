@@ -21,16 +21,14 @@ impl Pipeline for Passthrough {
     }
 
     fn process_event(&mut self, event: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
-        let mut record = Record::to("out").headers(event.headers());
-        record = if event.is_tombstone() {
+        let record = Record::to("out")
+            .headers(event.headers())
+            .key_opt(event.key());
+        out.emit(if event.is_tombstone() {
             record.tombstone()
         } else {
             record.value(event.payload())
-        };
-        if let Some(key) = event.key() {
-            record = record.key(key);
-        }
-        out.emit(record)?;
+        })?;
         Ok(())
     }
 }

@@ -113,11 +113,8 @@ impl Pipeline for Router {
         let mut headers: Vec<Header<'_>> = event.headers().to_vec();
         headers.push(Header::new("x-routed-by", self.field.as_bytes()));
         for output in outputs {
-            let mut record = Record::to(output).value(event.payload()).headers(&headers);
-            if let Some(key) = event.key() {
-                record = record.key(key);
-            }
-            out.emit(record)?;
+            let record = Record::to(output).value(event.payload()).headers(&headers);
+            out.emit(record.key_opt(event.key()))?;
         }
         Ok(())
     }
