@@ -628,3 +628,110 @@ fn a_second_signal_exits_at_once() {
         "the forced exit did not wait for the drain"
     );
 }
+
+/// A one-partition topic through two workers: the spec's `ordering` decides how its events are
+/// spread. Returns the output records (read by the reference client) and the run's log.
+fn run_with_ordering(ordering: &str, output_partitions: u32, plugin_extra: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let names = Names {
+        input: unique("in"),
+        output: unique("out"),
+        group: unique("group"),
+    };
+    broker().create_topic(&names.input, 1);
+    broker().create_topic(&names.output, output_partitions);
+    let total = 2000;
+    kafka_tool(&[
+        "produce",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        &names.input,
+        "--count",
+        &total.to_string(),
+        "--headers",
+    ]);
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: ordering\nworkers: 2\nordering: {ordering}\nplugin:\n  path: {}\n  config: {{mode: slow, delay_us: 200{plugin_extra}}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{}]\n    group-id: {}\n    commit-interval-ms: 200\n    batch-size: 32\noutputs:\n  out:\n    kafka: {{topic: {}}}\n",
+            plugin("misbehaving").display(),
+            broker().addr,
+            names.input,
+            names.group,
+            names.output
+        ),
+    );
+    let run = start(&spec, dir.path());
+    let records = consume(&names.output, total);
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "graceful stop exits 0:\n{log}");
+    assert_eq!(
+        records.len(),
+        total,
+        "every event arrives exactly once:\n{log}"
+    );
+    assert_eq!(
+        committed_sum(&names.input, &names.group),
+        total as i64,
+        "offsets of all {total} committed:\n{log}"
+    );
+    records
+}
+
+fn workers_by_key(records: &[Value]) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut by_key: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for r in records {
+        by_key
+            .entry(r["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .insert(r["headers"]["worker"].as_str().unwrap().to_owned());
+    }
+    by_key
+}
+
+#[test]
+fn ordering_key_runs_one_partition_on_every_worker_in_key_order_with_headers_and_partition() {
+    // Pinned to output partition 2 of 3 by the plugin; headers pass through both ways.
+    let records = run_with_ordering("key", 3, ", to_partition: 2");
+    assert_eq!(check_every_event_once_in_key_order(&records, 2000), 0);
+    for r in &records {
+        let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            r["headers"]["trace"].as_str(),
+            Some(format!("t{}", v["seq"]).as_str()),
+            "input headers pass through: {r}"
+        );
+        assert_eq!(r["partition"], 2, "the plugin's partition is kept: {r}");
+    }
+    let by_key = workers_by_key(&records);
+    assert!(
+        by_key.values().all(|w| w.len() == 1),
+        "each key stays on one worker: {by_key:?}"
+    );
+    let used: std::collections::BTreeSet<_> = by_key.values().flatten().collect();
+    assert_eq!(
+        used.len(),
+        2,
+        "one partition ran on both workers: {by_key:?}"
+    );
+}
+
+#[test]
+fn ordering_none_spreads_one_partition_over_every_worker() {
+    let records = run_with_ordering("none", 1, "");
+    let mut seqs: Vec<i64> = records
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            v["seq"].as_i64().unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..2000).collect::<Vec<_>>(), "each event once");
+    let by_key = workers_by_key(&records);
+    assert!(
+        by_key.values().any(|w| w.len() == 2),
+        "a key's events ran on both workers: {by_key:?}"
+    );
+}

@@ -87,6 +87,9 @@ pub struct PipelineSpec {
     /// CPU quota rounded to whole CPUs (see `cpu.rs`). A file source always uses one.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Which events must be processed in order (Kafka source).
+    #[serde(default)]
+    pub ordering: Ordering,
     /// Producer settings for Kafka outputs.
     #[serde(default)]
     pub producer: ProducerSpec,
@@ -327,6 +330,31 @@ pub enum RecordFormat {
     Json,
 }
 
+/// Which events of a partition keep their order through the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ordering {
+    /// A partition is pinned to one worker: every event of it in offset order. At most one
+    /// worker per partition runs.
+    #[default]
+    Partition,
+    /// Events of one key go to one worker, in offset order; different keys of a partition run
+    /// on different workers at once. Events with a null key share one worker.
+    Key,
+    /// No order: a partition's events are spread over every worker.
+    None,
+}
+
+impl fmt::Display for Ordering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ordering::Partition => "partition",
+            Ordering::Key => "key",
+            Ordering::None => "none",
+        })
+    }
+}
+
 /// What happens to an event that fails, per failure class.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -436,6 +464,12 @@ impl PipelineSpec {
                     "a file source is one partition and runs one worker: omit `workers`",
                 ));
             }
+        }
+        if matches!(self.source, SourceSpec::File(_)) && self.ordering != Ordering::Partition {
+            return Err(self.invalid(
+                "ordering",
+                "a file source runs one worker in file order: omit `ordering`",
+            ));
         }
         match &self.source {
             SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
@@ -648,6 +682,25 @@ outputs:
         assert_eq!(file.batch_size, 256);
         assert_eq!(file.key_field.as_deref(), Some("id"));
         assert_eq!(spec.error_policy.event_error, Action::Fail);
+    }
+
+    #[test]
+    fn ordering_defaults_to_partition_and_needs_a_kafka_source() {
+        assert_eq!(parse(SPEC).unwrap().ordering, Ordering::Partition);
+        let err = parse(&SPEC.replace("name: demo", "name: demo\nordering: key"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml: ordering: a file source runs one worker in file order: omit `ordering`"
+        );
+        let err = parse(&SPEC.replace("name: demo", "name: demo\nordering: keys"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown variant `keys`, expected one of `partition`, `key`, `none`"),
+            "{err}"
+        );
     }
 
     #[test]

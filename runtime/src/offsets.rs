@@ -1,9 +1,11 @@
 //! At-least-once bookkeeping: which offsets of each partition are fully done, and therefore
 //! which offset may be committed.
 //!
-//! Work is tracked in *units*: a unit covers a contiguous run of offsets of one partition (one
-//! plugin batch, or one event) and is complete when the plugin has finished with it **and** every
-//! record it emitted has been acknowledged by its sink. The committable offset of a partition is
+//! Work is tracked in *units*: a unit covers a contiguous run of offsets of one partition (what
+//! the dispatcher handed out of one poll burst) and is complete when every worker that got a part
+//! of it has finished with its part **and** every record it emitted has been acknowledged by its
+//! sink. (With `ordering: partition` a unit has one part; with `key` or `none` its events are
+//! spread over several workers, which finish in any order.) The committable offset of a partition is
 //! one past the last offset of the longest prefix of complete units: the partition's low
 //! watermark. Acknowledgements may arrive in any order, even before the emit count they answer is
 //! added (callers add counts before marking a unit processed); a unit whose record failed blocks its
@@ -30,7 +32,8 @@ struct Unit {
     /// below zero meanwhile; the unit cannot complete until it is processed, and it is marked
     /// processed only after every count was added.
     outstanding: i64,
-    processed: bool,
+    /// Parts (workers) not yet done with the unit.
+    parts_left: u32,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +59,7 @@ impl PartitionState {
 
     fn advance(&mut self) {
         while let Some(front) = self.units.front() {
-            if !front.processed || front.outstanding > 0 {
+            if front.parts_left > 0 || front.outstanding > 0 {
                 break;
             }
             self.committable = Some(front.last_offset + 1);
@@ -124,8 +127,20 @@ impl OffsetTracker {
         state.committable.filter(|c| Some(*c) != state.committed)
     }
 
-    /// Registers a unit covering offsets up to `last_offset` (inclusive), read from `tp`.
+    /// Registers a unit covering offsets up to `last_offset` (inclusive), read from `tp`, handled
+    /// by one worker.
     pub fn begin(&mut self, tp: &TopicPartition, last_offset: i64) -> Result<UnitId, OffsetError> {
+        self.begin_parts(tp, last_offset, 1)
+    }
+
+    /// Registers a unit covering offsets up to `last_offset` (inclusive), read from `tp`, whose
+    /// events are split over `parts` workers: it is processed once each part is.
+    pub fn begin_parts(
+        &mut self,
+        tp: &TopicPartition,
+        last_offset: i64,
+        parts: u32,
+    ) -> Result<UnitId, OffsetError> {
         let state = self
             .partitions
             .get_mut(tp)
@@ -151,7 +166,7 @@ impl OffsetTracker {
         state.units.push_back(Unit {
             last_offset,
             outstanding: 0,
-            processed: false,
+            parts_left: parts.max(1),
         });
         Ok(id)
     }
@@ -164,11 +179,11 @@ impl OffsetTracker {
         }
     }
 
-    /// The plugin is done with the unit: nothing more will be emitted for it.
+    /// A worker is done with its part of the unit: nothing more will be emitted for that part.
     pub fn processed(&mut self, tp: &TopicPartition, unit: UnitId) {
         if let Some(state) = self.partitions.get_mut(tp) {
             if let Some(u) = state.unit(unit) {
-                u.processed = true;
+                u.parts_left = u.parts_left.saturating_sub(1);
                 state.advance();
             }
         }
@@ -326,6 +341,31 @@ mod tests {
         assert_eq!(t.committable(&tp(0)), Some(11));
         assert_eq!(t.take_commits(), [(tp(0), 11)]);
         assert_eq!(t.revoke(&tp(0)), None, "already handed out");
+    }
+
+    #[test]
+    fn a_unit_split_over_workers_waits_for_every_part() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp(0));
+        let a = t.begin_parts(&tp(0), 9, 3).unwrap();
+        let b = t.begin(&tp(0), 12).unwrap();
+        t.processed(&tp(0), b);
+        t.processed(&tp(0), a);
+        t.processed(&tp(0), a);
+        assert_eq!(
+            t.committable(&tp(0)),
+            None,
+            "one part of a is still running"
+        );
+        t.emitted(&tp(0), a, 1);
+        t.processed(&tp(0), a);
+        assert_eq!(
+            t.committable(&tp(0)),
+            None,
+            "a's last part emitted a record"
+        );
+        t.acked(&tp(0), a);
+        assert_eq!(t.committable(&tp(0)), Some(13));
     }
 
     #[test]

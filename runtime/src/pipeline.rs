@@ -12,7 +12,7 @@
 //! pipeline with nothing committed past the failing event.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -21,18 +21,19 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use sluice_plugin_api::abi::OpenContext;
 
-use crate::config::{KafkaSourceSpec, OutputSpec, PipelineSpec, SourceSpec};
+use crate::config::{KafkaSourceSpec, Ordering, OutputSpec, PipelineSpec, SourceSpec};
 use crate::cpu::CpuLimit;
 use crate::local::{RunError, Summary, open_local_output, prepare};
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::KafkaSink;
-use crate::worker::{Command, OutputTarget, Worker, WorkerShared};
+use crate::worker::{Command, Delivery, OutputTarget, Worker, WorkerShared};
 
 /// One assigned partition, as the dispatcher sees it.
 #[derive(Debug)]
 struct Slot {
-    worker: usize,
+    /// The workers its events may go to: one with `ordering: partition`, else all of them.
+    workers: Vec<usize>,
     in_flight: Arc<AtomicUsize>,
     /// Events read while the partition was full, in order; the partition is paused meanwhile.
     held: VecDeque<OwnedMessage>,
@@ -44,6 +45,9 @@ struct Dispatch {
     slots: HashMap<TopicPartition, Slot>,
     load: Vec<usize>,
     workers: Vec<mpsc::Sender<Command>>,
+    ordering: Ordering,
+    /// Rotates the first worker of `ordering: none` hand-outs.
+    next_worker: usize,
     tracker: Arc<Mutex<OffsetTracker>>,
     failure: Arc<Mutex<Option<String>>>,
     drain_timeout: Duration,
@@ -84,10 +88,16 @@ impl ConsumerContext for RebalanceContext {
                 if dispatch.slots.contains_key(&tp) {
                     continue;
                 }
-                let worker = (0..dispatch.load.len())
-                    .min_by_key(|w| dispatch.load[*w])
-                    .unwrap_or(0);
-                dispatch.load[worker] += 1;
+                let workers = match dispatch.ordering {
+                    Ordering::Partition => {
+                        let worker = (0..dispatch.load.len())
+                            .min_by_key(|w| dispatch.load[*w])
+                            .unwrap_or(0);
+                        dispatch.load[worker] += 1;
+                        vec![worker]
+                    }
+                    Ordering::Key | Ordering::None => (0..dispatch.workers.len()).collect(),
+                };
                 dispatch
                     .tracker
                     .lock()
@@ -96,13 +106,15 @@ impl ConsumerContext for RebalanceContext {
                 dispatch.slots.insert(
                     tp.clone(),
                     Slot {
-                        worker,
+                        workers: workers.clone(),
                         in_flight: Arc::default(),
                         held: VecDeque::new(),
                         paused: false,
                     },
                 );
-                per_worker.entry(worker).or_default().push(tp);
+                for worker in workers {
+                    per_worker.entry(worker).or_default().push(tp.clone());
+                }
             }
             for (worker, partitions) in per_worker {
                 tracing::info!(worker, partitions = ?partitions, "assigned");
@@ -122,8 +134,12 @@ fn revoke(
     dispatch.revoked_log.extend(partitions.iter().cloned());
     for tp in partitions {
         if let Some(slot) = dispatch.slots.remove(tp) {
-            dispatch.load[slot.worker] -= 1;
-            per_worker.entry(slot.worker).or_default().push(tp.clone());
+            if let [worker] = slot.workers[..] {
+                dispatch.load[worker] -= 1;
+            }
+            for worker in slot.workers {
+                per_worker.entry(worker).or_default().push(tp.clone());
+            }
         }
     }
     if per_worker.is_empty() {
@@ -298,6 +314,8 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         slots: HashMap::new(),
         load: vec![0; worker_count],
         workers: senders.clone(),
+        ordering: spec.ordering,
+        next_worker: 0,
         tracker: tracker.clone(),
         failure: failure.clone(),
         drain_timeout: Duration::from_millis(source.drain_timeout_ms),
@@ -413,15 +431,15 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     }
     tracing::info!("stopped");
     let mut summary = Summary {
-        events_in: shared.events_in.load(Ordering::Relaxed),
+        events_in: shared.events_in.load(AtomicOrdering::Relaxed),
         ..Default::default()
     };
     for (name, (_, written)) in &shared.outputs {
         summary
             .records_out
-            .insert(name.clone(), written.load(Ordering::Relaxed));
+            .insert(name.clone(), written.load(AtomicOrdering::Relaxed));
     }
-    summary.skipped_failed = shared.skipped.load(Ordering::Relaxed);
+    summary.skipped_failed = shared.skipped.load(AtomicOrdering::Relaxed);
     Ok(summary)
 }
 
@@ -460,7 +478,66 @@ fn tpl_of(tp: &TopicPartition) -> TopicPartitionList {
     tpl
 }
 
-/// Dispatches a burst of events to the workers their partitions are pinned to, pausing full
+/// Hands `messages` (consecutive events of `tp`, in offset order) to the slot's workers as one
+/// offset unit: all to the pinned worker, by key hash, or spread evenly, per the ordering. Returns
+/// the events per worker.
+#[allow(clippy::too_many_arguments)]
+fn hand_out(
+    tracker: &mut OffsetTracker,
+    ordering: Ordering,
+    next_worker: &mut usize,
+    tp: &TopicPartition,
+    slot: &Slot,
+    messages: Vec<OwnedMessage>,
+    outgoing: &mut [Vec<Delivery>],
+) -> Result<(), String> {
+    let Some(last) = messages.last() else {
+        return Ok(());
+    };
+    let n = slot.workers.len().max(1);
+    let len = messages.len();
+    let target = |i: usize, m: &OwnedMessage| -> usize {
+        match ordering {
+            Ordering::Partition => 0,
+            Ordering::Key => match m.key() {
+                Some(key) => {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    key.hash(&mut h);
+                    (h.finish() % n as u64) as usize
+                }
+                // Null keys are one key: they keep their order among themselves.
+                None => tp.1.unsigned_abs() as usize % n,
+            },
+            Ordering::None => (*next_worker + i / len.div_ceil(n)) % n,
+        }
+    };
+    let targets: Vec<usize> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| slot.workers[target(i, m)])
+        .collect();
+    if ordering == Ordering::None {
+        *next_worker = (*next_worker + 1) % n;
+    }
+    let mut parts: Vec<usize> = targets.clone();
+    parts.sort_unstable();
+    parts.dedup();
+    let unit = tracker
+        .begin_parts(tp, last.offset(), parts.len() as u32)
+        .map_err(|e| format!("offset bookkeeping: {e}"))?;
+    slot.in_flight.fetch_add(len, AtomicOrdering::AcqRel);
+    for (message, worker) in messages.into_iter().zip(targets) {
+        outgoing[worker].push(Delivery {
+            message,
+            unit,
+            in_flight: slot.in_flight.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Dispatches a burst of events to the workers, one offset unit per partition, pausing full
 /// partitions. Events of a partition revoked during the burst are dropped: whoever owns it now
 /// reads them again from the committed offset.
 fn dispatch_burst(
@@ -477,15 +554,27 @@ fn dispatch_burst(
         slots,
         workers,
         revoked_log,
+        ordering,
+        next_worker,
+        tracker,
+        failure,
         ..
     } = &mut *d;
-    let mut outgoing: Vec<Vec<(OwnedMessage, Arc<AtomicUsize>)>> =
-        workers.iter().map(|_| Vec::new()).collect();
+    // Accepted events per partition, in offset order; partitions in first-seen order.
+    let mut accepted: Vec<(TopicPartition, Vec<OwnedMessage>)> = Vec::new();
     let mut tp: TopicPartition = (String::new(), -1);
+    let mut index = 0;
     for message in burst {
-        // Consecutive events mostly share a partition: allocate its key only when it changes.
+        // Consecutive events mostly share a partition: look it up only when it changes.
         if tp.1 != message.partition() || tp.0 != message.topic() {
             tp = (message.topic().to_owned(), message.partition());
+            index = match accepted.iter().position(|(t, _)| *t == tp) {
+                Some(i) => i,
+                None => {
+                    accepted.push((tp.clone(), Vec::new()));
+                    accepted.len() - 1
+                }
+            };
         }
         if revoked_log.contains(&tp) {
             continue;
@@ -493,7 +582,8 @@ fn dispatch_burst(
         let Some(slot) = slots.get_mut(&tp) else {
             continue; // not (or no longer) ours
         };
-        if slot.paused || slot.in_flight.load(Ordering::Acquire) >= capacity {
+        let pending = slot.in_flight.load(AtomicOrdering::Acquire) + accepted[index].1.len();
+        if slot.paused || pending >= capacity {
             if !slot.paused {
                 if let Err(err) = consumer.pause(&tpl_of(&tp)) {
                     tracing::warn!(topic = %tp.0, partition = tp.1, "pause failed: {err}");
@@ -503,9 +593,30 @@ fn dispatch_burst(
             slot.held.push_back(message);
             continue;
         }
-        slot.in_flight.fetch_add(1, Ordering::AcqRel);
-        outgoing[slot.worker].push((message, slot.in_flight.clone()));
+        accepted[index].1.push(message);
     }
+    let mut outgoing: Vec<Vec<Delivery>> = workers.iter().map(|_| Vec::new()).collect();
+    let mut tracker = tracker.lock().unwrap_or_else(|e| e.into_inner());
+    for (tp, messages) in accepted {
+        let Some(slot) = slots.get(&tp) else { continue };
+        if let Err(err) = hand_out(
+            &mut tracker,
+            *ordering,
+            next_worker,
+            &tp,
+            slot,
+            messages,
+            &mut outgoing,
+        ) {
+            tracing::error!("{err}");
+            failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(err);
+            return;
+        }
+    }
+    drop(tracker);
     for (worker, events) in outgoing.into_iter().enumerate() {
         if !events.is_empty() {
             let _ = workers[worker].send(Command::Events(events));
@@ -521,25 +632,50 @@ fn release_held(
     capacity: usize,
 ) {
     let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-    let Dispatch { slots, workers, .. } = &mut *d;
+    let Dispatch {
+        slots,
+        workers,
+        ordering,
+        next_worker,
+        tracker,
+        failure,
+        ..
+    } = &mut *d;
+    let mut outgoing: Vec<Vec<Delivery>> = workers.iter().map(|_| Vec::new()).collect();
     for (tp, slot) in slots.iter_mut().filter(|(_, s)| s.paused) {
-        let mut events = Vec::new();
-        while slot.in_flight.load(Ordering::Acquire) < capacity {
-            let Some(message) = slot.held.pop_front() else {
-                break;
-            };
-            slot.in_flight.fetch_add(1, Ordering::AcqRel);
-            events.push((message, slot.in_flight.clone()));
-        }
-        if !events.is_empty() {
-            let _ = workers[slot.worker].send(Command::Events(events));
+        let room = capacity.saturating_sub(slot.in_flight.load(AtomicOrdering::Acquire));
+        let take = room.min(slot.held.len());
+        if take > 0 {
+            let messages: Vec<OwnedMessage> = slot.held.drain(..take).collect();
+            let mut tracker = tracker.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(err) = hand_out(
+                &mut tracker,
+                *ordering,
+                next_worker,
+                tp,
+                slot,
+                messages,
+                &mut outgoing,
+            ) {
+                tracing::error!("{err}");
+                failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(err);
+                return;
+            }
         }
         // Resume at half capacity, so a slow partition does not flap between pause and resume.
-        if slot.held.is_empty() && slot.in_flight.load(Ordering::Acquire) <= capacity / 2 {
+        if slot.held.is_empty() && slot.in_flight.load(AtomicOrdering::Acquire) <= capacity / 2 {
             match consumer.resume(&tpl_of(tp)) {
                 Ok(()) => slot.paused = false,
                 Err(err) => tracing::warn!(topic = %tp.0, partition = tp.1, "resume failed: {err}"),
             }
+        }
+    }
+    for (worker, events) in outgoing.into_iter().enumerate() {
+        if !events.is_empty() {
+            let _ = workers[worker].send(Command::Events(events));
         }
     }
 }

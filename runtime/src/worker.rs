@@ -1,11 +1,12 @@
 //! Workers: each owns one plugin instance on its own OS thread (plugin calls block and may be
-//! slow, so they never run on an async executor). A partition is pinned to one worker at a time
-//! and its events arrive in order through the worker's inbox, so per-partition order holds end
-//! to end.
+//! slow, so they never run on an async executor). Events arrive in order through the worker's
+//! inbox, so whatever the dispatcher sends one worker (a whole partition, or one key's events)
+//! keeps its order end to end.
 //!
-//! A batch becomes one offset unit. Units are marked *processed* only by the next `flush` (or
-//! `revoked`), because a plugin may buffer what it derived from them until then; records the
-//! plugin emits from `flush` acknowledge every unit since the previous flush.
+//! Every event carries the offset unit the dispatcher registered for it. A worker's part of a
+//! unit is marked *processed* only by the next `flush` (or `revoked`), because a plugin may
+//! buffer what it derived from it until then; records the plugin emits from `flush` acknowledge
+//! every unit since the previous flush, records emitted from `process` every unit of the batch.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,11 +31,22 @@ pub enum OutputTarget {
     Local(Mutex<LocalOutput>),
 }
 
+/// One event handed to a worker.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The event.
+    pub message: OwnedMessage,
+    /// The offset unit it belongs to.
+    pub unit: UnitId,
+    /// Its partition's in-flight counter, decremented once the plugin has had the event.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
 /// What a worker is told to do, in order.
 #[derive(Debug)]
 pub enum Command {
-    /// Events of assigned partitions, in order, each with its partition's in-flight counter.
-    Events(Vec<(OwnedMessage, Arc<AtomicUsize>)>),
+    /// Events of assigned partitions; a partition's events in offset order.
+    Events(Vec<Delivery>),
     /// Partitions newly pinned to this worker.
     Assigned(Vec<TopicPartition>),
     /// Finish everything queued, call `revoked` and `flush`, then reply.
@@ -286,7 +298,12 @@ impl Worker {
             return;
         }
         let shared = self.shared.clone();
-        let units = Arc::new(std::mem::take(&mut self.pending));
+        let mut units = std::mem::take(&mut self.pending);
+        // Each part is marked processed exactly once: a second mark would complete a unit whose
+        // other parts are still running.
+        let mut seen = std::collections::HashSet::with_capacity(units.len());
+        units.retain(|(tp, unit)| seen.insert((tp.1, *unit)));
+        let units = Arc::new(units);
         let mut emitter = Emitter::new(&shared, AckFor::Many(units.clone()));
         let result = self.instance.flush(&mut emitter);
         emitter.count_sent();
@@ -301,44 +318,44 @@ impl Worker {
         }
     }
 
-    fn process(&mut self, batch: Vec<(OwnedMessage, Arc<AtomicUsize>)>) {
+    fn process(&mut self, batch: Vec<Delivery>) {
         let mut start = 0;
         while start < batch.len() {
-            let (topic, partition) = (batch[start].0.topic(), batch[start].0.partition());
+            let first = &batch[start].message;
+            let (topic, partition) = (first.topic(), first.partition());
             let end = batch[start..]
                 .iter()
-                .position(|(m, _)| m.partition() != partition || m.topic() != topic)
+                .position(|d| d.message.partition() != partition || d.message.topic() != topic)
                 .map_or(batch.len(), |n| start + n);
             for chunk in batch[start..end].chunks(self.batch_size) {
                 self.process_partition(chunk);
             }
-            for (_, counter) in &batch[start..end] {
-                counter.fetch_sub(1, Ordering::AcqRel);
+            for d in &batch[start..end] {
+                d.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
             start = end;
         }
     }
 
-    fn process_partition(&mut self, messages: &[(OwnedMessage, Arc<AtomicUsize>)]) {
+    fn process_partition(&mut self, deliveries: &[Delivery]) {
         let shared = self.shared.clone();
         if shared.failed() {
             return; // never marked processed: nothing from here on is committed
         }
-        let first = &messages[0].0;
+        let first = &deliveries[0].message;
         let tp: TopicPartition = (first.topic().to_owned(), first.partition());
-        let last_offset = messages[messages.len() - 1].0.offset();
-        let unit = match shared
-            .tracker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .begin(&tp, last_offset)
-        {
-            Ok(unit) => unit,
-            Err(err) => return shared.fail(format!("offset bookkeeping: {err}")),
-        };
+        let last_offset = deliveries[deliveries.len() - 1].message.offset();
+        // A chunk's events belong to one unit, or to a few consecutive ones.
+        let mut units: Vec<UnitId> = Vec::with_capacity(1);
+        for d in deliveries {
+            if units.last() != Some(&d.unit) {
+                units.push(d.unit);
+            }
+        }
+        let messages: Vec<&OwnedMessage> = deliveries.iter().map(|d| &d.message).collect();
         let headers: Vec<Vec<Header<'_>>> = messages
             .iter()
-            .map(|(m, _)| {
+            .map(|m| {
                 m.headers().map_or_else(Vec::new, |hs| {
                     hs.iter()
                         .map(|h| Header::new(h.key, h.value.unwrap_or_default()))
@@ -349,7 +366,7 @@ impl Worker {
         let events: Vec<Event<'_>> = messages
             .iter()
             .zip(&headers)
-            .map(|((m, _), headers)| {
+            .map(|(m, headers)| {
                 let mut e = Event::new(&tp.0, tp.1, m.offset()).with_headers(headers);
                 e = match m.payload() {
                     Some(p) => e.with_payload(p),
@@ -364,7 +381,11 @@ impl Worker {
                 e
             })
             .collect();
-        let mut emitter = Emitter::new(&shared, AckFor::One(tp.clone(), unit));
+        let ack = match units.as_slice() {
+            [unit] => AckFor::One(tp.clone(), *unit),
+            _ => AckFor::Many(Arc::new(units.iter().map(|u| (tp.clone(), *u)).collect())),
+        };
+        let mut emitter = Emitter::new(&shared, ack);
         let result = self.instance.process(&events, &mut emitter);
         emitter.count_sent();
         shared
@@ -394,6 +415,15 @@ impl Worker {
                 }
             }
         }
-        self.pending.push((tp, unit));
+        for unit in units {
+            // A unit split into several chunks is this worker's part once.
+            if self
+                .pending
+                .last()
+                .is_none_or(|(p, u)| *u != unit || *p != tp)
+            {
+                self.pending.push((tp.clone(), unit));
+            }
+        }
     }
 }

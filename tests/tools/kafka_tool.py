@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """The independent reference client for Sluice's tests and demo: confluent-kafka (librdkafka).
 
-  kafka_tool.py produce  --broker B --topic T --count N [--keys K] [--start S] [--size BYTES]
+  kafka_tool.py produce  --broker B --topic T --count N [--keys K] [--start S] [--size BYTES] [--headers]
   kafka_tool.py produce-file --broker B --topic T --file F [--key-field FIELD]
   kafka_tool.py consume  --broker B --topic T [--expect N] [--timeout S]
   kafka_tool.py create   --broker B --topic T --partitions P
   kafka_tool.py committed --broker B --topic T --group G
 
 `produce` writes N events; event i has key "k{i % K}" and value {"seq": i, "key": ...}, so a
-consumer can check per-key order. `consume` prints one JSON object per record (topic,
-partition, offset, key, value, headers) read from the beginning with a throwaway group, and
+consumer can check per-key order; with --headers it also carries the header trace=t{i}.
+`consume` prints one JSON object per record (topic, partition, offset, key, value, headers)
+read from the beginning with a throwaway group, and
 stops after --expect records (plus --linger seconds, to catch extra ones) or --timeout seconds
 of silence counted from the partition assignment.
 """
@@ -37,7 +38,8 @@ def produce(args):
         value = json.dumps({"seq": i, "key": key, "pad": pad} if args.size else {"seq": i, "key": key})
         while True:
             try:
-                p.produce(args.topic, key=key, value=value, on_delivery=report)
+                headers = [("trace", f"t{i}".encode())] if args.headers else None
+                p.produce(args.topic, key=key, value=value, headers=headers, on_delivery=report)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -140,6 +142,7 @@ def main():
             s.add_argument("--keys", type=int, default=16)
             s.add_argument("--start", type=int, default=0)
             s.add_argument("--size", type=int, default=0, help="padding bytes per event")
+            s.add_argument("--headers", action="store_true", help="add the header trace=t{i}")
         if name == "produce-file":
             s.add_argument("--file", required=True)
             s.add_argument("--key-field")
