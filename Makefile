@@ -56,7 +56,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: the plugin-boundary benchmark (dlopen vs statically linked), see BENCHMARKS.md.
+## bench: the plugin-boundary benchmark (dlopen vs statically linked) and the Kafka benchmark
+## (sluice vs a raw rdkafka loop on the test broker), see BENCHMARKS.md.
 bench: deps
 	$(CARGO) build --release -p passthrough
 	$(CARGO) bench -p sluice-runtime --bench abi
+	$(CARGO) bench -p sluice-runtime --bench kafka

@@ -177,8 +177,9 @@ pub struct KafkaSourceSpec {
     pub properties_from_env: BTreeMap<String, String>,
     /// Events of one partition read but not yet processed before the partition is paused (it
     /// resumes at half). Pausing discards what librdkafka prefetched for the partition, so a
-    /// capacity below one fetch's worth of events makes it refetch constantly: measured on the
-    /// test broker, 1024 ran 5x slower than 8192 with ~120-byte events (BENCHMARKS.md).
+    /// capacity below one fetch's worth of events (`max.partition.fetch.bytes`, 1 MiB by
+    /// default: ~10,000 events of 100 bytes) makes it refetch over and over: on the test broker
+    /// 1024 ran 5x slower than 8192, and 8192 0.8x the speed of 32768 (BENCHMARKS.md).
     #[serde(default = "default_partition_capacity")]
     pub partition_capacity: usize,
     /// Most events per plugin call.
@@ -194,7 +195,7 @@ pub struct KafkaSourceSpec {
 }
 
 fn default_partition_capacity() -> usize {
-    8192
+    32_768
 }
 
 fn default_commit_interval_ms() -> u64 {
@@ -794,7 +795,7 @@ outputs:
                 k.commit_interval_ms,
                 k.drain_timeout_ms
             ),
-            (8192, 256, 1000, 25_000)
+            (32_768, 256, 1000, 25_000)
         );
         let err = parse(&kafka.replace(
             "group-id: g\n",

@@ -98,17 +98,18 @@ impl WorkerShared {
 /// Routes a call's records to outputs on behalf of some units.
 struct Emitter<'a> {
     shared: &'a WorkerShared,
-    ack: AckFor,
+    /// What this call's records acknowledge (one allocation per call, not per record).
+    ack: Arc<Ack>,
     errors: Vec<(usize, EventErrorKind, String)>,
     /// Records handed to the Kafka sink for `ack`'s units during this call.
     sent: u32,
 }
 
 impl Emitter<'_> {
-    fn new(shared: &WorkerShared, ack: AckFor) -> Emitter<'_> {
+    fn new(shared: &WorkerShared, ack: Ack) -> Emitter<'_> {
         Emitter {
             shared,
-            ack,
+            ack: Arc::new(ack),
             errors: Vec::new(),
             sent: 0,
         }
@@ -124,18 +125,10 @@ impl Emitter<'_> {
             .tracker
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        match &self.ack {
-            AckFor::One(tp, unit) => tracker.emitted(tp, *unit, self.sent),
-            AckFor::Many(units) => units
-                .iter()
-                .for_each(|(tp, unit)| tracker.emitted(tp, *unit, self.sent)),
+        for (tp, unit) in self.ack.units() {
+            tracker.emitted(tp, unit, self.sent);
         }
     }
-}
-
-enum AckFor {
-    One(TopicPartition, UnitId),
-    Many(Arc<Vec<(TopicPartition, UnitId)>>),
 }
 
 impl Collector for Emitter<'_> {
@@ -156,13 +149,10 @@ impl Collector for Emitter<'_> {
                     .sink
                     .as_ref()
                     .ok_or_else(|| Refusal::Invalid("no producer".into()))?;
-                let ack = match &self.ack {
-                    AckFor::One(tp, unit) => Ack::One(tp.clone(), *unit),
-                    AckFor::Many(units) => Ack::Many(units.clone()),
-                };
                 // Counted even if the send fails: such a unit must never complete.
                 self.sent += 1;
-                sink.send(topic, record, ack).map_err(Refusal::Invalid)
+                sink.send(topic, record, self.ack.clone())
+                    .map_err(Refusal::Invalid)
             }
         }?;
         written.fetch_add(1, Ordering::Relaxed);
@@ -263,7 +253,7 @@ impl Worker {
         let shared = self.shared.clone();
         if let Err(err) = self
             .instance
-            .close(&mut Emitter::new(&shared, AckFor::Many(Arc::default())))
+            .close(&mut Emitter::new(&shared, Ack::Many(Vec::new())))
         {
             tracing::warn!(plugin = %shared.plugin, "close failed: {err}");
         }
@@ -278,7 +268,7 @@ impl Worker {
             .map(|(t, p)| Partition::new(t, *p))
             .collect();
         let shared = self.shared.clone();
-        let mut emitter = Emitter::new(&shared, AckFor::Many(Arc::new(self.pending.clone())));
+        let mut emitter = Emitter::new(&shared, Ack::Many(self.pending.clone()));
         let result = match hook {
             Hook::Assigned => self.instance.assigned(&parts, &mut emitter),
             Hook::Revoked => self.instance.revoked(&parts, &mut emitter),
@@ -303,8 +293,7 @@ impl Worker {
         // other parts are still running.
         let mut seen = std::collections::HashSet::with_capacity(units.len());
         units.retain(|(tp, unit)| seen.insert((tp.1, *unit)));
-        let units = Arc::new(units);
-        let mut emitter = Emitter::new(&shared, AckFor::Many(units.clone()));
+        let mut emitter = Emitter::new(&shared, Ack::Many(units.clone()));
         let result = self.instance.flush(&mut emitter);
         emitter.count_sent();
         match result {
@@ -382,8 +371,8 @@ impl Worker {
             })
             .collect();
         let ack = match units.as_slice() {
-            [unit] => AckFor::One(tp.clone(), *unit),
-            _ => AckFor::Many(Arc::new(units.iter().map(|u| (tp.clone(), *u)).collect())),
+            [unit] => Ack::One(tp.clone(), *unit),
+            _ => Ack::Many(units.iter().map(|u| (tp.clone(), *u)).collect()),
         };
         let mut emitter = Emitter::new(&shared, ack);
         let result = self.instance.process(&events, &mut emitter);

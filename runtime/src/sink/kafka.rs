@@ -15,13 +15,25 @@ use sluice_plugin_api::abi::Record;
 
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
 
-/// What a delivered record acknowledges.
+/// What a delivered record acknowledges. Shared by every record of one plugin call.
 #[derive(Debug)]
 pub enum Ack {
     /// One unit.
     One(TopicPartition, UnitId),
     /// Several units (a record emitted by `flush`, which may derive from any of them).
-    Many(Arc<Vec<(TopicPartition, UnitId)>>),
+    Many(Vec<(TopicPartition, UnitId)>),
+}
+
+impl Ack {
+    /// The units acknowledged.
+    pub fn units(&self) -> impl Iterator<Item = (&TopicPartition, UnitId)> {
+        let (one, many) = match self {
+            Ack::One(tp, unit) => (Some((tp, *unit)), &[][..]),
+            Ack::Many(units) => (None, units.as_slice()),
+        };
+        one.into_iter()
+            .chain(many.iter().map(|(tp, unit)| (tp, *unit)))
+    }
 }
 
 /// State shared with the producer's delivery callback.
@@ -34,19 +46,14 @@ pub struct DeliveryContext {
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<Ack>;
+    type DeliveryOpaque = Arc<Ack>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, ack: Box<Ack>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<Ack>) {
         match result {
             Ok(_) => {
                 let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-                match *ack {
-                    Ack::One(tp, unit) => tracker.acked(&tp, unit),
-                    Ack::Many(units) => {
-                        for (tp, unit) in units.iter() {
-                            tracker.acked(tp, *unit);
-                        }
-                    }
+                for (tp, unit) in ack.units() {
+                    tracker.acked(tp, unit);
                 }
             }
             Err((err, message)) => {
@@ -87,7 +94,7 @@ impl KafkaSink {
     /// Sends a record to `topic` on behalf of `ack`'s units; the caller counts it as emitted for
     /// them (`OffsetTracker::emitted`) before it marks them processed. Waits while the producer
     /// queue is full.
-    pub fn send(&self, topic: &str, record: &Record<'_>, ack: Ack) -> Result<(), String> {
+    pub fn send(&self, topic: &str, record: &Record<'_>, ack: Arc<Ack>) -> Result<(), String> {
         let headers = (!record.header_list().is_empty()).then(|| {
             record.header_list().iter().fold(
                 OwnedHeaders::new_with_capacity(record.header_list().len()),
@@ -99,7 +106,7 @@ impl KafkaSink {
                 },
             )
         });
-        let mut base = BaseRecord::<[u8], [u8], Box<Ack>>::with_opaque_to(topic, Box::new(ack));
+        let mut base = BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(topic, ack);
         if let Some(key) = record.key_bytes() {
             base = base.key(key);
         }
