@@ -154,3 +154,99 @@ fn injected_broker_faults_lose_nothing() {
         summary.events_in
     );
 }
+
+/// Sum of the offsets `group` committed for `topic`'s partitions `0..partitions`.
+fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    // No subscription: reading offsets does not join (and disturb) the group.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    reader
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(-1).max(0))
+        .sum()
+}
+
+/// Records that cannot be delivered within `message.timeout.ms` (the broker leading the output
+/// partition goes down; librdkafka keeps retrying until then) stop the pipeline with the error,
+/// and the committed offset never moves past their events.
+#[test]
+fn a_delivery_that_finally_fails_stops_the_pipeline_without_committing_past_it() {
+    use rdkafka::ClientConfig;
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+    // Two brokers: the input and the group on broker 1, the output on broker 2.
+    let mock = MockCluster::new(2).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    mock.create_topic("in", 1, 1).unwrap();
+    mock.create_topic("out", 1, 1).unwrap();
+    mock.partition_leader("in", 0, Some(1)).unwrap();
+    mock.partition_leader("out", 0, Some(2)).unwrap();
+    mock.coordinator(MockCoordinator::Group("undeliverable".into()), 1)
+        .unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let produce = |from: usize, to: usize| {
+        for i in from..to {
+            let value = format!("{{\"seq\": {i}}}");
+            producer
+                .send(BaseRecord::<str, String>::to("in").payload(&value))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    produce(0, 100);
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "name: undeliverable\nplugin:\n  path: {}\n  config: {{mode: ok}}\nsource:\n  kafka:\n    bootstrap-servers: {bootstrap}\n    topics: [in]\n    group-id: undeliverable\n    commit-interval-ms: 100\nproducer:\n  properties: {{message.timeout.ms: \"3000\", retry.backoff.ms: \"50\"}}\noutputs:\n  out:\n    kafka: {{topic: out}}\n",
+        plugin("misbehaving").display()
+    );
+    let spec = sluice_runtime::config::PipelineSpec::parse(
+        &text,
+        &dir.path().join("undeliverable.yaml"),
+        |_| None,
+    )
+    .unwrap();
+    let shutdown = sluice_runtime::shutdown::Shutdown::manual();
+    let runner = std::thread::spawn(move || sluice_runtime::pipeline::run(&spec, &shutdown));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(&bootstrap, "undeliverable", "in", 1) < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the first 100 events were never committed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The output's broker goes down (a leader-less partition crashes the mock); then 50 more
+    // events arrive.
+    mock.broker_down(2).unwrap();
+    produce(100, 150);
+    let result = runner.join().unwrap();
+    let err = result.expect_err("an undeliverable record stops the pipeline");
+    assert!(
+        err.to_string()
+            .contains("delivery to topic out failed: Message production error: MessageTimedOut"),
+        "{err}"
+    );
+    assert_eq!(
+        committed(&bootstrap, "undeliverable", "in", 1),
+        100,
+        "nothing committed past the undelivered events"
+    );
+}
