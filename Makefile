@@ -12,11 +12,14 @@ export SLUICE_CACHE := $(CACHE)
 .PHONY: demo test lint bench build deps
 
 ## deps: what the build and tests need: a C compiler (the C plugin, the header check), the
-## Kafka-protocol test broker (tansu, built from crates.io once) and the reference client
-## (confluent-kafka from PyPI, in a virtualenv).
+## Kafka-protocol test broker (tansu, built from crates.io once), the reference client
+## (confluent-kafka from PyPI, in a virtualenv), and the PostgreSQL and MariaDB servers (Debian
+## packages; the tests start their own instances on 127.0.0.1).
 deps: $(TANSU) $(PYTHON)
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
 	@command -v gcc >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends gcc libc6-dev; }
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v psql; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql postgresql-client; }
+	@{ [ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db && command -v mariadb; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends mariadb-server mariadb-client; }
 
 $(TANSU):
 	@echo "building the test broker (tansu 0.6.0) once; it is cached in $(CACHE)"

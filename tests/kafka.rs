@@ -4,26 +4,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{Broker, kafka_tool, plugin, write_spec};
+use sluice_tests::{Broker, kafka_tool, plugin, start, unique, wait_until, write_spec};
 
 fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
     BROKER.get_or_init(Broker::start)
-}
-
-/// A unique name per test, so tests share the broker without sharing topics or groups.
-fn unique(prefix: &str) -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
 }
 
 struct Names {
@@ -75,17 +65,7 @@ fn pipeline_spec(dir: &Path, names: &Names, plugin: &str, extra_source: &str) ->
 }
 
 fn produce(topic: &str, count: usize, start: usize) {
-    kafka_tool(&[
-        "produce",
-        "--broker",
-        &broker().addr,
-        "--topic",
-        topic,
-        "--count",
-        &count.to_string(),
-        "--start",
-        &start.to_string(),
-    ]);
+    broker().produce(topic, count, start, &[]);
 }
 
 /// Every record of `topic`, read by the reference client.
@@ -107,74 +87,7 @@ fn consume(topic: &str, expect: usize) -> Vec<Value> {
 }
 
 fn committed_sum(topic: &str, group: &str) -> i64 {
-    let out = kafka_tool(&[
-        "committed",
-        "--broker",
-        &broker().addr,
-        "--topic",
-        topic,
-        "--group",
-        group,
-    ]);
-    let offsets: BTreeMap<String, i64> = serde_json::from_str(&out).unwrap();
-    offsets.values().filter(|o| **o >= 0).sum()
-}
-
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
-
-fn start(spec: &Path, dir: &Path) -> Running {
-    let log = dir.join(format!("sluice-{}.log", unique("run")));
-    let child = Command::new(plugin("passthrough").parent().unwrap().join("sluice"))
-        .args(["run", "-f"])
-        .arg(spec)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Running { child, log }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // A failed test must not leave its pipeline running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn signal(&self, signal: &str) {
-        Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-    }
-    /// SIGTERM, and the exit code and log once it stopped.
-    fn stop(mut self) -> (Option<i32>, String) {
-        self.signal("-TERM");
-        let status = self.child.wait().unwrap();
-        (
-            status.code(),
-            std::fs::read_to_string(&self.log).unwrap_or_default(),
-        )
-    }
-    fn kill(mut self) {
-        self.signal("-KILL");
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    broker().committed_sum(topic, group)
 }
 
 /// Seq numbers per key, in the order they were read from the output partitions.

@@ -115,6 +115,20 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                     OutputSpec::Kafka(k) => {
                         println!("  output   {name} -> kafka topic {}", k.topic)
                     }
+                    OutputSpec::Postgres(t) => {
+                        println!(
+                            "  output   {name} -> postgres table {} ({})",
+                            t.table,
+                            format!("{:?}", t.mode).to_lowercase()
+                        )
+                    }
+                    OutputSpec::Mysql(t) => {
+                        println!(
+                            "  output   {name} -> mysql table {} ({})",
+                            t.table,
+                            format!("{:?}", t.mode).to_lowercase()
+                        )
+                    }
                 }
             }
             Ok(())

@@ -269,6 +269,20 @@ pub enum OutputSpec {
     File(FileOutputSpec),
     /// A Kafka topic, written by the pipeline's idempotent producer.
     Kafka(KafkaOutputSpec),
+    /// A PostgreSQL table.
+    Postgres(TableOutputSpec),
+    /// A MySQL or MariaDB table.
+    Mysql(TableOutputSpec),
+}
+
+impl OutputSpec {
+    /// Whether records are acknowledged later by a sink (so the source needs offsets).
+    pub fn is_remote(&self) -> bool {
+        matches!(
+            self,
+            OutputSpec::Kafka(_) | OutputSpec::Postgres(_) | OutputSpec::Mysql(_)
+        )
+    }
 }
 
 /// The YAML shape of [`OutputSpec`]: one optional key per kind.
@@ -278,17 +292,124 @@ struct RawOutputSpec {
     stdout: Option<StdoutOutputSpec>,
     file: Option<FileOutputSpec>,
     kafka: Option<KafkaOutputSpec>,
+    postgres: Option<TableOutputSpec>,
+    mysql: Option<TableOutputSpec>,
 }
 
 impl TryFrom<RawOutputSpec> for OutputSpec {
     type Error = String;
     fn try_from(raw: RawOutputSpec) -> Result<Self, String> {
-        match (raw.stdout, raw.file, raw.kafka) {
-            (Some(stdout), None, None) => Ok(OutputSpec::Stdout(stdout)),
-            (None, Some(file), None) => Ok(OutputSpec::File(file)),
-            (None, None, Some(kafka)) => Ok(OutputSpec::Kafka(kafka)),
-            _ => Err("set exactly one output kind: `stdout`, `file` or `kafka`".into()),
+        let mut kinds = Vec::new();
+        if let Some(o) = raw.stdout {
+            kinds.push(OutputSpec::Stdout(o));
         }
+        if let Some(o) = raw.file {
+            kinds.push(OutputSpec::File(o));
+        }
+        if let Some(o) = raw.kafka {
+            kinds.push(OutputSpec::Kafka(o));
+        }
+        if let Some(o) = raw.postgres {
+            kinds.push(OutputSpec::Postgres(o));
+        }
+        if let Some(o) = raw.mysql {
+            kinds.push(OutputSpec::Mysql(o));
+        }
+        match (kinds.pop(), kinds.is_empty()) {
+            (Some(kind), true) => Ok(kind),
+            _ => Err(
+                "set exactly one output kind: `stdout`, `file`, `kafka`, `postgres` or `mysql`"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// A database table: each record's value is a JSON object whose fields fill the columns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TableOutputSpec {
+    /// Connection URL (`postgres://user@host:port/db`, `mysql://user@host:port/db`). Put
+    /// credentials in the environment and write `${DATABASE_URL}`, never a password in the spec.
+    pub url: String,
+    /// The table, optionally schema-qualified (`schema.table`).
+    pub table: String,
+    /// Columns and their types: JSON fields of the same name fill them; a missing field is NULL.
+    pub columns: BTreeMap<String, ColumnType>,
+    /// Key columns: the conflict target of `upsert`, and what a tombstone (null value) deletes
+    /// by. A tombstone's key is the record key: a JSON object with the key columns, or, for a
+    /// single key column, the key itself.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// How records are written.
+    #[serde(default)]
+    pub mode: TableMode,
+    /// Most rows per statement.
+    #[serde(default = "default_table_batch_size")]
+    pub batch_size: usize,
+    /// How long a batch waits for more rows before it is written.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Connections in the pool.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_table_batch_size() -> usize {
+    500
+}
+
+fn default_linger_ms() -> u64 {
+    20
+}
+
+fn default_max_connections() -> u32 {
+    2
+}
+
+/// A column's SQL type, which decides how a JSON field is converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColumnType {
+    /// `text` / `varchar`: strings as they are, other JSON values as JSON text.
+    Text,
+    /// `bigint`: integers, or strings holding one.
+    Bigint,
+    /// `integer` / `int`.
+    Integer,
+    /// `double precision` / `double`.
+    Double,
+    /// `boolean`.
+    Boolean,
+    /// `jsonb` (PostgreSQL) / `json` (MySQL): any JSON value.
+    Json,
+}
+
+/// How table records are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TableMode {
+    /// Plain inserts (a duplicate key is a rejected record).
+    #[default]
+    Insert,
+    /// Insert, or update the non-key columns of the row with the same key.
+    Upsert,
+}
+
+/// Whether `name` is a plain SQL identifier, optionally schema-qualified: safe to quote.
+fn is_identifier(name: &str, allow_schema: bool) -> bool {
+    let part = |p: &str| {
+        let mut chars = p.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && p.len() <= 63
+    };
+    match name.split_once('.') {
+        Some((schema, table)) if allow_schema => part(schema) && part(table),
+        Some(_) => false,
+        None => part(name),
     }
 }
 
@@ -366,6 +487,9 @@ pub struct ErrorPolicy {
     /// An event the plugin reports as failed or invalid.
     #[serde(default)]
     pub event_error: Action,
+    /// A record a database output rejects for good (constraint violation, wrong type).
+    #[serde(default)]
+    pub sink_rejection: Action,
 }
 
 /// What to do with a failed event.
@@ -472,17 +596,21 @@ impl PipelineSpec {
                 "a file source runs one worker in file order: omit `ordering`",
             ));
         }
+        for (name, output) in &self.outputs {
+            let (table, schemes) = match output {
+                OutputSpec::Postgres(t) => (t, ["postgres://", "postgresql://"]),
+                OutputSpec::Mysql(t) => (t, ["mysql://", "mariadb://"]),
+                _ => continue,
+            };
+            self.check_table(name, table, &schemes)?;
+        }
         match &self.source {
             SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
             SourceSpec::File(file) => {
-                if let Some((name, _)) = self
-                    .outputs
-                    .iter()
-                    .find(|(_, o)| matches!(o, OutputSpec::Kafka(_)))
-                {
+                if let Some((name, _)) = self.outputs.iter().find(|(_, o)| o.is_remote()) {
                     return Err(self.invalid(
                         &format!("outputs.{name}"),
-                        "kafka outputs need a `source: kafka` (the file source has no offsets to commit)",
+                        "kafka and database outputs need a `source: kafka` (the file source has no offsets to commit)",
                     ));
                 }
                 if file.batch_size == 0 || file.batch_size > 65_536 {
@@ -499,6 +627,64 @@ impl PipelineSpec {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn check_table(
+        &self,
+        name: &str,
+        table: &TableOutputSpec,
+        schemes: &[&str],
+    ) -> Result<(), ConfigError> {
+        let kind = schemes[0].trim_end_matches("://");
+        let field = |f: &str| format!("outputs.{name}.{kind}.{f}");
+        if !schemes.iter().any(|s| table.url.starts_with(s)) {
+            return Err(self.invalid(
+                &field("url"),
+                format!("must start with {}", schemes.join(" or ")),
+            ));
+        }
+        if !is_identifier(&table.table, true) {
+            return Err(self.invalid(
+                &field("table"),
+                "must be a plain name (letters, digits, _), optionally `schema.table`",
+            ));
+        }
+        if table.columns.is_empty() {
+            return Err(self.invalid(&field("columns"), "list at least one column: `name: type`"));
+        }
+        if let Some(bad) = table.columns.keys().find(|c| !is_identifier(c, false)) {
+            return Err(self.invalid(
+                &field("columns"),
+                format!("`{bad}` is not a plain column name (letters, digits, _)"),
+            ));
+        }
+        if let Some(missing) = table.key.iter().find(|k| !table.columns.contains_key(*k)) {
+            return Err(self.invalid(
+                &field("key"),
+                format!("`{missing}` is not one of the columns"),
+            ));
+        }
+        if table.mode == TableMode::Upsert && table.key.is_empty() {
+            return Err(self.invalid(
+                &field("key"),
+                "`mode: upsert` needs the key columns (its conflict target)",
+            ));
+        }
+        // PostgreSQL and MySQL take at most 65535 bind parameters per statement.
+        if table.batch_size == 0 || table.batch_size * table.columns.len() > 65_535 {
+            return Err(self.invalid(
+                &field("batch-size"),
+                format!(
+                    "must be between 1 and {} for {} columns (65535 parameters per statement)",
+                    65_535 / table.columns.len(),
+                    table.columns.len()
+                ),
+            ));
+        }
+        if table.max_connections == 0 {
+            return Err(self.invalid(&field("max-connections"), "must be at least 1"));
         }
         Ok(())
     }
@@ -811,7 +997,7 @@ outputs:
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("outputs.out: kafka outputs need a `source: kafka`"),
+            err.contains("outputs.out: kafka and database outputs need a `source: kafka`"),
             "{err}"
         );
     }

@@ -274,7 +274,7 @@ pub fn open_local_output(
                 })?,
             )
         }
-        OutputSpec::Kafka(_) => None,
+        OutputSpec::Kafka(_) | OutputSpec::Postgres(_) | OutputSpec::Mysql(_) => None,
     })
 }
 
@@ -410,7 +410,7 @@ fn open_outputs(spec: &PipelineSpec, plugin: String) -> Result<Router, RunError>
     let mut outputs = Vec::new();
     for (name, output) in &spec.outputs {
         let out = open_local_output(spec, name, output)?.ok_or_else(|| {
-            RunError::Setup(format!("outputs.{name}: kafka outputs need a `source: kafka` (the file source has no offsets)"))
+            RunError::Setup(format!("outputs.{name}: kafka and database outputs need a `source: kafka` (the file source has no offsets)"))
         })?;
         outputs.push((name.clone(), out));
     }

@@ -27,6 +27,7 @@ use crate::local::{RunError, Summary, open_local_output, prepare};
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::KafkaSink;
+use crate::sink::table::{Dialect, SinkContext, TableSink};
 use crate::worker::{Command, Delivery, OutputTarget, Worker, WorkerShared};
 
 /// One assigned partition, as the dispatcher sees it.
@@ -241,10 +242,24 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
 
+    let sink_skipped = Arc::new(AtomicU64::new(0));
+    let sink_context = SinkContext {
+        tracker: tracker.clone(),
+        failure: failure.clone(),
+        on_rejection: spec.error_policy.sink_rejection,
+        skipped: sink_skipped.clone(),
+    };
     let mut outputs = HashMap::new();
     for (name, output) in &spec.outputs {
+        let table = |dialect, t| {
+            TableSink::start(name, dialect, t, sink_context.clone())
+                .map(OutputTarget::Table)
+                .map_err(RunError::Setup)
+        };
         let target = match (output, open_local_output(spec, name, output)?) {
             (OutputSpec::Kafka(k), _) => OutputTarget::Kafka(k.topic.clone()),
+            (OutputSpec::Postgres(t), _) => table(Dialect::Postgres, t)?,
+            (OutputSpec::Mysql(t), _) => table(Dialect::Mysql, t)?,
             (_, Some(local)) => OutputTarget::Local(Mutex::new(local)),
             (_, None) => return Err(RunError::Setup(format!("outputs.{name}: cannot open"))),
         };
@@ -403,6 +418,18 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     }
     consumer.unsubscribe();
     drop(consumer);
+    // The drain is over: a database still down is not waited for any longer (its rows stay
+    // uncommitted), so workers blocked on a full table queue can finish.
+    let tables = || {
+        shared
+            .outputs
+            .values()
+            .filter_map(|(target, _)| match target {
+                OutputTarget::Table(t) => Some(t),
+                _ => None,
+            })
+    };
+    tables().for_each(TableSink::give_up);
     for tx in &senders {
         let _ = tx.send(Command::Stop);
     }
@@ -415,6 +442,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     for thread in threads {
         let _ = thread.join();
     }
+    tables().for_each(TableSink::close);
     if let Some(sink) = &shared.sink {
         // Their offsets were not committed (the tracker waits for acks), so nothing is lost;
         // but the stop was not clean and the next run will send them again.
@@ -439,7 +467,8 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
             .records_out
             .insert(name.clone(), written.load(AtomicOrdering::Relaxed));
     }
-    summary.skipped_failed = shared.skipped.load(AtomicOrdering::Relaxed);
+    summary.skipped_failed =
+        shared.skipped.load(AtomicOrdering::Relaxed) + sink_skipped.load(AtomicOrdering::Relaxed);
     Ok(summary)
 }
 

@@ -21,6 +21,7 @@ use crate::config::{Action, ErrorPolicy};
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
 use crate::sink::kafka::{Ack, KafkaSink};
 use crate::sink::local::LocalOutput;
+use crate::sink::table::TableSink;
 
 /// Where an output name leads.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub enum OutputTarget {
     Kafka(String),
     /// stdout or a file: written synchronously, so nothing to acknowledge later.
     Local(Mutex<LocalOutput>),
+    /// A database table: rows are acknowledged once their batch is committed.
+    Table(TableSink),
 }
 
 /// One event handed to a worker.
@@ -101,7 +104,7 @@ struct Emitter<'a> {
     /// What this call's records acknowledge (one allocation per call, not per record).
     ack: Arc<Ack>,
     errors: Vec<(usize, EventErrorKind, String)>,
-    /// Records handed to the Kafka sink for `ack`'s units during this call.
+    /// Records handed to remote sinks (Kafka, tables) for `ack`'s units during this call.
     sent: u32,
 }
 
@@ -153,6 +156,11 @@ impl Collector for Emitter<'_> {
                 self.sent += 1;
                 sink.send(topic, record, self.ack.clone())
                     .map_err(Refusal::Invalid)
+            }
+            OutputTarget::Table(table) => {
+                let row = table.row(record).map_err(Refusal::Invalid)?;
+                self.sent += 1;
+                table.send(row, self.ack.clone()).map_err(Refusal::Invalid)
             }
         }?;
         written.fetch_add(1, Ordering::Relaxed);

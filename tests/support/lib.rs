@@ -1,9 +1,12 @@
 //! Shared fixtures for the end-to-end tests: builds the workspace's plugins and the `sluice`
 //! binary once per test process, compiles C plugins with the system compiler, runs `sluice`.
 
+pub mod db;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -303,6 +306,33 @@ impl Broker {
         }
     }
 
+    /// Writes `count` events with the reference client (see `kafka_tool.py produce`), with
+    /// extra flags such as `--tombstone`.
+    pub fn produce(&self, topic: &str, count: usize, start: usize, extra: &[&str]) {
+        let (count, start) = (count.to_string(), start.to_string());
+        let mut args = vec![
+            "produce", "--broker", &self.addr, "--topic", topic, "--count", &count, "--start",
+            &start,
+        ];
+        args.extend_from_slice(extra);
+        kafka_tool(&args);
+    }
+
+    /// The sum of the offsets `group` committed on `topic` (read with the admin API).
+    pub fn committed_sum(&self, topic: &str, group: &str) -> i64 {
+        let out = kafka_tool(&[
+            "committed",
+            "--broker",
+            &self.addr,
+            "--topic",
+            topic,
+            "--group",
+            group,
+        ]);
+        let offsets: std::collections::BTreeMap<String, i64> = serde_json::from_str(&out).unwrap();
+        offsets.values().filter(|o| **o >= 0).sum()
+    }
+
     /// Creates a topic.
     pub fn create_topic(&self, topic: &str, partitions: u32) {
         kafka_tool(&[
@@ -314,5 +344,86 @@ impl Broker {
             "--partitions",
             &partitions.to_string(),
         ]);
+    }
+}
+
+/// A unique name per test, so tests share the broker without sharing topics or groups.
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// A `sluice run` child process; killed if the test fails before it is stopped.
+#[derive(Debug)]
+pub struct Running {
+    /// The process.
+    pub child: Child,
+    /// Its stderr.
+    pub log: PathBuf,
+}
+
+/// Starts `sluice run -f SPEC`, its stderr in a log file under `dir`.
+pub fn start(spec: &Path, dir: &Path) -> Running {
+    start_with_env(spec, dir, &[])
+}
+
+/// [`start`] with extra environment variables.
+pub fn start_with_env(spec: &Path, dir: &Path, env: &[(&str, &str)]) -> Running {
+    let log = dir.join(format!("sluice-{}.log", unique("run")));
+    let child = Command::new(plugin("passthrough").parent().unwrap().join("sluice"))
+        .args(["run", "-f"])
+        .arg(spec)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Running { child, log }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test must not leave its pipeline running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    /// Sends a signal (`-TERM`, `-KILL`, ...).
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    /// SIGTERM, and the exit code and log once it stopped.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        (
+            status.code(),
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+        )
+    }
+    /// SIGKILL, and wait.
+    pub fn kill(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `done` every 200 ms; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """The independent reference client for Sluice's tests and demo: confluent-kafka (librdkafka).
 
-  kafka_tool.py produce  --broker B --topic T --count N [--keys K] [--start S] [--size BYTES] [--headers]
+  kafka_tool.py produce  --broker B --topic T --count N [--keys K] [--start S] [--size BYTES] [--headers] [--tombstone]
   kafka_tool.py produce-file --broker B --topic T --file F [--key-field FIELD]
   kafka_tool.py consume  --broker B --topic T [--expect N] [--timeout S]
   kafka_tool.py create   --broker B --topic T --partitions P
   kafka_tool.py committed --broker B --topic T --group G
 
 `produce` writes N events; event i has key "k{i % K}" and value {"seq": i, "key": ...}, so a
-consumer can check per-key order; with --headers it also carries the header trace=t{i}.
+consumer can check per-key order; with --headers it also carries the header trace=t{i}; with
+--tombstone the value is null instead (a delete for keyed sinks).
 `consume` prints one JSON object per record (topic, partition, offset, key, value, headers)
 read from the beginning with a throwaway group, and
 stops after --expect records (plus --linger seconds, to catch extra ones) or --timeout seconds
@@ -39,7 +40,8 @@ def produce(args):
         while True:
             try:
                 headers = [("trace", f"t{i}".encode())] if args.headers else None
-                p.produce(args.topic, key=key, value=value, headers=headers, on_delivery=report)
+                p.produce(args.topic, key=key, value=None if args.tombstone else value,
+                          headers=headers, on_delivery=report)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -143,6 +145,7 @@ def main():
             s.add_argument("--start", type=int, default=0)
             s.add_argument("--size", type=int, default=0, help="padding bytes per event")
             s.add_argument("--headers", action="store_true", help="add the header trace=t{i}")
+            s.add_argument("--tombstone", action="store_true", help="null values")
         if name == "produce-file":
             s.add_argument("--file", required=True)
             s.add_argument("--key-field")

@@ -3,6 +3,7 @@
 
 pub mod kafka;
 pub mod local;
+pub mod table;
 
 use sluice_plugin_api::abi::Record;
 use sluice_plugin_api::host::{Collector, EventErrorKind, Refusal};

@@ -1,0 +1,795 @@
+//! Database table sinks: PostgreSQL and MySQL/MariaDB through sqlx.
+//!
+//! Workers turn each record into a row ([`TableLayout::row`]: the value's JSON fields fill the
+//! columns; a tombstone becomes a delete by key) and hand it to the sink's writer thread over a
+//! bounded channel. The writer batches rows (`batch-size`, `linger-ms`), writes a batch in one
+//! transaction (multi-row `INSERT`, `ON CONFLICT .. DO UPDATE` / `ON DUPLICATE KEY UPDATE` for
+//! upserts, `DELETE .. WHERE key IN (..)` for tombstones, in record order), and only after the
+//! commit acknowledges the rows' units in the offset tracker.
+//!
+//! Transient errors (connection lost, deadlock, serialization failure, server shutting down)
+//! are retried with backoff for as long as it takes: meanwhile the channel fills, the workers
+//! block, their partitions reach `partition-capacity` and are paused, and nothing is committed
+//! past the unwritten rows. A batch the database rejects for good is split into single rows so
+//! the error policy (`error-policy.sink-rejection`) applies to the rejected record only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_plugin_api::abi::Record;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{MySql, Postgres, QueryBuilder};
+
+use crate::config::{Action, ColumnType, TableMode, TableOutputSpec};
+use crate::offsets::OffsetTracker;
+use crate::sink::kafka::Ack;
+
+/// Which SQL dialect a table speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    Mysql,
+}
+
+/// One typed value, NULL included (a NULL keeps its column's type, as PostgreSQL requires).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// `text`.
+    Text(Option<String>),
+    /// `bigint`.
+    Bigint(Option<i64>),
+    /// `integer`.
+    Integer(Option<i32>),
+    /// `double precision`.
+    Double(Option<f64>),
+    /// `boolean`.
+    Boolean(Option<bool>),
+    /// `jsonb` / `json`.
+    Json(Option<Value>),
+}
+
+/// What one record does to the table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Insert (or upsert) a row: every column, in the layout's order.
+    Write(Vec<Cell>),
+    /// Delete the row with these key values (the layout's key columns, in order).
+    Delete(Vec<Cell>),
+}
+
+/// A table's columns and how records map onto them.
+#[derive(Debug, Clone)]
+pub struct TableLayout {
+    dialect: Dialect,
+    table: String,
+    columns: Vec<(String, ColumnType)>,
+    /// Indices of the key columns in `columns`.
+    key: Vec<usize>,
+    mode: TableMode,
+}
+
+fn convert(field: &str, ty: ColumnType, value: Option<&Value>) -> Result<Cell, String> {
+    let value = value.filter(|v| !v.is_null());
+    let bad = |what: &str| format!("field `{field}`: expected {what}, got {}", value.unwrap());
+    Ok(match ty {
+        ColumnType::Text => Cell::Text(value.map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })),
+        ColumnType::Bigint => Cell::Bigint(match value {
+            None => None,
+            Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| bad("an integer"))?),
+            Some(Value::String(s)) => Some(s.trim().parse().map_err(|_| bad("an integer"))?),
+            Some(_) => return Err(bad("an integer")),
+        }),
+        ColumnType::Integer => Cell::Integer(match value {
+            None => None,
+            Some(Value::Number(n)) => Some(
+                n.as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .ok_or_else(|| bad("a 32-bit integer"))?,
+            ),
+            Some(Value::String(s)) => Some(s.trim().parse().map_err(|_| bad("a 32-bit integer"))?),
+            Some(_) => return Err(bad("a 32-bit integer")),
+        }),
+        ColumnType::Double => Cell::Double(match value {
+            None => None,
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(s)) => Some(s.trim().parse().map_err(|_| bad("a number"))?),
+            Some(_) => return Err(bad("a number")),
+        }),
+        ColumnType::Boolean => Cell::Boolean(match value {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(Value::String(s)) if s == "true" || s == "false" => Some(s == "true"),
+            Some(_) => return Err(bad("true or false")),
+        }),
+        ColumnType::Json => Cell::Json(value.cloned()),
+    })
+}
+
+impl TableLayout {
+    /// The layout of a (checked) table output.
+    pub fn new(dialect: Dialect, spec: &TableOutputSpec) -> Self {
+        let columns: Vec<(String, ColumnType)> = spec
+            .columns
+            .iter()
+            .map(|(name, ty)| (name.clone(), *ty))
+            .collect();
+        let key = spec
+            .key
+            .iter()
+            .filter_map(|k| columns.iter().position(|(c, _)| c == k))
+            .collect();
+        TableLayout {
+            dialect,
+            table: spec.table.clone(),
+            columns,
+            key,
+            mode: spec.mode,
+        }
+    }
+
+    /// The table name, for messages.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// What `record` does to the table. A tombstone (null value) deletes by the record key.
+    pub fn row(&self, record: &Record<'_>) -> Result<Op, String> {
+        let Some(value) = record.value_bytes() else {
+            return self.delete(record.key_bytes());
+        };
+        let value: Value = serde_json::from_slice(value)
+            .map_err(|e| format!("the record value is not JSON ({e}): emit a JSON object"))?;
+        let Value::Object(fields) = value else {
+            return Err("the record value is not a JSON object".into());
+        };
+        let cells = self
+            .columns
+            .iter()
+            .map(|(name, ty)| convert(name, *ty, fields.get(name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(k) = self.key.iter().find(|k| cells_is_null(&cells[**k])) {
+            return Err(format!(
+                "key column `{}` is missing or null",
+                self.columns[*k].0
+            ));
+        }
+        Ok(Op::Write(cells))
+    }
+
+    fn delete(&self, key: Option<&[u8]>) -> Result<Op, String> {
+        if self.key.is_empty() {
+            return Err(
+                "a tombstone (null value) deletes by key, but the output has no `key` columns"
+                    .into(),
+            );
+        }
+        let key = key.ok_or("a tombstone needs a record key to delete by")?;
+        let parsed: Value = serde_json::from_slice(key)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(key).into_owned()));
+        let cells = match (&parsed, self.key.as_slice()) {
+            (Value::Object(fields), _) => self
+                .key
+                .iter()
+                .map(|k| {
+                    let (name, ty) = &self.columns[*k];
+                    convert(name, *ty, fields.get(name))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            (scalar, [k]) => {
+                let (name, ty) = &self.columns[*k];
+                vec![convert(name, *ty, Some(scalar))?]
+            }
+            _ => {
+                return Err("a tombstone's key must be a JSON object with every key column".into());
+            }
+        };
+        if cells.iter().any(cells_is_null) {
+            return Err("a tombstone's key is missing a key column".into());
+        }
+        Ok(Op::Delete(cells))
+    }
+
+    fn quote(&self, name: &str) -> String {
+        let q = match self.dialect {
+            Dialect::Postgres => '"',
+            Dialect::Mysql => '`',
+        };
+        // Names are checked identifiers (config.rs): quoting cannot be escaped.
+        name.split('.')
+            .map(|part| format!("{q}{part}{q}"))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    fn insert_head(&self) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|(c, _)| self.quote(c)).collect();
+        format!(
+            "INSERT INTO {} ({}) ",
+            self.quote(&self.table),
+            cols.join(", ")
+        )
+    }
+
+    fn conflict_tail(&self) -> String {
+        let rest: Vec<&str> = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.key.contains(i))
+            .map(|(_, (c, _))| c.as_str())
+            .collect();
+        match self.dialect {
+            Dialect::Postgres => {
+                let key: Vec<String> = self
+                    .key
+                    .iter()
+                    .map(|k| self.quote(&self.columns[*k].0))
+                    .collect();
+                let action = if rest.is_empty() {
+                    "DO NOTHING".to_owned()
+                } else {
+                    let sets: Vec<String> = rest
+                        .iter()
+                        .map(|c| format!("{0} = EXCLUDED.{0}", self.quote(c)))
+                        .collect();
+                    format!("DO UPDATE SET {}", sets.join(", "))
+                };
+                format!(" ON CONFLICT ({}) {action}", key.join(", "))
+            }
+            Dialect::Mysql => {
+                let sets: Vec<String> = if rest.is_empty() {
+                    let k = self.quote(&self.columns[self.key[0]].0);
+                    vec![format!("{k} = {k}")]
+                } else {
+                    rest.iter()
+                        .map(|c| format!("{0} = VALUES({0})", self.quote(c)))
+                        .collect()
+                };
+                format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+            }
+        }
+    }
+
+    fn delete_head(&self) -> String {
+        let key: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| self.quote(&self.columns[*k].0))
+            .collect();
+        format!(
+            "DELETE FROM {} WHERE ({}) IN (",
+            self.quote(&self.table),
+            key.join(", ")
+        )
+    }
+
+    /// The statements for `ops`, in order: runs of writes and runs of deletes. In an upsert run
+    /// only the last write of each key is kept (a statement may not touch a row twice, and the
+    /// last write is what the sequence would leave).
+    fn runs<'o>(&self, ops: &[&'o Op]) -> Vec<(bool, Vec<&'o [Cell]>)> {
+        let mut runs: Vec<(bool, Vec<&'o [Cell]>)> = Vec::new();
+        for op in ops {
+            let (is_write, cells) = match op {
+                Op::Write(c) => (true, c.as_slice()),
+                Op::Delete(c) => (false, c.as_slice()),
+            };
+            match runs.last_mut() {
+                Some((w, rows)) if *w == is_write => rows.push(cells),
+                _ => runs.push((is_write, vec![cells])),
+            }
+        }
+        if self.mode == TableMode::Upsert {
+            for (is_write, rows) in &mut runs {
+                if *is_write {
+                    let key_of = |row: &[Cell]| -> String {
+                        format!(
+                            "{:?}",
+                            self.key.iter().map(|k| &row[*k]).collect::<Vec<_>>()
+                        )
+                    };
+                    let last: HashMap<String, usize> = rows
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (key_of(r), i))
+                        .collect();
+                    let mut i = 0;
+                    rows.retain(|r| {
+                        let keep = last[&key_of(r)] == i;
+                        i += 1;
+                        keep
+                    });
+                }
+            }
+        }
+        runs
+    }
+}
+
+fn cells_is_null(cell: &Cell) -> bool {
+    match cell {
+        Cell::Text(v) => v.is_none(),
+        Cell::Bigint(v) => v.is_none(),
+        Cell::Integer(v) => v.is_none(),
+        Cell::Double(v) => v.is_none(),
+        Cell::Boolean(v) => v.is_none(),
+        Cell::Json(v) => v.is_none(),
+    }
+}
+
+/// Binds one cell on a separated query builder (the same code for both databases).
+macro_rules! bind_cell {
+    ($sep:expr, $cell:expr) => {
+        match $cell {
+            Cell::Text(v) => $sep.push_bind(v.clone()),
+            Cell::Bigint(v) => $sep.push_bind(*v),
+            Cell::Integer(v) => $sep.push_bind(*v),
+            Cell::Double(v) => $sep.push_bind(*v),
+            Cell::Boolean(v) => $sep.push_bind(*v),
+            Cell::Json(v) => $sep.push_bind(v.clone().map(Json)),
+        }
+    };
+}
+
+/// Writes `ops` in one transaction (the same code for both databases).
+macro_rules! write_ops {
+    ($db:ty, $pool:expr, $layout:expr, $ops:expr) => {{
+        let mut tx = $pool.begin().await?;
+        for (is_write, rows) in $layout.runs($ops) {
+            let mut q = QueryBuilder::<$db>::new(if is_write {
+                $layout.insert_head()
+            } else {
+                $layout.delete_head()
+            });
+            if is_write {
+                q.push_values(rows, |mut sep, row| {
+                    for cell in row {
+                        bind_cell!(sep, cell);
+                    }
+                });
+                if $layout.mode == TableMode::Upsert {
+                    q.push($layout.conflict_tail());
+                }
+            } else {
+                for (i, row) in rows.into_iter().enumerate() {
+                    q.push(if i == 0 { "(" } else { ", (" });
+                    let mut sep = q.separated(", ");
+                    for cell in row {
+                        bind_cell!(sep, cell);
+                    }
+                    q.push(")");
+                }
+                q.push(")");
+            }
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }};
+}
+
+enum Pool {
+    Postgres(PgPool),
+    Mysql(MySqlPool),
+}
+
+impl Pool {
+    async fn write(&self, layout: &TableLayout, ops: &[&Op]) -> Result<(), sqlx::Error> {
+        match self {
+            Pool::Postgres(pool) => write_ops!(Postgres, pool, layout, ops),
+            Pool::Mysql(pool) => write_ops!(MySql, pool, layout, ops),
+        }
+    }
+}
+
+/// Whether retrying can help: the connection or the server, not the data.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                // Lock wait timeout, deadlock, too many connections, shutdown, gone away, lost,
+                // killed.
+                return matches!(
+                    my.number(),
+                    1205 | 1213 | 1040 | 1053 | 2006 | 2013 | 1927 | 1317
+                );
+            }
+            // PostgreSQL SQLSTATE: connection exceptions, serialization failure, deadlock,
+            // insufficient resources, operator intervention (shutdown), cannot connect now.
+            db.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || code == "40001"
+                    || code == "40P01"
+            })
+        }
+        _ => false,
+    }
+}
+
+struct Pending {
+    op: Op,
+    ack: Arc<Ack>,
+}
+
+/// Shared with the pipeline: where failures and skips go.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// Offset bookkeeping: written rows acknowledge their units here.
+    pub tracker: Arc<Mutex<OffsetTracker>>,
+    /// The pipeline's first fatal error.
+    pub failure: Arc<Mutex<Option<String>>>,
+    /// What to do with a record the database rejects.
+    pub on_rejection: Action,
+    /// Records skipped by that policy.
+    pub skipped: Arc<AtomicU64>,
+}
+
+/// A table output: a writer thread with its own connection pool.
+pub struct TableSink {
+    name: String,
+    layout: Arc<TableLayout>,
+    tx: Mutex<Option<SyncSender<Pending>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    give_up: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for TableSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableSink")
+            .field("name", &self.name)
+            .field("table", &self.layout.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableSink {
+    /// Starts the writer for output `name`. Connections are opened on first use, so a database
+    /// that is down at start delays the pipeline instead of failing it.
+    pub fn start(
+        name: &str,
+        dialect: Dialect,
+        spec: &TableOutputSpec,
+        ctx: SinkContext,
+    ) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("outputs.{name}: cannot start the database runtime: {e}"))?;
+        let pool = {
+            let _guard = runtime.enter();
+            let timeout = Duration::from_secs(5);
+            match dialect {
+                Dialect::Postgres => PgPoolOptions::new()
+                    .max_connections(spec.max_connections)
+                    .acquire_timeout(timeout)
+                    .connect_lazy(&spec.url)
+                    .map(Pool::Postgres),
+                Dialect::Mysql => MySqlPoolOptions::new()
+                    .max_connections(spec.max_connections)
+                    .acquire_timeout(timeout)
+                    .connect_lazy(&spec.url)
+                    .map(Pool::Mysql),
+            }
+            .map_err(|e| format!("outputs.{name}.url: {e}"))?
+        };
+        let layout = Arc::new(TableLayout::new(dialect, spec));
+        let (tx, rx) = std::sync::mpsc::sync_channel(spec.batch_size * 2);
+        let give_up = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            name: name.to_owned(),
+            layout: layout.clone(),
+            pool,
+            runtime,
+            ctx,
+            batch_size: spec.batch_size,
+            linger: Duration::from_millis(spec.linger_ms),
+            give_up: give_up.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("sluice-sink-{name}"))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| format!("outputs.{name}: cannot start the writer thread: {e}"))?;
+        Ok(TableSink {
+            name: name.to_owned(),
+            layout,
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            give_up,
+        })
+    }
+
+    /// The row for `record` (a refusal names the output).
+    pub fn row(&self, record: &Record<'_>) -> Result<Op, String> {
+        self.layout
+            .row(record)
+            .map_err(|e| format!("output {} (table {}): {e}", self.name, self.layout.table()))
+    }
+
+    /// Queues a row for `ack`'s units; blocks while the writer is behind (backpressure).
+    pub fn send(&self, op: Op, ack: Arc<Ack>) -> Result<(), String> {
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| format!("output {}: closed", self.name))?;
+        tx.send(Pending { op, ack })
+            .map_err(|_| format!("output {}: the writer stopped", self.name))
+    }
+
+    /// Stops retrying: rows that cannot be written now are left unacknowledged (their offsets
+    /// are not committed, so the next run writes them). Called when the drain time is up.
+    pub fn give_up(&self) {
+        self.give_up.store(true, Ordering::Release);
+    }
+
+    /// Writes what is queued, then ends the writer.
+    pub fn close(&self) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Writer {
+    name: String,
+    layout: Arc<TableLayout>,
+    pool: Pool,
+    runtime: tokio::runtime::Runtime,
+    ctx: SinkContext,
+    batch_size: usize,
+    linger: Duration,
+    give_up: Arc<AtomicBool>,
+}
+
+enum Outcome {
+    Written,
+    Rejected(sqlx::Error),
+    GaveUp,
+}
+
+impl Writer {
+    fn run(self, rx: Receiver<Pending>) {
+        let mut batch: Vec<Pending> = Vec::with_capacity(self.batch_size);
+        loop {
+            match rx.recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => return,
+            }
+            let deadline = Instant::now() + self.linger;
+            while batch.len() < self.batch_size {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(p) => batch.push(p),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            if self.failed() {
+                batch.clear(); // after a fatal error nothing more is acknowledged
+                continue;
+            }
+            self.write_batch(std::mem::take(&mut batch));
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.ctx
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn ack(&self, rows: &[Pending]) {
+        let mut tracker = self.ctx.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        for row in rows {
+            for (tp, unit) in row.ack.units() {
+                tracker.acked(tp, unit);
+            }
+        }
+    }
+
+    /// Writes `ops`, retrying transient errors with backoff until it works or the pipeline gives
+    /// up.
+    fn write_retrying(&self, ops: &[&Op]) -> Outcome {
+        let mut backoff = Duration::from_millis(100);
+        let mut logged = false;
+        loop {
+            match self.runtime.block_on(self.pool.write(&self.layout, ops)) {
+                Ok(()) => {
+                    if logged {
+                        tracing::info!(output = %self.name, table = %self.layout.table, "database reachable again: writing");
+                    }
+                    return Outcome::Written;
+                }
+                Err(err) if is_transient(&err) => {
+                    if self.give_up.load(Ordering::Acquire) || self.failed() {
+                        return Outcome::GaveUp;
+                    }
+                    if !logged {
+                        tracing::warn!(output = %self.name, table = %self.layout.table, "database unavailable, retrying (partitions pause meanwhile): {err}");
+                        logged = true;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(err) => return Outcome::Rejected(err),
+            }
+        }
+    }
+
+    fn write_batch(&self, batch: Vec<Pending>) {
+        let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
+        match self.write_retrying(&ops) {
+            Outcome::Written => self.ack(&batch),
+            Outcome::GaveUp => {}
+            Outcome::Rejected(err) if batch.len() == 1 => self.reject(&batch[0], &err),
+            Outcome::Rejected(_) => {
+                // Find the rejected records: one row at a time, in order.
+                for row in &batch {
+                    match self.write_retrying(&[&row.op]) {
+                        Outcome::Written => self.ack(std::slice::from_ref(row)),
+                        Outcome::GaveUp => return,
+                        Outcome::Rejected(err) => {
+                            self.reject(row, &err);
+                            if self.failed() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn reject(&self, row: &Pending, err: &sqlx::Error) {
+        let what = match &row.op {
+            Op::Write(_) => "a row",
+            Op::Delete(_) => "a delete",
+        };
+        match self.ctx.on_rejection {
+            Action::Skip => {
+                tracing::warn!(output = %self.name, table = %self.layout.table, "skipped {what} the database rejected: {err}");
+                self.ctx.skipped.fetch_add(1, Ordering::Relaxed);
+                self.ack(std::slice::from_ref(row));
+            }
+            Action::Fail => {
+                let message = format!(
+                    "output {} (table {}) rejected {what}: {err}: fix the table or the plugin's records, or set `error-policy.sink-rejection: skip`",
+                    self.name, self.layout.table
+                );
+                tracing::error!("{message}");
+                self.ctx
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(message);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TableOutputSpec;
+
+    fn layout(dialect: Dialect, mode: &str) -> TableLayout {
+        let spec: TableOutputSpec = serde_yaml_ng::from_str(&format!(
+            "url: x\ntable: app.rides\ncolumns: {{id: bigint, city: text, fare: double, paid: boolean, extra: json}}\nkey: [id]\nmode: {mode}\n"
+        ))
+        .unwrap();
+        TableLayout::new(dialect, &spec)
+    }
+
+    #[test]
+    fn a_json_object_fills_the_columns_by_name() {
+        let l = layout(Dialect::Postgres, "upsert");
+        let value = br#"{"id": "7", "city": "Jakarta", "fare": 12, "paid": true, "extra": {"a": 1}, "other": 1}"#;
+        let op = l.row(&Record::to("t").value(value)).unwrap();
+        // Columns in name order: city, extra, fare, id, paid.
+        assert_eq!(
+            op,
+            Op::Write(vec![
+                Cell::Text(Some("Jakarta".into())),
+                Cell::Json(Some(serde_json::json!({"a": 1}))),
+                Cell::Double(Some(12.0)),
+                Cell::Bigint(Some(7)),
+                Cell::Boolean(Some(true)),
+            ])
+        );
+        let err = l
+            .row(&Record::to("t").value(br#"{"id": 1, "fare": "cheap"}"#))
+            .unwrap_err();
+        assert_eq!(err, r#"field `fare`: expected a number, got "cheap""#);
+        let err = l
+            .row(&Record::to("t").value(br#"{"city": "x"}"#))
+            .unwrap_err();
+        assert_eq!(err, "key column `id` is missing or null");
+    }
+
+    #[test]
+    fn a_tombstone_deletes_by_the_record_key() {
+        let l = layout(Dialect::Mysql, "upsert");
+        assert_eq!(
+            l.row(&Record::to("t").key(b"42").tombstone()).unwrap(),
+            Op::Delete(vec![Cell::Bigint(Some(42))])
+        );
+        assert_eq!(
+            l.row(&Record::to("t").key(br#"{"id": 43}"#).tombstone())
+                .unwrap(),
+            Op::Delete(vec![Cell::Bigint(Some(43))])
+        );
+        assert!(l.row(&Record::to("t").tombstone()).is_err());
+    }
+
+    #[test]
+    fn statements_quote_names_per_dialect() {
+        let pg = layout(Dialect::Postgres, "upsert");
+        assert_eq!(
+            pg.insert_head(),
+            r#"INSERT INTO "app"."rides" ("city", "extra", "fare", "id", "paid") "#
+        );
+        assert_eq!(
+            pg.conflict_tail(),
+            r#" ON CONFLICT ("id") DO UPDATE SET "city" = EXCLUDED."city", "extra" = EXCLUDED."extra", "fare" = EXCLUDED."fare", "paid" = EXCLUDED."paid""#
+        );
+        let my = layout(Dialect::Mysql, "upsert");
+        assert_eq!(
+            my.conflict_tail(),
+            " ON DUPLICATE KEY UPDATE `city` = VALUES(`city`), `extra` = VALUES(`extra`), `fare` = VALUES(`fare`), `paid` = VALUES(`paid`)"
+        );
+        assert_eq!(
+            my.delete_head(),
+            "DELETE FROM `app`.`rides` WHERE (`id`) IN ("
+        );
+    }
+
+    #[test]
+    fn upsert_runs_keep_the_last_write_per_key_and_record_order() {
+        let l = layout(Dialect::Postgres, "upsert");
+        let w = |id: i64, city: &str| {
+            Op::Write(vec![
+                Cell::Text(Some(city.into())),
+                Cell::Json(None),
+                Cell::Double(None),
+                Cell::Bigint(Some(id)),
+                Cell::Boolean(None),
+            ])
+        };
+        let ops = [
+            w(1, "a"),
+            w(2, "b"),
+            w(1, "c"),
+            Op::Delete(vec![Cell::Bigint(Some(2))]),
+            w(2, "d"),
+        ];
+        let refs: Vec<&Op> = ops.iter().collect();
+        let runs = l.runs(&refs);
+        assert_eq!(runs.len(), 3, "write run, delete run, write run");
+        assert!(runs[0].0 && !runs[1].0 && runs[2].0);
+        let cities: Vec<&Cell> = runs[0].1.iter().map(|r| &r[0]).collect();
+        assert_eq!(
+            cities,
+            [&Cell::Text(Some("b".into())), &Cell::Text(Some("c".into()))],
+            "key 1 keeps its last write, in the position of that write"
+        );
+    }
+}

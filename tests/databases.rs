@@ -1,0 +1,220 @@
+//! Database outputs on real servers: a tansu broker, PostgreSQL and MariaDB started by the test
+//! process, events produced by the reference client, rows checked with psql / mariadb.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sluice_tests::db::{MariaDb, Postgres};
+use sluice_tests::{Broker, Running, plugin, start_with_env, unique, wait_until, write_spec};
+
+fn broker() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(Broker::start)
+}
+
+/// A pipeline from `topic` to one table output: passthrough, or `plugin` when given.
+fn table_spec(dir: &Path, topic: &str, group: &str, output: &str) -> PathBuf {
+    let plugin = format!("  path: {}\n", plugin("passthrough").display());
+    table_spec_with(dir, topic, group, &plugin, output)
+}
+
+fn table_spec_with(dir: &Path, topic: &str, group: &str, plugin: &str, output: &str) -> PathBuf {
+    // One directory per pipeline: `write_spec` names the file `pipeline.yaml`.
+    let dir = dir.join(group);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_spec(
+        &dir,
+        &format!(
+            "name: {group}\nplugin:\n{plugin}source:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{topic}]\n    group-id: {group}\n    commit-interval-ms: 200\noutputs:\n  out:\n{output}",
+            broker().addr,
+        ),
+    )
+}
+
+/// `sluice run` with the database URL in `DB_URL` (the specs say `url: ${DB_URL}`: credentials
+/// come from the environment, never from the spec).
+fn start_with_url(spec: &Path, dir: &Path, url: &str) -> Running {
+    start_with_env(spec, dir, &[("DB_URL", url)])
+}
+
+/// Events `k0..k15` with rising `seq`, then tombstones for k0..k3: an upsert table ends with the
+/// last `seq` of k4..k15 and no row for k0..k3.
+fn expected_latest(total: usize) -> String {
+    let mut rows: Vec<(String, usize)> = (4..16)
+        .map(|k| {
+            let last = (0..total).filter(|i| i % 16 == k).max().unwrap();
+            (format!("k{k}"), last)
+        })
+        .collect();
+    rows.sort();
+    rows.iter()
+        .map(|(k, s)| format!("{k} {s}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn rows_arrive_in_postgres_and_mariadb_upserts_replace_and_tombstones_delete() {
+    let (pg, maria) = std::thread::scope(|s| {
+        let pg = s.spawn(Postgres::start);
+        let maria = s.spawn(MariaDb::start);
+        (pg.join().unwrap(), maria.join().unwrap())
+    });
+    let total = 2000;
+    let keyed = unique("keyed");
+    broker().create_topic(&keyed, 4);
+    broker().produce(&keyed, total, 0, &[]);
+    broker().produce(&keyed, 4, 0, &["--tombstone"]);
+    let plain = unique("plain");
+    broker().create_topic(&plain, 4);
+    broker().produce(&plain, total, 0, &[]);
+
+    pg.sql("CREATE TABLE latest (key text PRIMARY KEY, seq bigint NOT NULL)");
+    maria.sql("CREATE TABLE latest (`key` varchar(16) PRIMARY KEY, seq bigint NOT NULL)");
+    maria.sql("CREATE TABLE events (seq bigint PRIMARY KEY, `key` varchar(16))");
+
+    let dir = tempfile::tempdir().unwrap();
+    let upsert = "    {kind}:\n      url: ${DB_URL}\n      table: latest\n      columns: {key: text, seq: bigint}\n      key: [key]\n      mode: upsert\n      batch-size: 64\n";
+    let runs = [
+        (
+            table_spec(
+                dir.path(),
+                &keyed,
+                &unique("pg"),
+                &upsert.replace("{kind}", "postgres"),
+            ),
+            keyed.clone(),
+            pg.url.clone(),
+            total + 4,
+        ),
+        (
+            table_spec(
+                dir.path(),
+                &keyed,
+                &unique("maria"),
+                &upsert.replace("{kind}", "mysql"),
+            ),
+            keyed.clone(),
+            maria.url.clone(),
+            total + 4,
+        ),
+        (
+            table_spec(
+                dir.path(),
+                &plain,
+                &unique("maria-insert"),
+                "    mysql:\n      url: ${DB_URL}\n      table: events\n      columns: {seq: bigint, key: text}\n",
+            ),
+            plain.clone(),
+            maria.url.clone(),
+            total,
+        ),
+    ];
+    let running: Vec<_> = runs
+        .iter()
+        .map(|(spec, _, url, _)| start_with_url(spec, dir.path(), url))
+        .collect();
+
+    let expected = expected_latest(total);
+    let pg_latest = || pg.sql("SELECT key || ' ' || seq FROM latest ORDER BY key");
+    let maria_latest = || maria.sql("SELECT CONCAT(`key`, ' ', seq) FROM latest ORDER BY `key`");
+    wait_until("the PostgreSQL upserts", Duration::from_secs(60), || {
+        pg_latest().trim() == expected
+    });
+    wait_until("the MariaDB upserts", Duration::from_secs(60), || {
+        maria_latest().trim() == expected
+    });
+    wait_until("the MariaDB inserts", Duration::from_secs(60), || {
+        maria.sql("SELECT COUNT(*) FROM events").trim() == total.to_string()
+    });
+    assert_eq!(
+        maria
+            .sql("SELECT COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM events")
+            .trim(),
+        format!("{total}\t0\t{}", total - 1),
+        "one row per event"
+    );
+    for (run, (spec, topic, _, events)) in running.into_iter().zip(&runs) {
+        let group = std::fs::read_to_string(spec)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("group-id: ").map(str::to_owned))
+            .unwrap();
+        let (code, log) = run.stop();
+        assert_eq!(code, Some(0), "graceful stop exits 0:\n{log}");
+        assert_eq!(
+            broker().committed_sum(topic, &group),
+            *events as i64,
+            "every event's offset committed after its row:\n{log}"
+        );
+    }
+    // Nothing changed after the stop: the upserts really were the final state.
+    assert_eq!(pg_latest().trim(), expected);
+}
+
+#[test]
+fn postgres_down_for_10_s_mid_stream_pauses_and_loses_nothing() {
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE events (seq bigint PRIMARY KEY, key text)");
+    let topic = unique("outage");
+    broker().create_topic(&topic, 2);
+    let total = 10_000;
+    broker().produce(&topic, total, 0, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("outage");
+    // ~1 ms per event on two workers: ~5 s of work, so the outage lands mid-stream. Upsert by
+    // seq: a batch whose commit landed but whose answer was lost is written again harmlessly.
+    let spec = table_spec_with(
+        dir.path(),
+        &topic,
+        &group,
+        &format!(
+            "  path: {}\n  config: {{mode: slow, delay_us: 1000}}\n",
+            plugin("misbehaving").display()
+        ),
+        "    postgres:\n      url: ${DB_URL}\n      table: events\n      columns: {seq: bigint, key: text}\n      key: [seq]\n      mode: upsert\n      batch-size: 100\n",
+    );
+    let run = start_with_url(&spec, dir.path(), &pg.url);
+    let count = || -> usize {
+        pg.sql("SELECT COUNT(*) FROM events")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    wait_until("the first rows", Duration::from_secs(60), || count() > 0);
+    pg.down();
+    std::thread::sleep(Duration::from_secs(10));
+    let committed_in_outage = broker().committed_sum(&topic, &group);
+    pg.up();
+    let rows_after_outage = count();
+    assert!(
+        rows_after_outage < total,
+        "the outage landed mid-stream ({rows_after_outage} of {total} rows)"
+    );
+    assert!(
+        committed_in_outage <= rows_after_outage as i64,
+        "nothing committed without its row: {committed_in_outage} committed, {rows_after_outage} rows"
+    );
+    wait_until(
+        "every row after the outage",
+        Duration::from_secs(120),
+        || count() == total,
+    );
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("database unavailable, retrying") && log.contains("database reachable again"),
+        "the outage and its end are logged:\n{log}"
+    );
+    assert_eq!(
+        broker().committed_sum(&topic, &group),
+        total as i64,
+        "{log}"
+    );
+    assert_eq!(
+        pg.sql("SELECT COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM events")
+            .trim(),
+        format!("{total}|0|{}", total - 1)
+    );
+}
