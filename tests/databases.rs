@@ -218,3 +218,76 @@ fn postgres_down_for_10_s_mid_stream_pauses_and_loses_nothing() {
         format!("{total}|0|{}", total - 1)
     );
 }
+
+#[test]
+fn a_row_the_database_rejects_follows_the_error_policy_alone() {
+    let pg = Postgres::start();
+    let topic = unique("rejects");
+    broker().create_topic(&topic, 1);
+    let total = 500;
+    broker().produce(&topic, total, 0, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let output = |table: &str| {
+        format!(
+            "    postgres:\n      url: ${{DB_URL}}\n      table: {table}\n      columns: {{seq: bigint, key: text}}\n      batch-size: 50\n"
+        )
+    };
+    // seq 13 breaks a CHECK constraint: a permanent error for that record only.
+    for table in ["skipped", "failed"] {
+        pg.sql(&format!(
+            "CREATE TABLE {table} (seq bigint PRIMARY KEY CHECK (seq <> 13), key text)"
+        ));
+    }
+
+    let group = unique("skip");
+    let spec = table_spec(dir.path(), &topic, &group, &output("skipped"));
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        format!("{text}error-policy:\n  sink-rejection: skip\n"),
+    )
+    .unwrap();
+    let run = start_with_url(&spec, dir.path(), &pg.url);
+    let count = |table: &str| -> usize {
+        pg.sql(&format!("SELECT COUNT(*) FROM {table}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    wait_until("every other row", Duration::from_secs(60), || {
+        count("skipped") == total - 1
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("skipped a row the database rejected") && log.contains("skipped_seq_check"),
+        "the skip names the constraint:\n{log}"
+    );
+    assert_eq!(broker().committed_sum(&topic, &group), total as i64);
+
+    let group = unique("fail");
+    let spec = table_spec(dir.path(), &topic, &group, &output("failed"));
+    let mut run = start_with_url(&spec, dir.path(), &pg.url);
+    let status = run.child.wait().unwrap();
+    let log = std::fs::read_to_string(&run.log).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a rejected row stops the pipeline:\n{log}"
+    );
+    assert!(
+        log.contains("output out (table failed) rejected a row")
+            && log.contains("error-policy.sink-rejection: skip"),
+        "{log}"
+    );
+    let committed = broker().committed_sum(&topic, &group);
+    assert!(
+        committed <= 13,
+        "nothing committed past the rejected event (offset 13): {committed}"
+    );
+    assert_eq!(
+        pg.sql("SELECT COUNT(*) FROM failed WHERE seq > 13").trim(),
+        "0",
+        "rows after the rejected one were written only if their batch was: none here"
+    );
+}

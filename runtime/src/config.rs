@@ -891,6 +891,43 @@ outputs:
     }
 
     #[test]
+    fn table_outputs_are_checked_before_anything_connects() {
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: b\n    topics: [t]\n    group-id: g\n",
+        );
+        let with = |output: &str| {
+            parse(&kafka.replace("    stdout: {}\n", output))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let ok = "    postgres:\n      url: postgres://u@h/db\n      table: app.rides\n      columns: {id: bigint, city: text}\n      key: [id]\n      mode: upsert\n";
+        assert_eq!(with(ok), Ok(()));
+        assert_eq!(
+            with(&ok.replace("postgres://", "mysql://")),
+            Err("/specs/p.yaml: outputs.out.postgres.url: must start with postgres:// or postgresql://".into())
+        );
+        assert_eq!(
+            with(&ok.replace("app.rides", "rides; drop table x")),
+            Err("/specs/p.yaml: outputs.out.postgres.table: must be a plain name (letters, digits, _), optionally `schema.table`".into())
+        );
+        assert_eq!(
+            with(&ok.replace("key: [id]", "key: [ride]")),
+            Err("/specs/p.yaml: outputs.out.postgres.key: `ride` is not one of the columns".into())
+        );
+        assert_eq!(
+            with(&ok.replace("key: [id]", "key: []")),
+            Err("/specs/p.yaml: outputs.out.postgres.key: `mode: upsert` needs the key columns (its conflict target)".into())
+        );
+        assert_eq!(
+            with(&format!("{ok}      batch-size: 40000\n")),
+            Err("/specs/p.yaml: outputs.out.postgres.batch-size: must be between 1 and 32767 for 2 columns (65535 parameters per statement)".into())
+        );
+        let err = with("    mysql:\n      url: mysql://h/db\n      table: t\n      columns: {id: bigint}\n    stdout: {}\n").unwrap_err();
+        assert!(err.contains("set exactly one output kind"), "{err}");
+    }
+
+    #[test]
     fn unknown_field_names_line_and_column() {
         let err = parse(&SPEC.replace("key-field", "key-feild"))
             .unwrap_err()
