@@ -277,7 +277,7 @@ fn a_row_the_database_rejects_follows_the_error_policy_alone() {
     );
     assert!(
         log.contains("output out (table failed) rejected a row")
-            && log.contains("error-policy.sink-rejection: skip"),
+            && log.contains("`error-policy.sink-rejection` to skip"),
         "{log}"
     );
     let committed = broker().committed_sum(&topic, &group);

@@ -648,3 +648,155 @@ fn ordering_none_spreads_one_partition_over_every_worker() {
         "a key's events ran on both workers: {by_key:?}"
     );
 }
+
+fn sluice_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(plugin("passthrough").parent().unwrap().join("sluice"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn poison_events_and_panics_are_dead_lettered_and_replayed_after_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(1);
+    let dlq = unique("dlq");
+    broker().create_topic(&dlq, 1);
+    // 100 events: JSON, but line 10 is `bad` (the plugin fails it) and line 50 `boom` (panics).
+    let lines: Vec<String> = (0..100)
+        .map(|i| match i {
+            10 => "bad".to_owned(),
+            50 => "boom".to_owned(),
+            _ => format!("{{\"seq\": {i}}}"),
+        })
+        .collect();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    kafka_tool(&[
+        "produce-file",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        &names.input,
+        "--file",
+        input.to_str().unwrap(),
+        "--headers",
+    ]);
+    let policy = format!(
+        "error-policy:\n  event-error: dead-letter\n  plugin-panic: {{retry: 2, backoff-ms: 10, then: dead-letter}}\n  dead-letter-topic: {dlq}\n"
+    );
+    let spec_for = |mode: &str| {
+        let plugin = format!(
+            "  path: {}\n  config: {{mode: {mode}}}\n",
+            plugin("misbehaving").display()
+        );
+        let spec = pipeline_spec(dir.path(), &names, &plugin, "");
+        let text = std::fs::read_to_string(&spec).unwrap();
+        std::fs::write(&spec, format!("{text}{policy}")).unwrap();
+        spec
+    };
+
+    let run = start(&spec_for("poison"), dir.path());
+    let out = consume(&names.output, 98);
+    let letters = consume(&dlq, 2);
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let distinct = |records: &[Value]| -> std::collections::BTreeSet<String> {
+        records
+            .iter()
+            .map(|r| r["value"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Events before the panicking one in its batch are emitted again when the batch is rerun
+    // one event at a time (at-least-once), so count distinct values.
+    assert_eq!(
+        distinct(&out).len(),
+        98,
+        "the rest of the stream flowed, without the two failed events:\n{log}"
+    );
+    assert!(!distinct(&out).contains("bad") && !distinct(&out).contains("boom"));
+    assert_eq!(letters.len(), 2, "{log}");
+    assert_eq!(committed_sum(&names.input, &names.group), 100, "{log}");
+    let by_value: HashMap<&str, &Value> = letters
+        .iter()
+        .map(|l| (l["value"].as_str().unwrap(), &l["headers"]))
+        .collect();
+    let (bad, boom) = (by_value["bad"], by_value["boom"]);
+    for (h, class, offset, attempts, message) in [
+        (bad, "event-error", "10", "1", "this event is bad"),
+        (boom, "plugin-panic", "50", "3", "boom at offset 50"),
+    ] {
+        assert_eq!(h["sluice.failure.class"], class, "{h}");
+        assert!(
+            h["sluice.failure.message"]
+                .as_str()
+                .unwrap()
+                .contains(message),
+            "{h}"
+        );
+        assert_eq!(h["sluice.failure.attempts"], attempts, "{h}");
+        assert_eq!(h["sluice.source.topic"], names.input.as_str(), "{h}");
+        assert_eq!(h["sluice.source.partition"], "0", "{h}");
+        assert_eq!(h["sluice.source.offset"], offset, "{h}");
+        assert_eq!(h["sluice.plugin.name"], "misbehaving", "{h}");
+        assert_eq!(h["sluice.plugin.version"], "0.1.0", "{h}");
+        assert_eq!(h["sluice.pipeline"], "pass", "{h}");
+        assert_eq!(h["line"], offset, "the original headers are kept: {h}");
+        let time: u128 = h["sluice.failure.time-ms"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(time > 1_700_000_000_000, "{h}");
+    }
+
+    // The fix is deployed (mode ok forwards everything), then the dead letters are replayed.
+    let before = consume_quick(&names.output).len();
+    let run = start(&spec_for("ok"), dir.path());
+    let replay = |extra: &[&str]| {
+        let mut args = vec![
+            "dlq",
+            "replay",
+            "--bootstrap-servers",
+            &broker().addr,
+            "--topic",
+            &dlq,
+        ];
+        args.extend_from_slice(extra);
+        let out = sluice_cmd(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    assert!(
+        replay(&["--class", "plugin-panic", "--group", "only-panics"])
+            .contains("replayed 1 of 2 dead letters"),
+        "the class filter"
+    );
+    let all = replay(&[]);
+    assert!(all.contains("replayed 2 of 2 dead letters"), "{all}");
+    let again = replay(&[]);
+    assert!(
+        again.contains("replayed 0 of 0 dead letters"),
+        "a second replay resumes after the first: {again}"
+    );
+    // Boom (class-filtered replay), then bad and boom (full replay), after what was there.
+    let out = consume(&names.output, before + 3);
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(out.len(), before + 3, "{log}");
+    assert_eq!(distinct(&out).len(), 100, "{log}");
+    let replayed: Vec<&Value> = out
+        .iter()
+        .filter(|r| r["headers"].get("sluice.replayed-from").is_some())
+        .collect();
+    assert_eq!(replayed.len(), 3);
+    assert!(
+        replayed
+            .iter()
+            .all(|r| r["headers"].get("sluice.failure.class").is_none()),
+        "provenance headers are not replayed"
+    );
+    assert_eq!(committed_sum(&names.input, &names.group), 103);
+}

@@ -41,6 +41,55 @@ pub enum Command {
     /// Work with plugin libraries.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Work with a pipeline's dead-letter topic.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// `sluice dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Re-inject dead letters into their source topic (after the fix is deployed). At-least-once;
+    /// resumes where the last replay of the same --group stopped.
+    Replay {
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "SLUICE_BOOTSTRAP_SERVERS")]
+        bootstrap_servers: String,
+        /// The dead-letter topic.
+        #[arg(long)]
+        topic: String,
+        /// Send every dead letter here instead of its `sluice.source.topic`.
+        #[arg(long)]
+        to_topic: Option<String>,
+        /// Only this failure class (repeatable): invalid-input, event-error, plugin-panic,
+        /// sink-rejection.
+        #[arg(long = "class")]
+        classes: Vec<String>,
+        /// Only dead letters written at or after this time (ms since the epoch).
+        #[arg(long)]
+        since_ms: Option<u64>,
+        /// Only dead letters written before this time (ms since the epoch).
+        #[arg(long)]
+        until_ms: Option<u64>,
+        /// Only events from source offsets >= this.
+        #[arg(long)]
+        from_offset: Option<i64>,
+        /// Only events from source offsets <= this.
+        #[arg(long)]
+        to_offset: Option<i64>,
+        /// The replay's consumer group: where it resumes.
+        #[arg(long, default_value = "sluice-dlq-replay")]
+        group: String,
+        /// A librdkafka property for both clients, `key=value` (repeatable).
+        #[arg(long = "property", value_parser = parse_property)]
+        properties: Vec<(String, String)>,
+    },
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}`: write key=value"))
 }
 
 /// `sluice plugin ...`
@@ -74,6 +123,47 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             let spec = PipelineSpec::load(&spec)?;
             let summary = local::run(&spec).map_err(|e| with_detail(e, cli.verbose))?;
             eprintln!("sluice: pipeline {}: {summary}", spec.name);
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::Replay {
+            bootstrap_servers,
+            topic,
+            to_topic,
+            classes,
+            since_ms,
+            until_ms,
+            from_offset,
+            to_offset,
+            group,
+            properties,
+        }) => {
+            const CLASSES: [&str; 4] = [
+                "invalid-input",
+                "event-error",
+                "plugin-panic",
+                "sink-rejection",
+            ];
+            if let Some(bad) = classes.iter().find(|c| !CLASSES.contains(&c.as_str())) {
+                anyhow::bail!(
+                    "--class {bad}: not a failure class: use one of {}",
+                    CLASSES.join(", ")
+                );
+            }
+            let options = crate::dlq::ReplayOptions {
+                bootstrap_servers,
+                dlq_topic: topic,
+                to_topic,
+                classes,
+                since_ms,
+                until_ms,
+                from_offset,
+                to_offset,
+                group,
+                properties: properties.into_iter().collect(),
+            };
+            let summary =
+                crate::dlq::replay(&options).map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
+            eprintln!("sluice: {summary}");
             Ok(())
         }
         Command::Validate { spec } => {

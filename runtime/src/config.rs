@@ -481,18 +481,99 @@ impl fmt::Display for Ordering {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ErrorPolicy {
-    /// Input the source cannot decode (e.g. a line that is not JSON).
+    /// Input that cannot be decoded: a line of a file source that is not JSON, or an event the
+    /// plugin reports as invalid (`EventError::Invalid`).
     #[serde(default)]
-    pub invalid_input: Action,
-    /// An event the plugin reports as failed or invalid.
+    pub invalid_input: ClassPolicy,
+    /// An event the plugin reports as failed (`EventError::Failed`).
     #[serde(default)]
-    pub event_error: Action,
+    pub event_error: ClassPolicy,
+    /// A plugin call that panics: the batch is rerun one event at a time, and the events whose
+    /// call panics meet this policy.
+    #[serde(default)]
+    pub plugin_panic: ClassPolicy,
     /// A record a database output rejects for good (constraint violation, wrong type).
     #[serde(default)]
-    pub sink_rejection: Action,
+    pub sink_rejection: ClassPolicy,
+    /// The Kafka topic dead letters go to (needed when any class says `dead-letter`).
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
 }
 
-/// What to do with a failed event.
+impl ErrorPolicy {
+    /// Every class with its spec field name.
+    pub fn classes(&self) -> [(&'static str, ClassPolicy); 4] {
+        [
+            ("invalid-input", self.invalid_input),
+            ("event-error", self.event_error),
+            ("plugin-panic", self.plugin_panic),
+            ("sink-rejection", self.sink_rejection),
+        ]
+    }
+}
+
+/// One failure class's policy: retry the event `retries` times (`backoff-ms` apart, doubling),
+/// then `then`. Written as `fail`, `skip`, `dead-letter`, or
+/// `{retry: 3, backoff-ms: 100, then: dead-letter}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawClassPolicy")]
+pub struct ClassPolicy {
+    /// Extra attempts before `then`.
+    pub retries: u32,
+    /// Wait before the first retry; doubles for each next one.
+    pub backoff_ms: u64,
+    /// What happens once the retries are used up.
+    pub then: Action,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a policy: `fail`, `skip`, `dead-letter`, or `{retry: N, backoff-ms: MS, then: fail|skip|dead-letter}`"
+)]
+enum RawClassPolicy {
+    Plain(Action),
+    Retry(RetrySpec),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RetrySpec {
+    retry: u32,
+    #[serde(default = "default_retry_backoff_ms")]
+    backoff_ms: u64,
+    #[serde(default)]
+    then: Action,
+}
+
+fn default_retry_backoff_ms() -> u64 {
+    100
+}
+
+impl TryFrom<RawClassPolicy> for ClassPolicy {
+    type Error = String;
+    fn try_from(raw: RawClassPolicy) -> Result<Self, String> {
+        Ok(match raw {
+            RawClassPolicy::Plain(then) => ClassPolicy {
+                retries: 0,
+                backoff_ms: 0,
+                then,
+            },
+            RawClassPolicy::Retry(r) => {
+                if r.retry == 0 || r.retry > 100 {
+                    return Err("`retry` must be between 1 and 100".into());
+                }
+                ClassPolicy {
+                    retries: r.retry,
+                    backoff_ms: r.backoff_ms,
+                    then: r.then,
+                }
+            }
+        })
+    }
+}
+
+/// What finally happens to a failed event.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
@@ -501,6 +582,8 @@ pub enum Action {
     Fail,
     /// Log and count the event, then go on.
     Skip,
+    /// Write the event to the dead-letter topic with why it failed, then go on.
+    DeadLetter,
 }
 
 impl fmt::Display for Action {
@@ -508,6 +591,7 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Fail => "fail",
             Action::Skip => "skip",
+            Action::DeadLetter => "dead-letter",
         })
     }
 }
@@ -604,6 +688,7 @@ impl PipelineSpec {
             };
             self.check_table(name, table, &schemes)?;
         }
+        self.check_error_policy()?;
         match &self.source {
             SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
             SourceSpec::File(file) => {
@@ -627,6 +712,30 @@ impl PipelineSpec {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn check_error_policy(&self) -> Result<(), ConfigError> {
+        let policy = &self.error_policy;
+        let kafka = matches!(self.source, SourceSpec::Kafka(_));
+        for (class, p) in policy.classes() {
+            let field = format!("error-policy.{class}");
+            if p.then == Action::DeadLetter && policy.dead_letter_topic.is_none() {
+                return Err(self.invalid(
+                    &field,
+                    "`dead-letter` needs `error-policy.dead-letter-topic: TOPIC`",
+                ));
+            }
+            if !kafka && (p.then == Action::DeadLetter || p.retries > 0) {
+                return Err(self.invalid(
+                    &field,
+                    "`retry` and `dead-letter` need a `source: kafka`: use `fail` or `skip`",
+                ));
+            }
+        }
+        if policy.dead_letter_topic.as_deref() == Some("") {
+            return Err(self.invalid("error-policy.dead-letter-topic", "must not be empty"));
         }
         Ok(())
     }
@@ -868,7 +977,7 @@ outputs:
         };
         assert_eq!(file.batch_size, 256);
         assert_eq!(file.key_field.as_deref(), Some("id"));
-        assert_eq!(spec.error_policy.event_error, Action::Fail);
+        assert_eq!(spec.error_policy.event_error.then, Action::Fail);
     }
 
     #[test]
@@ -925,6 +1034,49 @@ outputs:
         );
         let err = with("    mysql:\n      url: mysql://h/db\n      table: t\n      columns: {id: bigint}\n    stdout: {}\n").unwrap_err();
         assert!(err.contains("set exactly one output kind"), "{err}");
+    }
+
+    #[test]
+    fn error_policies_parse_and_dead_letters_need_a_topic_and_kafka() {
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: b\n    topics: [t]\n    group-id: g\n",
+        );
+        let policy = "error-policy:\n  event-error: dead-letter\n  plugin-panic: {retry: 3, then: skip}\n  dead-letter-topic: dlq\n";
+        let spec = parse(&format!("{kafka}{policy}")).unwrap();
+        let p = &spec.error_policy;
+        assert_eq!(p.event_error.then, Action::DeadLetter);
+        assert_eq!(
+            p.plugin_panic,
+            ClassPolicy {
+                retries: 3,
+                backoff_ms: 100,
+                then: Action::Skip
+            }
+        );
+        assert_eq!(p.sink_rejection, ClassPolicy::default(), "fail by default");
+        let err = parse(&format!(
+            "{kafka}{}",
+            policy.replace("  dead-letter-topic: dlq\n", "")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml: error-policy.event-error: `dead-letter` needs `error-policy.dead-letter-topic: TOPIC`"
+        );
+        let err = parse(&format!("{SPEC}{policy}")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml: error-policy.event-error: `retry` and `dead-letter` need a `source: kafka`: use `fail` or `skip`"
+        );
+        let err = parse(&format!("{kafka}error-policy:\n  event-error: retry\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a policy: `fail`, `skip`, `dead-letter`, or `{retry: N"),
+            "{err}"
+        );
     }
 
     #[test]

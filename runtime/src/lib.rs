@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod config;
 pub mod cpu;
+pub mod dead_letter;
+pub mod dlq;
 pub mod local;
 pub mod offsets;
 pub mod pipeline;

@@ -103,9 +103,11 @@ pub enum RunError {
     },
     /// The plugin failed an event and the policy is `fail`.
     #[error(
-        "{input}:{line}: plugin {plugin} failed this event ({kind}): {message}: fix the input or set `error-policy.event-error: skip`"
+        "{input}:{line}: plugin {plugin} failed this event ({kind}): {message}: fix the input or set `error-policy.{class}: skip`"
     )]
     EventFailed {
+        /// The policy class (`invalid-input` or `event-error`).
+        class: &'static str,
         /// The input.
         input: PathBuf,
         /// 1-based line.
@@ -130,6 +132,8 @@ pub struct Summary {
     pub skipped_invalid: u64,
     /// Failed events skipped by policy.
     pub skipped_failed: u64,
+    /// Failed events (or rejected records) written to the dead-letter topic.
+    pub dead_lettered: u64,
 }
 
 impl std::fmt::Display for Summary {
@@ -152,6 +156,9 @@ impl std::fmt::Display for Summary {
                 ", skipped {} undecodable and {} failed events",
                 self.skipped_invalid, self.skipped_failed
             )?;
+        }
+        if self.dead_lettered > 0 {
+            write!(f, ", {} dead-lettered", self.dead_lettered)?;
         }
         Ok(())
     }
@@ -319,8 +326,9 @@ fn run_file(
             break;
         }
         for bad in &batch.undecodable {
-            match spec.error_policy.invalid_input {
-                Action::Fail => {
+            // `retry` and `dead-letter` are refused for file sources by the spec check.
+            match spec.error_policy.invalid_input.then {
+                Action::Fail | Action::DeadLetter => {
                     return Err(RunError::InvalidInput {
                         input: input.clone(),
                         line: bad.line,
@@ -362,13 +370,18 @@ fn run_file(
         summary.events_in += events.len() as u64;
         for (index, kind, message) in router.event_errors.drain(..) {
             let line = batch.events[index].offset as u64 + 1;
-            let kind = match kind {
-                EventErrorKind::InvalidInput => "invalid input",
-                EventErrorKind::Failed => "failed",
+            let (kind, class, policy) = match kind {
+                EventErrorKind::InvalidInput => (
+                    "invalid input",
+                    "invalid-input",
+                    spec.error_policy.invalid_input,
+                ),
+                EventErrorKind::Failed => ("failed", "event-error", spec.error_policy.event_error),
             };
-            match spec.error_policy.event_error {
-                Action::Fail => {
+            match policy.then {
+                Action::Fail | Action::DeadLetter => {
                     return Err(RunError::EventFailed {
+                        class,
                         input,
                         line,
                         plugin: label,

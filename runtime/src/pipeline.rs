@@ -23,6 +23,7 @@ use sluice_plugin_api::abi::OpenContext;
 
 use crate::config::{KafkaSourceSpec, Ordering, OutputSpec, PipelineSpec, SourceSpec};
 use crate::cpu::CpuLimit;
+use crate::dead_letter::DeadLetters;
 use crate::local::{RunError, Summary, open_local_output, prepare};
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::shutdown::Shutdown;
@@ -242,12 +243,51 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let failure: Arc<Mutex<Option<String>>> = Arc::default();
 
+    // One producer for Kafka outputs and dead letters.
+    let needs_producer = spec.error_policy.dead_letter_topic.is_some()
+        || spec
+            .outputs
+            .values()
+            .any(|o| matches!(o, OutputSpec::Kafka(_)));
+    let sink = if needs_producer {
+        let bootstrap = spec
+            .producer
+            .bootstrap_servers
+            .as_deref()
+            .unwrap_or(&source.bootstrap_servers);
+        let config = client_config(
+            bootstrap,
+            &spec.producer.properties,
+            &spec.producer.properties_from_env,
+            "producer",
+        )?;
+        Some(Arc::new(
+            KafkaSink::new(config, tracker.clone(), failure.clone())
+                .map_err(|e| RunError::Setup(format!("producer: cannot create: {e}")))?,
+        ))
+    } else {
+        None
+    };
+    let dead_letters = match (&spec.error_policy.dead_letter_topic, &sink) {
+        (Some(topic), Some(sink)) => Some(DeadLetters {
+            sink: sink.clone(),
+            topic: topic.clone(),
+            pipeline: spec.name.clone(),
+            plugin: plugin.name().to_owned(),
+            plugin_version: plugin.version().to_owned(),
+        }),
+        _ => None,
+    };
+
     let sink_skipped = Arc::new(AtomicU64::new(0));
+    let sink_dead_lettered = Arc::new(AtomicU64::new(0));
     let sink_context = SinkContext {
         tracker: tracker.clone(),
         failure: failure.clone(),
         on_rejection: spec.error_policy.sink_rejection,
         skipped: sink_skipped.clone(),
+        dead_letters: dead_letters.clone(),
+        dead_lettered: sink_dead_lettered.clone(),
     };
     let mut outputs = HashMap::new();
     for (name, output) in &spec.outputs {
@@ -265,37 +305,17 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         };
         outputs.insert(name.clone(), (target, AtomicU64::new(0)));
     }
-    let sink = if outputs
-        .values()
-        .any(|(o, _)| matches!(o, OutputTarget::Kafka(_)))
-    {
-        let bootstrap = spec
-            .producer
-            .bootstrap_servers
-            .as_deref()
-            .unwrap_or(&source.bootstrap_servers);
-        let config = client_config(
-            bootstrap,
-            &spec.producer.properties,
-            &spec.producer.properties_from_env,
-            "producer",
-        )?;
-        Some(
-            KafkaSink::new(config, tracker.clone(), failure.clone())
-                .map_err(|e| RunError::Setup(format!("producer: cannot create: {e}")))?,
-        )
-    } else {
-        None
-    };
     let shared = Arc::new(WorkerShared {
         plugin: label.clone(),
         outputs,
         sink,
+        dead_letters,
         tracker: tracker.clone(),
         failure: failure.clone(),
         policy: spec.error_policy.clone(),
         events_in: Default::default(),
         skipped: Default::default(),
+        dead_lettered: Default::default(),
     });
 
     let cpu = CpuLimit::detect();
@@ -469,6 +489,8 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     }
     summary.skipped_failed =
         shared.skipped.load(AtomicOrdering::Relaxed) + sink_skipped.load(AtomicOrdering::Relaxed);
+    summary.dead_lettered = shared.dead_lettered.load(AtomicOrdering::Relaxed)
+        + sink_dead_lettered.load(AtomicOrdering::Relaxed);
     Ok(summary)
 }
 

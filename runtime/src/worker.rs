@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex, mpsc};
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
 use sluice_plugin_api::abi::{Event, Header, Partition, Record};
-use sluice_plugin_api::host::{Collector, EventErrorKind, Instance, Refusal};
+use sluice_plugin_api::host::{CallError, Collector, EventErrorKind, Instance, Refusal};
 
-use crate::config::{Action, ErrorPolicy};
+use crate::config::{Action, ClassPolicy, ErrorPolicy};
+use crate::dead_letter::{DeadLetters, Failure};
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
 use crate::sink::kafka::{Ack, KafkaSink};
 use crate::sink::local::LocalOutput;
@@ -67,8 +68,10 @@ pub struct WorkerShared {
     pub plugin: String,
     /// Outputs by name, with the records written to each.
     pub outputs: HashMap<String, (OutputTarget, AtomicU64)>,
-    /// The Kafka producer, if any output is a topic.
-    pub sink: Option<KafkaSink>,
+    /// The Kafka producer, if any output is a topic (or dead letters are on).
+    pub sink: Option<Arc<KafkaSink>>,
+    /// Where dead letters go, if any class says `dead-letter`.
+    pub dead_letters: Option<DeadLetters>,
     /// Offset bookkeeping.
     pub tracker: Arc<Mutex<OffsetTracker>>,
     /// The first fatal error; once set, nothing more is marked processed.
@@ -79,6 +82,41 @@ pub struct WorkerShared {
     pub events_in: AtomicU64,
     /// Failed events skipped by policy.
     pub skipped: AtomicU64,
+    /// Failed events written to the dead-letter topic.
+    pub dead_lettered: AtomicU64,
+}
+
+/// The failure classes of the error policy that a worker meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    InvalidInput,
+    EventError,
+    PluginPanic,
+}
+
+impl Class {
+    fn of(kind: EventErrorKind) -> Class {
+        match kind {
+            EventErrorKind::InvalidInput => Class::InvalidInput,
+            EventErrorKind::Failed => Class::EventError,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Class::InvalidInput => "invalid-input",
+            Class::EventError => "event-error",
+            Class::PluginPanic => "plugin-panic",
+        }
+    }
+
+    fn policy(self, policy: &ErrorPolicy) -> ClassPolicy {
+        match self {
+            Class::InvalidInput => policy.invalid_input,
+            Class::EventError => policy.event_error,
+            Class::PluginPanic => policy.plugin_panic,
+        }
+    }
 }
 
 impl WorkerShared {
@@ -98,21 +136,28 @@ impl WorkerShared {
     }
 }
 
+/// An event error a plugin call reported: index into the call's events, kind, message.
+type EventFailure = (usize, EventErrorKind, String);
+
 /// Routes a call's records to outputs on behalf of some units.
 struct Emitter<'a> {
     shared: &'a WorkerShared,
     /// What this call's records acknowledge (one allocation per call, not per record).
     ack: Arc<Ack>,
-    errors: Vec<(usize, EventErrorKind, String)>,
+    errors: Vec<EventFailure>,
     /// Records handed to remote sinks (Kafka, tables) for `ack`'s units during this call.
     sent: u32,
 }
 
 impl Emitter<'_> {
     fn new(shared: &WorkerShared, ack: Ack) -> Emitter<'_> {
+        Self::shared(shared, Arc::new(ack))
+    }
+
+    fn shared(shared: &WorkerShared, ack: Arc<Ack>) -> Emitter<'_> {
         Emitter {
             shared,
-            ack: Arc::new(ack),
+            ack,
             errors: Vec::new(),
             sent: 0,
         }
@@ -160,7 +205,9 @@ impl Collector for Emitter<'_> {
             OutputTarget::Table(table) => {
                 let row = table.row(record).map_err(Refusal::Invalid)?;
                 self.sent += 1;
-                table.send(row, self.ack.clone()).map_err(Refusal::Invalid)
+                table
+                    .send(row, record, self.ack.clone())
+                    .map_err(Refusal::Invalid)
             }
         }?;
         written.fetch_add(1, Ordering::Relaxed);
@@ -334,6 +381,112 @@ impl Worker {
         }
     }
 
+    /// One `process` call: its result and the event errors it reported (indices into `events`).
+    fn call(
+        &mut self,
+        events: &[Event<'_>],
+        ack: &Arc<Ack>,
+    ) -> (Result<(), CallError>, Vec<EventFailure>) {
+        let shared = self.shared.clone();
+        let mut emitter = Emitter::shared(&shared, ack.clone());
+        let result = self.instance.process(events, &mut emitter);
+        emitter.count_sent();
+        (result, emitter.errors)
+    }
+
+    fn fail_call(&self, tp: &TopicPartition, from: i64, to: i64, err: &CallError) {
+        self.shared.fail(format!(
+            "plugin {} failed in process ({}/{} offsets {from}-{to}): {err}",
+            self.shared.plugin, tp.0, tp.1
+        ));
+    }
+
+    /// Applies the class's policy to a failed event: retries (the event alone, with backoff),
+    /// then skip, dead-letter or fail. Returns false when the pipeline must stop.
+    fn settle(
+        &mut self,
+        tp: &TopicPartition,
+        event: &Event<'_>,
+        ack: &Arc<Ack>,
+        class: Class,
+        mut message: String,
+    ) -> bool {
+        let shared = self.shared.clone();
+        let policy = class.policy(&shared.policy);
+        let offset = event.offset();
+        let mut attempts = 1;
+        let mut backoff = std::time::Duration::from_millis(policy.backoff_ms);
+        while attempts <= policy.retries {
+            std::thread::sleep(backoff);
+            backoff *= 2;
+            attempts += 1;
+            let (result, errors) = self.call(std::slice::from_ref(event), ack);
+            match (result, errors.into_iter().next()) {
+                (Ok(()), None) => {
+                    tracing::info!(topic = %tp.0, partition = tp.1, offset, class = class.name(), attempts, "event succeeded on retry");
+                    return true;
+                }
+                (Ok(()), Some((_, _, m))) | (Err(CallError::Panicked(m)), _) => message = m,
+                (Err(err), _) => {
+                    self.fail_call(tp, offset, offset, &err);
+                    return false;
+                }
+            }
+        }
+        let class_name = class.name();
+        match policy.then {
+            Action::Skip => {
+                tracing::warn!(topic = %tp.0, partition = tp.1, offset, plugin = %shared.plugin, class = class_name, attempts, "skipped failed event: {message}");
+                shared.skipped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Action::DeadLetter => {
+                let Some(dlq) = &shared.dead_letters else {
+                    shared.fail("dead-letter policy without a dead-letter topic".into());
+                    return false;
+                };
+                let failure = Failure {
+                    class: class_name,
+                    message: &message,
+                    attempts,
+                    topic: &tp.0,
+                    partition: tp.1,
+                    offset: Some(offset),
+                    output: None,
+                };
+                // Counted for the event's units before it can be acknowledged.
+                {
+                    let mut tracker = shared.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                    for (tp, unit) in ack.units() {
+                        tracker.emitted(tp, unit, 1);
+                    }
+                }
+                let value = (!event.is_tombstone()).then(|| event.payload());
+                match dlq.send(event.key(), value, event.headers(), &failure, ack.clone()) {
+                    Ok(()) => {
+                        tracing::warn!(topic = %tp.0, partition = tp.1, offset, class = class_name, attempts, dead_letter_topic = %dlq.topic, "dead-lettered: {message}");
+                        shared.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                    Err(err) => {
+                        shared.fail(format!(
+                            "{}/{}@{offset}: cannot write the dead letter: {err}",
+                            tp.0, tp.1
+                        ));
+                        false
+                    }
+                }
+            }
+            Action::Fail => {
+                shared.fail(format!(
+                    "{}/{}@{offset}: plugin {} failed this event ({class_name}, {attempts} attempt(s)): {message}: fix the input or set `error-policy.{class_name}` to skip, dead-letter or retry",
+                    tp.0, tp.1, shared.plugin
+                ));
+                false
+            }
+        }
+    }
+
     fn process_partition(&mut self, deliveries: &[Delivery]) {
         let shared = self.shared.clone();
         if shared.failed() {
@@ -382,34 +535,38 @@ impl Worker {
             [unit] => Ack::One(tp.clone(), *unit),
             _ => Ack::Many(units.iter().map(|u| (tp.clone(), *u)).collect()),
         };
-        let mut emitter = Emitter::new(&shared, ack);
-        let result = self.instance.process(&events, &mut emitter);
-        emitter.count_sent();
+        let ack = Arc::new(ack);
+        let (result, errors) = self.call(&events, &ack);
         shared
             .events_in
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        if let Err(err) = result {
-            return shared.fail(format!(
-                "plugin {} failed in process ({}/{} offsets {}-{last_offset}): {err}",
-                shared.plugin,
-                tp.0,
-                tp.1,
-                first.offset()
-            ));
+        let mut failures: Vec<(usize, Class, String)> = errors
+            .into_iter()
+            .map(|(i, kind, m)| (i, Class::of(kind), m))
+            .collect();
+        match result {
+            Ok(()) => {}
+            Err(CallError::Panicked(_)) if shared.policy.plugin_panic != ClassPolicy::default() => {
+                // Find the events that panic: one call per event. Events before the panic may
+                // emit twice (at-least-once); their event errors are collected again.
+                failures.clear();
+                for (i, event) in events.iter().enumerate() {
+                    let (result, errors) = self.call(std::slice::from_ref(event), &ack);
+                    failures.extend(errors.into_iter().map(|(_, k, m)| (i, Class::of(k), m)));
+                    match result {
+                        Ok(()) => {}
+                        Err(CallError::Panicked(m)) => failures.push((i, Class::PluginPanic, m)),
+                        Err(err) => {
+                            return self.fail_call(&tp, event.offset(), event.offset(), &err);
+                        }
+                    }
+                }
+            }
+            Err(err) => return self.fail_call(&tp, first.offset(), last_offset, &err),
         }
-        for (index, kind, message) in emitter.errors {
-            let offset = events[index].offset();
-            match shared.policy.event_error {
-                Action::Skip => {
-                    tracing::warn!(topic = %tp.0, partition = tp.1, offset, plugin = %shared.plugin, ?kind, "skipped failed event: {message}");
-                    shared.skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                Action::Fail => {
-                    return shared.fail(format!(
-                        "{}/{}@{offset}: plugin {} failed this event: {message}: fix the input or set `error-policy.event-error: skip`",
-                        tp.0, tp.1, shared.plugin
-                    ));
-                }
+        for (index, class, message) in failures {
+            if !self.settle(&tp, &events[index], &ack, class, message) {
+                return; // failed: the unit is never marked processed
             }
         }
         for unit in units {

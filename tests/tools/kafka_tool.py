@@ -2,7 +2,7 @@
 """The independent reference client for Sluice's tests and demo: confluent-kafka (librdkafka).
 
   kafka_tool.py produce  --broker B --topic T --count N [--keys K] [--start S] [--size BYTES] [--headers] [--tombstone]
-  kafka_tool.py produce-file --broker B --topic T --file F [--key-field FIELD]
+  kafka_tool.py produce-file --broker B --topic T --file F [--key-field FIELD] [--headers]
   kafka_tool.py consume  --broker B --topic T [--expect N] [--timeout S]
   kafka_tool.py create   --broker B --topic T --partitions P
   kafka_tool.py committed --broker B --topic T --group G
@@ -63,7 +63,8 @@ def produce_file(args):
             key = None
             if args.key_field:
                 key = str(json.loads(line).get(args.key_field, "")) or None
-            p.produce(args.topic, key=key, value=line)
+            headers = [("line", str(count).encode())] if args.headers else None
+            p.produce(args.topic, key=key, value=line, headers=headers)
             count += 1
     if p.flush(60):
         sys.exit("produce-file: not all records were delivered")
@@ -149,6 +150,7 @@ def main():
         if name == "produce-file":
             s.add_argument("--file", required=True)
             s.add_argument("--key-field")
+            s.add_argument("--headers", action="store_true", help="add the header line=N (0-based)")
         if name == "consume":
             s.add_argument("--expect", type=int)
             s.add_argument("--timeout", type=float, default=10.0)

@@ -20,13 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_plugin_api::abi::Record;
+use sluice_plugin_api::abi::{Header, Record};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{MySql, Postgres, QueryBuilder};
 
-use crate::config::{Action, ColumnType, TableMode, TableOutputSpec};
+use crate::config::{Action, ClassPolicy, ColumnType, TableMode, TableOutputSpec};
+use crate::dead_letter::{DeadLetters, Failure};
 use crate::offsets::OffsetTracker;
 use crate::sink::kafka::Ack;
 
@@ -426,6 +427,15 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
 struct Pending {
     op: Op,
     ack: Arc<Ack>,
+    /// The record as emitted, kept only when rejected records go to the dead-letter topic.
+    original: Option<Original>,
+}
+
+/// An emitted record's key, value and headers, owned.
+struct Original {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 /// Shared with the pipeline: where failures and skips go.
@@ -436,9 +446,13 @@ pub struct SinkContext {
     /// The pipeline's first fatal error.
     pub failure: Arc<Mutex<Option<String>>>,
     /// What to do with a record the database rejects.
-    pub on_rejection: Action,
+    pub on_rejection: ClassPolicy,
     /// Records skipped by that policy.
     pub skipped: Arc<AtomicU64>,
+    /// Where rejected records go under `dead-letter`.
+    pub dead_letters: Option<DeadLetters>,
+    /// Records dead-lettered.
+    pub dead_lettered: Arc<AtomicU64>,
 }
 
 /// A table output: a writer thread with its own connection pool.
@@ -448,6 +462,7 @@ pub struct TableSink {
     tx: Mutex<Option<SyncSender<Pending>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     give_up: Arc<AtomicBool>,
+    keep_originals: bool,
 }
 
 impl std::fmt::Debug for TableSink {
@@ -492,6 +507,7 @@ impl TableSink {
         let layout = Arc::new(TableLayout::new(dialect, spec));
         let (tx, rx) = std::sync::mpsc::sync_channel(spec.batch_size * 2);
         let give_up = Arc::new(AtomicBool::new(false));
+        let keep_originals = ctx.on_rejection.then == Action::DeadLetter;
         let writer = Writer {
             name: name.to_owned(),
             layout: layout.clone(),
@@ -512,6 +528,7 @@ impl TableSink {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             give_up,
+            keep_originals,
         })
     }
 
@@ -522,15 +539,25 @@ impl TableSink {
             .map_err(|e| format!("output {} (table {}): {e}", self.name, self.layout.table()))
     }
 
-    /// Queues a row for `ack`'s units; blocks while the writer is behind (backpressure).
-    pub fn send(&self, op: Op, ack: Arc<Ack>) -> Result<(), String> {
+    /// Queues `record`'s row for `ack`'s units; blocks while the writer is behind
+    /// (backpressure).
+    pub fn send(&self, op: Op, record: &Record<'_>, ack: Arc<Ack>) -> Result<(), String> {
+        let original = (self.keep_originals).then(|| Original {
+            key: record.key_bytes().map(<[u8]>::to_vec),
+            value: record.value_bytes().map(<[u8]>::to_vec),
+            headers: record
+                .header_list()
+                .iter()
+                .map(|h| (h.key().to_owned(), h.value().to_vec()))
+                .collect(),
+        });
         let tx = self
             .tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| format!("output {}: closed", self.name))?;
-        tx.send(Pending { op, ack })
+        tx.send(Pending { op, ack, original })
             .map_err(|_| format!("output {}: the writer stopped", self.name))
     }
 
@@ -659,30 +686,95 @@ impl Writer {
         }
     }
 
+    /// A record the database rejected for good: retried alone per the policy, then skipped,
+    /// dead-lettered or fatal.
     fn reject(&self, row: &Pending, err: &sqlx::Error) {
+        let policy = self.ctx.on_rejection;
+        let mut message = err.to_string();
+        let mut attempts = 1;
+        let mut backoff = Duration::from_millis(policy.backoff_ms);
+        while attempts <= policy.retries {
+            std::thread::sleep(backoff);
+            backoff *= 2;
+            attempts += 1;
+            match self.write_retrying(&[&row.op]) {
+                Outcome::Written => return self.ack(std::slice::from_ref(row)),
+                Outcome::GaveUp => return,
+                Outcome::Rejected(err) => message = err.to_string(),
+            }
+        }
         let what = match &row.op {
             Op::Write(_) => "a row",
             Op::Delete(_) => "a delete",
         };
-        match self.ctx.on_rejection {
+        match policy.then {
             Action::Skip => {
-                tracing::warn!(output = %self.name, table = %self.layout.table, "skipped {what} the database rejected: {err}");
+                tracing::warn!(output = %self.name, table = %self.layout.table, attempts, "skipped {what} the database rejected: {message}");
                 self.ctx.skipped.fetch_add(1, Ordering::Relaxed);
                 self.ack(std::slice::from_ref(row));
             }
-            Action::Fail => {
-                let message = format!(
-                    "output {} (table {}) rejected {what}: {err}: fix the table or the plugin's records, or set `error-policy.sink-rejection: skip`",
-                    self.name, self.layout.table
-                );
-                tracing::error!("{message}");
-                self.ctx
-                    .failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(message);
+            Action::DeadLetter => match self.dead_letter(row, &message, attempts) {
+                Ok(()) => {
+                    tracing::warn!(output = %self.name, table = %self.layout.table, attempts, "dead-lettered {what} the database rejected: {message}");
+                    self.ctx.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    self.ack(std::slice::from_ref(row));
+                }
+                Err(e) => self.fail(format!(
+                    "output {}: cannot write the dead letter for a rejected record: {e}",
+                    self.name
+                )),
+            },
+            Action::Fail => self.fail(format!(
+                "output {} (table {}) rejected {what}: {message}: fix the table or the plugin's records, or set `error-policy.sink-rejection` to skip, dead-letter or retry",
+                self.name, self.layout.table
+            )),
+        }
+    }
+
+    fn dead_letter(&self, row: &Pending, message: &str, attempts: u32) -> Result<(), String> {
+        let (Some(dlq), Some(original)) = (&self.ctx.dead_letters, &row.original) else {
+            return Err("no dead-letter topic".into());
+        };
+        let Some((tp, _)) = row.ack.units().next() else {
+            return Err("the record has no source".into());
+        };
+        let failure = Failure {
+            class: "sink-rejection",
+            message,
+            attempts,
+            topic: &tp.0,
+            partition: tp.1,
+            offset: None,
+            output: Some(&self.name),
+        };
+        let headers: Vec<Header<'_>> = original
+            .headers
+            .iter()
+            .map(|(k, v)| Header::new(k, v))
+            .collect();
+        // Counted for the units before the row's own acknowledgement can complete them.
+        {
+            let mut tracker = self.ctx.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            for (tp, unit) in row.ack.units() {
+                tracker.emitted(tp, unit, 1);
             }
         }
+        dlq.send(
+            original.key.as_deref(),
+            original.value.as_deref(),
+            &headers,
+            &failure,
+            row.ack.clone(),
+        )
+    }
+
+    fn fail(&self, message: String) {
+        tracing::error!("{message}");
+        self.ctx
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(message);
     }
 }
 

@@ -1,0 +1,116 @@
+//! Dead letters: an event (or a rejected record) that failed for good, written to the
+//! pipeline's dead-letter topic with its original key, value and headers plus provenance
+//! headers, so that it can be inspected and replayed (`sluice dlq replay`).
+//!
+//! A dead letter is a record like any other: it acknowledges the units of the event it stands
+//! for, so the event's offset is committed only once the dead letter is in the topic.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sluice_plugin_api::abi::{Header, Record};
+
+use crate::sink::kafka::{Ack, KafkaSink};
+
+/// Provenance header names, all prefixed `sluice.`.
+pub mod header {
+    /// The failure class: `invalid-input`, `event-error`, `plugin-panic`, `sink-rejection`.
+    pub const CLASS: &str = "sluice.failure.class";
+    /// The error message.
+    pub const MESSAGE: &str = "sluice.failure.message";
+    /// How many times the event was tried.
+    pub const ATTEMPTS: &str = "sluice.failure.attempts";
+    /// When it was dead-lettered, milliseconds since the Unix epoch.
+    pub const TIME: &str = "sluice.failure.time-ms";
+    /// The plugin's name.
+    pub const PLUGIN: &str = "sluice.plugin.name";
+    /// The plugin's version.
+    pub const PLUGIN_VERSION: &str = "sluice.plugin.version";
+    /// The pipeline's name.
+    pub const PIPELINE: &str = "sluice.pipeline";
+    /// Source topic of the event.
+    pub const TOPIC: &str = "sluice.source.topic";
+    /// Source partition.
+    pub const PARTITION: &str = "sluice.source.partition";
+    /// Source offset (absent for a sink rejection of a record derived from several events).
+    pub const OFFSET: &str = "sluice.source.offset";
+    /// The output that rejected the record (sink rejections only).
+    pub const OUTPUT: &str = "sluice.output";
+}
+
+/// Where dead letters go and what they say about the plugin.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    /// The shared producer.
+    pub sink: Arc<KafkaSink>,
+    /// The dead-letter topic.
+    pub topic: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin version.
+    pub plugin_version: String,
+}
+
+/// Why and where from.
+#[derive(Debug, Clone)]
+pub struct Failure<'a> {
+    /// Policy class.
+    pub class: &'static str,
+    /// Error message.
+    pub message: &'a str,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset, when one event is known.
+    pub offset: Option<i64>,
+    /// The rejecting output, for sink rejections.
+    pub output: Option<&'a str>,
+}
+
+impl DeadLetters {
+    /// Sends a dead letter carrying `key`, `value` (None: a tombstone) and `headers` as they
+    /// were, plus the provenance of `failure`, on behalf of `ack`'s units. The caller counts it
+    /// as emitted for those units first.
+    pub fn send(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header<'_>],
+        failure: &Failure<'_>,
+        ack: Arc<Ack>,
+    ) -> Result<(), String> {
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut provenance: Vec<(&str, String)> = vec![
+            (header::CLASS, failure.class.to_owned()),
+            (header::MESSAGE, failure.message.to_owned()),
+            (header::ATTEMPTS, failure.attempts.to_string()),
+            (header::TIME, time.to_string()),
+            (header::PIPELINE, self.pipeline.clone()),
+            (header::PLUGIN, self.plugin.clone()),
+            (header::PLUGIN_VERSION, self.plugin_version.clone()),
+            (header::TOPIC, failure.topic.to_owned()),
+            (header::PARTITION, failure.partition.to_string()),
+        ];
+        if let Some(offset) = failure.offset {
+            provenance.push((header::OFFSET, offset.to_string()));
+        }
+        if let Some(output) = failure.output {
+            provenance.push((header::OUTPUT, output.to_owned()));
+        }
+        let mut all: Vec<Header<'_>> = headers.to_vec();
+        all.extend(provenance.iter().map(|(k, v)| Header::new(k, v.as_bytes())));
+        let mut record = Record::to(&self.topic).headers(&all).key_opt(key);
+        record = match value {
+            Some(v) => record.value(v),
+            None => record.tombstone(),
+        };
+        self.sink.send(&self.topic, &record, ack)
+    }
+}
