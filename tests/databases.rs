@@ -291,3 +291,75 @@ fn a_row_the_database_rejects_follows_the_error_policy_alone() {
         "rows after the rejected one were written only if their batch was: none here"
     );
 }
+
+#[test]
+fn exactly_once_into_postgres_survives_ten_kill_9s() {
+    let pg = Postgres::start();
+    // No key: a duplicate row would stay visible.
+    pg.sql("CREATE TABLE events (seq bigint NOT NULL, key text)");
+    let topic = unique("eos");
+    broker().create_topic(&topic, 2);
+    let total = 6000;
+    broker().produce(&topic, total, 0, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("eos");
+    // ~2 ms per event on two workers: each run gets through a few hundred events before the
+    // kill. A short session timeout lets the killed member leave the group quickly.
+    let spec = table_spec_with(
+        dir.path(),
+        &topic,
+        &group,
+        &format!(
+            "  path: {}\n  config: {{mode: slow, delay_us: 2000}}\n",
+            plugin("misbehaving").display()
+        ),
+        "    postgres:\n      url: ${DB_URL}\n      table: events\n      columns: {seq: bigint, key: text}\n      exactly-once: true\n",
+    );
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "    commit-interval-ms: 200\n",
+        "    commit-interval-ms: 200\n    batch-size: 16\n    properties: {session.timeout.ms: \"2000\", heartbeat.interval.ms: \"500\"}\n",
+    );
+    std::fs::write(&spec, text).unwrap();
+    let count = || -> usize {
+        pg.sql("SELECT COUNT(*) FROM events")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let mut seed = std::process::id() as u64 | 1;
+    let mut random_ms = move |lo: u64, hi: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        lo + seed % (hi - lo)
+    };
+    let mut landed = Vec::new();
+    for _ in 0..10 {
+        let run = start_with_url(&spec, dir.path(), &pg.url);
+        let before = count();
+        // Wait for this run to write something, then kill it at a random point.
+        wait_until("rows from this run", Duration::from_secs(60), || {
+            count() > before || count() == total
+        });
+        std::thread::sleep(Duration::from_millis(random_ms(0, 800)));
+        run.kill();
+        landed.push(count());
+        // The killed member must leave the group before the next one joins (tansu 0.6).
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    let run = start_with_url(&spec, dir.path(), &pg.url);
+    wait_until("every row", Duration::from_secs(120), || count() >= total);
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!("exactly-once: rows after each kill: {landed:?}");
+    assert!(
+        landed.iter().filter(|n| **n > 0 && **n < total).count() >= 10,
+        "every kill landed mid-stream: {landed:?}"
+    );
+    assert_eq!(
+        pg.sql("SELECT COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM events")
+            .trim(),
+        format!("{total}|{total}|0|{}", total - 1),
+        "every event exactly once after 10 kills"
+    );
+}

@@ -353,6 +353,17 @@ pub struct TableOutputSpec {
     /// Connections in the pool.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// PostgreSQL only: write each batch and the source offsets it completes in one
+    /// transaction, and resume from the offsets stored there: every event's rows exactly once.
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// The table holding those offsets (created if missing).
+    #[serde(default = "default_offsets_table")]
+    pub offsets_table: String,
+}
+
+fn default_offsets_table() -> String {
+    "sluice_offsets".into()
 }
 
 fn default_table_batch_size() -> usize {
@@ -794,6 +805,38 @@ impl PipelineSpec {
         }
         if table.max_connections == 0 {
             return Err(self.invalid(&field("max-connections"), "must be at least 1"));
+        }
+        if table.exactly_once {
+            if kind != "postgres" {
+                return Err(self.invalid(
+                    &field("exactly-once"),
+                    "is supported for PostgreSQL outputs only",
+                ));
+            }
+            if !is_identifier(&table.offsets_table, true) {
+                return Err(self.invalid(
+                    &field("offsets-table"),
+                    "must be a plain name, optionally `schema.table`",
+                ));
+            }
+            if self.outputs.values().filter(|o| o.is_remote()).count() > 1 {
+                return Err(self.invalid(
+                    &field("exactly-once"),
+                    "needs this table to be the pipeline's only Kafka or database output (one transaction holds the rows and the offsets)",
+                ));
+            }
+            if self.error_policy.sink_rejection != ClassPolicy::default() {
+                return Err(self.invalid(
+                    "error-policy.sink-rejection",
+                    "must be `fail` with an exactly-once output (a batch and its offsets commit together or not at all)",
+                ));
+            }
+            if self.error_policy.dead_letter_topic.is_some() {
+                return Err(self.invalid(
+                    &field("exactly-once"),
+                    "cannot be combined with dead letters (they go to Kafka, outside the transaction)",
+                ));
+            }
         }
         Ok(())
     }

@@ -69,6 +69,38 @@ impl PartitionState {
     }
 }
 
+/// See [`OffsetTracker::processed_snapshot`].
+#[derive(Debug, Clone, Default)]
+pub struct ProcessedSnapshot {
+    /// Per partition: generation, end of the processed prefix (unit sequence), next offset.
+    prefixes: HashMap<TopicPartition, (u64, u64, Option<i64>)>,
+}
+
+impl ProcessedSnapshot {
+    /// Whether `unit` of `tp` lies in the processed prefix (of the current assignment).
+    pub fn covers(&self, tp: &TopicPartition, unit: UnitId) -> bool {
+        self.prefixes
+            .get(tp)
+            .is_some_and(|(generation, seq_end, _)| {
+                unit.generation == *generation && unit.seq < *seq_end
+            })
+    }
+
+    /// Whether `unit` belongs to an earlier assignment of `tp` (or `tp` is no longer assigned).
+    pub fn is_stale(&self, tp: &TopicPartition, unit: UnitId) -> bool {
+        self.prefixes
+            .get(tp)
+            .is_none_or(|(generation, _, _)| unit.generation != *generation)
+    }
+
+    /// The offset after each partition's processed prefix.
+    pub fn next_offsets(&self) -> impl Iterator<Item = (&TopicPartition, i64)> {
+        self.prefixes
+            .iter()
+            .filter_map(|(tp, (_, _, next))| next.map(|n| (tp, n)))
+    }
+}
+
 /// Why the tracker refused a call: each is a bug in the caller, reported rather than ignored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OffsetError {
@@ -202,6 +234,25 @@ impl OffsetTracker {
     /// The offset that may be committed for `tp` (the next offset to read), if any.
     pub fn committable(&self, tp: &TopicPartition) -> Option<i64> {
         self.partitions.get(tp).and_then(|s| s.committable)
+    }
+
+    /// For exactly-once sinks: per partition, the longest prefix of units every worker is done
+    /// with (whether or not their records are acknowledged yet), and the offset after it.
+    pub fn processed_snapshot(&self) -> ProcessedSnapshot {
+        let mut prefixes = HashMap::new();
+        for (tp, s) in &self.partitions {
+            let mut seq_end = s.front_seq;
+            let mut next = s.committable;
+            for u in &s.units {
+                if u.parts_left > 0 {
+                    break;
+                }
+                seq_end += 1;
+                next = Some(u.last_offset + 1);
+            }
+            prefixes.insert(tp.clone(), (s.generation, seq_end, next));
+        }
+        ProcessedSnapshot { prefixes }
     }
 
     /// Units of `tp` not yet complete.

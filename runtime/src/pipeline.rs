@@ -40,7 +40,13 @@ struct Slot {
     /// Events read while the partition was full, in order; the partition is paused meanwhile.
     held: VecDeque<OwnedMessage>,
     paused: bool,
+    /// Exactly-once: events below this offset are already in the database; they are read and
+    /// dropped.
+    skip_below: i64,
 }
+
+/// Exactly-once: reads where each partition resumes (the offsets stored with the rows).
+type ResumeFrom = Box<dyn Fn() -> Result<HashMap<TopicPartition, i64>, String> + Send>;
 
 /// Dispatch state, shared with the rebalance callbacks (which run inside `poll`).
 struct Dispatch {
@@ -55,6 +61,8 @@ struct Dispatch {
     drain_timeout: Duration,
     /// Partitions revoked since the current poll burst began.
     revoked_log: Vec<TopicPartition>,
+    /// Exactly-once outputs: where assigned partitions resume.
+    resume_from: Option<ResumeFrom>,
 }
 
 struct RebalanceContext {
@@ -84,6 +92,22 @@ impl ConsumerContext for RebalanceContext {
                 tracing::warn!("resume of newly assigned partitions failed: {err}");
             }
             let mut dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+            let stored = match dispatch.resume_from.as_ref().map(|read| read()) {
+                None => HashMap::new(),
+                Some(Ok(stored)) => stored,
+                Some(Err(err)) => {
+                    let message = format!(
+                        "exactly-once: cannot read the stored offsets ({err}): is the database reachable?"
+                    );
+                    tracing::error!("{message}");
+                    dispatch
+                        .failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(message);
+                    return;
+                }
+            };
             let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
             for e in tpl.elements() {
                 let tp = (e.topic().to_owned(), e.partition());
@@ -112,6 +136,7 @@ impl ConsumerContext for RebalanceContext {
                         in_flight: Arc::default(),
                         held: VecDeque::new(),
                         paused: false,
+                        skip_below: stored.get(&tp).copied().unwrap_or(0),
                     },
                 );
                 for worker in workers {
@@ -288,6 +313,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         skipped: sink_skipped.clone(),
         dead_letters: dead_letters.clone(),
         dead_lettered: sink_dead_lettered.clone(),
+        group: source.group_id.clone(),
     };
     let mut outputs = HashMap::new();
     for (name, output) in &spec.outputs {
@@ -323,6 +349,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     tracing::info!(workers = worker_count, quota_cpus = ?cpu.quota_cpus, host_cpus = cpu.host_cpus, plugin = %label, "starting");
     let config_json = spec.plugin.config.to_string();
     let mut senders = Vec::new();
+    let mut flush_senders = Vec::new();
     let mut threads = Vec::new();
     for id in 0..worker_count {
         let ctx = OpenContext::new(&spec.name, id as u32, worker_count as u32);
@@ -336,7 +363,9 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
                 source,
             })?;
         let (tx, rx) = mpsc::channel();
-        let worker = Worker::new(instance, shared.clone(), source.batch_size);
+        let (flush_tx, flush_rx) = mpsc::channel();
+        flush_senders.push(flush_tx);
+        let worker = Worker::new(instance, shared.clone(), source.batch_size, flush_rx);
         let thread = std::thread::Builder::new()
             .name(format!("sluice-worker-{id}"))
             .spawn(move || worker.run(rx))
@@ -355,6 +384,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         failure: failure.clone(),
         drain_timeout: Duration::from_millis(source.drain_timeout_ms),
         revoked_log: Vec::new(),
+        resume_from: exactly_once(spec, &source.group_id),
     }));
     let consumer = create_consumer(spec, source, dispatch.clone())?;
     let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
@@ -391,9 +421,11 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
             flush_round = Some(
                 senders
                     .iter()
-                    .map(|tx| {
+                    .zip(&flush_senders)
+                    .map(|(tx, flush)| {
                         let (reply, rx) = mpsc::sync_channel(1);
-                        let _ = tx.send(Command::Flush(reply));
+                        let _ = flush.send(reply);
+                        let _ = tx.send(Command::Nudge); // wakes an idle worker
                         rx
                     })
                     .collect(),
@@ -492,6 +524,19 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     summary.dead_lettered = shared.dead_lettered.load(AtomicOrdering::Relaxed)
         + sink_dead_lettered.load(AtomicOrdering::Relaxed);
     Ok(summary)
+}
+
+/// The reader of stored offsets, when the pipeline has an exactly-once output.
+fn exactly_once(spec: &PipelineSpec, group: &str) -> Option<ResumeFrom> {
+    spec.outputs.values().find_map(|o| match o {
+        OutputSpec::Postgres(t) if t.exactly_once => {
+            let (url, table, group) = (t.url.clone(), t.offsets_table.clone(), group.to_owned());
+            let read: ResumeFrom =
+                Box::new(move || crate::sink::table::stored_offsets(&url, &table, &group));
+            Some(read)
+        }
+        _ => None,
+    })
 }
 
 fn create_consumer(
@@ -633,6 +678,9 @@ fn dispatch_burst(
         let Some(slot) = slots.get_mut(&tp) else {
             continue; // not (or no longer) ours
         };
+        if message.offset() < slot.skip_below {
+            continue; // exactly-once: already in the database
+        }
         let pending = slot.in_flight.load(AtomicOrdering::Acquire) + accepted[index].1.len();
         if slot.paused || pending >= capacity {
             if !slot.paused {

@@ -55,8 +55,8 @@ pub enum Command {
     Assigned(Vec<TopicPartition>),
     /// Finish everything queued, call `revoked` and `flush`, then reply.
     Revoke(Vec<TopicPartition>, mpsc::SyncSender<()>),
-    /// Finish everything queued, call `flush`, then reply.
-    Flush(mpsc::SyncSender<()>),
+    /// Wake up: a flush request may be waiting on the worker's flush channel.
+    Nudge,
     /// Close the instance and end the thread.
     Stop,
 }
@@ -246,6 +246,9 @@ pub struct Worker {
     batch_size: usize,
     /// Units processed by the plugin since the last flush.
     pending: Vec<(TopicPartition, UnitId)>,
+    /// Flush requests of the commit cycle: served between inbox messages, ahead of queued
+    /// events, so a commit never waits behind a deep queue.
+    flushes: mpsc::Receiver<mpsc::SyncSender<()>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -258,12 +261,27 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// A worker around an open instance.
-    pub fn new(instance: Instance, shared: Arc<WorkerShared>, batch_size: usize) -> Self {
+    pub fn new(
+        instance: Instance,
+        shared: Arc<WorkerShared>,
+        batch_size: usize,
+        flushes: mpsc::Receiver<mpsc::SyncSender<()>>,
+    ) -> Self {
         Worker {
             instance,
             shared,
             batch_size,
             pending: Vec::new(),
+            flushes,
+        }
+    }
+
+    /// Flushes for every waiting request. Called only between inbox messages: a unit's part
+    /// arrives in one message, so no part is marked processed with events of it still queued.
+    fn serve_flushes(&mut self) {
+        while let Ok(reply) = self.flushes.try_recv() {
+            self.flush();
+            let _ = reply.send(());
         }
     }
 
@@ -271,6 +289,7 @@ impl Worker {
     pub fn run(mut self, inbox: mpsc::Receiver<Command>) {
         let mut next: Option<Command> = None;
         loop {
+            self.serve_flushes();
             let command = match next.take() {
                 Some(c) => c,
                 None => match inbox.recv() {
@@ -298,10 +317,7 @@ impl Worker {
                     self.flush();
                     let _ = reply.send(());
                 }
-                Command::Flush(reply) => {
-                    self.flush();
-                    let _ = reply.send(());
-                }
+                Command::Nudge => {}
                 Command::Stop => break,
             }
         }

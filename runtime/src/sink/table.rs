@@ -75,6 +75,8 @@ pub struct TableLayout {
     /// Indices of the key columns in `columns`.
     key: Vec<usize>,
     mode: TableMode,
+    /// Most rows per statement.
+    batch_size: usize,
 }
 
 fn convert(field: &str, ty: ColumnType, value: Option<&Value>) -> Result<Cell, String> {
@@ -136,6 +138,7 @@ impl TableLayout {
             columns,
             key,
             mode: spec.mode,
+            batch_size: spec.batch_size,
         }
     }
 
@@ -344,9 +347,14 @@ macro_rules! bind_cell {
 
 /// Writes `ops` in one transaction (the same code for both databases).
 macro_rules! write_ops {
-    ($db:ty, $pool:expr, $layout:expr, $ops:expr) => {{
+    ($db:ty, $pool:expr, $layout:expr, $ops:expr, $offsets:expr) => {{
         let mut tx = $pool.begin().await?;
-        for (is_write, rows) in $layout.runs($ops) {
+        let chunked = $layout.runs($ops).into_iter().flat_map(|(is_write, rows)| {
+            rows.chunks($layout.batch_size)
+                .map(|c| (is_write, c.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        for (is_write, rows) in chunked {
             let mut q = QueryBuilder::<$db>::new(if is_write {
                 $layout.insert_head()
             } else {
@@ -374,8 +382,91 @@ macro_rules! write_ops {
             }
             q.build().execute(&mut *tx).await?;
         }
+        if let Some(offsets) = $offsets {
+            offsets_statement::<$db>(offsets)
+                .build()
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await
     }};
+}
+
+/// Source offsets stored with an exactly-once batch: table, group, (topic, partition, next).
+struct StoredOffsets<'a> {
+    table: &'a str,
+    group: &'a str,
+    next: Vec<(&'a str, i32, i64)>,
+}
+
+fn offsets_statement<'a, DB: sqlx::Database>(o: &'a StoredOffsets<'a>) -> QueryBuilder<'a, DB>
+where
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(format!(
+        "INSERT INTO {} (group_id, topic, partition, next_offset) ",
+        o.table
+    ));
+    q.push_values(&o.next, |mut sep, (topic, partition, next)| {
+        sep.push_bind(o.group)
+            .push_bind(*topic)
+            .push_bind(*partition)
+            .push_bind(*next);
+    });
+    q.push(
+        " ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+    );
+    q
+}
+
+fn offsets_table_ddl(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (group_id text NOT NULL, topic text NOT NULL, partition integer NOT NULL, next_offset bigint NOT NULL, PRIMARY KEY (group_id, topic, partition))"
+    )
+}
+
+/// The offsets an exactly-once PostgreSQL output stored for `group` (creating the table if
+/// needed): where each partition resumes.
+pub fn stored_offsets(
+    url: &str,
+    table: &str,
+    group: &str,
+) -> Result<HashMap<(String, i32), i64>, String> {
+    use sqlx::{Connection, Row};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let mut conn =
+            tokio::time::timeout(Duration::from_secs(30), sqlx::PgConnection::connect(url))
+                .await
+                .map_err(|_| "timed out connecting".to_owned())?
+                .map_err(|e| e.to_string())?;
+        sqlx::query(&offsets_table_ddl(table))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows = sqlx::query(&format!(
+            "SELECT topic, partition, next_offset FROM {table} WHERE group_id = $1"
+        ))
+        .bind(group)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+        let _ = conn.close().await;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    (r.try_get::<String, _>(0)?, r.try_get::<i32, _>(1)?),
+                    r.try_get::<i64, _>(2)?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| e.to_string())
+    })
 }
 
 enum Pool {
@@ -384,10 +475,15 @@ enum Pool {
 }
 
 impl Pool {
-    async fn write(&self, layout: &TableLayout, ops: &[&Op]) -> Result<(), sqlx::Error> {
+    async fn write(
+        &self,
+        layout: &TableLayout,
+        ops: &[&Op],
+        offsets: Option<&StoredOffsets<'_>>,
+    ) -> Result<(), sqlx::Error> {
         match self {
-            Pool::Postgres(pool) => write_ops!(Postgres, pool, layout, ops),
-            Pool::Mysql(pool) => write_ops!(MySql, pool, layout, ops),
+            Pool::Postgres(pool) => write_ops!(Postgres, pool, layout, ops, offsets),
+            Pool::Mysql(pool) => write_ops!(MySql, pool, layout, ops, offsets),
         }
     }
 }
@@ -453,6 +549,8 @@ pub struct SinkContext {
     pub dead_letters: Option<DeadLetters>,
     /// Records dead-lettered.
     pub dead_lettered: Arc<AtomicU64>,
+    /// The consumer group (the key of exactly-once offsets).
+    pub group: String,
 }
 
 /// A table output: a writer thread with its own connection pool.
@@ -517,6 +615,7 @@ impl TableSink {
             batch_size: spec.batch_size,
             linger: Duration::from_millis(spec.linger_ms),
             give_up: give_up.clone(),
+            offsets_table: spec.exactly_once.then(|| spec.offsets_table.clone()),
         };
         let thread = std::thread::Builder::new()
             .name(format!("sluice-sink-{name}"))
@@ -585,6 +684,8 @@ struct Writer {
     batch_size: usize,
     linger: Duration,
     give_up: Arc<AtomicBool>,
+    /// Exactly-once: where the offsets go, in the same transaction as the rows.
+    offsets_table: Option<String>,
 }
 
 enum Outcome {
@@ -595,6 +696,9 @@ enum Outcome {
 
 impl Writer {
     fn run(self, rx: Receiver<Pending>) {
+        if self.offsets_table.is_some() {
+            return self.run_exactly_once(rx);
+        }
         let mut batch: Vec<Pending> = Vec::with_capacity(self.batch_size);
         loop {
             match rx.recv() {
@@ -613,6 +717,68 @@ impl Writer {
                 continue;
             }
             self.write_batch(std::mem::take(&mut batch));
+        }
+    }
+
+    /// Exactly-once: a row is written only once every worker is done with the events it came
+    /// from (their units are in the tracker's processed prefix), in one transaction with the
+    /// offset after that prefix. Rows of events not yet done wait; so the table never holds a
+    /// row of an event past the stored offset, and a restart resumes exactly there.
+    fn run_exactly_once(self, rx: Receiver<Pending>) {
+        let table = self.offsets_table.clone().unwrap_or_default();
+        let mut buffer: Vec<Pending> = Vec::new();
+        loop {
+            let disconnected = match rx.recv_timeout(self.linger.max(Duration::from_millis(10))) {
+                Ok(p) => {
+                    buffer.push(p);
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            if self.failed() {
+                buffer.clear();
+            }
+            let snapshot = self
+                .ctx
+                .tracker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .processed_snapshot();
+            // Rows of the units seen processed were sent before they were marked: take them.
+            while let Ok(p) = rx.try_recv() {
+                buffer.push(p);
+            }
+            // A revoked partition's rows are left to its next owner, which resumes from the
+            // stored offset.
+            buffer.retain(|p| !p.ack.units().any(|(tp, u)| snapshot.is_stale(tp, u)));
+            let (ready, waiting): (Vec<Pending>, Vec<Pending>) = buffer
+                .into_iter()
+                .partition(|p| p.ack.units().all(|(tp, u)| snapshot.covers(tp, u)));
+            buffer = waiting;
+            if !ready.is_empty() {
+                let next: Vec<(&str, i32, i64)> = snapshot
+                    .next_offsets()
+                    .map(|(tp, next)| (tp.0.as_str(), tp.1, next))
+                    .collect();
+                let offsets = StoredOffsets {
+                    table: &table,
+                    group: &self.ctx.group,
+                    next,
+                };
+                let ops: Vec<&Op> = ready.iter().map(|p| &p.op).collect();
+                match self.write_retrying_with(&ops, Some(&offsets)) {
+                    Outcome::Written => self.ack(&ready),
+                    Outcome::GaveUp => {}
+                    Outcome::Rejected(err) => self.fail(format!(
+                        "output {} (table {}) rejected a batch written exactly-once: {err}: fix the table or the plugin's records",
+                        self.name, self.layout.table
+                    )),
+                }
+            }
+            if disconnected {
+                return; // what is still waiting was never done: its offsets are not stored
+            }
         }
     }
 
@@ -636,10 +802,17 @@ impl Writer {
     /// Writes `ops`, retrying transient errors with backoff until it works or the pipeline gives
     /// up.
     fn write_retrying(&self, ops: &[&Op]) -> Outcome {
+        self.write_retrying_with(ops, None)
+    }
+
+    fn write_retrying_with(&self, ops: &[&Op], offsets: Option<&StoredOffsets<'_>>) -> Outcome {
         let mut backoff = Duration::from_millis(100);
         let mut logged = false;
         loop {
-            match self.runtime.block_on(self.pool.write(&self.layout, ops)) {
+            match self
+                .runtime
+                .block_on(self.pool.write(&self.layout, ops, offsets))
+            {
                 Ok(()) => {
                     if logged {
                         tracing::info!(output = %self.name, table = %self.layout.table, "database reachable again: writing");
