@@ -59,9 +59,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: the plugin-boundary benchmark (dlopen vs statically linked) and the Kafka benchmark
-## (sluice vs a raw rdkafka loop on the test broker), see BENCHMARKS.md.
+## bench: the plugin-boundary benchmark (dlopen vs statically linked), the Kafka benchmark
+## (sluice vs a raw rdkafka loop on the test broker) and the PostgreSQL sink vs psql COPY; see
+## BENCHMARKS.md.
 bench: deps
 	$(CARGO) build --release -p passthrough
 	$(CARGO) bench -p sluice-runtime --bench abi
 	$(CARGO) bench -p sluice-runtime --bench kafka
+	$(CARGO) bench -p sluice-runtime --bench postgres
