@@ -91,14 +91,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("rows.csv");
     let lines: Vec<String> = (0..ROWS)
-        .map(|i| {
-            format!(
-                "{i},\"k{}\",\"city-{}\",{}.25",
-                i % 1000,
-                i % 37,
-                i % 500
-            )
-        })
+        .map(|i| format!("{i},\"k{}\",\"city-{}\",{}.25", i % 1000, i % 37, i % 500))
         .collect();
     std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
 
@@ -132,7 +125,10 @@ fn main() {
         ddl(&t_upsert);
         upsert.push(sink_rate(&pg, &t_upsert, "upsert", &values));
         for t in [&t_copy, &t_insert, &t_upsert] {
-            assert_eq!(pg.sql(&format!("SELECT COUNT(*) FROM {t}")).trim(), ROWS.to_string());
+            assert_eq!(
+                pg.sql(&format!("SELECT COUNT(*) FROM {t}")).trim(),
+                ROWS.to_string()
+            );
         }
         println!(
             "round {round}: psql COPY {:.0} rows/s, sink insert {:.0} rows/s, sink upsert {:.0} rows/s",

@@ -219,6 +219,12 @@ pub struct ProducerSpec {
     /// Properties whose values come from environment variables (credentials).
     #[serde(default)]
     pub properties_from_env: BTreeMap<String, String>,
+    /// Exactly-once Kafka -> Kafka: the producer's transactional id, unique per running
+    /// process (e.g. `${POD_NAME}`). Outputs, dead letters and the source offsets of each
+    /// commit interval then commit in one transaction; downstream consumers read with
+    /// `isolation.level=read_committed`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
 }
 
 /// A local file (or stdin) read line by line.
@@ -700,6 +706,24 @@ impl PipelineSpec {
             self.check_table(name, table, &schemes)?;
         }
         self.check_error_policy()?;
+        if let Some(id) = &self.producer.transactional_id {
+            if id.is_empty() {
+                return Err(self.invalid("producer.transactional-id", "must not be empty"));
+            }
+            if let Some((name, _)) = self
+                .outputs
+                .iter()
+                .find(|(_, o)| matches!(o, OutputSpec::Postgres(_) | OutputSpec::Mysql(_)))
+            {
+                return Err(self.invalid(
+                    "producer.transactional-id",
+                    format!("a Kafka transaction cannot include the database output `{name}`: use the table's `exactly-once` instead"),
+                ));
+            }
+            if !matches!(self.source, SourceSpec::Kafka(_)) {
+                return Err(self.invalid("producer.transactional-id", "needs a `source: kafka`"));
+            }
+        }
         match &self.source {
             SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
             SourceSpec::File(file) => {
@@ -907,7 +931,7 @@ const RESERVED_CONSUMER_PROPERTIES: &[&str] = &[
 ];
 
 /// Producer properties Sluice sets itself.
-const RESERVED_PRODUCER_PROPERTIES: &[&str] = &["enable.idempotence", "acks"];
+const RESERVED_PRODUCER_PROPERTIES: &[&str] = &["enable.idempotence", "acks", "transactional.id"];
 
 /// Replaces `${VAR}` and `${VAR:-default}` in `text`; `$$` stands for `$`. Values may not contain
 /// newlines (they would change the YAML's structure and its line numbers).

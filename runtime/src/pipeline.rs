@@ -63,6 +63,8 @@ struct Dispatch {
     revoked_log: Vec<TopicPartition>,
     /// Exactly-once outputs: where assigned partitions resume.
     resume_from: Option<ResumeFrom>,
+    /// Kafka transactions: the producer whose transaction carries the offsets.
+    transactions: Option<Arc<KafkaSink>>,
 }
 
 struct RebalanceContext {
@@ -157,6 +159,9 @@ fn revoke(
     consumer: &BaseConsumer<RebalanceContext>,
     partitions: &[TopicPartition],
 ) {
+    if dispatch.transactions.is_some() {
+        return revoke_in_transaction(dispatch, consumer, partitions);
+    }
     let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
     dispatch.revoked_log.extend(partitions.iter().cloned());
     for tp in partitions {
@@ -215,6 +220,125 @@ fn revoke(
     if let Err(err) = commit(consumer, &commits) {
         tracing::warn!("commit on revoke failed: {err}");
     }
+}
+
+/// Transactions: the revoked partitions' workers call `revoked` and flush, then the open
+/// transaction commits with every partition's offsets (so the revoked ones' too), then they are
+/// forgotten.
+fn revoke_in_transaction(
+    dispatch: &mut Dispatch,
+    consumer: &BaseConsumer<RebalanceContext>,
+    partitions: &[TopicPartition],
+) {
+    dispatch.revoked_log.extend(partitions.iter().cloned());
+    let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
+    for tp in partitions {
+        if let Some(slot) = dispatch.slots.remove(tp) {
+            if let [worker] = slot.workers[..] {
+                dispatch.load[worker] -= 1;
+            }
+            for worker in slot.workers {
+                per_worker.entry(worker).or_default().push(tp.clone());
+            }
+        }
+    }
+    if per_worker.is_empty() {
+        return;
+    }
+    tracing::info!(partitions = ?partitions, "revoked: draining into the transaction");
+    for (worker, parts) in per_worker {
+        let (tx, _rx) = mpsc::sync_channel(1);
+        let _ = dispatch.workers[worker].send(Command::Revoke(parts, tx));
+    }
+    if let Err(err) = commit_transaction(dispatch, consumer) {
+        fail(
+            dispatch,
+            format!("transaction commit on revoke failed: {err}"),
+        );
+    }
+    let mut tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
+    for tp in partitions {
+        tracker.revoke(tp);
+    }
+}
+
+fn fail(dispatch: &Dispatch, message: String) {
+    tracing::error!("{message}");
+    dispatch
+        .failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert(message);
+}
+
+/// Transactions: a commit point. Every worker finishes what is queued and flushes, every record
+/// is delivered, so every dispatched event is complete; then the offsets after them go into the
+/// transaction, which commits. The poll loop waits meanwhile (bounded by the drain timeout).
+/// After a fatal error the transaction is aborted instead.
+fn commit_transaction(
+    dispatch: &Dispatch,
+    consumer: &BaseConsumer<RebalanceContext>,
+) -> Result<(), String> {
+    let Some(sink) = &dispatch.transactions else {
+        return Ok(());
+    };
+    let timeout = dispatch.drain_timeout;
+    let deadline = Instant::now() + timeout;
+    let failed = || {
+        dispatch
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    };
+    let replies: Vec<_> = dispatch
+        .workers
+        .iter()
+        .map(|w| {
+            let (tx, rx) = mpsc::sync_channel(1);
+            let _ = w.send(Command::Barrier(tx));
+            rx
+        })
+        .collect();
+    for rx in replies {
+        if rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            let _ = sink.abort_transaction(timeout);
+            return Err(
+                "workers did not finish within the drain timeout: transaction aborted".into(),
+            );
+        }
+    }
+    if failed()
+        || sink
+            .flush(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+    {
+        let _ = sink.abort_transaction(timeout);
+        return Err("not every record was delivered: transaction aborted".into());
+    }
+    let mut tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
+    if tracker.total_in_flight() > 0 {
+        drop(tracker);
+        let _ = sink.abort_transaction(timeout);
+        return Err("events still incomplete at the commit point: transaction aborted".into());
+    }
+    let commits = tracker.take_commits();
+    drop(tracker);
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in &commits {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| e.to_string())?;
+    }
+    let group = consumer
+        .group_metadata()
+        .ok_or("no consumer group metadata for the transaction")?;
+    sink.commit_transaction(&tpl, &group, timeout)
+        .map_err(|e| format!("transaction commit failed: {e}"))?;
+    tracing::debug!(?commits, "transaction committed");
+    Ok(())
 }
 
 fn commit(
@@ -287,8 +411,13 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
             "producer",
         )?;
         Some(Arc::new(
-            KafkaSink::new(config, tracker.clone(), failure.clone())
-                .map_err(|e| RunError::Setup(format!("producer: cannot create: {e}")))?,
+            KafkaSink::new(
+                config,
+                tracker.clone(),
+                failure.clone(),
+                spec.producer.transactional_id.as_deref(),
+            )
+            .map_err(|e| RunError::Setup(format!("producer: cannot create: {e}")))?,
         ))
     } else {
         None
@@ -385,6 +514,12 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         drain_timeout: Duration::from_millis(source.drain_timeout_ms),
         revoked_log: Vec::new(),
         resume_from: exactly_once(spec, &source.group_id),
+        transactions: spec
+            .producer
+            .transactional_id
+            .is_some()
+            .then(|| shared.sink.clone())
+            .flatten(),
     }));
     let consumer = create_consumer(spec, source, dispatch.clone())?;
     let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
@@ -393,6 +528,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         .map_err(|e| RunError::Setup(format!("cannot subscribe to {topics:?}: {e}")))?;
 
     let burst_limit = source.batch_size * worker_count;
+    let transactional = spec.producer.transactional_id.is_some();
     let commit_every = Duration::from_millis(source.commit_interval_ms);
     let mut next_commit = Instant::now() + commit_every;
     let mut flush_round: Option<Vec<mpsc::Receiver<()>>> = None;
@@ -416,6 +552,15 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
             wait = Duration::ZERO;
         }
         dispatch_burst(&consumer, &dispatch, burst, source.partition_capacity);
+        // Transactions: a blocking commit point per interval.
+        if transactional && Instant::now() >= next_commit {
+            let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(err) = commit_transaction(&d, &consumer) {
+                fail(&d, err);
+            }
+            next_commit = Instant::now() + commit_every;
+            continue;
+        }
         // Commit cycle: flush every worker (without blocking the poll loop), then commit.
         if flush_round.is_none() && Instant::now() >= next_commit {
             flush_round = Some(

@@ -57,6 +57,8 @@ pub enum Command {
     Revoke(Vec<TopicPartition>, mpsc::SyncSender<()>),
     /// Wake up: a flush request may be waiting on the worker's flush channel.
     Nudge,
+    /// Finish everything queued, call `flush`, then reply (a transaction's commit point).
+    Barrier(mpsc::SyncSender<()>),
     /// Close the instance and end the thread.
     Stop,
 }
@@ -318,6 +320,10 @@ impl Worker {
                     let _ = reply.send(());
                 }
                 Command::Nudge => {}
+                Command::Barrier(reply) => {
+                    self.flush();
+                    let _ = reply.send(());
+                }
                 Command::Stop => break,
             }
         }

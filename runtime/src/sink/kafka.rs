@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Message};
+use rdkafka::{ClientContext, Message, TopicPartitionList};
 use sluice_plugin_api::abi::Record;
 
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
@@ -85,10 +86,44 @@ impl KafkaSink {
         mut config: ClientConfig,
         tracker: Arc<Mutex<OffsetTracker>>,
         failure: Arc<Mutex<Option<String>>>,
+        transactional_id: Option<&str>,
     ) -> Result<Self, KafkaError> {
         config.set("enable.idempotence", "true").set("acks", "all");
-        let producer = config.create_with_context(DeliveryContext { tracker, failure })?;
+        if let Some(id) = transactional_id {
+            config.set("transactional.id", id);
+        }
+        let producer: ThreadedProducer<DeliveryContext> =
+            config.create_with_context(DeliveryContext { tracker, failure })?;
+        if transactional_id.is_some() {
+            // Fences any earlier producer with the same id and aborts its open transaction.
+            producer.init_transactions(Duration::from_secs(60))?;
+            producer.begin_transaction()?;
+        }
         Ok(KafkaSink { producer })
+    }
+
+    /// Transactions: commits the open transaction with the source `offsets` (for the consumer
+    /// group `group`), then begins the next one. Everything sent so far must be delivered
+    /// (`flush`) and every unit complete, so the offsets cover exactly what the transaction
+    /// holds.
+    pub fn commit_transaction(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
+        if offsets.count() > 0 {
+            self.producer
+                .send_offsets_to_transaction(offsets, group, timeout)?;
+        }
+        self.producer.commit_transaction(timeout)?;
+        self.producer.begin_transaction()
+    }
+
+    /// Transactions: aborts the open transaction (its records are never visible to
+    /// `read_committed` consumers, and its offsets are not committed).
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.abort_transaction(timeout)
     }
 
     /// Sends a record to `topic` on behalf of `ack`'s units; the caller counts it as emitted for

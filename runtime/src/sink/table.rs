@@ -530,7 +530,11 @@ async fn copy_rows(
     layout: &TableLayout,
     rows: &[&[Cell]],
 ) -> Result<(), sqlx::Error> {
-    let columns: Vec<String> = layout.columns.iter().map(|(c, _)| layout.quote(c)).collect();
+    let columns: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|(c, _)| layout.quote(c))
+        .collect();
     let mut data = Vec::with_capacity(rows.len() * 16 * columns.len());
     for row in rows {
         csv_row(&mut data, row);
