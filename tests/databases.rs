@@ -363,3 +363,52 @@ fn exactly_once_into_postgres_survives_ten_kill_9s() {
         "every event exactly once after 10 kills"
     );
 }
+
+#[test]
+fn postgres_over_tls_with_a_verified_certificate() {
+    let pg = Postgres::start_tls_only();
+    pg.sql("CREATE TABLE events (seq bigint PRIMARY KEY, key text)");
+    let topic = unique("tls");
+    broker().create_topic(&topic, 1);
+    broker().produce(&topic, 200, 0, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let output = "    postgres:\n      url: ${DB_URL}\n      table: events\n      columns: {seq: bigint, key: text}\n";
+    // The server refuses plain connections: rows arriving prove TLS (verify-full checks the
+    // certificate against the test CA and the host name).
+    let group = unique("tls");
+    let run = start_with_url(
+        &table_spec(dir.path(), &topic, &group, output),
+        dir.path(),
+        &pg.url,
+    );
+    wait_until("rows over TLS", Duration::from_secs(60), || {
+        pg.sql("SELECT COUNT(*) FROM events").trim() == "200"
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(broker().committed_sum(&topic, &group), 200);
+
+    // Without TLS the server refuses the connection: the pipeline stops with that reason, even
+    // with `sink-rejection: skip` (no record is at fault, none may be skipped), and no offset
+    // moves.
+    let plain = pg.url.split('?').next().unwrap().to_owned() + "?sslmode=disable";
+    let group = unique("plain");
+    let spec = table_spec(dir.path(), &topic, &group, output);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        format!("{text}error-policy:\n  sink-rejection: skip\n"),
+    )
+    .unwrap();
+    let mut run = start_with_url(&spec, dir.path(), &plain);
+    let status = run.child.wait().unwrap();
+    let log = std::fs::read_to_string(&run.log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("the database refuses the connection")
+            && log.contains("no encryption")
+            && log.contains("check the URL, credentials and TLS settings"),
+        "{log}"
+    );
+    assert_eq!(broker().committed_sum(&topic, &group), 0, "{log}");
+}

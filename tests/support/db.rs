@@ -126,6 +126,21 @@ fn pg_bin() -> PathBuf {
 impl Postgres {
     /// initdb in a fresh directory, then start.
     pub fn start() -> Postgres {
+        Self::start_with(false)
+    }
+
+    /// A server that accepts TLS connections only (`hostssl`), with a certificate for
+    /// 127.0.0.1 signed by a fresh CA; the CA certificate is at [`Postgres::ca_cert`].
+    pub fn start_tls_only() -> Postgres {
+        Self::start_with(true)
+    }
+
+    /// The CA certificate of a [`Postgres::start_tls_only`] server.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.server.dir.join("ca.crt")
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let bin = pg_bin();
@@ -149,10 +164,42 @@ impl Postgres {
                 data.display()
             )),
         );
+        let mut ssl = String::new();
+        if tls {
+            let d = dir.path();
+            run(
+                "openssl",
+                Command::new("sh").current_dir(d).arg("-c").arg(
+                    "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=sluice-test-ca 2>/dev/null \
+                     && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null \
+                     && printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext \
+                     && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san.ext 2>/dev/null \
+                     && chmod 600 server.key",
+                ),
+            );
+            if is_root() {
+                run(
+                    "chown",
+                    Command::new("chown")
+                        .args(["-R", "postgres:postgres"])
+                        .arg(d),
+                );
+            }
+            // TLS or nothing: plain TCP connections are refused.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            ssl = format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                d.display()
+            );
+        }
         let port = free_port();
         let server = Server {
             exec: format!(
-                "exec {as_pg} {} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+                "exec {as_pg} {} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off{ssl}",
                 bin.join("postgres").display(),
                 data.display(),
                 dir.path().display()
@@ -164,7 +211,17 @@ impl Postgres {
         };
         server.up();
         let pg = Postgres {
-            url: format!("postgres://sluice@127.0.0.1:{port}/postgres"),
+            url: format!(
+                "postgres://sluice@127.0.0.1:{port}/postgres{}",
+                if tls {
+                    format!(
+                        "?sslmode=verify-full&sslrootcert={}",
+                        dir.path().join("ca.crt").display()
+                    )
+                } else {
+                    String::new()
+                }
+            ),
             server,
             _dir: dir,
         };

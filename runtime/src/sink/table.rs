@@ -572,6 +572,23 @@ impl Pool {
     }
 }
 
+/// Whether the database refuses the connection itself (authentication, TLS required, unknown
+/// database, no privilege): no record is at fault, so no record may be skipped for it.
+pub fn is_refusal(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Configuration(_) => true,
+        sqlx::Error::Database(db) => {
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                // Access denied (user, database), unknown database, command denied.
+                return matches!(my.number(), 1044 | 1045 | 1049 | 1142 | 1227);
+            }
+            db.code()
+                .is_some_and(|code| code.starts_with("28") || code == "3D000" || code == "42501")
+        }
+        _ => false,
+    }
+}
+
 /// Whether retrying can help: the connection or the server, not the data.
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
@@ -855,8 +872,14 @@ impl Writer {
                     Outcome::Written => self.ack(&ready),
                     Outcome::GaveUp => {}
                     Outcome::Rejected(err) => self.fail(format!(
-                        "output {} (table {}) rejected a batch written exactly-once: {err}: fix the table or the plugin's records",
-                        self.name, self.layout.table
+                        "output {} (table {}) rejected a batch written exactly-once: {err}: {}",
+                        self.name,
+                        self.layout.table,
+                        if is_refusal(&err) {
+                            "check the URL, credentials and TLS settings"
+                        } else {
+                            "fix the table or the plugin's records"
+                        }
                     )),
                 }
             }
@@ -924,6 +947,10 @@ impl Writer {
         match self.write_retrying(&ops) {
             Outcome::Written => self.ack(&batch),
             Outcome::GaveUp => {}
+            Outcome::Rejected(err) if is_refusal(&err) => self.fail(format!(
+                "output {} (table {}): the database refuses the connection: {err}: check the URL, credentials and TLS settings",
+                self.name, self.layout.table
+            )),
             Outcome::Rejected(err) if batch.len() == 1 => self.reject(&batch[0], &err),
             Outcome::Rejected(_) => {
                 // Find the rejected records: one row at a time, in order.
