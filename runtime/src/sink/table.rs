@@ -720,7 +720,26 @@ impl TableSink {
         };
         let thread = std::thread::Builder::new()
             .name(format!("sluice-sink-{name}"))
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                let failure = writer.ctx.failure.clone();
+                let name = writer.name.clone();
+                // A bug here must stop the pipeline, not leave workers waiting on a dead writer.
+                if let Err(panic) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.run(rx)))
+                {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    let message = format!("output {name}: the database writer failed: {what}");
+                    tracing::error!("{message}");
+                    failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(message);
+                }
+            })
             .map_err(|e| format!("outputs.{name}: cannot start the writer thread: {e}"))?;
         Ok(TableSink {
             name: name.to_owned(),
@@ -797,8 +816,13 @@ enum Outcome {
 
 impl Writer {
     fn run(self, rx: Receiver<Pending>) {
+        // sqlx returns pooled connections from `Drop`, which needs the runtime's context.
+        let _context = self.runtime.enter();
         if self.offsets_table.is_some() {
             return self.run_exactly_once(rx);
+        }
+        if let (Pool::Postgres(pool), TableMode::Insert) = (&self.pool, self.layout.mode) {
+            return self.run_streaming(&rx, pool);
         }
         let mut batch: Vec<Pending> = Vec::with_capacity(self.batch_size);
         loop {
@@ -819,6 +843,112 @@ impl Writer {
             }
             self.write_batch(std::mem::take(&mut batch));
         }
+    }
+
+    /// PostgreSQL inserts: each batch streams into `COPY` while it is collected, so the server
+    /// works on the first rows while later ones are still arriving and being formatted (see
+    /// BENCHMARKS.md). Any error falls back to the batch path with the rows collected so far
+    /// (nothing of the failed attempt was committed): retries, row-by-row isolation, policy.
+    fn run_streaming(&self, rx: &Receiver<Pending>, pool: &PgPool) {
+        loop {
+            let first = match rx.recv() {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            if self.failed() {
+                continue; // after a fatal error nothing more is acknowledged
+            }
+            if matches!(first.op, Op::Delete(_)) {
+                self.write_batch(vec![first]);
+                continue;
+            }
+            let mut batch = vec![first];
+            let mut delete = None;
+            let result = self.stream_batch(pool, rx, &mut batch, &mut delete);
+            match result {
+                Ok(()) => self.ack(&batch),
+                Err(_) => self.write_batch(batch),
+            }
+            if let Some(d) = delete {
+                self.write_batch(vec![d]);
+            }
+        }
+    }
+
+    fn stream_batch(
+        &self,
+        pool: &PgPool,
+        rx: &Receiver<Pending>,
+        batch: &mut Vec<Pending>,
+        delete: &mut Option<Pending>,
+    ) -> Result<(), sqlx::Error> {
+        let rt = &self.runtime;
+        let layout = &self.layout;
+        let columns: Vec<String> = layout.columns.iter().map(|(c, _)| layout.quote(c)).collect();
+        let statement = format!(
+            "COPY {} ({}) FROM STDIN (FORMAT csv)",
+            layout.quote(&layout.table),
+            columns.join(", ")
+        );
+        let mut conn = rt.block_on(pool.acquire())?;
+        let result = self.stream_into(&mut conn, &statement, rx, batch, delete);
+        if result.is_err() {
+            // Whatever state a failed COPY left the connection in, it is not reused.
+            drop(conn.detach());
+        }
+        result
+    }
+
+    fn stream_into(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<Postgres>,
+        statement: &str,
+        rx: &Receiver<Pending>,
+        batch: &mut Vec<Pending>,
+        delete: &mut Option<Pending>,
+    ) -> Result<(), sqlx::Error> {
+        use sqlx::Connection as _;
+        const CHUNK: usize = 64 * 1024;
+        let rt = &self.runtime;
+        let mut tx = rt.block_on((**conn).begin())?;
+        let mut copy = rt.block_on(tx.copy_in_raw(statement))?;
+        let mut buf = Vec::with_capacity(CHUNK + 1024);
+        if let Op::Write(cells) = &batch[0].op {
+            csv_row(&mut buf, cells);
+        }
+        let deadline = Instant::now() + self.linger;
+        let mut sent = Ok(());
+        while batch.len() < self.batch_size {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(p) => match &p.op {
+                    Op::Write(cells) => {
+                        csv_row(&mut buf, cells);
+                        batch.push(p);
+                    }
+                    Op::Delete(_) => {
+                        *delete = Some(p);
+                        break;
+                    }
+                },
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+            if buf.len() >= CHUNK {
+                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 1024));
+                sent = rt.block_on(copy.send(chunk)).map(|_| ());
+                if sent.is_err() {
+                    break;
+                }
+            }
+        }
+        if sent.is_ok() && !buf.is_empty() {
+            sent = rt.block_on(copy.send(buf)).map(|_| ());
+        }
+        if let Err(err) = sent {
+            let _ = rt.block_on(copy.abort("sluice: sending rows failed"));
+            return Err(err);
+        }
+        rt.block_on(copy.finish())?;
+        rt.block_on(tx.commit())
     }
 
     /// Exactly-once: a row is written only once every worker is done with the events it came
