@@ -537,9 +537,8 @@ fn error_policy_fails_or_skips_per_event() {
         run.stderr
     );
     assert!(
-        run.stderr.contains(
-            "3 events in, 2 records out (out: 2), skipped 0 undecodable and 1 failed events"
-        ),
+        run.stderr
+            .contains("3 events in, 2 records out (out: 2), skipped 0 invalid and 1 failed events"),
         "{}",
         run.stderr
     );
@@ -660,7 +659,7 @@ fn example_filter_and_enrich_end_to_end() {
         "the incomplete booking is skipped by policy, by line: {}",
         run.stderr
     );
-    assert!(run.stderr.contains("8 events in, 7 records out (enriched: 4, filtered: 3), skipped 0 undecodable and 1 failed events"));
+    assert!(run.stderr.contains("8 events in, 7 records out (enriched: 4, filtered: 3), skipped 1 invalid and 0 failed events"));
 }
 
 #[test]

@@ -153,7 +153,7 @@ impl std::fmt::Display for Summary {
         if self.skipped_invalid + self.skipped_failed > 0 {
             write!(
                 f,
-                ", skipped {} undecodable and {} failed events",
+                ", skipped {} invalid and {} failed events",
                 self.skipped_invalid, self.skipped_failed
             )?;
         }
@@ -391,7 +391,11 @@ fn run_file(
                 }
                 Action::Skip => {
                     tracing::warn!(input = %input.display(), line, plugin = %label, kind, "skipped failed event: {message}");
-                    summary.skipped_failed += 1;
+                    if class == "invalid-input" {
+                        summary.skipped_invalid += 1;
+                    } else {
+                        summary.skipped_failed += 1;
+                    }
                 }
             }
         }

@@ -470,6 +470,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         policy: spec.error_policy.clone(),
         events_in: Default::default(),
         skipped: Default::default(),
+        skipped_invalid: Default::default(),
         dead_lettered: Default::default(),
     });
 
@@ -664,6 +665,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
             .records_out
             .insert(name.clone(), written.load(AtomicOrdering::Relaxed));
     }
+    summary.skipped_invalid = shared.skipped_invalid.load(AtomicOrdering::Relaxed);
     summary.skipped_failed =
         shared.skipped.load(AtomicOrdering::Relaxed) + sink_skipped.load(AtomicOrdering::Relaxed);
     summary.dead_lettered = shared.dead_lettered.load(AtomicOrdering::Relaxed)

@@ -84,6 +84,8 @@ pub struct WorkerShared {
     pub events_in: AtomicU64,
     /// Failed events skipped by policy.
     pub skipped: AtomicU64,
+    /// Invalid events (`invalid-input`) skipped by policy.
+    pub skipped_invalid: AtomicU64,
     /// Failed events written to the dead-letter topic.
     pub dead_lettered: AtomicU64,
 }
@@ -459,7 +461,11 @@ impl Worker {
         match policy.then {
             Action::Skip => {
                 tracing::warn!(topic = %tp.0, partition = tp.1, offset, plugin = %shared.plugin, class = class_name, attempts, "skipped failed event: {message}");
-                shared.skipped.fetch_add(1, Ordering::Relaxed);
+                match class {
+                    Class::InvalidInput => &shared.skipped_invalid,
+                    Class::EventError | Class::PluginPanic => &shared.skipped,
+                }
+                .fetch_add(1, Ordering::Relaxed);
                 true
             }
             Action::DeadLetter => {

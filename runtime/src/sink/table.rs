@@ -884,7 +884,11 @@ impl Writer {
     ) -> Result<(), sqlx::Error> {
         let rt = &self.runtime;
         let layout = &self.layout;
-        let columns: Vec<String> = layout.columns.iter().map(|(c, _)| layout.quote(c)).collect();
+        let columns: Vec<String> = layout
+            .columns
+            .iter()
+            .map(|(c, _)| layout.quote(c))
+            .collect();
         let statement = format!(
             "COPY {} ({}) FROM STDIN (FORMAT csv)",
             layout.quote(&layout.table),
