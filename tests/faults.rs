@@ -23,7 +23,6 @@ use sluice_tests::plugin;
 fn injected_broker_faults_lose_nothing() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     use rdkafka::{ClientConfig, Message};
 
@@ -36,22 +35,7 @@ fn injected_broker_faults_lose_nothing() {
     mock.create_topic("in", 2, 1).unwrap();
     mock.create_topic("out", 2, 1).unwrap();
     let total = 2000;
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
-    for i in 0..total {
-        let key = format!("k{}", i % 16);
-        let value = serde_json::json!({"seq": i, "key": key}).to_string();
-        producer
-            .send(
-                BaseRecord::<String, String>::to("in")
-                    .key(&key)
-                    .payload(&value),
-            )
-            .unwrap();
-    }
-    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+    produce_input(&bootstrap, "in", total);
 
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
@@ -129,23 +113,9 @@ fn injected_broker_faults_lose_nothing() {
         &lost[..lost.len().min(10)]
     );
     // The pipeline is gone: read what it committed with its own group id.
-    let group: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "faults")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition("in", 0);
-    tpl.add_partition("in", 1);
-    let committed: i64 = group
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap()
-        .elements()
-        .iter()
-        .map(|e| e.offset().to_raw().unwrap_or(-1).max(0))
-        .sum();
     assert_eq!(
-        committed, total as i64,
+        committed(&bootstrap, "faults", "in", 2),
+        total as i64,
         "a graceful stop after the faults commits every event"
     );
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
@@ -153,6 +123,24 @@ fn injected_broker_faults_lose_nothing() {
         "mock faults: {} events in, {duplicates} duplicates in the output",
         summary.events_in
     );
+}
+
+/// Writes `total` events to `topic`: key `k{i % 16}`, value `{"key": ..., "seq": i}`.
+fn produce_input(bootstrap: &str, topic: &str, total: usize) {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for i in 0..total {
+        let key = format!("k{}", i % 16);
+        let value = serde_json::json!({"seq": i, "key": key}).to_string();
+        producer
+            .send(BaseRecord::to(topic).key(&key).payload(&value))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
 }
 
 /// Sum of the offsets `group` committed for `topic`'s partitions `0..partitions`.
@@ -264,25 +252,13 @@ fn transactions_commit_every_interval_and_deliver_each_event_once() {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
     let mock = MockCluster::new(1).unwrap();
     let bootstrap = mock.bootstrap_servers();
     mock.create_topic("in", 2, 1).unwrap();
     mock.create_topic("out", 2, 1).unwrap();
     let total = 2000;
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
-    for i in 0..total {
-        let key = format!("k{}", i % 16);
-        let value = format!("{{\"seq\": {i}}}");
-        producer
-            .send(BaseRecord::to("in").key(&key).payload(&value))
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    produce_input(&bootstrap, "in", total);
 
     let dir = tempfile::tempdir().unwrap();
     let spec = sluice_tests::write_spec(

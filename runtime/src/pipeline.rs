@@ -162,18 +162,7 @@ fn revoke(
     if dispatch.transactions.is_some() {
         return revoke_in_transaction(dispatch, consumer, partitions);
     }
-    let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
-    dispatch.revoked_log.extend(partitions.iter().cloned());
-    for tp in partitions {
-        if let Some(slot) = dispatch.slots.remove(tp) {
-            if let [worker] = slot.workers[..] {
-                dispatch.load[worker] -= 1;
-            }
-            for worker in slot.workers {
-                per_worker.entry(worker).or_default().push(tp.clone());
-            }
-        }
-    }
+    let per_worker = release_slots(dispatch, partitions);
     if per_worker.is_empty() {
         return;
     }
@@ -222,14 +211,12 @@ fn revoke(
     }
 }
 
-/// Transactions: the revoked partitions' workers call `revoked` and flush, then the open
-/// transaction commits with every partition's offsets (so the revoked ones' too), then they are
-/// forgotten.
-fn revoke_in_transaction(
+/// Forgets the slots of revoked `partitions` (their events still in this poll burst are dropped)
+/// and returns which workers held which of them.
+fn release_slots(
     dispatch: &mut Dispatch,
-    consumer: &BaseConsumer<RebalanceContext>,
     partitions: &[TopicPartition],
-) {
+) -> HashMap<usize, Vec<TopicPartition>> {
     dispatch.revoked_log.extend(partitions.iter().cloned());
     let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
     for tp in partitions {
@@ -242,6 +229,18 @@ fn revoke_in_transaction(
             }
         }
     }
+    per_worker
+}
+
+/// Transactions: the revoked partitions' workers call `revoked` and flush, then the open
+/// transaction commits with every partition's offsets (so the revoked ones' too), then they are
+/// forgotten.
+fn revoke_in_transaction(
+    dispatch: &mut Dispatch,
+    consumer: &BaseConsumer<RebalanceContext>,
+    partitions: &[TopicPartition],
+) {
+    let per_worker = release_slots(dispatch, partitions);
     if per_worker.is_empty() {
         return;
     }
