@@ -240,6 +240,7 @@ fn kill_9_mid_stream_duplicates_only_the_uncommitted_window() {
     );
 }
 
+/// Everything `topic` holds now (up to its high watermarks), however slow the broker is.
 fn consume_quick(topic: &str) -> Vec<Value> {
     kafka_tool(&[
         "consume",
@@ -247,8 +248,7 @@ fn consume_quick(topic: &str) -> Vec<Value> {
         &broker().addr,
         "--topic",
         topic,
-        "--timeout",
-        "2",
+        "--to-end",
     ])
     .lines()
     .map(|l| serde_json::from_str(l).unwrap())

@@ -3,7 +3,7 @@
 
   kafka_tool.py produce  --broker B --topic T --count N [--keys K] [--start S] [--size BYTES] [--headers] [--tombstone]
   kafka_tool.py produce-file --broker B --topic T --file F [--key-field FIELD] [--headers]
-  kafka_tool.py consume  --broker B --topic T [--expect N] [--timeout S]
+  kafka_tool.py consume  --broker B --topic T [--expect N] [--timeout S] [--to-end]
   kafka_tool.py create   --broker B --topic T --partitions P
   kafka_tool.py committed --broker B --topic T --group G
 
@@ -78,13 +78,17 @@ def consume(args):
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
     })
-    state = {"assigned": False}
+    state = {"assigned": False, "end": None}
 
     def on_assign(consumer, partitions):
         state["assigned"] = True
+        if args.to_end:
+            # What the topic holds now: read exactly that far, however slow the broker is.
+            state["end"] = {p.partition: consumer.get_watermark_offsets(p, timeout=30)[1] for p in partitions}
 
     c.subscribe([args.topic], on_assign=on_assign)
     seen, last, started = 0, time.time(), time.time()
+    position = {}
     try:
         while True:
             if not state["assigned"]:
@@ -92,7 +96,12 @@ def consume(args):
                 if time.time() - started > 60:
                     sys.exit("consume: no partition assignment within 60 s")
                 last = time.time()
-            if args.expect is not None and seen >= args.expect:
+            if state["end"] is not None:
+                if all(position.get(p, 0) >= end for p, end in state["end"].items()):
+                    break
+                if time.time() - last > 60:
+                    sys.exit(f"consume: stuck before the end of {args.topic}: at {position}, end {state['end']}")
+            elif args.expect is not None and seen >= args.expect:
                 # Linger briefly: anything beyond --expect is a duplicate the caller wants to see.
                 if time.time() - last > args.linger:
                     break
@@ -106,6 +115,7 @@ def consume(args):
                 continue
             seen += 1
             last = time.time()
+            position[msg.partition()] = msg.offset() + 1
             print(json.dumps({
                 "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                 "key": msg.key().decode() if msg.key() is not None else None,
@@ -155,6 +165,8 @@ def main():
             s.add_argument("--expect", type=int)
             s.add_argument("--timeout", type=float, default=10.0)
             s.add_argument("--linger", type=float, default=1.0)
+            s.add_argument("--to-end", action="store_true",
+                           help="read up to the high watermarks taken at assignment, then stop")
         if name == "create":
             s.add_argument("--partitions", type=int, default=1)
         if name == "committed":
