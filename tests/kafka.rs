@@ -799,4 +799,45 @@ fn poison_events_and_panics_are_dead_lettered_and_replayed_after_the_fix() {
         "provenance headers are not replayed"
     );
     assert_eq!(committed_sum(&names.input, &names.group), 103);
+
+    // Or straight through the fixed pipeline, without re-injecting: its plugin gets the two dead
+    // letters (provenance headers stripped), writes them to its output, and the replay stops by
+    // itself at the end of the dead-letter topic.
+    let before = consume_quick(&names.output).len();
+    let spec = spec_for("ok");
+    let out = sluice_cmd(&[
+        "dlq",
+        "replay",
+        "--bootstrap-servers",
+        &broker().addr,
+        "--topic",
+        &dlq,
+        "--group",
+        "through",
+        "--through",
+        spec.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("dead letters replayed through pipeline pass: 2 events in, 2 records out"),
+        "{stderr}"
+    );
+    let after = consume_quick(&names.output);
+    assert_eq!(after.len(), before + 2, "{stderr}");
+    let through: Vec<&Value> = after
+        .iter()
+        .filter(|r| {
+            r["headers"].get("sluice.replayed-from").is_none()
+                && matches!(r["value"].as_str(), Some("bad" | "boom"))
+        })
+        .collect();
+    assert_eq!(through.len(), 2, "{after:?}");
+    for r in through {
+        assert!(
+            r["headers"].get("sluice.failure.class").is_none()
+                && r["headers"].get("line").is_some(),
+            "the plugin saw the original headers only: {r}"
+        );
+    }
 }

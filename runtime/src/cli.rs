@@ -83,7 +83,44 @@ pub enum DlqCommand {
         /// A librdkafka property for both clients, `key=value` (repeatable).
         #[arg(long = "property", value_parser = parse_property)]
         properties: Vec<(String, String)>,
+        /// Instead of re-injecting: run this pipeline spec on the dead letters (its plugin and
+        /// outputs, reading the dead-letter topic as consumer group --group), then stop.
+        #[arg(long, value_name = "SPEC")]
+        through: Option<PathBuf>,
     },
+}
+
+/// `sluice dlq replay --through SPEC`: the spec's pipeline, reading the dead-letter topic.
+fn replay_through(
+    path: &Path,
+    options: crate::dlq::ReplayOptions,
+    verbose: bool,
+) -> anyhow::Result<()> {
+    let mut spec = PipelineSpec::load(path)?;
+    let SourceSpec::Kafka(source) = &mut spec.source else {
+        anyhow::bail!(
+            "{}: source: replaying dead letters through a pipeline needs a `source: kafka` spec",
+            path.display()
+        );
+    };
+    source.topics = vec![options.dlq_topic.clone()];
+    source.group_id = options.group.clone();
+    let end = options
+        .end_offsets()
+        .map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
+    let replay = crate::pipeline::ReplayUntil {
+        keep: Box::new(move |m| options.selects(rdkafka::Message::headers(m))),
+        end,
+    };
+    let shutdown = crate::shutdown::Shutdown::install()
+        .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
+    let summary = crate::pipeline::run_with(&spec, &shutdown, Some(replay))
+        .map_err(|e| with_detail(e, verbose))?;
+    eprintln!(
+        "sluice: dead letters replayed through pipeline {}: {summary}",
+        spec.name
+    );
+    Ok(())
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -136,6 +173,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             to_offset,
             group,
             properties,
+            through,
         }) => {
             const CLASSES: [&str; 4] = [
                 "invalid-input",
@@ -161,6 +199,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 group,
                 properties: properties.into_iter().collect(),
             };
+            if let Some(path) = through {
+                return replay_through(&path, options, cli.verbose);
+            }
             let summary =
                 crate::dlq::replay(&options).map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
             eprintln!("sluice: {summary}");

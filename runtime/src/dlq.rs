@@ -9,7 +9,7 @@
 //! the replay started. The provenance headers are dropped from the replayed record, which
 //! carries `sluice.replayed-from` (`topic/partition@offset` of the dead letter) instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -44,6 +44,50 @@ pub struct ReplayOptions {
     pub properties: BTreeMap<String, String>,
 }
 
+impl ReplayOptions {
+    /// Whether the filters select a dead letter with these headers.
+    pub fn selects<H: Headers>(&self, headers: Option<&H>) -> bool {
+        let class = header_str(headers, header::CLASS).unwrap_or("");
+        let time: Option<u64> = header_str(headers, header::TIME).and_then(|t| t.parse().ok());
+        let source_offset: Option<i64> =
+            header_str(headers, header::OFFSET).and_then(|t| t.parse().ok());
+        (self.classes.is_empty() || self.classes.iter().any(|c| c == class))
+            && self.since_ms.is_none_or(|s| time.is_some_and(|t| t >= s))
+            && self.until_ms.is_none_or(|u| time.is_some_and(|t| t < u))
+            && self
+                .from_offset
+                .is_none_or(|f| source_offset.is_some_and(|o| o >= f))
+            && self
+                .to_offset
+                .is_none_or(|t| source_offset.is_some_and(|o| o <= t))
+    }
+
+    /// Where each partition of the dead-letter topic ends now.
+    pub fn end_offsets(&self) -> Result<HashMap<(String, i32), i64>, String> {
+        let consumer: BaseConsumer = client(self)
+            .create()
+            .map_err(|e| format!("cannot create a consumer: {e}"))?;
+        let timeout = Duration::from_secs(30);
+        let topic = &self.dlq_topic;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| format!("dead-letter topic {topic}: {e}"))?;
+        let mut end = HashMap::new();
+        for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p.id(), timeout)
+                .map_err(|e| format!("{topic}/{}: {e}", p.id()))?;
+            end.insert((topic.clone(), p.id()), high);
+        }
+        if end.is_empty() {
+            return Err(format!(
+                "dead-letter topic {topic} does not exist: check --topic"
+            ));
+        }
+        Ok(end)
+    }
+}
+
 /// What a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplaySummary {
@@ -75,10 +119,7 @@ impl std::fmt::Display for ReplaySummary {
     }
 }
 
-fn header_str<'a>(
-    headers: Option<&'a rdkafka::message::BorrowedHeaders>,
-    key: &str,
-) -> Option<&'a str> {
+fn header_str<'a, H: Headers>(headers: Option<&'a H>, key: &str) -> Option<&'a str> {
     headers?
         .iter()
         .filter(|h| h.key == key)
@@ -206,22 +247,7 @@ pub fn replay(options: &ReplayOptions) -> Result<ReplaySummary, String> {
         }
         summary.read += 1;
         let headers = message.headers();
-        let class = header_str(headers, header::CLASS).unwrap_or("");
-        let time: Option<u64> = header_str(headers, header::TIME).and_then(|t| t.parse().ok());
-        let source_offset: Option<i64> =
-            header_str(headers, header::OFFSET).and_then(|t| t.parse().ok());
-        let keep = (options.classes.is_empty() || options.classes.iter().any(|c| c == class))
-            && options
-                .since_ms
-                .is_none_or(|s| time.is_some_and(|t| t >= s))
-            && options.until_ms.is_none_or(|u| time.is_some_and(|t| t < u))
-            && options
-                .from_offset
-                .is_none_or(|f| source_offset.is_some_and(|o| o >= f))
-            && options
-                .to_offset
-                .is_none_or(|t| source_offset.is_some_and(|o| o <= t));
-        if !keep {
+        if !options.selects(headers) {
             summary.filtered += 1;
             continue;
         }

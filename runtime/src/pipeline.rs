@@ -379,8 +379,36 @@ fn client_config(
     Ok(config)
 }
 
+/// `sluice dlq replay --through`: the pipeline reads its dead-letter topic instead of its
+/// source, hands the plugin only the selected dead letters (without their `sluice.*`
+/// provenance headers), and stops once it has read as far as the topic reached when the replay
+/// began; then it drains and commits as on SIGTERM.
+pub struct ReplayUntil {
+    /// Which dead letters the plugin gets; the others are read and passed over.
+    pub keep: Box<dyn Fn(&OwnedMessage) -> bool + Send>,
+    /// Where each partition of the dead-letter topic ended when the replay began.
+    pub end: HashMap<TopicPartition, i64>,
+}
+
+impl std::fmt::Debug for ReplayUntil {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayUntil")
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Runs a `source: kafka` spec until SIGTERM/SIGINT (or a fatal error).
 pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError> {
+    run_with(spec, shutdown, None)
+}
+
+/// [`run`], or a dead-letter replay through the pipeline that stops by itself.
+pub fn run_with(
+    spec: &PipelineSpec,
+    shutdown: &Shutdown,
+    replay: Option<ReplayUntil>,
+) -> Result<Summary, RunError> {
     let SourceSpec::Kafka(source) = &spec.source else {
         return Err(RunError::Setup(
             "pipeline::run needs a `source: kafka` spec".into(),
@@ -471,6 +499,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         skipped: Default::default(),
         skipped_invalid: Default::default(),
         dead_lettered: Default::default(),
+        strip_provenance: replay.is_some(),
     });
 
     let cpu = CpuLimit::detect();
@@ -551,7 +580,16 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
             }
             wait = Duration::ZERO;
         }
+        if let Some(replay) = &replay {
+            burst.retain(|m| (replay.keep)(m));
+        }
         dispatch_burst(&consumer, &dispatch, burst, source.partition_capacity);
+        if let Some(replay) = &replay {
+            if replay_done(&consumer, &dispatch, &replay.end) {
+                tracing::info!("replay: read to where the dead-letter topic ended");
+                break;
+            }
+        }
         // Transactions: a blocking commit point per interval.
         if transactional && Instant::now() >= next_commit {
             let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
@@ -670,6 +708,31 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     summary.dead_lettered = shared.dead_lettered.load(AtomicOrdering::Relaxed)
         + sink_dead_lettered.load(AtomicOrdering::Relaxed);
     Ok(summary)
+}
+
+/// Replays: every partition of the dead-letter topic is assigned here, read up to its end, and
+/// nothing is held back in a paused partition.
+fn replay_done(
+    consumer: &BaseConsumer<RebalanceContext>,
+    dispatch: &Mutex<Dispatch>,
+    end: &HashMap<TopicPartition, i64>,
+) -> bool {
+    let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+    if d.slots.len() < end.values().filter(|e| **e > 0).count()
+        || d.slots.values().any(|s| !s.held.is_empty())
+    {
+        return false;
+    }
+    drop(d);
+    let Ok(positions) = consumer.position() else {
+        return false;
+    };
+    end.iter().filter(|(_, e)| **e > 0).all(|((topic, p), e)| {
+        positions
+            .find_partition(topic, *p)
+            .and_then(|el| el.offset().to_raw())
+            .is_some_and(|pos| pos >= *e)
+    })
 }
 
 /// The reader of stored offsets, when the pipeline has an exactly-once output.

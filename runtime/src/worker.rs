@@ -86,6 +86,8 @@ pub struct WorkerShared {
     pub skipped: AtomicU64,
     /// Invalid events (`invalid-input`) skipped by policy.
     pub skipped_invalid: AtomicU64,
+    /// Dead-letter replays: the plugin does not see the `sluice.*` provenance headers.
+    pub strip_provenance: bool,
     /// Failed events written to the dead-letter topic.
     pub dead_lettered: AtomicU64,
 }
@@ -536,6 +538,7 @@ impl Worker {
             .map(|m| {
                 m.headers().map_or_else(Vec::new, |hs| {
                     hs.iter()
+                        .filter(|h| !(shared.strip_provenance && h.key.starts_with("sluice.")))
                         .map(|h| Header::new(h.key, h.value.unwrap_or_default()))
                         .collect()
                 })
