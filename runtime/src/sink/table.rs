@@ -346,13 +346,14 @@ macro_rules! bind_cell {
 }
 
 /// Writes `ops` in one transaction (the same code for both databases).
-/// PostgreSQL inserts of at least this many rows go through `COPY` (see BENCHMARKS.md).
+/// PostgreSQL batches of at least this many rows go through `COPY` (upserts through a staging
+/// table; see BENCHMARKS.md).
 const COPY_MIN_ROWS: usize = 32;
 
 /// The `COPY` fast path, compiled for PostgreSQL only.
 macro_rules! copy_if_worth_it {
     (copy, $tx:expr, $layout:expr, $is_write:expr, $rows:expr) => {
-        if $is_write && $layout.mode == TableMode::Insert && $rows.len() >= COPY_MIN_ROWS {
+        if $is_write && $rows.len() >= COPY_MIN_ROWS {
             copy_rows(&mut $tx, $layout, &$rows).await?;
             continue;
         }
@@ -539,10 +540,27 @@ async fn copy_rows(
     for row in rows {
         csv_row(&mut data, row);
     }
+    // Upserts: COPY into a session-local staging table shaped like the target (emptied at
+    // commit), then one INSERT .. SELECT .. ON CONFLICT.
+    let target = match layout.mode {
+        TableMode::Insert => layout.quote(&layout.table),
+        TableMode::Upsert => {
+            sqlx::query(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS sluice_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+                layout.quote(&layout.table)
+            ))
+            .execute(&mut **tx)
+            .await?;
+            // Several upsert runs may share one transaction (deletes between them).
+            sqlx::query("TRUNCATE sluice_stage")
+                .execute(&mut **tx)
+                .await?;
+            "sluice_stage".to_owned()
+        }
+    };
     let mut copy = tx
         .copy_in_raw(&format!(
-            "COPY {} ({}) FROM STDIN (FORMAT csv)",
-            layout.quote(&layout.table),
+            "COPY {target} ({}) FROM STDIN (FORMAT csv)",
             columns.join(", ")
         ))
         .await?;
@@ -550,7 +568,18 @@ async fn copy_rows(
         let _ = copy.abort("sluice: sending the rows failed").await;
         return Err(err);
     }
-    copy.finish().await.map(|_| ())
+    copy.finish().await?;
+    if layout.mode == TableMode::Upsert {
+        let columns = columns.join(", ");
+        sqlx::query(&format!(
+            "{}SELECT {columns} FROM sluice_stage{}",
+            layout.insert_head(),
+            layout.conflict_tail()
+        ))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 enum Pool {
