@@ -49,7 +49,7 @@ fn sink_rate(pg: &Postgres, table: &str, mode: &str, values: &[String]) -> f64 {
         t.emitted(&tp, unit, values.len() as u32);
         unit
     };
-    let failure = Arc::new(Mutex::new(None));
+    let failure = sluice_runtime::fatal::Fatal::default();
     let ctx = SinkContext {
         tracker: tracker.clone(),
         failure: failure.clone(),
@@ -69,7 +69,7 @@ fn sink_rate(pg: &Postgres, table: &str, mode: &str, values: &[String]) -> f64 {
     }
     sink.close(); // every queued row written and committed
     let elapsed = started.elapsed().as_secs_f64();
-    assert!(failure.lock().unwrap().is_none(), "{failure:?}");
+    assert_eq!(failure.get(), None);
     let mut t = tracker.lock().unwrap();
     t.processed(&tp, unit);
     assert_eq!(

@@ -175,16 +175,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             properties,
             through,
         }) => {
-            const CLASSES: [&str; 4] = [
-                "invalid-input",
-                "event-error",
-                "plugin-panic",
-                "sink-rejection",
-            ];
-            if let Some(bad) = classes.iter().find(|c| !CLASSES.contains(&c.as_str())) {
+            let known = crate::config::ErrorPolicy::default()
+                .classes()
+                .map(|(name, _)| name);
+            if let Some(bad) = classes.iter().find(|c| !known.contains(&c.as_str())) {
                 anyhow::bail!(
                     "--class {bad}: not a failure class: use one of {}",
-                    CLASSES.join(", ")
+                    known.join(", ")
                 );
             }
             let options = crate::dlq::ReplayOptions {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod cpu;
 pub mod dead_letter;
 pub mod dlq;
+pub mod fatal;
 pub mod local;
 pub mod offsets;
 pub mod pipeline;

@@ -24,6 +24,7 @@ use sluice_plugin_api::abi::OpenContext;
 use crate::config::{KafkaSourceSpec, Ordering, OutputSpec, PipelineSpec, SourceSpec};
 use crate::cpu::CpuLimit;
 use crate::dead_letter::DeadLetters;
+use crate::fatal::Fatal;
 use crate::local::{RunError, Summary, open_local_output, prepare};
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::shutdown::Shutdown;
@@ -57,7 +58,7 @@ struct Dispatch {
     /// Rotates the first worker of `ordering: none` hand-outs.
     next_worker: usize,
     tracker: Arc<Mutex<OffsetTracker>>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Fatal,
     drain_timeout: Duration,
     /// Partitions revoked since the current poll burst began.
     revoked_log: Vec<TopicPartition>,
@@ -98,15 +99,9 @@ impl ConsumerContext for RebalanceContext {
                 None => HashMap::new(),
                 Some(Ok(stored)) => stored,
                 Some(Err(err)) => {
-                    let message = format!(
+                    dispatch.failure.set(format!(
                         "exactly-once: cannot read the stored offsets ({err}): is the database reachable?"
-                    );
-                    tracing::error!("{message}");
-                    dispatch
-                        .failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(message);
+                    ));
                     return;
                 }
             };
@@ -186,11 +181,7 @@ fn revoke(
             partitions.iter().map(|tp| tracker.in_flight(tp)).sum()
         };
         // After a fatal error the failing unit never completes: commit what is complete now.
-        let failed = dispatch
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
+        let failed = dispatch.failure.is_set();
         if in_flight == 0 || failed || Instant::now() >= deadline {
             if in_flight > 0 && !failed {
                 tracing::warn!(in_flight, "drain timeout: committing only what is complete");
@@ -250,24 +241,14 @@ fn revoke_in_transaction(
         let _ = dispatch.workers[worker].send(Command::Revoke(parts, tx));
     }
     if let Err(err) = commit_transaction(dispatch, consumer) {
-        fail(
-            dispatch,
-            format!("transaction commit on revoke failed: {err}"),
-        );
+        dispatch
+            .failure
+            .set(format!("transaction commit on revoke failed: {err}"));
     }
     let mut tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
     for tp in partitions {
         tracker.revoke(tp);
     }
-}
-
-fn fail(dispatch: &Dispatch, message: String) {
-    tracing::error!("{message}");
-    dispatch
-        .failure
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert(message);
 }
 
 /// Transactions: a commit point. Every worker finishes what is queued and flushes, every record
@@ -283,13 +264,7 @@ fn commit_transaction(
     };
     let timeout = dispatch.drain_timeout;
     let deadline = Instant::now() + timeout;
-    let failed = || {
-        dispatch
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-    };
+    let failed = || dispatch.failure.is_set();
     let replies: Vec<_> = dispatch
         .workers
         .iter()
@@ -417,7 +392,7 @@ pub fn run_with(
     let plugin = prepare(spec)?;
     let label = plugin.label();
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
-    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let failure = Fatal::default();
 
     // One producer for Kafka outputs and dead letters.
     let needs_producer = spec.error_policy.dead_letter_topic.is_some()
@@ -561,7 +536,7 @@ pub fn run_with(
     let commit_every = Duration::from_millis(source.commit_interval_ms);
     let mut next_commit = Instant::now() + commit_every;
     let mut flush_round: Option<Vec<mpsc::Receiver<()>>> = None;
-    while !shutdown.requested() && failure.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+    while !shutdown.requested() && !failure.is_set() {
         release_held(&consumer, &dispatch, source.partition_capacity);
         // Drain what librdkafka has ready in one burst, then hand each worker its share in one
         // message: one wake-up per burst, not per event.
@@ -594,7 +569,7 @@ pub fn run_with(
         if transactional && Instant::now() >= next_commit {
             let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(err) = commit_transaction(&d, &consumer) {
-                fail(&d, err);
+                d.failure.set(err);
             }
             next_commit = Instant::now() + commit_every;
             continue;
@@ -637,7 +612,7 @@ pub fn run_with(
     }
 
     // Stop: drain and commit every partition, then leave the group.
-    let fatal = failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let fatal = failure.get();
     tracing::info!(
         reason = if fatal.is_some() {
             "fatal error"
@@ -682,14 +657,12 @@ pub fn run_with(
         // Their offsets were not committed (the tracker waits for acks), so nothing is lost;
         // but the stop was not clean and the next run will send them again.
         if let Err(err) = sink.flush(Duration::from_millis(source.drain_timeout_ms)) {
-            failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(format!(
+            failure.set(format!(
                 "records still undelivered when the drain timeout ran out ({err}); their source offsets were not committed"
             ));
         }
     }
-    if let Some(message) =
-        fatal.or_else(|| failure.lock().unwrap_or_else(|e| e.into_inner()).clone())
-    {
+    if let Some(message) = fatal.or_else(|| failure.get()) {
         return Err(RunError::Fatal(message));
     }
     tracing::info!("stopped");
@@ -916,11 +889,7 @@ fn dispatch_burst(
             messages,
             &mut outgoing,
         ) {
-            tracing::error!("{err}");
-            failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(err);
+            failure.set(err);
             return;
         }
     }
@@ -965,11 +934,7 @@ fn release_held(
                 messages,
                 &mut outgoing,
             ) {
-                tracing::error!("{err}");
-                failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(err);
+                failure.set(err);
                 return;
             }
         }

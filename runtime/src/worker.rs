@@ -19,6 +19,7 @@ use sluice_plugin_api::host::{CallError, Collector, EventErrorKind, Instance, Re
 
 use crate::config::{Action, ClassPolicy, ErrorPolicy};
 use crate::dead_letter::{DeadLetters, Failure};
+use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
 use crate::sink::kafka::{Ack, KafkaSink};
 use crate::sink::local::LocalOutput;
@@ -77,7 +78,7 @@ pub struct WorkerShared {
     /// Offset bookkeeping.
     pub tracker: Arc<Mutex<OffsetTracker>>,
     /// The first fatal error; once set, nothing more is marked processed.
-    pub failure: Arc<Mutex<Option<String>>>,
+    pub failure: Fatal,
     /// The error policy.
     pub policy: ErrorPolicy,
     /// Events handed to the plugin.
@@ -122,23 +123,6 @@ impl Class {
             Class::EventError => policy.event_error,
             Class::PluginPanic => policy.plugin_panic,
         }
-    }
-}
-
-impl WorkerShared {
-    fn fail(&self, message: String) {
-        tracing::error!("{message}");
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(message);
-    }
-
-    fn failed(&self) -> bool {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
     }
 }
 
@@ -341,7 +325,7 @@ impl Worker {
     }
 
     fn hook(&mut self, hook: Hook, partitions: &[TopicPartition]) {
-        if self.shared.failed() {
+        if self.shared.failure.is_set() {
             return;
         }
         let parts: Vec<Partition<'_>> = partitions
@@ -356,7 +340,7 @@ impl Worker {
         };
         emitter.count_sent(); // before the next flush marks the pending units processed
         if let Err(err) = result {
-            shared.fail(format!(
+            shared.failure.set(format!(
                 "plugin {} failed in {}: {err}",
                 shared.plugin,
                 hook.name()
@@ -365,7 +349,7 @@ impl Worker {
     }
 
     fn flush(&mut self) {
-        if self.shared.failed() {
+        if self.shared.failure.is_set() {
             return;
         }
         let shared = self.shared.clone();
@@ -384,7 +368,9 @@ impl Worker {
                     tracker.processed(tp, *unit);
                 }
             }
-            Err(err) => shared.fail(format!("plugin {} failed in flush: {err}", shared.plugin)),
+            Err(err) => shared
+                .failure
+                .set(format!("plugin {} failed in flush: {err}", shared.plugin)),
         }
     }
 
@@ -421,7 +407,7 @@ impl Worker {
     }
 
     fn fail_call(&self, tp: &TopicPartition, from: i64, to: i64, err: &CallError) {
-        self.shared.fail(format!(
+        self.shared.failure.set(format!(
             "plugin {} failed in process ({}/{} offsets {from}-{to}): {err}",
             self.shared.plugin, tp.0, tp.1
         ));
@@ -472,7 +458,9 @@ impl Worker {
             }
             Action::DeadLetter => {
                 let Some(dlq) = &shared.dead_letters else {
-                    shared.fail("dead-letter policy without a dead-letter topic".into());
+                    shared
+                        .failure
+                        .set("dead-letter policy without a dead-letter topic".into());
                     return false;
                 };
                 let failure = Failure {
@@ -499,7 +487,7 @@ impl Worker {
                         true
                     }
                     Err(err) => {
-                        shared.fail(format!(
+                        shared.failure.set(format!(
                             "{}/{}@{offset}: cannot write the dead letter: {err}",
                             tp.0, tp.1
                         ));
@@ -508,7 +496,7 @@ impl Worker {
                 }
             }
             Action::Fail => {
-                shared.fail(format!(
+                shared.failure.set(format!(
                     "{}/{}@{offset}: plugin {} failed this event ({class_name}, {attempts} attempt(s)): {message}: fix the input or set `error-policy.{class_name}` to skip, dead-letter or retry",
                     tp.0, tp.1, shared.plugin
                 ));
@@ -519,7 +507,7 @@ impl Worker {
 
     fn process_partition(&mut self, deliveries: &[Delivery]) {
         let shared = self.shared.clone();
-        if shared.failed() {
+        if shared.failure.is_set() {
             return; // never marked processed: nothing from here on is committed
         }
         let first = &deliveries[0].message;

@@ -14,6 +14,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 use sluice_plugin_api::abi::Record;
 
+use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
 
 /// What a delivered record acknowledges. Shared by every record of one plugin call.
@@ -41,7 +42,7 @@ impl Ack {
 #[derive(Debug)]
 pub struct DeliveryContext {
     tracker: Arc<Mutex<OffsetTracker>>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Fatal,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -59,10 +60,10 @@ impl ProducerContext for DeliveryContext {
             }
             Err((err, message)) => {
                 // librdkafka already retried for message.timeout.ms; the units stay unacknowledged.
-                let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-                failure.get_or_insert_with(|| {
-                    format!("delivery to topic {} failed: {err}", message.topic())
-                });
+                self.failure.set(format!(
+                    "delivery to topic {} failed: {err}",
+                    message.topic()
+                ));
             }
         }
     }
@@ -85,7 +86,7 @@ impl KafkaSink {
     pub fn new(
         mut config: ClientConfig,
         tracker: Arc<Mutex<OffsetTracker>>,
-        failure: Arc<Mutex<Option<String>>>,
+        failure: Fatal,
         transactional_id: Option<&str>,
     ) -> Result<Self, KafkaError> {
         config.set("enable.idempotence", "true").set("acks", "all");

@@ -28,6 +28,7 @@ use sqlx::{MySql, Postgres, QueryBuilder};
 
 use crate::config::{Action, ClassPolicy, ColumnType, TableMode, TableOutputSpec};
 use crate::dead_letter::{DeadLetters, Failure};
+use crate::fatal::Fatal;
 use crate::offsets::OffsetTracker;
 use crate::sink::kafka::Ack;
 
@@ -216,12 +217,25 @@ impl TableLayout {
             .join(".")
     }
 
-    fn insert_head(&self) -> String {
+    /// The quoted column list: `"a", "b"`.
+    fn column_list(&self) -> String {
         let cols: Vec<String> = self.columns.iter().map(|(c, _)| self.quote(c)).collect();
+        cols.join(", ")
+    }
+
+    fn insert_head(&self) -> String {
         format!(
             "INSERT INTO {} ({}) ",
             self.quote(&self.table),
-            cols.join(", ")
+            self.column_list()
+        )
+    }
+
+    /// `COPY` of every column into `target` (already quoted), CSV from the client.
+    fn copy_statement(&self, target: &str) -> String {
+        format!(
+            "COPY {target} ({}) FROM STDIN (FORMAT csv)",
+            self.column_list()
         )
     }
 
@@ -531,12 +545,7 @@ async fn copy_rows(
     layout: &TableLayout,
     rows: &[&[Cell]],
 ) -> Result<(), sqlx::Error> {
-    let columns: Vec<String> = layout
-        .columns
-        .iter()
-        .map(|(c, _)| layout.quote(c))
-        .collect();
-    let mut data = Vec::with_capacity(rows.len() * 16 * columns.len());
+    let mut data = Vec::with_capacity(rows.len() * 16 * layout.columns.len());
     for row in rows {
         csv_row(&mut data, row);
     }
@@ -558,22 +567,17 @@ async fn copy_rows(
             "sluice_stage".to_owned()
         }
     };
-    let mut copy = tx
-        .copy_in_raw(&format!(
-            "COPY {target} ({}) FROM STDIN (FORMAT csv)",
-            columns.join(", ")
-        ))
-        .await?;
+    let mut copy = tx.copy_in_raw(&layout.copy_statement(&target)).await?;
     if let Err(err) = copy.send(data).await {
         let _ = copy.abort("sluice: sending the rows failed").await;
         return Err(err);
     }
     copy.finish().await?;
     if layout.mode == TableMode::Upsert {
-        let columns = columns.join(", ");
         sqlx::query(&format!(
-            "{}SELECT {columns} FROM sluice_stage{}",
+            "{}SELECT {} FROM sluice_stage{}",
             layout.insert_head(),
+            layout.column_list(),
             layout.conflict_tail()
         ))
         .execute(&mut **tx)
@@ -670,7 +674,7 @@ pub struct SinkContext {
     /// Offset bookkeeping: written rows acknowledge their units here.
     pub tracker: Arc<Mutex<OffsetTracker>>,
     /// The pipeline's first fatal error.
-    pub failure: Arc<Mutex<Option<String>>>,
+    pub failure: Fatal,
     /// What to do with a record the database rejects.
     pub on_rejection: ClassPolicy,
     /// Records skipped by that policy.
@@ -761,12 +765,7 @@ impl TableSink {
                         .map(|s| (*s).to_owned())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
-                    let message = format!("output {name}: the database writer failed: {what}");
-                    tracing::error!("{message}");
-                    failure
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(message);
+                    failure.set(format!("output {name}: the database writer failed: {what}"));
                 }
             })
             .map_err(|e| format!("outputs.{name}: cannot start the writer thread: {e}"))?;
@@ -913,16 +912,7 @@ impl Writer {
     ) -> Result<(), sqlx::Error> {
         let rt = &self.runtime;
         let layout = &self.layout;
-        let columns: Vec<String> = layout
-            .columns
-            .iter()
-            .map(|(c, _)| layout.quote(c))
-            .collect();
-        let statement = format!(
-            "COPY {} ({}) FROM STDIN (FORMAT csv)",
-            layout.quote(&layout.table),
-            columns.join(", ")
-        );
+        let statement = layout.copy_statement(&layout.quote(&layout.table));
         let mut conn = rt.block_on(pool.acquire())?;
         let result = self.stream_into(&mut conn, &statement, rx, batch, delete);
         if result.is_err() {
@@ -1053,11 +1043,7 @@ impl Writer {
     }
 
     fn failed(&self) -> bool {
-        self.ctx
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.ctx.failure.is_set()
     }
 
     fn ack(&self, rows: &[Pending]) {
@@ -1216,12 +1202,7 @@ impl Writer {
     }
 
     fn fail(&self, message: String) {
-        tracing::error!("{message}");
-        self.ctx
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert(message);
+        self.ctx.failure.set(message);
     }
 }
 
