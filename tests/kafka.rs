@@ -9,7 +9,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_tests::{Broker, kafka_tool, plugin, start, unique, wait_until, write_spec};
+use sluice_tests::{
+    Broker, free_port, http_get, kafka_tool, log_events, metric, plugin, start, unique, wait_until,
+    write_spec,
+};
 
 fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
@@ -407,9 +410,11 @@ fn two_processes_split_the_partitions_and_one_leaves_mid_stream() {
     // Both members work: each was assigned partitions (the second joiner through a rebalance).
     wait_until("both members assigned", Duration::from_secs(60), || {
         [&a, &b].iter().all(|r| {
-            std::fs::read_to_string(&r.log)
-                .unwrap_or_default()
-                .contains(" assigned ")
+            !log_events(
+                &std::fs::read_to_string(&r.log).unwrap_or_default(),
+                "assigned",
+            )
+            .is_empty()
         })
     });
     wait_until(
@@ -515,9 +520,11 @@ fn a_second_signal_exits_at_once() {
     // The whole input is queued at once, so no commit comes before it is done: wait for the
     // assignment, then give the worker a moment.
     wait_until("the assignment", Duration::from_secs(30), || {
-        std::fs::read_to_string(&run.log)
-            .unwrap_or_default()
-            .contains(" assigned ")
+        !log_events(
+            &std::fs::read_to_string(&run.log).unwrap_or_default(),
+            "assigned",
+        )
+        .is_empty()
     });
     std::thread::sleep(Duration::from_secs(1));
     run.signal("-TERM");
@@ -840,4 +847,414 @@ fn poison_events_and_panics_are_dead_lettered_and_replayed_after_the_fix() {
             "the plugin saw the original headers only: {r}"
         );
     }
+}
+
+// ---- Operating it: the admin endpoint, logs, `sluice status` and `sluice top` ----
+
+/// Appends an admin endpoint on `port` (lag refreshed every 200 ms) to a spec.
+fn with_admin(spec: &Path, port: u16, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(spec).unwrap();
+    std::fs::write(
+        spec,
+        format!(
+            "{text}workers: 2\nadmin:\n  listen: 127.0.0.1:{port}\n  lag-interval-ms: 200\n{extra}"
+        ),
+    )
+    .unwrap();
+    spec.to_owned()
+}
+
+fn scrape(port: u16) -> String {
+    let (code, body) = http_get(port, "/metrics").expect("the admin endpoint answers");
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// The reference client's view: partition -> (high watermark, committed, lag).
+fn reference_lag(topic: &str, group: &str) -> BTreeMap<i32, (i64, i64, i64)> {
+    let out = kafka_tool(&[
+        "lag",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        topic,
+        "--group",
+        group,
+    ]);
+    let v: BTreeMap<String, Value> = serde_json::from_str(&out).unwrap();
+    v.into_iter()
+        .map(|(p, o)| {
+            let get = |k: &str| o[k].as_i64().unwrap();
+            (
+                p.parse().unwrap(),
+                (get("high"), get("committed"), get("lag")),
+            )
+        })
+        .collect()
+}
+
+/// `/status`'s view, in the same shape.
+fn status_lag(port: u16) -> BTreeMap<i32, (i64, i64, i64)> {
+    let (_, body) = http_get(port, "/status").expect("the admin endpoint answers");
+    let status: Value = serde_json::from_str(&body).unwrap();
+    status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let get = |k: &str| p[k].as_i64().unwrap_or(-1);
+            (
+                p["partition"].as_i64().unwrap() as i32,
+                (get("high_watermark"), get("committed"), get("lag")),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_count_exactly_what_was_consumed_and_emitted_and_logs_are_json_lifecycle_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(3);
+    produce(&names.input, 900, 0);
+    let port = free_port();
+    let spec = with_admin(&passthrough_spec(dir.path(), &names, ""), port, "");
+    let run = start(&spec, dir.path());
+    wait_until("ready", Duration::from_secs(60), || {
+        http_get(port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    wait_until("every offset committed", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) == 900
+    });
+    assert_eq!(
+        consume(&names.output, 900).len(),
+        900,
+        "the reference client reads 900 records"
+    );
+
+    // Counters equal what was really consumed and emitted; the lag closes once librdkafka's
+    // statistics catch up with the last commit.
+    wait_until("lag 0 in /metrics", Duration::from_secs(20), || {
+        let m = scrape(port);
+        (0..3).all(|p| {
+            metric(&m, "sluice_consumer_lag", &[("partition", &p.to_string())]) == Some(0.0)
+        })
+    });
+    let m = scrape(port);
+    assert_eq!(
+        metric(&m, "sluice_events_consumed_total", &[]),
+        Some(900.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "sluice_records_emitted_total", &[("output", "out")]),
+        Some(900.0)
+    );
+    let committed: BTreeMap<String, i64> = serde_json::from_str(&kafka_tool(&[
+        "committed",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        &names.input,
+        "--group",
+        &names.group,
+    ]))
+    .unwrap();
+    for (partition, offset) in &committed {
+        assert_eq!(
+            metric(&m, "sluice_committed_offset", &[("partition", partition)]),
+            Some(*offset as f64),
+            "partition {partition}"
+        );
+    }
+    // Every record's acknowledgement is timed once, end to end.
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_end_to_end_latency_seconds_count",
+            &[("output", "out")]
+        ),
+        Some(900.0)
+    );
+    assert!(metric(&m, "sluice_process_batch_duration_seconds_count", &[]).unwrap() >= 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_plugin_info",
+            &[("plugin", "passthrough"), ("abi_version", "1.0")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "sluice_workers", &[]), Some(2.0));
+    assert_eq!(metric(&m, "sluice_ready", &[]), Some(1.0));
+    assert_eq!(metric(&m, "sluice_assigned_partitions", &[]), Some(3.0));
+    assert_eq!(
+        metric(&m, "sluice_sink_reachable", &[("output", "out")]),
+        Some(1.0)
+    );
+    assert!(metric(&m, "sluice_rebalances_total", &[("kind", "assign")]).unwrap() >= 1.0);
+    assert!(metric(&m, "sluice_worker_busy_seconds_total", &[]).unwrap() > 0.0);
+    // Prometheus' own linter accepts the exposition (names, units, _total counters).
+    let (lint_ok, lint) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(&m);
+    assert!(lint_ok, "promtool check metrics: {lint}");
+    assert_eq!(http_get(port, "/healthz").map(|(c, _)| c), Some(200));
+
+    // `sluice status` renders the same state as a table.
+    let out = sluice_cmd(&["status", "--admin", &format!("127.0.0.1:{port}")]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("ready") && table.contains("passthrough"),
+        "{table}"
+    );
+    for p in 0..3 {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("{}  {p} ", names.input))),
+            "partition {p} in:\n{table}"
+        );
+    }
+
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    // JSON lines (stderr is not a terminal); each lifecycle event once, with its partitions.
+    for message in ["draining", "stopped"] {
+        assert_eq!(
+            log_events(&log, message).len(),
+            1,
+            "{message} once in:\n{log}"
+        );
+    }
+    let assigned: Vec<String> = log_events(&log, "assigned")
+        .iter()
+        .flat_map(|e| {
+            e["partitions"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        assigned.len(),
+        3,
+        "each partition assigned once: {assigned:?}"
+    );
+    let final_commit = log_events(&log, "committed");
+    assert_eq!(
+        final_commit.len(),
+        1,
+        "the final commit is logged once:\n{log}"
+    );
+    assert!(
+        log_events(&log, "draining")[0]["partitions"]
+            .as_str()
+            .is_some_and(|p| p.split(' ').count() == 3),
+        "{log}"
+    );
+}
+
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &str) -> (bool, String);
+}
+
+impl OutputWithStdin for Command {
+    fn output_with_stdin(&mut self, input: &str) -> (bool, String) {
+        use std::io::Write as _;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool is installed by `make deps` (Debian package prometheus)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+#[test]
+fn status_lag_matches_the_reference_client_and_readiness_drops_while_draining() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(2);
+    produce(&names.input, 200, 0);
+    let gate = dir.path().join("gate");
+    let plugin_spec = format!(
+        "  path: {}\n  config: {{mode: ok, gate_file: {}}}\n",
+        plugin("misbehaving").display(),
+        gate.display()
+    );
+    let port = free_port();
+    let spec = with_admin(
+        &pipeline_spec(
+            dir.path(),
+            &names,
+            &plugin_spec,
+            "    drain-timeout-ms: 60000\n",
+        ),
+        port,
+        "",
+    );
+    let run = start(&spec, dir.path());
+    wait_until("200 committed", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) == 200
+    });
+    // A `hold` event blocks its worker mid-call: no flush round completes, so no commit, while
+    // 100 more events arrive behind it.
+    let held = dir.path().join("held.txt");
+    std::fs::write(&held, "hold\n").unwrap();
+    kafka_tool(&[
+        "produce-file",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        &names.input,
+        "--file",
+        held.to_str().unwrap(),
+    ]);
+    produce(&names.input, 100, 200);
+
+    // /status and the reference client agree on every partition's high watermark, committed
+    // offset and lag (librdkafka's statistics refresh every 200 ms: wait for them).
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    wait_until(
+        "/status lag == the reference client's lag",
+        Duration::from_secs(30),
+        || {
+            last = (status_lag(port), reference_lag(&names.input, &names.group));
+            last.0 == last.1 && last.1.values().map(|(_, _, lag)| lag).sum::<i64>() > 0
+        },
+    );
+    let total: i64 = last.1.values().map(|(_, _, lag)| lag).sum();
+    assert!(total >= 1, "{last:?}");
+    assert_eq!(
+        last.1.values().map(|(h, _, _)| h).sum::<i64>(),
+        301,
+        "{last:?}"
+    );
+    assert_eq!(http_get(port, "/readyz").map(|(c, _)| c), Some(200));
+
+    // SIGTERM: the pipeline drains (the held event keeps it draining) and is not ready.
+    run.signal("-TERM");
+    wait_until("not ready while draining", Duration::from_secs(10), || {
+        http_get(port, "/readyz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("draining"))
+    });
+    let (_, status) = http_get(port, "/status").unwrap();
+    assert!(status.contains("\"lifecycle\":\"draining\""), "{status}");
+    assert_eq!(
+        http_get(port, "/healthz").map(|(c, _)| c),
+        Some(200),
+        "draining is alive"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        committed_sum(&names.input, &names.group),
+        301,
+        "everything done is committed"
+    );
+    assert!(
+        http_get(port, "/readyz").is_none(),
+        "the endpoint stops with the run"
+    );
+}
+
+#[test]
+fn sluice_top_shows_pods_live_in_a_real_terminal_and_quits_on_q() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(2);
+    produce(&names.input, 300, 0);
+    let port = free_port();
+    let spec = with_admin(&passthrough_spec(dir.path(), &names, ""), port, "");
+    let run = start(&spec, dir.path());
+    wait_until("300 committed", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) == 300
+    });
+    let socket = unique("top");
+    let tmux = |args: &[&str]| {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .expect("tmux is installed by `make deps`");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sluice = plugin("passthrough").parent().unwrap().join("sluice");
+    // A second, unreachable pod: its panel says so, and the view keeps running.
+    let dead = free_port();
+    tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "160",
+        "-y",
+        "40",
+        "-s",
+        "top",
+        "sh",
+    ]);
+    tmux(&[
+        "send-keys",
+        "-t",
+        "top",
+        &format!(
+            "{} top --admin 127.0.0.1:{port},127.0.0.1:{dead} --interval 0.5; echo TOP-EXIT=$?",
+            sluice.display()
+        ),
+        "Enter",
+    ]);
+    let mut screen = String::new();
+    wait_until(
+        "sluice top draws both pods",
+        Duration::from_secs(20),
+        || {
+            screen = tmux(&["capture-pane", "-p", "-t", "top"]);
+            screen.contains(&format!("{}/0", names.input))
+                && screen.contains(&format!("{}/1", names.input))
+                && screen.contains("ready")
+                && screen.contains(&format!("127.0.0.1:{dead}"))
+        },
+    );
+    assert!(
+        screen.contains("LAG TREND") && screen.contains("backpressure"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("Connection refused")
+            || screen.contains("refused")
+            || screen.contains("connect"),
+        "{screen}"
+    );
+    tmux(&["send-keys", "-t", "top", "q"]);
+    wait_until("sluice top exits on q", Duration::from_secs(10), || {
+        screen = tmux(&["capture-pane", "-p", "-t", "top"]);
+        screen.contains("TOP-EXIT=0")
+    });
+    // The terminal is restored: the shell's screen, not the view, is what remains.
+    assert!(!screen.contains("LAG TREND"), "{screen}");
+    tmux(&["kill-server"]);
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
 }

@@ -10,14 +10,13 @@
 //! Run: `make bench` (or `cargo bench -p sluice-runtime --bench postgres`).
 
 use std::process::Command;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sluice_plugin_api::abi::Record;
 use sluice_runtime::config::TableOutputSpec;
 use sluice_runtime::offsets::OffsetTracker;
-use sluice_runtime::sink::kafka::Ack;
+use sluice_runtime::sink::kafka::{Ack, Units};
 use sluice_runtime::sink::table::{Dialect, SinkContext, TableSink};
 use sluice_tests::db::Postgres;
 
@@ -54,13 +53,16 @@ fn sink_rate(pg: &Postgres, table: &str, mode: &str, values: &[String]) -> f64 {
         tracker: tracker.clone(),
         failure: failure.clone(),
         on_rejection: Default::default(),
-        skipped: Arc::new(AtomicU64::new(0)),
         dead_letters: None,
-        dead_lettered: Arc::new(AtomicU64::new(0)),
+        telemetry: Arc::new(sluice_runtime::telemetry::Telemetry::new(
+            "bench",
+            true,
+            Duration::from_secs(60),
+        )),
         group: "bench".into(),
     };
     let sink = TableSink::start("bench", Dialect::Postgres, &spec, ctx).unwrap();
-    let ack = Arc::new(Ack::One(tp.clone(), unit));
+    let ack = Arc::new(Ack::new(Units::One(tp.clone(), unit), None));
     let started = Instant::now();
     for v in values {
         let record = Record::to("out").value(v.as_bytes());

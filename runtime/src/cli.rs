@@ -17,9 +17,24 @@ pub struct Cli {
     /// Print full detail with errors (e.g. the complete ABI layout report).
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    /// Log format: `human` (a terminal), `json` (one object per line, for log collectors), or
+    /// `auto`: human on a terminal, JSON otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "SLUICE_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The commands.
@@ -30,6 +45,34 @@ pub enum Command {
         /// The pipeline spec (YAML).
         #[arg(short = 'f', long = "file")]
         spec: PathBuf,
+        /// Serve the admin endpoint (/metrics, /healthz, /readyz, /status) on this `host:port`
+        /// (overrides the spec's `admin.listen`).
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+    },
+    /// Show a running pod's state (its admin endpoint's /status) as a table.
+    Status {
+        /// The pod's admin endpoint: `host:port` or a URL.
+        #[arg(long, value_name = "URL")]
+        admin: String,
+        /// Print the /status JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live terminal view of one or more pods: lag and its trend per partition, throughput,
+    /// errors, backpressure. q, Esc or Ctrl-C quits.
+    Top {
+        /// Admin endpoints, comma-separated (`host:port` or URLs).
+        #[arg(
+            long,
+            value_name = "URL[,URL...]",
+            value_delimiter = ',',
+            required = true
+        )]
+        admin: Vec<String>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
     },
     /// Check a pipeline spec: parse it, load and verify its plugin, check the plugin config
     /// against the plugin's schema.
@@ -156,8 +199,22 @@ pub enum PluginCommand {
 /// Runs a parsed command line. Errors are one line; `--verbose` adds detail below it.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { spec } => {
-            let spec = PipelineSpec::load(&spec)?;
+        Command::Run { spec, admin } => {
+            let mut spec = PipelineSpec::load(&spec)?;
+            if let Some(listen) = admin {
+                if listen.parse::<std::net::SocketAddr>().is_err() {
+                    anyhow::bail!(
+                        "--admin {listen}: not `host:port` with an IP address: write e.g. 0.0.0.0:9464"
+                    );
+                }
+                if !matches!(spec.source, SourceSpec::Kafka(_)) {
+                    anyhow::bail!(
+                        "--admin: {}: the admin endpoint serves a `source: kafka` pipeline",
+                        spec.file.display()
+                    );
+                }
+                spec.admin.listen = Some(listen);
+            }
             let summary = local::run(&spec).map_err(|e| with_detail(e, cli.verbose))?;
             eprintln!("sluice: pipeline {}: {summary}", spec.name);
             Ok(())
@@ -202,6 +259,25 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             let summary =
                 crate::dlq::replay(&options).map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
             eprintln!("sluice: {summary}");
+            Ok(())
+        }
+        Command::Status { admin, json } => {
+            let status = crate::top::fetch_status(&admin).map_err(|e| {
+                anyhow::anyhow!("sluice status: {e}: is the pod running with an admin endpoint?")
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Top { admin, interval } => {
+            if !(0.1..=60.0).contains(&interval) {
+                anyhow::bail!("--interval {interval}: must be between 0.1 and 60 seconds");
+            }
+            crate::top::run(&admin, std::time::Duration::from_secs_f64(interval))
+                .context("sluice top: the terminal failed")?;
             Ok(())
         }
         Command::Validate { spec } => {

@@ -96,12 +96,50 @@ pub struct PipelineSpec {
     /// What to do with events that fail.
     #[serde(default)]
     pub error_policy: ErrorPolicy,
+    /// The admin HTTP endpoint: metrics, health, status (Kafka source).
+    #[serde(default)]
+    pub admin: AdminSpec,
     /// Directory of the spec file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
     /// The spec file.
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+/// The admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminSpec {
+    /// `host:port` to serve on, e.g. `0.0.0.0:9464`. Unset: no endpoint (`sluice run --admin`
+    /// sets it too).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Hot-path instruments: latency histograms and per-partition event counters. Costs under
+    /// 3% throughput (BENCHMARKS.md); `false` leaves the sampled gauges and the totals.
+    #[serde(default = "yes")]
+    pub metrics: bool,
+    /// How often librdkafka reports the watermarks behind `sluice_consumer_lag`.
+    #[serde(default = "default_lag_interval_ms")]
+    pub lag_interval_ms: u64,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        AdminSpec {
+            listen: None,
+            metrics: true,
+            lag_interval_ms: default_lag_interval_ms(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_lag_interval_ms() -> u64 {
+    1000
 }
 
 /// The plugin library.
@@ -724,6 +762,7 @@ impl PipelineSpec {
                 return Err(self.invalid("producer.transactional-id", "needs a `source: kafka`"));
             }
         }
+        self.check_admin()?;
         match &self.source {
             SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
             SourceSpec::File(file) => {
@@ -747,6 +786,29 @@ impl PipelineSpec {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn check_admin(&self) -> Result<(), ConfigError> {
+        if let Some(listen) = &self.admin.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(self.invalid(
+                    "admin.listen",
+                    format!(
+                        "`{listen}` is not `host:port` with an IP address: write e.g. 0.0.0.0:9464"
+                    ),
+                ));
+            }
+            if !matches!(self.source, SourceSpec::Kafka(_)) {
+                return Err(self.invalid(
+                    "admin.listen",
+                    "the admin endpoint serves a `source: kafka` pipeline: remove it for a file source",
+                ));
+            }
+        }
+        if !(100..=600_000).contains(&self.admin.lag_interval_ms) {
+            return Err(self.invalid("admin.lag-interval-ms", "must be between 100 and 600000"));
         }
         Ok(())
     }

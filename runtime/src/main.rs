@@ -4,18 +4,32 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use sluice_runtime::cli::LogFormat;
 
 fn main() -> ExitCode {
     let cli = sluice_runtime::cli::Cli::parse();
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if cli.verbose { "debug" } else { "info" })
+    });
+    let terminal = std::io::stderr().is_terminal();
+    let json = match cli.log_format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !terminal,
+    };
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if cli.verbose { "debug" } else { "info" })
-            }),
-        )
-        .init();
+        .with_env_filter(filter);
+    if json {
+        // One object per line, fields at the top level (what log collectors index).
+        logs.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        logs.with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
+            .init();
+    }
     match sluice_runtime::cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -12,8 +12,8 @@
 //! pipeline with nothing committed past the failing event.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -30,6 +30,11 @@ use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::table::{Dialect, SinkContext, TableSink};
+use crate::status::{BrokerOffsets, Capacity, Lifecycle, PartitionLive, PluginStatus, SinkProbe};
+use crate::telemetry::{
+    CommitFailed, CommitPoint, Draining, OffsetsCommitted, PartitionPaused, PartitionsAssigned,
+    PartitionsRevoked, StopReason, Stopped, Telemetry,
+};
 use crate::worker::{Command, Delivery, OutputTarget, Worker, WorkerShared};
 
 /// One assigned partition, as the dispatcher sees it.
@@ -66,13 +71,49 @@ struct Dispatch {
     resume_from: Option<ResumeFrom>,
     /// Kafka transactions: the producer whose transaction carries the offsets.
     transactions: Option<Arc<KafkaSink>>,
+    telemetry: Arc<Telemetry>,
 }
 
 struct RebalanceContext {
     dispatch: Arc<Mutex<Dispatch>>,
+    telemetry: Arc<Telemetry>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    /// librdkafka's statistics (every `admin.lag-interval-ms`): the watermarks and committed
+    /// offsets behind the lag, and whether the group is joined.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
+        if stats["cgrp"]["state"] == "up" {
+            self.telemetry.health.set_group_joined();
+        }
+        let mut offsets = HashMap::new();
+        for (topic, t) in stats["topics"].as_object().into_iter().flatten() {
+            for p in t["partitions"]
+                .as_object()
+                .into_iter()
+                .flat_map(|p| p.values())
+            {
+                let partition = p["partition"].as_i64().unwrap_or(-1);
+                if partition < 0 {
+                    continue; // librdkafka's internal "unassigned" partition
+                }
+                let get = |k: &str| p[k].as_i64().unwrap_or(-1);
+                offsets.insert(
+                    (topic.clone(), partition as i32),
+                    BrokerOffsets {
+                        low: get("lo_offset"),
+                        high: get("hi_offset"),
+                        committed: get("committed_offset"),
+                    },
+                );
+            }
+        }
+        self.telemetry.health.set_broker_offsets(offsets);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -106,6 +147,7 @@ impl ConsumerContext for RebalanceContext {
                 }
             };
             let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
+            let mut assigned = Vec::new();
             for e in tpl.elements() {
                 let tp = (e.topic().to_owned(), e.partition());
                 if dispatch.slots.contains_key(&tp) {
@@ -139,9 +181,13 @@ impl ConsumerContext for RebalanceContext {
                 for worker in workers {
                     per_worker.entry(worker).or_default().push(tp.clone());
                 }
+                assigned.push(tp);
             }
+            self.telemetry.emit(PartitionsAssigned {
+                partitions: &assigned,
+            });
             for (worker, partitions) in per_worker {
-                tracing::info!(worker, partitions = ?partitions, "assigned");
+                tracing::debug!(worker, partitions = ?partitions, "partitions pinned to worker");
                 let _ = dispatch.workers[worker].send(Command::Assigned(partitions));
             }
         }
@@ -161,7 +207,7 @@ fn revoke(
     if per_worker.is_empty() {
         return;
     }
-    tracing::info!(partitions = ?partitions, "revoked: draining");
+    dispatch.telemetry.emit(PartitionsRevoked { partitions });
     let deadline = Instant::now() + dispatch.drain_timeout;
     let replies: Vec<_> = per_worker
         .into_iter()
@@ -197,8 +243,15 @@ fn revoke(
             .filter_map(|tp| tracker.revoke(tp).map(|o| (tp.clone(), o)))
             .collect()
     };
-    if let Err(err) = commit(consumer, &commits) {
-        tracing::warn!("commit on revoke failed: {err}");
+    match commit(consumer, &commits) {
+        Ok(()) => dispatch.telemetry.emit(OffsetsCommitted {
+            commits: &commits,
+            point: CommitPoint::Release,
+        }),
+        Err(err) => dispatch.telemetry.emit(CommitFailed {
+            error: &err,
+            retried: false,
+        }),
     }
 }
 
@@ -235,6 +288,7 @@ fn revoke_in_transaction(
     if per_worker.is_empty() {
         return;
     }
+    dispatch.telemetry.emit(PartitionsRevoked { partitions });
     tracing::info!(partitions = ?partitions, "revoked: draining into the transaction");
     for (worker, parts) in per_worker {
         let (tx, _rx) = mpsc::sync_channel(1);
@@ -311,7 +365,10 @@ fn commit_transaction(
         .ok_or("no consumer group metadata for the transaction")?;
     sink.commit_transaction(&tpl, &group, timeout)
         .map_err(|e| format!("transaction commit failed: {e}"))?;
-    tracing::debug!(?commits, "transaction committed");
+    dispatch.telemetry.emit(OffsetsCommitted {
+        commits: &commits,
+        point: CommitPoint::Transaction,
+    });
     Ok(())
 }
 
@@ -330,7 +387,6 @@ fn commit(
     consumer
         .commit(&tpl, CommitMode::Sync)
         .map_err(|e| e.to_string())?;
-    tracing::debug!(?commits, "committed");
     Ok(())
 }
 
@@ -389,6 +445,17 @@ pub fn run_with(
             "pipeline::run needs a `source: kafka` spec".into(),
         ));
     };
+    let drain_timeout = Duration::from_millis(source.drain_timeout_ms);
+    // The poll loop may block for a revoke's drain plus a transaction commit.
+    let liveness = drain_timeout * 2 + Duration::from_secs(30);
+    let telemetry = Arc::new(Telemetry::new(&spec.name, spec.admin.metrics, liveness));
+    // A replay is a one-off command, not a pod: it serves no endpoint.
+    let admin_listen = spec.admin.listen.as_deref().filter(|_| replay.is_none());
+    let _admin = admin_listen
+        .map(|listen| crate::admin::start(listen, telemetry.clone()))
+        .transpose()
+        .map_err(RunError::Setup)?;
+    let stats_interval = admin_listen.map(|_| spec.admin.lag_interval_ms.to_string());
     let plugin = prepare(spec)?;
     let label = plugin.label();
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
@@ -406,21 +473,50 @@ pub fn run_with(
             .bootstrap_servers
             .as_deref()
             .unwrap_or(&source.bootstrap_servers);
-        let config = client_config(
+        let mut config = client_config(
             bootstrap,
             &spec.producer.properties,
             &spec.producer.properties_from_env,
             "producer",
         )?;
-        Some(Arc::new(
+        if let Some(interval) = &stats_interval {
+            config.set("statistics.interval.ms", interval);
+        }
+        let topics: HashMap<String, String> = spec
+            .outputs
+            .iter()
+            .filter_map(|(name, o)| match o {
+                OutputSpec::Kafka(k) => Some((k.topic.clone(), name.clone())),
+                _ => None,
+            })
+            .collect();
+        let sink = Arc::new(
             KafkaSink::new(
                 config,
                 tracker.clone(),
                 failure.clone(),
                 spec.producer.transactional_id.as_deref(),
+                telemetry.clone(),
+                &topics,
             )
             .map_err(|e| RunError::Setup(format!("producer: cannot create: {e}")))?,
-        ))
+        );
+        if stats_interval.is_some() {
+            let outputs = topics.into_values().chain(
+                spec.error_policy
+                    .dead_letter_topic
+                    .as_ref()
+                    .map(|_| "dead-letters".to_owned()),
+            );
+            for output in outputs {
+                telemetry.health.add_sink(SinkProbe {
+                    output,
+                    kind: "kafka",
+                    reachable: sink.reachable(),
+                });
+            }
+        }
+        Some(sink)
     } else {
         None
     };
@@ -435,23 +531,28 @@ pub fn run_with(
         _ => None,
     };
 
-    let sink_skipped = Arc::new(AtomicU64::new(0));
-    let sink_dead_lettered = Arc::new(AtomicU64::new(0));
     let sink_context = SinkContext {
         tracker: tracker.clone(),
         failure: failure.clone(),
         on_rejection: spec.error_policy.sink_rejection,
-        skipped: sink_skipped.clone(),
         dead_letters: dead_letters.clone(),
-        dead_lettered: sink_dead_lettered.clone(),
+        telemetry: telemetry.clone(),
         group: source.group_id.clone(),
     };
     let mut outputs = HashMap::new();
     for (name, output) in &spec.outputs {
         let table = |dialect, t| {
-            TableSink::start(name, dialect, t, sink_context.clone())
-                .map(OutputTarget::Table)
-                .map_err(RunError::Setup)
+            let sink = TableSink::start(name, dialect, t, sink_context.clone())
+                .map_err(RunError::Setup)?;
+            telemetry.health.add_sink(SinkProbe {
+                output: name.clone(),
+                kind: match dialect {
+                    Dialect::Postgres => "postgres",
+                    Dialect::Mysql => "mysql",
+                },
+                reachable: sink.reachable(),
+            });
+            Ok::<_, RunError>(OutputTarget::Table(sink))
         };
         let target = match (output, open_local_output(spec, name, output)?) {
             (OutputSpec::Kafka(k), _) => OutputTarget::Kafka(k.topic.clone()),
@@ -460,7 +561,8 @@ pub fn run_with(
             (_, Some(local)) => OutputTarget::Local(Mutex::new(local)),
             (_, None) => return Err(RunError::Setup(format!("outputs.{name}: cannot open"))),
         };
-        outputs.insert(name.clone(), (target, AtomicU64::new(0)));
+        let emitted = telemetry.metrics.records_emitted.with_label_values(&[name]);
+        outputs.insert(name.clone(), (target, emitted));
     }
     let shared = Arc::new(WorkerShared {
         plugin: label.clone(),
@@ -471,11 +573,15 @@ pub fn run_with(
         failure: failure.clone(),
         policy: spec.error_policy.clone(),
         events_in: Default::default(),
-        skipped: Default::default(),
-        skipped_invalid: Default::default(),
-        dead_lettered: Default::default(),
         strip_provenance: replay.is_some(),
+        telemetry: telemetry.clone(),
     });
+    let events_in = Arc::downgrade(&shared);
+    telemetry.health.set_events_in(Arc::new(move || {
+        events_in
+            .upgrade()
+            .map_or(0, |s| s.events_in.load(AtomicOrdering::Relaxed))
+    }));
 
     let cpu = CpuLimit::detect();
     let worker_count = spec.workers.unwrap_or_else(|| cpu.workers());
@@ -498,7 +604,15 @@ pub fn run_with(
         let (tx, rx) = mpsc::channel();
         let (flush_tx, flush_rx) = mpsc::channel();
         flush_senders.push(flush_tx);
-        let worker = Worker::new(instance, shared.clone(), source.batch_size, flush_rx);
+        let probe = telemetry.health.add_worker();
+        let worker = Worker::new(
+            instance,
+            shared.clone(),
+            source.batch_size,
+            flush_rx,
+            id,
+            probe,
+        );
         let thread = std::thread::Builder::new()
             .name(format!("sluice-worker-{id}"))
             .spawn(move || worker.run(rx))
@@ -506,6 +620,29 @@ pub fn run_with(
         senders.push(tx);
         threads.push(thread);
     }
+
+    let metrics = &telemetry.metrics;
+    metrics
+        .plugin_info
+        .with_label_values(&[plugin.name(), plugin.version(), &plugin.abi_version()])
+        .set(1);
+    metrics.workers.set(worker_count as i64);
+    metrics.cpu_quota_cores.set(cpu.quota_cpus.unwrap_or(0.0));
+    metrics.host_cpus.set(cpu.host_cpus as i64);
+    telemetry.health.set_plugin_open(
+        PluginStatus {
+            name: plugin.name().to_owned(),
+            version: plugin.version().to_owned(),
+            abi_version: plugin.abi_version(),
+            path: plugin.path().display().to_string(),
+            sha256: plugin.sha256().to_owned(),
+        },
+        Capacity {
+            workers: worker_count,
+            cpu_quota: cpu.quota_cpus,
+            host_cpus: cpu.host_cpus,
+        },
+    );
 
     let dispatch = Arc::new(Mutex::new(Dispatch {
         slots: HashMap::new(),
@@ -515,7 +652,7 @@ pub fn run_with(
         next_worker: 0,
         tracker: tracker.clone(),
         failure: failure.clone(),
-        drain_timeout: Duration::from_millis(source.drain_timeout_ms),
+        drain_timeout,
         revoked_log: Vec::new(),
         resume_from: exactly_once(spec, &source.group_id),
         transactions: spec
@@ -524,8 +661,18 @@ pub fn run_with(
             .is_some()
             .then(|| shared.sink.clone())
             .flatten(),
+        telemetry: telemetry.clone(),
     }));
-    let consumer = create_consumer(spec, source, dispatch.clone())?;
+    telemetry
+        .health
+        .set_partition_view(partition_view(Arc::downgrade(&dispatch)));
+    let consumer = create_consumer(
+        spec,
+        source,
+        dispatch.clone(),
+        telemetry.clone(),
+        stats_interval.as_deref(),
+    )?;
     let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -536,7 +683,10 @@ pub fn run_with(
     let commit_every = Duration::from_millis(source.commit_interval_ms);
     let mut next_commit = Instant::now() + commit_every;
     let mut flush_round: Option<Vec<mpsc::Receiver<()>>> = None;
+    let mut replay_done_now = false;
+    telemetry.health.set_lifecycle(Lifecycle::Consuming);
     while !shutdown.requested() && !failure.is_set() {
+        telemetry.health.heartbeat();
         release_held(&consumer, &dispatch, source.partition_capacity);
         // Drain what librdkafka has ready in one burst, then hand each worker its share in one
         // message: one wake-up per burst, not per event.
@@ -562,6 +712,7 @@ pub fn run_with(
         if let Some(replay) = &replay {
             if replay_done(&consumer, &dispatch, &replay.end) {
                 tracing::info!("replay: read to where the dead-letter topic ended");
+                replay_done_now = true;
                 break;
             }
         }
@@ -600,12 +751,21 @@ pub fn run_with(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .take_commits();
-                if let Err(err) = commit(&consumer, &commits) {
-                    tracing::warn!("commit failed, will retry: {err}");
-                    tracker
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .commit_failed(&commits);
+                match commit(&consumer, &commits) {
+                    Ok(()) => telemetry.emit(OffsetsCommitted {
+                        commits: &commits,
+                        point: CommitPoint::Interval,
+                    }),
+                    Err(err) => {
+                        telemetry.emit(CommitFailed {
+                            error: &err,
+                            retried: true,
+                        });
+                        tracker
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .commit_failed(&commits);
+                    }
                 }
             }
         }
@@ -613,17 +773,20 @@ pub fn run_with(
 
     // Stop: drain and commit every partition, then leave the group.
     let fatal = failure.get();
-    tracing::info!(
-        reason = if fatal.is_some() {
-            "fatal error"
-        } else {
-            "signal"
-        },
-        "draining"
-    );
     {
         let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-        let all: Vec<TopicPartition> = d.slots.keys().cloned().collect();
+        let mut all: Vec<TopicPartition> = d.slots.keys().cloned().collect();
+        all.sort();
+        telemetry.emit(Draining {
+            reason: if fatal.is_some() {
+                StopReason::Fatal
+            } else if replay_done_now {
+                StopReason::ReplayDone
+            } else {
+                StopReason::Signal
+            },
+            partitions: &all,
+        });
         revoke(&mut d, &consumer, &all);
     }
     consumer.unsubscribe();
@@ -663,23 +826,22 @@ pub fn run_with(
         }
     }
     if let Some(message) = fatal.or_else(|| failure.get()) {
+        telemetry.health.set_lifecycle(Lifecycle::Stopped);
         return Err(RunError::Fatal(message));
     }
-    tracing::info!("stopped");
+    telemetry.emit(Stopped);
+    // The summary comes from the same counters as the metrics.
     let mut summary = Summary {
         events_in: shared.events_in.load(AtomicOrdering::Relaxed),
         ..Default::default()
     };
     for (name, (_, written)) in &shared.outputs {
-        summary
-            .records_out
-            .insert(name.clone(), written.load(AtomicOrdering::Relaxed));
+        summary.records_out.insert(name.clone(), written.get());
     }
-    summary.skipped_invalid = shared.skipped_invalid.load(AtomicOrdering::Relaxed);
-    summary.skipped_failed =
-        shared.skipped.load(AtomicOrdering::Relaxed) + sink_skipped.load(AtomicOrdering::Relaxed);
-    summary.dead_lettered = shared.dead_lettered.load(AtomicOrdering::Relaxed)
-        + sink_dead_lettered.load(AtomicOrdering::Relaxed);
+    let skipped = crate::metrics::Metrics::by_label(&telemetry.metrics.events_skipped);
+    summary.skipped_invalid = skipped.get("invalid-input").copied().unwrap_or(0);
+    summary.skipped_failed = skipped.values().sum::<u64>() - summary.skipped_invalid;
+    summary.dead_lettered = crate::metrics::Metrics::sum(&telemetry.metrics.dead_letters);
     Ok(summary)
 }
 
@@ -721,10 +883,47 @@ fn exactly_once(spec: &PipelineSpec, group: &str) -> Option<ResumeFrom> {
     })
 }
 
+/// What `/status` and the sampled gauges read of the dispatcher: its slots, without waiting
+/// long for the lock (a revoke holds it while it drains: then the last reading is shown).
+fn partition_view(dispatch: Weak<Mutex<Dispatch>>) -> crate::status::PartitionView {
+    let last: Mutex<Vec<PartitionLive>> = Mutex::default();
+    Box::new(move || {
+        let Some(dispatch) = dispatch.upgrade() else {
+            return Vec::new();
+        };
+        let deadline = Instant::now() + Duration::from_millis(50);
+        loop {
+            match dispatch.try_lock() {
+                Ok(d) => {
+                    let live: Vec<PartitionLive> = d
+                        .slots
+                        .iter()
+                        .map(|(tp, slot)| PartitionLive {
+                            tp: tp.clone(),
+                            workers: slot.workers.clone(),
+                            in_flight: slot.in_flight.load(AtomicOrdering::Acquire),
+                            held: slot.held.len(),
+                            paused: slot.paused,
+                        })
+                        .collect();
+                    live.clone_into(&mut last.lock().unwrap_or_else(|e| e.into_inner()));
+                    return live;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            }
+        }
+    })
+}
+
 fn create_consumer(
     spec: &PipelineSpec,
     source: &KafkaSourceSpec,
     dispatch: Arc<Mutex<Dispatch>>,
+    telemetry: Arc<Telemetry>,
+    stats_interval: Option<&str>,
 ) -> Result<BaseConsumer<RebalanceContext>, RunError> {
     let mut config = client_config(
         &source.bootstrap_servers,
@@ -738,15 +937,19 @@ fn create_consumer(
         .set("enable.auto.offset.store", "false")
         .set("client.id", format!("sluice-{}", spec.name));
     for (key, default) in [
-        ("partition.assignment.strategy", "cooperative-sticky"),
-        ("auto.offset.reset", "earliest"),
+        ("partition.assignment.strategy", Some("cooperative-sticky")),
+        ("auto.offset.reset", Some("earliest")),
+        ("statistics.interval.ms", stats_interval),
     ] {
-        if !source.properties.contains_key(key) {
+        if let (false, Some(default)) = (source.properties.contains_key(key), default) {
             config.set(key, default);
         }
     }
     config
-        .create_with_context(RebalanceContext { dispatch })
+        .create_with_context(RebalanceContext {
+            dispatch,
+            telemetry,
+        })
         .map_err(|e| RunError::Setup(format!("source.kafka: cannot create the consumer: {e}")))
 }
 
@@ -836,6 +1039,7 @@ fn dispatch_burst(
         next_worker,
         tracker,
         failure,
+        telemetry,
         ..
     } = &mut *d;
     // Accepted events per partition, in offset order; partitions in first-seen order.
@@ -870,6 +1074,7 @@ fn dispatch_burst(
                     tracing::warn!(topic = %tp.0, partition = tp.1, "pause failed: {err}");
                 }
                 slot.paused = true;
+                telemetry.emit(PartitionPaused { tp: &tp });
             }
             slot.held.push_back(message);
             continue;

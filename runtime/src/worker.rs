@@ -11,6 +11,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use prometheus::{Counter, IntCounter};
 
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
@@ -21,9 +24,11 @@ use crate::config::{Action, ClassPolicy, ErrorPolicy};
 use crate::dead_letter::{DeadLetters, Failure};
 use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
-use crate::sink::kafka::{Ack, KafkaSink};
+use crate::sink::kafka::{Ack, KafkaSink, Units};
 use crate::sink::local::LocalOutput;
 use crate::sink::table::TableSink;
+use crate::status::{ExitGuard, WorkerProbe, WorkerState};
+use crate::telemetry::{EventDeadLettered, EventFailed, EventSkipped, Failed, Telemetry};
 
 /// Where an output name leads.
 #[derive(Debug)]
@@ -69,8 +74,8 @@ pub enum Command {
 pub struct WorkerShared {
     /// "name version" of the plugin, for messages.
     pub plugin: String,
-    /// Outputs by name, with the records written to each.
-    pub outputs: HashMap<String, (OutputTarget, AtomicU64)>,
+    /// Outputs by name, with the counter of records emitted to each.
+    pub outputs: HashMap<String, (OutputTarget, IntCounter)>,
     /// The Kafka producer, if any output is a topic (or dead letters are on).
     pub sink: Option<Arc<KafkaSink>>,
     /// Where dead letters go, if any class says `dead-letter`.
@@ -83,14 +88,10 @@ pub struct WorkerShared {
     pub policy: ErrorPolicy,
     /// Events handed to the plugin.
     pub events_in: AtomicU64,
-    /// Failed events skipped by policy.
-    pub skipped: AtomicU64,
-    /// Invalid events (`invalid-input`) skipped by policy.
-    pub skipped_invalid: AtomicU64,
     /// Dead-letter replays: the plugin does not see the `sluice.*` provenance headers.
     pub strip_provenance: bool,
-    /// Failed events written to the dead-letter topic.
-    pub dead_lettered: AtomicU64,
+    /// Metrics and health.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// The failure classes of the error policy that a worker meets.
@@ -200,7 +201,7 @@ impl Collector for Emitter<'_> {
                     .map_err(Refusal::Invalid)
             }
         }?;
-        written.fetch_add(1, Ordering::Relaxed);
+        written.inc();
         Ok(())
     }
 
@@ -239,6 +240,12 @@ pub struct Worker {
     /// Flush requests of the commit cycle: served between inbox messages, ahead of queued
     /// events, so a commit never waits behind a deep queue.
     flushes: mpsc::Receiver<mpsc::SyncSender<()>>,
+    /// What this worker is doing, for `/status` and `/healthz`.
+    probe: Arc<WorkerProbe>,
+    /// Seconds inside plugin calls.
+    busy: Counter,
+    /// Events handed to the plugin per partition (resolved once per partition).
+    consumed: HashMap<TopicPartition, IntCounter>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -256,14 +263,40 @@ impl Worker {
         shared: Arc<WorkerShared>,
         batch_size: usize,
         flushes: mpsc::Receiver<mpsc::SyncSender<()>>,
+        id: usize,
+        probe: Arc<WorkerProbe>,
     ) -> Self {
+        let busy = shared
+            .telemetry
+            .metrics
+            .worker_busy_seconds
+            .with_label_values(&[&id.to_string()]);
         Worker {
             instance,
             shared,
             batch_size,
             pending: Vec::new(),
             flushes,
+            probe,
+            busy,
+            consumed: HashMap::new(),
         }
+    }
+
+    /// Enters `state` for a plugin call; returns when it started.
+    fn enter(&self, state: WorkerState) -> Instant {
+        self.probe.set(state);
+        Instant::now()
+    }
+
+    /// A plugin call that began at `started` ended after handling `events` events.
+    fn leave(&self, started: Instant, events: usize) -> std::time::Duration {
+        let busy = started.elapsed();
+        self.probe.done(busy, events);
+        if self.shared.telemetry.metrics.enabled {
+            self.busy.inc_by(busy.as_secs_f64());
+        }
+        busy
     }
 
     /// Flushes for every waiting request. Called only between inbox messages: a unit's part
@@ -277,6 +310,7 @@ impl Worker {
 
     /// Runs until [`Command::Stop`] or the sender is dropped.
     pub fn run(mut self, inbox: mpsc::Receiver<Command>) {
+        let _exit = ExitGuard(self.probe.clone());
         let mut next: Option<Command> = None;
         loop {
             self.serve_flushes();
@@ -318,10 +352,11 @@ impl Worker {
         let shared = self.shared.clone();
         if let Err(err) = self
             .instance
-            .close(&mut Emitter::new(&shared, Ack::Many(Vec::new())))
+            .close(&mut Emitter::new(&shared, Ack::many(Vec::new())))
         {
             tracing::warn!(plugin = %shared.plugin, "close failed: {err}");
         }
+        self.probe.set(WorkerState::Stopped);
     }
 
     fn hook(&mut self, hook: Hook, partitions: &[TopicPartition]) {
@@ -333,11 +368,13 @@ impl Worker {
             .map(|(t, p)| Partition::new(t, *p))
             .collect();
         let shared = self.shared.clone();
-        let mut emitter = Emitter::new(&shared, Ack::Many(self.pending.clone()));
+        let mut emitter = Emitter::new(&shared, Ack::many(self.pending.clone()));
+        let started = self.enter(WorkerState::Rebalancing);
         let result = match hook {
             Hook::Assigned => self.instance.assigned(&parts, &mut emitter),
             Hook::Revoked => self.instance.revoked(&parts, &mut emitter),
         };
+        self.leave(started, 0);
         emitter.count_sent(); // before the next flush marks the pending units processed
         if let Err(err) = result {
             shared.failure.set(format!(
@@ -358,8 +395,10 @@ impl Worker {
         // other parts are still running.
         let mut seen = std::collections::HashSet::with_capacity(units.len());
         units.retain(|(tp, unit)| seen.insert((tp.1, *unit)));
-        let mut emitter = Emitter::new(&shared, Ack::Many(units.clone()));
+        let mut emitter = Emitter::new(&shared, Ack::many(units.clone()));
+        let started = self.enter(WorkerState::Flushing);
         let result = self.instance.flush(&mut emitter);
+        self.leave(started, 0);
         emitter.count_sent();
         match result {
             Ok(()) => {
@@ -401,8 +440,17 @@ impl Worker {
     ) -> (Result<(), CallError>, Vec<EventFailure>) {
         let shared = self.shared.clone();
         let mut emitter = Emitter::shared(&shared, ack.clone());
+        let started = self.enter(WorkerState::Processing);
         let result = self.instance.process(events, &mut emitter);
+        let busy = self.leave(started, events.len());
         emitter.count_sent();
+        let metrics = &shared.telemetry.metrics;
+        if metrics.enabled && !events.is_empty() {
+            metrics.batch_seconds.observe(busy.as_secs_f64());
+            metrics
+                .event_seconds
+                .observe(busy.as_secs_f64() / events.len() as f64);
+        }
         (result, emitter.errors)
     }
 
@@ -424,6 +472,9 @@ impl Worker {
         mut message: String,
     ) -> bool {
         let shared = self.shared.clone();
+        shared.telemetry.emit(EventFailed {
+            class: class.name(),
+        });
         let policy = class.policy(&shared.policy);
         let offset = event.offset();
         let mut attempts = 1;
@@ -446,14 +497,19 @@ impl Worker {
             }
         }
         let class_name = class.name();
+        let failed = Failed {
+            what: "failed event",
+            topic: &tp.0,
+            partition: tp.1,
+            offset: Some(offset),
+            class: class_name,
+            attempts,
+            message: &message,
+            output: None,
+        };
         match policy.then {
             Action::Skip => {
-                tracing::warn!(topic = %tp.0, partition = tp.1, offset, plugin = %shared.plugin, class = class_name, attempts, "skipped failed event: {message}");
-                match class {
-                    Class::InvalidInput => &shared.skipped_invalid,
-                    Class::EventError | Class::PluginPanic => &shared.skipped,
-                }
-                .fetch_add(1, Ordering::Relaxed);
+                shared.telemetry.emit(EventSkipped(failed));
                 true
             }
             Action::DeadLetter => {
@@ -482,8 +538,10 @@ impl Worker {
                 let value = (!event.is_tombstone()).then(|| event.payload());
                 match dlq.send(event.key(), value, event.headers(), &failure, ack.clone()) {
                     Ok(()) => {
-                        tracing::warn!(topic = %tp.0, partition = tp.1, offset, class = class_name, attempts, dead_letter_topic = %dlq.topic, "dead-lettered: {message}");
-                        shared.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        shared.telemetry.emit(EventDeadLettered {
+                            failed,
+                            topic: &dlq.topic,
+                        });
                         true
                     }
                     Err(err) => {
@@ -550,15 +608,31 @@ impl Worker {
                 e
             })
             .collect();
-        let ack = match units.as_slice() {
-            [unit] => Ack::One(tp.clone(), *unit),
-            _ => Ack::Many(units.iter().map(|u| (tp.clone(), *u)).collect()),
+        let units_acked = match units.as_slice() {
+            [unit] => Units::One(tp.clone(), *unit),
+            _ => Units::Many(units.iter().map(|u| (tp.clone(), *u)).collect()),
         };
-        let ack = Arc::new(ack);
+        let event_time_ms = messages
+            .iter()
+            .filter_map(|m| m.timestamp().to_millis())
+            .min();
+        let ack = Arc::new(Ack::new(units_acked, event_time_ms));
         let (result, errors) = self.call(&events, &ack);
         shared
             .events_in
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        if shared.telemetry.metrics.enabled {
+            self.consumed
+                .entry(tp.clone())
+                .or_insert_with(|| {
+                    shared
+                        .telemetry
+                        .metrics
+                        .events_consumed
+                        .with_label_values(&[tp.0.as_str(), &tp.1.to_string()])
+                })
+                .inc_by(events.len() as u64);
+        }
         let mut failures: Vec<(usize, Class, String)> = errors
             .into_iter()
             .map(|(i, kind, m)| (i, Class::of(kind), m))

@@ -17,6 +17,7 @@ of silence counted from the partition assignment.
 """
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -143,10 +144,29 @@ def committed(args):
     print(json.dumps({str(tp.partition): tp.offset for tp in result.topic_partitions if tp.topic == args.topic}))
 
 
+def lag(args):
+    # What a monitoring tool reports: the high watermark (asked of the broker) minus the group's
+    # committed offset (through the admin API, so the group is not disturbed).
+    admin = AdminClient({"bootstrap.servers": args.broker})
+    md = admin.list_topics(args.topic, timeout=10)
+    parts = [TopicPartition(args.topic, p) for p in md.topics[args.topic].partitions]
+    request = [ConsumerGroupTopicPartitions(args.group, parts)]
+    result = admin.list_consumer_group_offsets(request)[args.group].result(30)
+    committed = {tp.partition: tp.offset for tp in result.topic_partitions if tp.topic == args.topic}
+    c = Consumer({"bootstrap.servers": args.broker, "group.id": f"lag-probe-{os.getpid()}"})
+    out = {}
+    for tp in parts:
+        low, high = c.get_watermark_offsets(tp, timeout=10, cached=False)
+        done = committed.get(tp.partition, -1)
+        out[str(tp.partition)] = {"high": high, "committed": done, "lag": high - (done if done >= 0 else low)}
+    c.close()
+    print(json.dumps(out))
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("produce", "produce-file", "consume", "create", "committed"):
+    for name in ("produce", "produce-file", "consume", "create", "committed", "lag"):
         s = sub.add_parser(name)
         s.add_argument("--broker", required=True)
         s.add_argument("--topic", required=True)
@@ -169,11 +189,11 @@ def main():
                            help="read up to the high watermarks taken at assignment, then stop")
         if name == "create":
             s.add_argument("--partitions", type=int, default=1)
-        if name == "committed":
+        if name in ("committed", "lag"):
             s.add_argument("--group", required=True)
     args = ap.parse_args()
     commands = {"produce": produce, "produce-file": produce_file, "consume": consume, "create": create,
-                "committed": committed}
+                "committed": committed, "lag": lag}
     commands[args.cmd](args)
 
 

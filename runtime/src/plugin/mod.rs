@@ -207,6 +207,11 @@ impl Plugin {
     pub fn sha256(&self) -> &'static str {
         self.sha256
     }
+    /// The ABI version the plugin was built against, `major.minor`.
+    pub fn abi_version(&self) -> String {
+        let (major, minor) = self.plugin.abi_version();
+        format!("{major}.{minor}")
+    }
     /// "name version": how messages name the plugin.
     pub fn label(&self) -> String {
         format!("{} {}", self.name(), self.version())

@@ -3,9 +3,12 @@
 //! A record that finally fails is never acknowledged, so the source offset cannot move past the
 //! event that produced it, and the pipeline is stopped with the error.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus::Histogram;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -16,49 +19,117 @@ use sluice_plugin_api::abi::Record;
 
 use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
+use crate::telemetry::{DeliveryFailed, Telemetry};
 
-/// What a delivered record acknowledges. Shared by every record of one plugin call.
+/// The units a record acknowledges.
 #[derive(Debug)]
-pub enum Ack {
+pub enum Units {
     /// One unit.
     One(TopicPartition, UnitId),
     /// Several units (a record emitted by `flush`, which may derive from any of them).
     Many(Vec<(TopicPartition, UnitId)>),
 }
 
+/// What a delivered record acknowledges. Shared by every record of one plugin call.
+#[derive(Debug)]
+pub struct Ack {
+    units: Units,
+    /// The earliest timestamp (ms since the epoch) of the call's events, for the end-to-end
+    /// latency; none for records emitted by `flush` or hooks.
+    pub event_time_ms: Option<i64>,
+}
+
 impl Ack {
+    /// Acknowledges `units`.
+    pub fn new(units: Units, event_time_ms: Option<i64>) -> Ack {
+        Ack {
+            units,
+            event_time_ms,
+        }
+    }
+
+    /// Acknowledges `units`, with no event time.
+    pub fn many(units: Vec<(TopicPartition, UnitId)>) -> Ack {
+        Ack::new(Units::Many(units), None)
+    }
+
     /// The units acknowledged.
     pub fn units(&self) -> impl Iterator<Item = (&TopicPartition, UnitId)> {
-        let (one, many) = match self {
-            Ack::One(tp, unit) => (Some((tp, *unit)), &[][..]),
-            Ack::Many(units) => (None, units.as_slice()),
+        let (one, many) = match &self.units {
+            Units::One(tp, unit) => (Some((tp, *unit)), &[][..]),
+            Units::Many(units) => (None, units.as_slice()),
         };
         one.into_iter()
             .chain(many.iter().map(|(tp, unit)| (tp, *unit)))
     }
+
+    /// Seconds from the event time to now, if there is an event time.
+    pub fn age_seconds(&self) -> Option<f64> {
+        let ts = self.event_time_ms?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as i64;
+        Some((now - ts).max(0) as f64 / 1000.0)
+    }
 }
 
 /// State shared with the producer's delivery callback.
-#[derive(Debug)]
 pub struct DeliveryContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     failure: Fatal,
+    telemetry: Arc<Telemetry>,
+    /// Output name and end-to-end latency histogram per topic (dead letters: `dead-letters`).
+    outputs: HashMap<String, (String, Histogram)>,
+    /// Whether any broker connection is up (from librdkafka's statistics).
+    pub reachable: Arc<AtomicBool>,
 }
 
-impl ClientContext for DeliveryContext {}
+impl std::fmt::Debug for DeliveryContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryContext").finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for DeliveryContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        // Reachable while librdkafka has a connection to some broker that is up.
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
+        let up = stats["brokers"]
+            .as_object()
+            .is_some_and(|brokers| brokers.values().any(|b| b["state"] == "UP"));
+        self.reachable.store(up, Ordering::Release);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Arc<Ack>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ack: Arc<Ack>) {
         match result {
-            Ok(_) => {
-                let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
-                for (tp, unit) in ack.units() {
-                    tracker.acked(tp, unit);
+            Ok(message) => {
+                {
+                    let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                    for (tp, unit) in ack.units() {
+                        tracker.acked(tp, unit);
+                    }
+                }
+                if self.telemetry.metrics.enabled {
+                    if let (Some((_, latency)), Some(age)) =
+                        (self.outputs.get(message.topic()), ack.age_seconds())
+                    {
+                        latency.observe(age);
+                    }
                 }
             }
             Err((err, message)) => {
+                let output = self
+                    .outputs
+                    .get(message.topic())
+                    .map_or("dead-letters", |(o, _)| o.as_str());
+                self.telemetry.emit(DeliveryFailed { output });
                 // librdkafka already retried for message.timeout.ms; the units stay unacknowledged.
                 self.failure.set(format!(
                     "delivery to topic {} failed: {err}",
@@ -83,18 +154,37 @@ impl std::fmt::Debug for KafkaSink {
 impl KafkaSink {
     /// Creates the producer. `config` must carry bootstrap servers and any pass-through
     /// properties; idempotence and `acks=all` are set here.
+    /// `outputs` maps each Kafka output's topic to its output name (for metrics).
     pub fn new(
         mut config: ClientConfig,
         tracker: Arc<Mutex<OffsetTracker>>,
         failure: Fatal,
         transactional_id: Option<&str>,
+        telemetry: Arc<Telemetry>,
+        outputs: &HashMap<String, String>,
     ) -> Result<Self, KafkaError> {
         config.set("enable.idempotence", "true").set("acks", "all");
         if let Some(id) = transactional_id {
             config.set("transactional.id", id);
         }
-        let producer: ThreadedProducer<DeliveryContext> =
-            config.create_with_context(DeliveryContext { tracker, failure })?;
+        let outputs = outputs
+            .iter()
+            .map(|(topic, output)| {
+                let latency = telemetry
+                    .metrics
+                    .end_to_end_seconds
+                    .with_label_values(&[output]);
+                (topic.clone(), (output.clone(), latency))
+            })
+            .collect();
+        let context = DeliveryContext {
+            tracker,
+            failure,
+            telemetry,
+            outputs,
+            reachable: Arc::new(AtomicBool::new(true)),
+        };
+        let producer: ThreadedProducer<DeliveryContext> = config.create_with_context(context)?;
         if transactional_id.is_some() {
             // Fences any earlier producer with the same id and aborts its open transaction.
             producer.init_transactions(Duration::from_secs(60))?;
@@ -166,6 +256,11 @@ impl KafkaSink {
                 Err((err, _)) => return Err(format!("cannot produce to topic {topic}: {err}")),
             }
         }
+    }
+
+    /// Whether the producer can reach a broker (readiness).
+    pub fn reachable(&self) -> Arc<AtomicBool> {
+        self.producer.context().reachable.clone()
     }
 
     /// Waits for every queued record to be delivered (or fail), up to `timeout`.

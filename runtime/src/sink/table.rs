@@ -14,11 +14,12 @@
 //! the error policy (`error-policy.sink-rejection`) applies to the rejected record only.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus::Histogram;
 use serde_json::Value;
 use sluice_plugin_api::abi::{Header, Record};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
@@ -31,6 +32,10 @@ use crate::dead_letter::{DeadLetters, Failure};
 use crate::fatal::Fatal;
 use crate::offsets::OffsetTracker;
 use crate::sink::kafka::Ack;
+use crate::telemetry::{
+    EventDeadLettered, EventSkipped, Failed, SinkRecovered, SinkRejected, SinkUnavailable,
+    Telemetry,
+};
 
 /// Which SQL dialect a table speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -677,12 +682,10 @@ pub struct SinkContext {
     pub failure: Fatal,
     /// What to do with a record the database rejects.
     pub on_rejection: ClassPolicy,
-    /// Records skipped by that policy.
-    pub skipped: Arc<AtomicU64>,
     /// Where rejected records go under `dead-letter`.
     pub dead_letters: Option<DeadLetters>,
-    /// Records dead-lettered.
-    pub dead_lettered: Arc<AtomicU64>,
+    /// Metrics and logs.
+    pub telemetry: Arc<Telemetry>,
     /// The consumer group (the key of exactly-once offsets).
     pub group: String,
 }
@@ -695,6 +698,7 @@ pub struct TableSink {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     give_up: Arc<AtomicBool>,
     keep_originals: bool,
+    reachable: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for TableSink {
@@ -740,7 +744,14 @@ impl TableSink {
         let (tx, rx) = std::sync::mpsc::sync_channel(spec.batch_size * 2);
         let give_up = Arc::new(AtomicBool::new(false));
         let keep_originals = ctx.on_rejection.then == Action::DeadLetter;
+        let reachable = Arc::new(AtomicBool::new(true));
+        let metrics = &ctx.telemetry.metrics;
         let writer = Writer {
+            reachable: reachable.clone(),
+            batch_rows: metrics.sink_batch_rows.with_label_values(&[name]),
+            batch_seconds: metrics.sink_batch_seconds.with_label_values(&[name]),
+            latency: metrics.end_to_end_seconds.with_label_values(&[name]),
+            batch_started: std::cell::Cell::new(Instant::now()),
             name: name.to_owned(),
             layout: layout.clone(),
             pool,
@@ -776,7 +787,13 @@ impl TableSink {
             thread: Mutex::new(Some(thread)),
             give_up,
             keep_originals,
+            reachable,
         })
+    }
+
+    /// Whether the database currently accepts writes (readiness).
+    pub fn reachable(&self) -> Arc<AtomicBool> {
+        self.reachable.clone()
     }
 
     /// The row for `record` (a refusal names the output).
@@ -834,6 +851,13 @@ struct Writer {
     give_up: Arc<AtomicBool>,
     /// Exactly-once: where the offsets go, in the same transaction as the rows.
     offsets_table: Option<String>,
+    /// Cleared while the database is unavailable.
+    reachable: Arc<AtomicBool>,
+    batch_rows: Histogram,
+    batch_seconds: Histogram,
+    latency: Histogram,
+    /// When the current batch began collecting.
+    batch_started: std::cell::Cell<Instant>,
 }
 
 enum Outcome {
@@ -858,6 +882,7 @@ impl Writer {
                 Ok(p) => batch.push(p),
                 Err(_) => return,
             }
+            self.batch_started.set(Instant::now());
             let deadline = Instant::now() + self.linger;
             while batch.len() < self.batch_size {
                 match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -883,6 +908,7 @@ impl Writer {
                 Ok(p) => p,
                 Err(_) => return,
             };
+            self.batch_started.set(Instant::now());
             if self.failed() {
                 continue; // after a fatal error nothing more is acknowledged
             }
@@ -982,6 +1008,7 @@ impl Writer {
         let table = self.offsets_table.clone().unwrap_or_default();
         let mut buffer: Vec<Pending> = Vec::new();
         loop {
+            self.batch_started.set(Instant::now());
             let disconnected = match rx.recv_timeout(self.linger.max(Duration::from_millis(10))) {
                 Ok(p) => {
                     buffer.push(p);
@@ -1046,11 +1073,24 @@ impl Writer {
         self.ctx.failure.is_set()
     }
 
+    /// The rows are committed: acknowledges their units and counts the batch.
     fn ack(&self, rows: &[Pending]) {
-        let mut tracker = self.ctx.tracker.lock().unwrap_or_else(|e| e.into_inner());
-        for row in rows {
-            for (tp, unit) in row.ack.units() {
-                tracker.acked(tp, unit);
+        {
+            let mut tracker = self.ctx.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            for row in rows {
+                for (tp, unit) in row.ack.units() {
+                    tracker.acked(tp, unit);
+                }
+            }
+        }
+        if self.ctx.telemetry.metrics.enabled {
+            self.batch_rows.observe(rows.len() as f64);
+            self.batch_seconds
+                .observe(self.batch_started.get().elapsed().as_secs_f64());
+            for row in rows {
+                if let Some(age) = row.ack.age_seconds() {
+                    self.latency.observe(age);
+                }
             }
         }
     }
@@ -1071,7 +1111,11 @@ impl Writer {
             {
                 Ok(()) => {
                     if logged {
-                        tracing::info!(output = %self.name, table = %self.layout.table, "database reachable again: writing");
+                        self.ctx.telemetry.emit(SinkRecovered {
+                            what: "database",
+                            output: &self.name,
+                            reachable: &self.reachable,
+                        });
                     }
                     return Outcome::Written;
                 }
@@ -1079,10 +1123,14 @@ impl Writer {
                     if self.give_up.load(Ordering::Acquire) || self.failed() {
                         return Outcome::GaveUp;
                     }
-                    if !logged {
-                        tracing::warn!(output = %self.name, table = %self.layout.table, "database unavailable, retrying (partitions pause meanwhile): {err}");
-                        logged = true;
-                    }
+                    self.ctx.telemetry.emit(SinkUnavailable {
+                        what: "database",
+                        output: &self.name,
+                        error: &err.to_string(),
+                        reachable: &self.reachable,
+                        first: !logged,
+                    });
+                    logged = true;
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -1122,6 +1170,7 @@ impl Writer {
     /// A record the database rejected for good: retried alone per the policy, then skipped,
     /// dead-lettered or fatal.
     fn reject(&self, row: &Pending, err: &sqlx::Error) {
+        self.ctx.telemetry.emit(SinkRejected { output: &self.name });
         let policy = self.ctx.on_rejection;
         let mut message = err.to_string();
         let mut attempts = 1;
@@ -1140,16 +1189,33 @@ impl Writer {
             Op::Write(_) => "a row",
             Op::Delete(_) => "a delete",
         };
+        let described = format!("{what} the database rejected");
+        let source = row.ack.units().next().map(|(tp, _)| tp.clone());
+        let failed = Failed {
+            what: &described,
+            topic: source.as_ref().map_or("", |tp| tp.0.as_str()),
+            partition: source.as_ref().map_or(-1, |tp| tp.1),
+            offset: None,
+            class: "sink-rejection",
+            attempts,
+            message: &message,
+            output: Some(&self.name),
+        };
         match policy.then {
             Action::Skip => {
-                tracing::warn!(output = %self.name, table = %self.layout.table, attempts, "skipped {what} the database rejected: {message}");
-                self.ctx.skipped.fetch_add(1, Ordering::Relaxed);
+                self.ctx.telemetry.emit(EventSkipped(failed));
                 self.ack(std::slice::from_ref(row));
             }
             Action::DeadLetter => match self.dead_letter(row, &message, attempts) {
                 Ok(()) => {
-                    tracing::warn!(output = %self.name, table = %self.layout.table, attempts, "dead-lettered {what} the database rejected: {message}");
-                    self.ctx.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let topic = self
+                        .ctx
+                        .dead_letters
+                        .as_ref()
+                        .map_or("", |d| d.topic.as_str());
+                    self.ctx
+                        .telemetry
+                        .emit(EventDeadLettered { failed, topic });
                     self.ack(std::slice::from_ref(row));
                 }
                 Err(e) => self.fail(format!(

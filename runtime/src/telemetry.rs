@@ -1,0 +1,359 @@
+//! Telemetry as small typed events: each one logs (once, with its partitions) and counts, so the
+//! log line and the metric can never disagree. Call sites build an event and `emit` it; they
+//! never touch a metric or write a lifecycle log line themselves.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::metrics::Metrics;
+use crate::offsets::TopicPartition;
+use crate::status::Health;
+
+/// A run's metrics and health.
+#[derive(Debug)]
+pub struct Telemetry {
+    /// The Prometheus metrics.
+    pub metrics: Metrics,
+    /// Liveness, readiness, status.
+    pub health: Health,
+}
+
+impl Telemetry {
+    /// Telemetry for pipeline `pipeline`.
+    pub fn new(pipeline: &str, metrics_enabled: bool, liveness: Duration) -> Telemetry {
+        let metrics = Metrics::new(pipeline, metrics_enabled);
+        let health = Health::new(pipeline, liveness);
+        metrics.start_time_seconds.set(health.started_unix());
+        Telemetry { metrics, health }
+    }
+
+    /// Emits `event`.
+    pub fn emit(&self, event: impl InternalEvent) {
+        event.emit(self);
+    }
+}
+
+/// Something that happened, logged and counted in one place.
+pub trait InternalEvent {
+    /// Logs and counts the event.
+    fn emit(self, t: &Telemetry);
+}
+
+/// `topic/partition` list for a log line.
+struct Partitions<'a>(&'a [TopicPartition]);
+
+impl std::fmt::Display for Partitions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (topic, partition)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{topic}/{partition}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The consumer group assigned partitions to this pod.
+#[derive(Debug)]
+pub struct PartitionsAssigned<'a> {
+    /// The new partitions.
+    pub partitions: &'a [TopicPartition],
+}
+
+impl InternalEvent for PartitionsAssigned<'_> {
+    fn emit(self, t: &Telemetry) {
+        tracing::info!(partitions = %Partitions(self.partitions), count = self.partitions.len(), "assigned");
+        t.metrics.rebalances.with_label_values(&["assign"]).inc();
+        t.health.set_group_joined();
+    }
+}
+
+/// The group took partitions away: they are drained, flushed and committed before release.
+#[derive(Debug)]
+pub struct PartitionsRevoked<'a> {
+    /// The partitions.
+    pub partitions: &'a [TopicPartition],
+}
+
+impl InternalEvent for PartitionsRevoked<'_> {
+    fn emit(self, t: &Telemetry) {
+        tracing::info!(partitions = %Partitions(self.partitions), count = self.partitions.len(), "revoked: draining");
+        t.metrics.rebalances.with_label_values(&["revoke"]).inc();
+    }
+}
+
+/// Why the pipeline stops.
+#[derive(Debug, Clone, Copy)]
+pub enum StopReason {
+    /// SIGTERM / SIGINT.
+    Signal,
+    /// A fatal error.
+    Fatal,
+    /// A dead-letter replay read to its end.
+    ReplayDone,
+}
+
+/// The pipeline stops fetching and drains every partition (not ready from here on).
+#[derive(Debug)]
+pub struct Draining<'a> {
+    /// Why.
+    pub reason: StopReason,
+    /// The partitions being drained.
+    pub partitions: &'a [TopicPartition],
+}
+
+impl InternalEvent for Draining<'_> {
+    fn emit(self, t: &Telemetry) {
+        let reason = match self.reason {
+            StopReason::Signal => "signal",
+            StopReason::Fatal => "fatal error",
+            StopReason::ReplayDone => "replay done",
+        };
+        t.health.set_lifecycle(crate::status::Lifecycle::Draining);
+        t.metrics.ready.set(0);
+        tracing::info!(reason, partitions = %Partitions(self.partitions), "draining");
+    }
+}
+
+/// When offsets were committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitPoint {
+    /// The commit interval (logged at debug: it happens every second).
+    Interval,
+    /// Partitions revoked, or the final drain.
+    Release,
+    /// A Kafka transaction committed with them.
+    Transaction,
+}
+
+/// The group committed offsets.
+#[derive(Debug)]
+pub struct OffsetsCommitted<'a> {
+    /// What was committed: the next offset to read per partition.
+    pub commits: &'a [(TopicPartition, i64)],
+    /// When.
+    pub point: CommitPoint,
+}
+
+impl InternalEvent for OffsetsCommitted<'_> {
+    fn emit(self, t: &Telemetry) {
+        if self.commits.is_empty() {
+            return;
+        }
+        t.metrics.commits.inc();
+        t.health.committed(self.commits);
+        let offsets = self
+            .commits
+            .iter()
+            .map(|((topic, p), o)| format!("{topic}/{p}@{o}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if self.point == CommitPoint::Release {
+            tracing::info!(offsets = %offsets, "committed");
+        } else {
+            tracing::debug!(offsets = %offsets, point = ?self.point, "committed");
+        }
+    }
+}
+
+/// An offset commit failed (retried at the next interval).
+#[derive(Debug)]
+pub struct CommitFailed<'a> {
+    /// The error.
+    pub error: &'a str,
+    /// Whether it is retried.
+    pub retried: bool,
+}
+
+impl InternalEvent for CommitFailed<'_> {
+    fn emit(self, t: &Telemetry) {
+        t.metrics.commit_failures.inc();
+        if self.retried {
+            tracing::warn!("commit failed, will retry: {}", self.error);
+        } else {
+            tracing::warn!("commit failed: {}", self.error);
+        }
+    }
+}
+
+/// The run is over.
+#[derive(Debug)]
+pub struct Stopped;
+
+impl InternalEvent for Stopped {
+    fn emit(self, t: &Telemetry) {
+        t.health.set_lifecycle(crate::status::Lifecycle::Stopped);
+        t.metrics.ready.set(0);
+        tracing::info!("stopped");
+    }
+}
+
+/// A partition reached `partition-capacity` and was paused.
+#[derive(Debug)]
+pub struct PartitionPaused<'a> {
+    /// Which.
+    pub tp: &'a TopicPartition,
+}
+
+impl InternalEvent for PartitionPaused<'_> {
+    fn emit(self, t: &Telemetry) {
+        t.metrics.partition_pauses.inc();
+        tracing::debug!(topic = %self.tp.0, partition = self.tp.1, "paused: partition-capacity reached");
+    }
+}
+
+/// The failure classes of the error policy.
+pub const CLASSES: [&str; 4] = [
+    "invalid-input",
+    "event-error",
+    "plugin-panic",
+    "sink-rejection",
+];
+
+/// An event failed; counted once per event, whatever the policy then does with it.
+#[derive(Debug)]
+pub struct EventFailed {
+    /// Its error-policy class.
+    pub class: &'static str,
+}
+
+impl InternalEvent for EventFailed {
+    fn emit(self, t: &Telemetry) {
+        t.metrics
+            .event_failures
+            .with_label_values(&[self.class])
+            .inc();
+    }
+}
+
+/// Where a failed event was.
+#[derive(Debug, Clone, Copy)]
+pub struct Failed<'a> {
+    /// What failed, for the log line: "failed event", "row the database rejected".
+    pub what: &'a str,
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset (none for a record emitted by `flush`).
+    pub offset: Option<i64>,
+    /// Its error-policy class.
+    pub class: &'static str,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub message: &'a str,
+    /// The output that rejected it (sink rejections).
+    pub output: Option<&'a str>,
+}
+
+/// A failed event was skipped by policy.
+#[derive(Debug)]
+pub struct EventSkipped<'a>(pub Failed<'a>);
+
+impl InternalEvent for EventSkipped<'_> {
+    fn emit(self, t: &Telemetry) {
+        let f = self.0;
+        t.metrics.events_skipped.with_label_values(&[f.class]).inc();
+        tracing::warn!(topic = %f.topic, partition = f.partition, offset = ?f.offset, class = f.class, attempts = f.attempts, output = ?f.output, "skipped {}: {}", f.what, f.message);
+    }
+}
+
+/// A failed event was written to the dead-letter topic.
+#[derive(Debug)]
+pub struct EventDeadLettered<'a> {
+    /// The event.
+    pub failed: Failed<'a>,
+    /// The dead-letter topic.
+    pub topic: &'a str,
+}
+
+impl InternalEvent for EventDeadLettered<'_> {
+    fn emit(self, t: &Telemetry) {
+        let f = self.failed;
+        t.metrics.dead_letters.with_label_values(&[f.class]).inc();
+        tracing::warn!(topic = %f.topic, partition = f.partition, offset = ?f.offset, class = f.class, attempts = f.attempts, output = ?f.output, dead_letter_topic = %self.topic, "dead-lettered {}: {}", f.what, f.message);
+    }
+}
+
+/// A sink cannot write (connection lost, broker down): retrying, partitions pause meanwhile.
+#[derive(Debug)]
+pub struct SinkUnavailable<'a> {
+    /// What is down, for the log line: "database", "broker".
+    pub what: &'a str,
+    /// The output.
+    pub output: &'a str,
+    /// The error.
+    pub error: &'a str,
+    /// Its reachability flag (readiness).
+    pub reachable: &'a AtomicBool,
+    /// Whether this is the first failure of an outage (logged once per outage).
+    pub first: bool,
+}
+
+impl InternalEvent for SinkUnavailable<'_> {
+    fn emit(self, t: &Telemetry) {
+        t.metrics
+            .sink_failures
+            .with_label_values(&[self.output, "transient"])
+            .inc();
+        self.reachable.store(false, Ordering::Release);
+        if self.first {
+            tracing::warn!(output = %self.output, "{} unavailable, retrying (partitions pause meanwhile): {}", self.what, self.error);
+        }
+    }
+}
+
+/// A sink that was unavailable writes again.
+#[derive(Debug)]
+pub struct SinkRecovered<'a> {
+    /// What was down.
+    pub what: &'a str,
+    /// The output.
+    pub output: &'a str,
+    /// Its reachability flag.
+    pub reachable: &'a AtomicBool,
+}
+
+impl InternalEvent for SinkRecovered<'_> {
+    fn emit(self, _t: &Telemetry) {
+        self.reachable.store(true, Ordering::Release);
+        tracing::info!(output = %self.output, "{} reachable again: writing", self.what);
+    }
+}
+
+/// A sink rejected a record for good (the record meets `error-policy.sink-rejection`).
+#[derive(Debug)]
+pub struct SinkRejected<'a> {
+    /// The output.
+    pub output: &'a str,
+}
+
+impl InternalEvent for SinkRejected<'_> {
+    fn emit(self, t: &Telemetry) {
+        t.metrics
+            .sink_failures
+            .with_label_values(&[self.output, "rejected"])
+            .inc();
+        t.emit(EventFailed {
+            class: "sink-rejection",
+        });
+    }
+}
+
+/// The producer gave up on a record (after `message.timeout.ms`): the pipeline stops.
+#[derive(Debug)]
+pub struct DeliveryFailed<'a> {
+    /// The output (or `dead-letters`).
+    pub output: &'a str,
+}
+
+impl InternalEvent for DeliveryFailed<'_> {
+    fn emit(self, t: &Telemetry) {
+        t.metrics
+            .sink_failures
+            .with_label_values(&[self.output, "delivery"])
+            .inc();
+    }
+}
