@@ -14,12 +14,15 @@ export SLUICE_CACHE := $(CACHE)
 ## deps: what the build and tests need: a C compiler (the C plugin, the header check), the
 ## Kafka-protocol test broker (tansu, built from crates.io once), the reference client
 ## (confluent-kafka from PyPI, in a virtualenv), and the PostgreSQL and MariaDB servers (Debian
-## packages; the tests start their own instances on 127.0.0.1).
+## packages; the tests start their own instances on 127.0.0.1), promtool (Debian package
+## prometheus: checks the alert rules and lints /metrics) and tmux (drives `sluice top` in a real
+## terminal).
 deps: $(TANSU) $(PYTHON)
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
 	@command -v gcc >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends gcc libc6-dev; }
 	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v psql; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql postgresql-client; }
 	@{ [ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db && command -v mariadb; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends mariadb-server mariadb-client; }
+	@{ command -v promtool && command -v tmux; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus tmux; }
 
 $(TANSU):
 	@echo "building the test broker (tansu 0.6.0) once; it is cached in $(CACHE)"
@@ -51,8 +54,11 @@ demo: build
 	@echo; echo "==== and on Kafka: a real broker, the reference client, offsets committed after delivery"
 	@./scripts/demo-kafka.sh
 
-## test: lint, then every test (unit, plugin end-to-end, scaffold).
+## test: lint, the alert rules (promtool), then every test (unit, plugin end-to-end, Kafka,
+## databases, faults).
 test: build lint
+	promtool check rules deploy/observability/prometheus-rules.yaml
+	cd deploy/observability && promtool test rules prometheus-rules.test.yaml
 	$(CARGO) test --workspace
 
 lint:

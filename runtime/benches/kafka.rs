@@ -1,8 +1,10 @@
 //! Kafka -> no-op plugin -> Kafka through `sluice run`, against a raw rdkafka consume -> produce
 //! loop written for this benchmark, on the same broker (tansu on 127.0.0.1) with the same input,
-//! in one run. Rounds alternate (raw, sluice, sluice with one worker, ...), each with a fresh output topic
-//! and consumer group; a round's rate is measured from the first record in its output topic to
-//! the last (so group-join time is left out of both), and the report gives medians and ratios.
+//! in one run. Rounds alternate (raw, sluice, sluice with metrics off, sluice with one worker,
+//! ...), each with a fresh output topic and consumer group; a round's rate is measured from the
+//! first record in its output topic to the last (so group-join time is left out of both), and
+//! the report gives medians and ratios. Since the broker is the bottleneck, the metrics on/off
+//! comparison also reports the CPU time sluice spent per event (`/proc/PID/stat`).
 //!
 //! The raw loop is what a careful hand-written at-least-once service does: poll, produce
 //! (idempotent, acks=all), and every 10,000 events flush the producer and commit.
@@ -19,7 +21,7 @@ use sluice_tests::{Broker, kafka_tool, plugin, write_spec};
 
 const EVENTS: usize = 200_000;
 const PARTITIONS: i32 = 4;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn output_count(consumer: &BaseConsumer, topic: &str) -> i64 {
     (0..PARTITIONS)
@@ -137,7 +139,21 @@ fn main() {
     let sluice = plugin("passthrough").parent().unwrap().join("sluice");
     let dir = tempfile::tempdir().unwrap();
 
-    let (mut raw, mut ours, mut ours_1) = (Vec::new(), Vec::new(), Vec::new());
+    // Per variant: events/s and CPU seconds per million events, one entry per round.
+    let variants: [(&str, &str); 3] = [
+        // The default worker count (from the CPU quota), with the admin endpoint and metrics on.
+        (
+            "sluice",
+            "admin:\n  listen: 127.0.0.1:0\n  lag-interval-ms: 1000\n",
+        ),
+        // The same without the admin endpoint and with the hot-path metrics off.
+        ("sluice, metrics off", "admin:\n  metrics: false\n"),
+        // One worker, like the raw loop.
+        ("sluice, 1 worker", "workers: 1\n"),
+    ];
+    let mut raw = Vec::new();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 0..ROUNDS {
         let out_raw = format!("bench-raw-{round}");
         broker.create_topic(&out_raw, PARTITIONS as u32);
@@ -152,17 +168,13 @@ fn main() {
         raw.push(EVENTS as f64 / watch(&watcher, &out_raw));
         worker.join().unwrap();
 
-        // Default worker count (from the CPU quota), then one worker like the raw loop.
-        for (workers, rates) in [("", &mut ours), ("workers: 1\n", &mut ours_1)] {
-            let out = format!(
-                "bench-sluice-{}-{round}",
-                if workers.is_empty() { "default" } else { "one" }
-            );
+        for (i, (_, extra)) in variants.iter().enumerate() {
+            let out = format!("bench-sluice-{i}-{round}");
             broker.create_topic(&out, PARTITIONS as u32);
             let spec = write_spec(
                 dir.path(),
                 &format!(
-                    "name: bench\n{workers}plugin:\n  path: {}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{input}]\n    group-id: {out}\noutputs:\n  out:\n    kafka: {{topic: {out}}}\n",
+                    "name: bench\n{extra}plugin:\n  path: {}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{input}]\n    group-id: {out}\noutputs:\n  out:\n    kafka: {{topic: {out}}}\n",
                     plugin("passthrough").display(),
                     broker.addr
                 ),
@@ -173,7 +185,8 @@ fn main() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            rates.push(EVENTS as f64 / watch(&watcher, &out));
+            rates[i].push(EVENTS as f64 / watch(&watcher, &out));
+            cpu[i].push(cpu_seconds(child.id()) / (EVENTS as f64 / 1e6));
             Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status()
@@ -181,22 +194,83 @@ fn main() {
             child.wait().unwrap();
         }
         println!(
-            "round {round}: raw {:.0} ev/s, sluice {:.0} ev/s, sluice with 1 worker {:.0} ev/s",
-            raw[round], ours[round], ours_1[round]
+            "round {round}: raw {:.0} ev/s; {}",
+            raw[round],
+            variants
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| format!(
+                    "{name} {:.0} ev/s ({:.2} CPU-s per M events)",
+                    rates[i][round], cpu[i][round]
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
         );
     }
-    let (raw, ours, ours_1) = (median(raw), median(ours), median(ours_1));
+    let raw = median(raw);
     let mb = |evs: f64| evs * bytes_per_event as f64 / 1e6;
     println!(
         "Kafka -> passthrough -> Kafka, {EVENTS} events x ~{bytes_per_event} B (key + value), {PARTITIONS} partitions, median of {ROUNDS}"
     );
-    println!("{:>12} {:>12} {:>8}", "", "events/s", "MB/s");
-    println!("{:>12} {raw:>12.0} {:>8.1}", "raw rdkafka", mb(raw));
-    println!("{:>12} {ours:>12.0} {:>8.1}", "sluice", mb(ours));
-    println!("{:>12} {ours_1:>12.0} {:>8.1}", "sluice 1 wkr", mb(ours_1));
     println!(
-        "sluice / raw = {:.3}x; with one worker {:.3}x",
-        ours / raw,
-        ours_1 / raw
+        "{:>20} {:>12} {:>8} {:>10} {:>16}",
+        "", "events/s", "MB/s", "vs raw", "CPU-s/M events"
     );
+    println!(
+        "{:>20} {raw:>12.0} {:>8.1} {:>10}",
+        "raw rdkafka",
+        mb(raw),
+        "1.000x"
+    );
+    let medians: Vec<(f64, f64)> = rates
+        .iter()
+        .zip(&cpu)
+        .map(|(r, c)| (median(r.clone()), median(c.clone())))
+        .collect();
+    for ((name, _), (rate, cpu)) in variants.iter().zip(&medians) {
+        println!(
+            "{name:>20} {rate:>12.0} {:>8.1} {:>9.3}x {cpu:>16.2}",
+            mb(*rate),
+            rate / raw
+        );
+    }
+    // Metrics on vs off, round by round (the same broker state), then the median ratio.
+    let throughput: Vec<f64> = rates[0]
+        .iter()
+        .zip(&rates[1])
+        .map(|(on, off)| on / off)
+        .collect();
+    let cpu_ratio: Vec<f64> = cpu[0]
+        .iter()
+        .zip(&cpu[1])
+        .map(|(on, off)| on / off)
+        .collect();
+    println!(
+        "metrics on / off: throughput {:.3}x (rounds {:?}), CPU per event {:.3}x (rounds {:?})",
+        median(throughput.clone()),
+        throughput
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>(),
+        median(cpu_ratio.clone()),
+        cpu_ratio
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// CPU time (user + system) the process has used so far, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    ticks / hz
 }

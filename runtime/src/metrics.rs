@@ -426,6 +426,11 @@ mod tests {
         let m = Metrics::new("p", true);
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observability");
         let mut used = 0;
+        let dashboard: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap(),
+        )
+        .expect("the dashboard is JSON");
+        assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() > 10));
         for file in ["grafana-dashboard.json", "prometheus-rules.yaml"] {
             let text = std::fs::read_to_string(dir.join(file)).unwrap();
             let mut rest = text.as_str();
