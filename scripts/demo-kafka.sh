@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Kafka half of `make demo`: a fresh tansu broker on 127.0.0.1, the sample bookings produced
 # with the reference client, the filter-and-enrich plugin run by `sluice run` until every input
-# offset is committed, then the output topics read back. Cleans up after itself.
+# offset is committed (with its admin endpoint on, shown by `sluice status` and a few metrics),
+# then the output topics read back. Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
@@ -9,6 +10,7 @@ TANSU=$CACHE/tansu-0.6.0/bin/tansu
 PY=$CACHE/venv/bin/python
 TOOL=tests/tools/kafka_tool.py
 PORT=${DEMO_KAFKA_PORT:-19092}
+ADMIN=127.0.0.1:${DEMO_ADMIN_PORT:-19464}
 B=127.0.0.1:$PORT
 DATA=$(mktemp -d)
 cleanup() { kill "${SLUICE_PID:-}" "${BROKER_PID:-}" 2>/dev/null || true; rm -rf "$DATA"; }
@@ -21,15 +23,21 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break;
 for t in bookings bookings-enriched bookings-filtered; do "$PY" $TOOL create --broker $B --topic $t --partitions 3; done
 "$PY" $TOOL produce-file --broker $B --topic bookings --file plugins/filter-and-enrich/bookings.jsonl --key-field booking_id
 
-echo "== target/debug/sluice run -f plugins/filter-and-enrich/pipeline-kafka.yaml"
-KAFKA_BOOTSTRAP=$B target/debug/sluice run -f plugins/filter-and-enrich/pipeline-kafka.yaml & SLUICE_PID=$!
+echo "== target/debug/sluice run -f plugins/filter-and-enrich/pipeline-kafka.yaml --admin $ADMIN"
+KAFKA_BOOTSTRAP=$B target/debug/sluice --log-format human run -f plugins/filter-and-enrich/pipeline-kafka.yaml \
+  --admin $ADMIN & SLUICE_PID=$!
 for _ in $(seq 120); do
   sum=$("$PY" $TOOL committed --broker $B --topic bookings --group bookings-enrich \
         | "$PY" -c 'import json,sys; print(sum(max(v,0) for v in json.load(sys.stdin).values()))')
   [ "$sum" = 8 ] && break
   sleep 0.5
 done
-echo "== all 8 input offsets committed; stopping sluice with SIGTERM"
+sleep 1.5 # one lag report from librdkafka's statistics
+echo "== all 8 input offsets committed: target/debug/sluice status --admin $ADMIN"
+target/debug/sluice status --admin $ADMIN
+echo "== a few of its metrics (curl http://$ADMIN/metrics)"
+"$PY" -c 'import sys, urllib.request; print("\n".join(l for l in urllib.request.urlopen(sys.argv[1]).read().decode().splitlines() if l.startswith(("sluice_records_emitted_total", "sluice_consumer_lag", "sluice_dead_letters_total", "sluice_ready"))))' "http://$ADMIN/metrics"
+echo "== stopping sluice with SIGTERM"
 kill -TERM $SLUICE_PID; wait $SLUICE_PID; SLUICE_PID=
 echo "== topic bookings-enriched (read with confluent-kafka)"
 "$PY" $TOOL consume --broker $B --topic bookings-enriched --expect 4 --linger 0.5 \

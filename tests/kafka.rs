@@ -1054,6 +1054,13 @@ fn metrics_count_exactly_what_was_consumed_and_emitted_and_logs_are_json_lifecyc
         1,
         "the final commit is logged once:\n{log}"
     );
+    let positions: i64 = final_commit[0]["offsets"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .map(|p| p.rsplit_once('@').unwrap().1.parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(positions, 900, "{final_commit:?}");
     assert!(
         log_events(&log, "draining")[0]["partitions"]
             .as_str()
@@ -1114,7 +1121,7 @@ fn status_lag_matches_the_reference_client_and_readiness_drops_while_draining() 
         port,
         "",
     );
-    let run = start(&spec, dir.path());
+    let mut run = start(&spec, dir.path());
     wait_until("200 committed", Duration::from_secs(60), || {
         committed_sum(&names.input, &names.group) == 200
     });
@@ -1167,8 +1174,9 @@ fn status_lag_matches_the_reference_client_and_readiness_drops_while_draining() 
         "draining is alive"
     );
     std::fs::write(&gate, "").unwrap();
-    let (code, log) = run.stop();
-    assert_eq!(code, Some(0), "{log}");
+    let status = run.child.wait().unwrap();
+    let log = std::fs::read_to_string(&run.log).unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
     assert_eq!(
         committed_sum(&names.input, &names.group),
         301,

@@ -655,11 +655,25 @@ fn example_filter_and_enrich_end_to_end() {
         ]
     );
     assert!(
-        run.stderr.contains("line=7"),
+        // The log is JSON (stderr is not a terminal here): the field is `"line":7`.
+        run.stderr.contains("\"line\":7"),
         "the incomplete booking is skipped by policy, by line: {}",
         run.stderr
     );
     assert!(run.stderr.contains("8 events in, 7 records out (enriched: 4, filtered: 3), skipped 1 invalid and 0 failed events"));
+    // Asked for, the same log is human-readable lines.
+    let spec = root().join("plugins/filter-and-enrich/pipeline.yaml");
+    let human = sluice_with_env(
+        &["run", "--log-format", "human", "-f", spec.to_str().unwrap()],
+        out.path(),
+        plugin("passthrough").parent().unwrap(),
+        plugin("c-mask").parent().unwrap(),
+    );
+    assert!(
+        human.stderr.contains("line=7") && !human.stderr.contains("{\"timestamp\""),
+        "{}",
+        human.stderr
+    );
 }
 
 #[test]

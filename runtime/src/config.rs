@@ -1283,6 +1283,43 @@ outputs:
     }
 
     #[test]
+    fn the_admin_endpoint_is_checked_and_defaults_to_off_with_metrics_on() {
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: 127.0.0.1:9092\n    topics: [a]\n    group-id: g\n",
+        );
+        let spec = parse(&kafka).unwrap();
+        assert_eq!(
+            (
+                spec.admin.listen.as_deref(),
+                spec.admin.metrics,
+                spec.admin.lag_interval_ms
+            ),
+            (None, true, 1000)
+        );
+        let spec = parse(&format!(
+            "{kafka}admin:\n  listen: 0.0.0.0:9464\n  metrics: false\n"
+        ))
+        .unwrap();
+        assert_eq!(spec.admin.listen.as_deref(), Some("0.0.0.0:9464"));
+        assert!(!spec.admin.metrics);
+        let err = parse(&format!("{kafka}admin:\n  listen: localhost\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml: admin.listen: `localhost` is not `host:port` with an IP address: write e.g. 0.0.0.0:9464"
+        );
+        let err = parse(&format!("{SPEC}admin:\n  listen: 127.0.0.1:9464\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.listen: the admin endpoint serves a `source: kafka` pipeline"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn kafka_source_defaults_and_reserved_properties() {
         let kafka = SPEC.replace(
             "  file:\n    path: events.jsonl\n    key-field: id\n",

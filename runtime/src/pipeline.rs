@@ -247,6 +247,7 @@ fn revoke(
         Ok(()) => dispatch.telemetry.emit(OffsetsCommitted {
             commits: &commits,
             point: CommitPoint::Release,
+            released: partitions,
         }),
         Err(err) => dispatch.telemetry.emit(CommitFailed {
             error: &err,
@@ -368,6 +369,7 @@ fn commit_transaction(
     dispatch.telemetry.emit(OffsetsCommitted {
         commits: &commits,
         point: CommitPoint::Transaction,
+        released: &[],
     });
     Ok(())
 }
@@ -755,6 +757,7 @@ pub fn run_with(
                     Ok(()) => telemetry.emit(OffsetsCommitted {
                         commits: &commits,
                         point: CommitPoint::Interval,
+                        released: &[],
                     }),
                     Err(err) => {
                         telemetry.emit(CommitFailed {

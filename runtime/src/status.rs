@@ -295,6 +295,26 @@ impl Health {
         }
     }
 
+    /// The group's committed offset of `tp` as far as this pod knows (its own commits, or
+    /// what librdkafka last fetched).
+    pub fn committed_offset(&self, tp: &TopicPartition) -> Option<i64> {
+        let ours = self
+            .committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tp)
+            .copied()
+            .unwrap_or(-1);
+        let theirs = self
+            .broker_offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tp)
+            .map_or(-1, |b| b.committed);
+        let offset = ours.max(theirs);
+        (offset >= 0).then_some(offset)
+    }
+
     /// Why the pod is not live, if it is not: the poll loop stalled or a worker thread died.
     pub fn liveness(&self) -> Result<(), String> {
         let lifecycle = self.lifecycle();

@@ -130,28 +130,40 @@ pub enum CommitPoint {
 /// The group committed offsets.
 #[derive(Debug)]
 pub struct OffsetsCommitted<'a> {
-    /// What was committed: the next offset to read per partition.
+    /// What was committed: the next offset to read per partition (may be empty).
     pub commits: &'a [(TopicPartition, i64)],
     /// When.
     pub point: CommitPoint,
+    /// `Release`: the partitions released, whose final position is logged (even when nothing
+    /// new was committed for them).
+    pub released: &'a [TopicPartition],
 }
 
 impl InternalEvent for OffsetsCommitted<'_> {
     fn emit(self, t: &Telemetry) {
-        if self.commits.is_empty() {
-            return;
+        if !self.commits.is_empty() {
+            t.metrics.commits.inc();
+            t.health.committed(self.commits);
         }
-        t.metrics.commits.inc();
-        t.health.committed(self.commits);
-        let offsets = self
-            .commits
-            .iter()
-            .map(|((topic, p), o)| format!("{topic}/{p}@{o}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let show = |offsets: &mut dyn Iterator<Item = (&TopicPartition, Option<i64>)>| {
+            offsets
+                .map(|((topic, p), o)| match o {
+                    Some(o) => format!("{topic}/{p}@{o}"),
+                    None => format!("{topic}/{p}@-"),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         if self.point == CommitPoint::Release {
-            tracing::info!(offsets = %offsets, "committed");
-        } else {
+            let offsets = show(
+                &mut self
+                    .released
+                    .iter()
+                    .map(|tp| (tp, t.health.committed_offset(tp))),
+            );
+            tracing::info!(partitions = %Partitions(self.released), offsets = %offsets, "committed");
+        } else if !self.commits.is_empty() {
+            let offsets = show(&mut self.commits.iter().map(|(tp, o)| (tp, Some(*o))));
             tracing::debug!(offsets = %offsets, point = ?self.point, "committed");
         }
     }

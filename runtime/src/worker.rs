@@ -622,16 +622,19 @@ impl Worker {
             .events_in
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         if shared.telemetry.metrics.enabled {
-            self.consumed
-                .entry(tp.clone())
-                .or_insert_with(|| {
-                    shared
+            let n = events.len() as u64;
+            match self.consumed.get(&tp) {
+                Some(counter) => counter.inc_by(n),
+                None => {
+                    let counter = shared
                         .telemetry
                         .metrics
                         .events_consumed
-                        .with_label_values(&[tp.0.as_str(), &tp.1.to_string()])
-                })
-                .inc_by(events.len() as u64);
+                        .with_label_values(&[tp.0.as_str(), &tp.1.to_string()]);
+                    counter.inc_by(n);
+                    self.consumed.insert(tp.clone(), counter);
+                }
+            }
         }
         let mut failures: Vec<(usize, Class, String)> = errors
             .into_iter()
