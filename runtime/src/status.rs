@@ -397,8 +397,7 @@ impl Health {
                 .with_label_values(&labels)
                 .set(i64::from(p.paused));
         }
-        let sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
-        for s in sinks.iter() {
+        for s in self.sinks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             metrics
                 .sink_reachable
                 .with_label_values(&[&s.output])
@@ -977,6 +976,28 @@ mod tests {
                 .unwrap_err()
                 .contains("poll loop has not turned")
         );
+    }
+
+    #[test]
+    fn a_scrape_samples_the_state_gauges() {
+        let h = health();
+        let m = Metrics::new("p", true);
+        h.add_sink(SinkProbe {
+            output: "out".into(),
+            kind: "kafka",
+            reachable: Arc::new(AtomicBool::new(true)),
+        });
+        h.refresh(&m);
+        let text = m.encode();
+        assert!(
+            text.contains("sluice_in_flight_events{partition=\"0\",topic=\"in\",pipeline=\"p\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_sink_reachable{output=\"out\",pipeline=\"p\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("sluice_ready{pipeline=\"p\"} 0"), "{text}");
     }
 
     #[test]

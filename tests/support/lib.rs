@@ -444,12 +444,21 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
+    let url = format!("http://127.0.0.1:{port}{path}");
     let mut response = agent
-        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .get(&url)
         .call()
+        .map_err(|e| eprintln!("GET {url}: {e}"))
         .ok()?;
     let status = response.status().as_u16();
-    Some((status, response.body_mut().read_to_string().ok()?))
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .map_err(|e| eprintln!("GET {url}: {e}"))
+        .ok()?;
+    Some((status, body))
 }
 
 /// The JSON log lines of a `sluice` log file whose `message` starts with `message`.
