@@ -6,7 +6,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use sluice_tests::db::{MariaDb, Postgres};
-use sluice_tests::{Broker, Running, plugin, start_with_env, unique, wait_until, write_spec};
+use sluice_tests::{
+    Broker, Running, free_port, http_get, metric, plugin, start_with_env, unique, wait_until,
+    write_spec,
+};
 
 fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
@@ -175,6 +178,10 @@ fn postgres_down_for_10_s_mid_stream_pauses_and_loses_nothing() {
         ),
         "    postgres:\n      url: ${DB_URL}\n      table: events\n      columns: {seq: bigint, key: text}\n      key: [seq]\n      mode: upsert\n      batch-size: 100\n",
     );
+    // With the admin endpoint: readiness and the sink metrics follow the outage.
+    let port = free_port();
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, format!("{text}admin:\n  listen: 127.0.0.1:{port}\n")).unwrap();
     let run = start_with_url(&spec, dir.path(), &pg.url);
     let count = || -> usize {
         pg.sql("SELECT COUNT(*) FROM events")
@@ -183,8 +190,33 @@ fn postgres_down_for_10_s_mid_stream_pauses_and_loses_nothing() {
             .unwrap()
     };
     wait_until("the first rows", Duration::from_secs(60), || count() > 0);
+    assert_eq!(http_get(port, "/readyz").map(|(c, _)| c), Some(200));
     pg.down();
-    std::thread::sleep(Duration::from_secs(10));
+    let outage = std::time::Instant::now();
+    wait_until(
+        "not ready: output unreachable",
+        Duration::from_secs(8),
+        || {
+            http_get(port, "/readyz")
+                .is_some_and(|(code, body)| code == 503 && body.contains("output out unreachable"))
+        },
+    );
+    let m = http_get(port, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(&m, "sluice_sink_reachable", &[("output", "out")]),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "sluice_sink_failures_total",
+            &[("output", "out"), ("kind", "transient")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed()));
     let committed_in_outage = broker().committed_sum(&topic, &group);
     pg.up();
     let rows_after_outage = count();
@@ -200,6 +232,38 @@ fn postgres_down_for_10_s_mid_stream_pauses_and_loses_nothing() {
         "every row after the outage",
         Duration::from_secs(120),
         || count() == total,
+    );
+    wait_until("ready again", Duration::from_secs(10), || {
+        http_get(port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    // Every row went through a committed batch, timed end to end (a row written again after a
+    // lost commit answer counts again: at least `total`).
+    let m = http_get(port, "/metrics").unwrap().1;
+    assert!(
+        metric(&m, "sluice_sink_batch_rows_sum", &[("output", "out")]).unwrap() >= total as f64,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "sluice_sink_batch_duration_seconds_count",
+            &[("output", "out")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &m,
+            "sluice_end_to_end_latency_seconds_count",
+            &[("output", "out")]
+        )
+        .unwrap()
+            >= total as f64
+    );
+    assert_eq!(
+        metric(&m, "sluice_sink_reachable", &[("output", "out")]),
+        Some(1.0)
     );
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
