@@ -207,7 +207,10 @@ fn revoke(
     if per_worker.is_empty() {
         return;
     }
-    dispatch.telemetry.emit(PartitionsRevoked { partitions });
+    dispatch.telemetry.emit(PartitionsRevoked {
+        partitions,
+        into_transaction: false,
+    });
     let deadline = Instant::now() + dispatch.drain_timeout;
     let replies: Vec<_> = per_worker
         .into_iter()
@@ -289,8 +292,10 @@ fn revoke_in_transaction(
     if per_worker.is_empty() {
         return;
     }
-    dispatch.telemetry.emit(PartitionsRevoked { partitions });
-    tracing::info!(partitions = ?partitions, "revoked: draining into the transaction");
+    dispatch.telemetry.emit(PartitionsRevoked {
+        partitions,
+        into_transaction: true,
+    });
     for (worker, parts) in per_worker {
         let (tx, _rx) = mpsc::sync_channel(1);
         let _ = dispatch.workers[worker].send(Command::Revoke(parts, tx));

@@ -74,11 +74,18 @@ impl InternalEvent for PartitionsAssigned<'_> {
 pub struct PartitionsRevoked<'a> {
     /// The partitions.
     pub partitions: &'a [TopicPartition],
+    /// Kafka transactions: their offsets commit with the open transaction.
+    pub into_transaction: bool,
 }
 
 impl InternalEvent for PartitionsRevoked<'_> {
     fn emit(self, t: &Telemetry) {
-        tracing::info!(partitions = %Partitions(self.partitions), count = self.partitions.len(), "revoked: draining");
+        let (partitions, count) = (Partitions(self.partitions), self.partitions.len());
+        if self.into_transaction {
+            tracing::info!(partitions = %partitions, count, "revoked: draining into the transaction");
+        } else {
+            tracing::info!(partitions = %partitions, count, "revoked: draining");
+        }
         t.metrics.rebalances.with_label_values(&["revoke"]).inc();
     }
 }
