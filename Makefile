@@ -7,6 +7,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CACHE ?= $(HOME)/.cache/sluice
 TANSU := $(CACHE)/tansu-0.6.0/bin/tansu
 PYTHON := $(CACHE)/venv/bin/python
+# Offline Kubernetes checks (schemas, security linter) in their own virtualenv: checkov pins
+# packages that conflict with others.
+K8S_VENV := $(CACHE)/k8s-venv
 export SLUICE_CACHE := $(CACHE)
 
 .PHONY: demo test lint bench build deps
@@ -15,14 +18,15 @@ export SLUICE_CACHE := $(CACHE)
 ## Kafka-protocol test broker (tansu, built from crates.io once), the reference client
 ## (confluent-kafka from PyPI, in a virtualenv), and the PostgreSQL and MariaDB servers (Debian
 ## packages; the tests start their own instances on 127.0.0.1), promtool (Debian package
-## prometheus: checks the alert rules and lints /metrics) and tmux (drives `sluice top` in a real
-## terminal).
-deps: $(TANSU) $(PYTHON)
+## prometheus: checks the alert rules and lints /metrics), tmux (drives `sluice top` in a real
+## terminal), kubectl (kustomize) and, from PyPI, kubernetes-validate and checkov for deploy/.
+deps: $(TANSU) $(PYTHON) $(K8S_VENV)/bin/checkov
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
 	@command -v gcc >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends gcc libc6-dev; }
 	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v psql; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql postgresql-client; }
 	@{ [ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db && command -v mariadb; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends mariadb-server mariadb-client; }
 	@{ command -v promtool && command -v tmux; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus tmux; }
+	@command -v kubectl >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends kubectl; }
 
 $(TANSU):
 	@echo "building the test broker (tansu 0.6.0) once; it is cached in $(CACHE)"
@@ -31,6 +35,10 @@ $(TANSU):
 $(PYTHON):
 	python3 -m venv $(CACHE)/venv || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && python3 -m venv $(CACHE)/venv; }
 	$(PYTHON) -m pip install --quiet confluent-kafka==2.16.1
+
+$(K8S_VENV)/bin/checkov:
+	python3 -m venv $(K8S_VENV)
+	$(K8S_VENV)/bin/python -m pip install --quiet kubernetes-validate==1.37.0 checkov==3.3.30
 
 ## build: the runtime, every Rust plugin, and the C plugin.
 build: deps
@@ -59,6 +67,7 @@ demo: build
 test: build lint
 	promtool check rules deploy/observability/prometheus-rules.yaml
 	cd deploy/observability && promtool test rules prometheus-rules.test.yaml
+	SLUICE_K8S_VENV=$(K8S_VENV) deploy/check.sh
 	$(CARGO) test --workspace
 
 lint:

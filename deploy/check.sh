@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Offline validation of everything in deploy/ (run by `make test`): the base and every provider
+# overlay are built with `kubectl kustomize`, validated against the Kubernetes schemas
+# (kubernetes-validate --strict) and checked by a security linter (checkov: no failed checks;
+# an exception is an annotation on the object that says why).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${SLUICE_K8S_VENV:-${SLUICE_CACHE:-$HOME/.cache/sluice}/k8s-venv}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for target in base overlays/*/; do
+  name=$(basename "$target")
+  kubectl kustomize "$target" > "$out/$name.yaml"
+  "$VENV/bin/kubernetes-validate" --strict --quiet "$out/$name.yaml"
+  "$VENV/bin/checkov" -f "$out/$name.yaml" --framework kubernetes --compact --quiet --skip-download
+  echo "deploy/$target: $(grep -c '^kind:' "$out/$name.yaml") objects valid, no failed checks"
+done
