@@ -1,0 +1,571 @@
+//! The capacity policy: given a pipeline's partitions, its replica bounds, the VPA's CPU
+//! recommendation and what happened before, decide the next step. Pure code: inputs in, a
+//! decision and the next state out; the controller does the I/O.
+//!
+//! The rules:
+//! - Replicas are always a divisor of the partition count, so every pod owns the same number of
+//!   partitions (no pod with one partition more than the others sets the pace).
+//! - Pods grow vertically first (the VPA). When the VPA's *uncapped* target (what it would give
+//!   a pod without `maxAllowed`) presses against `maxAllowed` for `up_window_s`, replicas step up
+//!   to the next divisor; with none left within the bounds the policy reports `ScalingLimited`.
+//! - When the load would fit comfortably in fewer pods (the per-pod CPU at the next lower divisor
+//!   at most `down_fill` of `maxAllowed`) for the longer `down_window_s`, replicas step down one
+//!   divisor: up fast, down slowly.
+//! - Replicas and resources never change in the same rollout: while a rollout is in progress
+//!   nothing changes, and a replica step waits `cooldown_s` after the previous change of either
+//!   kind so the VPA can observe the new shape.
+
+/// Millicores of CPU.
+pub type Millis = u64;
+
+/// Tuning of the policy (defaults suit pipelines whose load changes over tens of minutes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyConfig {
+    /// How long the uncapped target must press against `maxAllowed` before stepping up.
+    pub up_window_s: u64,
+    /// How long the load must fit in fewer pods before stepping down.
+    pub down_window_s: u64,
+    /// Step down only if each of the fewer pods would need at most this share of `maxAllowed`.
+    pub down_fill: f64,
+    /// Quiet time after any change (replicas or resources) before a replica step.
+    pub cooldown_s: u64,
+    /// Apply new requests (operator mode) only when they differ by more than this share (the
+    /// VPA updater's own threshold is 10%).
+    pub resource_change_min: f64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            up_window_s: 300,
+            down_window_s: 1800,
+            down_fill: 0.7,
+            cooldown_s: 600,
+            resource_change_min: 0.10,
+        }
+    }
+}
+
+/// The VPA's CPU recommendation for the pipeline's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recommendation {
+    /// The target, capped to `[minAllowed, maxAllowed]`.
+    pub target: Millis,
+    /// The target without the caps.
+    pub uncapped_target: Millis,
+}
+
+/// Who applies resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppliedBy {
+    /// The VPA's updater (the policy only steps replicas).
+    Vpa,
+    /// The operator, in its own rollouts (the VPA only recommends).
+    Operator,
+}
+
+/// What kind of change happened last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Replicas changed.
+    Replicas,
+    /// Resources changed.
+    Resources,
+}
+
+/// What the policy remembers between reconciles (kept in the custom resource's status).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct State {
+    /// Since when (s) the uncapped target presses against `maxAllowed`.
+    pub pressure_since: Option<u64>,
+    /// Since when (s) the load fits in fewer pods.
+    pub relief_since: Option<u64>,
+    /// The last change and when (s).
+    pub last_change: Option<(u64, Change)>,
+}
+
+/// Everything a decision depends on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inputs {
+    /// Now, in seconds.
+    pub now_s: u64,
+    /// Partitions of the source topics (what replicas must divide).
+    pub partitions: u32,
+    /// Current replicas.
+    pub replicas: u32,
+    /// Fewest replicas allowed.
+    pub min_replicas: u32,
+    /// Most replicas allowed.
+    pub max_replicas: u32,
+    /// The VPA's `maxAllowed` CPU per pod.
+    pub max_allowed: Millis,
+    /// The VPA's recommendation, once it has one.
+    pub recommendation: Option<Recommendation>,
+    /// The CPU request the pods run with now.
+    pub applied_request: Millis,
+    /// Who applies resources.
+    pub applied_by: AppliedBy,
+    /// A rollout (of either kind) has not finished.
+    pub rollout_in_progress: bool,
+}
+
+/// What to do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing changes.
+    Hold,
+    /// Roll out this many replicas.
+    ScaleTo(u32),
+    /// Roll out pods with this CPU request (operator mode).
+    SetRequest(Millis),
+}
+
+/// Why the policy decided what it decided (for status conditions and events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Nothing to do.
+    Steady,
+    /// No recommendation yet.
+    NoRecommendation,
+    /// A rollout is still in progress.
+    RolloutInProgress,
+    /// The last change is too recent.
+    CoolingDown,
+    /// Pressure seen, window not over yet.
+    PressureBuilding,
+    /// Relief seen, window not over yet.
+    ReliefBuilding,
+    /// Pods at `maxAllowed` for the whole window: more replicas.
+    PressureSustained,
+    /// Load fits in fewer pods for the whole window: fewer replicas.
+    ReliefSustained,
+    /// Replicas outside the bounds or not a divisor: brought back.
+    Realign,
+    /// Operator mode: the recommendation moved enough to apply.
+    NewRequest,
+}
+
+/// A decision: what to do, why, whether scaling is limited, and the state to remember.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do.
+    pub action: Action,
+    /// Why.
+    pub reason: Reason,
+    /// Pods press against `maxAllowed` but no divisor of the partitions is left within the
+    /// bounds (the `ScalingLimited` condition).
+    pub scaling_limited: bool,
+    /// The state for the next decision.
+    pub state: State,
+}
+
+/// The divisors of `partitions` within `[min, max]`, ascending.
+pub fn aligned_replicas(partitions: u32, min: u32, max: u32) -> Vec<u32> {
+    (min.max(1)..=max.min(partitions))
+        .filter(|r| partitions % r == 0)
+        .collect()
+}
+
+/// Decides the next step.
+pub fn decide(config: &PolicyConfig, inputs: &Inputs, state: State) -> Decision {
+    let aligned = aligned_replicas(inputs.partitions, inputs.min_replicas, inputs.max_replicas);
+    let mut next = state;
+    let hold = |reason, state, limited| Decision {
+        action: Action::Hold,
+        reason,
+        scaling_limited: limited,
+        state,
+    };
+    if inputs.rollout_in_progress {
+        return hold(Reason::RolloutInProgress, state, false);
+    }
+    // Replicas that are not aligned (a spec change, a manual edit) come back first: the
+    // nearest aligned count at or above, else the largest.
+    if !aligned.contains(&inputs.replicas) {
+        if let Some(&to) = aligned
+            .iter()
+            .find(|r| **r >= inputs.replicas)
+            .or(aligned.last())
+        {
+            return Decision {
+                action: Action::ScaleTo(to),
+                reason: Reason::Realign,
+                scaling_limited: false,
+                state: State {
+                    pressure_since: None,
+                    relief_since: None,
+                    last_change: Some((inputs.now_s, Change::Replicas)),
+                },
+            };
+        }
+        // No divisor within the bounds at all.
+        return hold(Reason::Steady, state, true);
+    }
+    let Some(rec) = inputs.recommendation else {
+        return hold(Reason::NoRecommendation, state, false);
+    };
+
+    // Pressure: the VPA would give a pod more than it may have.
+    let pressed = rec.uncapped_target >= inputs.max_allowed;
+    next.pressure_since = if pressed {
+        state.pressure_since.or(Some(inputs.now_s))
+    } else {
+        None
+    };
+    // Relief: the whole load, spread over the next lower divisor, fits with room to spare.
+    let lower = aligned
+        .iter()
+        .rev()
+        .find(|r| **r < inputs.replicas)
+        .copied();
+    let relieved = !pressed
+        && lower.is_some_and(|l| {
+            let total = rec.uncapped_target as f64 * f64::from(inputs.replicas);
+            total / f64::from(l) <= config.down_fill * inputs.max_allowed as f64
+        });
+    next.relief_since = if relieved {
+        state.relief_since.or(Some(inputs.now_s))
+    } else {
+        None
+    };
+    let higher = aligned.iter().find(|r| **r > inputs.replicas).copied();
+    let limited = pressed && higher.is_none();
+    let cooling = state
+        .last_change
+        .is_some_and(|(at, _)| inputs.now_s < at + config.cooldown_s);
+
+    let step = |to: u32, reason| Decision {
+        action: Action::ScaleTo(to),
+        reason,
+        scaling_limited: false,
+        state: State {
+            pressure_since: None,
+            relief_since: None,
+            last_change: Some((inputs.now_s, Change::Replicas)),
+        },
+    };
+    if let (Some(since), Some(to)) = (next.pressure_since, higher) {
+        if inputs.now_s >= since + config.up_window_s {
+            if cooling {
+                return hold(Reason::CoolingDown, next, false);
+            }
+            return step(to, Reason::PressureSustained);
+        }
+        return hold(Reason::PressureBuilding, next, false);
+    }
+    if let (Some(since), Some(to)) = (next.relief_since, lower) {
+        if inputs.now_s >= since + config.down_window_s {
+            if cooling {
+                return hold(Reason::CoolingDown, next, false);
+            }
+            return step(to, Reason::ReliefSustained);
+        }
+        return hold(Reason::ReliefBuilding, next, false);
+    }
+    // Operator mode: apply the recommendation in its own rollout when it moved enough.
+    if inputs.applied_by == AppliedBy::Operator {
+        let applied = inputs.applied_request.max(1) as f64;
+        let change = (rec.target as f64 - applied).abs() / applied;
+        if change > config.resource_change_min {
+            // Right after a replica step the recommendation still describes the old shape.
+            if cooling
+                && state
+                    .last_change
+                    .is_some_and(|(_, c)| c == Change::Replicas)
+            {
+                return hold(Reason::CoolingDown, next, limited);
+            }
+            return Decision {
+                action: Action::SetRequest(rec.target),
+                reason: Reason::NewRequest,
+                scaling_limited: limited,
+                state: State {
+                    last_change: Some((inputs.now_s, Change::Resources)),
+                    ..next
+                },
+            };
+        }
+    }
+    hold(Reason::Steady, next, limited)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(replicas: u32, uncapped: Millis) -> Inputs {
+        Inputs {
+            now_s: 10_000,
+            partitions: 12,
+            replicas,
+            min_replicas: 1,
+            max_replicas: 12,
+            max_allowed: 2000,
+            recommendation: Some(Recommendation {
+                target: uncapped.min(2000),
+                uncapped_target: uncapped,
+            }),
+            applied_request: uncapped.min(2000),
+            applied_by: AppliedBy::Vpa,
+            rollout_in_progress: false,
+        }
+    }
+
+    fn at(mut i: Inputs, now_s: u64) -> Inputs {
+        i.now_s = now_s;
+        i
+    }
+
+    #[test]
+    fn aligned_replicas_are_the_divisors_within_bounds() {
+        assert_eq!(aligned_replicas(12, 1, 12), [1, 2, 3, 4, 6, 12]);
+        assert_eq!(aligned_replicas(12, 3, 5), [3, 4]);
+        assert_eq!(aligned_replicas(7, 2, 6), Vec::<u32>::new());
+        assert_eq!(aligned_replicas(8, 0, 100), [1, 2, 4, 8]);
+        // Exhaustively: every count divides its partitions and lies within the bounds.
+        for partitions in 1..=64 {
+            for min in 0..=8 {
+                for max in min..=70 {
+                    for r in aligned_replicas(partitions, min, max) {
+                        assert!(partitions % r == 0 && r >= min.max(1) && r <= max);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sustained_pressure_steps_up_to_the_next_divisor_after_the_window() {
+        let config = PolicyConfig::default();
+        let i = inputs(4, 2400);
+        let d = decide(&config, &i, State::default());
+        assert_eq!(
+            (d.action, d.reason),
+            (Action::Hold, Reason::PressureBuilding)
+        );
+        assert_eq!(d.state.pressure_since, Some(10_000));
+        let d = decide(&config, &at(i, 10_299), d.state);
+        assert_eq!(d.action, Action::Hold, "the window is not over");
+        let d = decide(&config, &at(i, 10_300), d.state);
+        assert_eq!(
+            (d.action, d.reason),
+            (Action::ScaleTo(6), Reason::PressureSustained)
+        );
+        assert_eq!(d.state.last_change, Some((10_300, Change::Replicas)));
+        assert_eq!(d.state.pressure_since, None);
+    }
+
+    #[test]
+    fn pressure_that_stops_resets_the_window() {
+        let config = PolicyConfig::default();
+        let d = decide(&config, &inputs(4, 2400), State::default());
+        let d = decide(&config, &at(inputs(4, 1500), 10_200), d.state);
+        assert_eq!(d.state.pressure_since, None);
+        let d = decide(&config, &at(inputs(4, 2400), 10_301), d.state);
+        assert_eq!(
+            (d.action, d.reason),
+            (Action::Hold, Reason::PressureBuilding)
+        );
+    }
+
+    #[test]
+    fn no_divisor_left_reports_scaling_limited() {
+        let config = PolicyConfig::default();
+        let mut i = inputs(6, 2500);
+        i.max_replicas = 8; // 12's divisors above 6 within 8: none
+        let d = decide(&config, &i, State::default());
+        assert!(d.scaling_limited);
+        let d = decide(&config, &at(i, 20_000), d.state);
+        assert_eq!(d.action, Action::Hold);
+        assert!(d.scaling_limited);
+        // Not pressed: not limited.
+        assert!(!decide(&config, &inputs(6, 900), State::default()).scaling_limited);
+    }
+
+    #[test]
+    fn relief_steps_down_one_divisor_after_the_longer_window() {
+        let config = PolicyConfig::default();
+        // 6 pods at 600m = 3600m; on 4 pods 900m each <= 0.7 * 2000.
+        let i = inputs(6, 600);
+        let d = decide(&config, &i, State::default());
+        assert_eq!(d.reason, Reason::ReliefBuilding);
+        let d = decide(&config, &at(i, 10_000 + 1799), d.state);
+        assert_eq!(d.action, Action::Hold);
+        let d = decide(&config, &at(i, 10_000 + 1800), d.state);
+        assert_eq!(
+            (d.action, d.reason),
+            (Action::ScaleTo(4), Reason::ReliefSustained)
+        );
+        // 6 pods at 1000m: on 4 pods 1500m > 1400m: stay.
+        assert_eq!(
+            decide(&config, &inputs(6, 1000), State::default()).reason,
+            Reason::Steady
+        );
+        // At the minimum nothing is lower.
+        let mut i = inputs(2, 100);
+        i.min_replicas = 2;
+        assert_eq!(decide(&config, &i, State::default()).reason, Reason::Steady);
+    }
+
+    #[test]
+    fn nothing_changes_during_a_rollout_or_the_cooldown() {
+        let config = PolicyConfig::default();
+        let mut i = inputs(4, 2400);
+        i.rollout_in_progress = true;
+        let state = State {
+            pressure_since: Some(0),
+            ..State::default()
+        };
+        assert_eq!(decide(&config, &i, state).reason, Reason::RolloutInProgress);
+        assert_eq!(decide(&config, &i, state).state, state);
+        i.rollout_in_progress = false;
+        let recent = State {
+            pressure_since: Some(0),
+            relief_since: None,
+            last_change: Some((9_900, Change::Resources)),
+        };
+        assert_eq!(decide(&config, &i, recent).reason, Reason::CoolingDown);
+        let old = State {
+            last_change: Some((9_000, Change::Resources)),
+            ..recent
+        };
+        assert_eq!(decide(&config, &i, old).action, Action::ScaleTo(6));
+    }
+
+    #[test]
+    fn operator_mode_applies_requests_in_their_own_rollout() {
+        let config = PolicyConfig::default();
+        let mut i = inputs(4, 1500);
+        i.applied_by = AppliedBy::Operator;
+        i.applied_request = 1000;
+        let d = decide(&config, &i, State::default());
+        assert_eq!(
+            (d.action, d.reason),
+            (Action::SetRequest(1500), Reason::NewRequest)
+        );
+        assert_eq!(d.state.last_change, Some((10_000, Change::Resources)));
+        // Within 10%: nothing.
+        i.applied_request = 1400;
+        assert_eq!(decide(&config, &i, State::default()).action, Action::Hold);
+        // Right after a replica step the recommendation is stale: wait out the cooldown.
+        i.applied_request = 1000;
+        let after_step = State {
+            last_change: Some((9_950, Change::Replicas)),
+            ..State::default()
+        };
+        assert_eq!(decide(&config, &i, after_step).reason, Reason::CoolingDown);
+        assert_eq!(
+            decide(&config, &at(i, 9_950 + 600), after_step).action,
+            Action::SetRequest(1500)
+        );
+        // Under sustained pressure the replica step wins; the request follows in a later rollout.
+        let mut p = inputs(4, 2400);
+        p.applied_by = AppliedBy::Operator;
+        p.applied_request = 1000;
+        let d = decide(
+            &config,
+            &p,
+            State {
+                pressure_since: Some(0),
+                ..State::default()
+            },
+        );
+        assert_eq!(d.action, Action::ScaleTo(6));
+        let d = decide(&config, &at(p, 10_001), d.state);
+        assert_eq!(
+            d.action,
+            Action::Hold,
+            "not in the same rollout, and not right after"
+        );
+    }
+
+    #[test]
+    fn misaligned_replicas_are_realigned_first() {
+        let config = PolicyConfig::default();
+        assert_eq!(
+            decide(&config, &inputs(5, 900), State::default()).action,
+            Action::ScaleTo(6)
+        );
+        let mut i = inputs(13, 900);
+        i.max_replicas = 20;
+        assert_eq!(
+            decide(&config, &i, State::default()).action,
+            Action::ScaleTo(12)
+        );
+        let mut none = inputs(3, 900);
+        none.partitions = 7;
+        none.min_replicas = 2;
+        none.max_replicas = 6;
+        let d = decide(&config, &none, State::default());
+        assert_eq!(d.action, Action::Hold);
+        assert!(d.scaling_limited);
+    }
+
+    /// Every reachable decision, over a grid of inputs and states: replicas only ever move to an
+    /// aligned count within the bounds, by one divisor step (or a realignment), and never while
+    /// a rollout runs; a resource change never comes with a replica change.
+    #[test]
+    fn exhaustively_replicas_stay_aligned_and_step_one_divisor() {
+        let config = PolicyConfig::default();
+        let states = [
+            State::default(),
+            State {
+                pressure_since: Some(0),
+                ..State::default()
+            },
+            State {
+                relief_since: Some(0),
+                ..State::default()
+            },
+            State {
+                last_change: Some((9_990, Change::Replicas)),
+                ..State::default()
+            },
+        ];
+        for partitions in [1, 2, 6, 7, 12, 16, 24, 36] {
+            for (min, max) in [(1, 64), (2, 6), (3, 3), (4, 40)] {
+                let aligned = aligned_replicas(partitions, min, max);
+                for replicas in 1..=40 {
+                    for uncapped in [0, 300, 1400, 1999, 2000, 5000] {
+                        for by in [AppliedBy::Vpa, AppliedBy::Operator] {
+                            for rollout in [false, true] {
+                                for state in states {
+                                    let mut i = inputs(replicas, uncapped);
+                                    (i.partitions, i.min_replicas, i.max_replicas) =
+                                        (partitions, min, max);
+                                    i.applied_by = by;
+                                    i.rollout_in_progress = rollout;
+                                    let d = decide(&config, &i, state);
+                                    if rollout {
+                                        assert_eq!(d.action, Action::Hold);
+                                    }
+                                    match d.action {
+                                        Action::ScaleTo(to) => {
+                                            assert!(aligned.contains(&to), "{i:?} -> {to}");
+                                            if d.reason != Reason::Realign {
+                                                let (a, b) = (replicas.min(to), replicas.max(to));
+                                                assert!(
+                                                    !aligned.iter().any(|r| *r > a && *r < b),
+                                                    "{i:?}: {replicas} -> {to} skips a divisor"
+                                                );
+                                            }
+                                            assert_eq!(
+                                                d.state.last_change.map(|c| c.1),
+                                                Some(Change::Replicas)
+                                            );
+                                        }
+                                        Action::SetRequest(_) => {
+                                            assert_eq!(by, AppliedBy::Operator);
+                                            assert!(aligned.contains(&replicas));
+                                        }
+                                        Action::Hold => {}
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
