@@ -2,7 +2,9 @@
 # Offline validation of everything in deploy/ (run by `make test`): the base and every provider
 # overlay are built with `kubectl kustomize`, validated against the Kubernetes schemas
 # (kubernetes-validate --strict) and checked by a security linter (checkov: no failed checks;
-# an exception is an annotation on the object that says why).
+# an exception is an annotation on the object that says why). The StreamPipeline CRD is checked
+# as a Kubernetes object here; custom resources are checked against its schema by the vpa
+# crate's tests.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${SLUICE_K8S_VENV:-${SLUICE_CACHE:-$HOME/.cache/sluice}/k8s-venv}
@@ -15,3 +17,5 @@ for target in base overlays/*/; do
   "$VENV/bin/checkov" -f "$out/$name.yaml" --framework kubernetes --compact --quiet --skip-download
   echo "deploy/$target: $(grep -c '^kind:' "$out/$name.yaml") objects valid, no failed checks"
 done
+"$VENV/bin/kubernetes-validate" --strict --quiet crd/*.yaml
+echo "deploy/crd: valid"

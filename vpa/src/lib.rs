@@ -5,4 +5,5 @@
 //! So far this crate holds the capacity policy (`policy`): pure code, decisions in and out, no
 //! Kubernetes client. The controller, the custom resource and `crdgen` build on it.
 
+pub mod crd;
 pub mod policy;

@@ -1,0 +1,280 @@
+//! The `StreamPipeline` custom resource (`sluice.dev/v1alpha1`, namespaced): one pipeline, its
+//! tier, and how its replicas and resources may change. `crdgen` prints the CRD generated from
+//! these types; `deploy/crd/` holds the committed copy and a test fails when it is stale.
+//!
+//! Deliberately no `/scale` subresource: the VPA finds pods through their topmost controller
+//! that is well known or has `/scale`, so a scalable StreamPipeline owning the Deployment would
+//! make a VPA targeting the Deployment match no pods. The operator owns the replica count.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Sluice pipeline on Kubernetes: fixed, partition-aligned replicas, sized by the VPA.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "StreamPipeline",
+    namespaced,
+    status = "StreamPipelineStatus",
+    shortname = "spl",
+    printcolumn = r#"{"name":"Tier","type":"string","jsonPath":".spec.tier"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
+    printcolumn = r#"{"name":"Partitions/replica","type":"integer","jsonPath":".status.partitionsPerReplica"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPipelineSpec {
+    /// The container image: the `sluice` binary and the plugin library.
+    pub image: String,
+    /// The plugin inside the image.
+    pub plugin: PluginSpec,
+    /// Where events come from.
+    pub kafka: KafkaSpec,
+    /// Scheduling tier: priority class and node placement.
+    #[serde(default)]
+    pub tier: Tier,
+    /// How many pods.
+    pub replicas: ReplicasPolicy,
+    /// How big each pod is, and who changes it.
+    pub resources: ResourcesPolicy,
+    /// How long a pod may drain on stop (the pod's termination grace period adds a margin).
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// Scale to zero and keep it there (the consumer group keeps its offsets).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    25_000
+}
+
+/// The plugin library in the image and its config.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginSpec {
+    /// Path of the `.so` inside the image.
+    pub path: String,
+    /// Hex sha256 of the library; a different file is refused at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The plugin's config (checked against the plugin's schema at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form")]
+    pub config: Option<serde_json::Value>,
+}
+
+fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// The Kafka source.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// The Secret key holding the bootstrap servers (`host:port,...`).
+    pub bootstrap_servers: SecretKeyRef,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    pub group: String,
+    /// Partitions of the topics together: replicas are kept a divisor of it. Declared here so
+    /// the operator needs no Kafka client; raise it when the topics grow.
+    pub partitions: u32,
+}
+
+/// A key of a Secret in the pipeline's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub name: String,
+    /// Key in the Secret.
+    pub key: String,
+}
+
+/// Scheduling tier (see `deploy/base/priority-classes.yaml`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// Latency sensitive: on-demand nodes only, may preempt.
+    Critical,
+    /// On-demand preferred.
+    #[default]
+    Standard,
+    /// Lag tolerant: spot nodes.
+    Tolerant,
+}
+
+/// How many pods: a fixed count, or a range the capacity policy moves in (always a divisor of
+/// the partitions).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicasPolicy {
+    /// Exactly this many (must divide the partitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub fixed: Option<u32>,
+    /// At least this many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min: Option<u32>,
+    /// At most this many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max: Option<u32>,
+}
+
+/// Who applies the VPA's recommendations.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppliedBy {
+    /// The VPA's updater (`InPlaceOrRecreate`).
+    #[default]
+    Vpa,
+    /// The operator, in its own rollouts, coordinated with replica steps (`updateMode: Off`).
+    Operator,
+}
+
+/// CPU and memory, as Kubernetes quantities (`500m`, `2`, `1Gi`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Quantities {
+    /// CPU.
+    pub cpu: String,
+    /// Memory.
+    pub memory: String,
+}
+
+/// Which values the VPA controls.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ControlledValues {
+    /// Requests only; limits stay as set.
+    #[default]
+    RequestsOnly,
+    /// Requests and limits, keeping their ratio.
+    RequestsAndLimits,
+}
+
+/// How big each pod is.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesPolicy {
+    /// Requests of a new pipeline, before the VPA has a recommendation.
+    pub initial: Quantities,
+    /// The smallest pod the VPA may recommend.
+    pub min_allowed: Quantities,
+    /// The largest pod the VPA may recommend; pressure against it steps replicas up.
+    pub max_allowed: Quantities,
+    /// Which values the VPA controls.
+    #[serde(default)]
+    pub controlled_values: ControlledValues,
+    /// Requests never go below this many whole CPUs, so the runtime's worker count (derived from
+    /// the CPU quota) stays sane.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub min_cpus: u32,
+    /// Who applies recommendations.
+    #[serde(default)]
+    pub applied_by: AppliedBy,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What the operator observed and applied.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPipelineStatus {
+    /// The generation last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Replicas the Deployment runs.
+    #[serde(default)]
+    pub replicas: u32,
+    /// Partitions each replica owns.
+    #[serde(default)]
+    pub partitions_per_replica: u32,
+    /// The recommendation last applied (operator mode) or seen (VPA mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_recommendation: Option<Quantities>,
+    /// Ready, Progressing, Degraded, ScalingLimited.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A status condition (the shape of `metav1.Condition`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Progressing`, `Degraded`, `ScalingLimited`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False`, `Unknown`.
+    pub status: String,
+    /// One word.
+    pub reason: String,
+    /// For humans.
+    pub message: String,
+    /// RFC 3339.
+    pub last_transition_time: String,
+}
+
+/// The CRD as YAML (what `crdgen` prints).
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let header = "# Generated by `cargo run -p sluice-vpa --bin crdgen`: do not edit.\n";
+    format!(
+        "{header}{}",
+        serde_yaml_ng::to_string(&StreamPipeline::crd()).expect("the CRD serializes")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(path: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path)
+    }
+
+    #[test]
+    fn the_committed_crd_is_current() {
+        let committed = std::fs::read_to_string(repo("deploy/crd/streampipelines.sluice.dev.yaml"))
+            .unwrap_or_default();
+        assert!(
+            committed == crd_yaml(),
+            "deploy/crd/streampipelines.sluice.dev.yaml is stale: run `cargo run -p sluice-vpa --bin crdgen > deploy/crd/streampipelines.sluice.dev.yaml`"
+        );
+    }
+
+    #[test]
+    fn the_example_validates_against_the_crd_schema() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(StreamPipeline::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let example: serde_json::Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(repo("deploy/examples/streampipeline.yaml")).unwrap(),
+        )
+        .unwrap();
+        let validator = jsonschema::validator_for(schema).unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(&example)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        // And it parses into the Rust types.
+        let parsed: StreamPipeline = serde_json::from_value(example.clone()).unwrap();
+        assert_eq!(parsed.spec.tier, Tier::Tolerant);
+        // A wrong tier is refused by the schema.
+        let mut bad = example;
+        bad["spec"]["tier"] = "premium".into();
+        assert!(validator.iter_errors(&bad).next().is_some());
+    }
+}
