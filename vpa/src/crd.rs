@@ -32,6 +32,11 @@ pub struct StreamPipelineSpec {
     pub plugin: PluginSpec,
     /// Where events come from.
     pub kafka: KafkaSpec,
+    /// The rest of the pipeline spec, as in `pipeline.yaml`: `outputs`, `error-policy`,
+    /// `ordering`, `producer`... (checked by the runtime at start, like `sluice validate`).
+    /// `name`, `plugin`, `source` and `admin` come from the fields above.
+    #[schemars(schema_with = "free_form")]
+    pub pipeline: serde_json::Value,
     /// Scheduling tier: priority class and node placement.
     #[serde(default)]
     pub tier: Tier,
