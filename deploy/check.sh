@@ -19,3 +19,11 @@ for target in base overlays/*/; do
 done
 "$VENV/bin/kubernetes-validate" --strict --quiet crd/*.yaml
 echo "deploy/crd: valid"
+# What the operator applies for the example pipeline (rendered by the vpa crate; its VPA is
+# checked against the official VPA CRD by the crate's tests).
+if ! out=$("$VENV/bin/kubernetes-validate" --strict --quiet examples/streampipeline-children.yaml 2>&1); then
+  echo "$out" >&2
+  exit 1
+fi
+"$VENV/bin/checkov" -f examples/streampipeline-children.yaml --framework kubernetes --compact --quiet --skip-download
+echo "deploy/examples: valid, no failed checks"

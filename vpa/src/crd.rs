@@ -157,10 +157,11 @@ pub struct Quantities {
 /// Which values the VPA controls.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ControlledValues {
-    /// Requests only; limits stay as set.
-    #[default]
+    /// Requests only; limits stay as set (the VPA then keeps requests at or under them).
     RequestsOnly,
-    /// Requests and limits, keeping their ratio.
+    /// Requests and limits, keeping their ratio (pods start with limits equal to requests, so
+    /// the CPU quota the runtime sizes its workers from follows the recommendation).
+    #[default]
     RequestsAndLimits,
 }
 

@@ -6,4 +6,5 @@
 //! Kubernetes client. The controller, the custom resource and `crdgen` build on it.
 
 pub mod crd;
+pub mod manifests;
 pub mod policy;
