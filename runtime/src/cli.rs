@@ -202,18 +202,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Run { spec, admin } => {
             let mut spec = PipelineSpec::load(&spec)?;
             if let Some(listen) = admin {
-                if listen.parse::<std::net::SocketAddr>().is_err() {
-                    anyhow::bail!(
-                        "--admin {listen}: not `host:port` with an IP address: write e.g. 0.0.0.0:9464"
-                    );
-                }
-                if !matches!(spec.source, SourceSpec::Kafka(_)) {
-                    anyhow::bail!(
-                        "--admin: {}: the admin endpoint serves a `source: kafka` pipeline",
-                        spec.file.display()
-                    );
-                }
-                spec.admin.listen = Some(listen);
+                spec.set_admin_listen(listen.clone())
+                    .map_err(|e| anyhow::anyhow!("--admin {listen}: {e}"))?;
             }
             let summary = local::run(&spec).map_err(|e| with_detail(e, cli.verbose))?;
             eprintln!("sluice: pipeline {}: {summary}", spec.name);

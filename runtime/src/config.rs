@@ -790,6 +790,13 @@ impl PipelineSpec {
         Ok(())
     }
 
+    /// Serves the admin endpoint on `listen` (`sluice run --admin`), checked like the spec's own
+    /// `admin.listen`.
+    pub fn set_admin_listen(&mut self, listen: String) -> Result<(), ConfigError> {
+        self.admin.listen = Some(listen);
+        self.check_admin()
+    }
+
     fn check_admin(&self) -> Result<(), ConfigError> {
         if let Some(listen) = &self.admin.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {

@@ -134,25 +134,26 @@ def create(args):
         f.result(30)
 
 
-def committed(args):
-    # Through the admin API: a Consumer with the group's id would disturb the group it inspects.
+def group_offsets(args):
+    """The topic's partitions and the group's committed offset of each, through the admin API
+    (a Consumer with the group's id would disturb the group it inspects)."""
     admin = AdminClient({"bootstrap.servers": args.broker})
     md = admin.list_topics(args.topic, timeout=10)
     parts = [TopicPartition(args.topic, p) for p in md.topics[args.topic].partitions]
     request = [ConsumerGroupTopicPartitions(args.group, parts)]
     result = admin.list_consumer_group_offsets(request)[args.group].result(30)
-    print(json.dumps({str(tp.partition): tp.offset for tp in result.topic_partitions if tp.topic == args.topic}))
+    return parts, {tp.partition: tp.offset for tp in result.topic_partitions if tp.topic == args.topic}
+
+
+def committed(args):
+    _, offsets = group_offsets(args)
+    print(json.dumps({str(p): o for p, o in offsets.items()}))
 
 
 def lag(args):
     # What a monitoring tool reports: the high watermark (asked of the broker) minus the group's
-    # committed offset (through the admin API, so the group is not disturbed).
-    admin = AdminClient({"bootstrap.servers": args.broker})
-    md = admin.list_topics(args.topic, timeout=10)
-    parts = [TopicPartition(args.topic, p) for p in md.topics[args.topic].partitions]
-    request = [ConsumerGroupTopicPartitions(args.group, parts)]
-    result = admin.list_consumer_group_offsets(request)[args.group].result(30)
-    committed = {tp.partition: tp.offset for tp in result.topic_partitions if tp.topic == args.topic}
+    # committed offset.
+    parts, committed = group_offsets(args)
     c = Consumer({"bootstrap.servers": args.broker, "group.id": f"lag-probe-{os.getpid()}"})
     out = {}
     for tp in parts:
