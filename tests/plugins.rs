@@ -857,3 +857,81 @@ fn plugin_new_scaffolds_a_crate_that_tests_builds_and_runs() {
         ]
     );
 }
+
+/// `sluice render`: the objects the operator applies, from a StreamPipeline manifest, with the
+/// tier overridden and a provider's placement read from its overlay.
+#[test]
+fn render_prints_the_operators_objects_for_a_tier_and_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = root().join("deploy/examples/streampipeline.yaml");
+    let run = sluice(&["render", "-f", example.to_str().unwrap()], dir.path(), "");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let kinds: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Deployment",
+            "VerticalPodAutoscaler",
+            "PodDisruptionBudget",
+            "Service",
+            "NetworkPolicy"
+        ]
+    );
+    // 12 partitions, replicas 2..6: starts at the smallest divisor, 2.
+    assert!(run.stdout.contains("\n  replicas: 2\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("priorityClassName: sluice-tolerant"));
+    assert!(run.stdout.contains("sluice.dev/capacity-type"));
+
+    let overlay = std::process::Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(root().join("deploy/overlays/gke"))
+        .output()
+        .expect("kubectl is installed by `make deps`");
+    assert!(overlay.status.success());
+    let profile = dir.path().join("gke.yaml");
+    std::fs::write(&profile, &overlay.stdout).unwrap();
+    let run = sluice(
+        &[
+            "render",
+            "-f",
+            example.to_str().unwrap(),
+            "--tier",
+            "critical",
+            "--placement",
+            profile.to_str().unwrap(),
+        ],
+        dir.path(),
+        "",
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains("priorityClassName: sluice-critical"));
+    assert!(
+        run.stdout.contains("key: cloud.google.com/gke-spot")
+            && run.stdout.contains("operator: DoesNotExist"),
+        "{}",
+        run.stdout
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&example)
+            .unwrap()
+            .replace("replicas: {min: 2, max: 6}", "replicas: {fixed: 5}"),
+    )
+    .unwrap();
+    let run = sluice(&["render", "-f", bad.to_str().unwrap()], dir.path(), "");
+    assert_eq!(run.code, Some(1));
+    assert_eq!(
+        run.error_line(),
+        format!(
+            "error: {}: spec.replicas: no replica count in [5, 5] divides spec.kafka.partitions (12): widen the range or change the partitions",
+            bad.display()
+        )
+    );
+}

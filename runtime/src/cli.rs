@@ -50,6 +50,20 @@ pub enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         admin: Option<String>,
     },
+    /// Print the Kubernetes objects the operator applies for a StreamPipeline (ConfigMap,
+    /// Deployment, VPA, PDB, Service, NetworkPolicy), for deploying without the operator.
+    Render {
+        /// The StreamPipeline manifest (YAML).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Override its tier.
+        #[arg(long, value_parser = ["critical", "standard", "tolerant"])]
+        tier: Option<String>,
+        /// The provider's `sluice-placement` ConfigMap (from `kubectl kustomize
+        /// deploy/overlays/PROVIDER`); default: the neutral `sluice.dev/capacity-type` labels.
+        #[arg(long, value_name = "FILE")]
+        placement: Option<PathBuf>,
+    },
     /// Show a running pod's state (its admin endpoint's /status) as a table.
     Status {
         /// The pod's admin endpoint: `host:port` or a URL.
@@ -166,6 +180,49 @@ fn replay_through(
     Ok(())
 }
 
+/// `sluice render`: the children of the StreamPipeline in `file`, as multi-document YAML.
+fn render(file: &Path, tier: Option<&str>, placement: Option<&Path>) -> anyhow::Result<String> {
+    use sluice_vpa::crd::{StreamPipeline, Tier};
+    use sluice_vpa::manifests::{Placement, children, initial_replicas};
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))
+    };
+    let mut sp: StreamPipeline = serde_yaml_ng::from_str(&read(file)?)
+        .map_err(|e| anyhow::anyhow!("{}: not a StreamPipeline: {e}", file.display()))?;
+    match tier {
+        Some("critical") => sp.spec.tier = Tier::Critical,
+        Some("standard") => sp.spec.tier = Tier::Standard,
+        Some("tolerant") => sp.spec.tier = Tier::Tolerant,
+        _ => {}
+    }
+    let placement = match placement {
+        None => Placement::neutral(),
+        Some(path) => {
+            let text = read(path)?;
+            let config_map = serde_yaml_ng::Deserializer::from_str(&text)
+                .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+                .find(|v: &serde_json::Value| {
+                    v["kind"] == "ConfigMap" && v["metadata"]["name"] == "sluice-placement"
+                })
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{}: no ConfigMap sluice-placement in it", path.display())
+                })?;
+            Placement::from_config_map(&config_map)
+                .map_err(|e| anyhow::anyhow!("{}: sluice-placement: {e}", path.display()))?
+        }
+    };
+    let replicas = initial_replicas(&sp).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut out = String::new();
+    for (i, object) in children(&sp, replicas, &placement).all().iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml_ng::to_string(object)?);
+    }
+    Ok(out)
+}
+
 fn parse_property(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -249,6 +306,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             let summary =
                 crate::dlq::replay(&options).map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
             eprintln!("sluice: {summary}");
+            Ok(())
+        }
+        Command::Render {
+            file,
+            tier,
+            placement,
+        } => {
+            print!("{}", render(&file, tier.as_deref(), placement.as_deref())?);
             Ok(())
         }
         Command::Status { admin, json } => {

@@ -33,6 +33,46 @@ impl Placement {
     }
 }
 
+impl Placement {
+    /// From a `sluice-placement` ConfigMap (as a provider overlay builds it, or as
+    /// `kubectl get configmap sluice-placement -o yaml` prints it).
+    pub fn from_config_map(config_map: &Value) -> Result<Placement, String> {
+        let data = &config_map["data"];
+        let field = |key: &str| -> Result<Option<Value>, String> {
+            match data[key].as_str() {
+                None | Some("") => Ok(None),
+                Some(text) => serde_json::from_str(text)
+                    .map(Some)
+                    .map_err(|e| format!("data.{key}: not JSON: {e}")),
+            }
+        };
+        Ok(Placement {
+            on_demand: field("on-demand-selector")?.ok_or("data.on-demand-selector: missing")?,
+            spot: field("spot-selector")?.ok_or("data.spot-selector: missing")?,
+            spot_toleration: field("spot-toleration")?,
+        })
+    }
+}
+
+/// The replicas a pipeline starts with: `fixed`, else the smallest divisor of the partitions
+/// within `[min, max]` (none: an error naming the fields).
+pub fn initial_replicas(sp: &StreamPipeline) -> Result<u32, String> {
+    let r = &sp.spec.replicas;
+    let partitions = sp.spec.kafka.partitions;
+    let (min, max) = match r.fixed {
+        Some(f) => (f, f),
+        None => (r.min.unwrap_or(1), r.max.unwrap_or(partitions)),
+    };
+    crate::policy::aligned_replicas(partitions, min, max)
+        .first()
+        .copied()
+        .ok_or_else(|| {
+            format!(
+                "spec.replicas: no replica count in [{min}, {max}] divides spec.kafka.partitions ({partitions}): widen the range or change the partitions"
+            )
+        })
+}
+
 /// CPU quantity (`500m`, `2`, `1.5`) in millicores.
 pub fn cpu_millis(quantity: &str) -> Option<u64> {
     let q = quantity.trim();
@@ -320,6 +360,31 @@ mod tests {
             &std::fs::read_to_string(repo("deploy/examples/streampipeline.yaml")).unwrap(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn placement_from_the_overlay_config_map_and_initial_replicas() {
+        let cm = json!({"data": {
+            "on-demand-selector": "{\"key\": \"k\", \"operator\": \"DoesNotExist\"}",
+            "spot-selector": "{\"key\": \"k\", \"operator\": \"In\", \"values\": [\"spot\"]}",
+            "spot-toleration": "",
+        }});
+        let p = Placement::from_config_map(&cm).unwrap();
+        assert_eq!(p.on_demand["operator"], "DoesNotExist");
+        assert_eq!(p.spot_toleration, None);
+        assert!(
+            Placement::from_config_map(&json!({"data": {}}))
+                .unwrap_err()
+                .contains("on-demand-selector")
+        );
+        let mut sp = example();
+        assert_eq!(initial_replicas(&sp), Ok(2));
+        sp.spec.replicas.fixed = Some(5);
+        assert!(
+            initial_replicas(&sp)
+                .unwrap_err()
+                .starts_with("spec.replicas: no replica count in [5, 5]")
+        );
     }
 
     #[test]
