@@ -267,6 +267,14 @@ pub struct Failed<'a> {
     pub output: Option<&'a str>,
 }
 
+impl Failed<'_> {
+    /// The source offset, or `-` for a record emitted by `flush`.
+    fn offset_text(&self) -> String {
+        self.offset
+            .map_or_else(|| "-".to_owned(), |o| o.to_string())
+    }
+}
+
 /// A failed event was skipped by policy.
 #[derive(Debug)]
 pub struct EventSkipped<'a>(pub Failed<'a>);
@@ -275,7 +283,7 @@ impl InternalEvent for EventSkipped<'_> {
     fn emit(self, t: &Telemetry) {
         let f = self.0;
         t.metrics.events_skipped.with_label_values(&[f.class]).inc();
-        tracing::warn!(topic = %f.topic, partition = f.partition, offset = ?f.offset, class = f.class, attempts = f.attempts, output = ?f.output, "skipped {}: {}", f.what, f.message);
+        tracing::warn!(topic = %f.topic, partition = f.partition, offset = %f.offset_text(), class = f.class, attempts = f.attempts, output = f.output.unwrap_or("-"), "skipped {}: {}", f.what, f.message);
     }
 }
 
@@ -292,7 +300,7 @@ impl InternalEvent for EventDeadLettered<'_> {
     fn emit(self, t: &Telemetry) {
         let f = self.failed;
         t.metrics.dead_letters.with_label_values(&[f.class]).inc();
-        tracing::warn!(topic = %f.topic, partition = f.partition, offset = ?f.offset, class = f.class, attempts = f.attempts, output = ?f.output, dead_letter_topic = %self.topic, "dead-lettered {}: {}", f.what, f.message);
+        tracing::warn!(topic = %f.topic, partition = f.partition, offset = %f.offset_text(), class = f.class, attempts = f.attempts, output = f.output.unwrap_or("-"), dead_letter_topic = %self.topic, "dead-lettered {}: {}", f.what, f.message);
     }
 }
 
