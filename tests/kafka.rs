@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_tests::{
-    Broker, free_port, http_get, kafka_tool, log_events, metric, plugin, start, unique, wait_until,
-    write_spec,
+    Broker, Running, free_port, http_get, kafka_tool, log_events, metric, plugin, start, unique,
+    wait_until, write_spec,
 };
 
 fn broker() -> &'static Broker {
@@ -864,6 +864,20 @@ fn with_admin(spec: &Path, port: u16, extra: &str) -> PathBuf {
     spec.to_owned()
 }
 
+/// Passthrough with an admin endpoint over `events` events in `partitions` partitions, running
+/// once every offset is committed.
+fn passthrough_with_admin(dir: &Path, partitions: u32, events: usize) -> (Names, u16, Running) {
+    let names = topics(partitions);
+    produce(&names.input, events, 0);
+    let port = free_port();
+    let spec = with_admin(&passthrough_spec(dir, &names, ""), port, "");
+    let run = start(&spec, dir);
+    wait_until("every offset committed", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) == events as i64
+    });
+    (names, port, run)
+}
+
 fn scrape(port: u16) -> String {
     let (code, body) = http_get(port, "/metrics").expect("the admin endpoint answers");
     assert_eq!(code, 200, "{body}");
@@ -914,17 +928,8 @@ fn status_lag(port: u16) -> BTreeMap<i32, (i64, i64, i64)> {
 #[test]
 fn metrics_count_exactly_what_was_consumed_and_emitted_and_logs_are_json_lifecycle_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let names = topics(3);
-    produce(&names.input, 900, 0);
-    let port = free_port();
-    let spec = with_admin(&passthrough_spec(dir.path(), &names, ""), port, "");
-    let run = start(&spec, dir.path());
-    wait_until("ready", Duration::from_secs(60), || {
-        http_get(port, "/readyz").is_some_and(|(code, _)| code == 200)
-    });
-    wait_until("every offset committed", Duration::from_secs(60), || {
-        committed_sum(&names.input, &names.group) == 900
-    });
+    let (names, port, run) = passthrough_with_admin(dir.path(), 3, 900);
+    assert_eq!(http_get(port, "/readyz").map(|(c, _)| c), Some(200));
     assert_eq!(
         consume(&names.output, 900).len(),
         900,
@@ -1191,14 +1196,7 @@ fn status_lag_matches_the_reference_client_and_readiness_drops_while_draining() 
 #[test]
 fn sluice_top_shows_pods_live_in_a_real_terminal_and_quits_on_q() {
     let dir = tempfile::tempdir().unwrap();
-    let names = topics(2);
-    produce(&names.input, 300, 0);
-    let port = free_port();
-    let spec = with_admin(&passthrough_spec(dir.path(), &names, ""), port, "");
-    let run = start(&spec, dir.path());
-    wait_until("300 committed", Duration::from_secs(60), || {
-        committed_sum(&names.input, &names.group) == 300
-    });
+    let (names, port, run) = passthrough_with_admin(dir.path(), 2, 300);
     let socket = unique("top");
     let tmux = |args: &[&str]| {
         let out = Command::new("tmux")

@@ -92,17 +92,24 @@ impl WorkerProbe {
 
     /// The worker enters `state`.
     pub fn set(&self, state: WorkerState) {
-        self.since_ms
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.set_at(state, Instant::now());
+    }
+
+    /// The worker entered `state` at `at` (a clock reading the caller already has).
+    pub fn set_at(&self, state: WorkerState, at: Instant) {
+        let since = at.saturating_duration_since(self.base).as_millis() as u64;
+        self.since_ms.store(since, Ordering::Relaxed);
         self.state.store(state as u8, Ordering::Release);
     }
 
-    /// A plugin call of `busy` over `events` events ended; the worker is idle again.
-    pub fn done(&self, busy: Duration, events: usize) {
+    /// A plugin call that began at `started` ended at `ended` after `events` events; the worker
+    /// is idle again.
+    pub fn done(&self, started: Instant, ended: Instant, events: usize) {
+        let busy = ended.saturating_duration_since(started);
         self.busy_ns
             .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
         self.events.fetch_add(events as u64, Ordering::Relaxed);
-        self.set(WorkerState::Idle);
+        self.set_at(WorkerState::Idle, ended);
     }
 
     fn state(&self) -> WorkerState {

@@ -222,14 +222,6 @@ impl InternalEvent for PartitionPaused<'_> {
     }
 }
 
-/// The failure classes of the error policy.
-pub const CLASSES: [&str; 4] = [
-    "invalid-input",
-    "event-error",
-    "plugin-panic",
-    "sink-rejection",
-];
-
 /// An event failed; counted once per event, whatever the policy then does with it.
 #[derive(Debug)]
 pub struct EventFailed {

@@ -283,16 +283,18 @@ impl Worker {
         }
     }
 
-    /// Enters `state` for a plugin call; returns when it started.
+    /// Enters `state` for a plugin call; returns when it started (one clock reading per edge).
     fn enter(&self, state: WorkerState) -> Instant {
-        self.probe.set(state);
-        Instant::now()
+        let now = Instant::now();
+        self.probe.set_at(state, now);
+        now
     }
 
     /// A plugin call that began at `started` ended after handling `events` events.
     fn leave(&self, started: Instant, events: usize) -> std::time::Duration {
-        let busy = started.elapsed();
-        self.probe.done(busy, events);
+        let ended = Instant::now();
+        let busy = ended.saturating_duration_since(started);
+        self.probe.done(started, ended, events);
         if self.shared.telemetry.metrics.enabled {
             self.busy.inc_by(busy.as_secs_f64());
         }

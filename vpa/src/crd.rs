@@ -243,12 +243,7 @@ pub fn crd_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn repo(path: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(path)
-    }
+    use crate::repo::path as repo;
 
     #[test]
     fn the_committed_crd_is_current() {

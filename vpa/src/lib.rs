@@ -8,3 +8,23 @@
 pub mod crd;
 pub mod manifests;
 pub mod policy;
+
+/// Paths in the repository, and its example StreamPipeline (tests and `render-example`).
+pub mod repo {
+    use std::path::PathBuf;
+
+    /// `path` relative to the repository root.
+    pub fn path(path: &str) -> PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path)
+    }
+
+    /// `deploy/examples/streampipeline.yaml`, parsed.
+    pub fn example() -> Result<crate::crd::StreamPipeline, String> {
+        let file = path("deploy/examples/streampipeline.yaml");
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))
+    }
+}

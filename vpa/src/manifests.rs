@@ -349,17 +349,10 @@ pub fn example_yaml(sp: &StreamPipeline, replicas: u32) -> String {
 mod tests {
     use super::*;
 
-    fn repo(path: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(path)
-    }
+    use crate::repo::path as repo;
 
     fn example() -> StreamPipeline {
-        serde_yaml_ng::from_str(
-            &std::fs::read_to_string(repo("deploy/examples/streampipeline.yaml")).unwrap(),
-        )
-        .unwrap()
+        crate::repo::example().unwrap()
     }
 
     #[test]
