@@ -202,15 +202,59 @@ pub struct StreamPipelineStatus {
     /// Replicas the Deployment runs.
     #[serde(default)]
     pub replicas: u32,
+    /// Of those, ready.
+    #[serde(default)]
+    pub ready_replicas: u32,
     /// Partitions each replica owns.
     #[serde(default)]
     pub partitions_per_replica: u32,
-    /// The recommendation last applied (operator mode) or seen (VPA mode).
+    /// The requests last applied (operator mode) or the VPA's target last seen (VPA mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_recommendation: Option<Quantities>,
+    /// The VPA's uncapped CPU target last seen (what it would give a pod without `maxAllowed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncapped_cpu: Option<String>,
     /// Ready, Progressing, Degraded, ScalingLimited.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// What the capacity policy remembers between reconciles.
+    #[serde(default)]
+    pub policy: PolicyStatus,
+    /// Hash of the children last applied, and when (RFC 3339): unchanged children are re-applied
+    /// only every few minutes (drift repair), not on every resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<AppliedChildren>,
+}
+
+/// The capacity policy's memory (RFC 3339 times).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// Since when the VPA's uncapped target presses against `maxAllowed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure_since: Option<String>,
+    /// Since when the load fits in fewer pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relief_since: Option<String>,
+    /// When replicas or resources last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<String>,
+    /// `Replicas` or `Resources`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change_kind: Option<String>,
+    /// The policy's last reason (`Steady`, `PressureBuilding`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The children last applied.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedChildren {
+    /// sha256 of the applied objects (first 16 hex digits).
+    pub hash: String,
+    /// When (RFC 3339).
+    pub at: String,
 }
 
 /// A status condition (the shape of `metav1.Condition`).

@@ -2,9 +2,14 @@
 //! partition-aligned replica count and lets the Vertical Pod Autoscaler size its pods, stepping
 //! replicas only when the VPA's recommendation presses against the largest allowed pod.
 //!
-//! So far this crate holds the capacity policy (`policy`): pure code, decisions in and out, no
-//! Kubernetes client. The controller, the custom resource and `crdgen` build on it.
+//! - `crd`: the `StreamPipeline` custom resource (`crdgen` prints its CRD);
+//! - `policy`: the capacity policy, pure code, decisions in and out;
+//! - `manifests`: the children of a pipeline as plain objects (`sluice render` prints them);
+//! - `controller` (feature `operator`): the reconciler that applies them and writes the status;
+//!   the `sluice-vpa` binary runs it.
 
+#[cfg(feature = "operator")]
+pub mod controller;
 pub mod crd;
 pub mod manifests;
 pub mod policy;

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::crd::{AppliedBy, ControlledValues, StreamPipeline, Tier};
+use crate::crd::{AppliedBy, ControlledValues, Quantities, StreamPipeline, Tier};
 
 /// The admin port (metrics and probes) of every pipeline pod.
 pub const ADMIN_PORT: u16 = 9464;
@@ -82,7 +82,8 @@ pub fn cpu_millis(quantity: &str) -> Option<u64> {
     }
 }
 
-fn millis_quantity(m: u64) -> String {
+/// Millicores as a CPU quantity (`2`, `1500m`).
+pub fn millis_quantity(m: u64) -> String {
     if m % 1000 == 0 {
         (m / 1000).to_string()
     } else {
@@ -90,8 +91,31 @@ fn millis_quantity(m: u64) -> String {
     }
 }
 
+/// Memory quantity (`512Mi`, `1G`, `1073741824`) in bytes.
+pub fn memory_bytes(quantity: &str) -> Option<u64> {
+    let q = quantity.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let n: f64 = number.parse().ok()?;
+    Some((n * factor).round() as u64)
+}
+
 /// The CPU of `quantity`, raised to at least `min_cpus` whole CPUs.
-fn at_least_cpus(quantity: &str, min_cpus: u32) -> String {
+pub fn at_least_cpus(quantity: &str, min_cpus: u32) -> String {
     let floor = u64::from(min_cpus) * 1000;
     match cpu_millis(quantity) {
         Some(m) if m >= floor => quantity.to_owned(),
@@ -162,8 +186,20 @@ pub fn pipeline_yaml(sp: &StreamPipeline) -> String {
     serde_yaml_ng::to_string(&Value::Object(spec)).expect("JSON values serialize as YAML")
 }
 
-/// The children of `sp` running `replicas` pods, placed per `placement`.
+/// The children of `sp` running `replicas` pods with the initial requests, placed per
+/// `placement` (what `sluice render` prints and a new pipeline starts with).
 pub fn children(sp: &StreamPipeline, replicas: u32, placement: &Placement) -> Children {
+    children_sized(sp, replicas, &sp.spec.resources.initial, placement)
+}
+
+/// The children of `sp` running `replicas` pods that request `requests` (raised to
+/// `minCpus`), placed per `placement`.
+pub fn children_sized(
+    sp: &StreamPipeline,
+    replicas: u32,
+    requests: &Quantities,
+    placement: &Placement,
+) -> Children {
     let name = sp.metadata.name.clone().unwrap_or_default();
     let namespace = sp.metadata.namespace.clone().unwrap_or_default();
     let labels = json!({
@@ -203,7 +239,7 @@ pub fn children(sp: &StreamPipeline, replicas: u32, placement: &Placement) -> Ch
         _ => Vec::new(),
     };
     let probe = |path: &str, period: u32| json!({"httpGet": {"path": path, "port": "admin"}, "periodSeconds": period, "failureThreshold": 3});
-    let cpu = at_least_cpus(&res.initial.cpu, res.min_cpus);
+    let cpu = at_least_cpus(&requests.cpu, res.min_cpus);
     // The drain runs within the grace period, with a margin for the final commit and exit.
     let grace_s = sp.spec.drain_timeout_ms.div_ceil(1000) + 10;
     let mut deployment_meta = meta(&name);
@@ -248,8 +284,8 @@ pub fn children(sp: &StreamPipeline, replicas: u32, placement: &Placement) -> Ch
                         // Limits equal requests: the CPU quota is what the runtime sizes its
                         // workers from (whole CPUs), and the VPA keeps the ratio.
                         "resources": {
-                            "requests": {"cpu": cpu, "memory": res.initial.memory},
-                            "limits": {"cpu": cpu, "memory": res.initial.memory},
+                            "requests": {"cpu": cpu, "memory": requests.memory},
+                            "limits": {"cpu": cpu, "memory": requests.memory},
                         },
                         "securityContext": {
                             "allowPrivilegeEscalation": false, "privileged": false,

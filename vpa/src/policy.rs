@@ -105,6 +105,9 @@ pub struct Inputs {
     pub applied_request: Millis,
     /// Who applies resources.
     pub applied_by: AppliedBy,
+    /// Operator mode: the VPA's memory target moved more than `resource_change_min` from the
+    /// memory the pods run with (a resource rollout is due even if CPU did not move).
+    pub memory_moved: bool,
     /// A rollout (of either kind) has not finished.
     pub rollout_in_progress: bool,
 }
@@ -116,7 +119,7 @@ pub enum Action {
     Hold,
     /// Roll out this many replicas.
     ScaleTo(u32),
-    /// Roll out pods with this CPU request (operator mode).
+    /// Roll out pods with this CPU request, and the VPA's memory target (operator mode).
     SetRequest(Millis),
 }
 
@@ -266,7 +269,7 @@ pub fn decide(config: &PolicyConfig, inputs: &Inputs, state: State) -> Decision 
     if inputs.applied_by == AppliedBy::Operator {
         let applied = inputs.applied_request.max(1) as f64;
         let change = (rec.target as f64 - applied).abs() / applied;
-        if change > config.resource_change_min {
+        if change > config.resource_change_min || inputs.memory_moved {
             // Right after a replica step the recommendation still describes the old shape.
             if cooling
                 && state
@@ -307,6 +310,7 @@ mod tests {
             }),
             applied_request: uncapped.min(2000),
             applied_by: AppliedBy::Vpa,
+            memory_moved: false,
             rollout_in_progress: false,
         }
     }
@@ -447,6 +451,13 @@ mod tests {
         // Within 10%: nothing.
         i.applied_request = 1400;
         assert_eq!(decide(&config, &i, State::default()).action, Action::Hold);
+        // Unless memory moved: then CPU comes along in the same rollout.
+        i.memory_moved = true;
+        assert_eq!(
+            decide(&config, &i, State::default()).action,
+            Action::SetRequest(1500)
+        );
+        i.memory_moved = false;
         // Right after a replica step the recommendation is stale: wait out the cooldown.
         i.applied_request = 1000;
         let after_step = State {

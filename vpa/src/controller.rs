@@ -1,0 +1,1394 @@
+//! The reconciler: a `StreamPipeline` in; its children applied by server-side apply (field
+//! manager `sluice-vpa`, owned by the pipeline so Kubernetes' garbage collector removes them
+//! with it: no finalizer) and its status written.
+//!
+//! One reconcile reads two objects (the Deployment and the VPA), asks the capacity policy
+//! (`policy::decide`) what to do, and writes only what changed: the children when their hash,
+//! the generation or a replica/request step says so (and every `reapply_every` to repair drift),
+//! the status when it differs. A steady pipeline costs two GETs per resync.
+//!
+//! [`plan`] is the pure part (observed objects in, children and status out); [`reconcile`] does
+//! the I/O around it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::crd::{
+    AppliedBy, AppliedChildren, Condition, PolicyStatus, Quantities, StreamPipeline,
+    StreamPipelineStatus,
+};
+use crate::manifests::{
+    CONTAINER, Placement, at_least_cpus, children_sized, cpu_millis, initial_replicas,
+    memory_bytes, millis_quantity,
+};
+use crate::policy::{self, Action, Change, Decision, PolicyConfig, Reason};
+
+/// The field manager of everything the operator applies.
+pub const MANAGER: &str = "sluice-vpa";
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API server.
+    pub client: Client,
+    /// Where spot and on-demand nodes are (the overlay's `sluice-placement` ConfigMap).
+    pub placement: Placement,
+    /// The capacity policy's tuning.
+    pub policy: PolicyConfig,
+    /// Seconds since the Unix epoch (injected so tests control time).
+    pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Kubernetes Events for steps and problems.
+    pub recorder: Recorder,
+    /// How often a pipeline is looked at without any change (the policy's clock).
+    pub resync: Duration,
+    /// Unchanged children are re-applied this often anyway (drift repair).
+    pub reapply_every: Duration,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("placement", &self.placement)
+            .field("policy", &self.policy)
+            .field("resync", &self.resync)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a reconcile failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The resource has no namespace (the CRD is namespaced; a cluster-scoped copy is foreign).
+    #[error("StreamPipeline {0} has no namespace")]
+    NoNamespace(String),
+}
+
+/// The `VerticalPodAutoscaler` resource (`autoscaling.k8s.io/v1`), untyped.
+pub fn vpa_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("autoscaling.k8s.io", "v1", "VerticalPodAutoscaler"),
+        "verticalpodautoscalers",
+    )
+}
+
+/// The API resource of a child object, from its `apiVersion` and `kind`.
+fn child_resource(object: &Value) -> ApiResource {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let plural = match kind {
+        "NetworkPolicy" => "networkpolicies".to_owned(),
+        other => format!("{}s", other.to_lowercase()),
+    };
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural)
+}
+
+/// The VPA's recommendation for the pipeline container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VpaRecommendation {
+    /// Target CPU (m), capped to the allowed range.
+    pub cpu: u64,
+    /// Uncapped target CPU (m).
+    pub uncapped_cpu: u64,
+    /// Target memory, as the VPA wrote it.
+    pub memory: String,
+}
+
+impl VpaRecommendation {
+    /// From a VPA object's `status.recommendation`, if it has one for the pipeline container.
+    pub fn from_vpa(vpa: &Value) -> Option<VpaRecommendation> {
+        let recs = vpa["status"]["recommendation"]["containerRecommendations"].as_array()?;
+        let rec = recs
+            .iter()
+            .find(|r| r["containerName"] == CONTAINER)
+            .or(recs.first())?;
+        let cpu = cpu_millis(rec["target"]["cpu"].as_str()?)?;
+        let uncapped_cpu = rec["uncappedTarget"]["cpu"]
+            .as_str()
+            .and_then(cpu_millis)
+            .unwrap_or(cpu);
+        Some(VpaRecommendation {
+            cpu,
+            uncapped_cpu,
+            memory: rec["target"]["memory"].as_str()?.to_owned(),
+        })
+    }
+}
+
+/// What the Deployment says about itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rollout {
+    /// `spec.replicas`.
+    pub replicas: u32,
+    /// Ready pods.
+    pub ready: u32,
+    /// A rollout has not finished (new generation not observed, pods not updated or not
+    /// available, old pods still around).
+    pub in_progress: bool,
+    /// Why the Deployment is failing, if it is (`ProgressDeadlineExceeded`, `ReplicaFailure`).
+    pub failure: Option<(String, String)>,
+}
+
+impl Rollout {
+    /// From a Deployment.
+    pub fn from_deployment(d: &Deployment) -> Rollout {
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0);
+        let status = d.status.clone().unwrap_or_default();
+        let count = |n: Option<i32>| n.unwrap_or(0).max(0);
+        let generation_seen =
+            status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+        let in_progress = !generation_seen
+            || count(status.updated_replicas) < want
+            || count(status.available_replicas) < want
+            || count(status.replicas) > want;
+        let failure = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|c| {
+                let failing = (c.type_ == "Progressing"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+                    || (c.type_ == "ReplicaFailure" && c.status == "True");
+                failing.then(|| {
+                    (
+                        c.reason.unwrap_or_else(|| c.type_.clone()),
+                        c.message.unwrap_or_default(),
+                    )
+                })
+            });
+        Rollout {
+            replicas: want as u32,
+            ready: count(status.ready_replicas) as u32,
+            in_progress,
+            failure,
+        }
+    }
+}
+
+/// What one reconcile decided: the children to apply (if any) and the status to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Children to apply, in order (empty when nothing needs applying).
+    pub apply: Vec<Value>,
+    /// The status to write.
+    pub status: StreamPipelineStatus,
+    /// Events to publish: (warning?, reason, note).
+    pub events: Vec<(bool, String, String)>,
+}
+
+/// The pure part of a reconcile: the pipeline, what its Deployment and VPA say, and now, in;
+/// the plan out.
+pub fn plan(
+    sp: &StreamPipeline,
+    deployment: Option<&Rollout>,
+    recommendation: Option<&VpaRecommendation>,
+    placement: &Placement,
+    config: &PolicyConfig,
+    now: u64,
+    reapply_every: Duration,
+) -> Plan {
+    let old = sp.status.clone().unwrap_or_default();
+    let generation = sp.metadata.generation;
+    let mut status = StreamPipelineStatus {
+        observed_generation: generation,
+        ..old.clone()
+    };
+    let mut events = Vec::new();
+    let condition = |status: &mut StreamPipelineStatus,
+                     type_: &str,
+                     on: bool,
+                     reason: &str,
+                     message: String| {
+        set_condition(
+            &mut status.conditions,
+            &old.conditions,
+            type_,
+            on,
+            reason,
+            message,
+            now,
+        );
+    };
+
+    let bounds = match check(sp) {
+        Ok(bounds) => bounds,
+        Err(problem) => {
+            // Nothing is applied from a spec that cannot run; what runs keeps running.
+            condition(
+                &mut status,
+                "Degraded",
+                true,
+                "InvalidSpec",
+                problem.clone(),
+            );
+            condition(
+                &mut status,
+                "Progressing",
+                false,
+                "InvalidSpec",
+                "fix the spec".into(),
+            );
+            if !has_condition(&old.conditions, "Degraded", "InvalidSpec") {
+                events.push((true, "InvalidSpec".into(), problem));
+            }
+            return Plan {
+                apply: Vec::new(),
+                status,
+                events,
+            };
+        }
+    };
+    let res = &sp.spec.resources;
+    let floor = u64::from(res.min_cpus) * 1000;
+    let initial = Quantities {
+        cpu: at_least_cpus(&res.initial.cpu, res.min_cpus),
+        memory: res.initial.memory.clone(),
+    };
+    // The requests pods run with: in operator mode what it last applied, else the initial ones
+    // (the VPA's updater resizes pods, not the Deployment's template).
+    let applied = match (res.applied_by, &old.applied_recommendation) {
+        (AppliedBy::Operator, Some(q)) => q.clone(),
+        _ => initial.clone(),
+    };
+    let state = policy_state(&old.policy);
+    let current = deployment.map_or(bounds.initial, |d| d.replicas);
+
+    let (replicas, requests, decision) = if sp.spec.suspend {
+        (0, applied.clone(), None)
+    } else {
+        let inputs = policy::Inputs {
+            now_s: now,
+            partitions: sp.spec.kafka.partitions,
+            replicas: current,
+            min_replicas: bounds.min,
+            max_replicas: bounds.max,
+            max_allowed: bounds.max_allowed,
+            recommendation: recommendation.map(|r| policy::Recommendation {
+                target: r.cpu.max(floor),
+                uncapped_target: r.uncapped_cpu,
+            }),
+            applied_request: cpu_millis(&applied.cpu).unwrap_or(floor),
+            applied_by: match res.applied_by {
+                AppliedBy::Vpa => policy::AppliedBy::Vpa,
+                AppliedBy::Operator => policy::AppliedBy::Operator,
+            },
+            memory_moved: recommendation.is_some_and(|r| moved(&r.memory, &applied.memory, config)),
+            rollout_in_progress: deployment.is_some_and(|d| d.in_progress),
+        };
+        let decision = policy::decide(config, &inputs, state);
+        let (replicas, requests) = match decision.action {
+            Action::Hold => (current, applied.clone()),
+            Action::ScaleTo(to) => (to, applied.clone()),
+            Action::SetRequest(cpu) => (
+                current,
+                Quantities {
+                    cpu: millis_quantity(cpu),
+                    memory: recommendation.map_or(applied.memory.clone(), |r| r.memory.clone()),
+                },
+            ),
+        };
+        (replicas, requests, Some(decision))
+    };
+
+    // Children: applied when they changed, when the generation moved, when the Deployment is
+    // missing, or every `reapply_every` (drift repair).
+    let children = children_sized(sp, replicas, &requests, placement);
+    let objects: Vec<Value> = children
+        .all()
+        .into_iter()
+        .map(|child| owned_by(child.clone(), sp))
+        .collect();
+    let hash = hash(&objects);
+    let last_applied = old.applied.as_ref().and_then(|a| seconds(&a.at));
+    let due = old.applied.as_ref().is_none_or(|a| a.hash != hash)
+        || old.observed_generation != generation
+        || deployment.is_none()
+        || last_applied.is_none_or(|at| now >= at + reapply_every.as_secs());
+    let apply = if due { objects } else { Vec::new() };
+    if due {
+        status.applied = Some(AppliedChildren {
+            hash,
+            at: rfc3339(now),
+        });
+    }
+
+    status.replicas = replicas;
+    status.ready_replicas = deployment.map_or(0, |d| d.ready);
+    status.partitions_per_replica = sp.spec.kafka.partitions.checked_div(replicas).unwrap_or(0);
+    status.uncapped_cpu = recommendation.map(|r| millis_quantity(r.uncapped_cpu));
+    status.applied_recommendation = match res.applied_by {
+        AppliedBy::Operator => Some(requests.clone()),
+        AppliedBy::Vpa => recommendation.map(|r| Quantities {
+            cpu: millis_quantity(r.cpu),
+            memory: r.memory.clone(),
+        }),
+    };
+    if let Some(d) = &decision {
+        status.policy = policy_status(d);
+    }
+
+    // Conditions.
+    let stepping = decision.as_ref().and_then(|d| match d.action {
+        Action::Hold => None,
+        Action::ScaleTo(to) if d.reason == Reason::Realign => Some(("Realigning", format!("replicas {current} -> {to}: a divisor of {} partitions within the bounds", sp.spec.kafka.partitions))),
+        Action::ScaleTo(to) if to > current => Some(("ScalingUp", format!("replicas {current} -> {to}: the VPA's uncapped CPU target presses against maxAllowed ({})", res.max_allowed.cpu))),
+        Action::ScaleTo(to) => Some(("ScalingDown", format!("replicas {current} -> {to}: the load fits in fewer pods"))),
+        Action::SetRequest(_) => Some(("ApplyingRequests", format!("requests cpu {} memory {} -> cpu {} memory {}", applied.cpu, applied.memory, requests.cpu, requests.memory))),
+    });
+    if let Some((reason, note)) = &stepping {
+        events.push((false, (*reason).to_owned(), note.clone()));
+    }
+    let in_progress = deployment.is_some_and(|d| d.in_progress);
+    match (&stepping, in_progress) {
+        (Some((reason, note)), _) => {
+            condition(&mut status, "Progressing", true, reason, note.clone())
+        }
+        (None, true) => condition(
+            &mut status,
+            "Progressing",
+            true,
+            "RolloutInProgress",
+            "the Deployment is rolling out".into(),
+        ),
+        (None, false) => condition(
+            &mut status,
+            "Progressing",
+            false,
+            "Stable",
+            "no rollout and no step due".into(),
+        ),
+    }
+    match deployment.and_then(|d| d.failure.clone()) {
+        Some((reason, message)) => condition(&mut status, "Degraded", true, &reason, message),
+        None => condition(
+            &mut status,
+            "Degraded",
+            false,
+            "AsExpected",
+            "the Deployment progresses".into(),
+        ),
+    }
+    let limited = decision.as_ref().is_some_and(|d| d.scaling_limited);
+    if limited {
+        let note = format!(
+            "pods press against maxAllowed cpu {} and no divisor of {} partitions above {current} is within replicas [{}, {}]: raise maxAllowed, replicas.max or the partitions",
+            res.max_allowed.cpu, sp.spec.kafka.partitions, bounds.min, bounds.max
+        );
+        if !has_condition(&old.conditions, "ScalingLimited", "NoDivisorLeft") {
+            events.push((true, "ScalingLimited".into(), note.clone()));
+        }
+        condition(&mut status, "ScalingLimited", true, "NoDivisorLeft", note);
+    } else {
+        condition(
+            &mut status,
+            "ScalingLimited",
+            false,
+            "WithinBounds",
+            "replicas and pod size are within their bounds".into(),
+        );
+    }
+    match deployment {
+        _ if sp.spec.suspend => condition(
+            &mut status,
+            "Ready",
+            false,
+            "Suspended",
+            "spec.suspend is true: no pods run".into(),
+        ),
+        None => condition(
+            &mut status,
+            "Ready",
+            false,
+            "Creating",
+            "the Deployment is being created".into(),
+        ),
+        Some(d) if d.ready >= d.replicas && !d.in_progress && d.replicas == replicas => condition(
+            &mut status,
+            "Ready",
+            true,
+            "ReplicasReady",
+            format!("{}/{} replicas ready", d.ready, replicas),
+        ),
+        Some(d) => condition(
+            &mut status,
+            "Ready",
+            false,
+            "ReplicasNotReady",
+            format!("{}/{} replicas ready", d.ready, replicas),
+        ),
+    }
+    Plan {
+        apply,
+        status,
+        events,
+    }
+}
+
+/// The replica bounds and the caps a valid spec gives.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    min: u32,
+    max: u32,
+    initial: u32,
+    max_allowed: u64,
+}
+
+/// Checks what the CRD schema cannot: quantities parse, bounds are consistent, a divisor fits.
+/// The error names the field and says what to do.
+fn check(sp: &StreamPipeline) -> Result<Bounds, String> {
+    let spec = &sp.spec;
+    if spec.kafka.partitions == 0 {
+        return Err("spec.kafka.partitions: must be at least 1".into());
+    }
+    let res = &spec.resources;
+    let mut cpus = Vec::new();
+    for (field, q) in [
+        ("initial", &res.initial),
+        ("minAllowed", &res.min_allowed),
+        ("maxAllowed", &res.max_allowed),
+    ] {
+        let cpu = cpu_millis(&q.cpu).ok_or_else(|| {
+            format!(
+                "spec.resources.{field}.cpu: {:?} is not a CPU quantity (e.g. 500m, 2)",
+                q.cpu
+            )
+        })?;
+        memory_bytes(&q.memory).ok_or_else(|| {
+            format!(
+                "spec.resources.{field}.memory: {:?} is not a memory quantity (e.g. 512Mi, 2Gi)",
+                q.memory
+            )
+        })?;
+        cpus.push(cpu);
+    }
+    let max_allowed = cpus[2];
+    if cpus[1] > max_allowed {
+        return Err(format!(
+            "spec.resources: minAllowed.cpu {} is above maxAllowed.cpu {}: swap or widen them",
+            res.min_allowed.cpu, res.max_allowed.cpu
+        ));
+    }
+    if u64::from(res.min_cpus) * 1000 > max_allowed {
+        return Err(format!(
+            "spec.resources.minCpus: {} CPUs is above maxAllowed.cpu {}: lower minCpus or raise maxAllowed",
+            res.min_cpus, res.max_allowed.cpu
+        ));
+    }
+    let (min, max) = match spec.replicas.fixed {
+        Some(f) => (f, f),
+        None => (
+            spec.replicas.min.unwrap_or(1),
+            spec.replicas.max.unwrap_or(spec.kafka.partitions),
+        ),
+    };
+    if min > max {
+        return Err(format!(
+            "spec.replicas: min {min} is above max {max}: swap them"
+        ));
+    }
+    let initial = initial_replicas(sp)?;
+    Ok(Bounds {
+        min,
+        max,
+        initial,
+        max_allowed,
+    })
+}
+
+/// Did the memory target move by more than the policy's threshold from what is applied?
+fn moved(target: &str, applied: &str, config: &PolicyConfig) -> bool {
+    match (memory_bytes(target), memory_bytes(applied)) {
+        (Some(t), Some(a)) if a > 0 => {
+            (t as f64 - a as f64).abs() / a as f64 > config.resource_change_min
+        }
+        _ => false,
+    }
+}
+
+fn owned_by(mut child: Value, sp: &StreamPipeline) -> Value {
+    if let Some(owner) = sp.controller_owner_ref(&()) {
+        child["metadata"]["ownerReferences"] =
+            json!([serde_json::to_value(owner).expect("an owner reference serializes")]);
+    }
+    child
+}
+
+fn hash(objects: &[Value]) -> String {
+    let mut sha = Sha256::new();
+    for object in objects {
+        sha.update(object.to_string().as_bytes());
+    }
+    sha.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn rfc3339(seconds: u64) -> String {
+    Timestamp::from_second(seconds as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn seconds(rfc3339: &str) -> Option<u64> {
+    rfc3339
+        .parse::<Timestamp>()
+        .ok()
+        .and_then(|t| u64::try_from(t.as_second()).ok())
+}
+
+fn policy_state(status: &PolicyStatus) -> policy::State {
+    let at = |t: &Option<String>| t.as_deref().and_then(seconds);
+    policy::State {
+        pressure_since: at(&status.pressure_since),
+        relief_since: at(&status.relief_since),
+        last_change: at(&status.last_change).map(|at| {
+            let kind = match status.last_change_kind.as_deref() {
+                Some("Resources") => Change::Resources,
+                _ => Change::Replicas,
+            };
+            (at, kind)
+        }),
+    }
+}
+
+fn policy_status(d: &Decision) -> PolicyStatus {
+    PolicyStatus {
+        pressure_since: d.state.pressure_since.map(rfc3339),
+        relief_since: d.state.relief_since.map(rfc3339),
+        last_change: d.state.last_change.map(|(at, _)| rfc3339(at)),
+        last_change_kind: d.state.last_change.map(|(_, kind)| format!("{kind:?}")),
+        reason: Some(format!("{:?}", d.reason)),
+    }
+}
+
+fn has_condition(conditions: &[Condition], type_: &str, reason: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True" && c.reason == reason)
+}
+
+/// Sets a condition, keeping its transition time when its status did not change.
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    old: &[Condition],
+    type_: &str,
+    on: bool,
+    reason: &str,
+    message: String,
+    now: u64,
+) {
+    let status = if on { "True" } else { "False" };
+    let since = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| rfc3339(now), |c| c.last_transition_time.clone());
+    let condition = Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: since,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => *c = condition,
+        None => conditions.push(condition),
+    }
+}
+
+/// Reconciles one pipeline.
+pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let name = sp.name_any();
+    let namespace = sp
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let client = ctx.client.clone();
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .get_opt(&name)
+        .await?;
+    let vpa = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &vpa_resource())
+        .get_opt(&name)
+        .await?;
+    let rollout = deployment.as_ref().map(Rollout::from_deployment);
+    let recommendation = vpa
+        .as_ref()
+        .and_then(|v| VpaRecommendation::from_vpa(&v.data));
+    let now = (ctx.clock)();
+    let plan = plan(
+        &sp,
+        rollout.as_ref(),
+        recommendation.as_ref(),
+        &ctx.placement,
+        &ctx.policy,
+        now,
+        ctx.reapply_every,
+    );
+
+    let params = PatchParams::apply(MANAGER).force();
+    for child in &plan.apply {
+        let child_name = child["metadata"]["name"].as_str().unwrap_or(&name);
+        Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &child_resource(child))
+            .patch(child_name, &params, &Patch::Apply(child))
+            .await?;
+    }
+    if sp.status.as_ref() != Some(&plan.status) {
+        let status = json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "StreamPipeline",
+            "status": plan.status,
+        });
+        Api::<StreamPipeline>::namespaced(client, &namespace)
+            .patch_status(&name, &params, &Patch::Apply(&status))
+            .await?;
+    }
+    let reference = sp.object_ref(&());
+    for (warning, reason, note) in plan.events {
+        tracing::info!(pipeline = %name, %namespace, %reason, "{note}");
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.clone(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        // An event that cannot be written is not worth failing the reconcile for.
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(pipeline = %name, %namespace, %reason, "event not written: {e}");
+        }
+    }
+    Ok(Requeue::requeue(ctx.resync))
+}
+
+/// What to do after a failed reconcile: log it and retry soon.
+pub fn error_policy(sp: Arc<StreamPipeline>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(pipeline = %sp.name_any(), namespace = ?sp.namespace(), "reconcile failed, retrying in 15 s: {error}");
+    Requeue::requeue(Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::AppliedBy;
+
+    const NOW: u64 = 1_800_000_000;
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// The example pipeline as the API server returns it: namespace, uid, generation.
+    fn pipeline() -> StreamPipeline {
+        let mut sp = crate::repo::example().unwrap();
+        sp.metadata.uid = Some("6f1c2a9e-0000-4000-8000-000000000001".into());
+        sp.metadata.generation = Some(1);
+        sp
+    }
+
+    fn ready(replicas: u32) -> Rollout {
+        Rollout {
+            replicas,
+            ready: replicas,
+            in_progress: false,
+            failure: None,
+        }
+    }
+
+    fn rec(cpu: u64, uncapped: u64, memory: &str) -> VpaRecommendation {
+        VpaRecommendation {
+            cpu,
+            uncapped_cpu: uncapped,
+            memory: memory.into(),
+        }
+    }
+
+    fn run(
+        sp: &StreamPipeline,
+        d: Option<&Rollout>,
+        r: Option<&VpaRecommendation>,
+        now: u64,
+    ) -> Plan {
+        plan(
+            sp,
+            d,
+            r,
+            &Placement::neutral(),
+            &PolicyConfig::default(),
+            now,
+            HOUR,
+        )
+    }
+
+    fn condition<'a>(status: &'a StreamPipelineStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    fn deployment(plan: &Plan) -> &Value {
+        plan.apply
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_pipeline_gets_its_children_owned_and_a_status() {
+        let sp = pipeline();
+        let p = run(&sp, None, None, NOW);
+        let kinds: Vec<&str> = p
+            .apply
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ConfigMap",
+                "Deployment",
+                "VerticalPodAutoscaler",
+                "PodDisruptionBudget",
+                "Service",
+                "NetworkPolicy"
+            ]
+        );
+        for object in &p.apply {
+            let owner = &object["metadata"]["ownerReferences"][0];
+            assert_eq!(owner["kind"], "StreamPipeline");
+            assert_eq!(owner["uid"], "6f1c2a9e-0000-4000-8000-000000000001");
+            assert_eq!(owner["controller"], true);
+        }
+        // min 2 of 12 partitions: 2 replicas, 6 partitions each.
+        assert_eq!(deployment(&p)["spec"]["replicas"], 2);
+        assert_eq!((p.status.replicas, p.status.partitions_per_replica), (2, 6));
+        assert_eq!(p.status.observed_generation, Some(1));
+        assert_eq!(condition(&p.status, "Ready").reason, "Creating");
+        assert_eq!(condition(&p.status, "Progressing").status, "False");
+        assert_eq!(condition(&p.status, "Degraded").status, "False");
+        assert_eq!(condition(&p.status, "ScalingLimited").status, "False");
+        assert!(p.events.is_empty());
+    }
+
+    #[test]
+    fn unchanged_children_are_not_reapplied_until_the_drift_interval() {
+        let mut sp = pipeline();
+        let first = run(&sp, None, None, NOW);
+        sp.status = Some(first.status.clone());
+        let steady = run(
+            &sp,
+            Some(&ready(2)),
+            Some(&rec(1500, 1500, "1Gi")),
+            NOW + 60,
+        );
+        assert!(steady.apply.is_empty(), "nothing changed: no apply");
+        let ready_condition = condition(&steady.status, "Ready");
+        assert_eq!(
+            (
+                ready_condition.status.as_str(),
+                ready_condition.reason.as_str()
+            ),
+            ("True", "ReplicasReady")
+        );
+        assert_eq!(ready_condition.last_transition_time, rfc3339(NOW + 60));
+        // The transition time stays while the condition does.
+        sp.status = Some(steady.status.clone());
+        let later = run(
+            &sp,
+            Some(&ready(2)),
+            Some(&rec(1500, 1500, "1Gi")),
+            NOW + 120,
+        );
+        assert_eq!(later.status, steady.status, "status unchanged: no write");
+        // After the drift interval everything is applied again.
+        let drift = run(
+            &sp,
+            Some(&ready(2)),
+            Some(&rec(1500, 1500, "1Gi")),
+            NOW + 3600,
+        );
+        assert_eq!(drift.apply.len(), 6);
+        // A new generation is applied at once.
+        sp.metadata.generation = Some(2);
+        assert_eq!(run(&sp, Some(&ready(2)), None, NOW + 180).apply.len(), 6);
+        // A missing Deployment is recreated at once.
+        sp.metadata.generation = Some(1);
+        assert_eq!(run(&sp, None, None, NOW + 180).apply.len(), 6);
+    }
+
+    #[test]
+    fn sustained_pressure_steps_replicas_and_reports_it() {
+        let mut sp = pipeline();
+        sp.status = Some(run(&sp, None, None, NOW).status);
+        // The VPA would give each pod 5 CPUs; maxAllowed is 4.
+        let pressed = rec(4000, 5000, "2Gi");
+        let building = run(&sp, Some(&ready(2)), Some(&pressed), NOW + 60);
+        assert!(building.apply.is_empty());
+        assert_eq!(
+            building.status.policy.reason.as_deref(),
+            Some("PressureBuilding")
+        );
+        assert_eq!(
+            building.status.policy.pressure_since,
+            Some(rfc3339(NOW + 60))
+        );
+        assert_eq!(building.status.uncapped_cpu.as_deref(), Some("5"));
+        // The VPA applies in VPA mode: its target is what status shows.
+        assert_eq!(
+            building.status.applied_recommendation,
+            Some(Quantities {
+                cpu: "4".into(),
+                memory: "2Gi".into()
+            })
+        );
+        sp.status = Some(building.status);
+        let step = run(&sp, Some(&ready(2)), Some(&pressed), NOW + 60 + 300);
+        assert_eq!(
+            deployment(&step)["spec"]["replicas"],
+            3,
+            "next divisor of 12 after 2"
+        );
+        assert_eq!(
+            (step.status.replicas, step.status.partitions_per_replica),
+            (3, 4)
+        );
+        let progressing = condition(&step.status, "Progressing");
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "ScalingUp")
+        );
+        assert_eq!(
+            step.events,
+            [(false, "ScalingUp".into(), progressing.message.clone())]
+        );
+        assert_eq!(
+            step.status.policy.last_change_kind.as_deref(),
+            Some("Replicas")
+        );
+        // The Deployment rolls out: Ready is false, nothing else moves.
+        sp.status = Some(step.status);
+        let rolling = Rollout {
+            replicas: 3,
+            ready: 2,
+            in_progress: true,
+            failure: None,
+        };
+        let during = run(&sp, Some(&rolling), Some(&pressed), NOW + 1000);
+        assert!(during.apply.is_empty());
+        assert_eq!(
+            condition(&during.status, "Ready").reason,
+            "ReplicasNotReady"
+        );
+        assert_eq!(
+            condition(&during.status, "Progressing").reason,
+            "RolloutInProgress"
+        );
+        assert_eq!(
+            during.status.policy.reason.as_deref(),
+            Some("RolloutInProgress")
+        );
+    }
+
+    #[test]
+    fn no_divisor_left_is_scaling_limited_with_one_warning() {
+        let mut sp = pipeline();
+        sp.spec.replicas.max = Some(6);
+        let mut status = run(&sp, None, None, NOW).status;
+        status.policy.pressure_since = Some(rfc3339(NOW - 10_000));
+        sp.status = Some(status);
+        let pressed = rec(4000, 9000, "2Gi");
+        let p = run(&sp, Some(&ready(6)), Some(&pressed), NOW);
+        let limited = condition(&p.status, "ScalingLimited");
+        assert_eq!(
+            (limited.status.as_str(), limited.reason.as_str()),
+            ("True", "NoDivisorLeft")
+        );
+        assert!(
+            limited
+                .message
+                .contains("raise maxAllowed, replicas.max or the partitions"),
+            "{}",
+            limited.message
+        );
+        assert_eq!(p.events.len(), 1);
+        assert!(p.events[0].0, "a warning");
+        sp.status = Some(p.status);
+        assert!(
+            run(&sp, Some(&ready(6)), Some(&pressed), NOW + 60)
+                .events
+                .is_empty(),
+            "warned once"
+        );
+    }
+
+    #[test]
+    fn operator_mode_applies_requests_floored_at_min_cpus() {
+        let mut sp = pipeline();
+        sp.spec.resources.applied_by = AppliedBy::Operator;
+        sp.spec.resources.min_cpus = 2;
+        sp.status = Some(run(&sp, None, None, NOW).status);
+        let first = sp.status.as_ref().unwrap();
+        assert_eq!(
+            first.applied_recommendation,
+            Some(Quantities {
+                cpu: "2".into(),
+                memory: "1Gi".into()
+            })
+        );
+        // The VPA recommends 3 CPUs, 3Gi: a resource rollout, CPU and memory together.
+        let p = run(
+            &sp,
+            Some(&ready(2)),
+            Some(&rec(3000, 3000, "3Gi")),
+            NOW + 60,
+        );
+        let container = &deployment(&p)["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            container["resources"]["requests"],
+            json!({"cpu": "3", "memory": "3Gi"})
+        );
+        assert_eq!(
+            container["resources"]["limits"],
+            json!({"cpu": "3", "memory": "3Gi"})
+        );
+        assert_eq!(
+            condition(&p.status, "Progressing").reason,
+            "ApplyingRequests"
+        );
+        assert_eq!(
+            p.status.policy.last_change_kind.as_deref(),
+            Some("Resources")
+        );
+        // A recommendation under the floor holds at the floor, without a rollout every resync.
+        let mut sp = pipeline();
+        sp.spec.resources.applied_by = AppliedBy::Operator;
+        sp.spec.resources.min_cpus = 2;
+        sp.status = Some(run(&sp, None, None, NOW).status);
+        let low = run(&sp, Some(&ready(2)), Some(&rec(300, 300, "1Gi")), NOW + 60);
+        assert!(low.apply.is_empty(), "{:?}", low.status.policy);
+        // Memory alone moving is a resource rollout too.
+        let memory = run(
+            &sp,
+            Some(&ready(2)),
+            Some(&rec(2000, 2000, "2Gi")),
+            NOW + 60,
+        );
+        assert_eq!(
+            deployment(&memory)["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "2", "memory": "2Gi"})
+        );
+    }
+
+    #[test]
+    fn an_invalid_spec_applies_nothing_and_says_which_field() {
+        type Break = fn(&mut StreamPipeline);
+        let cases: [(Break, &str); 5] = [
+            (
+                |sp| sp.spec.resources.max_allowed.cpu = "four".into(),
+                "spec.resources.maxAllowed.cpu",
+            ),
+            (
+                |sp| sp.spec.resources.initial.memory = "1 gig".into(),
+                "spec.resources.initial.memory",
+            ),
+            (
+                |sp| sp.spec.resources.min_cpus = 8,
+                "spec.resources.minCpus",
+            ),
+            (
+                |sp| (sp.spec.replicas.min, sp.spec.replicas.max) = (Some(5), Some(5)),
+                "spec.replicas",
+            ),
+            (|sp| sp.spec.kafka.partitions = 0, "spec.kafka.partitions"),
+        ];
+        for (break_it, field) in cases {
+            let mut sp = pipeline();
+            break_it(&mut sp);
+            let p = run(&sp, Some(&ready(2)), None, NOW);
+            assert!(p.apply.is_empty(), "{field}");
+            let degraded = condition(&p.status, "Degraded");
+            assert_eq!(
+                (degraded.status.as_str(), degraded.reason.as_str()),
+                ("True", "InvalidSpec")
+            );
+            assert!(
+                degraded.message.starts_with(field),
+                "{field}: {}",
+                degraded.message
+            );
+            assert_eq!(p.events.len(), 1, "{field}");
+            sp.status = Some(p.status);
+            assert!(
+                run(&sp, Some(&ready(2)), None, NOW + 60).events.is_empty(),
+                "{field}: warned once"
+            );
+        }
+    }
+
+    #[test]
+    fn suspend_scales_to_zero_and_resume_comes_back_aligned() {
+        let mut sp = pipeline();
+        sp.spec.suspend = true;
+        let p = run(&sp, Some(&ready(4)), None, NOW);
+        assert_eq!(deployment(&p)["spec"]["replicas"], 0);
+        assert_eq!(condition(&p.status, "Ready").reason, "Suspended");
+        assert_eq!(p.status.partitions_per_replica, 0);
+        sp.spec.suspend = false;
+        sp.metadata.generation = Some(2);
+        sp.status = Some(p.status);
+        let resumed = run(&sp, Some(&ready(0)), None, NOW + 60);
+        assert_eq!(deployment(&resumed)["spec"]["replicas"], 2);
+        assert_eq!(
+            condition(&resumed.status, "Progressing").reason,
+            "Realigning"
+        );
+    }
+
+    #[test]
+    fn a_failing_deployment_is_degraded() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "bookings-enrich", "generation": 3},
+            "spec": {"replicas": 4, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 3, "replicas": 4, "updatedReplicas": 2, "readyReplicas": 2,
+                "availableReplicas": 2, "conditions": [{"type": "Progressing", "status": "False",
+                "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"x\" has timed out progressing."}]},
+        }))
+        .unwrap();
+        let rollout = Rollout::from_deployment(&d);
+        assert_eq!(
+            (rollout.replicas, rollout.ready, rollout.in_progress),
+            (4, 2, true)
+        );
+        let p = run(&pipeline(), Some(&rollout), None, NOW);
+        let degraded = condition(&p.status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ProgressDeadlineExceeded")
+        );
+        // A finished rollout is not in progress; one whose generation is not observed yet is.
+        let mut done = d.clone();
+        done.status = Some(
+            serde_json::from_value(json!({"observedGeneration": 3, "replicas": 4,
+            "updatedReplicas": 4, "readyReplicas": 4, "availableReplicas": 4}))
+            .unwrap(),
+        );
+        assert!(!Rollout::from_deployment(&done).in_progress);
+        done.metadata.generation = Some(4);
+        assert!(Rollout::from_deployment(&done).in_progress);
+    }
+
+    #[test]
+    fn the_vpa_recommendation_is_read_for_the_pipeline_container() {
+        let vpa = json!({"status": {"recommendation": {"containerRecommendations": [
+            {"containerName": "sidecar", "target": {"cpu": "10m", "memory": "10Mi"}},
+            {"containerName": "pipeline", "target": {"cpu": "3500m", "memory": "2Gi"},
+             "uncappedTarget": {"cpu": "6", "memory": "2Gi"}},
+        ]}}});
+        assert_eq!(
+            VpaRecommendation::from_vpa(&vpa),
+            Some(rec(3500, 6000, "2Gi"))
+        );
+        assert_eq!(VpaRecommendation::from_vpa(&json!({"status": {}})), None);
+    }
+
+    // ---- The reconcile's I/O against a mocked API server, request by request. ----
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use tower_test::mock::Handle;
+
+    type ApiServer = Handle<Request<Body>, Response<Body>>;
+
+    fn context(client: Client, now: u64) -> Arc<Context> {
+        Arc::new(Context {
+            recorder: Recorder::new(
+                client.clone(),
+                kube::runtime::events::Reporter {
+                    controller: MANAGER.into(),
+                    instance: None,
+                },
+            ),
+            client,
+            placement: Placement::neutral(),
+            policy: PolicyConfig::default(),
+            clock: Arc::new(move || now),
+            resync: Duration::from_secs(60),
+            reapply_every: Duration::from_secs(600),
+        })
+    }
+
+    /// Waits for the next request, checks its method and path (and for applies the field
+    /// manager), answers `status` with `reply` (or echoes the body), and returns the body sent.
+    async fn expect(
+        server: &mut ApiServer,
+        method: &str,
+        path: &str,
+        status: u16,
+        reply: Option<Value>,
+    ) -> Value {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), server.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+            .expect("the client is gone");
+        assert_eq!(
+            (request.method().as_str(), request.uri().path()),
+            (method, path),
+            "request out of order"
+        );
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        if method == "PATCH" {
+            assert!(
+                query.contains("fieldManager=sluice-vpa") && query.contains("force=true"),
+                "{path}: not a forced server-side apply: {query}"
+            );
+            assert_eq!(
+                request.headers()["content-type"],
+                "application/apply-patch+yaml"
+            );
+        }
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let reply = reply.unwrap_or_else(|| body.clone());
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+        body
+    }
+
+    fn not_found() -> Option<Value> {
+        Some(
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+        )
+    }
+
+    const NS: &str = "/namespaces/pipelines";
+
+    async fn no_more_requests(server: &mut ApiServer) {
+        let more = tokio::time::timeout(Duration::from_millis(200), server.next_request()).await;
+        assert!(
+            !matches!(more, Ok(Some(_))),
+            "an unexpected request: {:?}",
+            more.ok()
+                .flatten()
+                .map(|(r, _)| format!("{} {}", r.method(), r.uri()))
+        );
+    }
+
+    #[tokio::test]
+    async fn reconcile_creates_then_holds_then_steps_request_by_request() {
+        let (service, mut server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let sp = pipeline();
+
+        // 1. A new pipeline: two reads, six applies in order, the status.
+        let task = tokio::spawn(reconcile(
+            Arc::new(sp.clone()),
+            context(client.clone(), NOW),
+        ));
+        expect(
+            &mut server,
+            "GET",
+            &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
+            404,
+            not_found(),
+        )
+        .await;
+        expect(
+            &mut server,
+            "GET",
+            &format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
+            404,
+            not_found(),
+        )
+        .await;
+        let mut applied = Vec::new();
+        for path in [
+            format!("/api/v1{NS}/configmaps/bookings-enrich"),
+            format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
+            format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
+            format!("/apis/policy/v1{NS}/poddisruptionbudgets/bookings-enrich"),
+            format!("/api/v1{NS}/services/bookings-enrich-metrics"),
+            format!("/apis/networking.k8s.io/v1{NS}/networkpolicies/bookings-enrich"),
+        ] {
+            applied.push(expect(&mut server, "PATCH", &path, 200, None).await);
+        }
+        assert_eq!(applied[1]["spec"]["replicas"], 2);
+        assert!(
+            applied
+                .iter()
+                .all(|o| o["metadata"]["ownerReferences"][0]["uid"]
+                    == "6f1c2a9e-0000-4000-8000-000000000001")
+        );
+        let mut written = sp.clone();
+        let status = expect(
+            &mut server,
+            "PATCH",
+            &format!("/apis/sluice.dev/v1alpha1{NS}/streampipelines/bookings-enrich/status"),
+            200,
+            Some(serde_json::to_value(&sp).unwrap()),
+        )
+        .await;
+        assert_eq!(
+            (status["apiVersion"].as_str(), status["kind"].as_str()),
+            (Some("sluice.dev/v1alpha1"), Some("StreamPipeline"))
+        );
+        assert_eq!(status["status"]["replicas"], 2);
+        assert_eq!(status["status"]["observedGeneration"], 1);
+        let requeue = task.await.unwrap().unwrap();
+        assert_eq!(requeue, Requeue::requeue(Duration::from_secs(60)));
+        no_more_requests(&mut server).await;
+        written.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+
+        // 2. The same pipeline a minute later, its Deployment ready, the VPA relaxed: two reads
+        //    and the status (Ready changed), no apply, no event.
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "bookings-enrich", "namespace": "pipelines", "generation": 1},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
+        let vpa = |cpu: &str, uncapped: &str| {
+            json!({"apiVersion": "autoscaling.k8s.io/v1", "kind": "VerticalPodAutoscaler",
+            "metadata": {"name": "bookings-enrich", "namespace": "pipelines"},
+            "status": {"recommendation": {"containerRecommendations": [{"containerName": "pipeline",
+                "target": {"cpu": cpu, "memory": "2Gi"}, "uncappedTarget": {"cpu": uncapped, "memory": "2Gi"}}]}}})
+        };
+        let task = tokio::spawn(reconcile(
+            Arc::new(written.clone()),
+            context(client.clone(), NOW + 60),
+        ));
+        expect(
+            &mut server,
+            "GET",
+            &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
+            200,
+            Some(deployment.clone()),
+        )
+        .await;
+        expect(
+            &mut server,
+            "GET",
+            &format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
+            200,
+            Some(vpa("4", "5")),
+        )
+        .await;
+        let status = expect(
+            &mut server,
+            "PATCH",
+            &format!("/apis/sluice.dev/v1alpha1{NS}/streampipelines/bookings-enrich/status"),
+            200,
+            Some(serde_json::to_value(&sp).unwrap()),
+        )
+        .await;
+        let ready = status["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()
+            .clone();
+        assert_eq!(ready["status"], "True");
+        assert_eq!(status["status"]["policy"]["reason"], "PressureBuilding");
+        task.await.unwrap().unwrap();
+        no_more_requests(&mut server).await;
+        written.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+
+        // 3. Pressure sustained for the window: the Deployment (and the rest, hash changed) applied
+        //    with 3 replicas, the status, and a ScalingUp event.
+        let task = tokio::spawn(reconcile(
+            Arc::new(written.clone()),
+            context(client.clone(), NOW + 60 + 300),
+        ));
+        expect(
+            &mut server,
+            "GET",
+            &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
+            200,
+            Some(deployment),
+        )
+        .await;
+        expect(
+            &mut server,
+            "GET",
+            &format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
+            200,
+            Some(vpa("4", "5")),
+        )
+        .await;
+        expect(
+            &mut server,
+            "PATCH",
+            &format!("/api/v1{NS}/configmaps/bookings-enrich"),
+            200,
+            None,
+        )
+        .await;
+        let d = expect(
+            &mut server,
+            "PATCH",
+            &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
+            200,
+            None,
+        )
+        .await;
+        assert_eq!(d["spec"]["replicas"], 3);
+        for path in [
+            format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
+            format!("/apis/policy/v1{NS}/poddisruptionbudgets/bookings-enrich"),
+            format!("/api/v1{NS}/services/bookings-enrich-metrics"),
+            format!("/apis/networking.k8s.io/v1{NS}/networkpolicies/bookings-enrich"),
+        ] {
+            expect(&mut server, "PATCH", &path, 200, None).await;
+        }
+        let status = expect(
+            &mut server,
+            "PATCH",
+            &format!("/apis/sluice.dev/v1alpha1{NS}/streampipelines/bookings-enrich/status"),
+            200,
+            Some(serde_json::to_value(&sp).unwrap()),
+        )
+        .await;
+        assert_eq!(status["status"]["partitionsPerReplica"], 4);
+        let event = expect(
+            &mut server,
+            "POST",
+            &format!("/apis/events.k8s.io/v1{NS}/events"),
+            201,
+            None,
+        )
+        .await;
+        assert_eq!(event["reason"], "ScalingUp");
+        assert_eq!(event["type"], "Normal");
+        assert_eq!(event["regarding"]["name"], "bookings-enrich");
+        assert_eq!(event["reportingController"], "sluice-vpa");
+        task.await.unwrap().unwrap();
+        no_more_requests(&mut server).await;
+
+        // 4. The API server failing: the reconcile fails (and is retried by the error policy).
+        let task = tokio::spawn(reconcile(Arc::new(written), context(client, NOW + 1000)));
+        expect(&mut server, "GET", &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"), 500,
+            Some(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcdserver: request timed out"}))).await;
+        let error = task.await.unwrap().unwrap_err();
+        assert!(
+            error.to_string().contains("etcdserver: request timed out"),
+            "{error}"
+        );
+        no_more_requests(&mut server).await;
+    }
+}

@@ -1,0 +1,130 @@
+//! `sluice-vpa`: the StreamPipeline operator. Watches StreamPipelines in every namespace (and the
+//! Deployments it owns), reconciles each into its children, and serves `/healthz` and `/readyz`.
+//!
+//! Environment: `POD_NAMESPACE` (where the `sluice-placement` ConfigMap lives, default
+//! `sluice-system`), `SLUICE_VPA_LISTEN` (probes, default `0.0.0.0:8080`), `SLUICE_VPA_RESYNC_S`
+//! (how often the policy looks at each pipeline, default 60), `RUST_LOG`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Client, ResourceExt};
+use sluice_vpa::controller::{Context, MANAGER, error_policy, reconcile};
+use sluice_vpa::crd::StreamPipeline;
+use sluice_vpa::manifests::Placement;
+use sluice_vpa::policy::PolicyConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "sluice-system".into());
+    let listen = std::env::var("SLUICE_VPA_LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".into());
+    let resync_s: u64 = match std::env::var("SLUICE_VPA_RESYNC_S") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("SLUICE_VPA_RESYNC_S: {v:?} is not a number of seconds"))?,
+        Err(_) => 60,
+    };
+
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes API: run in a pod with a service account, or set KUBECONFIG")?;
+    let pipelines = Api::<StreamPipeline>::all(client.clone());
+    pipelines.list(&ListParams::default().limit(1)).await.context(
+        "cannot list streampipelines.sluice.dev: apply deploy/crd/ and the operator's RBAC (deploy/operator/)",
+    )?;
+    let placement = placement(&client, &namespace).await?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let probes = {
+        let ready = ready.clone();
+        let router = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || async move {
+                    if ready.load(Ordering::Relaxed) {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("SLUICE_VPA_LISTEN: cannot listen on {listen}"))?;
+        tokio::spawn(async move { axum::serve(listener, router).await })
+    };
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        placement,
+        policy: PolicyConfig::default(),
+        clock: Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        }),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        resync: Duration::from_secs(resync_s),
+        reapply_every: Duration::from_secs(600),
+    });
+    tracing::info!(%namespace, resync_s, "sluice-vpa watching StreamPipelines");
+    ready.store(true, Ordering::Relaxed);
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-vpa");
+    Controller::new(pipelines, watcher::Config::default().any_semantic())
+        .owns(Api::<Deployment>::all(client), owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
+                Err(e) => tracing::warn!("reconcile: {e}"),
+            }
+        })
+        .await;
+    probes.abort();
+    tracing::info!("sluice-vpa stopped");
+    Ok(())
+}
+
+/// The provider placement from the `sluice-placement` ConfigMap an overlay installs beside the
+/// operator; without one, the neutral labels of `deploy/base`.
+async fn placement(client: &Client, namespace: &str) -> anyhow::Result<Placement> {
+    let maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    match maps.get_opt("sluice-placement").await? {
+        Some(map) => {
+            let value = serde_json::to_value(&map)?;
+            Placement::from_config_map(&value).map_err(|e| {
+                anyhow::anyhow!(
+                    "ConfigMap {namespace}/{}: {e}: fix the provider overlay",
+                    map.name_any()
+                )
+            })
+        }
+        None => {
+            tracing::info!(%namespace, "no sluice-placement ConfigMap: neutral labels (sluice.dev/capacity-type)");
+            Ok(Placement::neutral())
+        }
+    }
+}
