@@ -1107,7 +1107,11 @@ mod tests {
     use kube::client::Body;
     use tower_test::mock::Handle;
 
-    type ApiServer = Handle<Request<Body>, Response<Body>>;
+    /// The mocked API server, and every (method, path) it was asked.
+    struct ApiServer {
+        handle: Handle<Request<Body>, Response<Body>>,
+        calls: Vec<(String, String)>,
+    }
 
     fn context(client: Client, now: u64) -> Arc<Context> {
         Arc::new(Context {
@@ -1136,15 +1140,17 @@ mod tests {
         status: u16,
         reply: Option<Value>,
     ) -> Value {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(5), server.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
-            .expect("the client is gone");
+        let (request, send) =
+            tokio::time::timeout(Duration::from_secs(5), server.handle.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+                .expect("the client is gone");
         assert_eq!(
             (request.method().as_str(), request.uri().path()),
             (method, path),
             "request out of order"
         );
+        server.calls.push((method.to_owned(), path.to_owned()));
         let query = request.uri().query().unwrap_or_default().to_owned();
         if method == "PATCH" {
             assert!(
@@ -1181,7 +1187,8 @@ mod tests {
     const NS: &str = "/namespaces/pipelines";
 
     async fn no_more_requests(server: &mut ApiServer) {
-        let more = tokio::time::timeout(Duration::from_millis(200), server.next_request()).await;
+        let more =
+            tokio::time::timeout(Duration::from_millis(200), server.handle.next_request()).await;
         assert!(
             !matches!(more, Ok(Some(_))),
             "an unexpected request: {:?}",
@@ -1193,7 +1200,11 @@ mod tests {
 
     #[tokio::test]
     async fn reconcile_creates_then_holds_then_steps_request_by_request() {
-        let (service, mut server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut server = ApiServer {
+            handle,
+            calls: Vec::new(),
+        };
         let client = Client::new(service, "default");
         let sp = pipeline();
 
@@ -1390,5 +1401,74 @@ mod tests {
             "{error}"
         );
         no_more_requests(&mut server).await;
+        the_operator_rbac_grants(&server.calls);
+    }
+
+    /// deploy/operator's ClusterRole grants every call the reconciler made, and the watches and
+    /// the placement read of `main.rs`; and nothing on Secrets.
+    fn the_operator_rbac_grants(calls: &[(String, String)]) {
+        let text =
+            std::fs::read_to_string(crate::repo::path("deploy/operator/operator.yaml")).unwrap();
+        let role = text
+            .split("\n---\n")
+            .map(|doc| serde_yaml_ng::from_str::<Value>(doc).unwrap())
+            .find(|doc| doc["kind"] == "ClusterRole")
+            .unwrap();
+        let grants = |group: &str, resource: &str, verb: &str| {
+            role["rules"].as_array().unwrap().iter().any(|rule| {
+                let has =
+                    |key: &str, want: &str| rule[key].as_array().unwrap().iter().any(|v| v == want);
+                has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+            })
+        };
+        let mut needed = vec![
+            (
+                "sluice.dev".to_owned(),
+                "streampipelines".to_owned(),
+                "list",
+            ),
+            (
+                "sluice.dev".to_owned(),
+                "streampipelines".to_owned(),
+                "watch",
+            ),
+            ("apps".to_owned(), "deployments".to_owned(), "list"),
+            ("apps".to_owned(), "deployments".to_owned(), "watch"),
+            (String::new(), "configmaps".to_owned(), "get"),
+        ];
+        for (method, path) in calls {
+            // /api/v1/namespaces/NS/RESOURCE/NAME[/SUB] or /apis/GROUP/VERSION/namespaces/...
+            let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            let (group, rest) = match parts[0] {
+                "api" => ("", &parts[2..]),
+                _ => (parts[1], &parts[3..]),
+            };
+            let resource = match rest {
+                ["namespaces", _, resource, _, sub] => format!("{resource}/{sub}"),
+                ["namespaces", _, resource, ..] => (*resource).to_owned(),
+                other => panic!("unexpected path {other:?}"),
+            };
+            let verbs: &[&str] = match method.as_str() {
+                "GET" => &["get"],
+                // An apply that creates the object is authorized as a create.
+                "PATCH" if resource.ends_with("/status") => &["patch"],
+                "PATCH" => &["patch", "create"],
+                "POST" => &["create"],
+                other => panic!("unexpected method {other}"),
+            };
+            for verb in verbs {
+                needed.push((group.to_owned(), resource.clone(), verb));
+            }
+        }
+        for (group, resource, verb) in needed {
+            assert!(
+                grants(&group, &resource, verb),
+                "deploy/operator/operator.yaml: the ClusterRole does not grant {verb} on {group}/{resource}"
+            );
+        }
+        assert!(
+            !text.contains("secrets"),
+            "the operator must not read Secrets"
+        );
     }
 }
