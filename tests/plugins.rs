@@ -935,3 +935,76 @@ fn render_prints_the_operators_objects_for_a_tier_and_provider() {
         )
     );
 }
+
+/// `sluice capacity simulate`: the shipped synthetic week against the three strategies, with the
+/// plot; `sluice capacity trace` reproduces the shipped trace; a broken trace names its line.
+#[test]
+fn capacity_simulate_reports_the_three_strategies_and_plots_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = root().join("deploy/capacity/diurnal-7d.csv");
+    let plot = dir.path().join("capacity.svg");
+    let run = sluice(
+        &[
+            "capacity",
+            "simulate",
+            trace.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+        dir.path(),
+        "",
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("10080 minutes (7.0 days)"),
+        "{}",
+        run.stdout
+    );
+    let rows: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| matches!(w.first(), Some(&"hpa" | &"fixed+vpa" | &"operator")))
+        .collect();
+    assert_eq!(rows.len(), 3, "{}", run.stdout);
+    for row in &rows {
+        let number = |i: usize| row[i].trim_end_matches('%').parse::<f64>().unwrap();
+        let (requested, used, waste) = (number(1), number(2), number(3));
+        assert!(
+            used <= requested && (requested - used - waste).abs() <= 1.0,
+            "{row:?}"
+        );
+    }
+    assert_eq!(rows[0][5], "-", "the HPA is the baseline");
+    assert!(
+        rows[2][8].starts_with("1.00/1.00"),
+        "operator: no skew: {:?}",
+        rows[2]
+    );
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("operator requested"));
+
+    let generated = sluice(
+        &["capacity", "trace", "--days", "7", "--seed", "1"],
+        dir.path(),
+        "",
+    );
+    assert_eq!(generated.code, Some(0));
+    assert_eq!(generated.stdout, std::fs::read_to_string(&trace).unwrap());
+
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "minute,cores\n0,1.5\n1,1.6\n3,1.7\n").unwrap();
+    let run = sluice(
+        &["capacity", "simulate", bad.to_str().unwrap()],
+        dir.path(),
+        "",
+    );
+    assert_eq!(run.code, Some(1));
+    assert_eq!(
+        run.error_line(),
+        format!(
+            "error: {}:4: minute 3 out of order: expected 2 (one row per minute from 0)",
+            bad.display()
+        )
+    );
+}

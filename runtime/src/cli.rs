@@ -64,6 +64,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         placement: Option<PathBuf>,
     },
+    /// Capacity planning: replay a load trace against the ways of sizing a pipeline.
+    Capacity {
+        #[command(subcommand)]
+        command: CapacityCommand,
+    },
     /// Show a running pod's state (its admin endpoint's /status) as a table.
     Status {
         /// The pod's admin endpoint: `host:port` or a URL.
@@ -229,6 +234,89 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}`: write key=value"))
 }
 
+/// `sluice capacity ...`
+#[derive(Debug, Subcommand)]
+pub enum CapacityCommand {
+    /// Replay TRACE (`minute,cores` rows: the CPU the pipeline needs each minute) against HPA,
+    /// fixed pods with the VPA (Grab's setup) and the operator's capacity policy; print
+    /// requested vs used CPU-hours, waste, under-provisioned time and partition skew.
+    Simulate {
+        /// The load trace (deploy/capacity/diurnal-7d.csv is a synthetic week).
+        trace: PathBuf,
+        /// Also write the three runs over time as an SVG plot.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+        /// Partitions of the source topics.
+        #[arg(long, default_value_t = 24)]
+        partitions: u32,
+        /// The largest pod the VPA may recommend (cores), for the VPA and the operator.
+        #[arg(long, default_value_t = 4.0)]
+        max_pod_cpu: f64,
+        /// The HPA's pod size (cores).
+        #[arg(long, default_value_t = 2.0)]
+        hpa_pod_cpu: f64,
+        /// The HPA's target CPU utilization (0-1).
+        #[arg(long, default_value_t = 0.7)]
+        hpa_target: f64,
+        /// The smallest pod of fixed + VPA (cores): 0.1 as Grab ran it at first; Grab's 2023
+        /// fix was 2 whole CPUs.
+        #[arg(long, default_value_t = 0.1)]
+        vpa_min_cpu: f64,
+        /// Simulate the operator with `appliedBy: operator` (it applies the VPA's target itself)
+        /// instead of the VPA's updater.
+        #[arg(long)]
+        operator_applies: bool,
+    },
+    /// Print the synthetic trace (deploy/capacity/diurnal-7d.csv is `--days 7 --seed 1`).
+    Trace {
+        /// Days of load.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Seed of the noise and the spikes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+/// `sluice capacity simulate`: the report, and the plot if asked.
+fn simulate(
+    trace: &Path,
+    plot: Option<&Path>,
+    scenario: sluice_vpa::simulate::Scenario,
+) -> anyhow::Result<String> {
+    use sluice_vpa::simulate::{Trace, plot_svg, report, simulate};
+    let text = std::fs::read_to_string(trace)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", trace.display()))?;
+    let origin = trace.display().to_string();
+    let trace = Trace::parse(&text, &origin).map_err(anyhow::Error::msg)?;
+    if scenario.partitions == 0 {
+        anyhow::bail!("--partitions: must be at least 1");
+    }
+    let finite_at_least = |x: f64, floor: f64| x.is_finite() && x >= floor;
+    if !finite_at_least(scenario.max_allowed, f64::from(scenario.min_cpus)) {
+        anyhow::bail!(
+            "--max-pod-cpu: must be at least {} (whole CPUs per pod)",
+            scenario.min_cpus
+        );
+    }
+    if !finite_at_least(scenario.hpa_pod_cpu, f64::MIN_POSITIVE) {
+        anyhow::bail!("--hpa-pod-cpu: must be above 0");
+    }
+    if !(scenario.hpa_target > 0.0 && scenario.hpa_target <= 1.0) {
+        anyhow::bail!("--hpa-target: must be a utilization in (0, 1], e.g. 0.7");
+    }
+    if !(scenario.vpa_min_allowed > 0.0 && scenario.vpa_min_allowed <= scenario.max_allowed) {
+        anyhow::bail!("--vpa-min-cpu: must be above 0 and at most --max-pod-cpu");
+    }
+    let runs = simulate(&trace, &scenario);
+    if let Some(path) = plot {
+        let svg = plot_svg(&trace, &runs).map_err(anyhow::Error::msg)?;
+        std::fs::write(path, svg)
+            .map_err(|e| anyhow::anyhow!("--plot {}: cannot write: {e}", path.display()))?;
+    }
+    Ok(report(&origin, &trace, &scenario, &runs))
+}
+
 /// `sluice plugin ...`
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -314,6 +402,43 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             placement,
         } => {
             print!("{}", render(&file, tier.as_deref(), placement.as_deref())?);
+            Ok(())
+        }
+        Command::Capacity {
+            command:
+                CapacityCommand::Simulate {
+                    trace,
+                    plot,
+                    partitions,
+                    max_pod_cpu,
+                    hpa_pod_cpu,
+                    hpa_target,
+                    vpa_min_cpu,
+                    operator_applies,
+                },
+        } => {
+            let scenario = sluice_vpa::simulate::Scenario {
+                partitions,
+                max_allowed: max_pod_cpu,
+                hpa_pod_cpu,
+                hpa_target,
+                vpa_min_allowed: vpa_min_cpu,
+                operator_applies,
+                ..Default::default()
+            };
+            print!("{}", simulate(&trace, plot.as_deref(), scenario)?);
+            Ok(())
+        }
+        Command::Capacity {
+            command: CapacityCommand::Trace { days, seed },
+        } => {
+            let trace = sluice_vpa::simulate::Trace::synthetic(days, seed);
+            print!(
+                "{}",
+                trace.to_csv(&format!(
+                    "Synthetic load: `sluice capacity trace --days {days} --seed {seed}` (see deploy/capacity/README.md)"
+                ))
+            );
             Ok(())
         }
         Command::Status { admin, json } => {

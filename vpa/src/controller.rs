@@ -177,6 +177,17 @@ impl Rollout {
     }
 }
 
+/// What the reconcile read about a pipeline's pods.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Its Deployment, if it exists.
+    pub deployment: Option<Rollout>,
+    /// The VPA's recommendation, once it has one.
+    pub recommendation: Option<VpaRecommendation>,
+    /// CPU (m) all its pods use now (metrics API), if the cluster serves it.
+    pub usage: Option<u64>,
+}
+
 /// What one reconcile decided: the children to apply (if any) and the status to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -192,8 +203,7 @@ pub struct Plan {
 /// the plan out.
 pub fn plan(
     sp: &StreamPipeline,
-    deployment: Option<&Rollout>,
-    recommendation: Option<&VpaRecommendation>,
+    observed: &Observed,
     placement: &Placement,
     config: &PolicyConfig,
     now: u64,
@@ -201,6 +211,9 @@ pub fn plan(
 ) -> Plan {
     let old = sp.status.clone().unwrap_or_default();
     let generation = sp.metadata.generation;
+    let deployment = observed.deployment.as_ref();
+    let recommendation = observed.recommendation.as_ref();
+    let usage = observed.usage;
     let mut status = StreamPipelineStatus {
         observed_generation: generation,
         ..old.clone()
@@ -280,6 +293,7 @@ pub fn plan(
                 uncapped_target: r.uncapped_cpu,
             }),
             applied_request: cpu_millis(&applied.cpu).unwrap_or(floor),
+            usage,
             applied_by: match res.applied_by {
                 AppliedBy::Vpa => policy::AppliedBy::Vpa,
                 AppliedBy::Operator => policy::AppliedBy::Operator,
@@ -609,6 +623,41 @@ fn set_condition(
     }
 }
 
+/// The `PodMetrics` resource (`metrics.k8s.io/v1beta1`, served by metrics-server).
+pub fn pod_metrics_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "PodMetrics"),
+        "pods",
+    )
+}
+
+/// CPU (m) the pipeline container of `name`'s pods uses now; `None` when the cluster has no
+/// metrics API (the policy then trusts the VPA alone).
+async fn usage(client: &Client, namespace: &str, name: &str) -> Option<u64> {
+    let selector =
+        format!("app.kubernetes.io/name=sluice-pipeline,app.kubernetes.io/instance={name}");
+    let api =
+        Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &pod_metrics_resource());
+    match api
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+    {
+        Ok(list) => Some(pods_cpu(list.items.iter().map(|p| &p.data))),
+        Err(e) => {
+            tracing::debug!(pipeline = %name, %namespace, "no pod metrics: {e}");
+            None
+        }
+    }
+}
+
+/// The summed CPU (m) of the pipeline containers in `PodMetrics` objects.
+pub fn pods_cpu<'a>(pods: impl Iterator<Item = &'a Value>) -> u64 {
+    pods.flat_map(|p| p["containers"].as_array().into_iter().flatten())
+        .filter(|c| c["name"] == CONTAINER)
+        .filter_map(|c| c["usage"]["cpu"].as_str().and_then(cpu_millis))
+        .sum()
+}
+
 /// Reconciles one pipeline.
 pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let name = sp.name_any();
@@ -622,15 +671,17 @@ pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Req
     let vpa = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &vpa_resource())
         .get_opt(&name)
         .await?;
-    let rollout = deployment.as_ref().map(Rollout::from_deployment);
-    let recommendation = vpa
-        .as_ref()
-        .and_then(|v| VpaRecommendation::from_vpa(&v.data));
+    let observed = Observed {
+        deployment: deployment.as_ref().map(Rollout::from_deployment),
+        recommendation: vpa
+            .as_ref()
+            .and_then(|v| VpaRecommendation::from_vpa(&v.data)),
+        usage: usage(&client, &namespace, &name).await,
+    };
     let now = (ctx.clock)();
     let plan = plan(
         &sp,
-        rollout.as_ref(),
-        recommendation.as_ref(),
+        &observed,
         &ctx.placement,
         &ctx.policy,
         now,
@@ -721,10 +772,14 @@ mod tests {
         r: Option<&VpaRecommendation>,
         now: u64,
     ) -> Plan {
+        let observed = Observed {
+            deployment: d.cloned(),
+            recommendation: r.cloned(),
+            usage: None,
+        };
         plan(
             sp,
-            d,
-            r,
+            &observed,
             &Placement::neutral(),
             &PolicyConfig::default(),
             now,
@@ -959,7 +1014,8 @@ mod tests {
         );
         assert_eq!(
             container["resources"]["limits"],
-            json!({"cpu": "3", "memory": "3Gi"})
+            json!({"cpu": "6", "memory": "3Gi"}),
+            "CPU limit twice the request"
         );
         assert_eq!(
             condition(&p.status, "Progressing").reason,
@@ -1150,8 +1206,14 @@ mod tests {
             (method, path),
             "request out of order"
         );
-        server.calls.push((method.to_owned(), path.to_owned()));
         let query = request.uri().query().unwrap_or_default().to_owned();
+        server.calls.push((method.to_owned(), path.to_owned()));
+        if path.ends_with("/pods") {
+            assert!(
+                query.contains("labelSelector=app.kubernetes.io%2Fname%3Dsluice-pipeline%2Capp.kubernetes.io%2Finstance%3Dbookings-enrich"),
+                "pod metrics of this pipeline only: {query}"
+            );
+        }
         if method == "PATCH" {
             assert!(
                 query.contains("fieldManager=sluice-vpa") && query.contains("force=true"),
@@ -1229,6 +1291,14 @@ mod tests {
             not_found(),
         )
         .await;
+        expect(
+            &mut server,
+            "GET",
+            &format!("/apis/metrics.k8s.io/v1beta1{NS}/pods"),
+            404,
+            not_found(),
+        )
+        .await;
         let mut applied = Vec::new();
         for path in [
             format!("/api/v1{NS}/configmaps/bookings-enrich"),
@@ -1279,6 +1349,15 @@ mod tests {
             "status": {"recommendation": {"containerRecommendations": [{"containerName": "pipeline",
                 "target": {"cpu": cpu, "memory": "2Gi"}, "uncappedTarget": {"cpu": uncapped, "memory": "2Gi"}}]}}})
         };
+        // Two pods at 3.7 of at most 4 CPUs each (metrics-server's nanocores).
+        let pod = |i: u32| {
+            json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetrics",
+                "metadata": {"name": format!("bookings-enrich-{i}"), "namespace": "pipelines"},
+                "timestamp": "2027-01-15T08:00:00Z", "window": "30s",
+                "containers": [{"name": "pipeline", "usage": {"cpu": "3700000000n", "memory": "1Gi"}}]})
+        };
+        let busy = json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetricsList",
+            "metadata": {}, "items": [pod(0), pod(1)]});
         let task = tokio::spawn(reconcile(
             Arc::new(written.clone()),
             context(client.clone(), NOW + 60),
@@ -1297,6 +1376,14 @@ mod tests {
             &format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
             200,
             Some(vpa("4", "5")),
+        )
+        .await;
+        expect(
+            &mut server,
+            "GET",
+            &format!("/apis/metrics.k8s.io/v1beta1{NS}/pods"),
+            200,
+            Some(busy.clone()),
         )
         .await;
         let status = expect(
@@ -1340,6 +1427,14 @@ mod tests {
             &format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
             200,
             Some(vpa("4", "5")),
+        )
+        .await;
+        expect(
+            &mut server,
+            "GET",
+            &format!("/apis/metrics.k8s.io/v1beta1{NS}/pods"),
+            200,
+            Some(busy.clone()),
         )
         .await;
         expect(
@@ -1443,12 +1538,14 @@ mod tests {
                 "api" => ("", &parts[2..]),
                 _ => (parts[1], &parts[3..]),
             };
-            let resource = match rest {
-                ["namespaces", _, resource, _, sub] => format!("{resource}/{sub}"),
-                ["namespaces", _, resource, ..] => (*resource).to_owned(),
+            let (resource, collection) = match rest {
+                ["namespaces", _, resource, _, sub] => (format!("{resource}/{sub}"), false),
+                ["namespaces", _, resource, _] => ((*resource).to_owned(), false),
+                ["namespaces", _, resource] => ((*resource).to_owned(), true),
                 other => panic!("unexpected path {other:?}"),
             };
             let verbs: &[&str] = match method.as_str() {
+                "GET" if collection => &["list"],
                 "GET" => &["get"],
                 // An apply that creates the object is authorized as a create.
                 "PATCH" if resource.ends_with("/status") => &["patch"],

@@ -159,8 +159,8 @@ pub struct Quantities {
 pub enum ControlledValues {
     /// Requests only; limits stay as set (the VPA then keeps requests at or under them).
     RequestsOnly,
-    /// Requests and limits, keeping their ratio (pods start with limits equal to requests, so
-    /// the CPU quota the runtime sizes its workers from follows the recommendation).
+    /// Requests and limits, keeping their ratio (pods start with a CPU limit of twice the
+    /// request, so the CPU quota the runtime sizes its workers from follows the recommendation).
     #[default]
     RequestsAndLimits,
 }

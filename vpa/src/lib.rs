@@ -5,6 +5,7 @@
 //! - `crd`: the `StreamPipeline` custom resource (`crdgen` prints its CRD);
 //! - `policy`: the capacity policy, pure code, decisions in and out;
 //! - `manifests`: the children of a pipeline as plain objects (`sluice render` prints them);
+//! - `simulate`: `sluice capacity simulate`, the policy against HPA and fixed pods + VPA;
 //! - `controller` (feature `operator`): the reconciler that applies them and writes the status;
 //!   the `sluice-vpa` binary runs it.
 
@@ -13,6 +14,7 @@ pub mod controller;
 pub mod crd;
 pub mod manifests;
 pub mod policy;
+pub mod simulate;
 
 /// Paths in the repository, and its example StreamPipeline (tests and `render-example`).
 pub mod repo {

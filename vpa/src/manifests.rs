@@ -8,6 +8,8 @@ use crate::crd::{AppliedBy, ControlledValues, Quantities, StreamPipeline, Tier};
 
 /// The admin port (metrics and probes) of every pipeline pod.
 pub const ADMIN_PORT: u16 = 9464;
+/// A pipeline pod's CPU limit over its request (see the Deployment's resources).
+pub const CPU_BURST: u64 = 2;
 /// The pipeline container's name (the VPA's container policy names it).
 pub const CONTAINER: &str = "pipeline";
 
@@ -73,13 +75,22 @@ pub fn initial_replicas(sp: &StreamPipeline) -> Result<u32, String> {
         })
 }
 
-/// CPU quantity (`500m`, `2`, `1.5`) in millicores.
+/// CPU quantity (`500m`, `2`, `1.5`, and the metrics API's `250000000n` / `1500u`) in
+/// millicores.
 pub fn cpu_millis(quantity: &str) -> Option<u64> {
     let q = quantity.trim();
-    match q.strip_suffix('m') {
-        Some(m) => m.parse().ok(),
-        None => q.parse::<f64>().ok().map(|c| (c * 1000.0).round() as u64),
-    }
+    let (number, per_core) = match q.as_bytes().last() {
+        Some(b'm') => (&q[..q.len() - 1], 1e3),
+        Some(b'u') => (&q[..q.len() - 1], 1e6),
+        Some(b'n') => (&q[..q.len() - 1], 1e9),
+        _ => (q, 1.0),
+    };
+    let cores = number
+        .parse::<f64>()
+        .ok()
+        .filter(|c| c.is_finite() && *c >= 0.0)?
+        / per_core;
+    Some((cores * 1000.0).round() as u64)
 }
 
 /// Millicores as a CPU quantity (`2`, `1500m`).
@@ -240,6 +251,7 @@ pub fn children_sized(
     };
     let probe = |path: &str, period: u32| json!({"httpGet": {"path": path, "port": "admin"}, "periodSeconds": period, "failureThreshold": 3});
     let cpu = at_least_cpus(&requests.cpu, res.min_cpus);
+    let cpu_limit = millis_quantity(cpu_millis(&cpu).unwrap_or(1000) * CPU_BURST);
     // The drain runs within the grace period, with a margin for the final commit and exit.
     let grace_s = sp.spec.drain_timeout_ms.div_ceil(1000) + 10;
     let mut deployment_meta = meta(&name);
@@ -281,11 +293,15 @@ pub fn children_sized(
                         "ports": [{"name": "admin", "containerPort": ADMIN_PORT}],
                         "readinessProbe": probe("/readyz", 5),
                         "livenessProbe": probe("/healthz", 10),
-                        // Limits equal requests: the CPU quota is what the runtime sizes its
-                        // workers from (whole CPUs), and the VPA keeps the ratio.
+                        // CPU limit = CPU_BURST x request: the VPA only sees the CPU a pod uses,
+                        // so a pod capped at its request would hide its real demand and the
+                        // recommendation would creep up 15% at a time (the capacity simulation
+                        // shows it). The runtime sizes its workers from the quota (whole CPUs,
+                        // requests are whole CPUs), and the VPA keeps the ratio. Memory limit =
+                        // request: memory is not compressible.
                         "resources": {
                             "requests": {"cpu": cpu, "memory": requests.memory},
-                            "limits": {"cpu": cpu, "memory": requests.memory},
+                            "limits": {"cpu": cpu_limit, "memory": requests.memory},
                         },
                         "securityContext": {
                             "allowPrivilegeEscalation": false, "privileged": false,

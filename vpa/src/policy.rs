@@ -11,6 +11,12 @@
 //! - When the load would fit comfortably in fewer pods (the per-pod CPU at the next lower divisor
 //!   at most `down_fill` of `maxAllowed`) for the longer `down_window_s`, replicas step down one
 //!   divisor: up fast, down slowly.
+//! - The VPA's recommendation is per pod and built from days of history, so right after a
+//!   replica step it still describes the old shape (after a step up it keeps pressing, after a
+//!   step down it looks relieved). Where the pods' live CPU usage is known (metrics API), it
+//!   must agree: pressure needs the pods to use at least `up_fill` of `maxAllowed` now, relief
+//!   needs today's total usage to fit the fewer pods. Without it the policy would cascade
+//!   (the capacity simulation shows 2 -> 24 replicas in an hour, then back down to 2).
 //! - Replicas and resources never change in the same rollout: while a rollout is in progress
 //!   nothing changes, and a replica step waits `cooldown_s` after the previous change of either
 //!   kind so the VPA can observe the new shape.
@@ -27,6 +33,8 @@ pub struct PolicyConfig {
     pub down_window_s: u64,
     /// Step down only if each of the fewer pods would need at most this share of `maxAllowed`.
     pub down_fill: f64,
+    /// Pressure needs the pods' live usage at or above this share of `maxAllowed`.
+    pub up_fill: f64,
     /// Quiet time after any change (replicas or resources) before a replica step.
     pub cooldown_s: u64,
     /// Apply new requests (operator mode) only when they differ by more than this share (the
@@ -40,6 +48,7 @@ impl Default for PolicyConfig {
             up_window_s: 300,
             down_window_s: 1800,
             down_fill: 0.7,
+            up_fill: 0.85,
             cooldown_s: 600,
             resource_change_min: 0.10,
         }
@@ -103,6 +112,8 @@ pub struct Inputs {
     pub recommendation: Option<Recommendation>,
     /// The CPU request the pods run with now.
     pub applied_request: Millis,
+    /// The CPU all the pipeline's pods use now (metrics API), if known.
+    pub usage: Option<Millis>,
     /// Who applies resources.
     pub applied_by: AppliedBy,
     /// Operator mode: the VPA's memory target moved more than `resource_change_min` from the
@@ -208,8 +219,11 @@ pub fn decide(config: &PolicyConfig, inputs: &Inputs, state: State) -> Decision 
         return hold(Reason::NoRecommendation, state, false);
     };
 
-    // Pressure: the VPA would give a pod more than it may have.
-    let pressed = rec.uncapped_target >= inputs.max_allowed;
+    // Pressure: the VPA would give a pod more than it may have, and the pods are that busy now.
+    let max_allowed = inputs.max_allowed as f64;
+    let usage = inputs.usage.map(|u| u as f64);
+    let pressed = rec.uncapped_target >= inputs.max_allowed
+        && usage.is_none_or(|u| u / f64::from(inputs.replicas) >= config.up_fill * max_allowed);
     next.pressure_since = if pressed {
         state.pressure_since.or(Some(inputs.now_s))
     } else {
@@ -224,7 +238,8 @@ pub fn decide(config: &PolicyConfig, inputs: &Inputs, state: State) -> Decision 
     let relieved = !pressed
         && lower.is_some_and(|l| {
             let total = rec.uncapped_target as f64 * f64::from(inputs.replicas);
-            total / f64::from(l) <= config.down_fill * inputs.max_allowed as f64
+            let fits = |total: f64| total / f64::from(l) <= config.down_fill * max_allowed;
+            fits(total) && usage.is_none_or(fits)
         });
     next.relief_since = if relieved {
         state.relief_since.or(Some(inputs.now_s))
@@ -309,6 +324,7 @@ mod tests {
                 uncapped_target: uncapped,
             }),
             applied_request: uncapped.min(2000),
+            usage: None,
             applied_by: AppliedBy::Vpa,
             memory_moved: false,
             rollout_in_progress: false,
@@ -491,6 +507,36 @@ mod tests {
     }
 
     #[test]
+    fn live_usage_must_agree_with_a_stale_recommendation() {
+        let config = PolicyConfig::default();
+        let state = State {
+            pressure_since: Some(0),
+            ..State::default()
+        };
+        // Just stepped 4 -> 6: the VPA still presses (old shape), but 6 pods use 1.2 CPUs each.
+        let mut i = inputs(6, 2400);
+        i.usage = Some(6 * 1200);
+        let d = decide(&config, &i, state);
+        assert_eq!((d.action, d.reason), (Action::Hold, Reason::Steady));
+        assert_eq!(d.state.pressure_since, None, "pressure ends");
+        // Busy pods (1.8 of 2 CPUs, >= 85%) confirm it.
+        i.usage = Some(6 * 1800);
+        assert_eq!(decide(&config, &i, state).action, Action::ScaleTo(12));
+        // Just stepped down: the VPA looks relieved (400m per pod), the pods are busy: no relief.
+        let relief = State {
+            relief_since: Some(0),
+            ..State::default()
+        };
+        let mut i = inputs(6, 400);
+        i.usage = Some(6 * 1500);
+        let d = decide(&config, &i, relief);
+        assert_eq!((d.action, d.state.relief_since), (Action::Hold, None));
+        // Quiet pods agree: one divisor down.
+        i.usage = Some(6 * 400);
+        assert_eq!(decide(&config, &i, relief).action, Action::ScaleTo(4));
+    }
+
+    #[test]
     fn misaligned_replicas_are_realigned_first() {
         let config = PolicyConfig::default();
         assert_eq!(
@@ -539,9 +585,15 @@ mod tests {
                 for replicas in 1..=40 {
                     for uncapped in [0, 300, 1400, 1999, 2000, 5000] {
                         for by in [AppliedBy::Vpa, AppliedBy::Operator] {
-                            for rollout in [false, true] {
+                            for (rollout, usage) in [
+                                (false, None),
+                                (true, None),
+                                (false, Some(0)),
+                                (false, Some(100_000)),
+                            ] {
                                 for state in states {
                                     let mut i = inputs(replicas, uncapped);
+                                    i.usage = usage;
                                     (i.partitions, i.min_replicas, i.max_replicas) =
                                         (partitions, min, max);
                                     i.applied_by = by;

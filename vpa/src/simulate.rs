@@ -1,0 +1,970 @@
+//! `sluice capacity simulate`: replays a load trace (total CPU a pipeline needs, per minute)
+//! against three ways of sizing it, minute by minute, and reports what each requests, what it
+//! uses, what it wastes, how long it is under-provisioned and how unevenly partitions spread.
+//!
+//! - **HPA**: fixed-size pods, replicas from the Horizontal Pod Autoscaler's formula on CPU
+//!   utilization (target 70%, tolerance 10%, scale-up at once, scale-down after a 5-minute
+//!   stabilization window), replicas anywhere in `[1, partitions]`: pods own `ceil` or `floor`
+//!   of partitions/replicas, and the fullest pod sets the pace.
+//! - **Fixed + VPA** (Grab's setup): one pod per partition, sized by a model of the VPA
+//!   recommender and updater.
+//! - **Operator**: the `sluice-vpa` capacity policy (`policy::decide`, the same code the
+//!   operator runs): replicas a divisor of the partitions, stepped when the VPA's uncapped
+//!   target presses against `maxAllowed`; pods sized by the same VPA model, never below
+//!   `minCpus` whole CPUs.
+//!
+//! The VPA model follows the recommender's algorithm: per-pod CPU usage samples (what a pod
+//! used, so never above its limit) in a histogram with exponential buckets (+5%) whose weights
+//! decay with a 24-hour half-life; target = P90 x 1.15 safety margin, lower bound P50 x 1.15,
+//! upper bound P95 x 1.15; the updater resizes pods (in place) when their request falls
+//! outside the bounds. Every strategy's pods have a CPU limit of `burst` x their request (the
+//! operator's Deployment: `manifests::CPU_BURST`): a pod may use more than it reserved, which
+//! counts as used but not as requested; a pod whose share of the load is above its limit is
+//! throttled and the pipeline lags (under-provisioned).
+//!
+//! Simplifications (stated in the report): load is uniform across partitions; a replica change
+//! costs a rebalance but no lost minute; unserved load is not carried over as backlog.
+
+use std::fmt::Write as _;
+
+use crate::policy::{self, Action, PolicyConfig, aligned_replicas};
+
+/// Total CPU (cores) the pipeline needs, one value per minute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// Cores per minute, from minute 0.
+    pub cores: Vec<f64>,
+}
+
+impl Trace {
+    /// Parses `minute,cores` lines (a header line and `#` comments allowed). Minutes must
+    /// count up from 0 by one. `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Trace, String> {
+        let mut cores = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with("minute") {
+                continue;
+            }
+            let at = || format!("{origin}:{}", n + 1);
+            let (minute, value) = line
+                .split_once(',')
+                .ok_or_else(|| format!("{}: expected `minute,cores`, got {line:?}", at()))?;
+            let minute: usize = minute
+                .trim()
+                .parse()
+                .map_err(|_| format!("{}: minute {minute:?} is not a whole number", at()))?;
+            if minute != cores.len() {
+                return Err(format!(
+                    "{}: minute {minute} out of order: expected {} (one row per minute from 0)",
+                    at(),
+                    cores.len()
+                ));
+            }
+            let value: f64 = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| format!("{}: cores {value:?} is not a number >= 0", at()))?;
+            cores.push(value);
+        }
+        if cores.len() < 60 {
+            return Err(format!(
+                "{origin}: {} minutes of load: a simulation needs at least an hour",
+                cores.len()
+            ));
+        }
+        Ok(Trace { cores })
+    }
+
+    /// The synthetic trace shipped in `deploy/capacity/`: `days` days at one-minute resolution.
+    /// Weekdays follow a diurnal curve over a 3-core floor (trough ~04:00, a morning peak ~09:00,
+    /// lunch ~12:30, the evening peak ~19:00 at 14 cores); weekends run at 75%. On top: +-4%
+    /// noise, and about two spikes a day (5-30 minutes, +60% to +150%, rising in 2 minutes and
+    /// decaying). Deterministic for a `seed`.
+    pub fn synthetic(days: u32, seed: u64) -> Trace {
+        let minutes = days as usize * 1440;
+        let mut rng = SplitMix(seed);
+        let mut cores: Vec<f64> = (0..minutes)
+            .map(|m| {
+                let hour = (m % 1440) as f64 / 60.0;
+                let weekend = matches!((m / 1440) % 7, 5 | 6);
+                let bump = |center: f64, width: f64| {
+                    let d = (hour - center).abs().min(24.0 - (hour - center).abs());
+                    (-0.5 * (d / width).powi(2)).exp()
+                };
+                let curve = 0.55 * bump(9.0, 1.6) + 0.6 * bump(12.5, 1.1) + 1.0 * bump(19.0, 2.4);
+                let scale = if weekend { 0.75 } else { 1.0 };
+                let noise = 1.0 + 0.04 * (2.0 * rng.next() - 1.0);
+                (3.0 + 11.0 * curve.min(1.0)) * scale * noise
+            })
+            .collect();
+        for _ in 0..days * 2 {
+            let start = (rng.next() * minutes as f64) as usize;
+            let length = 5 + (rng.next() * 25.0) as usize;
+            let height = 0.6 + rng.next() * 0.9;
+            for i in 0..length + 30 {
+                let Some(c) = cores.get_mut(start + i) else {
+                    break;
+                };
+                let shape = if i < 2 {
+                    (i + 1) as f64 / 2.0
+                } else if i < length {
+                    1.0
+                } else {
+                    (-((i - length) as f64) / 6.0).exp()
+                };
+                *c *= 1.0 + height * shape;
+            }
+        }
+        Trace {
+            cores: cores
+                .into_iter()
+                .map(|c| (c * 1000.0).round() / 1000.0)
+                .collect(),
+        }
+    }
+
+    /// As the CSV `parse` reads, with a header comment.
+    pub fn to_csv(&self, comment: &str) -> String {
+        let mut out = String::new();
+        for line in comment.lines() {
+            let _ = writeln!(out, "# {line}");
+        }
+        out.push_str("minute,cores\n");
+        for (m, c) in self.cores.iter().enumerate() {
+            let _ = writeln!(out, "{m},{c}");
+        }
+        out
+    }
+}
+
+/// A small deterministic generator (SplitMix64), uniform in [0, 1).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The pipeline and the knobs of each strategy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Partitions of the source topics.
+    pub partitions: u32,
+    /// HPA: each pod's CPU request.
+    pub hpa_pod_cpu: f64,
+    /// Every pod's CPU limit over its request.
+    pub burst: f64,
+    /// HPA: target CPU utilization.
+    pub hpa_target: f64,
+    /// HPA: scale-down stabilization window (minutes).
+    pub hpa_down_window_min: usize,
+    /// Fixed + VPA: the smallest pod (cores). Grab's pods went down to a tenth of a core
+    /// until 2023, when fractional CPUs starved their runtime and they set a 2-core minimum.
+    pub vpa_min_allowed: f64,
+    /// VPA and operator: the largest pod (cores).
+    pub max_allowed: f64,
+    /// Operator: requests never below this many whole CPUs.
+    pub min_cpus: u32,
+    /// Operator: fewest replicas.
+    pub min_replicas: u32,
+    /// Operator: the capacity policy's tuning.
+    pub policy: PolicyConfig,
+    /// Operator: `appliedBy: operator` (the policy applies the VPA's target when it moves more
+    /// than 10%) instead of the VPA's updater (which resizes when a request leaves the
+    /// recommendation's bounds).
+    pub operator_applies: bool,
+    /// Replay the trace once, uncounted, before the counted run (see [`simulate`]).
+    pub warm_up: bool,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            partitions: 24,
+            hpa_pod_cpu: 2.0,
+            burst: crate::manifests::CPU_BURST as f64,
+            hpa_target: 0.7,
+            hpa_down_window_min: 5,
+            vpa_min_allowed: 0.1,
+            max_allowed: 4.0,
+            min_cpus: 1,
+            min_replicas: 2,
+            policy: PolicyConfig::default(),
+            operator_applies: false,
+            warm_up: true,
+        }
+    }
+}
+
+/// One strategy's minute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Minute {
+    /// Pods.
+    pub replicas: u32,
+    /// CPU requested, all pods (cores).
+    pub requested: f64,
+    /// CPU used within the requests, all pods (cores): what the requests paid for and served.
+    pub used: f64,
+    /// CPU used, all pods: each pod's share of the load up to its limit (cores).
+    pub usage: f64,
+    /// Some pod's share of the load is above its limit (throttled: the pipeline lags).
+    pub under: bool,
+    /// Some pod's share of the load is above its request (it runs on capacity nobody reserved
+    /// for it: throttled as soon as the node is busy).
+    pub over_request: bool,
+    /// Partitions of the fullest pod over the mean partitions per busy pod (1 = even).
+    pub skew: f64,
+}
+
+/// A strategy's run, minute by minute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Short name.
+    pub name: &'static str,
+    /// Each minute.
+    pub minutes: Vec<Minute>,
+    /// Replica changes (each one a consumer group rebalance).
+    pub replica_changes: u32,
+    /// Pod resizes (the VPA updater, or the operator's request rollouts).
+    pub resizes: u32,
+}
+
+/// A run's totals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Totals {
+    /// Core-hours requested.
+    pub requested: f64,
+    /// Core-hours used.
+    pub used: f64,
+    /// Core-hours requested and not used.
+    pub waste: f64,
+    /// `waste / requested`.
+    pub waste_share: f64,
+    /// Share of minutes under-provisioned.
+    pub under_share: f64,
+    /// Share of minutes some pod needs more than its request.
+    pub over_request_share: f64,
+    /// Mean partition skew.
+    pub skew_mean: f64,
+    /// Largest partition skew.
+    pub skew_max: f64,
+}
+
+impl Run {
+    /// Its totals.
+    pub fn totals(&self) -> Totals {
+        let n = self.minutes.len().max(1) as f64;
+        let requested = self.minutes.iter().map(|m| m.requested).sum::<f64>() / 60.0;
+        let used = self.minutes.iter().map(|m| m.used).sum::<f64>() / 60.0;
+        Totals {
+            requested,
+            used,
+            waste: requested - used,
+            waste_share: if requested > 0.0 {
+                1.0 - used / requested
+            } else {
+                0.0
+            },
+            under_share: self.minutes.iter().filter(|m| m.under).count() as f64 / n,
+            over_request_share: self.minutes.iter().filter(|m| m.over_request).count() as f64 / n,
+            skew_mean: self.minutes.iter().map(|m| m.skew).sum::<f64>() / n,
+            skew_max: self.minutes.iter().map(|m| m.skew).fold(0.0, f64::max),
+        }
+    }
+}
+
+/// One minute of `replicas` pods of `request` cores each (limit `burst` x request) sharing
+/// `load` over `partitions`.
+fn minute(load: f64, partitions: u32, replicas: u32, request: f64, burst: f64) -> Minute {
+    if replicas == 0 {
+        return Minute {
+            replicas,
+            requested: 0.0,
+            used: 0.0,
+            usage: 0.0,
+            under: load > 0.0,
+            over_request: load > 0.0,
+            skew: 1.0,
+        };
+    }
+    let busy = replicas.min(partitions).max(1);
+    let fullest = partitions.div_ceil(busy);
+    let per_partition = load / f64::from(partitions);
+    // `extra` pods own `fullest` partitions, the rest one fewer.
+    let extra = partitions - (fullest - 1) * busy;
+    let limit = request * burst;
+    let mut used = 0.0;
+    let mut usage = 0.0;
+    for (pods, owned) in [(extra, fullest), (busy - extra, fullest - 1)] {
+        let demand = per_partition * f64::from(owned);
+        used += f64::from(pods) * demand.min(request);
+        usage += f64::from(pods) * demand.min(limit);
+    }
+    let fullest_demand = per_partition * f64::from(fullest);
+    Minute {
+        replicas,
+        requested: f64::from(replicas) * request,
+        used,
+        usage,
+        under: fullest_demand > limit * 1.001,
+        over_request: fullest_demand > request * 1.001,
+        skew: f64::from(fullest) / (f64::from(partitions) / f64::from(busy)),
+    }
+}
+
+/// The HPA on CPU utilization.
+pub fn hpa(trace: &Trace, s: &Scenario, from: usize) -> Run {
+    let mut replicas = s.partitions.div_ceil(2).max(1);
+    let mut recent: Vec<u32> = Vec::new();
+    let mut minutes = Vec::with_capacity(trace.cores.len());
+    let mut changes = 0;
+    for (t, &load) in trace.cores.iter().enumerate() {
+        // The HPA acts on what the metrics server reported for the last minute.
+        if let Some(last) = minutes.last().copied() {
+            let last: Minute = last;
+            let utilization = last.usage / last.requested;
+            let ratio = utilization / s.hpa_target;
+            let desired = if (ratio - 1.0).abs() <= 0.1 {
+                replicas
+            } else {
+                ((f64::from(replicas) * ratio).ceil() as u32).clamp(1, s.partitions)
+            };
+            recent.push(desired);
+            if recent.len() > s.hpa_down_window_min {
+                recent.remove(0);
+            }
+            // Up at once; down only to the highest recommendation of the window.
+            let next = if desired > replicas {
+                desired
+            } else {
+                *recent.iter().max().unwrap_or(&replicas)
+            };
+            if next != replicas {
+                changes += u32::from(t >= from);
+                replicas = next;
+            }
+        }
+        minutes.push(minute(load, s.partitions, replicas, s.hpa_pod_cpu, s.burst));
+    }
+    Run {
+        name: "hpa",
+        minutes: minutes.split_off(from),
+        replica_changes: changes,
+        resizes: 0,
+    }
+}
+
+/// The VPA recommender: a decaying histogram of per-pod CPU usage.
+#[derive(Debug, Clone)]
+struct Recommender {
+    weights: Vec<f64>,
+    /// Minutes per weight doubling (the half-life).
+    half_life_min: f64,
+}
+
+const FIRST_BUCKET: f64 = 0.01;
+const BUCKET_GROWTH: f64 = 1.05;
+const SAFETY_MARGIN: f64 = 1.15;
+
+impl Recommender {
+    fn new() -> Recommender {
+        Recommender {
+            weights: vec![0.0; 260],
+            half_life_min: 24.0 * 60.0,
+        }
+    }
+
+    fn bucket(cores: f64) -> usize {
+        if cores <= FIRST_BUCKET {
+            0
+        } else {
+            ((cores / FIRST_BUCKET).ln() / BUCKET_GROWTH.ln()) as usize
+        }
+    }
+
+    fn start(bucket: usize) -> f64 {
+        FIRST_BUCKET * BUCKET_GROWTH.powi(bucket as i32)
+    }
+
+    /// `pods` samples of `cores` each at `minute` (newer samples weigh more: the decay).
+    fn add(&mut self, minute: usize, cores: f64, pods: u32) {
+        let weight = f64::from(pods) * (minute as f64 / self.half_life_min).exp2();
+        let last = self.weights.len() - 1;
+        self.weights[Self::bucket(cores).min(last)] += weight;
+    }
+
+    fn percentile(&self, p: f64) -> Option<f64> {
+        let total: f64 = self.weights.iter().sum();
+        if total <= 0.0 {
+            return None;
+        }
+        let mut seen = 0.0;
+        for (i, w) in self.weights.iter().enumerate() {
+            seen += w;
+            if seen >= p * total {
+                return Some(Self::start(i + 1));
+            }
+        }
+        None
+    }
+
+    /// (lower bound, target, upper bound), uncapped.
+    fn recommend(&self) -> Option<(f64, f64, f64)> {
+        Some((
+            self.percentile(0.5)? * SAFETY_MARGIN,
+            self.percentile(0.9)? * SAFETY_MARGIN,
+            self.percentile(0.95)? * SAFETY_MARGIN,
+        ))
+    }
+}
+
+/// Grab's setup: one pod per partition, sized by the VPA.
+pub fn fixed_vpa(trace: &Trace, s: &Scenario, from: usize) -> Run {
+    let replicas = s.partitions;
+    let mut request = 1.0_f64;
+    let mut vpa = Recommender::new();
+    let mut minutes = Vec::with_capacity(trace.cores.len());
+    let mut resizes = 0;
+    for (t, &load) in trace.cores.iter().enumerate() {
+        if let Some((lower, target, upper)) = vpa.recommend() {
+            let clamp = |c: f64| c.clamp(s.vpa_min_allowed, s.max_allowed);
+            if request < clamp(lower) || request > clamp(upper) {
+                request = clamp(target);
+                resizes += u32::from(t >= from);
+            }
+        }
+        let m = minute(load, s.partitions, replicas, request, s.burst);
+        vpa.add(t, m.usage / f64::from(replicas), replicas);
+        minutes.push(m);
+    }
+    Run {
+        name: "fixed+vpa",
+        minutes: minutes.split_off(from),
+        replica_changes: 0,
+        resizes,
+    }
+}
+
+/// The operator's capacity policy over the same VPA model.
+pub fn operator(trace: &Trace, s: &Scenario, from: usize) -> Run {
+    operator_with(trace, s, from, true)
+}
+
+/// The operator, with or without the pods' live usage (metrics-server) to confirm the VPA.
+fn operator_with(trace: &Trace, s: &Scenario, from: usize, live_usage: bool) -> Run {
+    let floor = f64::from(s.min_cpus);
+    let aligned = aligned_replicas(s.partitions, s.min_replicas, s.partitions);
+    let mut replicas = aligned.first().copied().unwrap_or(s.partitions);
+    let mut request = floor;
+    let mut vpa = Recommender::new();
+    let mut state = policy::State::default();
+    let mut minutes = Vec::with_capacity(trace.cores.len());
+    let (mut changes, mut resizes) = (0, 0);
+    for (t, &load) in trace.cores.iter().enumerate() {
+        let recommendation = vpa.recommend();
+        // The VPA's updater sizes pods (InPlaceOrRecreate), within [minCpus, maxAllowed];
+        // with `appliedBy: operator` the policy does, below.
+        if let Some((lower, target, upper)) = recommendation.filter(|_| !s.operator_applies) {
+            let clamp = |c: f64| c.clamp(floor, s.max_allowed);
+            if request < clamp(lower) || request > clamp(upper) {
+                request = clamp(target);
+                resizes += u32::from(t >= from);
+            }
+        }
+        // The policy steps replicas (a rollout is over within the minute here).
+        let millis = |c: f64| (c * 1000.0).round() as u64;
+        let inputs = policy::Inputs {
+            now_s: t as u64 * 60,
+            partitions: s.partitions,
+            replicas,
+            min_replicas: s.min_replicas,
+            max_replicas: s.partitions,
+            max_allowed: millis(s.max_allowed),
+            recommendation: recommendation.map(|(_, target, _)| policy::Recommendation {
+                target: millis(target.clamp(floor, s.max_allowed)),
+                uncapped_target: millis(target),
+            }),
+            applied_request: millis(request),
+            // What metrics-server reported for the last minute.
+            usage: minutes
+                .last()
+                .filter(|_| live_usage)
+                .map(|m: &Minute| millis(m.usage)),
+            applied_by: if s.operator_applies {
+                policy::AppliedBy::Operator
+            } else {
+                policy::AppliedBy::Vpa
+            },
+            memory_moved: false,
+            rollout_in_progress: false,
+        };
+        let decision = policy::decide(&s.policy, &inputs, state);
+        state = decision.state;
+        match decision.action {
+            Action::ScaleTo(to) => {
+                replicas = to;
+                changes += u32::from(t >= from);
+            }
+            Action::SetRequest(m) => {
+                request = m as f64 / 1000.0;
+                resizes += u32::from(t >= from);
+            }
+            Action::Hold => {}
+        }
+        let m = minute(load, s.partitions, replicas, request, s.burst);
+        vpa.add(t, m.usage / f64::from(replicas), replicas);
+        minutes.push(m);
+    }
+    Run {
+        name: "operator",
+        minutes: minutes.split_off(from),
+        replica_changes: changes,
+        resizes,
+    }
+}
+
+/// All three, in report order. With `s.warm_up` each strategy first runs through the trace
+/// once uncounted, so the VPA's history and the replica count start where the trace ends (a
+/// pipeline that has been running), not from a cold start.
+pub fn simulate(trace: &Trace, s: &Scenario) -> [Run; 3] {
+    let (replay, from) = if s.warm_up {
+        let mut cores = trace.cores.clone();
+        cores.extend_from_slice(&trace.cores);
+        (Trace { cores }, trace.cores.len())
+    } else {
+        (trace.clone(), 0)
+    };
+    [
+        hpa(&replay, s, from),
+        fixed_vpa(&replay, s, from),
+        operator(&replay, s, from),
+    ]
+}
+
+/// The report: the trace, the scenario, one row per strategy, waste against the HPA's.
+pub fn report(origin: &str, trace: &Trace, s: &Scenario, runs: &[Run; 3]) -> String {
+    let mut out = String::new();
+    let (lo, hi) = trace
+        .cores
+        .iter()
+        .fold((f64::MAX, 0.0_f64), |(lo, hi), c| (lo.min(*c), hi.max(*c)));
+    let mean = trace.cores.iter().sum::<f64>() / trace.cores.len() as f64;
+    let _ = writeln!(
+        out,
+        "trace {origin}: {} minutes ({:.1} days), load {lo:.1}-{hi:.1} cores, mean {mean:.1}",
+        trace.cores.len(),
+        trace.cores.len() as f64 / 1440.0
+    );
+    let _ = writeln!(
+        out,
+        "pipeline: {} partitions, CPU limits {}x requests; hpa: {}-core pods, target {:.0}%; vpa: pods {}-{} cores; operator: pods {}-{} cores, replicas a divisor in [{}, {}]",
+        s.partitions,
+        s.burst,
+        s.hpa_pod_cpu,
+        s.hpa_target * 100.0,
+        s.vpa_min_allowed,
+        s.max_allowed,
+        s.min_cpus,
+        s.max_allowed,
+        s.min_replicas,
+        s.partitions
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8}",
+        "strategy",
+        "requested",
+        "used",
+        "waste",
+        "waste",
+        "waste vs",
+        "under-",
+        "over",
+        "skew",
+        "replica",
+        "resizes"
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8}",
+        "",
+        "core-h",
+        "core-h",
+        "core-h",
+        "%",
+        "hpa",
+        "provis.",
+        "request",
+        "mean/max",
+        "changes",
+        ""
+    );
+    let hpa_waste = runs[0].totals().waste;
+    for run in runs {
+        let t = run.totals();
+        let versus = if run.name == "hpa" {
+            "-".to_owned()
+        } else {
+            format!("{:+.0}%", (t.waste / hpa_waste - 1.0) * 100.0)
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:>10.0} {:>10.0} {:>10.0} {:>6.1}% {:>9} {:>8.1}% {:>8.1}% {:>10} {:>8} {:>8}",
+            run.name,
+            t.requested,
+            t.used,
+            t.waste,
+            t.waste_share * 100.0,
+            versus,
+            t.under_share * 100.0,
+            t.over_request_share * 100.0,
+            format!("{:.2}/{:.2}", t.skew_mean, t.skew_max),
+            run.replica_changes,
+            run.resizes
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "used: CPU used within the requests; waste: requested minus used; under-provisioned: minutes some pod needs more than its limit (the pipeline lags); over request: minutes some pod needs more than it reserved (it lags as soon as its node is busy); skew: partitions of the fullest pod over the mean. Grab measured ~45% less waste moving from HPA to fixed pods with VPA."
+    );
+    out
+}
+
+/// The three runs over time as an SVG: load and requested cores above, replicas below.
+pub fn plot_svg(trace: &Trace, runs: &[Run; 3]) -> Result<String, String> {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1400, 800)).into_drawing_area();
+        let err = |e: &dyn std::fmt::Display| format!("plot: {e}");
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (top, bottom) = root.split_vertically(520);
+        let hours = trace.cores.len() as f64 / 60.0;
+        let peak = runs
+            .iter()
+            .flat_map(|r| r.minutes.iter().map(|m| m.requested))
+            .chain(trace.cores.iter().copied())
+            .fold(0.0_f64, f64::max);
+        let colors = [
+            RGBColor(214, 39, 40),
+            RGBColor(31, 119, 180),
+            RGBColor(44, 160, 44),
+        ];
+        let mut chart = ChartBuilder::on(&top)
+            .caption("CPU: load and requests (cores)", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..hours, 0.0..peak * 1.05)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("hours")
+            .y_desc("cores")
+            .draw()
+            .map_err(|e| err(&e))?;
+        // At most ~1400 points a line: each the largest value of its stretch (spikes stay).
+        let stride = trace.cores.len().div_ceil(1400).max(1);
+        let series = |values: Vec<f64>| {
+            values
+                .chunks(stride)
+                .enumerate()
+                .map(|(i, chunk)| {
+                    let top = chunk.iter().copied().fold(f64::MIN, f64::max);
+                    ((i * stride) as f64 / 60.0, top)
+                })
+                .collect::<Vec<_>>()
+        };
+        chart
+            .draw_series(LineSeries::new(
+                series(trace.cores.clone()),
+                BLACK.stroke_width(1),
+            ))
+            .map_err(|e| err(&e))?
+            .label("load")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        for (run, color) in runs.iter().zip(colors) {
+            chart
+                .draw_series(LineSeries::new(
+                    series(run.minutes.iter().map(|m| m.requested).collect()),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))?
+                .label(format!("{} requested", run.name))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+
+        let most = runs
+            .iter()
+            .flat_map(|r| r.minutes.iter().map(|m| m.replicas))
+            .max()
+            .unwrap_or(1);
+        let mut replicas = ChartBuilder::on(&bottom)
+            .caption("replicas", ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..hours, 0.0..f64::from(most) * 1.1)
+            .map_err(|e| err(&e))?;
+        replicas
+            .configure_mesh()
+            .x_desc("hours")
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (run, color) in runs.iter().zip(colors) {
+            replicas
+                .draw_series(LineSeries::new(
+                    series(run.minutes.iter().map(|m| f64::from(m.replicas)).collect()),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))?;
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(svg)
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Trace {
+        let file = crate::repo::path("deploy/capacity/diurnal-7d.csv");
+        Trace::parse(&std::fs::read_to_string(&file).unwrap(), "diurnal-7d.csv").unwrap()
+    }
+
+    #[test]
+    fn the_shipped_trace_is_the_synthetic_week() {
+        assert_eq!(
+            shipped(),
+            Trace::synthetic(7, 1),
+            "deploy/capacity/diurnal-7d.csv is stale: run `sluice capacity trace > deploy/capacity/diurnal-7d.csv`"
+        );
+    }
+
+    #[test]
+    fn the_synthetic_trace_has_the_documented_shape() {
+        let t = Trace::synthetic(7, 1);
+        assert_eq!(t.cores.len(), 7 * 1440);
+        assert_eq!(t, Trace::synthetic(7, 1), "deterministic");
+        assert_ne!(t, Trace::synthetic(7, 2), "the seed matters");
+        let at = |day: usize, hour: usize| t.cores[day * 1440 + hour * 60];
+        // Trough at night, evening peak, weekend (days 5, 6) lower. Day 0 has no spike at these
+        // hours (checked by the values themselves: within the noise of the curve).
+        assert!(at(1, 4) < 3.5 && at(1, 4) > 2.5, "{}", at(1, 4));
+        assert!(at(1, 19) > 12.5 && at(1, 19) < 15.5, "{}", at(1, 19));
+        assert!(at(5, 19) < at(1, 19) * 0.85, "weekend");
+        // Spikes: well above the highest curve value (14 cores + 4% noise).
+        let spiking = t.cores.iter().filter(|c| **c > 14.6).count();
+        assert!(spiking > 50, "{spiking} spiking minutes");
+        assert!(t.cores.iter().all(|c| *c >= 2.0));
+    }
+
+    #[test]
+    fn a_bad_trace_is_refused_with_its_line() {
+        let bad = |text: &str| Trace::parse(text, "t.csv").unwrap_err();
+        let rows = |n: usize| (0..n).map(|m| format!("{m},1.0\n")).collect::<String>();
+        assert!(Trace::parse(&format!("# c\nminute,cores\n{}", rows(60)), "t.csv").is_ok());
+        assert_eq!(
+            bad("minute,cores\n0,1\n2,1\n"),
+            "t.csv:3: minute 2 out of order: expected 1 (one row per minute from 0)"
+        );
+        assert_eq!(
+            bad("0,1\n1,lots\n"),
+            "t.csv:2: cores \"lots\" is not a number >= 0"
+        );
+        assert_eq!(bad("0,-1\n"), "t.csv:1: cores \"-1\" is not a number >= 0");
+        assert_eq!(
+            bad("0;1\n"),
+            "t.csv:1: expected `minute,cores`, got \"0;1\""
+        );
+        assert_eq!(
+            bad(&rows(59)),
+            "t.csv: 59 minutes of load: a simulation needs at least an hour"
+        );
+    }
+
+    #[test]
+    fn a_minute_splits_partitions_and_limits() {
+        // 24 partitions on 5 pods: 4 pods own 5, one owns 4; 2.4 cores = 0.1 per partition.
+        let m = minute(2.4, 24, 5, 0.45, 2.0);
+        assert!((m.skew - 5.0 / 4.8).abs() < 1e-9);
+        assert!((m.requested - 2.25).abs() < 1e-9);
+        // The four 5-partition pods need 0.5 (0.45 within the request), the other 0.4.
+        assert!((m.used - (4.0 * 0.45 + 0.4)).abs() < 1e-9, "{}", m.used);
+        assert!((m.usage - 2.4).abs() < 1e-9);
+        assert!(m.over_request && !m.under);
+        // Above the limit: throttled.
+        let m = minute(24.0, 24, 5, 0.45, 2.0);
+        assert!(m.under);
+        assert!((m.usage - 5.0 * 0.9).abs() < 1e-9);
+        // More pods than partitions: the extra ones idle, requested all the same.
+        let m = minute(2.4, 4, 8, 1.0, 2.0);
+        assert!((m.requested - 8.0).abs() < 1e-9 && (m.used - 2.4).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_strategies_on_the_shipped_week() {
+        let s = Scenario::default();
+        let runs = simulate(&shipped(), &s);
+        assert_eq!(
+            runs.each_ref().map(|r| r.name),
+            ["hpa", "fixed+vpa", "operator"]
+        );
+        for run in &runs {
+            assert_eq!(
+                run.minutes.len(),
+                7 * 1440,
+                "{}: the counted week",
+                run.name
+            );
+            for m in &run.minutes {
+                assert!(
+                    m.used <= m.requested + 1e-9 && m.used <= m.usage + 1e-9,
+                    "{}",
+                    run.name
+                );
+            }
+            let t = run.totals();
+            assert!((t.waste - (t.requested - t.used)).abs() < 1e-6);
+        }
+        let [hpa, fixed, operator] = &runs;
+        // HPA: replicas that do not divide 24 leave the fullest pod with more partitions.
+        assert!(hpa.totals().skew_max >= 1.5, "{:?}", hpa.totals());
+        assert!(hpa.replica_changes > 100, "HPA follows the daily curve");
+        assert_eq!(fixed.minutes.iter().map(|m| m.replicas).max(), Some(24));
+        // The operator: always a divisor within the bounds, so no skew; few steps, and none of
+        // the cascade a stale recommendation would cause (live usage must agree).
+        for m in &operator.minutes {
+            assert!(
+                24 % m.replicas == 0 && m.replicas >= s.min_replicas,
+                "{}",
+                m.replicas
+            );
+        }
+        assert_eq!(operator.totals().skew_max, 1.0);
+        assert!(
+            operator.replica_changes <= 4,
+            "{}",
+            operator.replica_changes
+        );
+        assert!(
+            operator.totals().under_share < 0.01,
+            "{:?}",
+            operator.totals()
+        );
+        // Whole CPUs for every pod, one pod per partition: what Grab's 2-core fix cost them.
+        let whole = Scenario {
+            vpa_min_allowed: 1.0,
+            ..Scenario::default()
+        };
+        let fixed_whole = fixed_vpa(&shipped(), &whole, 0).totals();
+        assert!(fixed_whole.requested > 1.5 * operator.totals().requested);
+    }
+
+    #[test]
+    fn without_live_usage_a_stale_recommendation_cascades() {
+        // The same week from a cold start, pods capped at their requests, the policy fed no
+        // usage: the VPA's per-pod history keeps pressing after each step up, and looks
+        // relieved after each step down (2 -> 24 -> 2 replicas within a day).
+        let trace = shipped();
+        let s = Scenario {
+            warm_up: false,
+            burst: 1.0,
+            ..Scenario::default()
+        };
+        let blind = operator_with(&trace, &s, 0, false);
+        let seeing = operator_with(&trace, &s, 0, true);
+        assert!(
+            blind.replica_changes >= 2 * seeing.replica_changes.max(1),
+            "blind {} vs {}",
+            blind.replica_changes,
+            seeing.replica_changes
+        );
+        assert!(blind.totals().under_share > 3.0 * seeing.totals().under_share.max(0.01));
+    }
+
+    #[test]
+    fn limits_equal_to_requests_hide_demand_from_the_vpa() {
+        // The VPA sees usage, and a pod never uses more than its limit: with limit = request it
+        // never sees the demand above, and grows requests 15% at a time (CPU_BURST is 2).
+        let trace = shipped();
+        let capped = Scenario {
+            burst: 1.0,
+            ..Scenario::default()
+        };
+        let under = |s: &Scenario| fixed_vpa(&trace, s, 0).totals().under_share;
+        assert!(under(&capped) > 0.2, "{}", under(&capped));
+        assert!(
+            under(&Scenario::default()) < 0.02,
+            "{}",
+            under(&Scenario::default())
+        );
+    }
+
+    #[test]
+    fn the_operator_can_apply_requests_itself() {
+        let s = Scenario {
+            operator_applies: true,
+            ..Scenario::default()
+        };
+        let run = operator(&shipped(), &s, 0);
+        assert!(run.resizes > 0);
+        let requests: Vec<f64> = run
+            .minutes
+            .iter()
+            .map(|m| m.requested / f64::from(m.replicas))
+            .collect();
+        // Whole-CPU floor and maxAllowed hold; requests change only in their own minutes.
+        assert!(
+            requests.iter().all(|r| (1.0..=4.0).contains(r)),
+            "{requests:?}"
+        );
+        for (a, b) in run.minutes.iter().zip(&run.minutes[1..]) {
+            let resized =
+                (a.requested / f64::from(a.replicas) - b.requested / f64::from(b.replicas)).abs()
+                    > 1e-9;
+            assert!(
+                !(resized && a.replicas != b.replicas),
+                "replicas and requests in one step"
+            );
+        }
+        assert!(run.totals().under_share < 0.01);
+    }
+
+    #[test]
+    fn the_plot_has_the_three_runs_and_the_load() {
+        let trace = Trace::synthetic(1, 3);
+        let runs = simulate(&trace, &Scenario::default());
+        let svg = plot_svg(&trace, &runs).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        for label in [
+            "load",
+            "hpa requested",
+            "fixed+vpa requested",
+            "operator requested",
+            "replicas",
+        ] {
+            assert!(svg.contains(label), "{label}");
+        }
+        // Load and three requested lines above, three replica lines below.
+        assert!(svg.matches("<polyline").count() >= 7);
+    }
+}
