@@ -934,6 +934,23 @@ fn render_prints_the_operators_objects_for_a_tier_and_provider() {
             bad.display()
         )
     );
+    // spec.pipeline is checked by the runtime's own spec parser.
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&example)
+            .unwrap()
+            .replace("  tier: tolerant", "    ordering: random\n  tier: tolerant"),
+    )
+    .unwrap();
+    let run = sluice(&["render", "-f", bad.to_str().unwrap()], dir.path(), "");
+    assert_eq!(run.code, Some(1));
+    assert_eq!(
+        run.error_line(),
+        format!(
+            "error: {}: spec.pipeline: ordering: unknown variant `random`, expected one of `partition`, `key`, `none`",
+            bad.display()
+        )
+    );
 }
 
 /// `sluice capacity simulate`: the shipped synthetic week against the three strategies, with the

@@ -27,8 +27,8 @@ use crate::crd::{
     StreamPipelineStatus,
 };
 use crate::manifests::{
-    CONTAINER, Placement, at_least_cpus, children_sized, cpu_millis, initial_replicas,
-    memory_bytes, millis_quantity,
+    CONTAINER, Placement, at_least_cpus, check_pipeline, children_sized, cpu_millis,
+    initial_replicas, memory_bytes, millis_quantity,
 };
 use crate::policy::{self, Action, Change, Decision, PolicyConfig, Reason};
 
@@ -513,6 +513,7 @@ fn check(sp: &StreamPipeline) -> Result<Bounds, String> {
         ));
     }
     let initial = initial_replicas(sp)?;
+    check_pipeline(sp)?;
     Ok(Bounds {
         min,
         max,
@@ -1048,7 +1049,24 @@ mod tests {
     #[test]
     fn an_invalid_spec_applies_nothing_and_says_which_field() {
         type Break = fn(&mut StreamPipeline);
-        let cases: [(Break, &str); 5] = [
+        let cases: [(Break, &str); 8] = [
+            // spec.pipeline is checked by the runtime's own parser: an unknown output kind, an
+            // unknown error-policy action, a variable the pod will not have.
+            (
+                |sp| sp.spec.pipeline["outputs"]["enriched"] = json!({"s3": {"bucket": "b"}}),
+                "spec.pipeline: outputs.enriched",
+            ),
+            (
+                |sp| sp.spec.pipeline["error-policy"]["invalid-input"] = json!("shrug"),
+                "spec.pipeline: error-policy",
+            ),
+            (
+                |sp| {
+                    sp.spec.pipeline["producer"] =
+                        json!({"properties": {"sasl.password": "${KAFKA_PASSWORD}"}})
+                },
+                "spec.pipeline: `${KAFKA_PASSWORD}` is not set in the pod",
+            ),
             (
                 |sp| sp.spec.resources.max_allowed.cpu = "four".into(),
                 "spec.resources.maxAllowed.cpu",

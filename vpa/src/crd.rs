@@ -33,8 +33,9 @@ pub struct StreamPipelineSpec {
     /// Where events come from.
     pub kafka: KafkaSpec,
     /// The rest of the pipeline spec, as in `pipeline.yaml`: `outputs`, `error-policy`,
-    /// `ordering`, `producer`... (checked by the runtime at start, like `sluice validate`).
-    /// `name`, `plugin`, `source` and `admin` come from the fields above.
+    /// `ordering`, `producer`... `name`, `plugin`, `source` and `admin` come from the fields
+    /// above. The operator (and `sluice render`) checks it with the runtime's own parser before
+    /// applying anything: an invalid one is `Degraded/InvalidSpec`, naming the field.
     #[schemars(schema_with = "free_form")]
     pub pipeline: serde_json::Value,
     /// Scheduling tier: priority class and node placement.

@@ -197,6 +197,29 @@ pub fn pipeline_yaml(sp: &StreamPipeline) -> String {
     serde_yaml_ng::to_string(&Value::Object(spec)).expect("JSON values serialize as YAML")
 }
 
+/// Checks `pipeline.yaml` as the runtime will read it in the pod (the runtime's own parser and
+/// checks, `sluice-spec`), with the environment the pod gets: the bootstrap servers from the
+/// Secret (stood in here) and nothing else. The error names the field under `spec.pipeline`.
+pub fn check_pipeline(sp: &StreamPipeline) -> Result<(), String> {
+    let text = pipeline_yaml(sp);
+    let env = |name: &str| match name {
+        "KAFKA_BOOTSTRAP_SERVERS" => Some("kafka.invalid:9092".to_owned()),
+        "SLUICE_LOG_FORMAT" => Some("json".to_owned()),
+        _ => None,
+    };
+    let origin = std::path::Path::new("spec.pipeline");
+    sluice_spec::PipelineSpec::parse(&text, origin, env)
+        .map(|_| ())
+        .map_err(|e| match e {
+            // Lines and columns would point into the generated pipeline.yaml: leave them out.
+            sluice_spec::ConfigError::Parse { message, .. } => format!("spec.pipeline: {message}"),
+            sluice_spec::ConfigError::MissingVar { var, .. } => format!(
+                "spec.pipeline: `${{{var}}}` is not set in the pod (it gets KAFKA_BOOTSTRAP_SERVERS only): write `${{{var}:-default}}` or put the value in the spec"
+            ),
+            other => other.to_string(),
+        })
+}
+
 /// The children of `sp` running `replicas` pods with the initial requests, placed per
 /// `placement` (what `sluice render` prints and a new pipeline starts with).
 pub fn children(sp: &StreamPipeline, replicas: u32, placement: &Placement) -> Children {

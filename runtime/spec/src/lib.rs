@@ -1,0 +1,1387 @@
+//! The pipeline spec: a YAML file naming the plugin, its source, its outputs and its error policy.
+//!
+//! Loading is strict: unknown fields are rejected, every error names the file with line and
+//! column, and `${VAR}` / `${VAR:-default}` are replaced from the environment before parsing
+//! (`$$` is a literal `$`), so secrets never have to be written into the file. Relative paths
+//! are resolved against the spec's own directory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a spec could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the pipeline spec: {source}")]
+    Read {
+        /// The spec path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `${VAR}` names a variable that is not set (and has no default).
+    #[error(
+        "{path}:{line}:{column}: environment variable `{var}` is not set: export it, or write `${{{var}:-default}}`"
+    )]
+    MissingVar {
+        /// The spec path.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The variable.
+        var: String,
+    },
+    /// `${...}` is malformed.
+    #[error("{path}:{line}:{column}: {message}")]
+    BadInterpolation {
+        /// The spec path.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The YAML does not parse into a spec.
+    #[error("{path}:{location}{message}")]
+    Parse {
+        /// The spec path.
+        path: PathBuf,
+        /// `line:column: `, or empty when unknown.
+        location: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// The spec parses but is inconsistent.
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        /// The spec path.
+        path: PathBuf,
+        /// The offending field, e.g. `source.file.batch-size`.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// A parsed and checked pipeline spec.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipelineSpec {
+    /// Pipeline name: shown in logs and passed to the plugin.
+    pub name: String,
+    /// The plugin library and its config.
+    pub plugin: PluginSpec,
+    /// Where events come from.
+    pub source: SourceSpec,
+    /// Named outputs the plugin emits to. Names are the ones the plugin uses.
+    pub outputs: BTreeMap<String, OutputSpec>,
+    /// Worker threads, each with its own plugin instance (Kafka source). Default: the container's
+    /// CPU quota rounded to whole CPUs (see `cpu.rs`). A file source always uses one.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Which events must be processed in order (Kafka source).
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Producer settings for Kafka outputs.
+    #[serde(default)]
+    pub producer: ProducerSpec,
+    /// What to do with events that fail.
+    #[serde(default)]
+    pub error_policy: ErrorPolicy,
+    /// The admin HTTP endpoint: metrics, health, status (Kafka source).
+    #[serde(default)]
+    pub admin: AdminSpec,
+    /// Directory of the spec file; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The spec file.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+/// The admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminSpec {
+    /// `host:port` to serve on, e.g. `0.0.0.0:9464`. Unset: no endpoint (`sluice run --admin`
+    /// sets it too).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Hot-path instruments: latency histograms and per-partition event counters. Costs under
+    /// 3% throughput (BENCHMARKS.md); `false` leaves the sampled gauges and the totals.
+    #[serde(default = "yes")]
+    pub metrics: bool,
+    /// How often librdkafka reports the watermarks behind `sluice_consumer_lag`.
+    #[serde(default = "default_lag_interval_ms")]
+    pub lag_interval_ms: u64,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        AdminSpec {
+            listen: None,
+            metrics: true,
+            lag_interval_ms: default_lag_interval_ms(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_lag_interval_ms() -> u64 {
+    1000
+}
+
+/// The plugin library.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginSpec {
+    /// Path of the shared library (`.so`), relative to the spec.
+    pub path: PathBuf,
+    /// Hex sha256 of the library file; when set, a different file is refused.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The plugin's config, passed to it as a JSON object and checked against its schema.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// Where events come from: exactly one kind, written as `source: { file: {...} }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawSourceSpec")]
+pub enum SourceSpec {
+    /// Lines of a local file or stdin: for local runs and tests, no broker needed.
+    File(FileSourceSpec),
+    /// A Kafka consumer group.
+    Kafka(KafkaSourceSpec),
+}
+
+/// The YAML shape of [`SourceSpec`]: one optional key per kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawSourceSpec {
+    file: Option<FileSourceSpec>,
+    kafka: Option<KafkaSourceSpec>,
+}
+
+impl TryFrom<RawSourceSpec> for SourceSpec {
+    type Error = String;
+    fn try_from(raw: RawSourceSpec) -> Result<Self, String> {
+        match raw {
+            RawSourceSpec {
+                file: Some(file),
+                kafka: None,
+            } => Ok(SourceSpec::File(file)),
+            RawSourceSpec {
+                file: None,
+                kafka: Some(kafka),
+            } => Ok(SourceSpec::Kafka(kafka)),
+            _ => Err("set exactly one source kind: `file` or `kafka`".into()),
+        }
+    }
+}
+
+/// A Kafka consumer group: every assigned partition becomes its own bounded event channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaSourceSpec {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Consumer group id.
+    pub group_id: String,
+    /// librdkafka consumer properties passed through (security, timeouts, fetch sizes...).
+    /// Offset management properties are Sluice's own and are refused here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values come from environment variables (credentials):
+    /// `sasl.password: KAFKA_PASSWORD`.
+    #[serde(default)]
+    pub properties_from_env: BTreeMap<String, String>,
+    /// Events of one partition read but not yet processed before the partition is paused (it
+    /// resumes at half). Pausing discards what librdkafka prefetched for the partition, so a
+    /// capacity below one fetch's worth of events (`max.partition.fetch.bytes`, 1 MiB by
+    /// default: ~10,000 events of 100 bytes) makes it refetch over and over: on the test broker
+    /// 1024 ran 5x slower than 8192, and 8192 0.8x the speed of 32768 (BENCHMARKS.md).
+    #[serde(default = "default_partition_capacity")]
+    pub partition_capacity: usize,
+    /// Most events per plugin call.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How often offsets are committed (after a plugin flush).
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// How long a revoke or shutdown may spend draining in-flight events. The default fits a
+    /// spot interruption notice (GKE gives ~30 s).
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_partition_capacity() -> usize {
+    32_768
+}
+
+fn default_commit_interval_ms() -> u64 {
+    1000
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    25_000
+}
+
+/// librdkafka producer settings for the pipeline's Kafka outputs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ProducerSpec {
+    /// Brokers (default: the Kafka source's).
+    #[serde(default)]
+    pub bootstrap_servers: Option<String>,
+    /// librdkafka producer properties passed through. Idempotence is always on.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Properties whose values come from environment variables (credentials).
+    #[serde(default)]
+    pub properties_from_env: BTreeMap<String, String>,
+    /// Exactly-once Kafka -> Kafka: the producer's transactional id, unique per running
+    /// process (e.g. `${POD_NAME}`). Outputs, dead letters and the source offsets of each
+    /// commit interval then commit in one transaction; downstream consumers read with
+    /// `isolation.level=read_committed`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+}
+
+/// A local file (or stdin) read line by line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileSourceSpec {
+    /// The file, relative to the spec; `-` reads stdin.
+    pub path: PathBuf,
+    /// How each line becomes an event.
+    #[serde(default)]
+    pub format: LineFormat,
+    /// Topic name the plugin sees (default: the file's stem, or `stdin`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// `json-lines` only: top-level field whose value becomes the event key.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// `json-lines` only: top-level field holding the event time in ms since the epoch.
+    #[serde(default)]
+    pub timestamp_field: Option<String>,
+    /// Events per plugin call.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_batch_size() -> usize {
+    256
+}
+
+/// How a line becomes an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LineFormat {
+    /// Each line is a JSON value (checked before it reaches the plugin).
+    #[default]
+    JsonLines,
+    /// Each line is passed as-is.
+    Lines,
+}
+
+/// One named output: exactly one kind, written as `name: { stdout: {...} }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawOutputSpec")]
+pub enum OutputSpec {
+    /// Standard output.
+    Stdout(StdoutOutputSpec),
+    /// A local file (created or truncated).
+    File(FileOutputSpec),
+    /// A Kafka topic, written by the pipeline's idempotent producer.
+    Kafka(KafkaOutputSpec),
+    /// A PostgreSQL table.
+    Postgres(TableOutputSpec),
+    /// A MySQL or MariaDB table.
+    Mysql(TableOutputSpec),
+}
+
+impl OutputSpec {
+    /// Whether records are acknowledged later by a sink (so the source needs offsets).
+    pub fn is_remote(&self) -> bool {
+        matches!(
+            self,
+            OutputSpec::Kafka(_) | OutputSpec::Postgres(_) | OutputSpec::Mysql(_)
+        )
+    }
+}
+
+/// The YAML shape of [`OutputSpec`]: one optional key per kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawOutputSpec {
+    stdout: Option<StdoutOutputSpec>,
+    file: Option<FileOutputSpec>,
+    kafka: Option<KafkaOutputSpec>,
+    postgres: Option<TableOutputSpec>,
+    mysql: Option<TableOutputSpec>,
+}
+
+impl TryFrom<RawOutputSpec> for OutputSpec {
+    type Error = String;
+    fn try_from(raw: RawOutputSpec) -> Result<Self, String> {
+        let mut kinds = Vec::new();
+        if let Some(o) = raw.stdout {
+            kinds.push(OutputSpec::Stdout(o));
+        }
+        if let Some(o) = raw.file {
+            kinds.push(OutputSpec::File(o));
+        }
+        if let Some(o) = raw.kafka {
+            kinds.push(OutputSpec::Kafka(o));
+        }
+        if let Some(o) = raw.postgres {
+            kinds.push(OutputSpec::Postgres(o));
+        }
+        if let Some(o) = raw.mysql {
+            kinds.push(OutputSpec::Mysql(o));
+        }
+        match (kinds.pop(), kinds.is_empty()) {
+            (Some(kind), true) => Ok(kind),
+            _ => Err(
+                "set exactly one output kind: `stdout`, `file`, `kafka`, `postgres` or `mysql`"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// A database table: each record's value is a JSON object whose fields fill the columns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TableOutputSpec {
+    /// Connection URL (`postgres://user@host:port/db`, `mysql://user@host:port/db`). Put
+    /// credentials in the environment and write `${DATABASE_URL}`, never a password in the spec.
+    pub url: String,
+    /// The table, optionally schema-qualified (`schema.table`).
+    pub table: String,
+    /// Columns and their types: JSON fields of the same name fill them; a missing field is NULL.
+    pub columns: BTreeMap<String, ColumnType>,
+    /// Key columns: the conflict target of `upsert`, and what a tombstone (null value) deletes
+    /// by. A tombstone's key is the record key: a JSON object with the key columns, or, for a
+    /// single key column, the key itself.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// How records are written.
+    #[serde(default)]
+    pub mode: TableMode,
+    /// Most rows per statement.
+    #[serde(default = "default_table_batch_size")]
+    pub batch_size: usize,
+    /// How long a batch waits for more rows before it is written.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Connections in the pool.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// PostgreSQL only: write each batch and the source offsets it completes in one
+    /// transaction, and resume from the offsets stored there: every event's rows exactly once.
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// The table holding those offsets (created if missing).
+    #[serde(default = "default_offsets_table")]
+    pub offsets_table: String,
+}
+
+fn default_offsets_table() -> String {
+    "sluice_offsets".into()
+}
+
+fn default_table_batch_size() -> usize {
+    500
+}
+
+fn default_linger_ms() -> u64 {
+    20
+}
+
+fn default_max_connections() -> u32 {
+    2
+}
+
+/// A column's SQL type, which decides how a JSON field is converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColumnType {
+    /// `text` / `varchar`: strings as they are, other JSON values as JSON text.
+    Text,
+    /// `bigint`: integers, or strings holding one.
+    Bigint,
+    /// `integer` / `int`.
+    Integer,
+    /// `double precision` / `double`.
+    Double,
+    /// `boolean`.
+    Boolean,
+    /// `jsonb` (PostgreSQL) / `json` (MySQL): any JSON value.
+    Json,
+}
+
+/// How table records are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TableMode {
+    /// Plain inserts (a duplicate key is a rejected record).
+    #[default]
+    Insert,
+    /// Insert, or update the non-key columns of the row with the same key.
+    Upsert,
+}
+
+/// Whether `name` is a plain SQL identifier, optionally schema-qualified: safe to quote.
+fn is_identifier(name: &str, allow_schema: bool) -> bool {
+    let part = |p: &str| {
+        let mut chars = p.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && p.len() <= 63
+    };
+    match name.split_once('.') {
+        Some((schema, table)) if allow_schema => part(schema) && part(table),
+        Some(_) => false,
+        None => part(name),
+    }
+}
+
+/// A Kafka topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaOutputSpec {
+    /// The topic records go to.
+    pub topic: String,
+}
+
+/// Standard output.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StdoutOutputSpec {
+    /// How records are written.
+    #[serde(default)]
+    pub format: RecordFormat,
+}
+
+/// A local file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileOutputSpec {
+    /// The file, relative to the spec.
+    pub path: PathBuf,
+    /// How records are written.
+    #[serde(default)]
+    pub format: RecordFormat,
+}
+
+/// How a record is written to a local output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordFormat {
+    /// The value bytes and a newline (tombstones: an empty line).
+    #[default]
+    Value,
+    /// One JSON object per record: output, key, value, headers, partition.
+    Json,
+}
+
+/// Which events of a partition keep their order through the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ordering {
+    /// A partition is pinned to one worker: every event of it in offset order. At most one
+    /// worker per partition runs.
+    #[default]
+    Partition,
+    /// Events of one key go to one worker, in offset order; different keys of a partition run
+    /// on different workers at once. Events with a null key share one worker.
+    Key,
+    /// No order: a partition's events are spread over every worker.
+    None,
+}
+
+impl fmt::Display for Ordering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ordering::Partition => "partition",
+            Ordering::Key => "key",
+            Ordering::None => "none",
+        })
+    }
+}
+
+/// What happens to an event that fails, per failure class.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ErrorPolicy {
+    /// Input that cannot be decoded: a line of a file source that is not JSON, or an event the
+    /// plugin reports as invalid (`EventError::Invalid`).
+    #[serde(default)]
+    pub invalid_input: ClassPolicy,
+    /// An event the plugin reports as failed (`EventError::Failed`).
+    #[serde(default)]
+    pub event_error: ClassPolicy,
+    /// A plugin call that panics: the batch is rerun one event at a time, and the events whose
+    /// call panics meet this policy.
+    #[serde(default)]
+    pub plugin_panic: ClassPolicy,
+    /// A record a database output rejects for good (constraint violation, wrong type).
+    #[serde(default)]
+    pub sink_rejection: ClassPolicy,
+    /// The Kafka topic dead letters go to (needed when any class says `dead-letter`).
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+impl ErrorPolicy {
+    /// Every class with its spec field name.
+    pub fn classes(&self) -> [(&'static str, ClassPolicy); 4] {
+        [
+            ("invalid-input", self.invalid_input),
+            ("event-error", self.event_error),
+            ("plugin-panic", self.plugin_panic),
+            ("sink-rejection", self.sink_rejection),
+        ]
+    }
+}
+
+/// One failure class's policy: retry the event `retries` times (`backoff-ms` apart, doubling),
+/// then `then`. Written as `fail`, `skip`, `dead-letter`, or
+/// `{retry: 3, backoff-ms: 100, then: dead-letter}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawClassPolicy")]
+pub struct ClassPolicy {
+    /// Extra attempts before `then`.
+    pub retries: u32,
+    /// Wait before the first retry; doubles for each next one.
+    pub backoff_ms: u64,
+    /// What happens once the retries are used up.
+    pub then: Action,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a policy: `fail`, `skip`, `dead-letter`, or `{retry: N, backoff-ms: MS, then: fail|skip|dead-letter}`"
+)]
+enum RawClassPolicy {
+    Plain(Action),
+    Retry(RetrySpec),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RetrySpec {
+    retry: u32,
+    #[serde(default = "default_retry_backoff_ms")]
+    backoff_ms: u64,
+    #[serde(default)]
+    then: Action,
+}
+
+fn default_retry_backoff_ms() -> u64 {
+    100
+}
+
+impl TryFrom<RawClassPolicy> for ClassPolicy {
+    type Error = String;
+    fn try_from(raw: RawClassPolicy) -> Result<Self, String> {
+        Ok(match raw {
+            RawClassPolicy::Plain(then) => ClassPolicy {
+                retries: 0,
+                backoff_ms: 0,
+                then,
+            },
+            RawClassPolicy::Retry(r) => {
+                if r.retry == 0 || r.retry > 100 {
+                    return Err("`retry` must be between 1 and 100".into());
+                }
+                ClassPolicy {
+                    retries: r.retry,
+                    backoff_ms: r.backoff_ms,
+                    then: r.then,
+                }
+            }
+        })
+    }
+}
+
+/// What finally happens to a failed event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Stop the pipeline with an error; nothing past the event counts as done.
+    #[default]
+    Fail,
+    /// Log and count the event, then go on.
+    Skip,
+    /// Write the event to the dead-letter topic with why it failed, then go on.
+    DeadLetter,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Fail => "fail",
+            Action::Skip => "skip",
+            Action::DeadLetter => "dead-letter",
+        })
+    }
+}
+
+impl PipelineSpec {
+    /// Reads, interpolates, parses and checks a spec file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path, |name| std::env::var(name).ok())
+    }
+
+    /// Parses spec text as if read from `path`, looking variables up with `env`.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let text = interpolate(text, path, env)?;
+        let mut spec: PipelineSpec = serde_yaml_ng::from_str(&text).map_err(|err| {
+            let message = err.to_string();
+            let message = match message.rfind(" at line ") {
+                Some(at) if err.location().is_some() => message[..at].to_owned(),
+                _ => message,
+            };
+            ConfigError::Parse {
+                path: path.into(),
+                location: err
+                    .location()
+                    .map(|l| format!("{}:{}: ", l.line(), l.column()))
+                    .unwrap_or_default(),
+                message,
+            }
+        })?;
+        spec.file = path.into();
+        spec.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        spec.check()?;
+        Ok(spec)
+    }
+
+    fn invalid(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.file.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.name.trim().is_empty() {
+            return Err(self.invalid("name", "must not be empty"));
+        }
+        if !self.plugin.config.is_object() {
+            return Err(self.invalid("plugin.config", "must be a mapping (key: value pairs)"));
+        }
+        if let Some(sha) = &self.plugin.sha256 {
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(self.invalid(
+                    "plugin.sha256",
+                    "must be 64 hex digits (as printed by `sha256sum`)",
+                ));
+            }
+        }
+        if self.outputs.is_empty() {
+            return Err(self.invalid("outputs", "define at least one output"));
+        }
+        if let Some(workers) = self.workers {
+            if workers == 0 || workers > 1024 {
+                return Err(self.invalid(
+                    "workers",
+                    "must be between 1 and 1024 (omit it to size from the CPU quota)",
+                ));
+            }
+            if matches!(self.source, SourceSpec::File(_)) && workers != 1 {
+                return Err(self.invalid(
+                    "workers",
+                    "a file source is one partition and runs one worker: omit `workers`",
+                ));
+            }
+        }
+        if matches!(self.source, SourceSpec::File(_)) && self.ordering != Ordering::Partition {
+            return Err(self.invalid(
+                "ordering",
+                "a file source runs one worker in file order: omit `ordering`",
+            ));
+        }
+        for (name, output) in &self.outputs {
+            let (table, schemes) = match output {
+                OutputSpec::Postgres(t) => (t, ["postgres://", "postgresql://"]),
+                OutputSpec::Mysql(t) => (t, ["mysql://", "mariadb://"]),
+                _ => continue,
+            };
+            self.check_table(name, table, &schemes)?;
+        }
+        self.check_error_policy()?;
+        if let Some(id) = &self.producer.transactional_id {
+            if id.is_empty() {
+                return Err(self.invalid("producer.transactional-id", "must not be empty"));
+            }
+            if let Some((name, _)) = self
+                .outputs
+                .iter()
+                .find(|(_, o)| matches!(o, OutputSpec::Postgres(_) | OutputSpec::Mysql(_)))
+            {
+                return Err(self.invalid(
+                    "producer.transactional-id",
+                    format!("a Kafka transaction cannot include the database output `{name}`: use the table's `exactly-once` instead"),
+                ));
+            }
+            if !matches!(self.source, SourceSpec::Kafka(_)) {
+                return Err(self.invalid("producer.transactional-id", "needs a `source: kafka`"));
+            }
+        }
+        self.check_admin()?;
+        match &self.source {
+            SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
+            SourceSpec::File(file) => {
+                if let Some((name, _)) = self.outputs.iter().find(|(_, o)| o.is_remote()) {
+                    return Err(self.invalid(
+                        &format!("outputs.{name}"),
+                        "kafka and database outputs need a `source: kafka` (the file source has no offsets to commit)",
+                    ));
+                }
+                if file.batch_size == 0 || file.batch_size > 65_536 {
+                    return Err(
+                        self.invalid("source.file.batch-size", "must be between 1 and 65536")
+                    );
+                }
+                if file.format == LineFormat::Lines
+                    && (file.key_field.is_some() || file.timestamp_field.is_some())
+                {
+                    return Err(self.invalid(
+                        "source.file",
+                        "key-field and timestamp-field need `format: json-lines`",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Serves the admin endpoint on `listen` (`sluice run --admin`), checked like the spec's own
+    /// `admin.listen`.
+    pub fn set_admin_listen(&mut self, listen: String) -> Result<(), ConfigError> {
+        self.admin.listen = Some(listen);
+        self.check_admin()
+    }
+
+    fn check_admin(&self) -> Result<(), ConfigError> {
+        if let Some(listen) = &self.admin.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(self.invalid(
+                    "admin.listen",
+                    format!(
+                        "`{listen}` is not `host:port` with an IP address: write e.g. 0.0.0.0:9464"
+                    ),
+                ));
+            }
+            if !matches!(self.source, SourceSpec::Kafka(_)) {
+                return Err(self.invalid(
+                    "admin.listen",
+                    "the admin endpoint serves a `source: kafka` pipeline: remove it for a file source",
+                ));
+            }
+        }
+        if !(100..=600_000).contains(&self.admin.lag_interval_ms) {
+            return Err(self.invalid("admin.lag-interval-ms", "must be between 100 and 600000"));
+        }
+        Ok(())
+    }
+
+    fn check_error_policy(&self) -> Result<(), ConfigError> {
+        let policy = &self.error_policy;
+        let kafka = matches!(self.source, SourceSpec::Kafka(_));
+        for (class, p) in policy.classes() {
+            let field = format!("error-policy.{class}");
+            if p.then == Action::DeadLetter && policy.dead_letter_topic.is_none() {
+                return Err(self.invalid(
+                    &field,
+                    "`dead-letter` needs `error-policy.dead-letter-topic: TOPIC`",
+                ));
+            }
+            if !kafka && (p.then == Action::DeadLetter || p.retries > 0) {
+                return Err(self.invalid(
+                    &field,
+                    "`retry` and `dead-letter` need a `source: kafka`: use `fail` or `skip`",
+                ));
+            }
+        }
+        if policy.dead_letter_topic.as_deref() == Some("") {
+            return Err(self.invalid("error-policy.dead-letter-topic", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    fn check_table(
+        &self,
+        name: &str,
+        table: &TableOutputSpec,
+        schemes: &[&str],
+    ) -> Result<(), ConfigError> {
+        let kind = schemes[0].trim_end_matches("://");
+        let field = |f: &str| format!("outputs.{name}.{kind}.{f}");
+        if !schemes.iter().any(|s| table.url.starts_with(s)) {
+            return Err(self.invalid(
+                &field("url"),
+                format!("must start with {}", schemes.join(" or ")),
+            ));
+        }
+        if !is_identifier(&table.table, true) {
+            return Err(self.invalid(
+                &field("table"),
+                "must be a plain name (letters, digits, _), optionally `schema.table`",
+            ));
+        }
+        if table.columns.is_empty() {
+            return Err(self.invalid(&field("columns"), "list at least one column: `name: type`"));
+        }
+        if let Some(bad) = table.columns.keys().find(|c| !is_identifier(c, false)) {
+            return Err(self.invalid(
+                &field("columns"),
+                format!("`{bad}` is not a plain column name (letters, digits, _)"),
+            ));
+        }
+        if let Some(missing) = table.key.iter().find(|k| !table.columns.contains_key(*k)) {
+            return Err(self.invalid(
+                &field("key"),
+                format!("`{missing}` is not one of the columns"),
+            ));
+        }
+        if table.mode == TableMode::Upsert && table.key.is_empty() {
+            return Err(self.invalid(
+                &field("key"),
+                "`mode: upsert` needs the key columns (its conflict target)",
+            ));
+        }
+        // PostgreSQL and MySQL take at most 65535 bind parameters per statement.
+        if table.batch_size == 0 || table.batch_size * table.columns.len() > 65_535 {
+            return Err(self.invalid(
+                &field("batch-size"),
+                format!(
+                    "must be between 1 and {} for {} columns (65535 parameters per statement)",
+                    65_535 / table.columns.len(),
+                    table.columns.len()
+                ),
+            ));
+        }
+        if table.max_connections == 0 {
+            return Err(self.invalid(&field("max-connections"), "must be at least 1"));
+        }
+        if table.exactly_once {
+            if kind != "postgres" {
+                return Err(self.invalid(
+                    &field("exactly-once"),
+                    "is supported for PostgreSQL outputs only",
+                ));
+            }
+            if !is_identifier(&table.offsets_table, true) {
+                return Err(self.invalid(
+                    &field("offsets-table"),
+                    "must be a plain name, optionally `schema.table`",
+                ));
+            }
+            if self.outputs.values().filter(|o| o.is_remote()).count() > 1 {
+                return Err(self.invalid(
+                    &field("exactly-once"),
+                    "needs this table to be the pipeline's only Kafka or database output (one transaction holds the rows and the offsets)",
+                ));
+            }
+            if self.error_policy.sink_rejection != ClassPolicy::default() {
+                return Err(self.invalid(
+                    "error-policy.sink-rejection",
+                    "must be `fail` with an exactly-once output (a batch and its offsets commit together or not at all)",
+                ));
+            }
+            if self.error_policy.dead_letter_topic.is_some() {
+                return Err(self.invalid(
+                    &field("exactly-once"),
+                    "cannot be combined with dead letters (they go to Kafka, outside the transaction)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_kafka(&self, kafka: &KafkaSourceSpec) -> Result<(), ConfigError> {
+        if kafka.topics.is_empty() {
+            return Err(self.invalid("source.kafka.topics", "name at least one topic"));
+        }
+        if kafka.batch_size == 0 || kafka.batch_size > 65_536 {
+            return Err(self.invalid("source.kafka.batch-size", "must be between 1 and 65536"));
+        }
+        if kafka.partition_capacity < kafka.batch_size {
+            return Err(self.invalid(
+                "source.kafka.partition-capacity",
+                "must be at least batch-size",
+            ));
+        }
+        if kafka.drain_timeout_ms == 0 || kafka.commit_interval_ms == 0 {
+            return Err(self.invalid(
+                "source.kafka",
+                "drain-timeout-ms and commit-interval-ms must be positive",
+            ));
+        }
+        for key in kafka
+            .properties
+            .keys()
+            .chain(kafka.properties_from_env.keys())
+        {
+            if RESERVED_CONSUMER_PROPERTIES.contains(&key.as_str()) {
+                return Err(self.invalid(
+                    &format!("source.kafka.properties.{key}"),
+                    "is managed by Sluice (offsets are committed only for fully handled events): remove it",
+                ));
+            }
+        }
+        for key in self
+            .producer
+            .properties
+            .keys()
+            .chain(self.producer.properties_from_env.keys())
+        {
+            if RESERVED_PRODUCER_PROPERTIES.contains(&key.as_str()) {
+                return Err(self.invalid(
+                    &format!("producer.properties.{key}"),
+                    "is managed by Sluice (idempotent, acks=all): remove it",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A path from the spec, resolved against the spec's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() || path == Path::new("-") {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// Consumer properties Sluice sets itself: at-least-once depends on them.
+const RESERVED_CONSUMER_PROPERTIES: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+];
+
+/// Producer properties Sluice sets itself.
+const RESERVED_PRODUCER_PROPERTIES: &[&str] = &["enable.idempotence", "acks", "transactional.id"];
+
+/// Replaces `${VAR}` and `${VAR:-default}` in `text`; `$$` stands for `$`. Values may not contain
+/// newlines (they would change the YAML's structure and its line numbers).
+fn interpolate(
+    text: &str,
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let column = line.len() - rest.len() + at + 1;
+            let here = |message: String| ConfigError::BadInterpolation {
+                path: path.into(),
+                line: line_no + 1,
+                column,
+                message,
+            };
+            let after = &rest[at + 1..];
+            if let Some(tail) = after.strip_prefix('$') {
+                out.push('$');
+                rest = tail;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let end = body
+                    .find('}')
+                    .ok_or_else(|| here("`${` without a closing `}`".into()))?;
+                let expr = &body[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (expr, None),
+                };
+                let valid = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(here(format!(
+                        "`${{{expr}}}` is not a variable reference: use ${{NAME}} or ${{NAME:-default}}, and $$ for a literal $"
+                    )));
+                }
+                let value = match (env(name), default) {
+                    (Some(value), _) => value,
+                    (None, Some(default)) => default.to_owned(),
+                    (None, None) => {
+                        return Err(ConfigError::MissingVar {
+                            path: path.into(),
+                            line: line_no + 1,
+                            column,
+                            var: name.into(),
+                        });
+                    }
+                };
+                if value.contains('\n') || value.contains('\r') {
+                    return Err(here(format!(
+                        "environment variable `{name}` contains a newline, which a spec value cannot hold"
+                    )));
+                }
+                out.push_str(&value);
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = "\
+name: demo
+plugin:
+  path: ${PLUGIN_DIR:-lib}/libdemo.so
+  config:
+    min_fare: 5
+source:
+  file:
+    path: events.jsonl
+    key-field: id
+outputs:
+  out:
+    stdout: {}
+";
+
+    fn parse(text: &str) -> Result<PipelineSpec, ConfigError> {
+        PipelineSpec::parse(text, Path::new("/specs/p.yaml"), |name| match name {
+            "SECRET" => Some("s3cr$t".into()),
+            "MULTI" => Some("a\nb".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let spec = parse(SPEC).unwrap();
+        assert_eq!(
+            spec.resolve(&spec.plugin.path),
+            Path::new("/specs/lib/libdemo.so")
+        );
+        assert_eq!(spec.plugin.config["min_fare"], 5);
+        let SourceSpec::File(file) = &spec.source else {
+            panic!("file source")
+        };
+        assert_eq!(file.batch_size, 256);
+        assert_eq!(file.key_field.as_deref(), Some("id"));
+        assert_eq!(spec.error_policy.event_error.then, Action::Fail);
+    }
+
+    #[test]
+    fn ordering_defaults_to_partition_and_needs_a_kafka_source() {
+        assert_eq!(parse(SPEC).unwrap().ordering, Ordering::Partition);
+        let err = parse(&SPEC.replace("name: demo", "name: demo\nordering: key"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml: ordering: a file source runs one worker in file order: omit `ordering`"
+        );
+        let err = parse(&SPEC.replace("name: demo", "name: demo\nordering: keys"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown variant `keys`, expected one of `partition`, `key`, `none`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn table_outputs_are_checked_before_anything_connects() {
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: b\n    topics: [t]\n    group-id: g\n",
+        );
+        let with = |output: &str| {
+            parse(&kafka.replace("    stdout: {}\n", output))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let ok = "    postgres:\n      url: postgres://u@h/db\n      table: app.rides\n      columns: {id: bigint, city: text}\n      key: [id]\n      mode: upsert\n";
+        assert_eq!(with(ok), Ok(()));
+        assert_eq!(
+            with(&ok.replace("postgres://", "mysql://")),
+            Err("/specs/p.yaml: outputs.out.postgres.url: must start with postgres:// or postgresql://".into())
+        );
+        assert_eq!(
+            with(&ok.replace("app.rides", "rides; drop table x")),
+            Err("/specs/p.yaml: outputs.out.postgres.table: must be a plain name (letters, digits, _), optionally `schema.table`".into())
+        );
+        assert_eq!(
+            with(&ok.replace("key: [id]", "key: [ride]")),
+            Err("/specs/p.yaml: outputs.out.postgres.key: `ride` is not one of the columns".into())
+        );
+        assert_eq!(
+            with(&ok.replace("key: [id]", "key: []")),
+            Err("/specs/p.yaml: outputs.out.postgres.key: `mode: upsert` needs the key columns (its conflict target)".into())
+        );
+        assert_eq!(
+            with(&format!("{ok}      batch-size: 40000\n")),
+            Err("/specs/p.yaml: outputs.out.postgres.batch-size: must be between 1 and 32767 for 2 columns (65535 parameters per statement)".into())
+        );
+        let err = with("    mysql:\n      url: mysql://h/db\n      table: t\n      columns: {id: bigint}\n    stdout: {}\n").unwrap_err();
+        assert!(err.contains("set exactly one output kind"), "{err}");
+    }
+
+    #[test]
+    fn error_policies_parse_and_dead_letters_need_a_topic_and_kafka() {
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: b\n    topics: [t]\n    group-id: g\n",
+        );
+        let policy = "error-policy:\n  event-error: dead-letter\n  plugin-panic: {retry: 3, then: skip}\n  dead-letter-topic: dlq\n";
+        let spec = parse(&format!("{kafka}{policy}")).unwrap();
+        let p = &spec.error_policy;
+        assert_eq!(p.event_error.then, Action::DeadLetter);
+        assert_eq!(
+            p.plugin_panic,
+            ClassPolicy {
+                retries: 3,
+                backoff_ms: 100,
+                then: Action::Skip
+            }
+        );
+        assert_eq!(p.sink_rejection, ClassPolicy::default(), "fail by default");
+        let err = parse(&format!(
+            "{kafka}{}",
+            policy.replace("  dead-letter-topic: dlq\n", "")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml: error-policy.event-error: `dead-letter` needs `error-policy.dead-letter-topic: TOPIC`"
+        );
+        let err = parse(&format!("{SPEC}{policy}")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml: error-policy.event-error: `retry` and `dead-letter` need a `source: kafka`: use `fail` or `skip`"
+        );
+        let err = parse(&format!("{kafka}error-policy:\n  event-error: retry\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a policy: `fail`, `skip`, `dead-letter`, or `{retry: N"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_column() {
+        let err = parse(&SPEC.replace("key-field", "key-feild"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/specs/p.yaml:9:5: "), "{err}");
+        assert!(err.contains("unknown field `key-feild`"), "{err}");
+        assert!(!err.contains(" at line "), "{err}");
+    }
+
+    #[test]
+    fn interpolates_environment_and_escapes() {
+        let text = SPEC.replace("name: demo", "name: \"${SECRET}-$${HOME}\"");
+        assert_eq!(parse(&text).unwrap().name, "s3cr$t-${HOME}");
+    }
+
+    #[test]
+    fn missing_variable_names_it_and_its_place() {
+        let err = parse(&SPEC.replace("${PLUGIN_DIR:-lib}", "${PLUGIN_DIR}"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml:3:9: environment variable `PLUGIN_DIR` is not set: export it, or write `${PLUGIN_DIR:-default}`"
+        );
+    }
+
+    #[test]
+    fn rejects_newlines_and_malformed_references() {
+        let err = parse(&SPEC.replace("name: demo", "name: ${MULTI}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`MULTI` contains a newline"), "{err}");
+        let err = parse(&SPEC.replace("name: demo", "name: ${not valid}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/specs/p.yaml:1:7: `${not valid}` is not a variable reference"),
+            "{err}"
+        );
+        let err = parse(&SPEC.replace("name: demo", "name: ${OPEN"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without a closing"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_checks_name_the_field() {
+        let err = parse(&SPEC.replace("key-field: id", "batch-size: 0"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml: source.file.batch-size: must be between 1 and 65536"
+        );
+        let err = parse(&SPEC.replace("key-field: id", "key-field: id\n    format: lines"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.file: key-field and timestamp-field need `format: json-lines`"),
+            "{err}"
+        );
+        let err = parse(&SPEC.replace(
+            "  path: ${PLUGIN_DIR:-lib}/libdemo.so",
+            "  path: x.so\n  sha256: abc",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("plugin.sha256: must be 64 hex digits"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_admin_endpoint_is_checked_and_defaults_to_off_with_metrics_on() {
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: 127.0.0.1:9092\n    topics: [a]\n    group-id: g\n",
+        );
+        let spec = parse(&kafka).unwrap();
+        assert_eq!(
+            (
+                spec.admin.listen.as_deref(),
+                spec.admin.metrics,
+                spec.admin.lag_interval_ms
+            ),
+            (None, true, 1000)
+        );
+        let spec = parse(&format!(
+            "{kafka}admin:\n  listen: 0.0.0.0:9464\n  metrics: false\n"
+        ))
+        .unwrap();
+        assert_eq!(spec.admin.listen.as_deref(), Some("0.0.0.0:9464"));
+        assert!(!spec.admin.metrics);
+        let err = parse(&format!("{kafka}admin:\n  listen: localhost\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml: admin.listen: `localhost` is not `host:port` with an IP address: write e.g. 0.0.0.0:9464"
+        );
+        let err = parse(&format!("{SPEC}admin:\n  listen: 127.0.0.1:9464\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.listen: the admin endpoint serves a `source: kafka` pipeline"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kafka_source_defaults_and_reserved_properties() {
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: 127.0.0.1:9092\n    topics: [a]\n    group-id: g\n",
+        );
+        let spec = parse(&kafka).unwrap();
+        let SourceSpec::Kafka(k) = &spec.source else {
+            panic!("kafka source")
+        };
+        assert_eq!(
+            (
+                k.partition_capacity,
+                k.batch_size,
+                k.commit_interval_ms,
+                k.drain_timeout_ms
+            ),
+            (32_768, 256, 1000, 25_000)
+        );
+        let err = parse(&kafka.replace(
+            "group-id: g\n",
+            "group-id: g\n    properties: {enable.auto.commit: \"true\"}\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("source.kafka.properties.enable.auto.commit: is managed by Sluice"),
+            "{err}"
+        );
+        let err = parse(&SPEC.replace("    stdout: {}", "    kafka: {topic: t}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("outputs.out: kafka and database outputs need a `source: kafka`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_source_kind_is_rejected() {
+        let err = parse(&SPEC.replace(
+            "  file:\n    path: events.jsonl",
+            "  kafkaa:\n    path: events.jsonl",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("/specs/p.yaml:7:3: source: unknown field `kafkaa`, expected `file`"),
+            "{err}"
+        );
+        let err = parse(&SPEC.replace("    stdout: {}", "    stdout: {}\n    file: {path: x}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("outputs: set exactly one output kind"),
+            "{err}"
+        );
+    }
+}
