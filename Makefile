@@ -61,6 +61,11 @@ demo: build
 	@$(SLUICE) run -f plugins/c-mask/pipeline.yaml
 	@echo; echo "==== and on Kafka: a real broker, the reference client, offsets committed after delivery"
 	@./scripts/demo-kafka.sh
+	@echo; echo "==== and on Kubernetes: the Deployment the operator applies for deploy/examples/streampipeline.yaml (sluice render)"
+	@$(SLUICE) render -f deploy/examples/streampipeline.yaml | sed -n '/^kind: Deployment/,/^---/p' | grep -E 'kind:|replicas:|priorityClassName|capacity-type|cpu:'
+	@echo; echo "== a week of diurnal load: HPA vs fixed pods + VPA vs the operator's policy (sluice capacity simulate)"
+	@$(SLUICE) capacity simulate deploy/capacity/diurnal-7d.csv --plot target/capacity.svg
+	@echo "(plot: target/capacity.svg; the model and the results: deploy/capacity/README.md)"
 
 ## test: lint, the alert rules (promtool), then every test (unit, plugin end-to-end, Kafka,
 ## databases, faults).
