@@ -1258,6 +1258,45 @@ mod tests {
         body
     }
 
+    /// The six children applied in order; their bodies.
+    async fn expect_children(server: &mut ApiServer) -> Vec<Value> {
+        let mut applied = Vec::new();
+        for path in [
+            format!("/api/v1{NS}/configmaps/bookings-enrich"),
+            format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
+            format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
+            format!("/apis/policy/v1{NS}/poddisruptionbudgets/bookings-enrich"),
+            format!("/api/v1{NS}/services/bookings-enrich-metrics"),
+            format!("/apis/networking.k8s.io/v1{NS}/networkpolicies/bookings-enrich"),
+        ] {
+            applied.push(expect(server, "PATCH", &path, 200, None).await);
+        }
+        applied
+    }
+
+    /// A reconcile's reads, in order: the Deployment, the VPA, the pods' metrics.
+    async fn expect_reads(
+        server: &mut ApiServer,
+        deployment: (u16, Option<Value>),
+        vpa: (u16, Option<Value>),
+        metrics: (u16, Option<Value>),
+    ) {
+        let reads = [
+            (
+                format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
+                deployment,
+            ),
+            (
+                format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
+                vpa,
+            ),
+            (format!("/apis/metrics.k8s.io/v1beta1{NS}/pods"), metrics),
+        ];
+        for (path, (status, reply)) in reads {
+            expect(server, "GET", &path, status, reply).await;
+        }
+    }
+
     fn not_found() -> Option<Value> {
         Some(
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
@@ -1293,41 +1332,14 @@ mod tests {
             Arc::new(sp.clone()),
             context(client.clone(), NOW),
         ));
-        expect(
+        expect_reads(
             &mut server,
-            "GET",
-            &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
-            404,
-            not_found(),
+            (404, not_found()),
+            (404, not_found()),
+            (404, not_found()),
         )
         .await;
-        expect(
-            &mut server,
-            "GET",
-            &format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
-            404,
-            not_found(),
-        )
-        .await;
-        expect(
-            &mut server,
-            "GET",
-            &format!("/apis/metrics.k8s.io/v1beta1{NS}/pods"),
-            404,
-            not_found(),
-        )
-        .await;
-        let mut applied = Vec::new();
-        for path in [
-            format!("/api/v1{NS}/configmaps/bookings-enrich"),
-            format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
-            format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
-            format!("/apis/policy/v1{NS}/poddisruptionbudgets/bookings-enrich"),
-            format!("/api/v1{NS}/services/bookings-enrich-metrics"),
-            format!("/apis/networking.k8s.io/v1{NS}/networkpolicies/bookings-enrich"),
-        ] {
-            applied.push(expect(&mut server, "PATCH", &path, 200, None).await);
-        }
+        let applied = expect_children(&mut server).await;
         assert_eq!(applied[1]["spec"]["replicas"], 2);
         assert!(
             applied
@@ -1380,28 +1392,11 @@ mod tests {
             Arc::new(written.clone()),
             context(client.clone(), NOW + 60),
         ));
-        expect(
+        expect_reads(
             &mut server,
-            "GET",
-            &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
-            200,
-            Some(deployment.clone()),
-        )
-        .await;
-        expect(
-            &mut server,
-            "GET",
-            &format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
-            200,
-            Some(vpa("4", "5")),
-        )
-        .await;
-        expect(
-            &mut server,
-            "GET",
-            &format!("/apis/metrics.k8s.io/v1beta1{NS}/pods"),
-            200,
-            Some(busy.clone()),
+            (200, Some(deployment.clone())),
+            (200, Some(vpa("4", "5"))),
+            (200, Some(busy.clone())),
         )
         .await;
         let status = expect(
@@ -1431,55 +1426,15 @@ mod tests {
             Arc::new(written.clone()),
             context(client.clone(), NOW + 60 + 300),
         ));
-        expect(
+        expect_reads(
             &mut server,
-            "GET",
-            &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
-            200,
-            Some(deployment),
+            (200, Some(deployment)),
+            (200, Some(vpa("4", "5"))),
+            (200, Some(busy.clone())),
         )
         .await;
-        expect(
-            &mut server,
-            "GET",
-            &format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
-            200,
-            Some(vpa("4", "5")),
-        )
-        .await;
-        expect(
-            &mut server,
-            "GET",
-            &format!("/apis/metrics.k8s.io/v1beta1{NS}/pods"),
-            200,
-            Some(busy.clone()),
-        )
-        .await;
-        expect(
-            &mut server,
-            "PATCH",
-            &format!("/api/v1{NS}/configmaps/bookings-enrich"),
-            200,
-            None,
-        )
-        .await;
-        let d = expect(
-            &mut server,
-            "PATCH",
-            &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
-            200,
-            None,
-        )
-        .await;
-        assert_eq!(d["spec"]["replicas"], 3);
-        for path in [
-            format!("/apis/autoscaling.k8s.io/v1{NS}/verticalpodautoscalers/bookings-enrich"),
-            format!("/apis/policy/v1{NS}/poddisruptionbudgets/bookings-enrich"),
-            format!("/api/v1{NS}/services/bookings-enrich-metrics"),
-            format!("/apis/networking.k8s.io/v1{NS}/networkpolicies/bookings-enrich"),
-        ] {
-            expect(&mut server, "PATCH", &path, 200, None).await;
-        }
+        let applied = expect_children(&mut server).await;
+        assert_eq!(applied[1]["spec"]["replicas"], 3);
         let status = expect(
             &mut server,
             "PATCH",
