@@ -23,7 +23,18 @@ use sluice_vpa::manifests::Placement;
 use sluice_vpa::policy::PolicyConfig;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    // One line on failure (what failed and its root cause), exit 1.
+    if let Err(e) = run().await {
+        match e.chain().nth(1) {
+            Some(_) => eprintln!("sluice-vpa: error: {e}: {}", e.root_cause()),
+            None => eprintln!("sluice-vpa: error: {e}"),
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -44,9 +55,18 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("no Kubernetes API: run in a pod with a service account, or set KUBECONFIG")?;
     let pipelines = Api::<StreamPipeline>::all(client.clone());
-    pipelines.list(&ListParams::default().limit(1)).await.context(
-        "cannot list streampipelines.sluice.dev: apply deploy/crd/ and the operator's RBAC (deploy/operator/)",
-    )?;
+    if let Err(e) = pipelines.list(&ListParams::default().limit(1)).await {
+        let what = match &e {
+            kube::Error::Api(status) if status.code == 404 => {
+                "the StreamPipeline CRD is not installed: apply deploy/crd/"
+            }
+            kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
+                "not allowed to list streampipelines.sluice.dev: apply the operator's RBAC (deploy/operator/)"
+            }
+            _ => "cannot reach the Kubernetes API",
+        };
+        return Err(anyhow::Error::new(e).context(what));
+    }
     let placement = placement(&client, &namespace).await?;
 
     let ready = Arc::new(AtomicBool::new(false));
