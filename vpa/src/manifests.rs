@@ -22,6 +22,9 @@ pub struct Placement {
     pub spot: Value,
     /// The toleration spot nodes need, if they are tainted.
     pub spot_toleration: Option<Value>,
+    /// How long a spot node's interruption notice is (s): a `tolerant` pod's drain and grace
+    /// period are capped to fit in it.
+    pub interruption_notice_s: Option<u64>,
 }
 
 impl Placement {
@@ -31,6 +34,7 @@ impl Placement {
             on_demand: json!({"key": "sluice.dev/capacity-type", "operator": "In", "values": ["on-demand"]}),
             spot: json!({"key": "sluice.dev/capacity-type", "operator": "In", "values": ["spot"]}),
             spot_toleration: None,
+            interruption_notice_s: None,
         }
     }
 }
@@ -52,6 +56,14 @@ impl Placement {
             on_demand: field("on-demand-selector")?.ok_or("data.on-demand-selector: missing")?,
             spot: field("spot-selector")?.ok_or("data.spot-selector: missing")?,
             spot_toleration: field("spot-toleration")?,
+            interruption_notice_s: match field("interruption-notice-seconds")? {
+                None => None,
+                Some(n) => Some(
+                    n.as_u64()
+                        .filter(|n| *n > 5)
+                        .ok_or("data.interruption-notice-seconds: must be whole seconds above 5")?,
+                ),
+            },
         })
     }
 }
@@ -165,8 +177,26 @@ impl Children {
     }
 }
 
-/// The pipeline spec the runtime reads: `spec.pipeline` plus what the resource's own fields say.
-pub fn pipeline_yaml(sp: &StreamPipeline) -> String {
+/// Seconds a pod keeps after its drain for the final commit and exit.
+const EXIT_MARGIN_S: u64 = 5;
+
+/// The drain timeout (ms) and termination grace period (s) of `sp`'s pods: the drain plus a
+/// margin, except that a `tolerant` pod on spot nodes with a known interruption notice gets at
+/// most the notice, its drain shortened to fit (the node goes away at the end of it anyway).
+pub fn drain_and_grace(sp: &StreamPipeline, placement: &Placement) -> (u64, u64) {
+    let drain_ms = sp.spec.drain_timeout_ms;
+    let wanted_s = drain_ms.div_ceil(1000) + 2 * EXIT_MARGIN_S;
+    match (sp.spec.tier, placement.interruption_notice_s) {
+        (Tier::Tolerant, Some(notice)) if wanted_s > notice => {
+            (drain_ms.min((notice - EXIT_MARGIN_S) * 1000), notice)
+        }
+        _ => (drain_ms, wanted_s),
+    }
+}
+
+/// The pipeline spec the runtime reads: `spec.pipeline` plus what the resource's own fields say
+/// (the drain timeout as `drain_and_grace` gives it).
+pub fn pipeline_yaml(sp: &StreamPipeline, drain_ms: u64) -> String {
     let name = sp.metadata.name.clone().unwrap_or_default();
     let mut spec = match &sp.spec.pipeline {
         Value::Object(m) => m.clone(),
@@ -187,7 +217,7 @@ pub fn pipeline_yaml(sp: &StreamPipeline) -> String {
             "bootstrap-servers": "${KAFKA_BOOTSTRAP_SERVERS}",
             "topics": sp.spec.kafka.topics,
             "group-id": sp.spec.kafka.group,
-            "drain-timeout-ms": sp.spec.drain_timeout_ms,
+            "drain-timeout-ms": drain_ms,
         }}),
     );
     spec.insert(
@@ -201,7 +231,7 @@ pub fn pipeline_yaml(sp: &StreamPipeline) -> String {
 /// checks, `sluice-spec`), with the environment the pod gets: the bootstrap servers from the
 /// Secret (stood in here) and nothing else. The error names the field under `spec.pipeline`.
 pub fn check_pipeline(sp: &StreamPipeline) -> Result<(), String> {
-    let text = pipeline_yaml(sp);
+    let text = pipeline_yaml(sp, sp.spec.drain_timeout_ms);
     let env = |name: &str| match name {
         "KAFKA_BOOTSTRAP_SERVERS" => Some("kafka.invalid:9092".to_owned()),
         "SLUICE_LOG_FORMAT" => Some("json".to_owned()),
@@ -250,12 +280,14 @@ pub fn children_sized(
         |kind_name: &str| json!({"name": kind_name, "namespace": namespace, "labels": labels});
     let res = &sp.spec.resources;
     let replicas = if sp.spec.suspend { 0 } else { replicas };
+    // The drain runs within the grace period, with a margin for the final commit and exit.
+    let (drain_ms, grace_s) = drain_and_grace(sp, placement);
 
     let config_map = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta(&name),
-        "data": {"pipeline.yaml": pipeline_yaml(sp)},
+        "data": {"pipeline.yaml": pipeline_yaml(sp, drain_ms)},
     });
 
     let affinity = match sp.spec.tier {
@@ -275,8 +307,6 @@ pub fn children_sized(
     let probe = |path: &str, period: u32| json!({"httpGet": {"path": path, "port": "admin"}, "periodSeconds": period, "failureThreshold": 3});
     let cpu = at_least_cpus(&requests.cpu, res.min_cpus);
     let cpu_limit = millis_quantity(cpu_millis(&cpu).unwrap_or(1000) * CPU_BURST);
-    // The drain runs within the grace period, with a margin for the final commit and exit.
-    let grace_s = sp.spec.drain_timeout_ms.div_ceil(1000) + 10;
     let mut deployment_meta = meta(&name);
     deployment_meta["annotations"] = json!({
         "checkov.io/skip1": "CKV_K8S_35=the bootstrap servers reach the runtime's ${VAR} interpolation through the environment; credentials belong in producer/consumer properties-from-env",
@@ -521,6 +551,51 @@ mod tests {
     }
 
     #[test]
+    fn a_spot_pods_drain_fits_the_interruption_notice() {
+        let gke = Placement {
+            interruption_notice_s: Some(30),
+            ..Placement::neutral()
+        };
+        let mut sp = example(); // tolerant
+        let grace = |sp: &StreamPipeline, p: &Placement| {
+            let c = children(sp, 4, p);
+            let yaml = c.config_map["data"]["pipeline.yaml"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let spec: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+            (
+                spec["source"]["kafka"]["drain-timeout-ms"]
+                    .as_u64()
+                    .unwrap(),
+                c.deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+                    .as_u64()
+                    .unwrap(),
+            )
+        };
+        // 25 s + 10 s would outlast a 30 s notice: the grace is the notice, the drain fits.
+        assert_eq!(grace(&sp, &gke), (25_000, 30));
+        sp.spec.drain_timeout_ms = 60_000;
+        assert_eq!(grace(&sp, &gke), (25_000, 30));
+        // AWS gives 120 s: it fits as asked.
+        let eks = Placement {
+            interruption_notice_s: Some(120),
+            ..Placement::neutral()
+        };
+        assert_eq!(grace(&sp, &eks), (60_000, 70));
+        // On-demand tiers are not interrupted that way.
+        sp.spec.tier = Tier::Critical;
+        assert_eq!(grace(&sp, &gke), (60_000, 70));
+        // A bad notice in the ConfigMap is refused, naming the key.
+        let bad = json!({"data": {"on-demand-selector": "{}", "spot-selector": "{}", "interruption-notice-seconds": "soon"}});
+        assert!(
+            Placement::from_config_map(&bad)
+                .unwrap_err()
+                .starts_with("data.interruption-notice-seconds")
+        );
+    }
+
+    #[test]
     fn the_vpa_recommends_only_when_the_operator_applies() {
         let mut sp = example();
         let mode = |sp: &StreamPipeline| {
@@ -544,7 +619,7 @@ mod tests {
 
     #[test]
     fn the_config_map_holds_a_pipeline_spec_the_runtime_accepts_in_shape() {
-        let yaml = pipeline_yaml(&example());
+        let yaml = pipeline_yaml(&example(), 25_000);
         let spec: Value = serde_yaml_ng::from_str(&yaml).unwrap();
         assert_eq!(spec["name"], "bookings-enrich");
         assert_eq!(spec["source"]["kafka"]["group-id"], "bookings-enrich");
