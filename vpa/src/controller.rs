@@ -450,6 +450,21 @@ pub fn plan(
     }
 }
 
+/// `old` with `Degraded/ApplyRefused` saying what the API server refused.
+fn refused(old: StreamPipelineStatus, message: String, now: u64) -> StreamPipelineStatus {
+    let mut status = old.clone();
+    set_condition(
+        &mut status.conditions,
+        &old.conditions,
+        "Degraded",
+        true,
+        "ApplyRefused",
+        message,
+        now,
+    );
+    status
+}
+
 /// The replica bounds and the caps a valid spec gives.
 #[derive(Debug, Clone, Copy)]
 struct Bounds {
@@ -690,21 +705,50 @@ pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Req
     );
 
     let params = PatchParams::apply(MANAGER).force();
+    let write_status = |status: StreamPipelineStatus| {
+        let client = client.clone();
+        let (namespace, name, params) = (namespace.clone(), name.clone(), params.clone());
+        async move {
+            let status = json!({
+                "apiVersion": "sluice.dev/v1alpha1",
+                "kind": "StreamPipeline",
+                "status": status,
+            });
+            Api::<StreamPipeline>::namespaced(client, &namespace)
+                .patch_status(&name, &params, &Patch::Apply(&status))
+                .await
+                .map(|_| ())
+        }
+    };
     for child in &plan.apply {
         let child_name = child["metadata"]["name"].as_str().unwrap_or(&name);
-        Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &child_resource(child))
-            .patch(child_name, &params, &Patch::Apply(child))
-            .await?;
+        let applied = Api::<DynamicObject>::namespaced_with(
+            client.clone(),
+            &namespace,
+            &child_resource(child),
+        )
+        .patch(child_name, &params, &Patch::Apply(child))
+        .await;
+        if let Err(e) = applied {
+            // Refused (an admission webhook, a quota, a schema): say so in the status; the
+            // policy's state does not advance. Conflicts and throttling are just retried.
+            if let kube::Error::Api(status) = &e
+                && (400..500).contains(&status.code)
+                && status.code != 409
+                && status.code != 429
+            {
+                let kind = child["kind"].as_str().unwrap_or("object");
+                let message = format!("{kind} {child_name}: {}", status.message);
+                let refused = refused(sp.status.clone().unwrap_or_default(), message, now);
+                if sp.status.as_ref() != Some(&refused) {
+                    write_status(refused).await?;
+                }
+            }
+            return Err(e.into());
+        }
     }
     if sp.status.as_ref() != Some(&plan.status) {
-        let status = json!({
-            "apiVersion": "sluice.dev/v1alpha1",
-            "kind": "StreamPipeline",
-            "status": plan.status,
-        });
-        Api::<StreamPipeline>::namespaced(client, &namespace)
-            .patch_status(&name, &params, &Patch::Apply(&status))
-            .await?;
+        write_status(plan.status).await?;
     }
     let reference = sp.object_ref(&());
     for (warning, reason, note) in plan.events {
@@ -1460,7 +1504,10 @@ mod tests {
         no_more_requests(&mut server).await;
 
         // 4. The API server failing: the reconcile fails (and is retried by the error policy).
-        let task = tokio::spawn(reconcile(Arc::new(written), context(client, NOW + 1000)));
+        let task = tokio::spawn(reconcile(
+            Arc::new(written.clone()),
+            context(client.clone(), NOW + 1000),
+        ));
         expect(&mut server, "GET", &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"), 500,
             Some(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcdserver: request timed out"}))).await;
         let error = task.await.unwrap().unwrap_err();
@@ -1468,6 +1515,61 @@ mod tests {
             error.to_string().contains("etcdserver: request timed out"),
             "{error}"
         );
+        no_more_requests(&mut server).await;
+
+        // 5. An apply refused (an admission webhook): the rest is not applied, the status says
+        //    Degraded/ApplyRefused naming the object, the reconcile fails (and is retried).
+        written.metadata.generation = Some(2);
+        let task = tokio::spawn(reconcile(Arc::new(written), context(client, NOW + 2000)));
+        expect_reads(
+            &mut server,
+            (404, not_found()),
+            (404, not_found()),
+            (404, not_found()),
+        )
+        .await;
+        expect(
+            &mut server,
+            "PATCH",
+            &format!("/api/v1{NS}/configmaps/bookings-enrich"),
+            200,
+            None,
+        )
+        .await;
+        expect(&mut server, "PATCH", &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"), 422,
+            Some(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
+                "message": "admission webhook \"policy.example.com\" denied the request: images must come from registry.internal"}))).await;
+        let status = expect(
+            &mut server,
+            "PATCH",
+            &format!("/apis/sluice.dev/v1alpha1{NS}/streampipelines/bookings-enrich/status"),
+            200,
+            Some(serde_json::to_value(&sp).unwrap()),
+        )
+        .await;
+        let degraded = status["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Degraded")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (degraded["status"].as_str(), degraded["reason"].as_str()),
+            (Some("True"), Some("ApplyRefused"))
+        );
+        assert!(
+            degraded["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Deployment bookings-enrich: admission webhook"),
+            "{degraded}"
+        );
+        assert_eq!(
+            status["status"]["replicas"], 2,
+            "the policy's view did not advance"
+        );
+        assert!(task.await.unwrap().is_err());
         no_more_requests(&mut server).await;
         the_operator_rbac_grants(&server.calls);
     }
