@@ -1,6 +1,7 @@
 //! The plugin ABI end to end: real libraries opened with dlopen, the real `sluice` binary, real
 //! files. Covers every refusal the host makes, panic containment, a plugin written in C, every
-//! example spec in the repository, and `sluice plugin new`.
+//! example spec in the repository, `sluice plugin new`, and the Kubernetes side's binaries
+//! (`sluice render`, `sluice capacity`, the `sluice-vpa` operator against a stand-in API server).
 
 use std::path::Path;
 
@@ -1024,4 +1025,176 @@ fn capacity_simulate_reports_the_three_strategies_and_plots_them() {
             bad.display()
         )
     );
+}
+
+/// The real `sluice-vpa` binary against a stand-in API server (no Kubernetes API server can run
+/// here; `support/fake_apiserver.py` answers over real HTTP from fixtures): it reads the
+/// provider placement an overlay installs, lists and watches StreamPipelines and its
+/// Deployments, reconciles the example into its six children by forced server-side apply with
+/// GKE's spot placement, writes the status, serves its probes, and stops on SIGTERM.
+#[test]
+fn the_operator_binary_reconciles_against_an_api_server() {
+    use serde::Deserialize;
+    use sluice_tests::{Running, free_port, http_get, wait_until, workspace_binary};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline: serde_json::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root().join("deploy/examples/streampipeline.yaml")).unwrap(),
+    )
+    .unwrap();
+    pipeline["metadata"]["uid"] = json!("0c6f1e1a-0000-4000-8000-00000000cafe");
+    pipeline["metadata"]["generation"] = json!(1);
+    pipeline["metadata"]["resourceVersion"] = json!("42");
+    // The placement ConfigMap exactly as the GKE overlay builds it.
+    let overlay = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(root().join("deploy/overlays/gke"))
+        .output()
+        .expect("kubectl is installed by `make deps`");
+    assert!(overlay.status.success());
+    let placement = serde_yaml_ng::Deserializer::from_slice(&overlay.stdout)
+        .map(|doc| serde_json::Value::deserialize(doc).unwrap())
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "sluice-placement")
+        .unwrap();
+    let fixtures = dir.path().join("fixtures.json");
+    std::fs::write(
+        &fixtures,
+        json!({"pipeline": pipeline, "placement": placement}).to_string(),
+    )
+    .unwrap();
+
+    let (port_file, requests) = (dir.path().join("port"), dir.path().join("requests.jsonl"));
+    let api = Running {
+        child: std::process::Command::new("python3")
+            .arg(root().join("tests/support/fake_apiserver.py"))
+            .args([&port_file, &requests, &fixtures])
+            .spawn()
+            .unwrap(),
+        log: dir.path().join("none"),
+    };
+    wait_until("the API server", Duration::from_secs(10), || {
+        port_file.exists()
+    });
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u, namespace: default}}}}]\ncurrent-context: c\nusers: [{{name: u, user: {{token: t}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let probes = free_port();
+    let log = dir.path().join("operator.log");
+    let operator = Running {
+        child: std::process::Command::new(workspace_binary("sluice-vpa"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("SLUICE_VPA_LISTEN", format!("127.0.0.1:{probes}"))
+            .env("POD_NAMESPACE", "sluice-system")
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(std::fs::File::create(dir.path().join("operator.out")).unwrap())
+            .spawn()
+            .unwrap(),
+        log: log.clone(),
+    };
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&requests)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let status_path =
+        "/apis/sluice.dev/v1alpha1/namespaces/pipelines/streampipelines/bookings-enrich/status";
+    wait_until("the status written", Duration::from_secs(60), || {
+        read().iter().any(|r| r["path"] == status_path)
+    });
+    assert_eq!(http_get(probes, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(probes, "/readyz").map(|r| r.0), Some(200));
+    let (code, stderr) = operator.stop();
+    drop(api);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let all = read();
+    let calls: Vec<String> = all
+        .iter()
+        .filter(|r| r["query"]["watch"] != json!(["true"]))
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap(),
+                r["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let at = |call: &str| {
+        calls
+            .iter()
+            .position(|c| c == call)
+            .unwrap_or_else(|| panic!("no {call} in {calls:#?}"))
+    };
+    // Start-up: the CRD is there, then the provider placement.
+    assert!(
+        at("GET /apis/sluice.dev/v1alpha1/streampipelines")
+            < at("GET /api/v1/namespaces/sluice-system/configmaps/sluice-placement")
+    );
+    // One reconcile, in order: reads, then the six children, then the status.
+    let ns = "/namespaces/pipelines";
+    let order = [
+        format!("GET /apis/apps/v1{ns}/deployments/bookings-enrich"),
+        format!("GET /apis/autoscaling.k8s.io/v1{ns}/verticalpodautoscalers/bookings-enrich"),
+        format!("GET /apis/metrics.k8s.io/v1beta1{ns}/pods"),
+        format!("PATCH /api/v1{ns}/configmaps/bookings-enrich"),
+        format!("PATCH /apis/apps/v1{ns}/deployments/bookings-enrich"),
+        format!("PATCH /apis/autoscaling.k8s.io/v1{ns}/verticalpodautoscalers/bookings-enrich"),
+        format!("PATCH /apis/policy/v1{ns}/poddisruptionbudgets/bookings-enrich"),
+        format!("PATCH /api/v1{ns}/services/bookings-enrich-metrics"),
+        format!("PATCH /apis/networking.k8s.io/v1{ns}/networkpolicies/bookings-enrich"),
+        format!("PATCH {status_path}"),
+    ];
+    let first = at(&order[0]);
+    assert_eq!(
+        calls[first..first + order.len()],
+        order,
+        "one reconcile's requests"
+    );
+    // Its own Deployments only.
+    let watched = all
+        .iter()
+        .find(|r| r["path"] == "/apis/apps/v1/deployments")
+        .unwrap();
+    assert_eq!(
+        watched["query"]["labelSelector"],
+        json!(["app.kubernetes.io/managed-by=sluice-vpa"])
+    );
+    for r in all.iter().filter(|r| r["method"] == "PATCH") {
+        assert_eq!(r["query"]["fieldManager"], json!(["sluice-vpa"]));
+        assert_eq!(r["query"]["force"], json!(["true"]));
+        assert_eq!(r["content_type"], "application/apply-patch+yaml");
+    }
+    let body = |path: &str| {
+        all.iter()
+            .find(|r| r["method"] == "PATCH" && r["path"] == path)
+            .unwrap()["body"]
+            .clone()
+    };
+    let deployment = body(&format!("/apis/apps/v1{ns}/deployments/bookings-enrich"));
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["uid"],
+        "0c6f1e1a-0000-4000-8000-00000000cafe"
+    );
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    // Tolerant on GKE: spot nodes, their toleration, the 30 s notice as the grace period.
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["key"],
+        "cloud.google.com/gke-spot"
+    );
+    assert_eq!(pod["tolerations"][0]["key"], "cloud.google.com/gke-spot");
+    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    let status = body(status_path);
+    assert_eq!(status["status"]["observedGeneration"], 1);
+    assert_eq!(status["status"]["partitionsPerReplica"], 6);
 }

@@ -142,6 +142,12 @@ impl Run {
     }
 }
 
+/// A binary of the workspace (`sluice`, `sluice-vpa`), built.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    build();
+    profile_dir().join(name)
+}
+
 /// Runs the `sluice` binary with `args` in `cwd`, with `stdin` as input.
 pub fn sluice(args: &[&str], cwd: &Path, stdin: &str) -> Run {
     sluice_env(args, cwd, stdin, &[])
