@@ -918,39 +918,28 @@ fn render_prints_the_operators_objects_for_a_tier_and_provider() {
         run.stdout
     );
 
+    // A broken manifest: exit 1, one line naming the file and the field.
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        std::fs::read_to_string(&example)
-            .unwrap()
-            .replace("replicas: {min: 2, max: 6}", "replicas: {fixed: 5}"),
-    )
-    .unwrap();
-    let run = sluice(&["render", "-f", bad.to_str().unwrap()], dir.path(), "");
-    assert_eq!(run.code, Some(1));
-    assert_eq!(
-        run.error_line(),
-        format!(
-            "error: {}: spec.replicas: no replica count in [5, 5] divides spec.kafka.partitions (12): widen the range or change the partitions",
-            bad.display()
-        )
+    let refused = |from: &str, to: &str, error: &str| {
+        let text = std::fs::read_to_string(&example).unwrap().replace(from, to);
+        std::fs::write(&bad, text).unwrap();
+        let run = sluice(&["render", "-f", bad.to_str().unwrap()], dir.path(), "");
+        assert_eq!(run.code, Some(1));
+        assert_eq!(
+            run.error_line(),
+            format!("error: {}: {error}", bad.display())
+        );
+    };
+    refused(
+        "replicas: {min: 2, max: 6}",
+        "replicas: {fixed: 5}",
+        "spec.replicas: no replica count in [5, 5] divides spec.kafka.partitions (12): widen the range or change the partitions",
     );
     // spec.pipeline is checked by the runtime's own spec parser.
-    std::fs::write(
-        &bad,
-        std::fs::read_to_string(&example)
-            .unwrap()
-            .replace("  tier: tolerant", "    ordering: random\n  tier: tolerant"),
-    )
-    .unwrap();
-    let run = sluice(&["render", "-f", bad.to_str().unwrap()], dir.path(), "");
-    assert_eq!(run.code, Some(1));
-    assert_eq!(
-        run.error_line(),
-        format!(
-            "error: {}: spec.pipeline: ordering: unknown variant `random`, expected one of `partition`, `key`, `none`",
-            bad.display()
-        )
+    refused(
+        "  tier: tolerant",
+        "    ordering: random\n  tier: tolerant",
+        "spec.pipeline: ordering: unknown variant `random`, expected one of `partition`, `key`, `none`",
     );
 }
 

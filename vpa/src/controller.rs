@@ -1341,6 +1341,30 @@ mod tests {
         }
     }
 
+    /// The status apply; the body sent (the pipeline is echoed back).
+    async fn expect_status(server: &mut ApiServer, sp: &StreamPipeline) -> Value {
+        let path = format!("/apis/sluice.dev/v1alpha1{NS}/streampipelines/bookings-enrich/status");
+        expect(
+            server,
+            "PATCH",
+            &path,
+            200,
+            Some(serde_json::to_value(sp).unwrap()),
+        )
+        .await
+    }
+
+    /// A condition of a status apply's body.
+    fn condition_in(status: &Value, type_: &str) -> Value {
+        status["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap()
+            .clone()
+    }
+
     fn not_found() -> Option<Value> {
         Some(
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
@@ -1392,14 +1416,7 @@ mod tests {
                     == "6f1c2a9e-0000-4000-8000-000000000001")
         );
         let mut written = sp.clone();
-        let status = expect(
-            &mut server,
-            "PATCH",
-            &format!("/apis/sluice.dev/v1alpha1{NS}/streampipelines/bookings-enrich/status"),
-            200,
-            Some(serde_json::to_value(&sp).unwrap()),
-        )
-        .await;
+        let status = expect_status(&mut server, &sp).await;
         assert_eq!(
             (status["apiVersion"].as_str(), status["kind"].as_str()),
             (Some("sluice.dev/v1alpha1"), Some("StreamPipeline"))
@@ -1443,21 +1460,8 @@ mod tests {
             (200, Some(busy.clone())),
         )
         .await;
-        let status = expect(
-            &mut server,
-            "PATCH",
-            &format!("/apis/sluice.dev/v1alpha1{NS}/streampipelines/bookings-enrich/status"),
-            200,
-            Some(serde_json::to_value(&sp).unwrap()),
-        )
-        .await;
-        let ready = status["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .unwrap()
-            .clone();
+        let status = expect_status(&mut server, &sp).await;
+        let ready = condition_in(&status, "Ready");
         assert_eq!(ready["status"], "True");
         assert_eq!(status["status"]["policy"]["reason"], "PressureBuilding");
         task.await.unwrap().unwrap();
@@ -1479,14 +1483,7 @@ mod tests {
         .await;
         let applied = expect_children(&mut server).await;
         assert_eq!(applied[1]["spec"]["replicas"], 3);
-        let status = expect(
-            &mut server,
-            "PATCH",
-            &format!("/apis/sluice.dev/v1alpha1{NS}/streampipelines/bookings-enrich/status"),
-            200,
-            Some(serde_json::to_value(&sp).unwrap()),
-        )
-        .await;
+        let status = expect_status(&mut server, &sp).await;
         assert_eq!(status["status"]["partitionsPerReplica"], 4);
         let event = expect(
             &mut server,
@@ -1539,21 +1536,8 @@ mod tests {
         expect(&mut server, "PATCH", &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"), 422,
             Some(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
                 "message": "admission webhook \"policy.example.com\" denied the request: images must come from registry.internal"}))).await;
-        let status = expect(
-            &mut server,
-            "PATCH",
-            &format!("/apis/sluice.dev/v1alpha1{NS}/streampipelines/bookings-enrich/status"),
-            200,
-            Some(serde_json::to_value(&sp).unwrap()),
-        )
-        .await;
-        let degraded = status["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Degraded")
-            .unwrap()
-            .clone();
+        let status = expect_status(&mut server, &sp).await;
+        let degraded = condition_in(&status, "Degraded");
         assert_eq!(
             (degraded["status"].as_str(), degraded["reason"].as_str()),
             (Some("True"), Some("ApplyRefused"))
