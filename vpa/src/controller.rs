@@ -276,7 +276,13 @@ pub fn plan(
         _ => initial.clone(),
     };
     let state = policy_state(&old.policy);
-    let current = deployment.map_or(bounds.initial, |d| d.replicas);
+    // The operator owns the replica count: once it applied one, that is the current count (a
+    // hand-scaled Deployment is put back below); before, what runs, or the initial count.
+    let current = match (&old.applied, deployment) {
+        (Some(_), _) => old.replicas,
+        (None, Some(d)) => d.replicas,
+        (None, None) => bounds.initial,
+    };
 
     let (replicas, requests, decision) = if sp.spec.suspend {
         (0, applied.clone(), None)
@@ -328,7 +334,7 @@ pub fn plan(
     let last_applied = old.applied.as_ref().and_then(|a| seconds(&a.at));
     let due = old.applied.as_ref().is_none_or(|a| a.hash != hash)
         || old.observed_generation != generation
-        || deployment.is_none()
+        || deployment.is_none_or(|d| d.replicas != replicas)
         || last_applied.is_none_or(|at| now >= at + reapply_every.as_secs());
     let apply = if due { objects } else { Vec::new() };
     if due {
@@ -927,6 +933,22 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_scaled_deployment_is_put_back() {
+        let mut sp = pipeline();
+        sp.status = Some(run(&sp, None, None, NOW).status);
+        // Someone ran `kubectl scale --replicas=5`: not the operator's count, not even aligned.
+        let scaled = ready(5);
+        let p = run(&sp, Some(&scaled), None, NOW + 60);
+        assert_eq!(
+            deployment(&p)["spec"]["replicas"],
+            2,
+            "back to the operator's count"
+        );
+        assert_eq!(p.status.replicas, 2);
+        assert!(p.events.is_empty(), "not a step");
+    }
+
+    #[test]
     fn sustained_pressure_steps_replicas_and_reports_it() {
         let mut sp = pipeline();
         sp.status = Some(run(&sp, None, None, NOW).status);
@@ -1005,6 +1027,7 @@ mod tests {
         sp.spec.replicas.max = Some(6);
         let mut status = run(&sp, None, None, NOW).status;
         status.policy.pressure_since = Some(rfc3339(NOW - 10_000));
+        status.replicas = 6; // stepped up to the most the bounds allow
         sp.status = Some(status);
         let pressed = rec(4000, 9000, "2Gi");
         let p = run(&sp, Some(&ready(6)), Some(&pressed), NOW);
