@@ -1101,6 +1101,14 @@ fn the_operator_binary_reconciles_against_an_api_server() {
     });
     assert_eq!(http_get(probes, "/healthz").map(|r| r.0), Some(200));
     assert_eq!(http_get(probes, "/readyz").map(|r| r.0), Some(200));
+    let (code, scrape) = http_get(probes, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("sluice_vpa_reconciles_total{result=\"ok\"} ")),
+        "{scrape}"
+    );
     let (code, stderr) = operator.stop();
     drop(api);
     assert_eq!(code, Some(0), "{stderr}");

@@ -35,8 +35,84 @@ use crate::policy::{self, Action, Change, Decision, PolicyConfig, Reason};
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "sluice-vpa";
 
+/// The operator's own metrics (`/metrics` of `sluice-vpa`), prefix `sluice_vpa`.
+#[derive(Debug, Clone)]
+pub struct OperatorMetrics {
+    /// The registry `/metrics` encodes.
+    pub registry: prometheus::Registry,
+    /// Reconciles by result (`ok`, `error`).
+    pub reconciles: prometheus::IntCounterVec,
+    /// Seconds per reconcile.
+    pub reconcile_seconds: prometheus::Histogram,
+    /// Steps and warnings, by the reason of their Event (`ScalingUp`, `InvalidSpec`, ...).
+    pub events: prometheus::IntCounterVec,
+    /// Applies the API server refused.
+    pub apply_refusals: prometheus::IntCounter,
+}
+
+impl OperatorMetrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> OperatorMetrics {
+        use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+        let registry = Registry::new_custom(Some("sluice_vpa".into()), None).expect("valid prefix");
+        let reconciles = IntCounterVec::new(
+            Opts::new("reconciles_total", "Reconciles by result (ok, error)."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let reconcile_seconds = Histogram::with_opts(HistogramOpts::new(
+            "reconcile_duration_seconds",
+            "Seconds per reconcile, API calls included.",
+        ))
+        .expect("valid metric");
+        let events = IntCounterVec::new(
+            Opts::new(
+                "events_total",
+                "Replica steps, request rollouts and warnings, by the reason of their Event.",
+            ),
+            &["type", "reason"],
+        )
+        .expect("valid metric");
+        let apply_refusals = IntCounter::new(
+            "apply_refusals_total",
+            "Applies the API server refused (webhook, quota, schema): Degraded/ApplyRefused.",
+        )
+        .expect("valid metric");
+        for metric in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconcile_seconds.clone()),
+            Box::new(events.clone()),
+            Box::new(apply_refusals.clone()),
+        ] {
+            registry.register(metric).expect("registered once");
+        }
+        OperatorMetrics {
+            registry,
+            reconciles,
+            reconcile_seconds,
+            events,
+            apply_refusals,
+        }
+    }
+
+    /// The Prometheus text format.
+    pub fn encode(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for OperatorMetrics {
+    fn default() -> Self {
+        OperatorMetrics::new()
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
+    /// The operator's metrics.
+    pub metrics: OperatorMetrics,
     /// The API server.
     pub client: Client,
     /// Where spot and on-demand nodes are (the overlay's `sluice-placement` ConfigMap).
@@ -682,6 +758,15 @@ pub fn pods_cpu<'a>(pods: impl Iterator<Item = &'a Value>) -> u64 {
 
 /// Reconciles one pipeline.
 pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let timer = ctx.metrics.reconcile_seconds.start_timer();
+    let result = reconcile_once(sp, &ctx).await;
+    timer.observe_duration();
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
+    result
+}
+
+async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeue, Error> {
     let name = sp.name_any();
     let namespace = sp
         .namespace()
@@ -743,6 +828,7 @@ pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Req
                 && status.code != 409
                 && status.code != 429
             {
+                ctx.metrics.apply_refusals.inc();
                 let kind = child["kind"].as_str().unwrap_or("object");
                 let message = format!("{kind} {child_name}: {}", status.message);
                 let refused = refused(sp.status.clone().unwrap_or_default(), message, now);
@@ -770,6 +856,11 @@ pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Req
             action: "Reconcile".into(),
             secondary: None,
         };
+        let type_ = if warning { "Warning" } else { "Normal" };
+        ctx.metrics
+            .events
+            .with_label_values(&[type_, reason.as_str()])
+            .inc();
         // An event that cannot be written is not worth failing the reconcile for.
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(pipeline = %name, %namespace, %reason, "event not written: {e}");
@@ -1255,7 +1346,12 @@ mod tests {
     }
 
     fn context(client: Client, now: u64) -> Arc<Context> {
+        context_with(client, now, OperatorMetrics::new())
+    }
+
+    fn context_with(client: Client, now: u64, metrics: OperatorMetrics) -> Arc<Context> {
         Arc::new(Context {
+            metrics,
             recorder: Recorder::new(
                 client.clone(),
                 kube::runtime::events::Reporter {
@@ -1493,9 +1589,11 @@ mod tests {
 
         // 3. Pressure sustained for the window: the Deployment (and the rest, hash changed) applied
         //    with 3 replicas, the status, and a ScalingUp event.
+        // (Steps 3 and 5 share their metrics.)
+        let metrics = OperatorMetrics::new();
         let task = tokio::spawn(reconcile(
             Arc::new(written.clone()),
-            context(client.clone(), NOW + 60 + 300),
+            context_with(client.clone(), NOW + 60 + 300, metrics.clone()),
         ));
         expect_reads(
             &mut server,
@@ -1540,7 +1638,10 @@ mod tests {
         // 5. An apply refused (an admission webhook): the rest is not applied, the status says
         //    Degraded/ApplyRefused naming the object, the reconcile fails (and is retried).
         written.metadata.generation = Some(2);
-        let task = tokio::spawn(reconcile(Arc::new(written), context(client, NOW + 2000)));
+        let task = tokio::spawn(reconcile(
+            Arc::new(written),
+            context_with(client, NOW + 2000, metrics.clone()),
+        ));
         expect_reads(
             &mut server,
             (404, not_found()),
@@ -1577,6 +1678,16 @@ mod tests {
             "the policy's view did not advance"
         );
         assert!(task.await.unwrap().is_err());
+        let scrape = metrics.encode();
+        for line in [
+            "sluice_vpa_reconciles_total{result=\"ok\"} 1",
+            "sluice_vpa_reconciles_total{result=\"error\"} 1",
+            "sluice_vpa_events_total{reason=\"ScalingUp\",type=\"Normal\"} 1",
+            "sluice_vpa_apply_refusals_total 1",
+            "sluice_vpa_reconcile_duration_seconds_count 2",
+        ] {
+            assert!(scrape.lines().any(|l| l == line), "{line} not in\n{scrape}");
+        }
         no_more_requests(&mut server).await;
         the_operator_rbac_grants(&server.calls);
     }

@@ -1,5 +1,5 @@
 //! `sluice-vpa`: the StreamPipeline operator. Watches StreamPipelines in every namespace (and the
-//! Deployments it owns), reconciles each into its children, and serves `/healthz` and `/readyz`.
+//! Deployments it owns), reconciles each into its children, and serves `/healthz`, `/readyz` and `/metrics`.
 //!
 //! Environment: `POD_NAMESPACE` (where the `sluice-placement` ConfigMap lives, default
 //! `sluice-system`), `SLUICE_VPA_LISTEN` (probes, default `0.0.0.0:8080`), `SLUICE_VPA_RESYNC_S`
@@ -17,7 +17,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
-use sluice_vpa::controller::{Context, MANAGER, error_policy, reconcile};
+use sluice_vpa::controller::{Context, MANAGER, OperatorMetrics, error_policy, reconcile};
 use sluice_vpa::crd::StreamPipeline;
 use sluice_vpa::manifests::Placement;
 use sluice_vpa::policy::PolicyConfig;
@@ -70,10 +70,16 @@ async fn run() -> anyhow::Result<()> {
     let placement = placement(&client, &namespace).await?;
 
     let ready = Arc::new(AtomicBool::new(false));
+    let metrics = OperatorMetrics::new();
     let probes = {
         let ready = ready.clone();
+        let scraped = metrics.clone();
         let router = axum::Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || async move { scraped.encode() }),
+            )
             .route(
                 "/readyz",
                 axum::routing::get(move || async move {
@@ -91,6 +97,7 @@ async fn run() -> anyhow::Result<()> {
     };
 
     let ctx = Arc::new(Context {
+        metrics,
         client: client.clone(),
         placement,
         policy: PolicyConfig::default(),
