@@ -770,6 +770,30 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_results_are_current() {
+        let trace = shipped();
+        let s = Scenario::default();
+        let runs = simulate(&trace, &s);
+        let report = report("deploy/capacity/diurnal-7d.csv", &trace, &s, &runs);
+        let readme =
+            std::fs::read_to_string(crate::repo::path("deploy/capacity/README.md")).unwrap();
+        for row in report.lines().filter(|l| {
+            l.starts_with("hpa ") || l.starts_with("fixed+vpa ") || l.starts_with("operator ")
+        }) {
+            assert!(
+                readme.lines().any(|l| l == row),
+                "deploy/capacity/README.md is stale: its results lack\n{row}\n(run the command it shows and update it, and BENCHMARKS.md)"
+            );
+        }
+        let svg = std::fs::read_to_string(crate::repo::path("deploy/capacity/simulation.svg"))
+            .unwrap_or_default();
+        assert!(
+            svg == plot_svg(&trace, &runs).unwrap(),
+            "deploy/capacity/simulation.svg is stale: run `sluice capacity simulate deploy/capacity/diurnal-7d.csv --plot deploy/capacity/simulation.svg`"
+        );
+    }
+
+    #[test]
     fn the_synthetic_trace_has_the_documented_shape() {
         let t = Trace::synthetic(7, 1);
         assert_eq!(t.cores.len(), 7 * 1440);
