@@ -41,6 +41,9 @@ if ! log=$("$VENV/bin/kubernetes-validate" --strict --quiet "$rendered" 2>&1); t
 fi
 "$VENV/bin/checkov" -f "$rendered" --framework kubernetes --compact --quiet --skip-download
 echo "deploy/examples rendered for 3 tiers x 5 profiles: $(grep -c '^kind:' "$rendered") objects valid, no failed checks"
+# The container images' Dockerfile.
+"$VENV/bin/checkov" -f images/Dockerfile --framework dockerfile --compact --quiet --skip-download
+echo "deploy/images/Dockerfile: no failed checks"
 # What the operator applies for the example pipeline (rendered by the vpa crate; its VPA is
 # checked against the official VPA CRD by the crate's tests).
 if ! out=$("$VENV/bin/kubernetes-validate" --strict --quiet examples/streampipeline-children.yaml 2>&1); then
