@@ -333,6 +333,14 @@ fn broker_restart_mid_stream_loses_nothing() {
         3000,
         "    batch-size: 16\n    partition-capacity: 32\n",
     );
+    // With the admin endpoint, librdkafka's statistics (every 500 ms) tell the producer's
+    // reachability: the outage is logged once each way.
+    let mut text = std::fs::read_to_string(&spec).unwrap();
+    text.push_str(&format!(
+        "admin:\n  listen: 127.0.0.1:{}\n  lag-interval-ms: 500\n",
+        free_port()
+    ));
+    std::fs::write(&spec, text).unwrap();
     let run = start(&spec, dir.path());
     let committed = || {
         let out = tool_on(
@@ -362,6 +370,11 @@ fn broker_restart_mid_stream_loses_nothing() {
     });
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
+    let down = log_events(&log, "no broker reachable");
+    let up = log_events(&log, "broker reachable again");
+    assert!(!down.is_empty() && up.len() == down.len(), "{log}");
+    assert_eq!(down[0]["outputs"], "out");
+    assert_eq!(down[0]["level"], "WARN");
     let records: Vec<Value> = tool_on(
         &broker,
         &[

@@ -335,6 +335,32 @@ pub struct SinkRecovered<'a> {
     pub reachable: &'a AtomicBool,
 }
 
+/// The Kafka producer lost every broker connection, or got one back (librdkafka's statistics,
+/// every `admin.lag-interval-ms`). Logs the edge once; the flag drives readiness and
+/// `sluice_sink_reachable`.
+#[derive(Debug)]
+pub struct ProducerReachability<'a> {
+    /// Whether some broker connection is up.
+    pub up: bool,
+    /// The Kafka outputs, for the log line.
+    pub outputs: &'a str,
+    /// Their reachability flag.
+    pub reachable: &'a AtomicBool,
+}
+
+impl InternalEvent for ProducerReachability<'_> {
+    fn emit(self, _t: &Telemetry) {
+        if self.reachable.swap(self.up, Ordering::AcqRel) == self.up {
+            return;
+        }
+        if self.up {
+            tracing::info!(outputs = %self.outputs, "broker reachable again: producing");
+        } else {
+            tracing::warn!(outputs = %self.outputs, "no broker reachable: records wait in the producer (up to message.timeout.ms) and partitions pause when full");
+        }
+    }
+}
+
 impl InternalEvent for SinkRecovered<'_> {
     fn emit(self, _t: &Telemetry) {
         self.reachable.store(true, Ordering::Release);

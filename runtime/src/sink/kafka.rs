@@ -19,7 +19,7 @@ use sluice_plugin_api::abi::Record;
 
 use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
-use crate::telemetry::{DeliveryFailed, Telemetry};
+use crate::telemetry::{DeliveryFailed, ProducerReachability, Telemetry};
 
 /// The units a record acknowledges.
 #[derive(Debug)]
@@ -83,6 +83,10 @@ pub struct DeliveryContext {
     outputs: HashMap<String, (String, Histogram)>,
     /// Whether any broker connection is up (from librdkafka's statistics).
     pub reachable: Arc<AtomicBool>,
+    /// The Kafka outputs' names, for the reachability log lines.
+    output_names: String,
+    /// Some broker connection was up once (before that, "none up" is start-up, not an outage).
+    connected: AtomicBool,
 }
 
 impl std::fmt::Debug for DeliveryContext {
@@ -100,7 +104,16 @@ impl ClientContext for DeliveryContext {
         let up = stats["brokers"]
             .as_object()
             .is_some_and(|brokers| brokers.values().any(|b| b["state"] == "UP"));
-        self.reachable.store(up, Ordering::Release);
+        if up {
+            self.connected.store(true, Ordering::Relaxed);
+        } else if !self.connected.load(Ordering::Relaxed) {
+            return;
+        }
+        self.telemetry.emit(ProducerReachability {
+            up,
+            outputs: &self.output_names,
+            reachable: &self.reachable,
+        });
     }
 }
 
@@ -167,6 +180,10 @@ impl KafkaSink {
         if let Some(id) = transactional_id {
             config.set("transactional.id", id);
         }
+        let mut names: Vec<&str> = outputs.values().map(String::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        let output_names = names.join(",");
         let outputs = outputs
             .iter()
             .map(|(topic, output)| {
@@ -183,6 +200,8 @@ impl KafkaSink {
             telemetry,
             outputs,
             reachable: Arc::new(AtomicBool::new(true)),
+            output_names,
+            connected: AtomicBool::new(false),
         };
         let producer: ThreadedProducer<DeliveryContext> = config.create_with_context(context)?;
         if transactional_id.is_some() {
