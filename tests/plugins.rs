@@ -1018,8 +1018,8 @@ fn capacity_simulate_reports_the_three_strategies_and_plots_them() {
 
 /// The real `sluice-vpa` binary against a stand-in API server (no Kubernetes API server can run
 /// here; `support/fake_apiserver.py` answers over real HTTP from fixtures): it reads the
-/// provider placement an overlay installs, lists and watches StreamPipelines and its
-/// Deployments, reconciles the example into its six children by forced server-side apply with
+/// provider placement an overlay installs, takes the leader Lease, lists and watches
+/// StreamPipelines and its Deployments, reconciles the example into its six children by forced server-side apply with
 /// GKE's spot placement, writes the status, serves its probes, and stops on SIGTERM.
 #[test]
 fn the_operator_binary_reconciles_against_an_api_server() {
@@ -1080,6 +1080,7 @@ fn the_operator_binary_reconciles_against_an_api_server() {
             .env("KUBECONFIG", &kubeconfig)
             .env("SLUICE_VPA_LISTEN", format!("127.0.0.1:{probes}"))
             .env("POD_NAMESPACE", "sluice-system")
+            .env("POD_NAME", "sluice-vpa-test-0")
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(&log).unwrap())
             .stdout(std::fs::File::create(dir.path().join("operator.out")).unwrap())
@@ -1114,9 +1115,20 @@ fn the_operator_binary_reconciles_against_an_api_server() {
     assert_eq!(code, Some(0), "{stderr}");
 
     let all = read();
+    // It leads: the Lease in its namespace, created for this pod (the stand-in stores nothing, so
+    // each renewal creates it again).
+    let lease = all
+        .iter()
+        .find(|r| {
+            r["method"] == "POST"
+                && r["path"] == "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases"
+        })
+        .expect("the leader Lease created");
+    assert_eq!(lease["body"]["spec"]["holderIdentity"], "sluice-vpa-test-0");
     let calls: Vec<String> = all
         .iter()
         .filter(|r| r["query"]["watch"] != json!(["true"]))
+        .filter(|r| !r["path"].as_str().unwrap().contains("/leases"))
         .map(|r| {
             format!(
                 "{} {}",

@@ -7,11 +7,13 @@
 //! - `manifests`: the children of a pipeline as plain objects (`sluice render` prints them);
 //! - `simulate`: `sluice capacity simulate`, the policy against HPA and fixed pods + VPA;
 //! - `controller` (feature `operator`): the reconciler that applies them and writes the status;
-//!   the `sluice-vpa` binary runs it.
+//!   the `sluice-vpa` binary runs it, one replica at a time (`lease`: leader election).
 
 #[cfg(feature = "operator")]
 pub mod controller;
 pub mod crd;
+#[cfg(feature = "operator")]
+pub mod lease;
 pub mod manifests;
 pub mod policy;
 pub mod simulate;

@@ -13,12 +13,14 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use sluice_vpa::controller::{Context, MANAGER, OperatorMetrics, error_policy, reconcile};
 use sluice_vpa::crd::StreamPipeline;
+use sluice_vpa::lease::{Held, LeaseLock};
 use sluice_vpa::manifests::Placement;
 use sluice_vpa::policy::PolicyConfig;
 
@@ -96,6 +98,20 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(async move { axum::serve(listener, router).await })
     };
 
+    // One replica reconciles; the others wait on the Lease (healthy and ready meanwhile: a
+    // standby serves nothing).
+    ready.store(true, Ordering::Relaxed);
+    let identity =
+        std::env::var("POD_NAME").unwrap_or_else(|_| format!("sluice-vpa-{}", std::process::id()));
+    let lock = LeaseLock::new(
+        Api::namespaced(client.clone(), &namespace),
+        "sluice-vpa",
+        &identity,
+        Duration::from_secs(15),
+    );
+    lead(&lock).await;
+    let keeper = tokio::spawn(keep(lock));
+
     let ctx = Arc::new(Context {
         metrics,
         client: client.clone(),
@@ -117,7 +133,6 @@ async fn run() -> anyhow::Result<()> {
         reapply_every: Duration::from_secs(600),
     });
     tracing::info!(%namespace, resync_s, "sluice-vpa watching StreamPipelines");
-    ready.store(true, Ordering::Relaxed);
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-vpa");
     Controller::new(pipelines, watcher::Config::default().any_semantic())
         .owns(Api::<Deployment>::all(client), owned)
@@ -131,8 +146,51 @@ async fn run() -> anyhow::Result<()> {
         })
         .await;
     probes.abort();
+    keeper.abort();
     tracing::info!("sluice-vpa stopped");
     Ok(())
+}
+
+/// Waits until this replica holds the Lease.
+async fn lead(lock: &LeaseLock) {
+    let mut last_holder = String::new();
+    loop {
+        match lock.try_acquire_or_renew(Timestamp::now()).await {
+            Ok(Held::Yes) => {
+                tracing::info!("leading: this replica reconciles");
+                return;
+            }
+            Ok(Held::By(holder)) => {
+                if holder != last_holder {
+                    tracing::info!(%holder, "standing by: another replica leads");
+                    last_holder = holder;
+                }
+            }
+            Err(e) => tracing::warn!("leader election: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Renews the Lease every 5 s. A leader that lost it, or could not renew it for its duration,
+/// exits (the kubelet restarts it as a standby): two replicas never reconcile at once.
+async fn keep(lock: LeaseLock) {
+    let mut renewed = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        match lock.try_acquire_or_renew(Timestamp::now()).await {
+            Ok(Held::Yes) => renewed = std::time::Instant::now(),
+            Ok(Held::By(holder)) => {
+                eprintln!("sluice-vpa: error: lost the leader lease to {holder}: exiting");
+                std::process::exit(1);
+            }
+            Err(e) if renewed.elapsed() + Duration::from_secs(5) >= lock.duration() => {
+                eprintln!("sluice-vpa: error: cannot renew the leader lease: {e}: exiting");
+                std::process::exit(1);
+            }
+            Err(e) => tracing::warn!("leader lease not renewed, retrying: {e}"),
+        }
+    }
 }
 
 /// The provider placement from the `sluice-placement` ConfigMap an overlay installs beside the
