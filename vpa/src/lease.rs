@@ -141,9 +141,6 @@ impl LeaseLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{Request, Response};
-    use kube::Client;
-    use kube::client::Body;
     use serde_json::{Value, json};
 
     fn at(s: i64) -> Timestamp {
@@ -186,123 +183,69 @@ mod tests {
     /// and a lost race (409) is not an error.
     #[tokio::test]
     async fn acquire_wait_take_over_and_lose_a_race() {
-        let (service, mut server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
+        use crate::mock_api::{self, answer, failure};
+        let (client, mut server) = mock_api::client();
         let api: Api<Lease> = Api::namespaced(client, "sluice-system");
         let lock = LeaseLock::new(api, "sluice-vpa", "pod-a", Duration::from_secs(15));
-        let path = "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases";
+        let lease_path = "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases/sluice-vpa";
         let now = 1_800_000_000;
-
-        async fn answer(
-            server: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
-            method: &str,
-            path: &str,
-            status: u16,
-            reply: Option<Value>,
-        ) -> Value {
-            let (request, send) = server.next_request().await.expect("a request");
-            assert_eq!(
-                (request.method().as_str(), request.uri().path()),
-                (method, path)
-            );
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            let body: Value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).unwrap()
-            };
-            let reply = reply.unwrap_or_else(|| body.clone());
-            send.send_response(
-                Response::builder()
-                    .status(status)
-                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                    .unwrap(),
-            );
-            body
-        }
-        let missing = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+        // One attempt: spawned, then its read of the Lease answered with `read`.
+        let spawn = || {
+            let lock = lock.clone();
+            tokio::spawn(async move { lock.try_acquire_or_renew(at(now)).await })
+        };
+        let read = async |server: &mut mock_api::Handle, status: u16, read: Value| {
+            answer(server, "GET", lease_path, status, Some(read)).await;
+        };
 
         // None yet: created, held by us.
-        let lock2 = lock.clone();
-        let task = tokio::spawn(async move { lock2.try_acquire_or_renew(at(now)).await });
-        answer(
+        let task = spawn();
+        read(&mut server, 404, failure(404, "NotFound", "not found")).await;
+        let created = answer(
             &mut server,
-            "GET",
-            &format!("{path}/sluice-vpa"),
-            404,
-            Some(missing),
+            "POST",
+            "/apis/coordination.k8s.io/v1/namespaces/sluice-system/leases",
+            201,
+            None,
         )
-        .await;
-        let created = answer(&mut server, "POST", path, 201, None).await;
+        .await
+        .body;
         assert_eq!(created["spec"]["holderIdentity"], "pod-a");
         assert_eq!(created["spec"]["leaseDurationSeconds"], 15);
         assert_eq!(task.await.unwrap().unwrap(), Held::Yes);
 
         // Another replica renews it: we wait, and write nothing.
-        let lock2 = lock.clone();
-        let task = tokio::spawn(async move { lock2.try_acquire_or_renew(at(now)).await });
         let held = serde_json::to_value(lease("pod-b", now - 3)).unwrap();
-        answer(
-            &mut server,
-            "GET",
-            &format!("{path}/sluice-vpa"),
-            200,
-            Some(held),
-        )
-        .await;
+        let task = spawn();
+        read(&mut server, 200, held).await;
         assert_eq!(task.await.unwrap().unwrap(), Held::By("pod-b".into()));
 
         // It stopped renewing 20 s ago: taken over with the resourceVersion read.
-        let lock2 = lock.clone();
-        let task = tokio::spawn(async move { lock2.try_acquire_or_renew(at(now)).await });
         let stale = serde_json::to_value(lease("pod-b", now - 20)).unwrap();
-        answer(
-            &mut server,
-            "GET",
-            &format!("{path}/sluice-vpa"),
-            200,
-            Some(stale.clone()),
-        )
-        .await;
-        let taken = answer(&mut server, "PUT", &format!("{path}/sluice-vpa"), 200, None).await;
+        let task = spawn();
+        read(&mut server, 200, stale.clone()).await;
+        let taken = answer(&mut server, "PUT", lease_path, 200, None).await.body;
         assert_eq!(taken["metadata"]["resourceVersion"], "7");
         assert_eq!(taken["spec"]["holderIdentity"], "pod-a");
         assert_eq!(taken["spec"]["leaseTransitions"], 3);
         assert_eq!(task.await.unwrap().unwrap(), Held::Yes);
 
         // Someone else took it first: 409, not an error.
-        let lock2 = lock.clone();
-        let task = tokio::spawn(async move { lock2.try_acquire_or_renew(at(now)).await });
-        answer(
-            &mut server,
-            "GET",
-            &format!("{path}/sluice-vpa"),
-            200,
-            Some(stale),
-        )
-        .await;
-        let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"});
-        answer(
-            &mut server,
-            "PUT",
-            &format!("{path}/sluice-vpa"),
-            409,
-            Some(conflict),
-        )
-        .await;
+        let task = spawn();
+        read(&mut server, 200, stale).await;
+        let conflict = failure(409, "Conflict", "the object has been modified");
+        answer(&mut server, "PUT", lease_path, 409, Some(conflict)).await;
         assert!(matches!(task.await.unwrap().unwrap(), Held::By(_)));
 
         // deploy/operator's Role grants exactly these calls (GET, POST, PUT) on its Lease.
-        let text =
-            std::fs::read_to_string(crate::repo::path("deploy/operator/operator.yaml")).unwrap();
-        let role = text
-            .split("\n---\n")
-            .map(|doc| serde_yaml_ng::from_str::<Value>(doc).unwrap())
-            .find(|doc| doc["kind"] == "Role" && doc["metadata"]["namespace"] == "sluice-system")
-            .expect("a Role for the Lease");
-        let rule = &role["rules"][0];
-        assert_eq!(rule["apiGroups"], json!(["coordination.k8s.io"]));
-        assert_eq!(rule["resources"], json!(["leases"]));
-        assert_eq!(rule["verbs"], json!(["get", "create", "update"]));
+        let role = mock_api::operator_object("Role");
+        assert_eq!(role["metadata"]["namespace"], "sluice-system");
+        for verb in ["get", "create", "update"] {
+            assert!(
+                mock_api::grants(&role, "coordination.k8s.io", "leases", verb),
+                "{verb}"
+            );
+        }
+        assert_eq!(role["rules"].as_array().unwrap().len(), 1, "the Lease only");
     }
 }

@@ -15,6 +15,8 @@ pub mod crd;
 #[cfg(feature = "operator")]
 pub mod lease;
 pub mod manifests;
+#[cfg(all(test, feature = "operator"))]
+mod mock_api;
 pub mod policy;
 pub mod simulate;
 

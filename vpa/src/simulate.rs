@@ -785,6 +785,17 @@ mod tests {
                 "deploy/capacity/README.md is stale: its results lack\n{row}\n(run the command it shows and update it, and BENCHMARKS.md)"
             );
         }
+        // BENCHMARKS.md repeats requested core-hours and waste per strategy.
+        let benchmarks = std::fs::read_to_string(crate::repo::path("BENCHMARKS.md")).unwrap();
+        for run in &runs {
+            let t = run.totals();
+            let cells = format!("| {:.0} | {:.1}% |", t.requested, t.waste_share * 100.0);
+            assert!(
+                benchmarks.lines().any(|l| l.contains(&cells)),
+                "BENCHMARKS.md's capacity table is stale: {} should read {cells}",
+                run.name
+            );
+        }
         let svg = std::fs::read_to_string(crate::repo::path("deploy/capacity/simulation.svg"))
             .unwrap_or_default();
         assert!(
