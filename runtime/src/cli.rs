@@ -188,7 +188,7 @@ fn replay_through(
 /// `sluice render`: the children of the StreamPipeline in `file`, as multi-document YAML.
 fn render(file: &Path, tier: Option<&str>, placement: Option<&Path>) -> anyhow::Result<String> {
     use sluice_vpa::crd::{StreamPipeline, Tier};
-    use sluice_vpa::manifests::{Placement, check_pipeline, children, initial_replicas};
+    use sluice_vpa::manifests::Placement;
     let read = |path: &Path| {
         std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))
@@ -217,16 +217,8 @@ fn render(file: &Path, tier: Option<&str>, placement: Option<&Path>) -> anyhow::
                 .map_err(|e| anyhow::anyhow!("{}: sluice-placement: {e}", path.display()))?
         }
     };
-    let replicas = initial_replicas(&sp).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    check_pipeline(&sp).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let mut out = String::new();
-    for (i, object) in children(&sp, replicas, &placement).all().iter().enumerate() {
-        if i > 0 {
-            out.push_str("---\n");
-        }
-        out.push_str(&serde_yaml_ng::to_string(object)?);
-    }
-    Ok(out)
+    sluice_vpa::manifests::render(&sp, &placement)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {

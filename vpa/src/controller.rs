@@ -27,8 +27,8 @@ use crate::crd::{
     StreamPipelineStatus,
 };
 use crate::manifests::{
-    CONTAINER, Placement, at_least_cpus, check_pipeline, children_sized, cpu_millis,
-    initial_replicas, memory_bytes, millis_quantity,
+    CONTAINER, Placement, at_least_cpus, check, children_sized, cpu_millis, memory_bytes,
+    millis_quantity,
 };
 use crate::policy::{self, Action, Change, Decision, PolicyConfig, Reason};
 
@@ -545,78 +545,6 @@ fn refused(old: StreamPipelineStatus, message: String, now: u64) -> StreamPipeli
         now,
     );
     status
-}
-
-/// The replica bounds and the caps a valid spec gives.
-#[derive(Debug, Clone, Copy)]
-struct Bounds {
-    min: u32,
-    max: u32,
-    initial: u32,
-    max_allowed: u64,
-}
-
-/// Checks what the CRD schema cannot: quantities parse, bounds are consistent, a divisor fits.
-/// The error names the field and says what to do.
-fn check(sp: &StreamPipeline) -> Result<Bounds, String> {
-    let spec = &sp.spec;
-    if spec.kafka.partitions == 0 {
-        return Err("spec.kafka.partitions: must be at least 1".into());
-    }
-    let res = &spec.resources;
-    let mut cpus = Vec::new();
-    for (field, q) in [
-        ("initial", &res.initial),
-        ("minAllowed", &res.min_allowed),
-        ("maxAllowed", &res.max_allowed),
-    ] {
-        let cpu = cpu_millis(&q.cpu).ok_or_else(|| {
-            format!(
-                "spec.resources.{field}.cpu: {:?} is not a CPU quantity (e.g. 500m, 2)",
-                q.cpu
-            )
-        })?;
-        memory_bytes(&q.memory).ok_or_else(|| {
-            format!(
-                "spec.resources.{field}.memory: {:?} is not a memory quantity (e.g. 512Mi, 2Gi)",
-                q.memory
-            )
-        })?;
-        cpus.push(cpu);
-    }
-    let max_allowed = cpus[2];
-    if cpus[1] > max_allowed {
-        return Err(format!(
-            "spec.resources: minAllowed.cpu {} is above maxAllowed.cpu {}: swap or widen them",
-            res.min_allowed.cpu, res.max_allowed.cpu
-        ));
-    }
-    if u64::from(res.min_cpus) * 1000 > max_allowed {
-        return Err(format!(
-            "spec.resources.minCpus: {} CPUs is above maxAllowed.cpu {}: lower minCpus or raise maxAllowed",
-            res.min_cpus, res.max_allowed.cpu
-        ));
-    }
-    let (min, max) = match spec.replicas.fixed {
-        Some(f) => (f, f),
-        None => (
-            spec.replicas.min.unwrap_or(1),
-            spec.replicas.max.unwrap_or(spec.kafka.partitions),
-        ),
-    };
-    if min > max {
-        return Err(format!(
-            "spec.replicas: min {min} is above max {max}: swap them"
-        ));
-    }
-    let initial = initial_replicas(sp)?;
-    check_pipeline(sp)?;
-    Ok(Bounds {
-        min,
-        max,
-        initial,
-        max_allowed,
-    })
 }
 
 /// Did the memory target move by more than the policy's threshold from what is applied?
@@ -1173,8 +1101,8 @@ mod tests {
         );
         assert_eq!(
             container["resources"]["limits"],
-            json!({"cpu": "6", "memory": "3Gi"}),
-            "CPU limit twice the request"
+            json!({"cpu": "6", "memory": "6Gi"}),
+            "CPU and memory limits twice the request"
         );
         assert_eq!(
             condition(&p.status, "Progressing").reason,
@@ -1676,27 +1604,21 @@ mod tests {
         the_operator_rbac_grants(&server.calls);
     }
 
-    /// deploy/operator's ClusterRole grants every call the reconciler made, and the watches and
-    /// the placement read of `main.rs`; and nothing on Secrets.
+    /// deploy/operator's ClusterRole grants exactly what the reconciler called, the watches of
+    /// `main.rs` and the recorder's Event patch, and nothing more; and nothing on Secrets.
     fn the_operator_rbac_grants(calls: &[(String, String)]) {
         let role = mock_api::operator_object("ClusterRole");
-        let grants = |group: &str, resource: &str, verb: &str| {
-            mock_api::grants(&role, group, resource, verb)
-        };
-        let mut needed = vec![
-            (
-                "sluice.dev".to_owned(),
-                "streampipelines".to_owned(),
-                "list",
-            ),
-            (
-                "sluice.dev".to_owned(),
-                "streampipelines".to_owned(),
-                "watch",
-            ),
-            ("apps".to_owned(), "deployments".to_owned(), "list"),
-            ("apps".to_owned(), "deployments".to_owned(), "watch"),
-            (String::new(), "configmaps".to_owned(), "get"),
+        let need =
+            |group: &str, resource: &str, verb| (group.to_owned(), resource.to_owned(), None, verb);
+        let mut needed: Vec<mock_api::Need> = vec![
+            // main.rs: the Controller lists and watches pipelines and the Deployments it owns.
+            need("sluice.dev", "streampipelines", "list"),
+            need("sluice.dev", "streampipelines", "watch"),
+            need("apps", "deployments", "list"),
+            need("apps", "deployments", "watch"),
+            // kube-runtime's Recorder patches a repeated Event (its series) instead of posting it
+            // again; the scenes here post each Event once.
+            need("events.k8s.io", "events", "patch"),
         ];
         for (method, path) in calls {
             // /api/v1/namespaces/NS/RESOURCE/NAME[/SUB] or /apis/GROUP/VERSION/namespaces/...
@@ -1711,7 +1633,7 @@ mod tests {
                 ["namespaces", _, resource] => ((*resource).to_owned(), true),
                 other => panic!("unexpected path {other:?}"),
             };
-            let verbs: &[&str] = match method.as_str() {
+            let verbs: &[&'static str] = match method.as_str() {
                 "GET" if collection => &["list"],
                 "GET" => &["get"],
                 // An apply that creates the object is authorized as a create.
@@ -1721,14 +1643,13 @@ mod tests {
                 other => panic!("unexpected method {other}"),
             };
             for verb in verbs {
-                needed.push((group.to_owned(), resource.clone(), verb));
+                needed.push(need(group, &resource, verb));
             }
         }
-        for (group, resource, verb) in needed {
-            assert!(
-                grants(&group, &resource, verb),
-                "deploy/operator/operator.yaml: the ClusterRole does not grant {verb} on {group}/{resource}"
-            );
-        }
+        mock_api::grants_exactly(
+            &role,
+            "deploy/operator/operator.yaml: the ClusterRole",
+            &needed,
+        );
     }
 }

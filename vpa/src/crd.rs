@@ -22,11 +22,13 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Tier","type":"string","jsonPath":".spec.tier"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
     printcolumn = r#"{"name":"Partitions/replica","type":"integer","jsonPath":".status.partitionsPerReplica"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StreamPipelineSpec {
     /// The container image: the `sluice` binary and the plugin library.
+    #[schemars(length(min = 1))]
     pub image: String,
     /// The plugin inside the image.
     pub plugin: PluginSpec,
@@ -47,10 +49,16 @@ pub struct StreamPipelineSpec {
     pub resources: ResourcesPolicy,
     /// How long a pod may drain on stop (the pod's termination grace period adds a margin).
     #[serde(default = "default_drain_timeout_ms")]
+    #[schemars(range(min = 1000, max = 3_600_000))]
     pub drain_timeout_ms: u64,
     /// Scale to zero and keep it there (the consumer group keeps its offsets).
     #[serde(default)]
     pub suspend: bool,
+    /// Change it (to any new value) to restart every pod in a rolling update, as Flink's
+    /// operator does; a change of the pipeline's config (`pipeline`, `plugin`, `kafka`) rolls
+    /// the pods by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_nonce: Option<i64>,
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -62,9 +70,11 @@ fn default_drain_timeout_ms() -> u64 {
 #[serde(rename_all = "camelCase")]
 pub struct PluginSpec {
     /// Path of the `.so` inside the image.
+    #[schemars(length(min = 1))]
     pub path: String,
     /// Hex sha256 of the library; a different file is refused at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
     pub sha256: Option<String>,
     /// The plugin's config (checked against the plugin's schema at start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,20 +96,29 @@ pub struct KafkaSpec {
     /// The Secret key holding the bootstrap servers (`host:port,...`).
     pub bootstrap_servers: SecretKeyRef,
     /// Topics to consume.
+    #[schemars(length(min = 1, max = 100), inner(length(min = 1, max = 249)))]
     pub topics: Vec<String>,
     /// Consumer group id.
+    #[schemars(length(min = 1, max = 255))]
     pub group: String,
     /// Partitions of the topics together: replicas are kept a divisor of it. Declared here so
     /// the operator needs no Kafka client; raise it when the topics grow.
+    #[schemars(range(min = 1, max = MAX_PARTITIONS))]
     pub partitions: u32,
 }
+
+/// The most partitions (and so replicas) one pipeline may declare: far above any real topic,
+/// and far below what would overflow the operator's integers.
+pub const MAX_PARTITIONS: u32 = 100_000;
 
 /// A key of a Secret in the pipeline's namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct SecretKeyRef {
     /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
 
@@ -117,21 +136,28 @@ pub enum Tier {
 }
 
 /// How many pods: a fixed count, or a range the capacity policy moves in (always a divisor of
-/// the partitions).
+/// the partitions). The API server checks the cross-field rules (CEL); the operator checks them
+/// again, with the divisor.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.fixed) || (!has(self.min) && !has(self.max))",
+     "message": "fixed excludes min and max: set fixed, or a min/max range"},
+    {"rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
+     "message": "min must not be above max"},
+]))]
 pub struct ReplicasPolicy {
     /// Exactly this many (must divide the partitions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_PARTITIONS))]
     pub fixed: Option<u32>,
     /// At least this many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_PARTITIONS))]
     pub min: Option<u32>,
     /// At most this many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_PARTITIONS))]
     pub max: Option<u32>,
 }
 
@@ -146,13 +172,47 @@ pub enum AppliedBy {
     Operator,
 }
 
-/// CPU and memory, as Kubernetes quantities (`500m`, `2`, `1Gi`).
+/// CPU and memory, as Kubernetes quantities (`500m`, `2`, `1Gi`; a plain number is read as
+/// one too, as in a pod's resources).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct Quantities {
     /// CPU.
+    #[serde(deserialize_with = "int_or_string")]
+    #[schemars(schema_with = "quantity")]
     pub cpu: String,
     /// Memory.
+    #[serde(deserialize_with = "int_or_string")]
+    #[schemars(schema_with = "quantity")]
     pub memory: String,
+}
+
+/// The Kubernetes quantity pattern (as in the built-in types' CRD schemas), without a sign: a
+/// negative CPU or memory is never meant.
+pub const QUANTITY_PATTERN: &str = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
+/// An int-or-string quantity, as the built-in types declare theirs.
+fn quantity(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+        "pattern": QUANTITY_PATTERN,
+        "x-kubernetes-int-or-string": true
+    })
+}
+
+/// A quantity written as a number (`cpu: 1`, `cpu: 0.5`) or a string (`cpu: 500m`).
+fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Whole(u64),
+        Fraction(f64),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Text(s) => s,
+        Raw::Whole(n) => n.to_string(),
+        Raw::Fraction(f) => f.to_string(),
+    })
 }
 
 /// Which values the VPA controls.
@@ -182,7 +242,7 @@ pub struct ResourcesPolicy {
     /// Requests never go below this many whole CPUs, so the runtime's worker count (derived from
     /// the CPU quota) stays sane.
     #[serde(default = "one")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 256))]
     pub min_cpus: u32,
     /// Who applies recommendations.
     #[serde(default)]
@@ -215,8 +275,9 @@ pub struct StreamPipelineStatus {
     /// The VPA's uncapped CPU target last seen (what it would give a pod without `maxAllowed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncapped_cpu: Option<String>,
-    /// Ready, Progressing, Degraded, ScalingLimited.
+    /// Ready, Progressing, Degraded, ScalingLimited: one per type.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// What the capacity policy remembers between reconciles.
     #[serde(default)]

@@ -237,15 +237,40 @@ mod tests {
         answer(&mut server, "PUT", lease_path, 409, Some(conflict)).await;
         assert!(matches!(task.await.unwrap().unwrap(), Held::By(_)));
 
-        // deploy/operator's Role grants exactly these calls (GET, POST, PUT) on its Lease.
+        // deploy/operator's Role grants exactly these calls (GET, POST, PUT) on its Lease, and
+        // the GET of the placement ConfigMap (main.rs), by name where a name can be checked.
         let role = mock_api::operator_object("Role");
         assert_eq!(role["metadata"]["namespace"], "sluice-system");
-        for verb in ["get", "create", "update"] {
-            assert!(
-                mock_api::grants(&role, "coordination.k8s.io", "leases", verb),
-                "{verb}"
-            );
-        }
-        assert_eq!(role["rules"].as_array().unwrap().len(), 1, "the Lease only");
+        let need = |group: &str, resource: &str, name: Option<&str>, verb| {
+            (
+                group.to_owned(),
+                resource.to_owned(),
+                name.map(str::to_owned),
+                verb,
+            )
+        };
+        mock_api::grants_exactly(
+            &role,
+            "deploy/operator/operator.yaml: the Role",
+            &[
+                need("coordination.k8s.io", "leases", Some("sluice-vpa"), "get"),
+                need(
+                    "coordination.k8s.io",
+                    "leases",
+                    Some("sluice-vpa"),
+                    "update",
+                ),
+                // A create is authorized before the object has a name.
+                need("coordination.k8s.io", "leases", None, "create"),
+                need("", "configmaps", Some("sluice-placement"), "get"),
+            ],
+        );
+        assert!(!mock_api::grants(
+            &role,
+            "coordination.k8s.io",
+            "leases",
+            Some("other"),
+            "update"
+        ));
     }
 }

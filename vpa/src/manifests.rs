@@ -4,7 +4,9 @@
 
 use serde_json::{Value, json};
 
-use crate::crd::{AppliedBy, ControlledValues, Quantities, StreamPipeline, Tier};
+use sha2::{Digest, Sha256};
+
+use crate::crd::{AppliedBy, ControlledValues, MAX_PARTITIONS, Quantities, StreamPipeline, Tier};
 
 /// The admin port (metrics and probes) of every pipeline pod.
 pub const ADMIN_PORT: u16 = 9464;
@@ -14,14 +16,19 @@ pub const CPU_BURST: u64 = 2;
 pub const CONTAINER: &str = "pipeline";
 
 /// Where a provider puts on-demand and spot nodes (the overlay's `sluice-placement` ConfigMap).
+///
+/// Each side is a list of node selector terms: a node is on that side when it matches any term,
+/// and matches a term when it matches every expression in it (Kubernetes' `nodeSelectorTerms`).
+/// On GKE, for example, on-demand is one term (not spot AND not preemptible) and spot is two
+/// (spot OR preemptible).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
-    /// A node selector requirement matching on-demand nodes.
-    pub on_demand: Value,
-    /// A node selector requirement matching spot nodes.
-    pub spot: Value,
-    /// The toleration spot nodes need, if they are tainted.
-    pub spot_toleration: Option<Value>,
+    /// Node selector terms matching on-demand nodes.
+    pub on_demand: Vec<Vec<Value>>,
+    /// Node selector terms matching spot nodes.
+    pub spot: Vec<Vec<Value>>,
+    /// The tolerations spot nodes need, if they are tainted.
+    pub spot_tolerations: Vec<Value>,
     /// How long a spot node's interruption notice is (s): a `tolerant` pod's drain and grace
     /// period are capped to fit in it.
     pub interruption_notice_s: Option<u64>,
@@ -31,17 +38,20 @@ impl Placement {
     /// The provider-neutral labels of `deploy/base` (`sluice.dev/capacity-type`).
     pub fn neutral() -> Placement {
         Placement {
-            on_demand: json!({"key": "sluice.dev/capacity-type", "operator": "In", "values": ["on-demand"]}),
-            spot: json!({"key": "sluice.dev/capacity-type", "operator": "In", "values": ["spot"]}),
-            spot_toleration: None,
+            on_demand: vec![vec![
+                json!({"key": "sluice.dev/capacity-type", "operator": "In", "values": ["on-demand"]}),
+            ]],
+            spot: vec![vec![
+                json!({"key": "sluice.dev/capacity-type", "operator": "In", "values": ["spot"]}),
+            ]],
+            spot_tolerations: Vec::new(),
             interruption_notice_s: None,
         }
     }
-}
 
-impl Placement {
     /// From a `sluice-placement` ConfigMap (as a provider overlay builds it, or as
-    /// `kubectl get configmap sluice-placement -o yaml` prints it).
+    /// `kubectl get configmap sluice-placement -o yaml` prints it). A selector is JSON: one match
+    /// expression, a list of them (all must match), or a list of such lists (any may match).
     pub fn from_config_map(config_map: &Value) -> Result<Placement, String> {
         let data = &config_map["data"];
         let field = |key: &str| -> Result<Option<Value>, String> {
@@ -52,19 +62,76 @@ impl Placement {
                     .map_err(|e| format!("data.{key}: not JSON: {e}")),
             }
         };
+        let selector = |key: &str| -> Result<Vec<Vec<Value>>, String> {
+            let value = field(key)?.ok_or_else(|| format!("data.{key}: missing"))?;
+            selector_terms(&value).map_err(|e| format!("data.{key}: {e}"))
+        };
+        let spot_tolerations = match field("spot-toleration")? {
+            None => Vec::new(),
+            Some(Value::Array(list)) => list,
+            Some(one) => vec![one],
+        };
+        if let Some(bad) = spot_tolerations.iter().find(|t| !t.is_object()) {
+            return Err(format!(
+                "data.spot-toleration: {bad} is not a toleration object"
+            ));
+        }
         Ok(Placement {
-            on_demand: field("on-demand-selector")?.ok_or("data.on-demand-selector: missing")?,
-            spot: field("spot-selector")?.ok_or("data.spot-selector: missing")?,
-            spot_toleration: field("spot-toleration")?,
+            on_demand: selector("on-demand-selector")?,
+            spot: selector("spot-selector")?,
+            spot_tolerations,
             interruption_notice_s: match field("interruption-notice-seconds")? {
                 None => None,
                 Some(n) => Some(
                     n.as_u64()
-                        .filter(|n| *n > 5)
+                        .filter(|n| *n > EXIT_MARGIN_S)
                         .ok_or("data.interruption-notice-seconds: must be whole seconds above 5")?,
                 ),
             },
         })
+    }
+
+    /// `nodeSelectorTerms` requiring one side.
+    fn required(terms: &[Vec<Value>]) -> Value {
+        let terms: Vec<Value> = terms
+            .iter()
+            .map(|t| json!({"matchExpressions": t}))
+            .collect();
+        json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}})
+    }
+
+    /// Preferring one side: a preference per term (a node matching any of them scores).
+    fn preferred(terms: &[Vec<Value>]) -> Value {
+        let preferences: Vec<Value> = terms
+            .iter()
+            .map(|t| json!({"weight": 100, "preference": {"matchExpressions": t}}))
+            .collect();
+        json!({"preferredDuringSchedulingIgnoredDuringExecution": preferences})
+    }
+}
+
+/// One match expression, a list of them (one term) or a list of lists (several terms).
+fn selector_terms(value: &Value) -> Result<Vec<Vec<Value>>, String> {
+    let expression = |v: &Value| -> Result<Value, String> {
+        match v {
+            Value::Object(m) if m.get("key").is_some_and(Value::is_string) => Ok(v.clone()),
+            other => Err(format!(
+                "{other} is not a match expression ({{\"key\": ..., \"operator\": ...}})"
+            )),
+        }
+    };
+    let term = |v: &Value| -> Result<Vec<Value>, String> {
+        match v {
+            Value::Array(list) if !list.is_empty() => list.iter().map(expression).collect(),
+            Value::Array(_) => Err("an empty list of match expressions matches nothing".into()),
+            one => Ok(vec![expression(one)?]),
+        }
+    };
+    match value {
+        Value::Array(list) if list.first().is_some_and(Value::is_array) => {
+            list.iter().map(term).collect()
+        }
+        other => Ok(vec![term(other)?]),
     }
 }
 
@@ -144,6 +211,110 @@ pub fn at_least_cpus(quantity: &str, min_cpus: u32) -> String {
         Some(m) if m >= floor => quantity.to_owned(),
         _ => millis_quantity(floor),
     }
+}
+
+/// The replica bounds and the caps a valid spec gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The fewest replicas.
+    pub min: u32,
+    /// The most replicas.
+    pub max: u32,
+    /// The replicas a new pipeline starts with.
+    pub initial: u32,
+    /// `maxAllowed.cpu` in millicores.
+    pub max_allowed: u64,
+}
+
+/// Every check a StreamPipeline gets before anything is applied, the operator's (which marks a
+/// failing one `Degraded/InvalidSpec`) and `sluice render`'s alike: what the CRD schema says
+/// (for a manifest that never met an API server), what it cannot (quantities compare, a divisor
+/// fits), and `spec.pipeline` through the runtime's own parser. The error names the field and
+/// says what to do.
+pub fn check(sp: &StreamPipeline) -> Result<Bounds, String> {
+    let spec = &sp.spec;
+    if spec.image.trim().is_empty() {
+        return Err("spec.image: empty: name the image holding sluice and the plugin".into());
+    }
+    if spec.plugin.path.trim().is_empty() {
+        return Err("spec.plugin.path: empty: give the plugin's path inside the image".into());
+    }
+    if spec.kafka.topics.is_empty() || spec.kafka.topics.iter().any(|t| t.trim().is_empty()) {
+        return Err("spec.kafka.topics: list at least one topic, none empty".into());
+    }
+    if spec.kafka.group.trim().is_empty() {
+        return Err("spec.kafka.group: empty: give the consumer group id".into());
+    }
+    if !(1..=MAX_PARTITIONS).contains(&spec.kafka.partitions) {
+        return Err(format!(
+            "spec.kafka.partitions: {} is not in [1, {MAX_PARTITIONS}]",
+            spec.kafka.partitions
+        ));
+    }
+    let res = &spec.resources;
+    let mut cpus = Vec::new();
+    let mut memories = Vec::new();
+    for (field, q) in [
+        ("initial", &res.initial),
+        ("minAllowed", &res.min_allowed),
+        ("maxAllowed", &res.max_allowed),
+    ] {
+        cpus.push(cpu_millis(&q.cpu).ok_or_else(|| {
+            format!(
+                "spec.resources.{field}.cpu: {:?} is not a CPU quantity (e.g. 500m, 2)",
+                q.cpu
+            )
+        })?);
+        memories.push(memory_bytes(&q.memory).ok_or_else(|| {
+            format!(
+                "spec.resources.{field}.memory: {:?} is not a memory quantity (e.g. 512Mi, 2Gi)",
+                q.memory
+            )
+        })?);
+    }
+    let max_allowed = cpus[2];
+    if cpus[1] > max_allowed {
+        return Err(format!(
+            "spec.resources: minAllowed.cpu {} is above maxAllowed.cpu {}: swap or widen them",
+            res.min_allowed.cpu, res.max_allowed.cpu
+        ));
+    }
+    if memories[1] > memories[2] {
+        return Err(format!(
+            "spec.resources: minAllowed.memory {} is above maxAllowed.memory {}: swap or widen them",
+            res.min_allowed.memory, res.max_allowed.memory
+        ));
+    }
+    if u64::from(res.min_cpus) * 1000 > max_allowed {
+        return Err(format!(
+            "spec.resources.minCpus: {} CPUs is above maxAllowed.cpu {}: lower minCpus or raise maxAllowed",
+            res.min_cpus, res.max_allowed.cpu
+        ));
+    }
+    let r = &spec.replicas;
+    if r.fixed.is_some() && (r.min.is_some() || r.max.is_some()) {
+        return Err("spec.replicas: fixed excludes min and max: set one or the other".into());
+    }
+    let (min, max) = match r.fixed {
+        Some(f) => (f, f),
+        None => (r.min.unwrap_or(1), r.max.unwrap_or(spec.kafka.partitions)),
+    };
+    if min == 0 {
+        return Err("spec.replicas: at least 1 (use spec.suspend to stop a pipeline)".into());
+    }
+    if min > max {
+        return Err(format!(
+            "spec.replicas: min {min} is above max {max}: swap them"
+        ));
+    }
+    let initial = initial_replicas(sp)?;
+    check_pipeline(sp)?;
+    Ok(Bounds {
+        min,
+        max,
+        initial,
+        max_allowed,
+    })
 }
 
 /// Everything a StreamPipeline owns.
@@ -283,30 +454,43 @@ pub fn children_sized(
     // The drain runs within the grace period, with a margin for the final commit and exit.
     let (drain_ms, grace_s) = drain_and_grace(sp, placement);
 
+    let pipeline_yaml = pipeline_yaml(sp, drain_ms);
     let config_map = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta(&name),
-        "data": {"pipeline.yaml": pipeline_yaml(sp, drain_ms)},
+        "data": {"pipeline.yaml": pipeline_yaml},
     });
+    // The runtime reads its spec once, at start: a changed spec must be a rollout, so its hash
+    // is on the pod template (and so is the restart nonce, when set).
+    let mut pod_annotations = json!({CONFIG_HASH: config_hash(&pipeline_yaml)});
+    if let Some(nonce) = sp.spec.restart_nonce {
+        pod_annotations[RESTART_NONCE] = json!(nonce.to_string());
+    }
 
     let affinity = match sp.spec.tier {
-        Tier::Critical => json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
-            {"nodeSelectorTerms": [{"matchExpressions": [placement.on_demand]}]}}}),
-        Tier::Standard => {
-            json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution":
-            [{"weight": 100, "preference": {"matchExpressions": [placement.on_demand]}}]}})
-        }
-        Tier::Tolerant => json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
-            {"nodeSelectorTerms": [{"matchExpressions": [placement.spot]}]}}}),
+        Tier::Critical => json!({"nodeAffinity": Placement::required(&placement.on_demand)}),
+        Tier::Standard => json!({"nodeAffinity": Placement::preferred(&placement.on_demand)}),
+        Tier::Tolerant => json!({"nodeAffinity": Placement::required(&placement.spot)}),
     };
-    let tolerations: Vec<Value> = match (sp.spec.tier, &placement.spot_toleration) {
-        (Tier::Tolerant, Some(t)) => vec![t.clone()],
+    let tolerations: Vec<Value> = match sp.spec.tier {
+        Tier::Tolerant => placement.spot_tolerations.clone(),
         _ => Vec::new(),
+    };
+    // One spot reclaim or node drain should not take every replica: spread over zones and
+    // hosts, as far as the nodes allow (ScheduleAnyway: never leave a pod pending for it). Only
+    // pods of the same rollout count (pod-template-hash), so a rolling update spreads too.
+    let spread = |topology_key: &str| {
+        json!({"maxSkew": 1, "topologyKey": topology_key, "whenUnsatisfiable": "ScheduleAnyway",
+               "labelSelector": {"matchLabels": selector}, "matchLabelKeys": ["pod-template-hash"]})
     };
     let probe = |path: &str, period: u32| json!({"httpGet": {"path": path, "port": "admin"}, "periodSeconds": period, "failureThreshold": 3});
     let cpu = at_least_cpus(&requests.cpu, res.min_cpus);
     let cpu_limit = millis_quantity(cpu_millis(&cpu).unwrap_or(1000) * CPU_BURST);
+    let memory_limit = memory_bytes(&requests.memory).map_or_else(
+        || requests.memory.clone(),
+        |b| bytes_quantity(b * MEMORY_BURST),
+    );
     let mut deployment_meta = meta(&name);
     deployment_meta["annotations"] = json!({
         "checkov.io/skip1": "CKV_K8S_35=the bootstrap servers reach the runtime's ${VAR} interpolation through the environment; credentials belong in producer/consumer properties-from-env",
@@ -321,11 +505,15 @@ pub fn children_sized(
             // No surge: an extra pod would join the group and trigger a rebalance for nothing.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": labels, "annotations": pod_annotations},
                 "spec": {
                     "priorityClassName": format!("sluice-{}", tier_name(sp.spec.tier)),
                     "affinity": affinity,
                     "tolerations": tolerations,
+                    "topologySpreadConstraints": [
+                        spread("topology.kubernetes.io/zone"),
+                        spread("kubernetes.io/hostname"),
+                    ],
                     "terminationGracePeriodSeconds": grace_s,
                     "automountServiceAccountToken": false,
                     "securityContext": {
@@ -351,11 +539,20 @@ pub fn children_sized(
                         // recommendation would creep up 15% at a time (the capacity simulation
                         // shows it). The runtime sizes its workers from the quota (whole CPUs,
                         // requests are whole CPUs), and the VPA keeps the ratio. Memory limit =
-                        // request: memory is not compressible.
+                        // MEMORY_BURST x request, and the VPA's memory floor is the initial
+                        // request / MEMORY_BURST: whatever the VPA recommends, the limit never
+                        // drops below the memory the pod started with (see `memory_floor`).
                         "resources": {
                             "requests": {"cpu": cpu, "memory": requests.memory},
-                            "limits": {"cpu": cpu_limit, "memory": requests.memory},
+                            "limits": {"cpu": cpu_limit, "memory": memory_limit},
                         },
+                        // The runtime sizes its worker pool from the CPU quota once, at start:
+                        // an in-place CPU resize (the VPA's InPlaceOrRecreate) restarts the
+                        // container so it sees the new quota. Memory resizes need no restart.
+                        "resizePolicy": [
+                            {"resourceName": "cpu", "restartPolicy": "RestartContainer"},
+                            {"resourceName": "memory", "restartPolicy": "NotRequired"},
+                        ],
                         "securityContext": {
                             "allowPrivilegeEscalation": false, "privileged": false,
                             "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
@@ -382,7 +579,7 @@ pub fn children_sized(
             "updatePolicy": {"updateMode": update_mode},
             "resourcePolicy": {"containerPolicies": [{
                 "containerName": CONTAINER,
-                "minAllowed": {"cpu": at_least_cpus(&res.min_allowed.cpu, res.min_cpus), "memory": res.min_allowed.memory},
+                "minAllowed": {"cpu": at_least_cpus(&res.min_allowed.cpu, res.min_cpus), "memory": memory_floor(sp)},
                 "maxAllowed": {"cpu": res.max_allowed.cpu, "memory": res.max_allowed.memory},
                 "controlledResources": ["cpu", "memory"],
                 "controlledValues": match controlled {
@@ -396,7 +593,10 @@ pub fn children_sized(
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": meta(&name),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+        // Readiness includes sink reachability: in a Kafka outage every pod is unready, and a
+        // budget counting unready pods would block every node drain until Kafka is back.
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector},
+                 "unhealthyPodEvictionPolicy": "AlwaysAllow"},
     });
     let service = json!({
         "apiVersion": "v1",
@@ -427,6 +627,54 @@ pub fn children_sized(
     }
 }
 
+/// The pod template annotation holding the hash of the pipeline spec the pods run.
+pub const CONFIG_HASH: &str = "sluice.dev/config-hash";
+/// The pod template annotation holding `spec.restartNonce`.
+pub const RESTART_NONCE: &str = "sluice.dev/restart-nonce";
+/// A pipeline pod's memory limit over its request.
+pub const MEMORY_BURST: u64 = 2;
+
+/// sha256 of the pipeline spec, first 16 hex digits.
+pub fn config_hash(pipeline_yaml: &str) -> String {
+    Sha256::digest(pipeline_yaml.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The VPA's memory floor: `minAllowed.memory`, raised to `initial.memory / MEMORY_BURST`. The
+/// VPA keeps the limit at MEMORY_BURST x its recommendation, so the limit never falls below the
+/// initial request: with limit == request and a floor under the initial request, the VPA could
+/// halve the limit of a pod that needs what it started with, and OOM-kill it in a loop.
+pub fn memory_floor(sp: &StreamPipeline) -> String {
+    let res = &sp.spec.resources;
+    match (
+        memory_bytes(&res.min_allowed.memory),
+        memory_bytes(&res.initial.memory),
+    ) {
+        (Some(min), Some(initial)) if min < initial.div_ceil(MEMORY_BURST) => {
+            bytes_quantity(initial.div_ceil(MEMORY_BURST))
+        }
+        _ => res.min_allowed.memory.clone(),
+    }
+}
+
+/// Bytes as a memory quantity (`1Gi`, `512Mi`, or plain bytes).
+pub fn bytes_quantity(bytes: u64) -> String {
+    for (suffix, unit) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
 fn tier_name(tier: Tier) -> &'static str {
     match tier {
         Tier::Critical => "critical",
@@ -435,19 +683,51 @@ fn tier_name(tier: Tier) -> &'static str {
     }
 }
 
+/// What `sluice render` prints for `sp`: the same checks as the operator (`check`), then its
+/// children at the initial replica count, placed per `placement`.
+pub fn render(sp: &StreamPipeline, placement: &Placement) -> Result<String, String> {
+    let bounds = check(sp)?;
+    Ok(to_yaml(&children(sp, bounds.initial, placement).all()))
+}
+
+/// Objects as a multi-document YAML that YAML 1.1 tools read the same as YAML 1.2 ones: a
+/// string a 1.1 parser would take for something else (`Off`, `yes`, `~`, `0755`) is quoted,
+/// and multi-line strings are literal blocks.
+pub fn to_yaml(objects: &[&Value]) -> String {
+    fn yaml(v: &Value) -> yaml_rust2::Yaml {
+        use yaml_rust2::Yaml;
+        match v {
+            Value::Null => Yaml::Null,
+            Value::Bool(b) => Yaml::Boolean(*b),
+            Value::Number(n) => n
+                .as_i64()
+                .map_or_else(|| Yaml::Real(n.to_string()), Yaml::Integer),
+            Value::String(s) => Yaml::String(s.clone()),
+            Value::Array(list) => Yaml::Array(list.iter().map(yaml).collect()),
+            Value::Object(map) => Yaml::Hash(
+                map.iter()
+                    .map(|(k, v)| (Yaml::String(k.clone()), yaml(v)))
+                    .collect(),
+            ),
+        }
+    }
+    let mut out = String::new();
+    for object in objects {
+        let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+        emitter.multiline_strings(true);
+        emitter
+            .dump(&yaml(object))
+            .expect("a JSON value emits as YAML");
+        out.push('\n');
+    }
+    out
+}
+
 /// The example pipeline's children as a multi-document YAML (committed in `deploy/examples/`).
 pub fn example_yaml(sp: &StreamPipeline, replicas: u32) -> String {
     let children = children(sp, replicas, &Placement::neutral());
-    let mut out = String::from(
-        "# Generated by `cargo run -p sluice-vpa --bin render-example`: what the operator applies\n# for deploy/examples/streampipeline.yaml at 4 replicas. Do not edit.\n",
-    );
-    for (i, object) in children.all().iter().enumerate() {
-        if i > 0 {
-            out.push_str("---\n");
-        }
-        out.push_str(&serde_yaml_ng::to_string(object).expect("serializes"));
-    }
-    out
+    let header = "# Generated by `cargo run -p sluice-vpa --bin render-example`: what the operator applies\n# for deploy/examples/streampipeline.yaml at 4 replicas. Do not edit.\n";
+    format!("{header}{}", to_yaml(&children.all()))
 }
 
 #[cfg(test)]
@@ -468,8 +748,8 @@ mod tests {
             "spot-toleration": "",
         }});
         let p = Placement::from_config_map(&cm).unwrap();
-        assert_eq!(p.on_demand["operator"], "DoesNotExist");
-        assert_eq!(p.spot_toleration, None);
+        assert_eq!(p.on_demand[0][0]["operator"], "DoesNotExist");
+        assert_eq!(p.spot_tolerations, Vec::<Value>::new());
         assert!(
             Placement::from_config_map(&json!({"data": {}}))
                 .unwrap_err()
@@ -499,9 +779,9 @@ mod tests {
     fn tiers_place_pods_and_pick_their_priority_class() {
         let mut sp = example();
         let placement = Placement {
-            spot_toleration: Some(
+            spot_tolerations: vec![
                 json!({"key": "spot", "operator": "Exists", "effect": "NoSchedule"}),
-            ),
+            ],
             ..Placement::neutral()
         };
         let pod = |sp: &StreamPipeline| {
@@ -587,7 +867,8 @@ mod tests {
         sp.spec.tier = Tier::Critical;
         assert_eq!(grace(&sp, &gke), (60_000, 70));
         // A bad notice in the ConfigMap is refused, naming the key.
-        let bad = json!({"data": {"on-demand-selector": "{}", "spot-selector": "{}", "interruption-notice-seconds": "soon"}});
+        let e = r#"{"key": "k", "operator": "Exists"}"#;
+        let bad = json!({"data": {"on-demand-selector": e, "spot-selector": e, "interruption-notice-seconds": "soon"}});
         assert!(
             Placement::from_config_map(&bad)
                 .unwrap_err()
@@ -646,41 +927,379 @@ mod tests {
         );
     }
 
-    /// The VPA object validates against the official VPA CRD (kubernetes/autoscaler), read from
-    /// the shared vendor directory.
+    /// A selector is one expression, a list (all must match) or a list of lists (any).
     #[test]
-    fn the_vpa_validates_against_the_official_crd() {
-        // `../shared` beside the repository (SLUICE_SHARED overrides it).
-        let shared = std::env::var_os("SLUICE_SHARED")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| repo("../shared"));
-        let path = shared.join("vendor/vpa/vpa-v1-crd-gen.yaml");
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let crd = serde_yaml_ng::Deserializer::from_str(&text)
-            .map(|d| Value::deserialize(d).unwrap())
-            .find(|d| d["spec"]["names"]["kind"] == "VerticalPodAutoscaler")
-            .expect("the VPA CRD");
-        let version = crd["spec"]["versions"]
+    fn placement_selectors_are_lists_of_terms() {
+        let cm = |on_demand: &str| {
+            json!({"data": {"on-demand-selector": on_demand,
+            "spot-selector": "{\"key\": \"s\", \"operator\": \"Exists\"}"}})
+        };
+        let terms = |text: &str| Placement::from_config_map(&cm(text)).map(|p| p.on_demand);
+        let e = |key: &str| json!({"key": key, "operator": "DoesNotExist"});
+        assert_eq!(
+            terms(r#"{"key": "a", "operator": "DoesNotExist"}"#),
+            Ok(vec![vec![e("a")]])
+        );
+        assert_eq!(
+            terms(
+                r#"[{"key": "a", "operator": "DoesNotExist"}, {"key": "b", "operator": "DoesNotExist"}]"#
+            ),
+            Ok(vec![vec![e("a"), e("b")]])
+        );
+        assert_eq!(
+            terms(
+                r#"[[{"key": "a", "operator": "DoesNotExist"}], [{"key": "b", "operator": "DoesNotExist"}]]"#
+            ),
+            Ok(vec![vec![e("a")], vec![e("b")]])
+        );
+        assert!(
+            terms("[]")
+                .unwrap_err()
+                .starts_with("data.on-demand-selector: an empty list")
+        );
+        assert!(
+            terms(r#"["a"]"#)
+                .unwrap_err()
+                .contains("is not a match expression")
+        );
+    }
+
+    /// The placement of a provider overlay, read from its kustomization's ConfigMap literals.
+    fn overlay_placement(provider: &str) -> Placement {
+        let path = repo(&format!("deploy/overlays/{provider}/kustomization.yaml"));
+        let kustomization: Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let literals = kustomization["configMapGenerator"][0]["literals"]
+            .as_array()
+            .unwrap();
+        let data: serde_json::Map<String, Value> = literals
+            .iter()
+            .map(|l| {
+                let (k, v) = l.as_str().unwrap().split_once('=').unwrap();
+                (k.to_owned(), json!(v))
+            })
+            .collect();
+        Placement::from_config_map(&json!({ "data": data })).unwrap()
+    }
+
+    /// Whether a node with `labels` satisfies required node affinity `terms` (In, NotIn,
+    /// Exists, DoesNotExist, as the scheduler reads them).
+    fn node_matches(terms: &Value, labels: &[(&str, &str)]) -> bool {
+        let label = |key: &str| labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        terms.as_array().unwrap().iter().any(|term| {
+            term["matchExpressions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| {
+                    let key = e["key"].as_str().unwrap();
+                    let values = || {
+                        e["values"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_str().unwrap())
+                    };
+                    match e["operator"].as_str().unwrap() {
+                        "In" => label(key).is_some_and(|l| values().any(|v| v == l)),
+                        "NotIn" => label(key).is_none_or(|l| values().all(|v| v != l)),
+                        "Exists" => label(key).is_some(),
+                        "DoesNotExist" => label(key).is_none(),
+                        other => panic!("operator {other}"),
+                    }
+                })
+        })
+    }
+
+    /// Whether `tolerations` tolerate every NoSchedule taint of a node.
+    fn tolerated(tolerations: &Value, taints: &[(&str, &str)]) -> bool {
+        taints.iter().all(|(key, value)| {
+            tolerations.as_array().unwrap().iter().any(|t| {
+                t["key"] == *key
+                    && (t["operator"] == "Exists" || t["value"] == *value)
+                    && t["effect"] == "NoSchedule"
+            })
+        })
+    }
+
+    #[test]
+    fn on_gke_critical_pods_avoid_spot_and_preemptible_vms_and_tolerant_pods_use_both() {
+        let gke = overlay_placement("gke");
+        let mut sp = example();
+        let pod = |sp: &StreamPipeline| {
+            children(sp, 4, &gke).deployment["spec"]["template"]["spec"].clone()
+        };
+        let spot = [("cloud.google.com/gke-spot", "true")];
+        let preemptible = [("cloud.google.com/gke-preemptible", "true")];
+        let on_demand = [("cloud.google.com/gke-nodepool", "default-pool")];
+        sp.spec.tier = Tier::Critical;
+        let critical = pod(&sp);
+        let terms = &critical["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"];
+        assert!(node_matches(terms, &on_demand));
+        assert!(!node_matches(terms, &spot), "critical on a spot VM");
+        assert!(
+            !node_matches(terms, &preemptible),
+            "critical on a preemptible VM"
+        );
+        sp.spec.tier = Tier::Tolerant;
+        let tolerant = pod(&sp);
+        let terms = &tolerant["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"];
+        assert!(node_matches(terms, &spot) && node_matches(terms, &preemptible));
+        assert!(!node_matches(terms, &on_demand));
+        // Tainted spot or preemptible pools are tolerated.
+        assert!(tolerated(&tolerant["tolerations"], &spot));
+        assert!(tolerated(&tolerant["tolerations"], &preemptible));
+        // Standard prefers on-demand: a preference per on-demand term.
+        sp.spec.tier = Tier::Standard;
+        let standard = pod(&sp);
+        let preferred = &standard["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+        assert_eq!(
+            preferred[0]["preference"]["matchExpressions"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        // GKE's graceful node shutdown gives user pods 15 s of the 30 s notice: a tolerant pod's
+        // grace period is 15 s and its drain fits in it with the exit margin.
+        assert_eq!(gke.interruption_notice_s, Some(15));
+        assert_eq!(drain_and_grace(&sp, &gke), (25_000, 35));
+        sp.spec.tier = Tier::Tolerant;
+        assert_eq!(drain_and_grace(&sp, &gke), (10_000, 15));
+        // Every other provider: critical never on spot, tolerant only on spot.
+        for (provider, spot_node, on_demand_node) in [
+            (
+                "eks",
+                ("eks.amazonaws.com/capacityType", "SPOT"),
+                ("eks.amazonaws.com/capacityType", "ON_DEMAND"),
+            ),
+            (
+                "karpenter",
+                ("karpenter.sh/capacity-type", "spot"),
+                ("karpenter.sh/capacity-type", "on-demand"),
+            ),
+            (
+                "aks",
+                ("kubernetes.azure.com/scalesetpriority", "spot"),
+                ("kubernetes.io/os", "linux"),
+            ),
+        ] {
+            let p = overlay_placement(provider);
+            let required = |terms: &[Vec<Value>]| {
+                Placement::required(terms)["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].clone()
+            };
+            assert!(
+                node_matches(&required(&p.on_demand), &[on_demand_node]),
+                "{provider}"
+            );
+            assert!(
+                !node_matches(&required(&p.on_demand), &[spot_node]),
+                "{provider}"
+            );
+            assert!(node_matches(&required(&p.spot), &[spot_node]), "{provider}");
+            assert!(
+                !node_matches(&required(&p.spot), &[on_demand_node]),
+                "{provider}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_change_or_a_restart_nonce_rolls_the_pods_and_a_replica_step_does_not() {
+        let template = |sp: &StreamPipeline, replicas: u32| {
+            children(sp, replicas, &Placement::neutral()).deployment["spec"]["template"].clone()
+        };
+        let sp = example();
+        let before = template(&sp, 4);
+        assert_eq!(
+            before["metadata"]["annotations"][CONFIG_HASH],
+            config_hash(&pipeline_yaml(&sp, sp.spec.drain_timeout_ms))
+        );
+        assert_eq!(template(&sp, 6), before, "a replica step is not a rollout");
+        let changed: [fn(&mut StreamPipeline); 5] = [
+            |sp| sp.spec.pipeline["ordering"] = json!("key"),
+            |sp| sp.spec.plugin.config = Some(json!({"min_fare": 6})),
+            |sp| sp.spec.plugin.path = "/plugins/other.so".into(),
+            |sp| sp.spec.kafka.group = "bookings-enrich-v2".into(),
+            |sp| sp.spec.kafka.topics.push("bookings-eu".into()),
+        ];
+        for change in changed {
+            let mut sp = example();
+            change(&mut sp);
+            let after = template(&sp, 4);
+            assert_ne!(
+                after["metadata"]["annotations"][CONFIG_HASH],
+                before["metadata"]["annotations"][CONFIG_HASH]
+            );
+        }
+        let mut sp = example();
+        sp.spec.restart_nonce = Some(1);
+        let first = template(&sp, 4);
+        assert_eq!(first["metadata"]["annotations"][RESTART_NONCE], "1");
+        sp.spec.restart_nonce = Some(2);
+        assert_ne!(template(&sp, 4), first);
+    }
+
+    #[test]
+    fn a_cpu_resize_restarts_the_container_and_a_memory_resize_does_not() {
+        let c = children(&example(), 4, &Placement::neutral());
+        let container = &c.deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            container["resizePolicy"],
+            json!([{"resourceName": "cpu", "restartPolicy": "RestartContainer"},
+                   {"resourceName": "memory", "restartPolicy": "NotRequired"}])
+        );
+    }
+
+    #[test]
+    fn pods_spread_over_zones_and_hosts_and_unhealthy_pods_never_block_a_drain() {
+        let c = children(&example(), 4, &Placement::neutral());
+        let spread = c.deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
             .as_array()
             .unwrap()
+            .clone();
+        let keys: Vec<&str> = spread
             .iter()
-            .find(|v| v["name"] == "v1")
-            .unwrap();
-        let validator = jsonschema::validator_for(&version["schema"]["openAPIV3Schema"]).unwrap();
-        for applied_by in [AppliedBy::Vpa, AppliedBy::Operator] {
-            let mut sp = example();
-            sp.spec.resources.applied_by = applied_by;
-            let vpa = children(&sp, 4, &Placement::neutral()).vpa;
-            let errors: Vec<String> = validator
-                .iter_errors(&vpa)
-                .map(|e| format!("{}: {e}", e.instance_path()))
-                .collect();
-            assert!(errors.is_empty(), "{errors:?}");
+            .map(|s| s["topologyKey"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+        );
+        for s in &spread {
+            assert_eq!(s["whenUnsatisfiable"], "ScheduleAnyway");
+            assert_eq!(
+                s["labelSelector"]["matchLabels"],
+                c.deployment["spec"]["selector"]["matchLabels"]
+            );
         }
-        let mut bad = children(&example(), 4, &Placement::neutral()).vpa;
-        bad["spec"]["updatePolicy"]["updateMode"] = "Sometimes".into();
-        assert!(validator.iter_errors(&bad).next().is_some());
+        assert_eq!(c.pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    }
+
+    /// Whatever request the VPA sets within its bounds, the memory limit (MEMORY_BURST x the
+    /// request, kept by RequestsAndLimits) stays at or above the memory the pod started with.
+    #[test]
+    fn the_vpa_can_never_take_the_memory_limit_below_the_initial_request() {
+        for (initial, min_allowed) in [
+            ("1Gi", "256Mi"),
+            ("1Gi", "512Mi"),
+            ("2Gi", "4Gi"),
+            ("3G", "1"),
+        ] {
+            let mut sp = example();
+            sp.spec.resources.initial.memory = initial.into();
+            sp.spec.resources.min_allowed.memory = min_allowed.into();
+            sp.spec.resources.max_allowed.memory = "8Gi".into();
+            let c = children(&sp, 4, &Placement::neutral());
+            let floor =
+                c.vpa["spec"]["resourcePolicy"]["containerPolicies"][0]["minAllowed"]["memory"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+            let floor = memory_bytes(&floor).unwrap();
+            assert!(floor >= memory_bytes(min_allowed).unwrap());
+            // The lowest request the VPA may set, applied: its limit.
+            let lowest = Quantities {
+                cpu: "1".into(),
+                memory: bytes_quantity(floor),
+            };
+            let pod = children_sized(&sp, 4, &lowest, &Placement::neutral());
+            let limit =
+                pod.deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+                    ["memory"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+            assert!(
+                memory_bytes(&limit).unwrap() >= memory_bytes(initial).unwrap(),
+                "{initial} / {min_allowed}: limit {limit}"
+            );
+        }
+        assert_eq!(bytes_quantity(512 << 20), "512Mi");
+        assert_eq!(bytes_quantity(1500), "1500");
+    }
+
+    #[test]
+    fn render_runs_the_operators_checks() {
+        let cases: [(fn(&mut StreamPipeline), &str); 8] = [
+            (|sp| sp.spec.image = String::new(), "spec.image: empty"),
+            (
+                |sp| sp.spec.kafka.topics.clear(),
+                "spec.kafka.topics: list at least one topic",
+            ),
+            (
+                |sp| sp.spec.kafka.partitions = 0,
+                "spec.kafka.partitions: 0 is not in [1, 100000]",
+            ),
+            (
+                |sp| sp.spec.replicas.min = Some(7),
+                "spec.replicas: min 7 is above max 6",
+            ),
+            (
+                |sp| sp.spec.replicas.fixed = Some(2),
+                "spec.replicas: fixed excludes min and max",
+            ),
+            (
+                |sp| sp.spec.resources.max_allowed.cpu = "lots".into(),
+                "spec.resources.maxAllowed.cpu: \"lots\" is not a CPU quantity",
+            ),
+            (
+                |sp| sp.spec.resources.min_allowed.memory = "16Gi".into(),
+                "spec.resources: minAllowed.memory 16Gi is above maxAllowed.memory 4Gi",
+            ),
+            (
+                |sp| sp.spec.pipeline["ordering"] = json!("random"),
+                "spec.pipeline: ordering: unknown variant `random`",
+            ),
+        ];
+        for (breaks, error) in cases {
+            let mut sp = example();
+            breaks(&mut sp);
+            let got = render(&sp, &Placement::neutral()).unwrap_err();
+            assert!(got.starts_with(error), "{got}");
+            assert_eq!(
+                check(&sp).unwrap_err(),
+                got,
+                "render and the operator disagree"
+            );
+        }
+        assert!(render(&example(), &Placement::neutral()).is_ok());
+    }
+
+    /// YAML 1.1 tools (PyYAML, older kubectl plugins) read unquoted `Off`, `yes`, `on`, `~` as
+    /// booleans and nulls: every such string is quoted, and the output reads back as it was.
+    #[test]
+    fn rendered_yaml_quotes_what_yaml_1_1_would_misread() {
+        let tricky = json!({"updateMode": "Off", "a": "yes", "b": "on", "c": "~", "d": "null",
+            "e": "012", "f": "1e3", "g": "line one\nline two\n", "n": 3, "x": false, "y": null});
+        let text = to_yaml(&[&tricky]);
+        for line in [
+            "updateMode: \"Off\"",
+            "a: \"yes\"",
+            "b: \"on\"",
+            "c: \"~\"",
+            "d: \"null\"",
+            "e: \"012\"",
+            "f: \"1e3\"",
+        ] {
+            assert!(
+                text.lines().any(|l| l.trim() == line),
+                "{line} not in\n{text}"
+            );
+        }
+        let back: Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(back, tricky);
+        let mut sp = example();
+        sp.spec.resources.applied_by = AppliedBy::Operator;
+        let rendered = render(&sp, &Placement::neutral()).unwrap();
+        assert!(rendered.contains("updateMode: \"Off\""), "{rendered}");
+        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&rendered)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect();
+        let c = children(&sp, 2, &Placement::neutral());
+        assert_eq!(docs.iter().collect::<Vec<_>>(), c.all().to_vec());
     }
 
     use serde::Deserialize as _;

@@ -91,10 +91,62 @@ pub fn operator_object(kind: &str) -> Value {
         .unwrap_or_else(|| panic!("deploy/operator/operator.yaml has no {kind}"))
 }
 
-/// Whether an RBAC role grants `verb` on `group/resource`.
-pub fn grants(role: &Value, group: &str, resource: &str, verb: &str) -> bool {
+/// Whether an RBAC role grants `verb` on `group/resource` (for the object `name`: a rule with
+/// `resourceNames` grants only those objects).
+pub fn grants(role: &Value, group: &str, resource: &str, name: Option<&str>, verb: &str) -> bool {
     role["rules"].as_array().unwrap().iter().any(|rule| {
         let has = |key: &str, want: &str| rule[key].as_array().unwrap().iter().any(|v| v == want);
-        has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+        let named = match rule["resourceNames"].as_array() {
+            None => true,
+            Some(names) => name.is_some_and(|n| names.iter().any(|v| v == n)),
+        };
+        has("apiGroups", group) && has("resources", resource) && has("verbs", verb) && named
     })
+}
+
+/// One call's need: group, resource, the object's name when it has one, verb.
+pub type Need = (String, String, Option<String>, &'static str);
+
+/// Checks `role` against what was called, both ways: every need is granted, and every grant is
+/// needed (a rule limited by `resourceNames` by a call on one of those names).
+pub fn grants_exactly(role: &Value, what: &str, needed: &[Need]) {
+    for (group, resource, name, verb) in needed {
+        assert!(
+            grants(role, group, resource, name.as_deref(), verb),
+            "{what}: does not grant {verb} on {group}/{resource} {}",
+            name.as_deref().unwrap_or("")
+        );
+    }
+    for rule in role["rules"].as_array().unwrap() {
+        let list = |key: &str| -> Vec<String> {
+            rule[key]
+                .as_array()
+                .map(|l| l.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default()
+        };
+        let names = list("resourceNames");
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                for verb in list("verbs") {
+                    let used = |name: Option<&String>| {
+                        needed.iter().any(|(g, r, n, v)| {
+                            *g == group
+                                && *r == resource
+                                && *v == verb
+                                && name.is_none_or(|name| n.as_ref() == Some(name))
+                        })
+                    };
+                    let unused: Vec<&String> = names.iter().filter(|n| !used(Some(n))).collect();
+                    assert!(
+                        if names.is_empty() {
+                            used(None)
+                        } else {
+                            unused.is_empty()
+                        },
+                        "{what}: grants {verb} on {group}/{resource} {unused:?}, which nothing calls: drop it"
+                    );
+                }
+            }
+        }
+    }
 }
