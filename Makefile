@@ -10,6 +10,10 @@ PYTHON := $(CACHE)/venv/bin/python
 # Offline Kubernetes checks (schemas, security linter) in their own virtualenv: checkov pins
 # packages that conflict with others.
 K8S_VENV := $(CACHE)/k8s-venv
+# The VPA's v1 schema, generated from the official CRD, as an npm package (validate-vpa.mjs).
+NODE_MODULES := $(CACHE)/node
+VPA_SCHEMA := $(NODE_MODULES)/node_modules/@kubernetes-models/autoscaler/package.json
+CEL := $(K8S_VENV)/.cel-python-0.5.0
 export SLUICE_CACHE := $(CACHE)
 
 .PHONY: demo test lint bench build deps
@@ -19,8 +23,9 @@ export SLUICE_CACHE := $(CACHE)
 ## (confluent-kafka from PyPI, in a virtualenv), and the PostgreSQL and MariaDB servers (Debian
 ## packages; the tests start their own instances on 127.0.0.1), promtool (Debian package
 ## prometheus: checks the alert rules and lints /metrics), tmux (drives `sluice top` in a real
-## terminal), kubectl (kustomize) and, from PyPI, kubernetes-validate and checkov for deploy/.
-deps: $(TANSU) $(PYTHON) $(K8S_VENV)/bin/checkov
+## terminal), kubectl (kustomize) and, from PyPI, kubernetes-validate, checkov and cel-python
+## (evaluates the CRD's and admission policies' CEL) for deploy/, and from npm the VPA schema.
+deps: $(TANSU) $(PYTHON) $(K8S_VENV)/bin/checkov $(CEL) $(VPA_SCHEMA)
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
 	@command -v gcc >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends gcc libc6-dev; }
 	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v psql; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql postgresql-client; }
@@ -39,6 +44,14 @@ $(PYTHON):
 $(K8S_VENV)/bin/checkov:
 	python3 -m venv $(K8S_VENV)
 	$(K8S_VENV)/bin/python -m pip install --quiet kubernetes-validate==1.37.0 checkov==3.3.30
+
+$(CEL): $(K8S_VENV)/bin/checkov
+	$(K8S_VENV)/bin/python -m pip install --quiet cel-python==0.5.0
+	touch $@
+
+$(VPA_SCHEMA):
+	@command -v npm >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends nodejs npm; }
+	npm install --silent --no-audit --no-fund --prefix $(NODE_MODULES) @kubernetes-models/autoscaler@5.0.0
 
 ## build: the runtime, every Rust plugin, and the C plugin.
 build: deps
@@ -72,7 +85,7 @@ demo: build
 test: build lint
 	promtool check rules deploy/observability/prometheus-rules.yaml
 	cd deploy/observability && promtool test rules prometheus-rules.test.yaml
-	SLUICE_K8S_VENV=$(K8S_VENV) deploy/check.sh
+	SLUICE_K8S_VENV=$(K8S_VENV) SLUICE_NODE_MODULES=$(NODE_MODULES) deploy/check.sh
 	$(CARGO) test --workspace
 
 lint:

@@ -913,6 +913,7 @@ fn render_prints_the_operators_objects_for_a_tier_and_provider() {
     assert!(run.stdout.contains("priorityClassName: sluice-critical"));
     assert!(
         run.stdout.contains("key: cloud.google.com/gke-spot")
+            && run.stdout.contains("key: cloud.google.com/gke-preemptible")
             && run.stdout.contains("operator: DoesNotExist"),
         "{}",
         run.stdout
@@ -941,6 +942,276 @@ fn render_prints_the_operators_objects_for_a_tier_and_provider() {
         "    ordering: random\n  tier: tolerant",
         "spec.pipeline: ordering: unknown variant `random`, expected one of `partition`, `key`, `none`",
     );
+}
+
+/// Every document of a multi-document YAML file (or text).
+fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// `kubectl kustomize DIR`, as documents.
+fn kustomize(dir: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(root().join(dir))
+        .output()
+        .expect("kubectl is installed by `make deps`");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    yaml_docs(&String::from_utf8(out.stdout).unwrap())
+}
+
+/// The tiers' PriorityClasses keep the relations the headroom depends on: every pipeline tier
+/// may preempt the pause pods, tolerant pipelines preempt nothing else (they sit below ordinary
+/// pods at 0), the tiers are ordered, and the pause pods stay at or above cluster-autoscaler's
+/// expendable cutoff (-10) so they still hold headroom.
+#[test]
+fn priority_classes_let_every_tier_preempt_headroom_and_tolerant_nothing_else() {
+    let docs = kustomize("deploy/base");
+    let class = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "PriorityClass" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no PriorityClass {name}"))
+            .clone()
+    };
+    let value = |name: &str| class(name)["value"].as_i64().unwrap();
+    const EXPENDABLE_CUTOFF: i64 = -10; // cluster-autoscaler's default
+    const ORDINARY_POD: i64 = 0; // a pod without a priority class
+    let pause = value("sluice-overprovisioning");
+    assert!(
+        pause >= EXPENDABLE_CUTOFF,
+        "pause pods below the cutoff hold no headroom"
+    );
+    assert_eq!(
+        class("sluice-overprovisioning")["preemptionPolicy"],
+        "Never"
+    );
+    for tier in ["sluice-critical", "sluice-standard", "sluice-tolerant"] {
+        assert_eq!(
+            class(tier)["preemptionPolicy"],
+            "PreemptLowerPriority",
+            "{tier} cannot preempt pause pods"
+        );
+        assert!(value(tier) > pause, "{tier} is not above the pause pods");
+        assert_eq!(class(tier)["globalDefault"], false);
+    }
+    assert!(
+        value("sluice-tolerant") < ORDINARY_POD,
+        "tolerant would preempt ordinary pods"
+    );
+    assert!(
+        value("sluice-tolerant") >= EXPENDABLE_CUTOFF,
+        "cluster-autoscaler would not add nodes for tolerant pods"
+    );
+    assert!(
+        value("sluice-critical") > value("sluice-standard")
+            && value("sluice-standard") > ORDINARY_POD
+    );
+    // The only sluice class between tolerant and ordinary pods is none: what tolerant can preempt
+    // is exactly the pause pods.
+    let between: Vec<&serde_json::Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "PriorityClass")
+        .filter(|d| (pause + 1..value("sluice-tolerant")).contains(&d["value"].as_i64().unwrap()))
+        .collect();
+    assert!(between.is_empty(), "{between:?}");
+    // The pause pods use that class; the tiers are gated by quota and admission.
+    for d in docs.iter().filter(|d| {
+        d["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("overprovisioning-"))
+            && d["kind"] == "Deployment"
+            && !d["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .ends_with("-autoscaler")
+    }) {
+        assert_eq!(
+            d["spec"]["template"]["spec"]["priorityClassName"],
+            "sluice-overprovisioning"
+        );
+        // The autoscaler owns the count: no `replicas` for a GitOps sync to fight over.
+        assert!(
+            d["spec"].get("replicas").is_none(),
+            "{}",
+            d["metadata"]["name"]
+        );
+    }
+    for tier in ["critical", "standard", "tolerant"] {
+        let quota = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "ResourceQuota" && d["metadata"]["name"] == format!("sluice-{tier}")
+            })
+            .unwrap_or_else(|| panic!("no ResourceQuota for {tier}"));
+        assert_eq!(
+            quota["spec"]["scopeSelector"]["matchExpressions"][0],
+            json!({"scopeName": "PriorityClass", "operator": "In", "values": [format!("sluice-{tier}")]})
+        );
+    }
+    assert!(docs.iter().any(|d| d["kind"] == "ValidatingAdmissionPolicy"
+        && d["metadata"]["name"] == "sluice-tiers-granted"));
+}
+
+/// On every provider, sluice's own Deployments sit where the placement ConfigMap says: the
+/// operator, both autoscalers and the on-demand pause pods on on-demand nodes, the spot pause
+/// pods on spot nodes with their tolerations; each autoscaler counts its pool's nodes through a
+/// label selector set by name; the operator's replicas are spread over nodes and zones.
+#[test]
+fn overlays_place_the_operator_autoscalers_and_headroom_on_their_pools() {
+    for provider in ["eks", "karpenter", "gke", "aks"] {
+        let docs = kustomize(&format!("deploy/overlays/{provider}"));
+        let data = &docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "sluice-placement")
+            .unwrap()["data"];
+        let placement =
+            sluice_vpa::manifests::Placement::from_config_map(&json!({"data": data})).unwrap();
+        let terms = |t: &[Vec<serde_json::Value>]| -> serde_json::Value {
+            t.iter().map(|e| json!({"matchExpressions": e})).collect()
+        };
+        let deployment = |name: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{provider}: no Deployment {name}"))
+        };
+        let required = |d: &serde_json::Value| {
+            d["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].clone()
+        };
+        for name in [
+            "sluice-vpa",
+            "overprovisioning-on-demand",
+            "overprovisioning-on-demand-autoscaler",
+            "overprovisioning-spot-autoscaler",
+        ] {
+            assert_eq!(
+                required(deployment(name)),
+                terms(&placement.on_demand),
+                "{provider}: {name}"
+            );
+        }
+        let spot = deployment("overprovisioning-spot");
+        assert_eq!(required(spot), terms(&placement.spot), "{provider}");
+        let tolerations = spot["spec"]["template"]["spec"]["tolerations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(tolerations, placement.spot_tolerations, "{provider}");
+        for pool in ["on-demand", "spot"] {
+            let container = &deployment(&format!("overprovisioning-{pool}-autoscaler"))["spec"]["template"]
+                ["spec"]["containers"][0];
+            assert!(
+                container["command"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("--nodelabels=$(NODE_LABELS)"))
+            );
+            let env = container["env"].as_array().unwrap();
+            assert_eq!(env.len(), 1, "{provider}: {env:?}");
+            let labels = env[0]["value"].as_str().unwrap();
+            assert!(
+                !labels.contains("sluice.dev/capacity-type"),
+                "{provider} {pool}: the base's labels left in place"
+            );
+            if pool == "on-demand" {
+                // Every on-demand expression's key appears in the selector, so spot nodes are
+                // not counted as on-demand headroom.
+                for e in &placement.on_demand[0] {
+                    assert!(
+                        labels.contains(e["key"].as_str().unwrap()),
+                        "{provider}: {labels}"
+                    );
+                }
+            }
+        }
+        let operator = &deployment("sluice-vpa")["spec"]["template"]["spec"];
+        let keys: Vec<&str> = operator["topologySpreadConstraints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["topologyKey"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            ["kubernetes.io/hostname", "topology.kubernetes.io/zone"],
+            "{provider}"
+        );
+    }
+    // GKE: on-demand is neither spot nor preemptible, for the autoscaler too.
+    let gke = kustomize("deploy/overlays/gke");
+    let env = gke
+        .iter()
+        .find(|d| d["metadata"]["name"] == "overprovisioning-on-demand-autoscaler")
+        .unwrap()["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
+        .clone();
+    assert_eq!(
+        env,
+        "!cloud.google.com/gke-spot,!cloud.google.com/gke-preemptible"
+    );
+    let readme = std::fs::read_to_string(root().join("deploy/overlays/aks/README.md")).unwrap();
+    assert!(
+        readme.contains("termination handler"),
+        "the AKS overlay's README states the handler"
+    );
+}
+
+/// `sluice render`'s output reads the same with a YAML 1.1 parser (PyYAML, as older tools and
+/// many CI linters use) as with a YAML 1.2 one: `updateMode: Off` would otherwise be `false`.
+#[test]
+fn rendered_manifests_read_the_same_in_yaml_1_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = root().join("deploy/examples/streampipeline.yaml");
+    let operator_mode = dir.path().join("operator-mode.yaml");
+    std::fs::write(
+        &operator_mode,
+        std::fs::read_to_string(&example)
+            .unwrap()
+            .replace("appliedBy: vpa", "appliedBy: operator"),
+    )
+    .unwrap();
+    for file in [&example, &operator_mode] {
+        let run = sluice(&["render", "-f", file.to_str().unwrap()], dir.path(), "");
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let python = sluice_tests::cache_dir().join("k8s-venv/bin/python");
+        let mut child = std::process::Command::new(&python)
+            .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}: run `make deps`", python.display()));
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(run.stdout.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let yaml_1_1: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            yaml_1_1,
+            yaml_docs(&run.stdout),
+            "YAML 1.1 and 1.2 read different objects"
+        );
+        let vpa = yaml_1_1
+            .iter()
+            .find(|d| d["kind"] == "VerticalPodAutoscaler")
+            .unwrap();
+        let mode = if file == &example {
+            "InPlaceOrRecreate"
+        } else {
+            "Off"
+        };
+        assert_eq!(vpa["spec"]["updatePolicy"]["updateMode"], mode);
+    }
 }
 
 /// `sluice capacity simulate`: the shipped synthetic week against the three strategies, with the
@@ -1019,7 +1290,7 @@ fn capacity_simulate_reports_the_three_strategies_and_plots_them() {
 /// The real `sluice-vpa` binary against a stand-in API server (no Kubernetes API server can run
 /// here; `support/fake_apiserver.py` answers over real HTTP from fixtures): it reads the
 /// provider placement an overlay installs, takes the leader Lease, lists and watches
-/// StreamPipelines and its Deployments, reconciles the example into its six children by forced server-side apply with
+/// StreamPipelines and its Deployments in the namespace it is given, reconciles the example into its six children by forced server-side apply with
 /// GKE's spot placement, writes the status, serves its probes, and stops on SIGTERM.
 #[test]
 fn the_operator_binary_reconciles_against_an_api_server() {
@@ -1081,6 +1352,8 @@ fn the_operator_binary_reconciles_against_an_api_server() {
             .env("SLUICE_VPA_LISTEN", format!("127.0.0.1:{probes}"))
             .env("POD_NAMESPACE", "sluice-system")
             .env("POD_NAME", "sluice-vpa-test-0")
+            // As deploy/operator ships it: one namespace, bound by a RoleBinding.
+            .env("SLUICE_VPA_WATCH_NAMESPACES", "pipelines")
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(&log).unwrap())
             .stdout(std::fs::File::create(dir.path().join("operator.out")).unwrap())
@@ -1143,10 +1416,18 @@ fn the_operator_binary_reconciles_against_an_api_server() {
             .position(|c| c == call)
             .unwrap_or_else(|| panic!("no {call} in {calls:#?}"))
     };
-    // Start-up: the CRD is there, then the provider placement.
+    // Start-up: the CRD is there (in the watched namespace: it never lists cluster-wide), then
+    // the provider placement.
     assert!(
-        at("GET /apis/sluice.dev/v1alpha1/streampipelines")
+        at("GET /apis/sluice.dev/v1alpha1/namespaces/pipelines/streampipelines")
             < at("GET /api/v1/namespaces/sluice-system/configmaps/sluice-placement")
+    );
+    assert!(
+        !calls.iter().any(
+            |c| c.ends_with(" /apis/sluice.dev/v1alpha1/streampipelines")
+                || c.ends_with(" /apis/apps/v1/deployments")
+        ),
+        "a cluster-wide list: {calls:#?}"
     );
     // One reconcile, in order: reads, then the six children, then the status.
     let ns = "/namespaces/pipelines";
@@ -1168,10 +1449,10 @@ fn the_operator_binary_reconciles_against_an_api_server() {
         order,
         "one reconcile's requests"
     );
-    // Its own Deployments only.
+    // Its own Deployments only, in its namespace.
     let watched = all
         .iter()
-        .find(|r| r["path"] == "/apis/apps/v1/deployments")
+        .find(|r| r["path"] == "/apis/apps/v1/namespaces/pipelines/deployments")
         .unwrap();
     assert_eq!(
         watched["query"]["labelSelector"],
@@ -1202,7 +1483,14 @@ fn the_operator_binary_reconciles_against_an_api_server() {
         "cloud.google.com/gke-spot"
     );
     assert_eq!(pod["tolerations"][0]["key"], "cloud.google.com/gke-spot");
-    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    // (or preemptible VMs: a second term)
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [1]["matchExpressions"][0]["key"],
+        "cloud.google.com/gke-preemptible"
+    );
+    // GKE gives user pods 15 s of its 30 s notice.
+    assert_eq!(pod["terminationGracePeriodSeconds"], 15);
     let status = body(status_path);
     assert_eq!(status["status"]["observedGeneration"], 1);
     assert_eq!(status["status"]["partitionsPerReplica"], 6);

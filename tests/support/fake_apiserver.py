@@ -64,11 +64,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("content-length", "0")
             self.end_headers()
             return
-        if url.path == "/apis/sluice.dev/v1alpha1/streampipelines":
+        if url.path in ("/apis/sluice.dev/v1alpha1/streampipelines",
+                        "/apis/sluice.dev/v1alpha1/namespaces/pipelines/streampipelines"):
             return self.reply(200, {"apiVersion": "sluice.dev/v1alpha1", "kind": "StreamPipelineList",
                                     "metadata": {"resourceVersion": "100"},
                                     "items": [FIXTURES["pipeline"]]})
-        if url.path == "/apis/apps/v1/deployments":
+        if url.path in ("/apis/apps/v1/deployments", "/apis/apps/v1/namespaces/pipelines/deployments"):
             return self.reply(200, {"apiVersion": "apps/v1", "kind": "DeploymentList",
                                     "metadata": {"resourceVersion": "100"}, "items": []})
         if url.path == "/api/v1/namespaces/sluice-system/configmaps/sluice-placement":

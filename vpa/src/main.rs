@@ -1,9 +1,13 @@
-//! `sluice-vpa`: the StreamPipeline operator. Watches StreamPipelines in every namespace (and the
-//! Deployments it owns), reconciles each into its children, and serves `/healthz`, `/readyz` and `/metrics`.
+//! `sluice-vpa`: the StreamPipeline operator. Watches StreamPipelines (and the Deployments it
+//! owns) in the namespaces it is given, or in every namespace, reconciles each into its
+//! children, and serves `/healthz`, `/readyz` and `/metrics`.
 //!
-//! Environment: `POD_NAMESPACE` (where the `sluice-placement` ConfigMap lives, default
-//! `sluice-system`), `SLUICE_VPA_LISTEN` (probes, default `0.0.0.0:8080`), `SLUICE_VPA_RESYNC_S`
-//! (how often the policy looks at each pipeline, default 60), `RUST_LOG`.
+//! Environment: `POD_NAMESPACE` (where the `sluice-placement` ConfigMap and the leader Lease
+//! live, default `sluice-system`), `SLUICE_VPA_WATCH_NAMESPACES` (comma-separated namespaces to
+//! work in, each with a RoleBinding of the operator's ClusterRole; unset or empty: every
+//! namespace, with the ClusterRoleBinding of `deploy/operator/cluster-wide`),
+//! `SLUICE_VPA_LISTEN` (probes, default `0.0.0.0:8080`), `SLUICE_VPA_RESYNC_S` (how often the
+//! policy looks at each pipeline, default 60), `RUST_LOG`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,21 +57,49 @@ async fn run() -> anyhow::Result<()> {
         Err(_) => 60,
     };
 
+    let watch: Vec<String> = std::env::var("SLUICE_VPA_WATCH_NAMESPACES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+
     let client = Client::try_default()
         .await
         .context("no Kubernetes API: run in a pod with a service account, or set KUBECONFIG")?;
-    let pipelines = Api::<StreamPipeline>::all(client.clone());
-    if let Err(e) = pipelines.list(&ListParams::default().limit(1)).await {
-        let what = match &e {
-            kube::Error::Api(status) if status.code == 404 => {
-                "the StreamPipeline CRD is not installed: apply deploy/crd/"
-            }
-            kube::Error::Api(status) if status.code == 401 || status.code == 403 => {
-                "not allowed to list streampipelines.sluice.dev: apply the operator's RBAC (deploy/operator/)"
-            }
-            _ => "cannot reach the Kubernetes API",
-        };
-        return Err(anyhow::Error::new(e).context(what));
+    // One Api per watched namespace (one for all of them when none is named).
+    let scopes: Vec<(Api<StreamPipeline>, Api<Deployment>, String)> = if watch.is_empty() {
+        vec![(
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            "every namespace".into(),
+        )]
+    } else {
+        watch
+            .iter()
+            .map(|ns| {
+                (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    format!("namespace {ns}"),
+                )
+            })
+            .collect()
+    };
+    for (pipelines, _, scope) in &scopes {
+        if let Err(e) = pipelines.list(&ListParams::default().limit(1)).await {
+            let what = match &e {
+                kube::Error::Api(status) if status.code == 404 => {
+                    "the StreamPipeline CRD is not installed: apply deploy/crd/".to_owned()
+                }
+                kube::Error::Api(status) if status.code == 401 || status.code == 403 => format!(
+                    "not allowed to list streampipelines.sluice.dev in {scope}: apply the operator's RBAC (deploy/operator/: a RoleBinding per namespace in SLUICE_VPA_WATCH_NAMESPACES, or the cluster-wide component)"
+                ),
+                _ => "cannot reach the Kubernetes API".to_owned(),
+            };
+            return Err(anyhow::Error::new(e).context(what));
+        }
     }
     let placement = placement(&client, &namespace).await?;
 
@@ -132,12 +164,17 @@ async fn run() -> anyhow::Result<()> {
         resync: Duration::from_secs(resync_s),
         reapply_every: Duration::from_secs(600),
     });
-    tracing::info!(%namespace, resync_s, "sluice-vpa watching StreamPipelines");
+    let scope_names: Vec<&str> = scopes.iter().map(|(_, _, s)| s.as_str()).collect();
+    tracing::info!(%namespace, resync_s, watching = ?scope_names, "sluice-vpa watching StreamPipelines");
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice-vpa");
-    Controller::new(pipelines, watcher::Config::default().any_semantic())
-        .owns(Api::<Deployment>::all(client), owned)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+    let controllers = scopes.into_iter().map(|(pipelines, deployments, _)| {
+        Controller::new(pipelines, watcher::Config::default().any_semantic())
+            .owns(deployments, owned.clone())
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx.clone())
+            .boxed()
+    });
+    futures::stream::select_all(controllers)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
