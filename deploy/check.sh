@@ -16,7 +16,7 @@ NODE_MODULES=${SLUICE_NODE_MODULES:-$CACHE/node}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 # The operator in every namespace (the cluster-wide component), as an overlay would use it.
-cluster_wide=$(mktemp -d -p .)
+cluster_wide=$(mktemp -d -p . cluster-wide.XXXX)
 trap 'rm -rf "$out" "$cluster_wide"' EXIT
 printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../base]\ncomponents: [../operator/cluster-wide]\n' \
   > "$cluster_wide/kustomization.yaml"
@@ -62,8 +62,8 @@ echo "deploy/examples rendered for 3 tiers x 5 profiles: $(grep -c '^kind:' "$re
 "$VENV/bin/checkov" -f images/Dockerfile --framework dockerfile --compact --quiet --skip-download
 echo "deploy/images/Dockerfile: no failed checks"
 # What the operator applies for the example pipeline (rendered by the vpa crate).
-if ! out=$("$VENV/bin/kubernetes-validate" --strict --quiet examples/streampipeline-children.yaml 2>&1); then
-  echo "$out" >&2
+if ! log=$("$VENV/bin/kubernetes-validate" --strict --quiet examples/streampipeline-children.yaml 2>&1); then
+  echo "$log" >&2
   exit 1
 fi
 "$VENV/bin/checkov" -f examples/streampipeline-children.yaml --framework kubernetes --compact --quiet --skip-download
