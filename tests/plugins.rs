@@ -1058,6 +1058,27 @@ fn priority_classes_let_every_tier_preempt_headroom_and_tolerant_nothing_else() 
     }
     assert!(docs.iter().any(|d| d["kind"] == "ValidatingAdmissionPolicy"
         && d["metadata"]["name"] == "sluice-tiers-granted"));
+    // cluster-proportional-autoscaler's RBAC is what it calls: list and watch nodes; GET and PUT
+    // its target's scale; GET its parameters (it creates the ConfigMap only with
+    // --default-params, not used here). By name wherever a name is known.
+    let rules = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap()["rules"]
+            .clone()
+    };
+    let pools = json!(["overprovisioning-on-demand", "overprovisioning-spot"]);
+    assert_eq!(
+        rules("ClusterRole", "sluice-overprovisioning-autoscaler"),
+        json!([{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}])
+    );
+    assert_eq!(
+        rules("Role", "overprovisioning-autoscaler"),
+        json!([
+            {"apiGroups": ["apps"], "resources": ["deployments/scale"], "resourceNames": pools, "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": pools, "verbs": ["get"]},
+        ])
+    );
 }
 
 /// On every provider, sluice's own Deployments sit where the placement ConfigMap says: the

@@ -379,6 +379,51 @@ mod tests {
         // And it parses into the Rust types.
         let parsed: StreamPipeline = serde_json::from_value(example.clone()).unwrap();
         assert_eq!(parsed.spec.tier, Tier::Tolerant);
+        // Quantities are int-or-string and must look like quantities; integers are bounded so
+        // a stored object always deserializes; the lists and strings the operator needs are
+        // not empty.
+        let verdict = |path: &[&str], value: serde_json::Value| {
+            let mut sp = example.clone();
+            let mut at = &mut sp["spec"];
+            for key in &path[..path.len() - 1] {
+                at = &mut at[*key];
+            }
+            at[path[path.len() - 1]] = value;
+            validator.iter_errors(&sp).next().is_none()
+        };
+        let cpu = ["resources", "maxAllowed", "cpu"];
+        assert!(verdict(&cpu, 1.into()), "cpu: 1");
+        assert!(verdict(&cpu, "1500m".into()));
+        assert!(verdict(&cpu, "2.5".into()));
+        assert!(!verdict(&cpu, "lots".into()), "cpu: lots");
+        assert!(!verdict(&cpu, "-1".into()), "a negative CPU");
+        assert!(!verdict(
+            &["resources", "initial", "memory"],
+            "1 gig".into()
+        ));
+        assert!(verdict(&["resources", "initial", "memory"], "512Mi".into()));
+        assert!(!verdict(&["kafka", "partitions"], 5_000_000_000u64.into()));
+        assert!(!verdict(&["kafka", "partitions"], 0.into()));
+        assert!(!verdict(&["kafka", "topics"], serde_json::json!([])));
+        assert!(!verdict(&["kafka", "topics"], serde_json::json!([""])));
+        assert!(!verdict(&["image"], "".into()));
+        assert!(!verdict(&["replicas", "max"], 200_000.into()));
+        assert!(!verdict(&["drainTimeoutMs"], 0.into()));
+        // `cpu: 1` also reads into the Rust types (as "1").
+        let mut whole = example.clone();
+        whole["spec"]["resources"]["initial"]["cpu"] = 2.into();
+        let parsed: StreamPipeline = serde_json::from_value(whole).unwrap();
+        assert_eq!(parsed.spec.resources.initial.cpu, "2");
+        // The printer columns end with Age; conditions are a map keyed by type.
+        let columns = &crd["spec"]["versions"][0]["additionalPrinterColumns"];
+        assert_eq!(columns.as_array().unwrap().last().unwrap()["name"], "Age");
+        let conditions = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            conditions["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"])
+        );
         // A wrong tier is refused by the schema.
         let mut bad = example;
         bad["spec"]["tier"] = "premium".into();

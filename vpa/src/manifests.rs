@@ -1223,7 +1223,8 @@ mod tests {
 
     #[test]
     fn render_runs_the_operators_checks() {
-        let cases: [(fn(&mut StreamPipeline), &str); 8] = [
+        type Breaks = fn(&mut StreamPipeline);
+        let cases: [(Breaks, &str); 8] = [
             (|sp| sp.spec.image = String::new(), "spec.image: empty"),
             (
                 |sp| sp.spec.kafka.topics.clear(),
