@@ -20,7 +20,6 @@ use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::crd::{
     AppliedBy, AppliedChildren, Condition, PolicyStatus, Quantities, StreamPipeline,
@@ -28,7 +27,7 @@ use crate::crd::{
 };
 use crate::manifests::{
     CONTAINER, Placement, at_least_cpus, check, children_sized, cpu_millis, memory_bytes,
-    millis_quantity,
+    millis_quantity, short_sha256,
 };
 use crate::policy::{self, Action, Change, Decision, PolicyConfig, Reason};
 
@@ -566,15 +565,8 @@ fn owned_by(mut child: Value, sp: &StreamPipeline) -> Value {
 }
 
 fn hash(objects: &[Value]) -> String {
-    let mut sha = Sha256::new();
-    for object in objects {
-        sha.update(object.to_string().as_bytes());
-    }
-    sha.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let texts: Vec<String> = objects.iter().map(Value::to_string).collect();
+    short_sha256(texts.iter().map(String::as_bytes))
 }
 
 fn rfc3339(seconds: u64) -> String {

@@ -138,12 +138,8 @@ fn selector_terms(value: &Value) -> Result<Vec<Vec<Value>>, String> {
 /// The replicas a pipeline starts with: `fixed`, else the smallest divisor of the partitions
 /// within `[min, max]` (none: an error naming the fields).
 pub fn initial_replicas(sp: &StreamPipeline) -> Result<u32, String> {
-    let r = &sp.spec.replicas;
     let partitions = sp.spec.kafka.partitions;
-    let (min, max) = match r.fixed {
-        Some(f) => (f, f),
-        None => (r.min.unwrap_or(1), r.max.unwrap_or(partitions)),
-    };
+    let (min, max) = replica_range(sp);
     crate::policy::aligned_replicas(partitions, min, max)
         .first()
         .copied()
@@ -152,6 +148,19 @@ pub fn initial_replicas(sp: &StreamPipeline) -> Result<u32, String> {
                 "spec.replicas: no replica count in [{min}, {max}] divides spec.kafka.partitions ({partitions}): widen the range or change the partitions"
             )
         })
+}
+
+/// The replica range a spec allows: `fixed`, else `min` (default 1) to `max` (default the
+/// partitions).
+fn replica_range(sp: &StreamPipeline) -> (u32, u32) {
+    let r = &sp.spec.replicas;
+    match r.fixed {
+        Some(f) => (f, f),
+        None => (
+            r.min.unwrap_or(1),
+            r.max.unwrap_or(sp.spec.kafka.partitions),
+        ),
+    }
 }
 
 /// CPU quantity (`500m`, `2`, `1.5`, and the metrics API's `250000000n` / `1500u`) in
@@ -295,10 +304,7 @@ pub fn check(sp: &StreamPipeline) -> Result<Bounds, String> {
     if r.fixed.is_some() && (r.min.is_some() || r.max.is_some()) {
         return Err("spec.replicas: fixed excludes min and max: set one or the other".into());
     }
-    let (min, max) = match r.fixed {
-        Some(f) => (f, f),
-        None => (r.min.unwrap_or(1), r.max.unwrap_or(spec.kafka.partitions)),
-    };
+    let (min, max) = replica_range(sp);
     if min == 0 {
         return Err("spec.replicas: at least 1 (use spec.suspend to stop a pipeline)".into());
     }
@@ -636,7 +642,17 @@ pub const MEMORY_BURST: u64 = 2;
 
 /// sha256 of the pipeline spec, first 16 hex digits.
 pub fn config_hash(pipeline_yaml: &str) -> String {
-    Sha256::digest(pipeline_yaml.as_bytes())
+    short_sha256([pipeline_yaml.as_bytes()])
+}
+
+/// sha256 of `parts` one after the other, first 16 hex digits (the pod template's config hash,
+/// and the operator's hash of the children it applied).
+pub fn short_sha256<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut sha = Sha256::new();
+    for part in parts {
+        sha.update(part);
+    }
+    sha.finalize()
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
