@@ -80,9 +80,11 @@ demo: build
 	@$(SLUICE) capacity simulate deploy/capacity/diurnal-7d.csv --plot target/capacity.svg
 	@echo "(plot: target/capacity.svg; the model and the results: deploy/capacity/README.md)"
 
-## test: lint, the alert rules (promtool), then every test (unit, plugin end-to-end, Kafka,
+## test: lint, the crates' dependency layers (scripts/check-deps.sh), the alert rules (promtool),
+## then every test (unit, plugin end-to-end, Kafka,
 ## databases, faults).
 test: build lint
+	scripts/check-deps.sh
 	promtool check rules deploy/observability/prometheus-rules.yaml
 	cd deploy/observability && promtool test rules prometheus-rules.test.yaml
 	SLUICE_K8S_VENV=$(K8S_VENV) SLUICE_NODE_MODULES=$(NODE_MODULES) deploy/check.sh
@@ -96,7 +98,7 @@ lint:
 ## (sluice vs a raw rdkafka loop on the test broker) and the PostgreSQL sink vs psql COPY; see
 ## BENCHMARKS.md.
 bench: deps
-	$(CARGO) build --release -p passthrough
+	$(CARGO) build --release -p passthrough -p sluice-cli
 	$(CARGO) bench -p sluice-runtime --bench abi
 	$(CARGO) bench -p sluice-runtime --bench kafka
 	$(CARGO) bench -p sluice-runtime --bench postgres

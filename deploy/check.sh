@@ -31,7 +31,7 @@ grep -q 'kind: ClusterRoleBinding' "$out/$(basename "$cluster_wide").yaml"
 grep -q 'SLUICE_VPA_WATCH_NAMESPACES' "$out/$(basename "$cluster_wide").yaml"
 # The example pipeline rendered for every tier on every provider profile (what the operator
 # applies there), validated and linted together.
-sluice() { (cd .. && cargo run -q -p sluice-runtime --bin sluice -- "$@"); }
+sluice() { (cd .. && cargo run -q -p sluice-cli --bin sluice -- "$@"); }
 rendered="$out/rendered.yaml"
 : > "$rendered"
 for profile in neutral overlays/*/; do
@@ -48,7 +48,7 @@ done
 operator_mode="$out/operator-mode.yaml"
 sed 's/appliedBy: vpa/appliedBy: operator/' examples/streampipeline.yaml > "$operator_mode"
 grep -q 'appliedBy: operator' "$operator_mode"
-(cd .. && cargo run -q -p sluice-runtime --bin sluice -- render -f "$operator_mode") \
+(cd .. && cargo run -q -p sluice-cli --bin sluice -- render -f "$operator_mode") \
   | sed 's/name: bookings-enrich/name: bookings-enrich-operator-mode/' >> "$rendered"
 # (kubernetes-validate has no schema for the VPA and says so per object: validate-vpa.mjs checks
 # every VPA below.)

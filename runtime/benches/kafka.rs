@@ -9,7 +9,7 @@
 //! The raw loop is what a careful hand-written at-least-once service does: poll, produce
 //! (idempotent, acks=all), and every 10,000 events flush the producer and commit.
 //!
-//! Run: `make bench` (or `cargo bench -p sluice-runtime --bench kafka`).
+//! Run: `make bench` (or `cargo build --release -p passthrough -p sluice-cli && cargo bench -p sluice-runtime --bench kafka`).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -6,17 +6,13 @@
 //! - `policy`: the capacity policy, pure code, decisions in and out;
 //! - `manifests`: the children of a pipeline as plain objects (`sluice render` prints them);
 //! - `simulate`: `sluice capacity simulate`, the policy against HPA and fixed pods + VPA;
-//! - `controller` (feature `operator`): the reconciler that applies them and writes the status;
-//!   the `sluice-vpa` binary runs it, one replica at a time (`lease`: leader election).
+//!
+//! No Kubernetes client: the operator that applies these (`sluice-vpa-operator`, in
+//! `vpa/operator/`) and the `sluice` command (`sluice render`, `sluice capacity`) both build on
+//! this crate, and neither pulls the other's dependencies in.
 
-#[cfg(feature = "operator")]
-pub mod controller;
 pub mod crd;
-#[cfg(feature = "operator")]
-pub mod lease;
 pub mod manifests;
-#[cfg(all(test, feature = "operator"))]
-mod mock_api;
 pub mod policy;
 pub mod simulate;
 

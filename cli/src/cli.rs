@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
-use crate::local::RunError;
-use crate::plugin::{LoadError, Plugin};
-use crate::{local, scaffold};
+use crate::scaffold;
+use sluice_runtime::config::{OutputSpec, PipelineSpec, SourceSpec};
+use sluice_runtime::local;
+use sluice_runtime::local::RunError;
+use sluice_runtime::plugin::{LoadError, Plugin};
 
 /// Sluice: a plugin-based Kafka stream-processing runtime.
 #[derive(Debug, Parser)]
@@ -155,7 +156,7 @@ pub enum DlqCommand {
 /// `sluice dlq replay --through SPEC`: the spec's pipeline, reading the dead-letter topic.
 fn replay_through(
     path: &Path,
-    options: crate::dlq::ReplayOptions,
+    options: sluice_runtime::dlq::ReplayOptions,
     verbose: bool,
 ) -> anyhow::Result<()> {
     let mut spec = PipelineSpec::load(path)?;
@@ -170,13 +171,13 @@ fn replay_through(
     let end = options
         .end_offsets()
         .map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
-    let replay = crate::pipeline::ReplayUntil {
+    let replay = sluice_runtime::pipeline::ReplayUntil {
         keep: Box::new(move |m| options.selects(rdkafka::Message::headers(m))),
         end,
     };
-    let shutdown = crate::shutdown::Shutdown::install()
+    let shutdown = sluice_runtime::shutdown::Shutdown::install()
         .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
-    let summary = crate::pipeline::run_with(&spec, &shutdown, Some(replay))
+    let summary = sluice_runtime::pipeline::run_with(&spec, &shutdown, Some(replay))
         .map_err(|e| with_detail(e, verbose))?;
     eprintln!(
         "sluice: dead letters replayed through pipeline {}: {summary}",
@@ -360,7 +361,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             properties,
             through,
         }) => {
-            let known = crate::config::ErrorPolicy::default()
+            let known = sluice_runtime::config::ErrorPolicy::default()
                 .classes()
                 .map(|(name, _)| name);
             if let Some(bad) = classes.iter().find(|c| !known.contains(&c.as_str())) {
@@ -369,7 +370,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                     known.join(", ")
                 );
             }
-            let options = crate::dlq::ReplayOptions {
+            let options = sluice_runtime::dlq::ReplayOptions {
                 bootstrap_servers,
                 dlq_topic: topic,
                 to_topic,
@@ -384,8 +385,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             if let Some(path) = through {
                 return replay_through(&path, options, cli.verbose);
             }
-            let summary =
-                crate::dlq::replay(&options).map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
+            let summary = sluice_runtime::dlq::replay(&options)
+                .map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
             eprintln!("sluice: {summary}");
             Ok(())
         }

@@ -1,13 +1,13 @@
-//! The `sluice` binary: a thin shell over [`sluice_runtime::cli`].
+//! The `sluice` binary: a thin shell over [`sluice_cli::cli`].
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sluice_runtime::cli::LogFormat;
+use sluice_cli::cli::LogFormat;
 
 fn main() -> ExitCode {
-    let cli = sluice_runtime::cli::Cli::parse();
+    let cli = sluice_cli::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if cli.verbose { "debug" } else { "info" })
     });
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         logs.with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
             .init();
     }
-    match sluice_runtime::cli::execute(cli) {
+    match sluice_cli::cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line (plus detail lines only with --verbose); the chain is already in the message.

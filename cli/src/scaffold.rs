@@ -1,5 +1,5 @@
 //! `sluice plugin new`: writes a plugin crate (a cdylib with a tested example pipeline, a
-//! runnable spec and sample input) from the templates in `runtime/templates/plugin/`.
+//! runnable spec and sample input) from the templates in `cli/templates/plugin/`.
 
 use std::path::{Path, PathBuf};
 

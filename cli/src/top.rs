@@ -14,7 +14,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
 
-use crate::status::{Status, human_duration};
+use sluice_runtime::status::{Status, human_duration};
 
 /// `host:port` or a URL -> the base URL of a pod's admin endpoint.
 pub fn base_url(admin: &str) -> String {

@@ -22,11 +22,11 @@ use kube::api::{Api, ListParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
-use sluice_vpa::controller::{Context, MANAGER, OperatorMetrics, error_policy, reconcile};
 use sluice_vpa::crd::StreamPipeline;
-use sluice_vpa::lease::{Held, LeaseLock};
 use sluice_vpa::manifests::Placement;
 use sluice_vpa::policy::PolicyConfig;
+use sluice_vpa_operator::controller::{Context, MANAGER, OperatorMetrics, error_policy, reconcile};
+use sluice_vpa_operator::lease::{Held, LeaseLock};
 
 #[tokio::main]
 async fn main() {

@@ -80,7 +80,8 @@ pub fn failure(code: u16, reason: &str, message: &str) -> Value {
 
 /// The object of `kind` in `deploy/operator/operator.yaml`.
 pub fn operator_object(kind: &str) -> Value {
-    let text = std::fs::read_to_string(crate::repo::path("deploy/operator/operator.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(sluice_vpa::repo::path("deploy/operator/operator.yaml")).unwrap();
     assert!(
         !text.contains("secrets"),
         "the operator must not read Secrets"

@@ -21,15 +21,15 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::crd::{
+use sluice_vpa::crd::{
     AppliedBy, AppliedChildren, Condition, PolicyStatus, Quantities, StreamPipeline,
     StreamPipelineStatus,
 };
-use crate::manifests::{
+use sluice_vpa::manifests::{
     CONTAINER, Placement, at_least_cpus, check, children_sized, cpu_millis, memory_bytes,
     millis_quantity, short_sha256,
 };
-use crate::policy::{self, Action, Change, Decision, PolicyConfig, Reason};
+use sluice_vpa::policy::{self, Action, Change, Decision, PolicyConfig, Reason};
 
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "sluice-vpa";
@@ -798,14 +798,14 @@ pub fn error_policy(sp: Arc<StreamPipeline>, error: &Error, _ctx: Arc<Context>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::AppliedBy;
+    use sluice_vpa::crd::AppliedBy;
 
     const NOW: u64 = 1_800_000_000;
     const HOUR: Duration = Duration::from_secs(3600);
 
     /// The example pipeline as the API server returns it: namespace, uid, generation.
     fn pipeline() -> StreamPipeline {
-        let mut sp = crate::repo::example().unwrap();
+        let mut sp = sluice_vpa::repo::example().unwrap();
         sp.metadata.uid = Some("6f1c2a9e-0000-4000-8000-000000000001".into());
         sp.metadata.generation = Some(1);
         sp
