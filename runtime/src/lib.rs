@@ -8,6 +8,7 @@ pub mod config;
 pub mod cpu;
 pub mod dead_letter;
 pub mod dlq;
+pub mod error_policy;
 pub mod fatal;
 pub mod local;
 pub mod metrics;

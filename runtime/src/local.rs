@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use sluice_plugin_api::abi::{Event, OpenContext, Partition, Record};
 use sluice_plugin_api::host::{CallError, Collector, EventErrorKind, Refusal};
 
-use crate::config::{Action, OutputSpec, PipelineSpec, SourceSpec};
+use crate::config::{Action, ClassPolicy, OutputSpec, PipelineSpec, SourceSpec};
+use crate::error_policy::{self, Attempt, Class, Verdict};
 use crate::plugin::{LoadError, Plugin};
 use crate::sink::local::LocalOutput;
 use crate::source::file::{Batch, FileSource, SourceError};
@@ -106,7 +107,7 @@ pub enum RunError {
         "{input}:{line}: plugin {plugin} failed this event ({kind}): {message}: fix the input or set `error-policy.{class}: skip`"
     )]
     EventFailed {
-        /// The policy class (`invalid-input` or `event-error`).
+        /// The policy class (`invalid-input`, `event-error` or `plugin-panic`).
         class: &'static str,
         /// The input.
         input: PathBuf,
@@ -114,7 +115,7 @@ pub enum RunError {
         line: u64,
         /// "name version".
         plugin: String,
-        /// "invalid input" or "failed".
+        /// "invalid input", "failed" or "panicked".
         kind: &'static str,
         /// The plugin's message.
         message: String,
@@ -326,18 +327,25 @@ fn run_file(
             break;
         }
         for bad in &batch.undecodable {
-            // `retry` and `dead-letter` are refused for file sources by the spec check.
-            match spec.error_policy.invalid_input.then {
-                Action::Fail | Action::DeadLetter => {
+            // A line that does not decode fails the same way every time: no retry changes it.
+            let policy = ClassPolicy {
+                retries: 0,
+                ..spec.error_policy.invalid_input
+            };
+            match error_policy::decide(&policy, bad.message.clone(), || Attempt::Stop, |_| {}) {
+                Verdict::Settled {
+                    action: Action::Skip,
+                    ..
+                } => {
+                    tracing::warn!(input = %input.display(), line = bad.line, "skipped undecodable line: {}", bad.message);
+                    summary.skipped_invalid += 1;
+                }
+                _ => {
                     return Err(RunError::InvalidInput {
                         input: input.clone(),
                         line: bad.line,
                         message: bad.message.clone(),
                     });
-                }
-                Action::Skip => {
-                    tracing::warn!(input = %input.display(), line = bad.line, "skipped undecodable line: {}", bad.message);
-                    summary.skipped_invalid += 1;
                 }
             }
         }
@@ -362,40 +370,103 @@ fn run_file(
             batch.events[0].offset + 1,
             batch.events[batch.events.len() - 1].offset + 1,
         );
+        let lines = format!("{} lines {first}-{last}", input.display());
         router.event_errors.clear();
-        instance.process(&events, &mut router).map_err(call_error(
-            "process",
-            format!("{} lines {first}-{last}", input.display()),
-        ))?;
+        let result = instance.process(&events, &mut router);
         summary.events_in += events.len() as u64;
-        for (index, kind, message) in router.event_errors.drain(..) {
-            let line = batch.events[index].offset as u64 + 1;
-            let (kind, class, policy) = match kind {
-                EventErrorKind::InvalidInput => (
-                    "invalid input",
-                    "invalid-input",
-                    spec.error_policy.invalid_input,
-                ),
-                EventErrorKind::Failed => ("failed", "event-error", spec.error_policy.event_error),
-            };
-            match policy.then {
-                Action::Fail | Action::DeadLetter => {
-                    return Err(RunError::EventFailed {
-                        class,
-                        input,
-                        line,
-                        plugin: label,
-                        kind,
-                        message,
-                    });
+        let mut failures: Vec<(usize, Class, String)> = router
+            .event_errors
+            .drain(..)
+            .map(|(i, kind, m)| (i, Class::of(kind), m))
+            .collect();
+        match result {
+            Ok(()) => {}
+            Err(CallError::Panicked(_))
+                if spec.error_policy.plugin_panic != ClassPolicy::default() =>
+            {
+                // Find the events that panic, one call per event, as a worker does. Events
+                // before the panic may emit twice (at-least-once).
+                failures.clear();
+                for (i, event) in events.iter().enumerate() {
+                    let result = instance.process(std::slice::from_ref(event), &mut router);
+                    failures.extend(
+                        router
+                            .event_errors
+                            .drain(..)
+                            .map(|(_, kind, m)| (i, Class::of(kind), m)),
+                    );
+                    match result {
+                        Ok(()) => {}
+                        Err(CallError::Panicked(m)) => failures.push((i, Class::PluginPanic, m)),
+                        Err(err) => {
+                            let line = event.offset() + 1;
+                            return Err(call_error(
+                                "process",
+                                format!("{} line {line}", input.display()),
+                            )(err));
+                        }
+                    }
                 }
-                Action::Skip => {
-                    tracing::warn!(input = %input.display(), line, plugin = %label, kind, "skipped failed event: {message}");
-                    if class == "invalid-input" {
+            }
+            Err(err) => return Err(call_error("process", lines)(err)),
+        }
+        for (index, class, message) in failures {
+            let event = &events[index];
+            let line = event.offset() as u64 + 1;
+            let mut fatal = None;
+            // Retried alone, as a worker retries an event.
+            let verdict =
+                error_policy::decide_sleeping(&class.policy(&spec.error_policy), message, || {
+                    router.event_errors.clear();
+                    let result = instance.process(std::slice::from_ref(event), &mut router);
+                    match (result, router.event_errors.drain(..).next()) {
+                        (Ok(()), None) => Attempt::Succeeded,
+                        (Ok(()), Some((_, _, m))) | (Err(CallError::Panicked(m)), _) => {
+                            Attempt::Failed(m)
+                        }
+                        (Err(err), _) => {
+                            fatal = Some(err);
+                            Attempt::Stop
+                        }
+                    }
+                });
+            match verdict {
+                Verdict::Recovered { attempts } => {
+                    tracing::info!(input = %input.display(), line, class = class.name(), attempts, "event succeeded on retry");
+                }
+                Verdict::Stopped => {
+                    let err = fatal.expect("a retry stops only on a failed call");
+                    return Err(call_error(
+                        "process",
+                        format!("{} line {line}", input.display()),
+                    )(err));
+                }
+                Verdict::Settled {
+                    action: Action::Skip,
+                    attempts,
+                    message,
+                } => {
+                    tracing::warn!(input = %input.display(), line, plugin = %label, class = class.name(), attempts, "skipped failed event: {message}");
+                    if class == Class::InvalidInput {
                         summary.skipped_invalid += 1;
                     } else {
                         summary.skipped_failed += 1;
                     }
+                }
+                // Dead letters need a Kafka source (the spec check says so).
+                Verdict::Settled { message, .. } => {
+                    return Err(RunError::EventFailed {
+                        class: class.name(),
+                        input,
+                        line,
+                        plugin: label,
+                        kind: match class {
+                            Class::InvalidInput => "invalid input",
+                            Class::PluginPanic => "panicked",
+                            _ => "failed",
+                        },
+                        message,
+                    });
                 }
             }
         }

@@ -22,6 +22,7 @@ use sluice_plugin_api::host::{CallError, Collector, EventErrorKind, Instance, Re
 
 use crate::config::{Action, ClassPolicy, ErrorPolicy};
 use crate::dead_letter::{DeadLetters, Failure};
+use crate::error_policy::{self, Attempt, Class, Verdict};
 use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
 use crate::sink::kafka::{Ack, KafkaSink, Units};
@@ -92,39 +93,6 @@ pub struct WorkerShared {
     pub strip_provenance: bool,
     /// Metrics and health.
     pub telemetry: Arc<Telemetry>,
-}
-
-/// The failure classes of the error policy that a worker meets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    InvalidInput,
-    EventError,
-    PluginPanic,
-}
-
-impl Class {
-    fn of(kind: EventErrorKind) -> Class {
-        match kind {
-            EventErrorKind::InvalidInput => Class::InvalidInput,
-            EventErrorKind::Failed => Class::EventError,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Class::InvalidInput => "invalid-input",
-            Class::EventError => "event-error",
-            Class::PluginPanic => "plugin-panic",
-        }
-    }
-
-    fn policy(self, policy: &ErrorPolicy) -> ClassPolicy {
-        match self {
-            Class::InvalidInput => policy.invalid_input,
-            Class::EventError => policy.event_error,
-            Class::PluginPanic => policy.plugin_panic,
-        }
-    }
 }
 
 /// An event error a plugin call reported: index into the call's events, kind, message.
@@ -471,7 +439,7 @@ impl Worker {
         event: &Event<'_>,
         ack: &Arc<Ack>,
         class: Class,
-        mut message: String,
+        message: String,
     ) -> bool {
         let shared = self.shared.clone();
         shared.telemetry.emit(EventFailed {
@@ -479,25 +447,29 @@ impl Worker {
         });
         let policy = class.policy(&shared.policy);
         let offset = event.offset();
-        let mut attempts = 1;
-        let mut backoff = std::time::Duration::from_millis(policy.backoff_ms);
-        while attempts <= policy.retries {
-            std::thread::sleep(backoff);
-            backoff *= 2;
-            attempts += 1;
+        let verdict = error_policy::decide_sleeping(&policy, message, || {
             let (result, errors) = self.call(std::slice::from_ref(event), ack);
             match (result, errors.into_iter().next()) {
-                (Ok(()), None) => {
-                    tracing::info!(topic = %tp.0, partition = tp.1, offset, class = class.name(), attempts, "event succeeded on retry");
-                    return true;
-                }
-                (Ok(()), Some((_, _, m))) | (Err(CallError::Panicked(m)), _) => message = m,
+                (Ok(()), None) => Attempt::Succeeded,
+                (Ok(()), Some((_, _, m))) | (Err(CallError::Panicked(m)), _) => Attempt::Failed(m),
                 (Err(err), _) => {
                     self.fail_call(tp, offset, offset, &err);
-                    return false;
+                    Attempt::Stop
                 }
             }
-        }
+        });
+        let (action, attempts, message) = match verdict {
+            Verdict::Recovered { attempts } => {
+                tracing::info!(topic = %tp.0, partition = tp.1, offset, class = class.name(), attempts, "event succeeded on retry");
+                return true;
+            }
+            Verdict::Stopped => return false,
+            Verdict::Settled {
+                action,
+                attempts,
+                message,
+            } => (action, attempts, message),
+        };
         let class_name = class.name();
         let failed = Failed {
             what: "failed event",
@@ -509,7 +481,7 @@ impl Worker {
             message: &message,
             output: None,
         };
-        match policy.then {
+        match action {
             Action::Skip => {
                 shared.telemetry.emit(EventSkipped(failed));
                 true

@@ -831,10 +831,12 @@ impl PipelineSpec {
                     "`dead-letter` needs `error-policy.dead-letter-topic: TOPIC`",
                 ));
             }
-            if !kafka && (p.then == Action::DeadLetter || p.retries > 0) {
+            // Retries work for every source (one decision, `error_policy` in the runtime); dead
+            // letters go to a Kafka topic, which a file run does not produce to.
+            if !kafka && p.then == Action::DeadLetter {
                 return Err(self.invalid(
                     &field,
-                    "`retry` and `dead-letter` need a `source: kafka`: use `fail` or `skip`",
+                    "`dead-letter` needs a `source: kafka`: use `fail`, `skip` or `retry`",
                 ));
             }
         }
@@ -1204,8 +1206,14 @@ outputs:
         let err = parse(&format!("{SPEC}{policy}")).unwrap_err().to_string();
         assert_eq!(
             err,
-            "/specs/p.yaml: error-policy.event-error: `retry` and `dead-letter` need a `source: kafka`: use `fail` or `skip`"
+            "/specs/p.yaml: error-policy.event-error: `dead-letter` needs a `source: kafka`: use `fail`, `skip` or `retry`"
         );
+        // Retries work for a file source too.
+        let spec = parse(&format!(
+            "{SPEC}error-policy:\n  event-error: {{retry: 2, backoff-ms: 1, then: skip}}\n"
+        ))
+        .unwrap();
+        assert_eq!(spec.error_policy.event_error.retries, 2);
         let err = parse(&format!("{kafka}error-policy:\n  event-error: retry\n"))
             .unwrap_err()
             .to_string();

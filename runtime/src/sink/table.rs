@@ -29,6 +29,7 @@ use sqlx::{MySql, Postgres, QueryBuilder};
 
 use crate::config::{Action, ClassPolicy, ColumnType, TableMode, TableOutputSpec};
 use crate::dead_letter::{DeadLetters, Failure};
+use crate::error_policy::{self, Attempt, Class, Verdict};
 use crate::fatal::Fatal;
 use crate::offsets::OffsetTracker;
 use crate::sink::kafka::Ack;
@@ -1171,20 +1172,23 @@ impl Writer {
     /// dead-lettered or fatal.
     fn reject(&self, row: &Pending, err: &sqlx::Error) {
         self.ctx.telemetry.emit(SinkRejected { output: &self.name });
-        let policy = self.ctx.on_rejection;
-        let mut message = err.to_string();
-        let mut attempts = 1;
-        let mut backoff = Duration::from_millis(policy.backoff_ms);
-        while attempts <= policy.retries {
-            std::thread::sleep(backoff);
-            backoff *= 2;
-            attempts += 1;
-            match self.write_retrying(&[&row.op]) {
-                Outcome::Written => return self.ack(std::slice::from_ref(row)),
-                Outcome::GaveUp => return,
-                Outcome::Rejected(err) => message = err.to_string(),
-            }
-        }
+        let verdict =
+            error_policy::decide_sleeping(&self.ctx.on_rejection, err.to_string(), || {
+                match self.write_retrying(&[&row.op]) {
+                    Outcome::Written => Attempt::Succeeded,
+                    Outcome::GaveUp => Attempt::Stop,
+                    Outcome::Rejected(err) => Attempt::Failed(err.to_string()),
+                }
+            });
+        let (action, attempts, message) = match verdict {
+            Verdict::Recovered { .. } => return self.ack(std::slice::from_ref(row)),
+            Verdict::Stopped => return,
+            Verdict::Settled {
+                action,
+                attempts,
+                message,
+            } => (action, attempts, message),
+        };
         let what = match &row.op {
             Op::Write(_) => "a row",
             Op::Delete(_) => "a delete",
@@ -1196,12 +1200,12 @@ impl Writer {
             topic: source.as_ref().map_or("", |tp| tp.0.as_str()),
             partition: source.as_ref().map_or(-1, |tp| tp.1),
             offset: None,
-            class: "sink-rejection",
+            class: Class::SinkRejection.name(),
             attempts,
             message: &message,
             output: Some(&self.name),
         };
-        match policy.then {
+        match action {
             Action::Skip => {
                 self.ctx.telemetry.emit(EventSkipped(failed));
                 self.ack(std::slice::from_ref(row));
@@ -1238,7 +1242,7 @@ impl Writer {
             return Err("the record has no source".into());
         };
         let failure = Failure {
-            class: "sink-rejection",
+            class: Class::SinkRejection.name(),
             message,
             attempts,
             topic: &tp.0,
