@@ -156,6 +156,45 @@ fn rows_arrive_in_postgres_and_mariadb_upserts_replace_and_tombstones_delete() {
     assert_eq!(pg_latest().trim(), expected);
 }
 
+/// One event path: a file run writes rows to PostgreSQL through the same table sink as a Kafka
+/// run, and exits only once every row is committed.
+#[test]
+fn a_file_run_writes_rows_to_postgres() {
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE from_file (seq bigint PRIMARY KEY, key text NOT NULL)");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let lines: Vec<String> = (0..500)
+        .map(|i| format!("{{\"seq\": {i}, \"key\": \"k{}\"}}", i % 7))
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: file-to-pg\nplugin:\n  path: {}\nsource:\n  file: {{path: {}}}\noutputs:\n  out:\n    postgres:\n      url: ${{DB_URL}}\n      table: from_file\n      columns: {{seq: bigint, key: text}}\n      batch-size: 64\n",
+            plugin("passthrough").display(),
+            input.display()
+        ),
+    );
+    let run = std::process::Command::new(sluice_tests::workspace_binary("sluice"))
+        .args(["run", "-f", spec.to_str().unwrap()])
+        .env("DB_URL", &pg.url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("500 events in, 500 records out (out: 500)"),
+        "{stderr}"
+    );
+    // Nothing waited for: the rows are there when the run has exited.
+    assert_eq!(
+        pg.sql("SELECT COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM from_file")
+            .trim(),
+        "500|500|0|499"
+    );
+}
+
 #[test]
 fn postgres_down_for_10_s_mid_stream_pauses_and_loses_nothing() {
     let pg = Postgres::start();

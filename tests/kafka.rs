@@ -677,6 +677,72 @@ fn sluice_cmd(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// One event path: a file run writes to a Kafka topic and dead-letters to another with the
+/// same provenance headers as a Kafka run (the file is one partition, its lines the offsets),
+/// then stops by itself at the end of the file with everything delivered.
+#[test]
+fn a_file_run_writes_to_kafka_and_dead_letters_like_a_kafka_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, dlq) = (unique("from-file"), unique("dlq"));
+    broker().create_topic(&out, 1);
+    broker().create_topic(&dlq, 1);
+    // Line 11 is `bad` (the plugin fails it), line 51 `boom` (it panics).
+    let lines: Vec<String> = (0..100)
+        .map(|i| match i {
+            10 => "bad".to_owned(),
+            50 => "boom".to_owned(),
+            _ => format!("{{\"seq\": {i}}}"),
+        })
+        .collect();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: from-file\nplugin:\n  path: {}\n  config: {{mode: poison}}\nsource:\n  file: {{path: {}, format: lines, topic: bookings-file}}\nproducer: {{bootstrap-servers: \"{}\"}}\noutputs:\n  out:\n    kafka: {{topic: {out}}}\nerror-policy:\n  event-error: dead-letter\n  plugin-panic: {{retry: 2, backoff-ms: 10, then: dead-letter}}\n  dead-letter-topic: {dlq}\n",
+            plugin("misbehaving").display(),
+            input.display(),
+            broker().addr,
+        ),
+    );
+    let run = sluice_cmd(&["run", "-f", spec.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("100 events in") && stderr.contains("2 dead-lettered"),
+        "{stderr}"
+    );
+    // Delivered before the run exited: read what is there.
+    let records = consume(&out, 98);
+    let values: std::collections::BTreeSet<&str> = records
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        values.len(),
+        98,
+        "every other line, once or more (at-least-once)"
+    );
+    assert!(!values.contains("bad") && !values.contains("boom"));
+    let letters = consume(&dlq, 2);
+    assert_eq!(letters.len(), 2);
+    for letter in &letters {
+        let h = &letter["headers"];
+        let (class, offset, attempts) = match letter["value"].as_str().unwrap() {
+            "bad" => ("event-error", "10", "1"),
+            "boom" => ("plugin-panic", "50", "3"),
+            other => panic!("dead letter {other}"),
+        };
+        assert_eq!(h["sluice.failure.class"], class, "{h}");
+        assert_eq!(h["sluice.failure.attempts"], attempts, "{h}");
+        assert_eq!(h["sluice.source.topic"], "bookings-file", "{h}");
+        assert_eq!(h["sluice.source.partition"], "0", "{h}");
+        assert_eq!(h["sluice.source.offset"], offset, "the line, from 0: {h}");
+        assert_eq!(h["sluice.pipeline"], "from-file", "{h}");
+        assert_eq!(h["sluice.plugin.name"], "misbehaving", "{h}");
+    }
+}
+
 #[test]
 fn poison_events_and_panics_are_dead_lettered_and_replayed_after_the_fix() {
     let dir = tempfile::tempdir().unwrap();

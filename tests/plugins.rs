@@ -521,7 +521,7 @@ fn error_policy_fails_or_skips_per_event() {
     assert_exit_1(&run);
     assert_eq!(
         run.error_line(),
-        "error: -:2: plugin misbehaving 0.1.0 failed this event (failed): this event is bad: fix the input or set `error-policy.event-error: skip`"
+        "error: -:2: plugin misbehaving 0.1.0 failed this event (event-error, 1 attempt(s)): this event is bad: fix the input or set `error-policy.event-error` to skip, dead-letter or retry"
     );
     let path = misbehaving_spec(dir.path(), "event-error", "skip");
     let run = sluice(
@@ -630,6 +630,73 @@ fn a_file_run_retries_and_skips_only_the_panicking_event() {
     );
 }
 
+/// A file run serves the admin endpoint like a Kafka run: metrics, health, status with its one
+/// partition (the file) while it runs.
+#[test]
+fn a_file_run_serves_metrics_and_status() {
+    use sluice_tests::{free_port, http_get, metric, wait_until};
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let input = dir.path().join("events.txt");
+    std::fs::write(&input, "a\nb\nhold\nc\n").unwrap();
+    let port = free_port();
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: file-admin\nplugin:\n  path: {}\n  config: {{mode: ok, gate_file: {}}}\nsource:\n  file: {{path: {}, format: lines, batch-size: 1}}\noutputs:\n  out:\n    file: {{path: out.txt}}\nadmin:\n  listen: 127.0.0.1:{port}\n",
+            plugin("misbehaving").display(),
+            gate.display(),
+            input.display()
+        ),
+    );
+    let run = sluice_tests::start(&spec, dir.path());
+    // The plugin holds on line 3: the run is up, two events through.
+    wait_until(
+        "two events consumed",
+        std::time::Duration::from_secs(20),
+        || {
+            http_get(port, "/metrics").is_some_and(|(_, m)| {
+                metric(
+                    &m,
+                    "sluice_events_consumed_total",
+                    &[("topic", "events"), ("partition", "0")],
+                ) == Some(2.0)
+            })
+        },
+    );
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    let (code, status) = http_get(port, "/status").unwrap();
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    // Consuming, or already draining: the reader may have reached the end of the file while
+    // the plugin holds line 3.
+    assert!(
+        ["consuming", "draining"].contains(&status["lifecycle"].as_str().unwrap()),
+        "{status}"
+    );
+    let partition = &status["partitions"][0];
+    assert_eq!(
+        (
+            &partition["topic"],
+            &partition["partition"],
+            &partition["events"]
+        ),
+        (&json!("events"), &json!(0), &json!(2)),
+        "{status}"
+    );
+    assert_eq!(
+        status["workers"][0]["state"], "processing",
+        "held in the plugin: {status}"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let (code, log) = run.stop_when_done();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "a\nb\nhold\nc\n"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The example specs, end to end through `sluice run`, and `sluice validate` on every spec.
 
@@ -718,8 +785,8 @@ fn example_filter_and_enrich_end_to_end() {
         ]
     );
     assert!(
-        // The log is JSON (stderr is not a terminal here): the field is `"line":7`.
-        run.stderr.contains("\"line\":7"),
+        // The log is JSON (stderr is not a terminal here): the field is `"at":"FILE:7"`.
+        run.stderr.contains("bookings.jsonl:7\""),
         "the incomplete booking is skipped by policy, by line: {}",
         run.stderr
     );
@@ -733,7 +800,7 @@ fn example_filter_and_enrich_end_to_end() {
         plugin("c-mask").parent().unwrap(),
     );
     assert!(
-        human.stderr.contains("line=7") && !human.stderr.contains("{\"timestamp\""),
+        human.stderr.contains("bookings.jsonl:7") && !human.stderr.contains("{\"timestamp\""),
         "{}",
         human.stderr
     );

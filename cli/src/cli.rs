@@ -7,9 +7,9 @@ use clap::{Parser, Subcommand};
 
 use crate::scaffold;
 use sluice_runtime::config::{OutputSpec, PipelineSpec, SourceSpec};
-use sluice_runtime::local;
-use sluice_runtime::local::RunError;
 use sluice_runtime::plugin::{LoadError, Plugin};
+use sluice_runtime::run;
+use sluice_runtime::run::RunError;
 
 /// Sluice: a plugin-based Kafka stream-processing runtime.
 #[derive(Debug, Parser)]
@@ -344,7 +344,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 spec.set_admin_listen(listen.clone())
                     .map_err(|e| anyhow::anyhow!("--admin {listen}: {e}"))?;
             }
-            let summary = local::run(&spec).map_err(|e| with_detail(e, cli.verbose))?;
+            let summary = run::run(&spec).map_err(|e| with_detail(e, cli.verbose))?;
             eprintln!("sluice: pipeline {}: {summary}", spec.name);
             Ok(())
         }
@@ -456,7 +456,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Validate { spec } => {
             let spec = PipelineSpec::load(&spec)?;
-            let plugin = local::prepare(&spec).map_err(|e| with_detail(e, cli.verbose))?;
+            let plugin = run::prepare(&spec).map_err(|e| with_detail(e, cli.verbose))?;
             let source = match &spec.source {
                 SourceSpec::File(file) => {
                     let input = spec.resolve(&file.path);

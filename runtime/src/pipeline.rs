@@ -18,24 +18,28 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::OwnedMessage;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, Timestamp, TopicPartitionList};
 use sluice_plugin_api::abi::OpenContext;
 
-use crate::config::{KafkaSourceSpec, Ordering, OutputSpec, PipelineSpec, SourceSpec};
+use crate::config::{
+    Action, ClassPolicy, KafkaSourceSpec, Ordering, OutputSpec, PipelineSpec, SourceSpec,
+};
 use crate::cpu::CpuLimit;
 use crate::dead_letter::DeadLetters;
+use crate::error_policy::{self, Attempt, Class, Verdict};
 use crate::fatal::Fatal;
-use crate::local::{RunError, Summary, open_local_output, prepare};
 use crate::offsets::{OffsetTracker, TopicPartition};
+use crate::run::{RunError, Summary, open_local_output, prepare};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::table::{Dialect, SinkContext, TableSink};
+use crate::source::file::{Batch, FileSource};
 use crate::status::{BrokerOffsets, Capacity, Lifecycle, PartitionLive, PluginStatus, SinkProbe};
 use crate::telemetry::{
-    CommitFailed, CommitPoint, Draining, OffsetsCommitted, PartitionPaused, PartitionsAssigned,
-    PartitionsRevoked, StopReason, Stopped, Telemetry,
+    CommitFailed, CommitPoint, Draining, EventSkipped, Failed, OffsetsCommitted, PartitionPaused,
+    PartitionsAssigned, PartitionsRevoked, StopReason, Stopped, Telemetry,
 };
-use crate::worker::{Command, Delivery, OutputTarget, Worker, WorkerShared};
+use crate::worker::{Command, Delivery, OutputTarget, Positions, Worker, WorkerShared};
 
 /// One assigned partition, as the dispatcher sees it.
 #[derive(Debug)]
@@ -453,203 +457,40 @@ pub fn run_with(
         ));
     };
     let drain_timeout = Duration::from_millis(source.drain_timeout_ms);
-    // The poll loop may block for a revoke's drain plus a transaction commit.
-    let liveness = drain_timeout * 2 + Duration::from_secs(30);
-    let telemetry = Arc::new(Telemetry::new(&spec.name, spec.admin.metrics, liveness));
-    // A replay is a one-off command, not a pod: it serves no endpoint.
-    let admin_listen = spec.admin.listen.as_deref().filter(|_| replay.is_none());
-    let _admin = admin_listen
-        .map(|listen| crate::admin::start(listen, telemetry.clone()))
-        .transpose()
-        .map_err(RunError::Setup)?;
-    let stats_interval = admin_listen.map(|_| spec.admin.lag_interval_ms.to_string());
-    let plugin = prepare(spec)?;
-    let label = plugin.label();
-    let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
-    let failure = Fatal::default();
-
-    // One producer for Kafka outputs and dead letters.
-    let needs_producer = spec.error_policy.dead_letter_topic.is_some()
-        || spec
-            .outputs
-            .values()
-            .any(|o| matches!(o, OutputSpec::Kafka(_)));
-    let sink = if needs_producer {
-        let bootstrap = spec
-            .producer
-            .bootstrap_servers
-            .as_deref()
-            .unwrap_or(&source.bootstrap_servers);
-        let mut config = client_config(
-            bootstrap,
-            &spec.producer.properties,
-            &spec.producer.properties_from_env,
-            "producer",
-        )?;
-        if let Some(interval) = &stats_interval {
-            config.set("statistics.interval.ms", interval);
-        }
-        let topics: HashMap<String, String> = spec
-            .outputs
-            .iter()
-            .filter_map(|(name, o)| match o {
-                OutputSpec::Kafka(k) => Some((k.topic.clone(), name.clone())),
-                _ => None,
-            })
-            .collect();
-        let sink = Arc::new(
-            KafkaSink::new(
-                config,
-                tracker.clone(),
-                failure.clone(),
-                spec.producer.transactional_id.as_deref(),
-                telemetry.clone(),
-                &topics,
-            )
-            .map_err(|e| RunError::Setup(format!("producer: cannot create: {e}")))?,
-        );
-        if stats_interval.is_some() {
-            let outputs = topics.into_values().chain(
-                spec.error_policy
-                    .dead_letter_topic
-                    .as_ref()
-                    .map(|_| "dead-letters".to_owned()),
-            );
-            for output in outputs {
-                telemetry.health.add_sink(SinkProbe {
-                    output,
-                    kind: "kafka",
-                    reachable: sink.reachable(),
-                });
-            }
-        }
-        Some(sink)
-    } else {
-        None
-    };
-    let dead_letters = match (&spec.error_policy.dead_letter_topic, &sink) {
-        (Some(topic), Some(sink)) => Some(DeadLetters {
-            sink: sink.clone(),
-            topic: topic.clone(),
-            pipeline: spec.name.clone(),
-            plugin: plugin.name().to_owned(),
-            plugin_version: plugin.version().to_owned(),
-        }),
-        _ => None,
-    };
-
-    let sink_context = SinkContext {
-        tracker: tracker.clone(),
-        failure: failure.clone(),
-        on_rejection: spec.error_policy.sink_rejection,
-        dead_letters: dead_letters.clone(),
-        telemetry: telemetry.clone(),
-        group: source.group_id.clone(),
-    };
-    let mut outputs = HashMap::new();
-    for (name, output) in &spec.outputs {
-        let table = |dialect, t| {
-            let sink = TableSink::start(name, dialect, t, sink_context.clone())
-                .map_err(RunError::Setup)?;
-            telemetry.health.add_sink(SinkProbe {
-                output: name.clone(),
-                kind: match dialect {
-                    Dialect::Postgres => "postgres",
-                    Dialect::Mysql => "mysql",
-                },
-                reachable: sink.reachable(),
-            });
-            Ok::<_, RunError>(OutputTarget::Table(sink))
-        };
-        let target = match (output, open_local_output(spec, name, output)?) {
-            (OutputSpec::Kafka(k), _) => OutputTarget::Kafka(k.topic.clone()),
-            (OutputSpec::Postgres(t), _) => table(Dialect::Postgres, t)?,
-            (OutputSpec::Mysql(t), _) => table(Dialect::Mysql, t)?,
-            (_, Some(local)) => OutputTarget::Local(Mutex::new(local)),
-            (_, None) => return Err(RunError::Setup(format!("outputs.{name}: cannot open"))),
-        };
-        let emitted = telemetry.metrics.records_emitted.with_label_values(&[name]);
-        outputs.insert(name.clone(), (target, emitted));
-    }
-    let shared = Arc::new(WorkerShared {
-        plugin: label.clone(),
-        outputs,
-        sink,
-        dead_letters,
-        tracker: tracker.clone(),
-        failure: failure.clone(),
-        policy: spec.error_policy.clone(),
-        events_in: Default::default(),
-        strip_provenance: replay.is_some(),
-        telemetry: telemetry.clone(),
-    });
-    let events_in = Arc::downgrade(&shared);
-    telemetry.health.set_events_in(Arc::new(move || {
-        events_in
-            .upgrade()
-            .map_or(0, |s| s.events_in.load(AtomicOrdering::Relaxed))
-    }));
-
-    let cpu = CpuLimit::detect();
-    let worker_count = spec.workers.unwrap_or_else(|| cpu.workers());
-    tracing::info!(workers = worker_count, quota_cpus = ?cpu.quota_cpus, host_cpus = cpu.host_cpus, plugin = %label, "starting");
-    let config_json = spec.plugin.config.to_string();
-    let mut senders = Vec::new();
-    let mut flush_senders = Vec::new();
-    let mut threads = Vec::new();
-    for id in 0..worker_count {
-        let ctx = OpenContext::new(&spec.name, id as u32, worker_count as u32);
-        let mut emitter = crate::sink::NullCollector::new(&label);
-        let instance = plugin
-            .plugin_ref()
-            .open(&config_json, &ctx, &mut emitter)
-            .map_err(|source| RunError::Open {
-                plugin: label.clone(),
-                spec: spec.file.clone(),
-                source,
-            })?;
-        let (tx, rx) = mpsc::channel();
-        let (flush_tx, flush_rx) = mpsc::channel();
-        flush_senders.push(flush_tx);
-        let probe = telemetry.health.add_worker();
-        let worker = Worker::new(
-            instance,
-            shared.clone(),
-            source.batch_size,
-            flush_rx,
-            id,
-            probe,
-        );
-        let thread = std::thread::Builder::new()
-            .name(format!("sluice-worker-{id}"))
-            .spawn(move || worker.run(rx))
-            .map_err(|e| RunError::Setup(format!("cannot start worker thread: {e}")))?;
-        senders.push(tx);
-        threads.push(thread);
-    }
-
-    let metrics = &telemetry.metrics;
-    metrics
-        .plugin_info
-        .with_label_values(&[plugin.name(), plugin.version(), &plugin.abi_version()])
-        .set(1);
-    metrics.workers.set(worker_count as i64);
-    metrics.cpu_quota_cores.set(cpu.quota_cpus.unwrap_or(0.0));
-    metrics.host_cpus.set(cpu.host_cpus as i64);
-    telemetry.health.set_plugin_open(
-        PluginStatus {
-            name: plugin.name().to_owned(),
-            version: plugin.version().to_owned(),
-            abi_version: plugin.abi_version(),
-            path: plugin.path().display().to_string(),
-            sha256: plugin.sha256().to_owned(),
+    let running = start(
+        spec,
+        &Setup {
+            // The poll loop may block for a revoke's drain plus a transaction commit.
+            liveness: drain_timeout * 2 + Duration::from_secs(30),
+            // A replay is a one-off command, not a pod: it serves no endpoint.
+            admin: replay.is_none(),
+            bootstrap_servers: Some(&source.bootstrap_servers),
+            group: &source.group_id,
+            batch_size: source.batch_size,
+            replay: replay.is_some(),
+            one_worker: false,
+            positions: Positions::Offsets,
         },
-        Capacity {
-            workers: worker_count,
-            cpu_quota: cpu.quota_cpus,
-            host_cpus: cpu.host_cpus,
-        },
+    )?;
+    let Running {
+        telemetry,
+        tracker,
+        failure,
+        shared,
+        senders,
+        flush_senders,
+        stats_interval,
+        ..
+    } = &running;
+    let (telemetry, tracker, failure, shared) = (
+        telemetry.clone(),
+        tracker.clone(),
+        failure.clone(),
+        shared.clone(),
     );
+    let (senders, flush_senders) = (senders.clone(), flush_senders.clone());
+    let stats_interval = stats_interval.clone();
+    let worker_count = senders.len();
 
     let dispatch = Arc::new(Mutex::new(Dispatch {
         slots: HashMap::new(),
@@ -799,58 +640,556 @@ pub fn run_with(
     }
     consumer.unsubscribe();
     drop(consumer);
-    // The drain is over: a database still down is not waited for any longer (its rows stay
-    // uncommitted), so workers blocked on a full table queue can finish.
-    let tables = || {
-        shared
-            .outputs
-            .values()
-            .filter_map(|(target, _)| match target {
-                OutputTarget::Table(t) => Some(t),
-                _ => None,
-            })
-    };
-    tables().for_each(TableSink::give_up);
-    for tx in &senders {
-        let _ = tx.send(Command::Stop);
-    }
-    drop(senders);
     dispatch
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .workers
         .clear();
-    for thread in threads {
-        let _ = thread.join();
+    drop((senders, flush_senders, shared));
+    running.finish(drain_timeout, fatal)
+}
+
+/// How long a file run waits, after its last line, for the sinks to acknowledge what it emitted.
+const FILE_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `source: file` run. The file (or stdin) is one partition and its lines are the offsets:
+/// events go through the same workers, outputs and sinks (stdout, files, Kafka topics, tables),
+/// error policy and offset tracker as a Kafka run's, and the admin endpoint serves it the same
+/// way. Committing is a no-op (a file has no group to commit to): at the end, every line must be
+/// fully handled (processed, flushed, acknowledged by every sink), or the run fails.
+pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError> {
+    let SourceSpec::File(file) = &spec.source else {
+        return Err(RunError::Setup(
+            "pipeline::run_file needs a `source: file` spec".into(),
+        ));
+    };
+    let input = spec.resolve(&file.path);
+    let mut source = FileSource::open(file, &input)?;
+    let path = input.display().to_string();
+    let running = start(
+        spec,
+        &Setup {
+            // The loop turns at least once per batch, or while waiting for the workers.
+            liveness: Duration::from_secs(60),
+            admin: true,
+            bootstrap_servers: None,
+            group: &spec.name,
+            batch_size: file.batch_size,
+            replay: false,
+            // One partition in order is one worker's work.
+            one_worker: spec.ordering == Ordering::Partition,
+            positions: Positions::Lines(path.clone()),
+        },
+    )?;
+    let (telemetry, tracker, failure) = (
+        running.telemetry.clone(),
+        running.tracker.clone(),
+        running.failure.clone(),
+    );
+    let senders = running.senders.clone();
+    let tp: TopicPartition = (source.topic().to_owned(), 0);
+    tracker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .assign(tp.clone());
+    let slot = Slot {
+        workers: (0..senders.len()).collect(),
+        in_flight: Arc::default(),
+        held: VecDeque::new(),
+        paused: false,
+        skip_below: 0,
+    };
+    {
+        // `/status` shows the file as the one partition it is.
+        let (tp, workers, in_flight) = (tp.clone(), slot.workers.clone(), slot.in_flight.clone());
+        telemetry.health.set_partition_view(Box::new(move || {
+            vec![PartitionLive {
+                tp: tp.clone(),
+                workers: workers.clone(),
+                in_flight: in_flight.load(AtomicOrdering::Acquire),
+                held: 0,
+                paused: false,
+            }]
+        }));
     }
-    tables().for_each(TableSink::close);
-    if let Some(sink) = &shared.sink {
-        // Their offsets were not committed (the tracker waits for acks), so nothing is lost;
-        // but the stop was not clean and the next run will send them again.
-        if let Err(err) = sink.flush(Duration::from_millis(source.drain_timeout_ms)) {
-            failure.set(format!(
-                "records still undelivered when the drain timeout ran out ({err}); their source offsets were not committed"
-            ));
+    let partitions = std::slice::from_ref(&tp);
+    telemetry.emit(PartitionsAssigned { partitions });
+    for tx in &senders {
+        let _ = tx.send(Command::Assigned(vec![tp.clone()]));
+    }
+    telemetry.health.set_lifecycle(Lifecycle::Consuming);
+
+    // Memory stays bounded: reading waits while this many events are with the workers.
+    let capacity = file.batch_size * senders.len() * 4;
+    let invalid_input = Class::InvalidInput.policy(&spec.error_policy);
+    let mut next_worker = 0;
+    let mut batch = Batch::default();
+    let mut source_error = None;
+    let mut end_of_input = false;
+    while !shutdown.requested() && !failure.is_set() {
+        telemetry.health.heartbeat();
+        if slot.in_flight.load(AtomicOrdering::Acquire) >= capacity {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        if let Err(err) = source.next_batch(&mut batch) {
+            source_error = Some(err);
+            break;
+        }
+        if batch.is_empty() {
+            end_of_input = true;
+            break;
+        }
+        for bad in &batch.undecodable {
+            // A line that does not decode fails the same way every time: no retry changes it.
+            let policy = ClassPolicy {
+                retries: 0,
+                ..invalid_input
+            };
+            match error_policy::decide(&policy, bad.message.clone(), || Attempt::Stop, |_| {}) {
+                Verdict::Settled {
+                    action: Action::Skip,
+                    ..
+                } => telemetry.emit(EventSkipped(Failed {
+                    what: "undecodable line",
+                    topic: &tp.0,
+                    partition: tp.1,
+                    offset: Some(bad.line as i64 - 1),
+                    class: Class::InvalidInput.name(),
+                    attempts: 1,
+                    message: &bad.message,
+                    output: None,
+                    at: &format!("{path}:{}", bad.line),
+                })),
+                // Dead letters of undecodable lines would need the line's bytes: the spec check
+                // allows only fail and skip for them.
+                _ => {
+                    failure.set(format!(
+                        "{path}:{}: {}: fix the input or set `error-policy.invalid-input: skip`",
+                        bad.line, bad.message
+                    ));
+                    break;
+                }
+            }
+        }
+        if failure.is_set() || batch.events.is_empty() {
+            continue;
+        }
+        let messages: Vec<OwnedMessage> = batch
+            .events
+            .iter()
+            .map(|e| {
+                OwnedMessage::new(
+                    Some(batch.payload(e).to_vec()),
+                    e.key.clone(),
+                    tp.0.clone(),
+                    e.timestamp_ms
+                        .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
+                    tp.1,
+                    e.offset,
+                    None,
+                )
+            })
+            .collect();
+        let mut outgoing: Vec<Vec<Delivery>> = senders.iter().map(|_| Vec::new()).collect();
+        let handed = hand_out(
+            &mut tracker.lock().unwrap_or_else(|e| e.into_inner()),
+            spec.ordering,
+            &mut next_worker,
+            &tp,
+            &slot,
+            messages,
+            &mut outgoing,
+        );
+        if let Err(err) = handed {
+            failure.set(err);
+            break;
+        }
+        for (tx, events) in senders.iter().zip(outgoing) {
+            if !events.is_empty() {
+                let _ = tx.send(Command::Events(events));
+            }
         }
     }
-    if let Some(message) = fatal.or_else(|| failure.get()) {
-        telemetry.health.set_lifecycle(Lifecycle::Stopped);
-        return Err(RunError::Fatal(message));
+
+    // Drain: every worker finishes what is queued, calls `revoked` and flushes; then the sinks
+    // acknowledge what was emitted.
+    let fatal = failure.get();
+    telemetry.emit(Draining {
+        reason: if fatal.is_some() {
+            StopReason::Fatal
+        } else if end_of_input {
+            StopReason::EndOfInput
+        } else {
+            StopReason::Signal
+        },
+        partitions,
+    });
+    let replies: Vec<_> = senders
+        .iter()
+        .map(|tx| {
+            let (reply, rx) = mpsc::sync_channel(1);
+            let _ = tx.send(Command::Revoke(vec![tp.clone()], reply));
+            rx
+        })
+        .collect();
+    for rx in replies {
+        let _ = rx.recv();
     }
-    telemetry.emit(Stopped);
-    // The summary comes from the same counters as the metrics.
-    let mut summary = Summary {
-        events_in: shared.events_in.load(AtomicOrdering::Relaxed),
-        ..Default::default()
-    };
-    for (name, (_, written)) in &shared.outputs {
-        summary.records_out.insert(name.clone(), written.get());
+    drop(senders);
+    let result = running.finish(FILE_DRAIN_TIMEOUT, fatal);
+    if let Some(err) = source_error {
+        return Err(err.into());
     }
-    let skipped = crate::metrics::Metrics::by_label(&telemetry.metrics.events_skipped);
-    summary.skipped_invalid = skipped.get("invalid-input").copied().unwrap_or(0);
-    summary.skipped_failed = skipped.values().sum::<u64>() - summary.skipped_invalid;
-    summary.dead_lettered = crate::metrics::Metrics::sum(&telemetry.metrics.dead_letters);
+    let summary = result?;
+    // The no-op commit: nothing may be left incomplete after a clean stop.
+    let incomplete = tracker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .in_flight(&tp);
+    if incomplete > 0 {
+        return Err(RunError::Fatal(format!(
+            "{path}: {incomplete} batch(es) of lines not fully handled when the run stopped (an output did not acknowledge them)"
+        )));
+    }
     Ok(summary)
+}
+
+/// How a source wants its pipeline set up.
+#[derive(Debug)]
+struct Setup<'a> {
+    /// How long the source's loop may go without turning before `/healthz` fails.
+    liveness: Duration,
+    /// Serve `admin.listen`, if the spec sets it.
+    admin: bool,
+    /// The producer's bootstrap servers when `producer.bootstrap-servers` is not set.
+    bootstrap_servers: Option<&'a str>,
+    /// The consumer group (or, for a file, the pipeline's name): exactly-once tables key their
+    /// stored offsets by it.
+    group: &'a str,
+    /// Events per plugin call.
+    batch_size: usize,
+    /// A dead-letter replay: the plugin does not see the provenance headers.
+    replay: bool,
+    /// One worker whatever the CPU quota (a file is one partition, kept in order).
+    one_worker: bool,
+    /// How positions read in error messages.
+    positions: Positions,
+}
+
+/// What every run has, whatever its source: telemetry (and the admin endpoint), the plugin, the
+/// offset tracker, the outputs and sinks, and the worker pool. A source's loop feeds the
+/// workers; [`Running::finish`] stops them and flushes the sinks.
+struct Running {
+    telemetry: Arc<Telemetry>,
+    _admin: Option<crate::admin::AdminServer>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    failure: Fatal,
+    shared: Arc<WorkerShared>,
+    senders: Vec<mpsc::Sender<Command>>,
+    flush_senders: Vec<mpsc::Sender<mpsc::SyncSender<()>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// librdkafka's statistics interval, when the admin endpoint wants lag.
+    stats_interval: Option<String>,
+}
+
+/// Loads the plugin, opens the outputs and sinks, and starts the workers.
+fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, RunError> {
+    let telemetry = Arc::new(Telemetry::new(
+        &spec.name,
+        spec.admin.metrics,
+        setup.liveness,
+    ));
+    let admin_listen = spec.admin.listen.as_deref().filter(|_| setup.admin);
+    let admin = admin_listen
+        .map(|listen| crate::admin::start(listen, telemetry.clone()))
+        .transpose()
+        .map_err(RunError::Setup)?;
+    let stats_interval = admin_listen.map(|_| spec.admin.lag_interval_ms.to_string());
+    let plugin = prepare(spec)?;
+    let label = plugin.label();
+    let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+    let failure = Fatal::default();
+
+    // One producer for Kafka outputs and dead letters.
+    let needs_producer = spec.error_policy.dead_letter_topic.is_some()
+        || spec
+            .outputs
+            .values()
+            .any(|o| matches!(o, OutputSpec::Kafka(_)));
+    let sink = if needs_producer {
+        let bootstrap = spec
+            .producer
+            .bootstrap_servers
+            .as_deref()
+            .or(setup.bootstrap_servers)
+            .ok_or_else(|| {
+                RunError::Setup(
+                    "producer.bootstrap-servers: needed for Kafka outputs and dead letters without a Kafka source".into(),
+                )
+            })?;
+        let mut config = client_config(
+            bootstrap,
+            &spec.producer.properties,
+            &spec.producer.properties_from_env,
+            "producer",
+        )?;
+        if let Some(interval) = &stats_interval {
+            config.set("statistics.interval.ms", interval);
+        }
+        let topics: HashMap<String, String> = spec
+            .outputs
+            .iter()
+            .filter_map(|(name, o)| match o {
+                OutputSpec::Kafka(k) => Some((k.topic.clone(), name.clone())),
+                _ => None,
+            })
+            .collect();
+        let sink = Arc::new(
+            KafkaSink::new(
+                config,
+                tracker.clone(),
+                failure.clone(),
+                spec.producer.transactional_id.as_deref(),
+                telemetry.clone(),
+                &topics,
+            )
+            .map_err(|e| RunError::Setup(format!("producer: cannot create: {e}")))?,
+        );
+        if stats_interval.is_some() {
+            let outputs = topics.into_values().chain(
+                spec.error_policy
+                    .dead_letter_topic
+                    .as_ref()
+                    .map(|_| "dead-letters".to_owned()),
+            );
+            for output in outputs {
+                telemetry.health.add_sink(SinkProbe {
+                    output,
+                    kind: "kafka",
+                    reachable: sink.reachable(),
+                });
+            }
+        }
+        Some(sink)
+    } else {
+        None
+    };
+    let dead_letters = match (&spec.error_policy.dead_letter_topic, &sink) {
+        (Some(topic), Some(sink)) => Some(DeadLetters {
+            sink: sink.clone(),
+            topic: topic.clone(),
+            pipeline: spec.name.clone(),
+            plugin: plugin.name().to_owned(),
+            plugin_version: plugin.version().to_owned(),
+        }),
+        _ => None,
+    };
+
+    let sink_context = SinkContext {
+        tracker: tracker.clone(),
+        failure: failure.clone(),
+        on_rejection: spec.error_policy.sink_rejection,
+        dead_letters: dead_letters.clone(),
+        telemetry: telemetry.clone(),
+        group: setup.group.to_owned(),
+    };
+    let mut outputs = HashMap::new();
+    for (name, output) in &spec.outputs {
+        let table = |dialect, t| {
+            let sink = TableSink::start(name, dialect, t, sink_context.clone())
+                .map_err(RunError::Setup)?;
+            telemetry.health.add_sink(SinkProbe {
+                output: name.clone(),
+                kind: match dialect {
+                    Dialect::Postgres => "postgres",
+                    Dialect::Mysql => "mysql",
+                },
+                reachable: sink.reachable(),
+            });
+            Ok::<_, RunError>(OutputTarget::Table(sink))
+        };
+        let target = match (output, open_local_output(spec, name, output)?) {
+            (OutputSpec::Kafka(k), _) => OutputTarget::Kafka(k.topic.clone()),
+            (OutputSpec::Postgres(t), _) => table(Dialect::Postgres, t)?,
+            (OutputSpec::Mysql(t), _) => table(Dialect::Mysql, t)?,
+            (_, Some(local)) => OutputTarget::Local(Mutex::new(local)),
+            (_, None) => return Err(RunError::Setup(format!("outputs.{name}: cannot open"))),
+        };
+        let emitted = telemetry.metrics.records_emitted.with_label_values(&[name]);
+        outputs.insert(name.clone(), (target, emitted));
+    }
+    let shared = Arc::new(WorkerShared {
+        plugin: label.clone(),
+        outputs,
+        sink,
+        dead_letters,
+        tracker: tracker.clone(),
+        failure: failure.clone(),
+        policy: spec.error_policy.clone(),
+        events_in: Default::default(),
+        strip_provenance: setup.replay,
+        telemetry: telemetry.clone(),
+        positions: setup.positions.clone(),
+    });
+    let events_in = Arc::downgrade(&shared);
+    telemetry.health.set_events_in(Arc::new(move || {
+        events_in
+            .upgrade()
+            .map_or(0, |s| s.events_in.load(AtomicOrdering::Relaxed))
+    }));
+
+    let cpu = CpuLimit::detect();
+    let worker_count = if setup.one_worker {
+        1
+    } else {
+        spec.workers.unwrap_or_else(|| cpu.workers())
+    };
+    tracing::info!(workers = worker_count, quota_cpus = ?cpu.quota_cpus, host_cpus = cpu.host_cpus, plugin = %label, "starting");
+    let config_json = spec.plugin.config.to_string();
+    let mut senders = Vec::new();
+    let mut flush_senders = Vec::new();
+    let mut threads = Vec::new();
+    for id in 0..worker_count {
+        let ctx = OpenContext::new(&spec.name, id as u32, worker_count as u32);
+        let mut emitter = crate::sink::NullCollector::new(&label);
+        let instance = plugin
+            .plugin_ref()
+            .open(&config_json, &ctx, &mut emitter)
+            .map_err(|source| RunError::Open {
+                plugin: label.clone(),
+                spec: spec.file.clone(),
+                source,
+            })?;
+        let (tx, rx) = mpsc::channel();
+        let (flush_tx, flush_rx) = mpsc::channel();
+        flush_senders.push(flush_tx);
+        let probe = telemetry.health.add_worker();
+        let worker = Worker::new(
+            instance,
+            shared.clone(),
+            setup.batch_size,
+            flush_rx,
+            id,
+            probe,
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("sluice-worker-{id}"))
+            .spawn(move || worker.run(rx))
+            .map_err(|e| RunError::Setup(format!("cannot start worker thread: {e}")))?;
+        senders.push(tx);
+        threads.push(thread);
+    }
+
+    let metrics = &telemetry.metrics;
+    metrics
+        .plugin_info
+        .with_label_values(&[plugin.name(), plugin.version(), &plugin.abi_version()])
+        .set(1);
+    metrics.workers.set(worker_count as i64);
+    metrics.cpu_quota_cores.set(cpu.quota_cpus.unwrap_or(0.0));
+    metrics.host_cpus.set(cpu.host_cpus as i64);
+    telemetry.health.set_plugin_open(
+        PluginStatus {
+            name: plugin.name().to_owned(),
+            version: plugin.version().to_owned(),
+            abi_version: plugin.abi_version(),
+            path: plugin.path().display().to_string(),
+            sha256: plugin.sha256().to_owned(),
+        },
+        Capacity {
+            workers: worker_count,
+            cpu_quota: cpu.quota_cpus,
+            host_cpus: cpu.host_cpus,
+        },
+    );
+
+    Ok(Running {
+        telemetry,
+        _admin: admin,
+        tracker,
+        failure,
+        shared,
+        senders,
+        flush_senders,
+        threads,
+        stats_interval,
+    })
+}
+
+impl Running {
+    /// Stops the workers (each closes its plugin instance), flushes the outputs and waits for
+    /// the producer's deliveries up to `drain_timeout`; the run's result and summary. `fatal` is
+    /// the error that stopped the source's loop, if one did.
+    fn finish(self, drain_timeout: Duration, fatal: Option<String>) -> Result<Summary, RunError> {
+        let Running {
+            telemetry,
+            _admin,
+            failure,
+            shared,
+            senders,
+            threads,
+            ..
+        } = self;
+        // The drain is over: a database still down is not waited for any longer (its rows stay
+        // uncommitted), so workers blocked on a full table queue can finish.
+        let tables = || {
+            shared
+                .outputs
+                .values()
+                .filter_map(|(target, _)| match target {
+                    OutputTarget::Table(t) => Some(t),
+                    _ => None,
+                })
+        };
+        tables().for_each(TableSink::give_up);
+        for tx in &senders {
+            let _ = tx.send(Command::Stop);
+        }
+        drop(senders);
+        for thread in threads {
+            let _ = thread.join();
+        }
+        tables().for_each(TableSink::close);
+        for (name, (target, _)) in &shared.outputs {
+            if let OutputTarget::Local(out) = target {
+                let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(err) = out.flush() {
+                    failure.set(format!(
+                        "output `{name}` ({}): {err}",
+                        out.target().display()
+                    ));
+                }
+            }
+        }
+        if let Some(sink) = &shared.sink {
+            // Their offsets were not committed (the tracker waits for acks), so nothing is lost;
+            // but the stop was not clean and the next run will send them again.
+            if let Err(err) = sink.flush(drain_timeout) {
+                failure.set(format!(
+                    "records still undelivered when the drain timeout ran out ({err}); their source offsets were not committed"
+                ));
+            }
+        }
+        if let Some(message) = fatal.or_else(|| failure.get()) {
+            telemetry.health.set_lifecycle(Lifecycle::Stopped);
+            return Err(RunError::Fatal(message));
+        }
+        telemetry.emit(Stopped);
+        // The summary comes from the same counters as the metrics.
+        let mut summary = Summary {
+            events_in: shared.events_in.load(AtomicOrdering::Relaxed),
+            ..Default::default()
+        };
+        for (name, (_, written)) in &shared.outputs {
+            summary.records_out.insert(name.clone(), written.get());
+        }
+        let skipped = crate::metrics::Metrics::by_label(&telemetry.metrics.events_skipped);
+        summary.skipped_invalid = skipped.get("invalid-input").copied().unwrap_or(0);
+        summary.skipped_failed = skipped.values().sum::<u64>() - summary.skipped_invalid;
+        summary.dead_lettered = crate::metrics::Metrics::sum(&telemetry.metrics.dead_letters);
+        Ok(summary)
+    }
 }
 
 /// Replays: every partition of the dead-letter topic is assigned here, read up to its end, and

@@ -99,6 +99,8 @@ pub enum StopReason {
     Fatal,
     /// A dead-letter replay read to its end.
     ReplayDone,
+    /// A file source read to its end.
+    EndOfInput,
 }
 
 /// The pipeline stops fetching and drains every partition (not ready from here on).
@@ -116,6 +118,7 @@ impl InternalEvent for Draining<'_> {
             StopReason::Signal => "signal",
             StopReason::Fatal => "fatal error",
             StopReason::ReplayDone => "replay done",
+            StopReason::EndOfInput => "end of input",
         };
         t.health.set_lifecycle(crate::status::Lifecycle::Draining);
         t.metrics.ready.set(0);
@@ -257,6 +260,8 @@ pub struct Failed<'a> {
     pub message: &'a str,
     /// The output that rejected it (sink rejections).
     pub output: Option<&'a str>,
+    /// Where, as the source names it: `topic/partition@offset`, or `file:line` for a file.
+    pub at: &'a str,
 }
 
 impl Failed<'_> {
@@ -275,7 +280,7 @@ impl InternalEvent for EventSkipped<'_> {
     fn emit(self, t: &Telemetry) {
         let f = self.0;
         t.metrics.events_skipped.with_label_values(&[f.class]).inc();
-        tracing::warn!(topic = %f.topic, partition = f.partition, offset = %f.offset_text(), class = f.class, attempts = f.attempts, output = f.output.unwrap_or("-"), "skipped {}: {}", f.what, f.message);
+        tracing::warn!(at = f.at, topic = %f.topic, partition = f.partition, offset = %f.offset_text(), class = f.class, attempts = f.attempts, output = f.output.unwrap_or("-"), "skipped {}: {}", f.what, f.message);
     }
 }
 
@@ -292,7 +297,7 @@ impl InternalEvent for EventDeadLettered<'_> {
     fn emit(self, t: &Telemetry) {
         let f = self.failed;
         t.metrics.dead_letters.with_label_values(&[f.class]).inc();
-        tracing::warn!(topic = %f.topic, partition = f.partition, offset = %f.offset_text(), class = f.class, attempts = f.attempts, output = f.output.unwrap_or("-"), dead_letter_topic = %self.topic, "dead-lettered {}: {}", f.what, f.message);
+        tracing::warn!(at = f.at, topic = %f.topic, partition = f.partition, offset = %f.offset_text(), class = f.class, attempts = f.attempts, output = f.output.unwrap_or("-"), dead_letter_topic = %self.topic, "dead-lettered {}: {}", f.what, f.message);
     }
 }
 

@@ -42,6 +42,33 @@ pub enum OutputTarget {
     Table(TableSink),
 }
 
+/// How a source's positions read in messages: Kafka offsets, or a file's lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Positions {
+    /// `topic/partition offsets A-B`, `topic/partition@OFFSET`.
+    Offsets,
+    /// `PATH lines A-B`, `PATH:LINE` (a line is its offset + 1).
+    Lines(String),
+}
+
+impl Positions {
+    /// Events `from` to `to` of `tp`.
+    pub fn range(&self, tp: &TopicPartition, from: i64, to: i64) -> String {
+        match self {
+            Positions::Offsets => format!("{}/{} offsets {from}-{to}", tp.0, tp.1),
+            Positions::Lines(path) => format!("{path} lines {}-{}", from + 1, to + 1),
+        }
+    }
+
+    /// One event of `tp`.
+    pub fn at(&self, tp: &TopicPartition, offset: i64) -> String {
+        match self {
+            Positions::Offsets => format!("{}/{}@{offset}", tp.0, tp.1),
+            Positions::Lines(path) => format!("{path}:{}", offset + 1),
+        }
+    }
+}
+
 /// One event handed to a worker.
 #[derive(Debug)]
 pub struct Delivery {
@@ -93,6 +120,8 @@ pub struct WorkerShared {
     pub strip_provenance: bool,
     /// Metrics and health.
     pub telemetry: Arc<Telemetry>,
+    /// How positions read in error messages.
+    pub positions: Positions,
 }
 
 /// An event error a plugin call reported: index into the call's events, kind, message.
@@ -178,7 +207,7 @@ impl Collector for Emitter<'_> {
     }
 
     fn log(&mut self, level: u32, message: &str) {
-        crate::local::log_plugin_line(&self.shared.plugin, level, message);
+        crate::plugin::log_line(&self.shared.plugin, level, message);
     }
 }
 
@@ -426,8 +455,9 @@ impl Worker {
 
     fn fail_call(&self, tp: &TopicPartition, from: i64, to: i64, err: &CallError) {
         self.shared.failure.set(format!(
-            "plugin {} failed in process ({}/{} offsets {from}-{to}): {err}",
-            self.shared.plugin, tp.0, tp.1
+            "plugin {} failed in process ({}): {err}",
+            self.shared.plugin,
+            self.shared.positions.range(tp, from, to)
         ));
     }
 
@@ -471,6 +501,7 @@ impl Worker {
             } => (action, attempts, message),
         };
         let class_name = class.name();
+        let at = shared.positions.at(tp, offset);
         let failed = Failed {
             what: "failed event",
             topic: &tp.0,
@@ -480,6 +511,7 @@ impl Worker {
             attempts,
             message: &message,
             output: None,
+            at: &at,
         };
         match action {
             Action::Skip => {
@@ -520,8 +552,8 @@ impl Worker {
                     }
                     Err(err) => {
                         shared.failure.set(format!(
-                            "{}/{}@{offset}: cannot write the dead letter: {err}",
-                            tp.0, tp.1
+                            "{}: cannot write the dead letter: {err}",
+                            shared.positions.at(tp, offset)
                         ));
                         false
                     }
@@ -529,8 +561,9 @@ impl Worker {
             }
             Action::Fail => {
                 shared.failure.set(format!(
-                    "{}/{}@{offset}: plugin {} failed this event ({class_name}, {attempts} attempt(s)): {message}: fix the input or set `error-policy.{class_name}` to skip, dead-letter or retry",
-                    tp.0, tp.1, shared.plugin
+                    "{}: plugin {} failed this event ({class_name}, {attempts} attempt(s)): {message}: fix the input or set `error-policy.{class_name}` to skip, dead-letter or retry",
+                    shared.positions.at(tp, offset),
+                    shared.plugin
                 ));
                 false
             }

@@ -418,6 +418,21 @@ impl Running {
             std::fs::read_to_string(&self.log).unwrap_or_default(),
         )
     }
+    /// Waits (up to a minute) for a run that ends by itself; its exit code and log.
+    pub fn stop_when_done(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the run did not end by itself");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (
+            status.code(),
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+        )
+    }
     /// SIGKILL, and wait.
     pub fn kill(mut self) {
         self.signal("-KILL");

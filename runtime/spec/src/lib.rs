@@ -766,11 +766,28 @@ impl PipelineSpec {
         match &self.source {
             SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
             SourceSpec::File(file) => {
-                if let Some((name, _)) = self.outputs.iter().find(|(_, o)| o.is_remote()) {
+                // A file run goes through the same outputs as a Kafka run; a producer needs to
+                // know where Kafka is, and a stored offset needs a consumer group.
+                let producer = self.error_policy.dead_letter_topic.is_some()
+                    || self
+                        .outputs
+                        .values()
+                        .any(|o| matches!(o, OutputSpec::Kafka(_)));
+                if producer && self.producer.bootstrap_servers.is_none() {
                     return Err(self.invalid(
-                        &format!("outputs.{name}"),
-                        "kafka and database outputs need a `source: kafka` (the file source has no offsets to commit)",
+                        "producer.bootstrap-servers",
+                        "a file source with Kafka outputs or dead letters needs `producer: {bootstrap-servers: HOST:PORT}`",
                     ));
+                }
+                for (name, output) in &self.outputs {
+                    if let OutputSpec::Postgres(t) | OutputSpec::Mysql(t) = output {
+                        if t.exactly_once {
+                            return Err(self.invalid(
+                                &format!("outputs.{name}.exactly-once"),
+                                "needs a `source: kafka` (the offsets stored with the rows are a consumer group's)",
+                            ));
+                        }
+                    }
                 }
                 if file.batch_size == 0 || file.batch_size > 65_536 {
                     return Err(
@@ -807,12 +824,6 @@ impl PipelineSpec {
                     ),
                 ));
             }
-            if !matches!(self.source, SourceSpec::Kafka(_)) {
-                return Err(self.invalid(
-                    "admin.listen",
-                    "the admin endpoint serves a `source: kafka` pipeline: remove it for a file source",
-                ));
-            }
         }
         if !(100..=600_000).contains(&self.admin.lag_interval_ms) {
             return Err(self.invalid("admin.lag-interval-ms", "must be between 100 and 600000"));
@@ -831,12 +842,12 @@ impl PipelineSpec {
                     "`dead-letter` needs `error-policy.dead-letter-topic: TOPIC`",
                 ));
             }
-            // Retries work for every source (one decision, `error_policy` in the runtime); dead
-            // letters go to a Kafka topic, which a file run does not produce to.
-            if !kafka && p.then == Action::DeadLetter {
+            // Every class works the same for every source (one decision, `error_policy` in the
+            // runtime), but an undecodable line of a file has no event to dead-letter.
+            if !kafka && class == "invalid-input" && p.then == Action::DeadLetter {
                 return Err(self.invalid(
                     &field,
-                    "`dead-letter` needs a `source: kafka`: use `fail`, `skip` or `retry`",
+                    "an undecodable line of a file cannot be dead-lettered: use `fail`, `skip` or `retry`",
                 ));
             }
         }
@@ -1203,10 +1214,24 @@ outputs:
             err,
             "/specs/p.yaml: error-policy.event-error: `dead-letter` needs `error-policy.dead-letter-topic: TOPIC`"
         );
+        // A file source dead-letters through a producer it is told about...
         let err = parse(&format!("{SPEC}{policy}")).unwrap_err().to_string();
         assert_eq!(
             err,
-            "/specs/p.yaml: error-policy.event-error: `dead-letter` needs a `source: kafka`: use `fail`, `skip` or `retry`"
+            "/specs/p.yaml: producer.bootstrap-servers: a file source with Kafka outputs or dead letters needs `producer: {bootstrap-servers: HOST:PORT}`"
+        );
+        let producer = "producer: {bootstrap-servers: \"127.0.0.1:9092\"}\n";
+        let spec = parse(&format!("{SPEC}{producer}{policy}")).unwrap();
+        assert_eq!(spec.error_policy.event_error.then, Action::DeadLetter);
+        // ...but an undecodable line has no event to dead-letter.
+        let err = parse(&format!(
+            "{SPEC}{producer}error-policy:\n  invalid-input: dead-letter\n  dead-letter-topic: dlq\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "/specs/p.yaml: error-policy.invalid-input: an undecodable line of a file cannot be dead-lettered: use `fail`, `skip` or `retry`"
         );
         // Retries work for a file source too.
         let spec = parse(&format!(
@@ -1325,13 +1350,9 @@ outputs:
             err,
             "/specs/p.yaml: admin.listen: `localhost` is not `host:port` with an IP address: write e.g. 0.0.0.0:9464"
         );
-        let err = parse(&format!("{SPEC}admin:\n  listen: 127.0.0.1:9464\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("admin.listen: the admin endpoint serves a `source: kafka` pipeline"),
-            "{err}"
-        );
+        // A file run serves it too.
+        let spec = parse(&format!("{SPEC}admin:\n  listen: 127.0.0.1:9464\n")).unwrap();
+        assert_eq!(spec.admin.listen.as_deref(), Some("127.0.0.1:9464"));
     }
 
     #[test]
@@ -1363,13 +1384,20 @@ outputs:
             err.contains("source.kafka.properties.enable.auto.commit: is managed by Sluice"),
             "{err}"
         );
+        // A file source writes to Kafka through a producer it is told about.
         let err = parse(&SPEC.replace("    stdout: {}", "    kafka: {topic: t}"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("outputs.out: kafka and database outputs need a `source: kafka`"),
+            err.contains("producer.bootstrap-servers: a file source with Kafka outputs"),
             "{err}"
         );
+        let spec = parse(&format!(
+            "{}producer: {{bootstrap-servers: \"127.0.0.1:9092\"}}\n",
+            SPEC.replace("    stdout: {}", "    kafka: {topic: t}")
+        ))
+        .unwrap();
+        assert!(matches!(spec.outputs["out"], OutputSpec::Kafka(_)));
     }
 
     #[test]

@@ -272,3 +272,15 @@ fn hex(bytes: &[u8]) -> String {
 pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     Ok(hex(&Sha256::digest(std::fs::read(path)?)))
 }
+
+/// Writes a plugin's log line through `tracing` at its level.
+pub fn log_line(plugin: &str, level: u32, message: &str) {
+    use sluice_plugin_api::abi::{LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN};
+    match level {
+        LOG_ERROR => tracing::error!(plugin, "{message}"),
+        LOG_WARN => tracing::warn!(plugin, "{message}"),
+        LOG_INFO => tracing::info!(plugin, "{message}"),
+        LOG_DEBUG => tracing::debug!(plugin, "{message}"),
+        _ => tracing::trace!(plugin, "{message}"),
+    }
+}

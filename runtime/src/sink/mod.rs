@@ -29,6 +29,6 @@ impl Collector for NullCollector<'_> {
     }
     fn event_error(&mut self, _index: usize, _kind: EventErrorKind, _message: &str) {}
     fn log(&mut self, level: u32, message: &str) {
-        crate::local::log_plugin_line(self.plugin, level, message);
+        crate::plugin::log_line(self.plugin, level, message);
     }
 }

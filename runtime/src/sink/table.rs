@@ -1195,6 +1195,10 @@ impl Writer {
         };
         let described = format!("{what} the database rejected");
         let source = row.ack.units().next().map(|(tp, _)| tp.clone());
+        // A row has no single source offset (a unit may hold many events): its partition.
+        let at = source
+            .as_ref()
+            .map_or_else(String::new, |tp| format!("{}/{}", tp.0, tp.1));
         let failed = Failed {
             what: &described,
             topic: source.as_ref().map_or("", |tp| tp.0.as_str()),
@@ -1204,6 +1208,7 @@ impl Writer {
             attempts,
             message: &message,
             output: Some(&self.name),
+            at: &at,
         };
         match action {
             Action::Skip => {

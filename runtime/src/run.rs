@@ -1,0 +1,195 @@
+//! A run of a pipeline spec, whatever its source: [`run`] (what `sluice run` does), why a run
+//! stops ([`RunError`]), what it did ([`Summary`]), and the plugin checks every run and
+//! `sluice validate` start with ([`prepare`]). The run itself is one event path for every
+//! source, in [`crate::pipeline`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sluice_plugin_api::host::CallError;
+
+use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
+use crate::plugin::{LoadError, Plugin};
+use crate::sink::local::LocalOutput;
+use crate::source::file::SourceError;
+
+/// Why a run (or a validation) stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The plugin library was refused.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The plugin's config does not match the plugin's schema.
+    #[error("{spec}: plugin.config{field}: {message} (per the config schema of plugin {plugin})")]
+    Config {
+        /// The spec file.
+        spec: PathBuf,
+        /// Where in the config, e.g. `.min_fare`.
+        field: String,
+        /// What is wrong.
+        message: String,
+        /// "name version".
+        plugin: String,
+    },
+    /// The plugin publishes a schema that is not a valid JSON schema.
+    #[error(
+        "plugin {plugin}: its config schema is not a valid JSON schema ({message}): report this to the plugin's authors"
+    )]
+    BadSchema {
+        /// "name version".
+        plugin: String,
+        /// The schema compiler's message.
+        message: String,
+    },
+    /// `open` failed.
+    #[error("plugin {plugin} failed to open: {source}: check `plugin.config` in {spec}")]
+    Open {
+        /// "name version".
+        plugin: String,
+        /// The spec file.
+        spec: PathBuf,
+        /// The call's error.
+        #[source]
+        source: CallError,
+    },
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The pipeline could not be set up (clients, threads, signals).
+    #[error("{0}")]
+    Setup(String),
+    /// A fatal error stopped a running pipeline; offsets stop short of the failing event.
+    #[error("{0}")]
+    Fatal(String),
+    /// An output could not be created or written.
+    #[error("output `{name}` ({target}): {source}")]
+    Output {
+        /// Output name.
+        name: String,
+        /// Where it writes.
+        target: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events handed to the plugin.
+    pub events_in: u64,
+    /// Records written, per output.
+    pub records_out: BTreeMap<String, u64>,
+    /// Undecodable lines skipped by policy.
+    pub skipped_invalid: u64,
+    /// Failed events skipped by policy.
+    pub skipped_failed: u64,
+    /// Failed events (or rejected records) written to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: u64 = self.records_out.values().sum();
+        let per: Vec<String> = self
+            .records_out
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        write!(
+            f,
+            "{} events in, {total} records out ({})",
+            self.events_in,
+            per.join(", ")
+        )?;
+        if self.skipped_invalid + self.skipped_failed > 0 {
+            write!(
+                f,
+                ", skipped {} invalid and {} failed events",
+                self.skipped_invalid, self.skipped_failed
+            )?;
+        }
+        if self.dead_lettered > 0 {
+            write!(f, ", {} dead-lettered", self.dead_lettered)?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads the spec's plugin and checks its config against the plugin's schema: everything
+/// `sluice validate` checks, and the first thing `sluice run` does.
+pub fn prepare(spec: &PipelineSpec) -> Result<Plugin, RunError> {
+    let plugin = Plugin::load(
+        &spec.resolve(&spec.plugin.path),
+        spec.plugin.sha256.as_deref(),
+    )?;
+    check_config(&plugin, &spec.plugin.config, &spec.file)?;
+    Ok(plugin)
+}
+
+/// Validates `config` against the plugin's JSON schema, if it publishes one.
+pub fn check_config(
+    plugin: &Plugin,
+    config: &serde_json::Value,
+    spec: &Path,
+) -> Result<(), RunError> {
+    let Some(schema) = plugin.plugin_ref().config_schema() else {
+        return Ok(());
+    };
+    let bad_schema = |message: String| RunError::BadSchema {
+        plugin: plugin.label(),
+        message,
+    };
+    let schema: serde_json::Value =
+        serde_json::from_str(schema).map_err(|e| bad_schema(e.to_string()))?;
+    let validator = jsonschema::validator_for(&schema).map_err(|e| bad_schema(e.to_string()))?;
+    if let Some(error) = validator.iter_errors(config).next() {
+        let pointer = error.instance_path().to_string();
+        let field: String = pointer
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| format!(".{s}"))
+            .collect();
+        return Err(RunError::Config {
+            spec: spec.into(),
+            field,
+            message: error.to_string(),
+            plugin: plugin.label(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs a spec to its end (a file) or to SIGTERM / SIGINT (Kafka): one event path for both,
+/// in [`crate::pipeline`].
+pub fn run(spec: &PipelineSpec) -> Result<Summary, RunError> {
+    let shutdown = crate::shutdown::Shutdown::install()
+        .map_err(|e| RunError::Setup(format!("cannot install signal handlers: {e}")))?;
+    match &spec.source {
+        SourceSpec::File(_) => crate::pipeline::run_file(spec, &shutdown),
+        SourceSpec::Kafka(_) => crate::pipeline::run(spec, &shutdown),
+    }
+}
+
+/// Opens a local output; `None` for outputs that are not local (Kafka topics).
+pub fn open_local_output(
+    spec: &PipelineSpec,
+    name: &str,
+    output: &OutputSpec,
+) -> Result<Option<LocalOutput>, RunError> {
+    Ok(match output {
+        OutputSpec::Stdout(stdout) => Some(LocalOutput::stdout(stdout.format)),
+        OutputSpec::File(file) => {
+            let target = spec.resolve(&file.path);
+            Some(
+                LocalOutput::file(&target, file.format).map_err(|source| RunError::Output {
+                    name: name.to_owned(),
+                    target,
+                    source,
+                })?,
+            )
+        }
+        OutputSpec::Kafka(_) | OutputSpec::Postgres(_) | OutputSpec::Mysql(_) => None,
+    })
+}
