@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sluice_plugin_api::abi::Record;
 use sluice_runtime::config::TableOutputSpec;
-use sluice_runtime::offsets::OffsetTracker;
+use sluice_runtime::offsets::{OffsetTracker, TopicPartition};
 use sluice_runtime::sink::kafka::{Ack, Units};
 use sluice_runtime::sink::table::{Dialect, SinkContext, TableSink};
 use sluice_tests::db::Postgres;
@@ -39,7 +39,7 @@ fn sink_rate(pg: &Postgres, table: &str, mode: &str, values: &[String]) -> f64 {
         pg.url
     ))
     .unwrap();
-    let tp = ("bench".to_owned(), 0);
+    let tp = TopicPartition::new("bench", 0);
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let unit = {
         let mut t = tracker.lock().unwrap();

@@ -18,6 +18,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::dead_letter::header;
+use crate::offsets::TopicPartition;
 
 /// Which dead letters to replay and where to.
 #[derive(Debug, Clone, Default)]
@@ -63,7 +64,7 @@ impl ReplayOptions {
     }
 
     /// Where each partition of the dead-letter topic ends now.
-    pub fn end_offsets(&self) -> Result<HashMap<(String, i32), i64>, String> {
+    pub fn end_offsets(&self) -> Result<HashMap<TopicPartition, i64>, String> {
         let consumer: BaseConsumer = client(self)
             .create()
             .map_err(|e| format!("cannot create a consumer: {e}"))?;
@@ -77,7 +78,7 @@ impl ReplayOptions {
             let (_, high) = consumer
                 .fetch_watermarks(topic, p.id(), timeout)
                 .map_err(|e| format!("{topic}/{}: {e}", p.id()))?;
-            end.insert((topic.clone(), p.id()), high);
+            end.insert(TopicPartition::new(topic.clone(), p.id()), high);
         }
         if end.is_empty() {
             return Err(format!(

@@ -14,8 +14,30 @@
 
 use std::collections::{HashMap, VecDeque};
 
-/// A topic partition.
-pub type TopicPartition = (String, i32);
+/// A topic partition (for a file source: the file's topic name and partition 0).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    /// `topic` / `partition`.
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
 
 /// Identifies a unit of one partition (sequence number within the partition).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -177,14 +199,14 @@ impl OffsetTracker {
             .partitions
             .get_mut(tp)
             .ok_or_else(|| OffsetError::NotAssigned {
-                topic: tp.0.clone(),
-                partition: tp.1,
+                topic: tp.topic.clone(),
+                partition: tp.partition,
             })?;
         if let Some(last) = state.last_read {
             if last_offset <= last {
                 return Err(OffsetError::NotIncreasing {
-                    topic: tp.0.clone(),
-                    partition: tp.1,
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
                     offset: last_offset,
                     last,
                 });
@@ -297,7 +319,7 @@ mod tests {
     use super::*;
 
     fn tp(p: i32) -> TopicPartition {
-        ("t".into(), p)
+        TopicPartition::new("t", p)
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl ClientContext for RebalanceContext {
                 }
                 let get = |k: &str| p[k].as_i64().unwrap_or(-1);
                 offsets.insert(
-                    (topic.clone(), partition as i32),
+                    TopicPartition::new(topic.clone(), partition as i32),
                     BrokerOffsets {
                         low: get("lo_offset"),
                         high: get("hi_offset"),
@@ -125,7 +125,7 @@ impl ConsumerContext for RebalanceContext {
             let partitions: Vec<TopicPartition> = tpl
                 .elements()
                 .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
+                .map(|e| TopicPartition::new(e.topic(), e.partition()))
                 .collect();
             let mut dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
             revoke(&mut dispatch, consumer, &partitions);
@@ -153,7 +153,7 @@ impl ConsumerContext for RebalanceContext {
             let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
             let mut assigned = Vec::new();
             for e in tpl.elements() {
-                let tp = (e.topic().to_owned(), e.partition());
+                let tp = TopicPartition::new(e.topic(), e.partition());
                 if dispatch.slots.contains_key(&tp) {
                     continue;
                 }
@@ -366,7 +366,7 @@ fn commit_transaction(
     let commits = tracker.take_commits();
     drop(tracker);
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in &commits {
+    for (TopicPartition { topic, partition }, offset) in &commits {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
             .map_err(|e| e.to_string())?;
     }
@@ -391,7 +391,7 @@ fn commit(
         return Ok(());
     }
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in commits {
+    for (TopicPartition { topic, partition }, offset) in commits {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
             .map_err(|e| e.to_string())?;
     }
@@ -687,7 +687,7 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
         running.failure.clone(),
     );
     let senders = running.senders.clone();
-    let tp: TopicPartition = (source.topic().to_owned(), 0);
+    let tp = TopicPartition::new(source.topic(), 0);
     tracker
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -752,8 +752,8 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
                     ..
                 } => telemetry.emit(EventSkipped(Failed {
                     what: "undecodable line",
-                    topic: &tp.0,
-                    partition: tp.1,
+                    topic: &tp.topic,
+                    partition: tp.partition,
                     offset: Some(bad.line as i64 - 1),
                     class: Class::InvalidInput.name(),
                     attempts: 1,
@@ -782,10 +782,10 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
                 OwnedMessage::new(
                     Some(batch.payload(e).to_vec()),
                     e.key.clone(),
-                    tp.0.clone(),
+                    tp.topic.clone(),
                     e.timestamp_ms
                         .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
-                    tp.1,
+                    tp.partition,
                     e.offset,
                     None,
                 )
@@ -1209,12 +1209,20 @@ fn replay_done(
     let Ok(positions) = consumer.position() else {
         return false;
     };
-    end.iter().filter(|(_, e)| **e > 0).all(|((topic, p), e)| {
-        positions
-            .find_partition(topic, *p)
-            .and_then(|el| el.offset().to_raw())
-            .is_some_and(|pos| pos >= *e)
-    })
+    end.iter().filter(|(_, e)| **e > 0).all(
+        |(
+            TopicPartition {
+                topic,
+                partition: p,
+            },
+            e,
+        )| {
+            positions
+                .find_partition(topic, *p)
+                .and_then(|el| el.offset().to_raw())
+                .is_some_and(|pos| pos >= *e)
+        },
+    )
 }
 
 /// The reader of stored offsets, when the pipeline has an exactly-once output.
@@ -1302,7 +1310,7 @@ fn create_consumer(
 
 fn tpl_of(tp: &TopicPartition) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(&tp.0, tp.1);
+    tpl.add_partition(&tp.topic, tp.partition);
     tpl
 }
 
@@ -1335,7 +1343,7 @@ fn hand_out(
                     (h.finish() % n as u64) as usize
                 }
                 // Null keys are one key: they keep their order among themselves.
-                None => tp.1.unsigned_abs() as usize % n,
+                None => tp.partition.unsigned_abs() as usize % n,
             },
             Ordering::None => (*next_worker + i / len.div_ceil(n)) % n,
         }
@@ -1391,12 +1399,12 @@ fn dispatch_burst(
     } = &mut *d;
     // Accepted events per partition, in offset order; partitions in first-seen order.
     let mut accepted: Vec<(TopicPartition, Vec<OwnedMessage>)> = Vec::new();
-    let mut tp: TopicPartition = (String::new(), -1);
+    let mut tp = TopicPartition::new(String::new(), -1);
     let mut index = 0;
     for message in burst {
         // Consecutive events mostly share a partition: look it up only when it changes.
-        if tp.1 != message.partition() || tp.0 != message.topic() {
-            tp = (message.topic().to_owned(), message.partition());
+        if tp.partition != message.partition() || tp.topic != message.topic() {
+            tp = TopicPartition::new(message.topic(), message.partition());
             index = match accepted.iter().position(|(t, _)| *t == tp) {
                 Some(i) => i,
                 None => {
@@ -1418,7 +1426,7 @@ fn dispatch_burst(
         if slot.paused || pending >= capacity {
             if !slot.paused {
                 if let Err(err) = consumer.pause(&tpl_of(&tp)) {
-                    tracing::warn!(topic = %tp.0, partition = tp.1, "pause failed: {err}");
+                    tracing::warn!(topic = %tp.topic, partition = tp.partition, "pause failed: {err}");
                 }
                 slot.paused = true;
                 telemetry.emit(PartitionPaused { tp: &tp });
@@ -1494,7 +1502,9 @@ fn release_held(
         if slot.held.is_empty() && slot.in_flight.load(AtomicOrdering::Acquire) <= capacity / 2 {
             match consumer.resume(&tpl_of(tp)) {
                 Ok(()) => slot.paused = false,
-                Err(err) => tracing::warn!(topic = %tp.0, partition = tp.1, "resume failed: {err}"),
+                Err(err) => {
+                    tracing::warn!(topic = %tp.topic, partition = tp.partition, "resume failed: {err}")
+                }
             }
         }
     }

@@ -443,12 +443,12 @@ impl Health {
                 let events = metrics.enabled.then(|| {
                     metrics
                         .events_consumed
-                        .with_label_values(&[p.tp.0.as_str(), &p.tp.1.to_string()])
+                        .with_label_values(&[p.tp.topic.as_str(), &p.tp.partition.to_string()])
                         .get()
                 });
                 PartitionStatus {
-                    topic: p.tp.0,
-                    partition: p.tp.1,
+                    topic: p.tp.topic,
+                    partition: p.tp.partition,
                     workers: p.workers,
                     committed,
                     high_watermark: high,
@@ -890,7 +890,7 @@ mod tests {
         let h = Health::new("p", Duration::from_secs(60));
         h.set_partition_view(Box::new(|| {
             vec![PartitionLive {
-                tp: ("in".into(), 0),
+                tp: TopicPartition::new("in", 0),
                 workers: vec![0],
                 in_flight: 3,
                 held: 0,
@@ -905,7 +905,7 @@ mod tests {
         let h = health();
         let m = Metrics::new("p", true);
         h.set_broker_offsets(HashMap::from([(
-            ("in".to_owned(), 0),
+            TopicPartition::new("in", 0),
             BrokerOffsets {
                 low: 0,
                 high: 100,
@@ -913,13 +913,13 @@ mod tests {
             },
         )]));
         assert_eq!(h.status(&m).partitions[0].lag, Some(60));
-        h.committed(&[(("in".to_owned(), 0), 70)]);
+        h.committed(&[(TopicPartition::new("in", 0), 70)]);
         let p = &h.status(&m).partitions[0];
         assert_eq!((p.committed, p.lag), (Some(70), Some(30)));
         // Nothing committed yet: the lag counts from the low watermark.
         let fresh = health();
         fresh.set_broker_offsets(HashMap::from([(
-            ("in".to_owned(), 0),
+            TopicPartition::new("in", 0),
             BrokerOffsets {
                 low: 5,
                 high: 9,

@@ -44,7 +44,7 @@ struct Partitions<'a>(&'a [TopicPartition]);
 
 impl std::fmt::Display for Partitions<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (topic, partition)) in self.0.iter().enumerate() {
+        for (i, TopicPartition { topic, partition }) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(" ")?;
             }
@@ -157,10 +157,18 @@ impl InternalEvent for OffsetsCommitted<'_> {
         }
         let show = |offsets: &mut dyn Iterator<Item = (&TopicPartition, Option<i64>)>| {
             offsets
-                .map(|((topic, p), o)| match o {
-                    Some(o) => format!("{topic}/{p}@{o}"),
-                    None => format!("{topic}/{p}@-"),
-                })
+                .map(
+                    |(
+                        TopicPartition {
+                            topic,
+                            partition: p,
+                        },
+                        o,
+                    )| match o {
+                        Some(o) => format!("{topic}/{p}@{o}"),
+                        None => format!("{topic}/{p}@-"),
+                    },
+                )
                 .collect::<Vec<_>>()
                 .join(" ")
         };
@@ -221,7 +229,7 @@ pub struct PartitionPaused<'a> {
 impl InternalEvent for PartitionPaused<'_> {
     fn emit(self, t: &Telemetry) {
         t.metrics.partition_pauses.inc();
-        tracing::debug!(topic = %self.tp.0, partition = self.tp.1, "paused: partition-capacity reached");
+        tracing::debug!(topic = %self.tp.topic, partition = self.tp.partition, "paused: partition-capacity reached");
     }
 }
 

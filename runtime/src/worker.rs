@@ -55,7 +55,7 @@ impl Positions {
     /// Events `from` to `to` of `tp`.
     pub fn range(&self, tp: &TopicPartition, from: i64, to: i64) -> String {
         match self {
-            Positions::Offsets => format!("{}/{} offsets {from}-{to}", tp.0, tp.1),
+            Positions::Offsets => format!("{tp} offsets {from}-{to}"),
             Positions::Lines(path) => format!("{path} lines {}-{}", from + 1, to + 1),
         }
     }
@@ -63,7 +63,7 @@ impl Positions {
     /// One event of `tp`.
     pub fn at(&self, tp: &TopicPartition, offset: i64) -> String {
         match self {
-            Positions::Offsets => format!("{}/{}@{offset}", tp.0, tp.1),
+            Positions::Offsets => format!("{tp}@{offset}"),
             Positions::Lines(path) => format!("{path}:{}", offset + 1),
         }
     }
@@ -364,7 +364,7 @@ impl Worker {
         }
         let parts: Vec<Partition<'_>> = partitions
             .iter()
-            .map(|(t, p)| Partition::new(t, *p))
+            .map(|tp| Partition::new(&tp.topic, tp.partition))
             .collect();
         let shared = self.shared.clone();
         let mut emitter = Emitter::new(&shared, Ack::many(self.pending.clone()));
@@ -393,7 +393,7 @@ impl Worker {
         // Each part is marked processed exactly once: a second mark would complete a unit whose
         // other parts are still running.
         let mut seen = std::collections::HashSet::with_capacity(units.len());
-        units.retain(|(tp, unit)| seen.insert((tp.1, *unit)));
+        units.retain(|(tp, unit)| seen.insert((tp.partition, *unit)));
         let mut emitter = Emitter::new(&shared, Ack::many(units.clone()));
         let started = self.enter(WorkerState::Flushing);
         let result = self.instance.flush(&mut emitter);
@@ -490,7 +490,7 @@ impl Worker {
         });
         let (action, attempts, message) = match verdict {
             Verdict::Recovered { attempts } => {
-                tracing::info!(topic = %tp.0, partition = tp.1, offset, class = class.name(), attempts, "event succeeded on retry");
+                tracing::info!(topic = %tp.topic, partition = tp.partition, offset, class = class.name(), attempts, "event succeeded on retry");
                 return true;
             }
             Verdict::Stopped => return false,
@@ -504,8 +504,8 @@ impl Worker {
         let at = shared.positions.at(tp, offset);
         let failed = Failed {
             what: "failed event",
-            topic: &tp.0,
-            partition: tp.1,
+            topic: &tp.topic,
+            partition: tp.partition,
             offset: Some(offset),
             class: class_name,
             attempts,
@@ -529,8 +529,8 @@ impl Worker {
                     class: class_name,
                     message: &message,
                     attempts,
-                    topic: &tp.0,
-                    partition: tp.1,
+                    topic: &tp.topic,
+                    partition: tp.partition,
                     offset: Some(offset),
                     output: None,
                 };
@@ -576,7 +576,7 @@ impl Worker {
             return; // never marked processed: nothing from here on is committed
         }
         let first = &deliveries[0].message;
-        let tp: TopicPartition = (first.topic().to_owned(), first.partition());
+        let tp = TopicPartition::new(first.topic(), first.partition());
         let last_offset = deliveries[deliveries.len() - 1].message.offset();
         // A chunk's events belong to one unit, or to a few consecutive ones.
         let mut units: Vec<UnitId> = Vec::with_capacity(1);
@@ -601,7 +601,7 @@ impl Worker {
             .iter()
             .zip(&headers)
             .map(|(m, headers)| {
-                let mut e = Event::new(&tp.0, tp.1, m.offset()).with_headers(headers);
+                let mut e = Event::new(&tp.topic, tp.partition, m.offset()).with_headers(headers);
                 e = match m.payload() {
                     Some(p) => e.with_payload(p),
                     None => e.with_null_payload(),
@@ -637,7 +637,7 @@ impl Worker {
                         .telemetry
                         .metrics
                         .events_consumed
-                        .with_label_values(&[tp.0.as_str(), &tp.1.to_string()]);
+                        .with_label_values(&[tp.topic.as_str(), &tp.partition.to_string()]);
                     counter.inc_by(n);
                     self.consumed.insert(tp.clone(), counter);
                 }

@@ -31,7 +31,7 @@ use crate::config::{Action, ClassPolicy, ColumnType, TableMode, TableOutputSpec}
 use crate::dead_letter::{DeadLetters, Failure};
 use crate::error_policy::{self, Attempt, Class, Verdict};
 use crate::fatal::Fatal;
-use crate::offsets::OffsetTracker;
+use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::sink::kafka::Ack;
 use crate::telemetry::{
     EventDeadLettered, EventSkipped, Failed, SinkRecovered, SinkRejected, SinkUnavailable,
@@ -469,7 +469,7 @@ pub fn stored_offsets(
     url: &str,
     table: &str,
     group: &str,
-) -> Result<HashMap<(String, i32), i64>, String> {
+) -> Result<HashMap<TopicPartition, i64>, String> {
     use sqlx::{Connection, Row};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -496,7 +496,7 @@ pub fn stored_offsets(
         rows.iter()
             .map(|r| {
                 Ok((
-                    (r.try_get::<String, _>(0)?, r.try_get::<i32, _>(1)?),
+                    TopicPartition::new(r.try_get::<String, _>(0)?, r.try_get::<i32, _>(1)?),
                     r.try_get::<i64, _>(2)?,
                 ))
             })
@@ -1041,7 +1041,7 @@ impl Writer {
             if !ready.is_empty() {
                 let next: Vec<(&str, i32, i64)> = snapshot
                     .next_offsets()
-                    .map(|(tp, next)| (tp.0.as_str(), tp.1, next))
+                    .map(|(tp, next)| (tp.topic.as_str(), tp.partition, next))
                     .collect();
                 let offsets = StoredOffsets {
                     table: &table,
@@ -1198,11 +1198,11 @@ impl Writer {
         // A row has no single source offset (a unit may hold many events): its partition.
         let at = source
             .as_ref()
-            .map_or_else(String::new, |tp| format!("{}/{}", tp.0, tp.1));
+            .map_or_else(String::new, ToString::to_string);
         let failed = Failed {
             what: &described,
-            topic: source.as_ref().map_or("", |tp| tp.0.as_str()),
-            partition: source.as_ref().map_or(-1, |tp| tp.1),
+            topic: source.as_ref().map_or("", |tp| tp.topic.as_str()),
+            partition: source.as_ref().map_or(-1, |tp| tp.partition),
             offset: None,
             class: Class::SinkRejection.name(),
             attempts,
@@ -1250,8 +1250,8 @@ impl Writer {
             class: Class::SinkRejection.name(),
             message,
             attempts,
-            topic: &tp.0,
-            partition: tp.1,
+            topic: &tp.topic,
+            partition: tp.partition,
             offset: None,
             output: Some(&self.name),
         };
