@@ -1,0 +1,317 @@
+//! The Kafka source: a consumer group in. One thread polls the consumer (so rebalance callbacks
+//! and the main queue are always served: no split partition queues) and dispatches each event to
+//! the worker its partition is pinned to. A partition with `partition-capacity` events in flight
+//! is paused, and resumed when its worker catches up, so memory stays bounded whatever the input
+//! rate. Every `commit-interval-ms` the workers flush their plugin instance and the offsets of
+//! complete units (processed, flushed and acknowledged by every sink) are committed. On revoke
+//! the revoked partitions are drained, flushed, acknowledged and committed before they are
+//! released; on SIGTERM/SIGINT every partition is, then the consumer leaves the group. A fatal
+//! error stops the pipeline with nothing committed past the failing event.
+//!
+//! `config` (client configuration), `consumer` (creation), `statistics` (librdkafka's
+//! statistics), `rebalance` (assign and revoke), `dispatch` (slots, units, pause and release),
+//! `commit` (commits and the transaction barrier); the loop is [`run_with`].
+
+pub(crate) mod commit;
+pub(crate) mod config;
+pub(crate) mod consumer;
+pub(crate) mod dispatch;
+pub(crate) mod rebalance;
+pub(crate) mod statistics;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+
+use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
+use crate::offsets::TopicPartition;
+use crate::pipeline::{Running, Setup, start};
+use crate::run::{RunError, Summary};
+use crate::shutdown::Shutdown;
+use crate::status::Lifecycle;
+use crate::telemetry::{CommitFailed, CommitPoint, Draining, OffsetsCommitted, StopReason};
+use crate::worker::{Command, Positions};
+pub(crate) use commit::{commit, commit_transaction};
+pub(crate) use config::client_config;
+pub(crate) use consumer::create_consumer;
+pub(crate) use dispatch::{
+    Dispatch, ResumeFrom, Slot, dispatch_burst, hand_out, partition_view, release_held,
+};
+pub(crate) use rebalance::{RebalanceContext, revoke};
+
+/// `sluice dlq replay --through`: the pipeline reads its dead-letter topic instead of its
+/// source, hands the plugin only the selected dead letters (without their `sluice.*`
+/// provenance headers), and stops once it has read as far as the topic reached when the replay
+/// began; then it drains and commits as on SIGTERM.
+pub struct ReplayUntil {
+    /// Which dead letters the plugin gets; the others are read and passed over.
+    pub keep: Box<dyn Fn(&OwnedMessage) -> bool + Send>,
+    /// Where each partition of the dead-letter topic ended when the replay began.
+    pub end: HashMap<TopicPartition, i64>,
+}
+
+impl std::fmt::Debug for ReplayUntil {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayUntil")
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs a `source: kafka` spec until SIGTERM/SIGINT (or a fatal error).
+pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError> {
+    run_with(spec, shutdown, None)
+}
+
+/// [`run`], or a dead-letter replay through the pipeline that stops by itself.
+pub fn run_with(
+    spec: &PipelineSpec,
+    shutdown: &Shutdown,
+    replay: Option<ReplayUntil>,
+) -> Result<Summary, RunError> {
+    let SourceSpec::Kafka(source) = &spec.source else {
+        return Err(RunError::Setup(
+            "pipeline::run needs a `source: kafka` spec".into(),
+        ));
+    };
+    let drain_timeout = Duration::from_millis(source.drain_timeout_ms);
+    let running = start(
+        spec,
+        &Setup {
+            // The poll loop may block for a revoke's drain plus a transaction commit.
+            liveness: drain_timeout * 2 + Duration::from_secs(30),
+            // A replay is a one-off command, not a pod: it serves no endpoint.
+            admin: replay.is_none(),
+            bootstrap_servers: Some(&source.bootstrap_servers),
+            group: &source.group_id,
+            batch_size: source.batch_size,
+            replay: replay.is_some(),
+            one_worker: false,
+            positions: Positions::Offsets,
+        },
+    )?;
+    let Running {
+        telemetry,
+        tracker,
+        failure,
+        shared,
+        senders,
+        flush_senders,
+        stats_interval,
+        ..
+    } = &running;
+    let (telemetry, tracker, failure, shared) = (
+        telemetry.clone(),
+        tracker.clone(),
+        failure.clone(),
+        shared.clone(),
+    );
+    let (senders, flush_senders) = (senders.clone(), flush_senders.clone());
+    let stats_interval = stats_interval.clone();
+    let worker_count = senders.len();
+
+    let dispatch = Arc::new(Mutex::new(Dispatch {
+        slots: HashMap::new(),
+        load: vec![0; worker_count],
+        workers: senders.clone(),
+        ordering: spec.ordering,
+        next_worker: 0,
+        tracker: tracker.clone(),
+        failure: failure.clone(),
+        drain_timeout,
+        revoked_log: Vec::new(),
+        resume_from: exactly_once(spec, &source.group_id),
+        transactions: spec
+            .producer
+            .transactional_id
+            .is_some()
+            .then(|| shared.sink.clone())
+            .flatten(),
+        telemetry: telemetry.clone(),
+    }));
+    telemetry
+        .health
+        .set_partition_view(partition_view(Arc::downgrade(&dispatch)));
+    let consumer = create_consumer(
+        spec,
+        source,
+        dispatch.clone(),
+        telemetry.clone(),
+        stats_interval.as_deref(),
+    )?;
+    let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| RunError::Setup(format!("cannot subscribe to {topics:?}: {e}")))?;
+
+    let burst_limit = source.batch_size * worker_count;
+    let transactional = spec.producer.transactional_id.is_some();
+    let commit_every = Duration::from_millis(source.commit_interval_ms);
+    let mut next_commit = Instant::now() + commit_every;
+    let mut flush_round: Option<Vec<mpsc::Receiver<()>>> = None;
+    let mut replay_done_now = false;
+    telemetry.health.set_lifecycle(Lifecycle::Consuming);
+    while !shutdown.requested() && !failure.is_set() {
+        telemetry.health.heartbeat();
+        release_held(&consumer, &dispatch, source.partition_capacity);
+        // Drain what librdkafka has ready in one burst, then hand each worker its share in one
+        // message: one wake-up per burst, not per event.
+        dispatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .revoked_log
+            .clear();
+        let mut burst = Vec::new();
+        let mut wait = Duration::from_millis(50);
+        while burst.len() < burst_limit {
+            match consumer.poll(wait) {
+                Some(Ok(message)) => burst.push(message.detach()),
+                Some(Err(err)) => tracing::warn!("consumer: {err}"),
+                None => break,
+            }
+            wait = Duration::ZERO;
+        }
+        if let Some(replay) = &replay {
+            burst.retain(|m| (replay.keep)(m));
+        }
+        dispatch_burst(&consumer, &dispatch, burst, source.partition_capacity);
+        if let Some(replay) = &replay {
+            if replay_done(&consumer, &dispatch, &replay.end) {
+                tracing::info!("replay: read to where the dead-letter topic ended");
+                replay_done_now = true;
+                break;
+            }
+        }
+        // Transactions: a blocking commit point per interval.
+        if transactional && Instant::now() >= next_commit {
+            let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(err) = commit_transaction(&d, &consumer) {
+                d.failure.set(err);
+            }
+            next_commit = Instant::now() + commit_every;
+            continue;
+        }
+        // Commit cycle: flush every worker (without blocking the poll loop), then commit.
+        if flush_round.is_none() && Instant::now() >= next_commit {
+            flush_round = Some(
+                senders
+                    .iter()
+                    .zip(&flush_senders)
+                    .map(|(tx, flush)| {
+                        let (reply, rx) = mpsc::sync_channel(1);
+                        let _ = flush.send(reply);
+                        let _ = tx.send(Command::Nudge); // wakes an idle worker
+                        rx
+                    })
+                    .collect(),
+            );
+        }
+        if let Some(round) = &flush_round {
+            if round
+                .iter()
+                .all(|rx| !matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)))
+            {
+                flush_round = None;
+                next_commit = Instant::now() + commit_every;
+                let commits = tracker
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take_commits();
+                match commit(&consumer, &commits) {
+                    Ok(()) => telemetry.emit(OffsetsCommitted {
+                        commits: &commits,
+                        point: CommitPoint::Interval,
+                        released: &[],
+                    }),
+                    Err(err) => {
+                        telemetry.emit(CommitFailed {
+                            error: &err,
+                            retried: true,
+                        });
+                        tracker
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .commit_failed(&commits);
+                    }
+                }
+            }
+        }
+    }
+
+    // Stop: drain and commit every partition, then leave the group.
+    let fatal = failure.get();
+    {
+        let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<TopicPartition> = d.slots.keys().cloned().collect();
+        all.sort();
+        telemetry.emit(Draining {
+            reason: if fatal.is_some() {
+                StopReason::Fatal
+            } else if replay_done_now {
+                StopReason::ReplayDone
+            } else {
+                StopReason::Signal
+            },
+            partitions: &all,
+        });
+        revoke(&mut d, &consumer, &all);
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    dispatch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .workers
+        .clear();
+    drop((senders, flush_senders, shared));
+    running.finish(drain_timeout, fatal)
+}
+
+/// Replays: every partition of the dead-letter topic is assigned here, read up to its end, and
+/// nothing is held back in a paused partition.
+pub(crate) fn replay_done(
+    consumer: &BaseConsumer<RebalanceContext>,
+    dispatch: &Mutex<Dispatch>,
+    end: &HashMap<TopicPartition, i64>,
+) -> bool {
+    let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+    if d.slots.len() < end.values().filter(|e| **e > 0).count()
+        || d.slots.values().any(|s| !s.held.is_empty())
+    {
+        return false;
+    }
+    drop(d);
+    let Ok(positions) = consumer.position() else {
+        return false;
+    };
+    end.iter().filter(|(_, e)| **e > 0).all(
+        |(
+            TopicPartition {
+                topic,
+                partition: p,
+            },
+            e,
+        )| {
+            positions
+                .find_partition(topic, *p)
+                .and_then(|el| el.offset().to_raw())
+                .is_some_and(|pos| pos >= *e)
+        },
+    )
+}
+
+/// The reader of stored offsets, when the pipeline has an exactly-once output.
+pub(crate) fn exactly_once(spec: &PipelineSpec, group: &str) -> Option<ResumeFrom> {
+    spec.outputs.values().find_map(|o| match o {
+        OutputSpec::Postgres(t) if t.exactly_once => {
+            let (url, table, group) = (t.url.clone(), t.offsets_table.clone(), group.to_owned());
+            let read: ResumeFrom =
+                Box::new(move || crate::sink::table::stored_offsets(&url, &table, &group));
+            Some(read)
+        }
+        _ => None,
+    })
+}
