@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sluice_plugin_api::abi::{Header, Record};
 
+use crate::sink::SinkError;
 use crate::sink::kafka::{Ack, KafkaSink};
 
 /// Provenance header names, all prefixed `sluice.`.
@@ -83,7 +84,7 @@ impl DeadLetters {
         headers: &[Header<'_>],
         failure: &Failure<'_>,
         ack: Arc<Ack>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         let time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());

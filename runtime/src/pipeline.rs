@@ -169,7 +169,7 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
     for (name, output) in &spec.outputs {
         let table = |dialect, t| {
             let sink = TableSink::start(name, dialect, t, sink_context.clone())
-                .map_err(RunError::Setup)?;
+                .map_err(|e| RunError::Setup(e.to_string()))?;
             telemetry.health.add_sink(SinkProbe {
                 output: name.clone(),
                 kind: match dialect {

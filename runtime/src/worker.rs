@@ -188,14 +188,16 @@ impl Collector for Emitter<'_> {
                 // Counted even if the send fails: such a unit must never complete.
                 self.sent += 1;
                 sink.send(topic, record, self.ack.clone())
-                    .map_err(Refusal::Invalid)
+                    .map_err(|e| Refusal::Invalid(e.to_string()))
             }
             OutputTarget::Table(table) => {
-                let row = table.row(record).map_err(Refusal::Invalid)?;
+                let row = table
+                    .row(record)
+                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
                 self.sent += 1;
                 table
                     .send(row, record, self.ack.clone())
-                    .map_err(Refusal::Invalid)
+                    .map_err(|e| Refusal::Invalid(e.to_string()))
             }
         }?;
         written.inc();

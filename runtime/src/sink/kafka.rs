@@ -19,6 +19,7 @@ use sluice_plugin_api::abi::Record;
 
 use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
+use crate::sink::SinkError;
 use crate::telemetry::{DeliveryFailed, ProducerReachability, Telemetry};
 
 /// The units a record acknowledges.
@@ -239,7 +240,7 @@ impl KafkaSink {
     /// Sends a record to `topic` on behalf of `ack`'s units; the caller counts it as emitted for
     /// them (`OffsetTracker::emitted`) before it marks them processed. Waits while the producer
     /// queue is full.
-    pub fn send(&self, topic: &str, record: &Record<'_>, ack: Arc<Ack>) -> Result<(), String> {
+    pub fn send(&self, topic: &str, record: &Record<'_>, ack: Arc<Ack>) -> Result<(), SinkError> {
         let headers = (!record.header_list().is_empty()).then(|| {
             record.header_list().iter().fold(
                 OwnedHeaders::new_with_capacity(record.header_list().len()),
@@ -272,7 +273,12 @@ impl KafkaSink {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 // The record stays counted and unacknowledged: the unit never completes.
-                Err((err, _)) => return Err(format!("cannot produce to topic {topic}: {err}")),
+                Err((source, _)) => {
+                    return Err(SinkError::Produce {
+                        topic: topic.to_owned(),
+                        source,
+                    });
+                }
             }
         }
     }

@@ -32,6 +32,7 @@ use crate::dead_letter::{DeadLetters, Failure};
 use crate::error_policy::{self, Attempt, Class, Verdict};
 use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition};
+use crate::sink::SinkError;
 use crate::sink::kafka::Ack;
 use crate::telemetry::{
     EventDeadLettered, EventSkipped, Failed, SinkRecovered, SinkRejected, SinkUnavailable,
@@ -719,11 +720,16 @@ impl TableSink {
         dialect: Dialect,
         spec: &TableOutputSpec,
         ctx: SinkContext,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SinkError> {
+        let start_error = |field, message: String| SinkError::Start {
+            output: name.to_owned(),
+            field,
+            message,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("outputs.{name}: cannot start the database runtime: {e}"))?;
+            .map_err(|e| start_error("", format!("cannot start the database runtime: {e}")))?;
         let pool = {
             let _guard = runtime.enter();
             let timeout = Duration::from_secs(5);
@@ -739,7 +745,7 @@ impl TableSink {
                     .connect_lazy(&spec.url)
                     .map(Pool::Mysql),
             }
-            .map_err(|e| format!("outputs.{name}.url: {e}"))?
+            .map_err(|e| start_error(".url", e.to_string()))?
         };
         let layout = Arc::new(TableLayout::new(dialect, spec));
         let (tx, rx) = std::sync::mpsc::sync_channel(spec.batch_size * 2);
@@ -780,7 +786,7 @@ impl TableSink {
                     failure.set(format!("output {name}: the database writer failed: {what}"));
                 }
             })
-            .map_err(|e| format!("outputs.{name}: cannot start the writer thread: {e}"))?;
+            .map_err(|e| start_error("", format!("cannot start the writer thread: {e}")))?;
         Ok(TableSink {
             name: name.to_owned(),
             layout,
@@ -798,15 +804,17 @@ impl TableSink {
     }
 
     /// The row for `record` (a refusal names the output).
-    pub fn row(&self, record: &Record<'_>) -> Result<Op, String> {
-        self.layout
-            .row(record)
-            .map_err(|e| format!("output {} (table {}): {e}", self.name, self.layout.table()))
+    pub fn row(&self, record: &Record<'_>) -> Result<Op, SinkError> {
+        self.layout.row(record).map_err(|message| SinkError::Row {
+            output: self.name.clone(),
+            table: self.layout.table().to_owned(),
+            message,
+        })
     }
 
     /// Queues `record`'s row for `ack`'s units; blocks while the writer is behind
     /// (backpressure).
-    pub fn send(&self, op: Op, record: &Record<'_>, ack: Arc<Ack>) -> Result<(), String> {
+    pub fn send(&self, op: Op, record: &Record<'_>, ack: Arc<Ack>) -> Result<(), SinkError> {
         let original = (self.keep_originals).then(|| Original {
             key: record.key_bytes().map(<[u8]>::to_vec),
             value: record.value_bytes().map(<[u8]>::to_vec),
@@ -821,9 +829,15 @@ impl TableSink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| format!("output {}: closed", self.name))?;
+            .ok_or_else(|| SinkError::Closed {
+                output: self.name.clone(),
+                what: "closed",
+            })?;
         tx.send(Pending { op, ack, original })
-            .map_err(|_| format!("output {}: the writer stopped", self.name))
+            .map_err(|_| SinkError::Closed {
+                output: self.name.clone(),
+                what: "the writer stopped",
+            })
     }
 
     /// Stops retrying: rows that cannot be written now are left unacknowledged (their offsets
@@ -1239,12 +1253,12 @@ impl Writer {
         }
     }
 
-    fn dead_letter(&self, row: &Pending, message: &str, attempts: u32) -> Result<(), String> {
+    fn dead_letter(&self, row: &Pending, message: &str, attempts: u32) -> Result<(), SinkError> {
         let (Some(dlq), Some(original)) = (&self.ctx.dead_letters, &row.original) else {
-            return Err("no dead-letter topic".into());
+            return Err(SinkError::NoDeadLetter("no dead-letter topic"));
         };
         let Some((tp, _)) = row.ack.units().next() else {
-            return Err("the record has no source".into());
+            return Err(SinkError::NoDeadLetter("the record has no source"));
         };
         let failure = Failure {
             class: Class::SinkRejection.name(),
