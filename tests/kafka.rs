@@ -677,6 +677,21 @@ fn sluice_cmd(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// 100 lines of JSON in `dir/input.txt`, but offset 10 is `bad` (the plugin fails it) and
+/// offset 50 `boom` (it panics).
+fn poison_input(dir: &Path) -> PathBuf {
+    let lines: Vec<String> = (0..100)
+        .map(|i| match i {
+            10 => "bad".to_owned(),
+            50 => "boom".to_owned(),
+            _ => format!("{{\"seq\": {i}}}"),
+        })
+        .collect();
+    let input = dir.join("input.txt");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    input
+}
+
 /// One event path: a file run writes to a Kafka topic and dead-letters to another with the
 /// same provenance headers as a Kafka run (the file is one partition, its lines the offsets),
 /// then stops by itself at the end of the file with everything delivered.
@@ -686,16 +701,7 @@ fn a_file_run_writes_to_kafka_and_dead_letters_like_a_kafka_run() {
     let (out, dlq) = (unique("from-file"), unique("dlq"));
     broker().create_topic(&out, 1);
     broker().create_topic(&dlq, 1);
-    // Line 11 is `bad` (the plugin fails it), line 51 `boom` (it panics).
-    let lines: Vec<String> = (0..100)
-        .map(|i| match i {
-            10 => "bad".to_owned(),
-            50 => "boom".to_owned(),
-            _ => format!("{{\"seq\": {i}}}"),
-        })
-        .collect();
-    let input = dir.path().join("input.txt");
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let input = poison_input(dir.path());
     let spec = write_spec(
         dir.path(),
         &format!(
@@ -749,16 +755,7 @@ fn poison_events_and_panics_are_dead_lettered_and_replayed_after_the_fix() {
     let names = topics(1);
     let dlq = unique("dlq");
     broker().create_topic(&dlq, 1);
-    // 100 events: JSON, but line 10 is `bad` (the plugin fails it) and line 50 `boom` (panics).
-    let lines: Vec<String> = (0..100)
-        .map(|i| match i {
-            10 => "bad".to_owned(),
-            50 => "boom".to_owned(),
-            _ => format!("{{\"seq\": {i}}}"),
-        })
-        .collect();
-    let input = dir.path().join("input.txt");
-    std::fs::write(&input, lines.join("\n")).unwrap();
+    let input = poison_input(dir.path());
     kafka_tool(&[
         "produce-file",
         "--broker",
