@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_tests::{
-    Broker, Running, free_port, http_get, kafka_tool, log_events, metric, plugin, start, unique,
-    wait_until, write_spec,
+    Broker, Running, free_port, http_get, kafka_tool, log_events, metric, plugin, poison_input,
+    start, unique, wait_until, write_spec,
 };
 
 fn broker() -> &'static Broker {
@@ -677,21 +677,6 @@ fn sluice_cmd(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// 100 lines of JSON in `dir/input.txt`, but offset 10 is `bad` (the plugin fails it) and
-/// offset 50 `boom` (it panics).
-fn poison_input(dir: &Path) -> PathBuf {
-    let lines: Vec<String> = (0..100)
-        .map(|i| match i {
-            10 => "bad".to_owned(),
-            50 => "boom".to_owned(),
-            _ => format!("{{\"seq\": {i}}}"),
-        })
-        .collect();
-    let input = dir.join("input.txt");
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    input
-}
-
 /// One event path: a file run writes to a Kafka topic and dead-letters to another with the
 /// same provenance headers as a Kafka run (the file is one partition, its lines the offsets),
 /// then stops by itself at the end of the file with everything delivered.
@@ -1339,4 +1324,90 @@ fn sluice_top_shows_pods_live_in_a_real_terminal_and_quits_on_q() {
     tmux(&["kill-server"]);
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// The CPU quota changes under a running pipeline, as an in-place pod resize does: the worker
+/// pool follows it mid-stream (2 -> 1 -> 2 workers; the quota file is a stand-in cgroup root the
+/// test rewrites), for pinned partitions and for keys spread over every worker. Every event
+/// arrives once and in key order, every offset is committed, and the count shows in `/status`,
+/// `sluice_workers` and the log.
+#[test]
+fn the_worker_pool_follows_the_cpu_quota_mid_stream() {
+    for ordering in ["partition", "key"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cgroup = dir.path().join("cgroup");
+        std::fs::create_dir(&cgroup).unwrap();
+        let quota = |text: &str| std::fs::write(cgroup.join("cpu.max"), text).unwrap();
+        quota("200000 100000\n");
+        let names = topics(4);
+        let total = 8_000;
+        produce(&names.input, total, 0);
+        let port = free_port();
+        // 2 ms per event: ~8 s on two workers, so both resizes land mid-stream.
+        let spec = slow_spec(dir.path(), &names, 2000, "    batch-size: 32\n");
+        let text = std::fs::read_to_string(&spec).unwrap();
+        std::fs::write(
+            &spec,
+            format!("{text}ordering: {ordering}\nadmin:\n  listen: 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        let run = sluice_tests::start_with_env(
+            &spec,
+            dir.path(),
+            &[("SLUICE_CGROUP_ROOT", cgroup.to_str().unwrap())],
+        );
+        let workers = || -> Option<(u64, usize, f64)> {
+            let (_, body) = http_get(port, "/status")?;
+            let status: Value = serde_json::from_str(&body).ok()?;
+            let gauge = metric(&http_get(port, "/metrics")?.1, "sluice_workers", &[])?;
+            Some((
+                status["capacity"]["workers"].as_u64()?,
+                status["workers"].as_array()?.len(),
+                gauge,
+            ))
+        };
+        wait_until(
+            "events flowing on 2 workers",
+            Duration::from_secs(60),
+            || workers() == Some((2, 2, 2.0)) && committed_sum(&names.input, &names.group) > 200,
+        );
+        quota("100000 100000\n");
+        wait_until(
+            "the pool shrinks to 1 worker",
+            Duration::from_secs(30),
+            || workers() == Some((1, 1, 1.0)),
+        );
+        let at_shrink = committed_sum(&names.input, &names.group);
+        quota("max 100000\n"); // no quota: as many workers as the host's CPUs
+        wait_until(
+            "the pool grows back to 2 workers",
+            Duration::from_secs(30),
+            || workers() == Some((2, 2, 2.0)),
+        );
+        let at_grow = committed_sum(&names.input, &names.group);
+        assert!(
+            at_grow < total as i64,
+            "{ordering}: both resizes happened mid-stream ({at_shrink}, {at_grow} of {total} committed)"
+        );
+        let records = consume(&names.output, total);
+        let (code, log) = run.stop();
+        assert_eq!(code, Some(0), "graceful stop exits 0:\n{log}");
+        assert_eq!(records.len(), total, "{ordering}: every event once:\n{log}");
+        assert_eq!(check_every_event_once_in_key_order(&records, total), 0);
+        assert_eq!(
+            committed_sum(&names.input, &names.group),
+            total as i64,
+            "{ordering}: every offset committed:\n{log}"
+        );
+        let resized: Vec<(u64, u64)> = log_events(&log, "workers resized")
+            .iter()
+            .map(|e| (e["from"].as_u64().unwrap(), e["to"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(resized, [(2, 1), (1, 2)], "{ordering}:\n{log}");
+        let ran_on: std::collections::BTreeSet<&str> = records
+            .iter()
+            .filter_map(|r| r["headers"]["worker"].as_str())
+            .collect();
+        assert_eq!(ran_on.len(), 2, "{ordering}: both workers ran events");
+    }
 }

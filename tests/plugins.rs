@@ -630,6 +630,70 @@ fn a_file_run_retries_and_skips_only_the_panicking_event() {
     );
 }
 
+/// Dead letters of a run without Kafka go to a file (`error-policy.dead-letter-file`): one JSON
+/// line per dead letter with the original value and the same provenance headers a dead-letter
+/// topic gets; the run goes on and the summary counts them.
+#[test]
+fn a_file_run_dead_letters_to_a_file_with_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sluice_tests::poison_input(dir.path());
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: to-file\nplugin:\n  path: {}\n  config: {{mode: poison}}\nsource:\n  file: {{path: {}, format: lines}}\noutputs:\n  out:\n    file: {{path: out.txt}}\nerror-policy:\n  event-error: dead-letter\n  plugin-panic: {{retry: 1, backoff-ms: 1, then: dead-letter}}\n  dead-letter-file: dead/letters.jsonl\n",
+            plugin("misbehaving").display(),
+            input.display(),
+        ),
+    );
+    let run = sluice(&["run", "-f", spec.to_str().unwrap()], dir.path(), "");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("2 dead-lettered"), "{}", run.stderr);
+    let out = std::fs::read_to_string(dir.path().join("out.txt")).unwrap();
+    let values: std::collections::BTreeSet<&str> = out.lines().collect();
+    assert_eq!(values.len(), 98, "every other line");
+    assert!(!values.contains("bad") && !values.contains("boom"));
+    let letters: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("dead/letters.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for letter in &letters {
+        let h = &letter["headers"];
+        let (class, offset, attempts) = match letter["value"].as_str().unwrap() {
+            "bad" => ("event-error", "10", "1"),
+            "boom" => ("plugin-panic", "50", "2"),
+            other => panic!("dead letter {other}"),
+        };
+        assert_eq!(letter["output"], "dead-letters");
+        assert_eq!(h["sluice.failure.class"], class, "{h}");
+        assert_eq!(h["sluice.failure.attempts"], attempts, "{h}");
+        assert_eq!(h["sluice.source.topic"], "input", "{h}");
+        assert_eq!(h["sluice.source.partition"], "0", "{h}");
+        assert_eq!(h["sluice.source.offset"], offset, "the line, from 0: {h}");
+        assert_eq!(h["sluice.pipeline"], "to-file", "{h}");
+        assert_eq!(h["sluice.plugin.name"], "misbehaving", "{h}");
+    }
+    assert!(
+        run.stderr.contains("dead/letters.jsonl"),
+        "the log says where they went: {}",
+        run.stderr
+    );
+
+    // Both a topic and a file: refused, naming the field.
+    let both = std::fs::read_to_string(&spec).unwrap() + "  dead-letter-topic: dlq\n";
+    std::fs::write(&spec, both).unwrap();
+    let run = sluice(&["validate", "-f", spec.to_str().unwrap()], dir.path(), "");
+    assert_exit_1(&run);
+    assert!(
+        run.error_line().contains("error-policy.dead-letter-file")
+            && run.error_line().contains("not both"),
+        "{}",
+        run.stderr
+    );
+}
+
 /// A file run serves the admin endpoint like a Kafka run: metrics, health, status with its one
 /// partition (the file) while it runs.
 #[test]

@@ -7,6 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// The environment variable that moves the cgroup filesystem's root (for tests).
+pub const CGROUP_ROOT_ENV: &str = "SLUICE_CGROUP_ROOT";
+
 /// The CPU limit the process runs under.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CpuLimit {
@@ -17,12 +20,21 @@ pub struct CpuLimit {
 }
 
 impl CpuLimit {
-    /// Reads the limit of the current process from `/proc` and `/sys/fs/cgroup`.
+    /// Reads the limit of the current process from `/proc/self/cgroup` and the cgroup
+    /// filesystem: `/sys/fs/cgroup`, or the directory `SLUICE_CGROUP_ROOT` names (a test's stand-in
+    /// whose `cpu.max` it rewrites while the pipeline runs).
     pub fn detect() -> Self {
+        let root = std::env::var_os(CGROUP_ROOT_ENV)
+            .map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from);
+        Self::detect_in(&root)
+    }
+
+    /// [`CpuLimit::detect`] under the cgroup filesystem mounted at `root`.
+    pub fn detect_in(root: &Path) -> Self {
         let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         CpuLimit {
-            quota_cpus: quota_from(Path::new("/sys/fs/cgroup"), &cgroup),
+            quota_cpus: quota_from(root, &cgroup),
             host_cpus,
         }
     }

@@ -1,17 +1,21 @@
 //! Dead letters: an event (or a rejected record) that failed for good, written to the
-//! pipeline's dead-letter topic with its original key, value and headers plus provenance
-//! headers, so that it can be inspected and replayed (`sluice dlq replay`).
+//! pipeline's dead-letter topic (or file) with its original key, value and headers plus
+//! provenance headers, so that it can be inspected and replayed (`sluice dlq replay`, for a
+//! topic).
 //!
 //! A dead letter is a record like any other: it acknowledges the units of the event it stands
-//! for, so the event's offset is committed only once the dead letter is in the topic.
+//! for, so the event's offset is committed only once the dead letter is in the topic. A file's
+//! dead letters are written synchronously (one JSON line each, like a `format: json` output),
+//! so there is nothing to acknowledge later.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sluice_plugin_api::abi::{Header, Record};
 
 use crate::sink::SinkError;
 use crate::sink::kafka::{Ack, KafkaSink};
+use crate::sink::local::LocalOutput;
 
 /// Provenance header names, all prefixed `sluice.`.
 pub mod header {
@@ -39,13 +43,27 @@ pub mod header {
     pub const OUTPUT: &str = "sluice.output";
 }
 
+/// Where dead letters are written.
+#[derive(Debug, Clone)]
+pub enum DeadLetterTarget {
+    /// A Kafka topic, through the pipeline's producer.
+    Topic {
+        /// The shared producer.
+        sink: Arc<KafkaSink>,
+        /// The dead-letter topic.
+        topic: String,
+    },
+    /// A file of JSON lines (`error-policy.dead-letter-file`).
+    File(Arc<Mutex<LocalOutput>>),
+}
+
 /// Where dead letters go and what they say about the plugin.
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
-    /// The shared producer.
-    pub sink: Arc<KafkaSink>,
-    /// The dead-letter topic.
-    pub topic: String,
+    /// Where they are written.
+    pub target: DeadLetterTarget,
+    /// `topic NAME` or `file PATH`, for messages.
+    pub label: String,
     /// Pipeline name.
     pub pipeline: String,
     /// Plugin name.
@@ -74,9 +92,15 @@ pub struct Failure<'a> {
 }
 
 impl DeadLetters {
+    /// Whether a dead letter is acknowledged later (a topic's delivery report): then the caller
+    /// counts it as emitted for its units before sending it.
+    pub fn acknowledged_later(&self) -> bool {
+        matches!(self.target, DeadLetterTarget::Topic { .. })
+    }
+
     /// Sends a dead letter carrying `key`, `value` (None: a tombstone) and `headers` as they
-    /// were, plus the provenance of `failure`, on behalf of `ack`'s units. The caller counts it
-    /// as emitted for those units first.
+    /// were, plus the provenance of `failure`, on behalf of `ack`'s units. For a topic the caller
+    /// counts it as emitted for those units first ([`DeadLetters::acknowledged_later`]).
     pub fn send(
         &self,
         key: Option<&[u8]>,
@@ -107,11 +131,27 @@ impl DeadLetters {
         }
         let mut all: Vec<Header<'_>> = headers.to_vec();
         all.extend(provenance.iter().map(|(k, v)| Header::new(k, v.as_bytes())));
-        let mut record = Record::to(&self.topic).headers(&all).key_opt(key);
+        let to = match &self.target {
+            DeadLetterTarget::Topic { topic, .. } => topic.as_str(),
+            DeadLetterTarget::File(_) => "dead-letters",
+        };
+        let mut record = Record::to(to).headers(&all).key_opt(key);
         record = match value {
             Some(v) => record.value(v),
             None => record.tombstone(),
         };
-        self.sink.send(&self.topic, &record, ack)
+        match &self.target {
+            DeadLetterTarget::Topic { sink, topic } => sink.send(topic, &record, ack),
+            DeadLetterTarget::File(file) => {
+                let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+                file.write(to, &record)
+                    // Written before the event's offset may be committed.
+                    .and_then(|()| file.flush())
+                    .map_err(|e| SinkError::DeadLetterFile {
+                        path: file.target().display().to_string(),
+                        message: e.to_string(),
+                    })
+            }
+        }
     }
 }

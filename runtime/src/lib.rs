@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod plugin;
+pub(crate) mod pool;
 pub mod run;
 pub mod shutdown;
 pub mod sink;

@@ -106,6 +106,8 @@ pub struct Metrics {
     pub plugin_info: IntGaugeVec,
     /// Worker threads (plugin instances).
     pub workers: IntGauge,
+    /// Times the worker pool was resized to follow the CPU quota.
+    pub worker_resizes: IntCounter,
     /// The container's CPU quota the worker count was derived from (absent without a quota).
     pub cpu_quota_cores: Gauge,
     /// CPUs the host offers this process.
@@ -329,6 +331,10 @@ impl Metrics {
             workers: single(
                 "workers",
                 "Worker threads, each with its own plugin instance.",
+            ),
+            worker_resizes: single_c(
+                "worker_resizes_total",
+                "Times the worker pool was resized to follow the container's CPU quota.",
             ),
             cpu_quota_cores: single_f(
                 "cpu_quota_cores",

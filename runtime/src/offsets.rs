@@ -243,6 +243,17 @@ impl OffsetTracker {
         }
     }
 
+    /// `removed` unprocessed parts of the unit were taken back from their workers and its
+    /// events handed out again as `added` parts (a pool resize under `ordering: key | none`).
+    pub fn repart(&mut self, tp: &TopicPartition, unit: UnitId, removed: u32, added: u32) {
+        if let Some(state) = self.partitions.get_mut(tp) {
+            if let Some(u) = state.unit(unit) {
+                u.parts_left = u.parts_left.saturating_sub(removed) + added;
+                state.advance();
+            }
+        }
+    }
+
     /// A sink acknowledged one record of the unit. Acks for revoked partitions are ignored.
     pub fn acked(&mut self, tp: &TopicPartition, unit: UnitId) {
         if let Some(state) = self.partitions.get_mut(tp) {
@@ -439,6 +450,22 @@ mod tests {
         );
         t.acked(&tp(0), a);
         assert_eq!(t.committable(&tp(0)), Some(13));
+    }
+
+    #[test]
+    fn a_unit_handed_out_again_waits_for_its_new_parts() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp(0));
+        // Split over 2 workers; one processed its part, the other's part came back unprocessed
+        // and went out again as 3 parts (a pool resize).
+        let a = t.begin_parts(&tp(0), 9, 2).unwrap();
+        t.processed(&tp(0), a);
+        t.repart(&tp(0), a, 1, 3);
+        t.processed(&tp(0), a);
+        t.processed(&tp(0), a);
+        assert_eq!(t.committable(&tp(0)), None, "one new part is still running");
+        t.processed(&tp(0), a);
+        assert_eq!(t.committable(&tp(0)), Some(10));
     }
 
     #[test]

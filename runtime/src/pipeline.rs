@@ -5,22 +5,22 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering as AtomicOrdering;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_plugin_api::abi::OpenContext;
-
-use crate::config::{OutputSpec, PipelineSpec};
+use crate::config::{OutputSpec, PipelineSpec, RecordFormat};
 use crate::cpu::CpuLimit;
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::{DeadLetterTarget, DeadLetters};
 use crate::fatal::Fatal;
 use crate::offsets::OffsetTracker;
+use crate::pool::WorkerPool;
 use crate::run::{RunError, Summary, open_local_output, prepare};
 use crate::sink::kafka::KafkaSink;
+use crate::sink::local::LocalOutput;
 use crate::sink::table::{Dialect, SinkContext, TableSink};
 use crate::status::{Capacity, Lifecycle, PluginStatus, SinkProbe};
 use crate::telemetry::{Stopped, Telemetry};
-use crate::worker::{Command, OutputTarget, Positions, Worker, WorkerShared};
+use crate::worker::{OutputTarget, Positions, WorkerShared};
 
 pub use crate::source::file::run::run_file;
 use crate::source::kafka::client_config;
@@ -57,9 +57,8 @@ pub(crate) struct Running {
     pub(crate) tracker: Arc<Mutex<OffsetTracker>>,
     pub(crate) failure: Fatal,
     pub(crate) shared: Arc<WorkerShared>,
-    pub(crate) senders: Vec<mpsc::Sender<Command>>,
-    pub(crate) flush_senders: Vec<mpsc::Sender<mpsc::SyncSender<()>>>,
-    pub(crate) threads: Vec<std::thread::JoinHandle<()>>,
+    /// The workers; a source's loop resizes it while running.
+    pub(crate) pool: Arc<Mutex<WorkerPool>>,
     /// librdkafka's statistics interval, when the admin endpoint wants lag.
     pub(crate) stats_interval: Option<String>,
 }
@@ -146,16 +145,41 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
     } else {
         None
     };
-    let dead_letters = match (&spec.error_policy.dead_letter_topic, &sink) {
-        (Some(topic), Some(sink)) => Some(DeadLetters {
-            sink: sink.clone(),
-            topic: topic.clone(),
-            pipeline: spec.name.clone(),
-            plugin: plugin.name().to_owned(),
-            plugin_version: plugin.version().to_owned(),
-        }),
+    let target = match (
+        &spec.error_policy.dead_letter_topic,
+        &spec.error_policy.dead_letter_file,
+        &sink,
+    ) {
+        (Some(topic), _, Some(sink)) => Some((
+            DeadLetterTarget::Topic {
+                sink: sink.clone(),
+                topic: topic.clone(),
+            },
+            format!("topic {topic}"),
+        )),
+        (None, Some(file), _) => {
+            let path = spec.resolve(file);
+            let out = LocalOutput::file(&path, RecordFormat::Json).map_err(|source| {
+                RunError::Output {
+                    name: "error-policy.dead-letter-file".into(),
+                    target: path.clone(),
+                    source,
+                }
+            })?;
+            Some((
+                DeadLetterTarget::File(Arc::new(Mutex::new(out))),
+                format!("file {}", path.display()),
+            ))
+        }
         _ => None,
     };
+    let dead_letters = target.map(|(target, label)| DeadLetters {
+        target,
+        label,
+        pipeline: spec.name.clone(),
+        plugin: plugin.name().to_owned(),
+        plugin_version: plugin.version().to_owned(),
+    });
 
     let sink_context = SinkContext {
         tracker: tracker.clone(),
@@ -217,40 +241,7 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
         spec.workers.unwrap_or_else(|| cpu.workers())
     };
     tracing::info!(workers = worker_count, quota_cpus = ?cpu.quota_cpus, host_cpus = cpu.host_cpus, plugin = %label, "starting");
-    let config_json = spec.plugin.config.to_string();
-    let mut senders = Vec::new();
-    let mut flush_senders = Vec::new();
-    let mut threads = Vec::new();
-    for id in 0..worker_count {
-        let ctx = OpenContext::new(&spec.name, id as u32, worker_count as u32);
-        let mut emitter = crate::sink::NullCollector::new(&label);
-        let instance = plugin
-            .plugin_ref()
-            .open(&config_json, &ctx, &mut emitter)
-            .map_err(|source| RunError::Open {
-                plugin: label.clone(),
-                spec: spec.file.clone(),
-                source,
-            })?;
-        let (tx, rx) = mpsc::channel();
-        let (flush_tx, flush_rx) = mpsc::channel();
-        flush_senders.push(flush_tx);
-        let probe = telemetry.health.add_worker();
-        let worker = Worker::new(
-            instance,
-            shared.clone(),
-            setup.batch_size,
-            flush_rx,
-            id,
-            probe,
-        );
-        let thread = std::thread::Builder::new()
-            .name(format!("sluice-worker-{id}"))
-            .spawn(move || worker.run(rx))
-            .map_err(|e| RunError::Setup(format!("cannot start worker thread: {e}")))?;
-        senders.push(tx);
-        threads.push(thread);
-    }
+    let pool = WorkerPool::start(plugin, spec, shared.clone(), setup.batch_size, worker_count)?;
 
     let metrics = &telemetry.metrics;
     metrics
@@ -281,9 +272,7 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
         tracker,
         failure,
         shared,
-        senders,
-        flush_senders,
-        threads,
+        pool: Arc::new(Mutex::new(pool)),
         stats_interval,
     })
 }
@@ -302,8 +291,7 @@ impl Running {
             _admin,
             failure,
             shared,
-            senders,
-            threads,
+            pool,
             ..
         } = self;
         // The drain is over: a database still down is not waited for any longer (its rows stay
@@ -318,13 +306,7 @@ impl Running {
                 })
         };
         tables().for_each(TableSink::give_up);
-        for tx in &senders {
-            let _ = tx.send(Command::Stop);
-        }
-        drop(senders);
-        for thread in threads {
-            let _ = thread.join();
-        }
+        pool.lock().unwrap_or_else(|e| e.into_inner()).stop();
         tables().for_each(TableSink::close);
         for (name, (target, _)) in &shared.outputs {
             if let OutputTarget::Local(out) = target {

@@ -187,7 +187,7 @@ pub struct Health {
     broker_offsets: Mutex<HashMap<TopicPartition, BrokerOffsets>>,
     committed: Mutex<HashMap<TopicPartition, i64>>,
     plugin: OnceLock<PluginStatus>,
-    capacity: OnceLock<Capacity>,
+    capacity: Mutex<Option<Capacity>>,
     events_in: OnceLock<Arc<dyn Fn() -> u64 + Send + Sync>>,
 }
 
@@ -220,7 +220,7 @@ impl Health {
             broker_offsets: Mutex::default(),
             committed: Mutex::default(),
             plugin: OnceLock::new(),
-            capacity: OnceLock::new(),
+            capacity: Mutex::default(),
             events_in: OnceLock::new(),
         }
     }
@@ -243,8 +243,13 @@ impl Health {
     /// Every plugin instance is open.
     pub fn set_plugin_open(&self, plugin: PluginStatus, capacity: Capacity) {
         let _ = self.plugin.set(plugin);
-        let _ = self.capacity.set(capacity);
+        self.set_capacity(capacity);
         self.plugin_open.store(true, Ordering::Release);
+    }
+
+    /// The worker count or the CPU quota changed.
+    pub fn set_capacity(&self, capacity: Capacity) {
+        *self.capacity.lock().unwrap_or_else(|e| e.into_inner()) = Some(capacity);
     }
 
     /// The consumer joined its group.
@@ -266,6 +271,11 @@ impl Health {
             .unwrap_or_else(|e| e.into_inner())
             .push(probe.clone());
         probe
+    }
+
+    /// The highest-numbered worker was stopped on purpose (the pool shrank).
+    pub fn remove_last_worker(&self) {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).pop();
     }
 
     /// A sink to check for readiness.
@@ -507,7 +517,11 @@ impl Health {
             live,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             plugin: self.plugin.get().cloned(),
-            capacity: self.capacity.get().cloned(),
+            capacity: self
+                .capacity
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             totals: Totals {
                 events_consumed: self.events_in.get().map_or(0, |read| read()),
                 records_emitted: Metrics::by_label(&metrics.records_emitted),

@@ -233,6 +233,36 @@ impl InternalEvent for PartitionPaused<'_> {
     }
 }
 
+/// The worker pool was resized to follow the container's CPU quota.
+#[derive(Debug)]
+pub struct WorkersResized {
+    /// Workers before.
+    pub from: usize,
+    /// Workers after.
+    pub to: usize,
+    /// The quota that asked for it, in CPUs (`None`: no quota, the host's CPUs).
+    pub quota_cpus: Option<f64>,
+    /// Partitions that moved to another worker.
+    pub moved: usize,
+    /// How long the poll loop spent on it (queued events of the moved partitions processed and
+    /// flushed first).
+    pub took: std::time::Duration,
+}
+
+impl InternalEvent for WorkersResized {
+    fn emit(self, t: &Telemetry) {
+        t.metrics.worker_resizes.inc();
+        tracing::info!(
+            from = self.from,
+            to = self.to,
+            quota_cpus = ?self.quota_cpus,
+            moved_partitions = self.moved,
+            took_ms = self.took.as_millis() as u64,
+            "workers resized to follow the CPU quota"
+        );
+    }
+}
+
 /// An event failed; counted once per event, whatever the policy then does with it.
 #[derive(Debug)]
 pub struct EventFailed {
@@ -292,20 +322,20 @@ impl InternalEvent for EventSkipped<'_> {
     }
 }
 
-/// A failed event was written to the dead-letter topic.
+/// A failed event was written to the dead-letter topic or file.
 #[derive(Debug)]
 pub struct EventDeadLettered<'a> {
     /// The event.
     pub failed: Failed<'a>,
-    /// The dead-letter topic.
-    pub topic: &'a str,
+    /// Where: `topic NAME` or `file PATH`.
+    pub to: &'a str,
 }
 
 impl InternalEvent for EventDeadLettered<'_> {
     fn emit(self, t: &Telemetry) {
         let f = self.failed;
         t.metrics.dead_letters.with_label_values(&[f.class]).inc();
-        tracing::warn!(at = f.at, topic = %f.topic, partition = f.partition, offset = %f.offset_text(), class = f.class, attempts = f.attempts, output = f.output.unwrap_or("-"), dead_letter_topic = %self.topic, "dead-lettered {}: {}", f.what, f.message);
+        tracing::warn!(at = f.at, topic = %f.topic, partition = f.partition, offset = %f.offset_text(), class = f.class, attempts = f.attempts, output = f.output.unwrap_or("-"), dead_letters = %self.to, "dead-lettered {}: {}", f.what, f.message);
     }
 }
 

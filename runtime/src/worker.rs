@@ -89,12 +89,23 @@ pub enum Command {
     Assigned(Vec<TopicPartition>),
     /// Finish everything queued, call `revoked` and `flush`, then reply.
     Revoke(Vec<TopicPartition>, mpsc::SyncSender<()>),
-    /// Wake up: a flush request may be waiting on the worker's flush channel.
+    /// Wake up: a request may be waiting on the worker's request channel.
     Nudge,
     /// Finish everything queued, call `flush`, then reply (a transaction's commit point).
     Barrier(mpsc::SyncSender<()>),
     /// Close the instance and end the thread.
     Stop,
+}
+
+/// What the poll thread asks of a worker ahead of its queued events (served between two inbox
+/// messages, so never in the middle of a unit).
+#[derive(Debug)]
+pub enum Request {
+    /// Flush the instance, then reply (the commit cycle).
+    Flush(mpsc::SyncSender<()>),
+    /// Give these partitions up now: call `revoked` and flush, then reply with their events still
+    /// queued here, unprocessed and in order, for their new worker (a pool resize).
+    Handoff(Vec<TopicPartition>, mpsc::SyncSender<Vec<Delivery>>),
 }
 
 /// Shared by every worker of a pipeline.
@@ -236,9 +247,11 @@ pub struct Worker {
     batch_size: usize,
     /// Units processed by the plugin since the last flush.
     pending: Vec<(TopicPartition, UnitId)>,
-    /// Flush requests of the commit cycle: served between inbox messages, ahead of queued
-    /// events, so a commit never waits behind a deep queue.
-    flushes: mpsc::Receiver<mpsc::SyncSender<()>>,
+    /// Flush requests of the commit cycle and handoffs: served between inbox messages, ahead of
+    /// queued events, so a commit or a resize never waits behind a deep queue.
+    requests: mpsc::Receiver<Request>,
+    /// Inbox messages taken out of the channel by a handoff, to run before the next ones.
+    backlog: std::collections::VecDeque<Command>,
     /// What this worker is doing, for `/status` and `/healthz`.
     probe: Arc<WorkerProbe>,
     /// Seconds inside plugin calls.
@@ -261,7 +274,7 @@ impl Worker {
         instance: Instance,
         shared: Arc<WorkerShared>,
         batch_size: usize,
-        flushes: mpsc::Receiver<mpsc::SyncSender<()>>,
+        requests: mpsc::Receiver<Request>,
         id: usize,
         probe: Arc<WorkerProbe>,
     ) -> Self {
@@ -275,7 +288,8 @@ impl Worker {
             shared,
             batch_size,
             pending: Vec::new(),
-            flushes,
+            requests,
+            backlog: Default::default(),
             probe,
             busy,
             consumed: HashMap::new(),
@@ -300,38 +314,83 @@ impl Worker {
         busy
     }
 
-    /// Flushes for every waiting request. Called only between inbox messages: a unit's part
-    /// arrives in one message, so no part is marked processed with events of it still queued.
-    fn serve_flushes(&mut self) {
-        while let Ok(reply) = self.flushes.try_recv() {
-            self.flush();
-            let _ = reply.send(());
+    /// Serves every waiting request. Called only between inbox messages: a unit's part arrives
+    /// in one message, so no part is marked processed with events of it still queued, and a
+    /// handoff returns whole parts.
+    fn serve_requests(&mut self, inbox: &mpsc::Receiver<Command>) {
+        while let Ok(request) = self.requests.try_recv() {
+            match request {
+                Request::Flush(reply) => {
+                    self.flush();
+                    let _ = reply.send(());
+                }
+                Request::Handoff(partitions, reply) => {
+                    let queued = self.take_queued(inbox, &partitions);
+                    self.hook(Hook::Revoked, &partitions);
+                    self.flush();
+                    let _ = reply.send(queued);
+                }
+            }
+        }
+    }
+
+    /// Takes the queued events of `partitions` out of the inbox (the rest stays, in order).
+    fn take_queued(
+        &mut self,
+        inbox: &mpsc::Receiver<Command>,
+        partitions: &[TopicPartition],
+    ) -> Vec<Delivery> {
+        while let Ok(command) = inbox.try_recv() {
+            self.backlog.push_back(command);
+        }
+        let mut taken = Vec::new();
+        for command in &mut self.backlog {
+            if let Command::Events(events) = command {
+                let (theirs, ours): (Vec<Delivery>, Vec<Delivery>) =
+                    std::mem::take(events).into_iter().partition(|d| {
+                        partitions.iter().any(|tp| {
+                            tp.partition == d.message.partition() && tp.topic == d.message.topic()
+                        })
+                    });
+                taken.extend(theirs);
+                *events = ours;
+            }
+        }
+        self.backlog
+            .retain(|c| !matches!(c, Command::Events(events) if events.is_empty()));
+        taken
+    }
+
+    /// The next inbox message: what a handoff set aside first.
+    fn next_command(&mut self, inbox: &mpsc::Receiver<Command>, wait: bool) -> Option<Command> {
+        if let Some(command) = self.backlog.pop_front() {
+            return Some(command);
+        }
+        if wait {
+            inbox.recv().ok()
+        } else {
+            inbox.try_recv().ok()
         }
     }
 
     /// Runs until [`Command::Stop`] or the sender is dropped.
     pub fn run(mut self, inbox: mpsc::Receiver<Command>) {
         let _exit = ExitGuard(self.probe.clone());
-        let mut next: Option<Command> = None;
         loop {
-            self.serve_flushes();
-            let command = match next.take() {
-                Some(c) => c,
-                None => match inbox.recv() {
-                    Ok(c) => c,
-                    Err(_) => break,
-                },
+            self.serve_requests(&inbox);
+            let Some(command) = self.next_command(&inbox, true) else {
+                break;
             };
             match command {
                 Command::Events(mut batch) => {
                     while batch.len() < self.batch_size {
-                        match inbox.try_recv() {
-                            Ok(Command::Events(more)) => batch.extend(more),
-                            Ok(other) => {
-                                next = Some(other);
+                        match self.next_command(&inbox, false) {
+                            Some(Command::Events(more)) => batch.extend(more),
+                            Some(other) => {
+                                self.backlog.push_front(other);
                                 break;
                             }
-                            Err(_) => break,
+                            None => break,
                         }
                     }
                     self.process(batch);
@@ -524,7 +583,7 @@ impl Worker {
                 let Some(dlq) = &shared.dead_letters else {
                     shared
                         .failure
-                        .set("dead-letter policy without a dead-letter topic".into());
+                        .set("dead-letter policy without a dead-letter topic or file".into());
                     return false;
                 };
                 let failure = Failure {
@@ -537,7 +596,7 @@ impl Worker {
                     output: None,
                 };
                 // Counted for the event's units before it can be acknowledged.
-                {
+                if dlq.acknowledged_later() {
                     let mut tracker = shared.tracker.lock().unwrap_or_else(|e| e.into_inner());
                     for (tp, unit) in ack.units() {
                         tracker.emitted(tp, unit, 1);
@@ -548,7 +607,7 @@ impl Worker {
                     Ok(()) => {
                         shared.telemetry.emit(EventDeadLettered {
                             failed,
-                            topic: &dlq.topic,
+                            to: &dlq.label,
                         });
                         true
                     }

@@ -513,3 +513,18 @@ pub fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
     }
     found
 }
+
+/// 100 lines of JSON in `dir/input.txt`, but offset 10 is `bad` (the plugin fails it) and
+/// offset 50 `boom` (it panics).
+pub fn poison_input(dir: &Path) -> PathBuf {
+    let lines: Vec<String> = (0..100)
+        .map(|i| match i {
+            10 => "bad".to_owned(),
+            50 => "boom".to_owned(),
+            _ => format!("{{\"seq\": {i}}}"),
+        })
+        .collect();
+    let input = dir.join("input.txt");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    input
+}

@@ -552,11 +552,11 @@ pub fn children_sized(
                             "requests": {"cpu": cpu, "memory": requests.memory},
                             "limits": {"cpu": cpu_limit, "memory": memory_limit},
                         },
-                        // The runtime sizes its worker pool from the CPU quota once, at start:
-                        // an in-place CPU resize (the VPA's InPlaceOrRecreate) restarts the
-                        // container so it sees the new quota. Memory resizes need no restart.
+                        // The runtime re-reads its CPU quota while running and resizes its worker
+                        // pool: an in-place resize (the VPA's InPlaceOrRecreate, the operator's
+                        // fast loop) restarts nothing, for CPU as for memory.
                         "resizePolicy": [
-                            {"resourceName": "cpu", "restartPolicy": "RestartContainer"},
+                            {"resourceName": "cpu", "restartPolicy": "NotRequired"},
                             {"resourceName": "memory", "restartPolicy": "NotRequired"},
                         ],
                         "securityContext": {
@@ -1159,12 +1159,12 @@ mod tests {
     }
 
     #[test]
-    fn a_cpu_resize_restarts_the_container_and_a_memory_resize_does_not() {
+    fn an_in_place_resize_restarts_nothing_since_the_runtime_follows_its_quota() {
         let c = children(&example(), 4, &Placement::neutral());
         let container = &c.deployment["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(
             container["resizePolicy"],
-            json!([{"resourceName": "cpu", "restartPolicy": "RestartContainer"},
+            json!([{"resourceName": "cpu", "restartPolicy": "NotRequired"},
                    {"resourceName": "memory", "restartPolicy": "NotRequired"}])
         );
     }

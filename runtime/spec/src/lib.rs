@@ -550,9 +550,21 @@ pub struct ErrorPolicy {
     /// A record a database output rejects for good (constraint violation, wrong type).
     #[serde(default)]
     pub sink_rejection: ClassPolicy,
-    /// The Kafka topic dead letters go to (needed when any class says `dead-letter`).
+    /// The Kafka topic dead letters go to (this or `dead-letter-file` is needed when any class
+    /// says `dead-letter`).
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// A file dead letters go to instead, one JSON line each (`output`, `key`, `value`,
+    /// `headers` with the `sluice.*` provenance): for runs without Kafka. Relative to the spec.
+    #[serde(default)]
+    pub dead_letter_file: Option<PathBuf>,
+}
+
+impl ErrorPolicy {
+    /// Whether dead letters have somewhere to go.
+    pub fn has_dead_letters(&self) -> bool {
+        self.dead_letter_topic.is_some() || self.dead_letter_file.is_some()
+    }
 }
 
 impl ErrorPolicy {
@@ -836,10 +848,10 @@ impl PipelineSpec {
         let kafka = matches!(self.source, SourceSpec::Kafka(_));
         for (class, p) in policy.classes() {
             let field = format!("error-policy.{class}");
-            if p.then == Action::DeadLetter && policy.dead_letter_topic.is_none() {
+            if p.then == Action::DeadLetter && !policy.has_dead_letters() {
                 return Err(self.invalid(
                     &field,
-                    "`dead-letter` needs `error-policy.dead-letter-topic: TOPIC`",
+                    "`dead-letter` needs `error-policy.dead-letter-topic: TOPIC` (or `dead-letter-file: PATH`)",
                 ));
             }
             // Every class works the same for every source (one decision, `error_policy` in the
@@ -853,6 +865,15 @@ impl PipelineSpec {
         }
         if policy.dead_letter_topic.as_deref() == Some("") {
             return Err(self.invalid("error-policy.dead-letter-topic", "must not be empty"));
+        }
+        if policy.dead_letter_file.as_deref() == Some(Path::new("")) {
+            return Err(self.invalid("error-policy.dead-letter-file", "must not be empty"));
+        }
+        if policy.dead_letter_topic.is_some() && policy.dead_letter_file.is_some() {
+            return Err(self.invalid(
+                "error-policy.dead-letter-file",
+                "set either `dead-letter-topic` or `dead-letter-file`, not both",
+            ));
         }
         Ok(())
     }
@@ -937,10 +958,10 @@ impl PipelineSpec {
                     "must be `fail` with an exactly-once output (a batch and its offsets commit together or not at all)",
                 ));
             }
-            if self.error_policy.dead_letter_topic.is_some() {
+            if self.error_policy.has_dead_letters() {
                 return Err(self.invalid(
                     &field("exactly-once"),
-                    "cannot be combined with dead letters (they go to Kafka, outside the transaction)",
+                    "cannot be combined with dead letters (they are written outside the transaction)",
                 ));
             }
         }
@@ -1212,7 +1233,7 @@ outputs:
         .to_string();
         assert_eq!(
             err,
-            "/specs/p.yaml: error-policy.event-error: `dead-letter` needs `error-policy.dead-letter-topic: TOPIC`"
+            "/specs/p.yaml: error-policy.event-error: `dead-letter` needs `error-policy.dead-letter-topic: TOPIC` (or `dead-letter-file: PATH`)"
         );
         // A file source dead-letters through a producer it is told about...
         let err = parse(&format!("{SPEC}{policy}")).unwrap_err().to_string();

@@ -49,6 +49,14 @@ pub enum SinkError {
         /// What failed.
         message: String,
     },
+    /// The dead-letter file cannot be written.
+    #[error("dead-letter file {path}: {message}")]
+    DeadLetterFile {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
     /// A rejected record cannot be dead-lettered.
     #[error("{0}")]
     NoDeadLetter(&'static str),

@@ -464,47 +464,11 @@ fn offsets_table_ddl(table: &str) -> String {
     )
 }
 
-/// The offsets an exactly-once PostgreSQL output stored for `group` (creating the table if
-/// needed): where each partition resumes.
-pub fn stored_offsets(
-    url: &str,
-    table: &str,
-    group: &str,
-) -> Result<HashMap<TopicPartition, i64>, String> {
-    use sqlx::{Connection, Row};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let mut conn =
-            tokio::time::timeout(Duration::from_secs(30), sqlx::PgConnection::connect(url))
-                .await
-                .map_err(|_| "timed out connecting".to_owned())?
-                .map_err(|e| e.to_string())?;
-        sqlx::query(&offsets_table_ddl(table))
-            .execute(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        let rows = sqlx::query(&format!(
-            "SELECT topic, partition, next_offset FROM {table} WHERE group_id = $1"
-        ))
-        .bind(group)
-        .fetch_all(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-        let _ = conn.close().await;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    TopicPartition::new(r.try_get::<String, _>(0)?, r.try_get::<i32, _>(1)?),
-                    r.try_get::<i64, _>(2)?,
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(|e| e.to_string())
-    })
-}
+/// Where each partition resumes, as an exactly-once output stored it.
+pub type ResumeOffsets = Result<HashMap<TopicPartition, i64>, String>;
+
+/// A request for the stored offsets, answered by the writer thread.
+type OffsetsQuery = SyncSender<ResumeOffsets>;
 
 /// Appends `row` as one CSV line (PostgreSQL `COPY ... (FORMAT csv)`: an unquoted empty field
 /// is NULL, a quoted one an empty string).
@@ -701,6 +665,8 @@ pub struct TableSink {
     give_up: Arc<AtomicBool>,
     keep_originals: bool,
     reachable: Arc<AtomicBool>,
+    /// Exactly-once: asks the writer for the stored offsets.
+    queries: Mutex<SyncSender<OffsetsQuery>>,
 }
 
 impl std::fmt::Debug for TableSink {
@@ -749,6 +715,7 @@ impl TableSink {
         };
         let layout = Arc::new(TableLayout::new(dialect, spec));
         let (tx, rx) = std::sync::mpsc::sync_channel(spec.batch_size * 2);
+        let (queries, queries_rx) = std::sync::mpsc::sync_channel(1);
         let give_up = Arc::new(AtomicBool::new(false));
         let keep_originals = ctx.on_rejection.then == Action::DeadLetter;
         let reachable = Arc::new(AtomicBool::new(true));
@@ -768,6 +735,7 @@ impl TableSink {
             linger: Duration::from_millis(spec.linger_ms),
             give_up: give_up.clone(),
             offsets_table: spec.exactly_once.then(|| spec.offsets_table.clone()),
+            queries: queries_rx,
         };
         let thread = std::thread::Builder::new()
             .name(format!("sluice-sink-{name}"))
@@ -795,7 +763,24 @@ impl TableSink {
             give_up,
             keep_originals,
             reachable,
+            queries: Mutex::new(queries),
         })
+    }
+
+    /// Exactly-once: the offsets this output stored for the pipeline's group (creating the
+    /// offsets table if needed), read by the writer thread with its own runtime and pool, so
+    /// the caller (the rebalance callback on the poll thread) opens no connection. Waits at most
+    /// 30 s.
+    pub fn stored_offsets(&self) -> ResumeOffsets {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.queries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(reply)
+            .map_err(|_| "the writer stopped".to_owned())?;
+        answer
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "timed out reading the stored offsets".to_owned())?
     }
 
     /// Whether the database currently accepts writes (readiness).
@@ -866,6 +851,8 @@ struct Writer {
     give_up: Arc<AtomicBool>,
     /// Exactly-once: where the offsets go, in the same transaction as the rows.
     offsets_table: Option<String>,
+    /// Exactly-once: requests for the stored offsets (served between batches).
+    queries: Receiver<OffsetsQuery>,
     /// Cleared while the database is unavailable.
     reachable: Arc<AtomicBool>,
     batch_rows: Histogram,
@@ -1032,6 +1019,9 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => false,
                 Err(RecvTimeoutError::Disconnected) => true,
             };
+            while let Ok(reply) = self.queries.try_recv() {
+                let _ = reply.send(self.read_stored_offsets(&table));
+            }
             if self.failed() {
                 buffer.clear();
             }
@@ -1086,6 +1076,36 @@ impl Writer {
 
     fn failed(&self) -> bool {
         self.ctx.failure.is_set()
+    }
+
+    /// The offsets stored in `table` for the pipeline's group (creating the table if needed).
+    fn read_stored_offsets(&self, table: &str) -> ResumeOffsets {
+        use sqlx::Row;
+        let Pool::Postgres(pool) = &self.pool else {
+            return Err("exactly-once needs a PostgreSQL output".into());
+        };
+        self.runtime.block_on(async {
+            sqlx::query(&offsets_table_ddl(table))
+                .execute(pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            let rows = sqlx::query(&format!(
+                "SELECT topic, partition, next_offset FROM {table} WHERE group_id = $1"
+            ))
+            .bind(&self.ctx.group)
+            .fetch_all(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        TopicPartition::new(r.try_get::<String, _>(0)?, r.try_get::<i32, _>(1)?),
+                        r.try_get::<i64, _>(2)?,
+                    ))
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// The rows are committed: acknowledges their units and counts the batch.
@@ -1231,14 +1251,14 @@ impl Writer {
             }
             Action::DeadLetter => match self.dead_letter(row, &message, attempts) {
                 Ok(()) => {
-                    let topic = self
+                    let to = self
                         .ctx
                         .dead_letters
                         .as_ref()
-                        .map_or("", |d| d.topic.as_str());
+                        .map_or("", |d| d.label.as_str());
                     self.ctx
                         .telemetry
-                        .emit(EventDeadLettered { failed, topic });
+                        .emit(EventDeadLettered { failed, to });
                     self.ack(std::slice::from_ref(row));
                 }
                 Err(e) => self.fail(format!(
@@ -1275,7 +1295,7 @@ impl Writer {
             .map(|(k, v)| Header::new(k, v))
             .collect();
         // Counted for the units before the row's own acknowledgement can complete them.
-        {
+        if dlq.acknowledged_later() {
             let mut tracker = self.ctx.tracker.lock().unwrap_or_else(|e| e.into_inner());
             for (tp, unit) in row.ack.units() {
                 tracker.emitted(tp, unit, 1);

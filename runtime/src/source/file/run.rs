@@ -58,7 +58,12 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
         running.tracker.clone(),
         running.failure.clone(),
     );
-    let senders = running.senders.clone();
+    // A file run never resizes its pool: the workers it starts with are the ones it has.
+    let senders = running
+        .pool
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .senders();
     let tp = TopicPartition::new(source.topic(), 0);
     tracker
         .lock()

@@ -16,6 +16,7 @@ use super::rebalance::RebalanceContext;
 use crate::config::Ordering;
 use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition};
+use crate::pool::WorkerPool;
 use crate::sink::kafka::KafkaSink;
 use crate::status::PartitionLive;
 use crate::telemetry::{PartitionPaused, Telemetry};
@@ -41,8 +42,12 @@ pub(crate) type ResumeFrom = Box<dyn Fn() -> Result<HashMap<TopicPartition, i64>
 /// Dispatch state, shared with the rebalance callbacks (which run inside `poll`).
 pub(crate) struct Dispatch {
     pub(crate) slots: HashMap<TopicPartition, Slot>,
+    /// Partitions pinned to each worker (`ordering: partition`).
     pub(crate) load: Vec<usize>,
+    /// The workers' inboxes, by id (refreshed when the pool is resized).
     pub(crate) workers: Vec<mpsc::Sender<Command>>,
+    /// The pool itself, to grow and shrink (`resize`).
+    pub(crate) pool: Arc<Mutex<WorkerPool>>,
     pub(crate) ordering: Ordering,
     /// Rotates the first worker of `ordering: none` hand-outs.
     pub(crate) next_worker: usize,
@@ -114,16 +119,7 @@ pub(crate) fn hand_out(
     let target = |i: usize, m: &OwnedMessage| -> usize {
         match ordering {
             Ordering::Partition => 0,
-            Ordering::Key => match m.key() {
-                Some(key) => {
-                    use std::hash::{Hash, Hasher};
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    key.hash(&mut h);
-                    (h.finish() % n as u64) as usize
-                }
-                // Null keys are one key: they keep their order among themselves.
-                None => tp.partition.unsigned_abs() as usize % n,
-            },
+            Ordering::Key => key_worker(m, n),
             Ordering::None => (*next_worker + i / len.div_ceil(n)) % n,
         }
     };
@@ -150,6 +146,20 @@ pub(crate) fn hand_out(
         });
     }
     Ok(())
+}
+
+/// `ordering: key`: which of `n` workers an event goes to, by its key's hash.
+pub(crate) fn key_worker(m: &OwnedMessage, n: usize) -> usize {
+    match m.key() {
+        Some(key) => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            (h.finish() % n as u64) as usize
+        }
+        // Null keys are one key: they keep their order among themselves.
+        None => m.partition().unsigned_abs() as usize % n,
+    }
 }
 
 /// Dispatches a burst of events to the workers, one offset unit per partition, pausing full

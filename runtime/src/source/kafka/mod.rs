@@ -10,13 +10,15 @@
 //!
 //! `config` (client configuration), `consumer` (creation), `statistics` (librdkafka's
 //! statistics), `rebalance` (assign and revoke), `dispatch` (slots, units, pause and release),
-//! `commit` (commits and the transaction barrier); the loop is [`run_with`].
+//! `commit` (commits and the transaction barrier), `resize` (the worker pool following the CPU
+//! quota); the loop is [`run_with`].
 
 pub(crate) mod commit;
 pub(crate) mod config;
 pub(crate) mod consumer;
 pub(crate) mod dispatch;
 pub(crate) mod rebalance;
+pub(crate) mod resize;
 pub(crate) mod statistics;
 
 use std::collections::HashMap;
@@ -33,7 +35,7 @@ use crate::run::{RunError, Summary};
 use crate::shutdown::Shutdown;
 use crate::status::Lifecycle;
 use crate::telemetry::{CommitFailed, CommitPoint, Draining, OffsetsCommitted, StopReason};
-use crate::worker::{Command, Positions};
+use crate::worker::{OutputTarget, Positions, WorkerShared};
 pub(crate) use commit::{commit, commit_transaction};
 pub(crate) use config::client_config;
 pub(crate) use consumer::create_consumer;
@@ -41,6 +43,7 @@ pub(crate) use dispatch::{
     Dispatch, ResumeFrom, Slot, dispatch_burst, hand_out, partition_view, release_held,
 };
 pub(crate) use rebalance::{RebalanceContext, revoke};
+use resize::CpuWatch;
 
 /// `sluice dlq replay --through`: the pipeline reads its dead-letter topic instead of its
 /// source, hands the plugin only the selected dead letters (without their `sluice.*`
@@ -98,32 +101,33 @@ pub fn run_with(
         tracker,
         failure,
         shared,
-        senders,
-        flush_senders,
+        pool,
         stats_interval,
         ..
     } = &running;
-    let (telemetry, tracker, failure, shared) = (
+    let (telemetry, tracker, failure, shared, pool) = (
         telemetry.clone(),
         tracker.clone(),
         failure.clone(),
         shared.clone(),
+        pool.clone(),
     );
-    let (senders, flush_senders) = (senders.clone(), flush_senders.clone());
     let stats_interval = stats_interval.clone();
+    let senders = pool.lock().unwrap_or_else(|e| e.into_inner()).senders();
     let worker_count = senders.len();
 
     let dispatch = Arc::new(Mutex::new(Dispatch {
         slots: HashMap::new(),
         load: vec![0; worker_count],
-        workers: senders.clone(),
+        workers: senders,
+        pool: pool.clone(),
         ordering: spec.ordering,
         next_worker: 0,
         tracker: tracker.clone(),
         failure: failure.clone(),
         drain_timeout,
         revoked_log: Vec::new(),
-        resume_from: exactly_once(spec, &source.group_id),
+        resume_from: exactly_once(spec, &shared),
         transactions: spec
             .producer
             .transactional_id
@@ -147,7 +151,8 @@ pub fn run_with(
         .subscribe(&topics)
         .map_err(|e| RunError::Setup(format!("cannot subscribe to {topics:?}: {e}")))?;
 
-    let burst_limit = source.batch_size * worker_count;
+    // Workers follow the CPU quota unless the spec fixes their number.
+    let mut cpu_watch = spec.workers.is_none().then(CpuWatch::new);
     let transactional = spec.producer.transactional_id.is_some();
     let commit_every = Duration::from_millis(source.commit_interval_ms);
     let mut next_commit = Instant::now() + commit_every;
@@ -166,6 +171,12 @@ pub fn run_with(
             .clear();
         let mut burst = Vec::new();
         let mut wait = Duration::from_millis(50);
+        let burst_limit = source.batch_size
+            * dispatch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .workers
+                .len();
         while burst.len() < burst_limit {
             match consumer.poll(wait) {
                 Some(Ok(message)) => burst.push(message.detach()),
@@ -194,20 +205,15 @@ pub fn run_with(
             next_commit = Instant::now() + commit_every;
             continue;
         }
+        // The CPU quota changed (an in-place resize): the pool follows, between commit cycles.
+        if flush_round.is_none() {
+            if let Some(cpu) = cpu_watch.as_mut().and_then(CpuWatch::due) {
+                resize::follow(&mut dispatch.lock().unwrap_or_else(|e| e.into_inner()), cpu);
+            }
+        }
         // Commit cycle: flush every worker (without blocking the poll loop), then commit.
         if flush_round.is_none() && Instant::now() >= next_commit {
-            flush_round = Some(
-                senders
-                    .iter()
-                    .zip(&flush_senders)
-                    .map(|(tx, flush)| {
-                        let (reply, rx) = mpsc::sync_channel(1);
-                        let _ = flush.send(reply);
-                        let _ = tx.send(Command::Nudge); // wakes an idle worker
-                        rx
-                    })
-                    .collect(),
-            );
+            flush_round = Some(pool.lock().unwrap_or_else(|e| e.into_inner()).flush_round());
         }
         if let Some(round) = &flush_round {
             if round
@@ -266,7 +272,7 @@ pub fn run_with(
         .unwrap_or_else(|e| e.into_inner())
         .workers
         .clear();
-    drop((senders, flush_senders, shared));
+    drop((pool, shared));
     running.finish(drain_timeout, fatal)
 }
 
@@ -303,15 +309,17 @@ pub(crate) fn replay_done(
     )
 }
 
-/// The reader of stored offsets, when the pipeline has an exactly-once output.
-pub(crate) fn exactly_once(spec: &PipelineSpec, group: &str) -> Option<ResumeFrom> {
-    spec.outputs.values().find_map(|o| match o {
-        OutputSpec::Postgres(t) if t.exactly_once => {
-            let (url, table, group) = (t.url.clone(), t.offsets_table.clone(), group.to_owned());
-            let read: ResumeFrom =
-                Box::new(move || crate::sink::table::stored_offsets(&url, &table, &group));
-            Some(read)
-        }
+/// The reader of stored offsets, when the pipeline has an exactly-once output: that output's
+/// writer reads them (the rebalance callback opens no connection of its own).
+pub(crate) fn exactly_once(spec: &PipelineSpec, shared: &Arc<WorkerShared>) -> Option<ResumeFrom> {
+    let name = spec.outputs.iter().find_map(|(name, o)| match o {
+        OutputSpec::Postgres(t) if t.exactly_once => Some(name.clone()),
         _ => None,
-    })
+    })?;
+    let shared = shared.clone();
+    let read: ResumeFrom = Box::new(move || match shared.outputs.get(&name) {
+        Some((OutputTarget::Table(table), _)) => table.stored_offsets(),
+        _ => Err(format!("output `{name}` is not a table")),
+    });
+    Some(read)
 }
