@@ -95,10 +95,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## bench: the plugin-boundary benchmark (dlopen vs statically linked), the Kafka benchmark
-## (sluice vs a raw rdkafka loop on the test broker) and the PostgreSQL sink vs psql COPY; see
+## (sluice vs a raw rdkafka loop on the test broker), what an event costs (the same two on
+## librdkafka's mock cluster, CPU per event and latency) and the PostgreSQL sink vs psql COPY; see
 ## BENCHMARKS.md.
 bench: deps
 	$(CARGO) build --release -p passthrough -p sluice-cli
 	$(CARGO) bench -p sluice-runtime --bench abi
 	$(CARGO) bench -p sluice-runtime --bench kafka
+	$(CARGO) bench -p sluice-runtime --bench cost
 	$(CARGO) bench -p sluice-runtime --bench postgres

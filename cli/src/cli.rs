@@ -172,7 +172,7 @@ fn replay_through(
         .end_offsets()
         .map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
     let replay = sluice_runtime::pipeline::ReplayUntil {
-        keep: Box::new(move |m| options.selects(rdkafka::Message::headers(m))),
+        keep: Box::new(move |m| options.selects(m.headers())),
         end,
     };
     let shutdown = sluice_runtime::shutdown::Shutdown::install()

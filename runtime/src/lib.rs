@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod dlq;
 pub mod error_policy;
 pub mod fatal;
+pub mod message;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;

@@ -15,8 +15,7 @@ use std::time::Instant;
 
 use prometheus::{Counter, IntCounter};
 
-use rdkafka::Message;
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::Headers;
 use sluice_plugin_api::abi::{Event, Header, Partition, Record};
 use sluice_plugin_api::host::{CallError, Collector, EventErrorKind, Instance, Refusal};
 
@@ -24,6 +23,7 @@ use crate::config::{Action, ClassPolicy, ErrorPolicy};
 use crate::dead_letter::{DeadLetters, Failure};
 use crate::error_policy::{self, Attempt, Class, Verdict};
 use crate::fatal::Fatal;
+use crate::message::Message;
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
 use crate::sink::kafka::{Ack, KafkaSink, Units};
 use crate::sink::local::LocalOutput;
@@ -73,7 +73,7 @@ impl Positions {
 #[derive(Debug)]
 pub struct Delivery {
     /// The event.
-    pub message: OwnedMessage,
+    pub message: Message,
     /// The offset unit it belongs to.
     pub unit: UnitId,
     /// Its partition's in-flight counter, decremented once the plugin has had the event.
@@ -146,6 +146,9 @@ struct Emitter<'a> {
     errors: Vec<EventFailure>,
     /// Records handed to remote sinks (Kafka, tables) for `ack`'s units during this call.
     sent: u32,
+    /// The output the last record went to: a call's records mostly go to one output, so the
+    /// name is compared, not hashed, per record.
+    last: Option<(&'a str, &'a (OutputTarget, IntCounter))>,
 }
 
 impl Emitter<'_> {
@@ -159,6 +162,7 @@ impl Emitter<'_> {
             ack,
             errors: Vec::new(),
             sent: 0,
+            last: None,
         }
     }
 
@@ -178,10 +182,17 @@ impl Emitter<'_> {
     }
 }
 
-impl Collector for Emitter<'_> {
+impl<'a> Collector for Emitter<'a> {
     fn emit(&mut self, output: &str, record: &Record<'_>) -> Result<(), Refusal> {
-        let Some((target, written)) = self.shared.outputs.get(output) else {
-            return Err(Refusal::UnknownOutput);
+        let (target, written) = match self.last {
+            Some((name, found)) if name == output => found,
+            _ => {
+                let Some((name, found)) = self.shared.outputs.get_key_value(output) else {
+                    return Err(Refusal::UnknownOutput);
+                };
+                self.last = Some((name.as_str(), found));
+                found
+            }
         };
         match target {
             OutputTarget::Local(out) => {
@@ -646,7 +657,7 @@ impl Worker {
                 units.push(d.unit);
             }
         }
-        let messages: Vec<&OwnedMessage> = deliveries.iter().map(|d| &d.message).collect();
+        let messages: Vec<&Message> = deliveries.iter().map(|d| &d.message).collect();
         let headers: Vec<Vec<Header<'_>>> = messages
             .iter()
             .map(|m| {

@@ -7,10 +7,10 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use rdkafka::Timestamp;
-use rdkafka::message::OwnedMessage;
 
 use crate::config::{Action, ClassPolicy, Ordering, PipelineSpec, SourceSpec};
 use crate::error_policy::{self, Attempt, Class, Verdict};
+use crate::message::{Bytes, Message};
 use crate::offsets::TopicPartition;
 use crate::pipeline::{Setup, start};
 use crate::run::{RunError, Summary};
@@ -65,6 +65,7 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
         .unwrap_or_else(|e| e.into_inner())
         .senders();
     let tp = TopicPartition::new(source.topic(), 0);
+    let topic: Arc<str> = source.topic().into();
     tracker
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -152,18 +153,20 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
         if failure.is_set() || batch.events.is_empty() {
             continue;
         }
-        let messages: Vec<OwnedMessage> = batch
+        // The batch's bytes are copied once into a buffer its events share.
+        let data: Arc<[u8]> = Arc::from(&batch.data[..]);
+        let messages: Vec<Message> = batch
             .events
-            .iter()
+            .iter_mut()
             .map(|e| {
-                OwnedMessage::new(
-                    Some(batch.payload(e).to_vec()),
-                    e.key.clone(),
-                    tp.topic.clone(),
-                    e.timestamp_ms
-                        .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
+                Message::new(
+                    topic.clone(),
                     tp.partition,
                     e.offset,
+                    e.timestamp_ms
+                        .map_or(Timestamp::NotAvailable, Timestamp::CreateTime),
+                    e.key.take().map(|k| Bytes::Own(k.into_boxed_slice())),
+                    Some(Bytes::Shared(data.clone(), e.payload.clone())),
                     None,
                 )
             })

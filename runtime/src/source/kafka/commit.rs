@@ -1,18 +1,119 @@
-//! Committing offsets: a plain commit of complete units' offsets (the commit cycle and the
-//! drains), and the transaction barrier (with `producer.transactional-id`): every worker flushes,
-//! every record is delivered, then the offsets go into the transaction, which commits.
+//! Committing offsets: the commit cycle (every `commit-interval-ms` the workers flush, without
+//! blocking the poll loop, then the offsets of complete units are committed), the transaction
+//! barrier (with `producer.transactional-id`: every worker flushes, every record is delivered,
+//! then the offsets go into the transaction, which commits), and the drain at the stop.
 
-use std::sync::mpsc;
-use std::time::Instant;
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::dispatch::Dispatch;
-use super::rebalance::RebalanceContext;
+use super::rebalance::{RebalanceContext, revoke};
 use crate::offsets::TopicPartition;
-use crate::telemetry::{CommitPoint, OffsetsCommitted};
+use crate::pool::WorkerPool;
+use crate::telemetry::{CommitFailed, CommitPoint, Draining, OffsetsCommitted, StopReason};
 use crate::worker::Command;
+
+/// The commit cycle, turned by the poll loop.
+#[derive(Debug)]
+pub(crate) struct CommitCycle {
+    every: Duration,
+    next: Instant,
+    transactional: bool,
+    /// The workers' answers to the flush requests of the current round.
+    round: Option<Vec<mpsc::Receiver<()>>>,
+}
+
+impl CommitCycle {
+    pub(crate) fn new(every: Duration, transactional: bool) -> CommitCycle {
+        CommitCycle {
+            every,
+            next: Instant::now() + every,
+            transactional,
+            round: None,
+        }
+    }
+
+    /// No flush round is waiting for the workers (so the pool may be resized).
+    pub(crate) fn idle(&self) -> bool {
+        self.round.is_none()
+    }
+
+    /// One turn: with transactions, a blocking commit point once the interval is up; otherwise
+    /// a flush round is started once the interval is up, and when every worker has answered,
+    /// the offsets of complete units are committed (a failed commit is retried next interval).
+    pub(crate) fn turn(
+        &mut self,
+        consumer: &BaseConsumer<RebalanceContext>,
+        dispatch: &Mutex<Dispatch>,
+        pool: &Mutex<WorkerPool>,
+    ) {
+        if self.transactional {
+            if Instant::now() >= self.next {
+                let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(err) = commit_transaction(&d, consumer) {
+                    d.failure.set(err);
+                }
+                self.next = Instant::now() + self.every;
+            }
+            return;
+        }
+        if self.round.is_none() && Instant::now() >= self.next {
+            self.round = Some(pool.lock().unwrap_or_else(|e| e.into_inner()).flush_round());
+        }
+        let Some(round) = &self.round else { return };
+        if round
+            .iter()
+            .any(|rx| matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)))
+        {
+            return;
+        }
+        self.round = None;
+        self.next = Instant::now() + self.every;
+        let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        let commits = d
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_commits();
+        match commit(consumer, &commits) {
+            Ok(()) => d.telemetry.emit(OffsetsCommitted {
+                commits: &commits,
+                point: CommitPoint::Interval,
+                released: &[],
+            }),
+            Err(err) => {
+                d.telemetry.emit(CommitFailed {
+                    error: &err,
+                    retried: true,
+                });
+                d.tracker
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .commit_failed(&commits);
+            }
+        }
+    }
+}
+
+/// The stop: every partition is drained, flushed, acknowledged and committed (as on revoke),
+/// then the workers' inboxes are dropped. The caller then leaves the group.
+pub(crate) fn drain(
+    consumer: &BaseConsumer<RebalanceContext>,
+    dispatch: &Mutex<Dispatch>,
+    reason: StopReason,
+) {
+    let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all: Vec<TopicPartition> = d.slots.keys().cloned().collect();
+    all.sort();
+    d.telemetry.emit(Draining {
+        reason,
+        partitions: &all,
+    });
+    revoke(&mut d, consumer, &all);
+}
 
 /// Transactions: a commit point. Every worker finishes what is queued and flushes, every record
 /// is delivered, so every dispatched event is complete; then the offsets after them go into the

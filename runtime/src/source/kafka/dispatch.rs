@@ -7,14 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::OwnedMessage;
 
 use super::consumer::tpl_of;
 use super::rebalance::RebalanceContext;
 use crate::config::Ordering;
 use crate::fatal::Fatal;
+use crate::message::Message;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::pool::WorkerPool;
 use crate::sink::kafka::KafkaSink;
@@ -29,7 +28,7 @@ pub(crate) struct Slot {
     pub(crate) workers: Vec<usize>,
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Events read while the partition was full, in order; the partition is paused meanwhile.
-    pub(crate) held: VecDeque<OwnedMessage>,
+    pub(crate) held: VecDeque<Message>,
     pub(crate) paused: bool,
     /// Exactly-once: events below this offset are already in the database; they are read and
     /// dropped.
@@ -108,7 +107,7 @@ pub(crate) fn hand_out(
     next_worker: &mut usize,
     tp: &TopicPartition,
     slot: &Slot,
-    messages: Vec<OwnedMessage>,
+    messages: Vec<Message>,
     outgoing: &mut [Vec<Delivery>],
 ) -> Result<(), String> {
     let Some(last) = messages.last() else {
@@ -116,7 +115,7 @@ pub(crate) fn hand_out(
     };
     let n = slot.workers.len().max(1);
     let len = messages.len();
-    let target = |i: usize, m: &OwnedMessage| -> usize {
+    let target = |i: usize, m: &Message| -> usize {
         match ordering {
             Ordering::Partition => 0,
             Ordering::Key => key_worker(m, n),
@@ -149,7 +148,7 @@ pub(crate) fn hand_out(
 }
 
 /// `ordering: key`: which of `n` workers an event goes to, by its key's hash.
-pub(crate) fn key_worker(m: &OwnedMessage, n: usize) -> usize {
+pub(crate) fn key_worker(m: &Message, n: usize) -> usize {
     match m.key() {
         Some(key) => {
             use std::hash::{Hash, Hasher};
@@ -168,7 +167,7 @@ pub(crate) fn key_worker(m: &OwnedMessage, n: usize) -> usize {
 pub(crate) fn dispatch_burst(
     consumer: &BaseConsumer<RebalanceContext>,
     dispatch: &Mutex<Dispatch>,
-    burst: Vec<OwnedMessage>,
+    burst: Vec<Message>,
     capacity: usize,
 ) {
     if burst.is_empty() {
@@ -187,7 +186,7 @@ pub(crate) fn dispatch_burst(
         ..
     } = &mut *d;
     // Accepted events per partition, in offset order; partitions in first-seen order.
-    let mut accepted: Vec<(TopicPartition, Vec<OwnedMessage>)> = Vec::new();
+    let mut accepted: Vec<(TopicPartition, Vec<Message>)> = Vec::new();
     let mut tp = TopicPartition::new(String::new(), -1);
     let mut index = 0;
     for message in burst {
@@ -272,7 +271,7 @@ pub(crate) fn release_held(
         let room = capacity.saturating_sub(slot.in_flight.load(AtomicOrdering::Acquire));
         let take = room.min(slot.held.len());
         if take > 0 {
-            let messages: Vec<OwnedMessage> = slot.held.drain(..take).collect();
+            let messages: Vec<Message> = slot.held.drain(..take).collect();
             let mut tracker = tracker.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(err) = hand_out(
                 &mut tracker,

@@ -10,8 +10,8 @@
 //!
 //! `config` (client configuration), `consumer` (creation), `statistics` (librdkafka's
 //! statistics), `rebalance` (assign and revoke), `dispatch` (slots, units, pause and release),
-//! `commit` (commits and the transaction barrier), `resize` (the worker pool following the CPU
-//! quota); the loop is [`run_with`].
+//! `commit` (the commit cycle, the transaction barrier and the drain), `resize` (the worker pool
+//! following the CPU quota); the loop is [`run_with`].
 
 pub(crate) mod commit;
 pub(crate) mod config;
@@ -22,11 +22,11 @@ pub(crate) mod resize;
 pub(crate) mod statistics;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use crate::message::{Message, TopicNames};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::OwnedMessage;
 
 use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
 use crate::offsets::TopicPartition;
@@ -34,15 +34,15 @@ use crate::pipeline::{Running, Setup, start};
 use crate::run::{RunError, Summary};
 use crate::shutdown::Shutdown;
 use crate::status::Lifecycle;
-use crate::telemetry::{CommitFailed, CommitPoint, Draining, OffsetsCommitted, StopReason};
+use crate::telemetry::StopReason;
 use crate::worker::{OutputTarget, Positions, WorkerShared};
-pub(crate) use commit::{commit, commit_transaction};
+use commit::{CommitCycle, drain};
 pub(crate) use config::client_config;
 pub(crate) use consumer::create_consumer;
 pub(crate) use dispatch::{
     Dispatch, ResumeFrom, Slot, dispatch_burst, hand_out, partition_view, release_held,
 };
-pub(crate) use rebalance::{RebalanceContext, revoke};
+pub(crate) use rebalance::RebalanceContext;
 use resize::CpuWatch;
 
 /// `sluice dlq replay --through`: the pipeline reads its dead-letter topic instead of its
@@ -51,7 +51,7 @@ use resize::CpuWatch;
 /// began; then it drains and commits as on SIGTERM.
 pub struct ReplayUntil {
     /// Which dead letters the plugin gets; the others are read and passed over.
-    pub keep: Box<dyn Fn(&OwnedMessage) -> bool + Send>,
+    pub keep: Box<dyn Fn(&Message) -> bool + Send>,
     /// Where each partition of the dead-letter topic ended when the replay began.
     pub end: HashMap<TopicPartition, i64>,
 }
@@ -153,33 +153,31 @@ pub fn run_with(
 
     // Workers follow the CPU quota unless the spec fixes their number.
     let mut cpu_watch = spec.workers.is_none().then(CpuWatch::new);
-    let transactional = spec.producer.transactional_id.is_some();
-    let commit_every = Duration::from_millis(source.commit_interval_ms);
-    let mut next_commit = Instant::now() + commit_every;
-    let mut flush_round: Option<Vec<mpsc::Receiver<()>>> = None;
+    let mut cycle = CommitCycle::new(
+        Duration::from_millis(source.commit_interval_ms),
+        spec.producer.transactional_id.is_some(),
+    );
     let mut replay_done_now = false;
+    let mut topic_names = TopicNames::default();
     telemetry.health.set_lifecycle(Lifecycle::Consuming);
     while !shutdown.requested() && !failure.is_set() {
         telemetry.health.heartbeat();
         release_held(&consumer, &dispatch, source.partition_capacity);
         // Drain what librdkafka has ready in one burst, then hand each worker its share in one
         // message: one wake-up per burst, not per event.
-        dispatch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .revoked_log
-            .clear();
+        let burst_limit = {
+            let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+            d.revoked_log.clear();
+            source.batch_size * d.workers.len()
+        };
         let mut burst = Vec::new();
         let mut wait = Duration::from_millis(50);
-        let burst_limit = source.batch_size
-            * dispatch
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .workers
-                .len();
         while burst.len() < burst_limit {
             match consumer.poll(wait) {
-                Some(Ok(message)) => burst.push(message.detach()),
+                Some(Ok(message)) => {
+                    let topic = topic_names.get(rdkafka::Message::topic(&message));
+                    burst.push(Message::from_kafka(&message, topic));
+                }
                 Some(Err(err)) => tracing::warn!("consumer: {err}"),
                 None => break,
             }
@@ -196,75 +194,25 @@ pub fn run_with(
                 break;
             }
         }
-        // Transactions: a blocking commit point per interval.
-        if transactional && Instant::now() >= next_commit {
-            let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(err) = commit_transaction(&d, &consumer) {
-                d.failure.set(err);
-            }
-            next_commit = Instant::now() + commit_every;
-            continue;
-        }
-        // The CPU quota changed (an in-place resize): the pool follows, between commit cycles.
-        if flush_round.is_none() {
+        cycle.turn(&consumer, &dispatch, &pool);
+        // The CPU quota changed (an in-place resize): the pool follows, between flush rounds.
+        if cycle.idle() {
             if let Some(cpu) = cpu_watch.as_mut().and_then(CpuWatch::due) {
                 resize::follow(&mut dispatch.lock().unwrap_or_else(|e| e.into_inner()), cpu);
-            }
-        }
-        // Commit cycle: flush every worker (without blocking the poll loop), then commit.
-        if flush_round.is_none() && Instant::now() >= next_commit {
-            flush_round = Some(pool.lock().unwrap_or_else(|e| e.into_inner()).flush_round());
-        }
-        if let Some(round) = &flush_round {
-            if round
-                .iter()
-                .all(|rx| !matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)))
-            {
-                flush_round = None;
-                next_commit = Instant::now() + commit_every;
-                let commits = tracker
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take_commits();
-                match commit(&consumer, &commits) {
-                    Ok(()) => telemetry.emit(OffsetsCommitted {
-                        commits: &commits,
-                        point: CommitPoint::Interval,
-                        released: &[],
-                    }),
-                    Err(err) => {
-                        telemetry.emit(CommitFailed {
-                            error: &err,
-                            retried: true,
-                        });
-                        tracker
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .commit_failed(&commits);
-                    }
-                }
             }
         }
     }
 
     // Stop: drain and commit every partition, then leave the group.
     let fatal = failure.get();
-    {
-        let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<TopicPartition> = d.slots.keys().cloned().collect();
-        all.sort();
-        telemetry.emit(Draining {
-            reason: if fatal.is_some() {
-                StopReason::Fatal
-            } else if replay_done_now {
-                StopReason::ReplayDone
-            } else {
-                StopReason::Signal
-            },
-            partitions: &all,
-        });
-        revoke(&mut d, &consumer, &all);
-    }
+    let reason = if fatal.is_some() {
+        StopReason::Fatal
+    } else if replay_done_now {
+        StopReason::ReplayDone
+    } else {
+        StopReason::Signal
+    };
+    drain(&consumer, &dispatch, reason);
     consumer.unsubscribe();
     drop(consumer);
     dispatch

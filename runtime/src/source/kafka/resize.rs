@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 
-use rdkafka::Message;
 use std::time::{Duration, Instant};
 
 use super::dispatch::{Dispatch, key_worker};

@@ -1,0 +1,541 @@
+//! What an event costs: `sluice run` (passthrough plugin) against a raw rdkafka consume ->
+//! produce loop, where the broker is not the bottleneck. The broker is librdkafka's mock cluster
+//! in this harness process; the raw loop (this binary, re-run as a child) and `sluice run` are
+//! separate processes that reach it over TCP on 127.0.0.1, so each one's CPU time
+//! (`/proc/PID/stat`, user + system, all its threads) is its own.
+//!
+//! Three measurements, in alternating rounds:
+//! - **throughput**: a pre-filled input topic read at full speed into a fresh output topic;
+//!   events/s from the first output record to the last, and the CPU seconds per million events
+//!   spent in between;
+//! - **latency** at a fixed input rate: the harness produces `RATE` events/s, each carrying its
+//!   send time, and reads the output; p50/p99 from send to the harness reading the output
+//!   record (the harness's own produce and fetch are the same for every subject);
+//! - **file run**: `sluice run` over a file of the same events to a file output (no broker).
+//!
+//! `SLUICE_BEFORE=/path/to/old/sluice` adds the same rows for another build of `sluice` (the
+//! "before" column of BENCHMARKS.md: the binary built from the commit before the one-path
+//! refactor).
+//!
+//! Run: `make bench` (or `cargo build --release -p passthrough -p sluice-cli && cargo bench -p sluice-runtime --bench cost`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sluice_tests::{plugin, write_spec};
+
+const PARTITIONS: i32 = 4;
+const ROUNDS: usize = 5;
+const RATE: usize = 5_000;
+const RATE_SECONDS: usize = 10;
+/// The mock cluster answers a fetch only when this wait runs out (it does not wake a waiting
+/// fetch when data arrives), so every consumer here, the subjects' and the harness's, uses the
+/// same short wait; with librdkafka's default (500 ms) the latency would be the mock's.
+const FETCH_WAIT_MS: &str = "5";
+/// Bytes of padding in each event's value (the value is ~100 bytes with its JSON).
+const PAD: usize = 60;
+
+/// Events pre-filled for the throughput and file rounds (`SLUICE_COST_EVENTS`, default 100,000).
+/// The mock cluster keeps about 5 MB per partition and drops older records beyond that, so a
+/// pre-filled topic must stay under it (100,000 of these events over 4 partitions is ~4 MB each).
+fn events() -> usize {
+    std::env::var("SLUICE_COST_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+
+fn main() {
+    if let Ok(args) = std::env::var("SLUICE_COST_RAW") {
+        let a: Vec<&str> = args.split(',').collect();
+        raw_loop(a[0], a[1], a[2], a[3], a[4].parse().unwrap());
+        return;
+    }
+    let events = events();
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let sluice = plugin("passthrough").parent().unwrap().join("sluice");
+    let mut subjects = vec![
+        Subject::Raw,
+        Subject::Sluice("sluice".into(), sluice.clone()),
+    ];
+    if let Some(before) = std::env::var_os("SLUICE_BEFORE") {
+        subjects.push(Subject::Sluice("sluice (before)".into(), before.into()));
+    }
+    // `SLUICE_COST_ONLY=sluice` runs one subject (for profiling it with perf).
+    if let Ok(only) = std::env::var("SLUICE_COST_ONLY") {
+        subjects.retain(|s| s.name() == only);
+    }
+    let dir = tempfile::tempdir().unwrap();
+
+    mock.create_topic("cost-in", PARTITIONS, 1).unwrap();
+    let producer = producer(&bootstrap);
+    for i in 0..events {
+        send(&producer, "cost-in", i, &event(i, 0));
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let lines = dir.path().join("in.jsonl");
+    std::fs::write(
+        &lines,
+        (0..events)
+            .map(|i| String::from_utf8(event(i, 0)).unwrap() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+
+    let watcher: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let n = subjects.len();
+    let mut rate = vec![Vec::new(); n];
+    let mut cpu = vec![Vec::new(); n];
+    let mut p50 = vec![Vec::new(); n];
+    let mut p99 = vec![Vec::new(); n];
+    let mut lat_cpu = vec![Vec::new(); n];
+    let mut file = vec![Vec::new(); n];
+    for round in 0..ROUNDS {
+        for (s, subject) in subjects.iter().enumerate() {
+            // Throughput: the pre-filled topic, a fresh group and output topic.
+            let out = format!("cost-out-{s}-{round}");
+            mock.create_topic(&out, PARTITIONS, 1).unwrap();
+            let mut child = subject.spawn(&bootstrap, "cost-in", &out, events, dir.path());
+            let (seconds, cpu_per_m) = watch(&watcher, &out, events, child.id());
+            rate[s].push(events as f64 / seconds);
+            cpu[s].push(cpu_per_m);
+            stop(&mut child);
+
+            // Latency at a fixed rate: a fresh input topic, the subject joined before the clock
+            // starts (a warm-up event must come through first).
+            let input = format!("lat-in-{s}-{round}");
+            let out = format!("lat-out-{s}-{round}");
+            mock.create_topic(&input, PARTITIONS, 1).unwrap();
+            mock.create_topic(&out, PARTITIONS, 1).unwrap();
+            let total = RATE * RATE_SECONDS + 1;
+            let mut child = subject.spawn(&bootstrap, &input, &out, total, dir.path());
+            let (latencies, cpu_s) = fixed_rate(&bootstrap, &producer, &input, &out, &child);
+            p50[s].push(percentile(&latencies, 0.50));
+            p99[s].push(percentile(&latencies, 0.99));
+            lat_cpu[s].push(cpu_s / (latencies.len() as f64 / 1e6));
+            stop(&mut child);
+
+            // A file run over the same events (the raw loop has no file counterpart).
+            if let Subject::Sluice(_, bin) = subject {
+                let (wall, cpu_s) = file_run(bin, &lines, dir.path());
+                file[s].push((events as f64 / wall, cpu_s / (events as f64 / 1e6)));
+            }
+        }
+        println!(
+            "round {round}: {}",
+            subjects
+                .iter()
+                .enumerate()
+                .map(|(s, subject)| format!(
+                    "{}: {:.0} ev/s, {:.2} CPU-s/M, p50 {:.2} ms, p99 {:.2} ms",
+                    subject.name(),
+                    rate[s][round],
+                    cpu[s][round],
+                    p50[s][round],
+                    p99[s][round]
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+
+    println!(
+        "\nKafka (mock cluster) -> passthrough -> Kafka: {events} events pre-filled over {PARTITIONS} partitions, then {RATE} ev/s for {RATE_SECONDS} s; median of {ROUNDS} rounds"
+    );
+    println!(
+        "{:>16} {:>10} {:>8} {:>10} {:>8} {:>9} {:>9} {:>10} {:>12}",
+        "",
+        "events/s",
+        "vs raw",
+        "CPU-s/M",
+        "vs raw",
+        "p50 ms",
+        "p99 ms",
+        "p99 - raw",
+        "CPU-s/M@rate"
+    );
+    let base = (median(&rate[0]), median(&cpu[0]), median(&p99[0]));
+    for (s, subject) in subjects.iter().enumerate() {
+        let (r, c, l) = (median(&rate[s]), median(&cpu[s]), median(&p99[s]));
+        println!(
+            "{:>16} {r:>10.0} {:>7.3}x {c:>10.2} {:>7.3}x {:>9.2} {l:>9.2} {:>+10.2} {:>12.2}",
+            subject.name(),
+            r / base.0,
+            c / base.1,
+            median(&p50[s]),
+            l - base.2,
+            median(&lat_cpu[s]),
+        );
+    }
+    println!("\nfile -> passthrough -> file, {events} lines, median of {ROUNDS} rounds");
+    for (s, subject) in subjects.iter().enumerate() {
+        if matches!(subject, Subject::Raw) {
+            continue;
+        }
+        let r: Vec<f64> = file[s].iter().map(|f| f.0).collect();
+        let c: Vec<f64> = file[s].iter().map(|f| f.1).collect();
+        println!(
+            "{:>16} {:>10.0} ev/s {:>10.2} CPU-s/M",
+            subject.name(),
+            median(&r),
+            median(&c)
+        );
+    }
+}
+
+enum Subject {
+    Raw,
+    Sluice(String, PathBuf),
+}
+
+impl Subject {
+    fn name(&self) -> &str {
+        match self {
+            Subject::Raw => "raw rdkafka",
+            Subject::Sluice(name, _) => name,
+        }
+    }
+
+    /// Starts the subject reading `input` into `output` with a fresh consumer group.
+    fn spawn(
+        &self,
+        bootstrap: &str,
+        input: &str,
+        output: &str,
+        events: usize,
+        dir: &Path,
+    ) -> Child {
+        match self {
+            Subject::Raw => Command::new(std::env::current_exe().unwrap())
+                .env(
+                    "SLUICE_COST_RAW",
+                    format!("{bootstrap},{input},{output},{output},{events}"),
+                )
+                .spawn()
+                .unwrap(),
+            Subject::Sluice(_, bin) => {
+                let spec = write_spec(
+                    dir,
+                    &format!(
+                        "name: cost\nplugin:\n  path: {}\nsource:\n  kafka:\n    bootstrap-servers: {bootstrap}\n    topics: [{input}]\n    group-id: {output}\n    properties: {{fetch.wait.max.ms: \"{FETCH_WAIT_MS}\"}}\noutputs:\n  out:\n    kafka: {{topic: {output}}}\n",
+                        plugin("passthrough").display(),
+                    ),
+                );
+                Command::new(bin)
+                    .args(["run", "-f"])
+                    .arg(spec)
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            }
+        }
+    }
+}
+
+fn stop(child: &mut Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+}
+
+/// One event: `{"seq": i, "sent_us": t, "pad": "..."}`, keyed by one of 1,000 keys.
+fn event(i: usize, sent_us: u128) -> Vec<u8> {
+    format!(
+        r#"{{"seq": {i}, "sent_us": {sent_us:>16}, "pad": "{}"}}"#,
+        "x".repeat(PAD)
+    )
+    .into_bytes()
+}
+
+fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, i: usize, value: &[u8]) {
+    let key = format!("k{}", i % 1000);
+    let mut record = BaseRecord::to(topic).key(&key).payload(value);
+    while let Err((e, r)) = producer.send(record) {
+        assert!(
+            matches!(
+                e,
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull
+                )
+            ),
+            "{e}"
+        );
+        record = r;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "1")
+        .create()
+        .unwrap()
+}
+
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+}
+
+fn output_count(consumer: &BaseConsumer, topic: &str) -> i64 {
+    (0..PARTITIONS)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map_or(0, |(_, high)| high)
+        })
+        .sum()
+}
+
+/// Seconds from the first output record to the last, and the CPU seconds `pid` spent per
+/// million events in between (steady state: start-up and the group join left out).
+fn watch(consumer: &BaseConsumer, topic: &str, events: usize, pid: u32) -> (f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut first: Option<(Instant, i64, f64)> = None;
+    loop {
+        let n = output_count(consumer, topic);
+        if n > 0 && first.is_none() {
+            first = Some((Instant::now(), n, cpu_seconds(pid)));
+        }
+        if n >= events as i64 {
+            let (at, n0, cpu0) = first.unwrap();
+            let cpu = (cpu_seconds(pid) - cpu0) / ((n - n0).max(1) as f64 / 1e6);
+            return (at.elapsed().as_secs_f64(), cpu);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: only {n} of {events} records after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends a warm-up event and waits for it, then `RATE` events/s for `RATE_SECONDS` s, each
+/// carrying its send time; returns the milliseconds from send to the harness reading the output
+/// record, and the subject's CPU seconds spent while the timed events went through.
+fn fixed_rate(
+    bootstrap: &str,
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    input: &str,
+    output: &str,
+    child: &Child,
+) -> (Vec<f64>, f64) {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{output}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(output, p, Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&tpl).unwrap();
+    send(producer, input, 0, &event(0, 0));
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{output}: the warm-up event never came through"
+        );
+        if let Some(Ok(_)) = reader.poll(Duration::from_millis(50)) {
+            break;
+        }
+    }
+    let cpu_before = cpu_seconds(child.id());
+    let total = RATE * RATE_SECONDS;
+    let sender = {
+        let producer = producer.clone();
+        let input = input.to_owned();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            for i in 0..total {
+                let due = start + Duration::from_secs_f64(i as f64 / RATE as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                send(&producer, &input, i + 1, &event(i + 1, now_us()));
+            }
+        })
+    };
+    let mut latencies = Vec::with_capacity(total);
+    let deadline = Instant::now() + Duration::from_secs(RATE_SECONDS as u64 + 60);
+    while latencies.len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "{output}: {} of {total} timed events came through",
+            latencies.len()
+        );
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
+            let value = m.payload().unwrap();
+            let at = std::str::from_utf8(value).unwrap();
+            let sent: u128 = at[at.find("\"sent_us\": ").unwrap() + 11..][..16]
+                .trim()
+                .parse()
+                .unwrap();
+            let ms = (now_us() - sent) as f64 / 1000.0;
+            if ms > 100.0 && std::env::var_os("SLUICE_COST_DEBUG").is_some() {
+                eprintln!(
+                    "slow: {ms:.0} ms, {} of {total} read, partition {} offset {}",
+                    latencies.len(),
+                    m.partition(),
+                    m.offset()
+                );
+            }
+            latencies.push(ms);
+        }
+    }
+    sender.join().unwrap();
+    (latencies, cpu_seconds(child.id()) - cpu_before)
+}
+
+/// Runs `sluice run` over a file of events to a file output; wall and CPU seconds to its exit.
+fn file_run(bin: &Path, lines: &Path, dir: &Path) -> (f64, f64) {
+    let spec = write_spec(
+        dir,
+        &format!(
+            "name: cost-file\nplugin:\n  path: {}\nsource:\n  file: {{path: {}, format: lines}}\noutputs:\n  out:\n    file: {{path: {}}}\n",
+            plugin("passthrough").display(),
+            lines.display(),
+            dir.join("out.jsonl").display(),
+        ),
+    );
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .args(["run", "-f"])
+        .arg(spec)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read the CPU time while the process is a zombie (it keeps its times until reaped).
+    let stat = format!("/proc/{}/stat", child.id());
+    loop {
+        let s = std::fs::read_to_string(&stat).unwrap();
+        if s[s.rfind(')').unwrap() + 2..].starts_with('Z') {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(child.id());
+    let mut child = child;
+    assert!(child.wait().unwrap().success(), "the file run failed");
+    (wall, cpu)
+}
+
+/// The raw loop: what a careful hand-written at-least-once service does: poll, produce
+/// (idempotent, acks=all), and every 10,000 events (and at the end) flush and commit.
+fn raw_loop(broker: &str, input: &str, output: &str, group: &str, events: usize) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+        .create()
+        .unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[input]).unwrap();
+    let mut done = 0;
+    let mut since_commit = 0;
+    let mut next: Vec<i64> = vec![-1; PARTITIONS as usize];
+    loop {
+        let polled = consumer.poll(Duration::from_millis(100));
+        if let Some(Err(e)) = &polled {
+            eprintln!("raw loop: {e}");
+        }
+        let idle = polled.is_none();
+        if let Some(Ok(m)) = polled {
+            let mut record = BaseRecord::<[u8], [u8]>::to(output);
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(p) = m.payload() {
+                record = record.payload(p);
+            }
+            if let Some(h) = m.headers() {
+                record = record.headers(h.detach());
+            }
+            while let Err((e, r)) = producer.send(record) {
+                assert!(
+                    matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ),
+                    "{e}"
+                );
+                record = r;
+                producer.poll(Duration::from_millis(1));
+            }
+            next[m.partition() as usize] = m.offset() + 1;
+            done += 1;
+            if std::env::var_os("SLUICE_COST_DEBUG").is_some() && done % 50_000 == 0 {
+                eprintln!("raw loop: {done} events");
+            }
+            since_commit += 1;
+        }
+        // Commit every 10,000 events, and what is pending once the input goes quiet.
+        if since_commit >= 10_000 || (since_commit > 0 && (idle || done >= events)) {
+            producer.flush(Duration::from_secs(30)).unwrap();
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in next.iter().enumerate().filter(|(_, o)| **o >= 0) {
+                tpl.add_partition_offset(input, p as i32, Offset::Offset(*o))
+                    .unwrap();
+            }
+            consumer.commit(&tpl, CommitMode::Sync).unwrap();
+            since_commit = 0;
+        }
+    }
+}
+
+fn percentile(xs: &[f64], q: f64) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    xs[((xs.len() - 1) as f64 * q).round() as usize]
+}
+
+fn median(xs: &[f64]) -> f64 {
+    percentile(xs, 0.5)
+}
+
+/// CPU time (user + system) the process has used so far, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    ticks / hz
+}
