@@ -19,11 +19,14 @@
 //!
 //! Run: `make bench` (or `cargo build --release -p passthrough -p sluice-cli && cargo bench -p sluice-runtime --bench cost`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use common::{cpu_seconds, median, percentile, raw_loop, watch};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -53,7 +56,14 @@ fn events() -> usize {
 fn main() {
     if let Ok(args) = std::env::var("SLUICE_COST_RAW") {
         let a: Vec<&str> = args.split(',').collect();
-        raw_loop(a[0], a[1], a[2], a[3], a[4].parse().unwrap());
+        raw_loop(
+            a[0],
+            a[1],
+            a[2],
+            a[3],
+            None,
+            &[("fetch.wait.max.ms", FETCH_WAIT_MS)],
+        );
         return;
     }
     let events = events();
@@ -104,8 +114,8 @@ fn main() {
             // Throughput: the pre-filled topic, a fresh group and output topic.
             let out = format!("cost-out-{s}-{round}");
             mock.create_topic(&out, PARTITIONS, 1).unwrap();
-            let mut child = subject.spawn(&bootstrap, "cost-in", &out, events, dir.path());
-            let (seconds, cpu_per_m) = watch(&watcher, &out, events, child.id());
+            let mut child = subject.spawn(&bootstrap, "cost-in", &out, dir.path());
+            let (seconds, cpu_per_m) = watch(&watcher, &out, PARTITIONS, events, child.id());
             rate[s].push(events as f64 / seconds);
             cpu[s].push(cpu_per_m);
             stop(&mut child);
@@ -116,8 +126,7 @@ fn main() {
             let out = format!("lat-out-{s}-{round}");
             mock.create_topic(&input, PARTITIONS, 1).unwrap();
             mock.create_topic(&out, PARTITIONS, 1).unwrap();
-            let total = RATE * RATE_SECONDS + 1;
-            let mut child = subject.spawn(&bootstrap, &input, &out, total, dir.path());
+            let mut child = subject.spawn(&bootstrap, &input, &out, dir.path());
             let (latencies, cpu_s) = fixed_rate(&bootstrap, &producer, &input, &out, &child);
             p50[s].push(percentile(&latencies, 0.50));
             p99[s].push(percentile(&latencies, 0.99));
@@ -206,19 +215,12 @@ impl Subject {
     }
 
     /// Starts the subject reading `input` into `output` with a fresh consumer group.
-    fn spawn(
-        &self,
-        bootstrap: &str,
-        input: &str,
-        output: &str,
-        events: usize,
-        dir: &Path,
-    ) -> Child {
+    fn spawn(&self, bootstrap: &str, input: &str, output: &str, dir: &Path) -> Child {
         match self {
             Subject::Raw => Command::new(std::env::current_exe().unwrap())
                 .env(
                     "SLUICE_COST_RAW",
-                    format!("{bootstrap},{input},{output},{output},{events}"),
+                    format!("{bootstrap},{input},{output},{output}"),
                 )
                 .spawn()
                 .unwrap(),
@@ -260,20 +262,7 @@ fn event(i: usize, sent_us: u128) -> Vec<u8> {
 
 fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, i: usize, value: &[u8]) {
     let key = format!("k{}", i % 1000);
-    let mut record = BaseRecord::to(topic).key(&key).payload(value);
-    while let Err((e, r)) = producer.send(record) {
-        assert!(
-            matches!(
-                e,
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull
-                )
-            ),
-            "{e}"
-        );
-        record = r;
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    common::send(producer, BaseRecord::to(topic).key(&key).payload(value));
 }
 
 fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
@@ -289,39 +278,6 @@ fn now_us() -> u128 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros()
-}
-
-fn output_count(consumer: &BaseConsumer, topic: &str) -> i64 {
-    (0..PARTITIONS)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(5))
-                .map_or(0, |(_, high)| high)
-        })
-        .sum()
-}
-
-/// Seconds from the first output record to the last, and the CPU seconds `pid` spent per
-/// million events in between (steady state: start-up and the group join left out).
-fn watch(consumer: &BaseConsumer, topic: &str, events: usize, pid: u32) -> (f64, f64) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut first: Option<(Instant, i64, f64)> = None;
-    loop {
-        let n = output_count(consumer, topic);
-        if n > 0 && first.is_none() {
-            first = Some((Instant::now(), n, cpu_seconds(pid)));
-        }
-        if n >= events as i64 {
-            let (at, n0, cpu0) = first.unwrap();
-            let cpu = (cpu_seconds(pid) - cpu0) / ((n - n0).max(1) as f64 / 1e6);
-            return (at.elapsed().as_secs_f64(), cpu);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic}: only {n} of {events} records after 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Sends a warm-up event and waits for it, then `RATE` events/s for `RATE_SECONDS` s, each
@@ -440,102 +396,4 @@ fn file_run(bin: &Path, lines: &Path, dir: &Path) -> (f64, f64) {
     let mut child = child;
     assert!(child.wait().unwrap().success(), "the file run failed");
     (wall, cpu)
-}
-
-/// The raw loop: what a careful hand-written at-least-once service does: poll, produce
-/// (idempotent, acks=all), and every 10,000 events (and at the end) flush and commit.
-fn raw_loop(broker: &str, input: &str, output: &str, group: &str, events: usize) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
-        .create()
-        .unwrap();
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[input]).unwrap();
-    let mut done = 0;
-    let mut since_commit = 0;
-    let mut next: Vec<i64> = vec![-1; PARTITIONS as usize];
-    loop {
-        let polled = consumer.poll(Duration::from_millis(100));
-        if let Some(Err(e)) = &polled {
-            eprintln!("raw loop: {e}");
-        }
-        let idle = polled.is_none();
-        if let Some(Ok(m)) = polled {
-            let mut record = BaseRecord::<[u8], [u8]>::to(output);
-            if let Some(k) = m.key() {
-                record = record.key(k);
-            }
-            if let Some(p) = m.payload() {
-                record = record.payload(p);
-            }
-            if let Some(h) = m.headers() {
-                record = record.headers(h.detach());
-            }
-            while let Err((e, r)) = producer.send(record) {
-                assert!(
-                    matches!(
-                        e,
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull
-                        )
-                    ),
-                    "{e}"
-                );
-                record = r;
-                producer.poll(Duration::from_millis(1));
-            }
-            next[m.partition() as usize] = m.offset() + 1;
-            done += 1;
-            if std::env::var_os("SLUICE_COST_DEBUG").is_some() && done % 50_000 == 0 {
-                eprintln!("raw loop: {done} events");
-            }
-            since_commit += 1;
-        }
-        // Commit every 10,000 events, and what is pending once the input goes quiet.
-        if since_commit >= 10_000 || (since_commit > 0 && (idle || done >= events)) {
-            producer.flush(Duration::from_secs(30)).unwrap();
-            let mut tpl = TopicPartitionList::new();
-            for (p, o) in next.iter().enumerate().filter(|(_, o)| **o >= 0) {
-                tpl.add_partition_offset(input, p as i32, Offset::Offset(*o))
-                    .unwrap();
-            }
-            consumer.commit(&tpl, CommitMode::Sync).unwrap();
-            since_commit = 0;
-        }
-    }
-}
-
-fn percentile(xs: &[f64], q: f64) -> f64 {
-    let mut xs = xs.to_vec();
-    xs.sort_by(f64::total_cmp);
-    xs[((xs.len() - 1) as f64 * q).round() as usize]
-}
-
-fn median(xs: &[f64]) -> f64 {
-    percentile(xs, 0.5)
-}
-
-/// CPU time (user + system) the process has used so far, from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
-    ticks / hz
 }

@@ -11,108 +11,18 @@
 //!
 //! Run: `make bench` (or `cargo build --release -p passthrough -p sluice-cli && cargo bench -p sluice-runtime --bench kafka`).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::process::{Command, Stdio};
+
+use common::{cpu_seconds, median, raw_loop, watch};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
 use sluice_tests::{Broker, kafka_tool, plugin, write_spec};
 
 const EVENTS: usize = 200_000;
 const PARTITIONS: i32 = 4;
 const ROUNDS: usize = 5;
-
-fn output_count(consumer: &BaseConsumer, topic: &str) -> i64 {
-    (0..PARTITIONS)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(5))
-                .map_or(0, |(_, high)| high)
-        })
-        .sum()
-}
-
-/// Seconds from the first output record to the last.
-fn watch(consumer: &BaseConsumer, topic: &str) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut first = None;
-    loop {
-        let n = output_count(consumer, topic);
-        if n > 0 && first.is_none() {
-            first = Some(Instant::now());
-        }
-        if n >= EVENTS as i64 {
-            return first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic}: only {n} of {EVENTS} records after 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn raw_loop(broker: &str, input: &str, output: &str, group: &str) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .create()
-        .unwrap();
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[input]).unwrap();
-    let mut done = 0;
-    let mut next: Vec<i64> = vec![-1; PARTITIONS as usize];
-    while done < EVENTS {
-        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let mut record = BaseRecord::<[u8], [u8]>::to(output);
-        if let Some(k) = m.key() {
-            record = record.key(k);
-        }
-        if let Some(p) = m.payload() {
-            record = record.payload(p);
-        }
-        while let Err((e, r)) = producer.send(record) {
-            assert!(
-                matches!(
-                    e,
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull
-                    )
-                ),
-                "{e}"
-            );
-            record = r;
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        next[m.partition() as usize] = m.offset() + 1;
-        done += 1;
-        if done % 10_000 == 0 || done == EVENTS {
-            producer.flush(Duration::from_secs(30)).unwrap();
-            let mut tpl = TopicPartitionList::new();
-            for (p, o) in next.iter().enumerate().filter(|(_, o)| **o >= 0) {
-                tpl.add_partition_offset(input, p as i32, Offset::Offset(*o))
-                    .unwrap();
-            }
-            consumer.commit(&tpl, CommitMode::Sync).unwrap();
-        }
-    }
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 fn main() {
     let broker = Broker::start();
@@ -164,8 +74,12 @@ fn main() {
             out_raw.clone(),
             format!("raw-{round}"),
         );
-        let worker = std::thread::spawn(move || raw_loop(&addr, &input_name, &out, &group));
-        raw.push(EVENTS as f64 / watch(&watcher, &out_raw));
+        let worker = std::thread::spawn(move || {
+            raw_loop(&addr, &input_name, &out, &group, Some(EVENTS), &[]);
+        });
+        raw.push(
+            EVENTS as f64 / watch(&watcher, &out_raw, PARTITIONS, EVENTS, std::process::id()).0,
+        );
         worker.join().unwrap();
 
         for (i, (_, extra)) in variants.iter().enumerate() {
@@ -185,7 +99,7 @@ fn main() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            rates[i].push(EVENTS as f64 / watch(&watcher, &out));
+            rates[i].push(EVENTS as f64 / watch(&watcher, &out, PARTITIONS, EVENTS, child.id()).0);
             cpu[i].push(cpu_seconds(child.id()) / (EVENTS as f64 / 1e6));
             Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -207,7 +121,7 @@ fn main() {
                 .join("; ")
         );
     }
-    let raw = median(raw);
+    let raw = median(&raw);
     let mb = |evs: f64| evs * bytes_per_event as f64 / 1e6;
     println!(
         "Kafka -> passthrough -> Kafka, {EVENTS} events x ~{bytes_per_event} B (key + value), {PARTITIONS} partitions, median of {ROUNDS}"
@@ -225,7 +139,7 @@ fn main() {
     let medians: Vec<(f64, f64)> = rates
         .iter()
         .zip(&cpu)
-        .map(|(r, c)| (median(r.clone()), median(c.clone())))
+        .map(|(r, c)| (median(r), median(c)))
         .collect();
     for ((name, _), (rate, cpu)) in variants.iter().zip(&medians) {
         println!(
@@ -247,30 +161,15 @@ fn main() {
         .collect();
     println!(
         "metrics on / off: throughput {:.3}x (rounds {:?}), CPU per event {:.3}x (rounds {:?})",
-        median(throughput.clone()),
+        median(&throughput),
         throughput
             .iter()
             .map(|r| format!("{r:.3}"))
             .collect::<Vec<_>>(),
-        median(cpu_ratio.clone()),
+        median(&cpu_ratio),
         cpu_ratio
             .iter()
             .map(|r| format!("{r:.3}"))
             .collect::<Vec<_>>(),
     );
-}
-
-/// CPU time (user + system) the process has used so far, from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
-        .unwrap_or(100.0);
-    ticks / hz
 }

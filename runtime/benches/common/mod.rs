@@ -1,0 +1,178 @@
+//! What the Kafka benchmarks share: the raw rdkafka loop sluice is compared with, a produce
+//! that waits out a full queue, reading output progress and a process's CPU time.
+
+#![allow(dead_code)] // each benchmark uses its part
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+/// Sends `record`, waiting while the producer's queue is full.
+pub fn send<K, P>(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    mut record: BaseRecord<'_, K, P>,
+) where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    while let Err((e, r)) = producer.send(record) {
+        assert!(
+            matches!(
+                e,
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull
+                )
+            ),
+            "{e}"
+        );
+        record = r;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The raw loop: what a careful hand-written at-least-once service does: poll, produce
+/// (idempotent, acks=all, key, value and headers), and every 10,000 events flush the producer
+/// and commit; also when the input goes quiet, and when `stop_after` events are done (then it
+/// returns; without it, it runs until killed). `consumer` adds consumer properties.
+pub fn raw_loop(
+    broker: &str,
+    input: &str,
+    output: &str,
+    group: &str,
+    stop_after: Option<usize>,
+    consumer_properties: &[(&str, &str)],
+) {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    for (k, v) in consumer_properties {
+        config.set(*k, *v);
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[input]).unwrap();
+    let (mut done, mut since_commit) = (0, 0);
+    let mut next: Vec<(i32, i64)> = Vec::new();
+    loop {
+        let polled = consumer.poll(Duration::from_millis(100));
+        if let Some(Err(e)) = &polled {
+            eprintln!("raw loop: {e}");
+        }
+        let idle = polled.is_none();
+        if let Some(Ok(m)) = polled {
+            let mut record = BaseRecord::<[u8], [u8]>::to(output);
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(p) = m.payload() {
+                record = record.payload(p);
+            }
+            if let Some(h) = m.headers() {
+                record = record.headers(h.detach());
+            }
+            send(&producer, record);
+            match next.iter_mut().find(|(p, _)| *p == m.partition()) {
+                Some(entry) => entry.1 = m.offset() + 1,
+                None => next.push((m.partition(), m.offset() + 1)),
+            }
+            done += 1;
+            since_commit += 1;
+        }
+        let finished = stop_after.is_some_and(|n| done >= n);
+        if since_commit >= 10_000 || (since_commit > 0 && (idle || finished)) {
+            producer.flush(Duration::from_secs(30)).unwrap();
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in &next {
+                tpl.add_partition_offset(input, *p, Offset::Offset(*o))
+                    .unwrap();
+            }
+            consumer.commit(&tpl, CommitMode::Sync).unwrap();
+            since_commit = 0;
+        }
+        if finished {
+            return;
+        }
+    }
+}
+
+/// Records in `topic` (the sum of its partitions' high watermarks).
+pub fn output_count(consumer: &BaseConsumer, topic: &str, partitions: i32) -> i64 {
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map_or(0, |(_, high)| high)
+        })
+        .sum()
+}
+
+/// Waits until `topic` holds `events` records; seconds from the first record to the last, and
+/// the CPU seconds `pid` spent per million records in between (start-up and group join left
+/// out).
+pub fn watch(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    events: usize,
+    pid: u32,
+) -> (f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut first: Option<(Instant, i64, f64)> = None;
+    loop {
+        let n = output_count(consumer, topic, partitions);
+        if n > 0 && first.is_none() {
+            first = Some((Instant::now(), n, cpu_seconds(pid)));
+        }
+        if n >= events as i64 {
+            let (at, n0, cpu0) = first.unwrap();
+            let cpu = (cpu_seconds(pid) - cpu0) / ((n - n0).max(1) as f64 / 1e6);
+            return (at.elapsed().as_secs_f64(), cpu);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: only {n} of {events} records after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The value at quantile `q` (0-1).
+pub fn percentile(xs: &[f64], q: f64) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    xs[((xs.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The median.
+pub fn median(xs: &[f64]) -> f64 {
+    percentile(xs, 0.5)
+}
+
+/// CPU time (user + system, every thread) process `pid` has used so far, from
+/// `/proc/PID/stat` (also readable while it is a zombie, before it is reaped).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
+        .unwrap_or(100.0);
+    ticks / hz
+}
