@@ -261,8 +261,11 @@ pub enum CapacityCommand {
         #[arg(long)]
         operator_applies: bool,
     },
-    /// Print the synthetic trace (deploy/capacity/diurnal-7d.csv is `--days 7 --seed 1`).
+    /// Print a synthetic trace (deploy/capacity/SHAPE-7d.csv is `--shape SHAPE --days 7 --seed 1`).
     Trace {
+        /// The load's shape: diurnal, two-peaks, surge or steady.
+        #[arg(long, default_value = "diurnal")]
+        shape: String,
         /// Days of load.
         #[arg(long, default_value_t = 7)]
         days: u32,
@@ -424,13 +427,24 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Capacity {
-            command: CapacityCommand::Trace { days, seed },
+            command: CapacityCommand::Trace { shape, days, seed },
         } => {
-            let trace = sluice_vpa::simulate::Trace::synthetic(days, seed);
+            use sluice_vpa::simulate::{Shape, Trace};
+            let kind = Shape::from_name(&shape).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--shape {shape}: unknown shape: use one of {}",
+                    Shape::ALL.map(Shape::name).join(", ")
+                )
+            })?;
+            let trace = Trace::shaped(kind, days, seed);
+            let command = match kind {
+                Shape::Diurnal => format!("sluice capacity trace --days {days} --seed {seed}"),
+                _ => format!("sluice capacity trace --shape {shape} --days {days} --seed {seed}"),
+            };
             print!(
                 "{}",
                 trace.to_csv(&format!(
-                    "Synthetic load: `sluice capacity trace --days {days} --seed {seed}` (see deploy/capacity/README.md)"
+                    "Synthetic load: `{command}` (see deploy/capacity/README.md)"
                 ))
             );
             Ok(())

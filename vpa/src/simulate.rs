@@ -126,6 +126,63 @@ impl Trace {
         }
     }
 
+    /// A synthetic trace of `shape` (see [`Shape`]), `days` days at one-minute resolution,
+    /// deterministic for a `seed`. `Shape::Diurnal` is [`Trace::synthetic`].
+    pub fn shaped(shape: Shape, days: u32, seed: u64) -> Trace {
+        if shape == Shape::Diurnal {
+            return Trace::synthetic(days, seed);
+        }
+        let minutes = days as usize * 1440;
+        let mut rng = SplitMix(seed);
+        // Surge days and their start hour and length, drawn before the minutes.
+        let surges: Vec<Option<(f64, f64)>> = (0..days)
+            .map(|_| {
+                let (on, start, hours) = (rng.next(), rng.next(), rng.next());
+                (on < 0.6).then_some((8.0 + start * 10.0, 2.0 + hours * 4.0))
+            })
+            .collect();
+        let cores: Vec<f64> = (0..minutes)
+            .map(|m| {
+                let day = m / 1440;
+                let hour = (m % 1440) as f64 / 60.0;
+                let noise = 1.0 + 0.04 * (2.0 * rng.next() - 1.0);
+                let bump = |center: f64, width: f64| {
+                    let d = (hour - center).abs().min(24.0 - (hour - center).abs());
+                    (-0.5 * (d / width).powi(2)).exp()
+                };
+                let load = match shape {
+                    Shape::Diurnal => unreachable!("returned above"),
+                    // Two sharp peaks (08:30 and 18:00, ~40 minutes wide) over a 2-core floor,
+                    // the whole day 8% busier than the day before.
+                    Shape::TwoPeaks => {
+                        let growth = 1.08_f64.powi(day as i32);
+                        (2.0 + 10.0 * bump(8.5, 0.7) + 12.0 * bump(18.0, 0.7)) * growth
+                    }
+                    // A flat 5 cores; on 60% of the days a surge to 3x, 2-6 hours long,
+                    // starting between 08:00 and 18:00, ramping over 20 minutes each way.
+                    Shape::Surge => {
+                        let surge = surges[day].map_or(0.0, |(start, hours)| {
+                            let ramp = 20.0 / 60.0;
+                            let up = ((hour - start) / ramp).clamp(0.0, 1.0);
+                            let down = ((start + hours - hour) / ramp).clamp(0.0, 1.0);
+                            up.min(down)
+                        });
+                        5.0 * (1.0 + 2.0 * surge)
+                    }
+                    // Steady: 8 cores all day, every day.
+                    Shape::Steady => 8.0,
+                };
+                load * noise
+            })
+            .collect();
+        Trace {
+            cores: cores
+                .into_iter()
+                .map(|c| (c * 1000.0).round() / 1000.0)
+                .collect(),
+        }
+    }
+
     /// As the CSV `parse` reads, with a header comment.
     pub fn to_csv(&self, comment: &str) -> String {
         let mut out = String::new();
@@ -137,6 +194,40 @@ impl Trace {
             let _ = writeln!(out, "{m},{c}");
         }
         out
+    }
+}
+
+/// The load shapes `sluice capacity trace --shape` generates (each shipped in
+/// `deploy/capacity/` as `SHAPE-7d.csv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A weekday curve with morning, lunch and evening peaks, quieter weekends, spikes.
+    Diurnal,
+    /// Two sharp daily peaks, growing 8% day over day.
+    TwoPeaks,
+    /// A flat base with multi-hour surges to 3x on most days.
+    Surge,
+    /// Flat load with noise.
+    Steady,
+}
+
+impl Shape {
+    /// Every shape, in report order.
+    pub const ALL: [Shape; 4] = [Shape::Diurnal, Shape::TwoPeaks, Shape::Surge, Shape::Steady];
+
+    /// Its name (`--shape`, and the shipped file's `NAME-7d.csv`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Diurnal => "diurnal",
+            Shape::TwoPeaks => "two-peaks",
+            Shape::Surge => "surge",
+            Shape::Steady => "steady",
+        }
+    }
+
+    /// The shape called `name`.
+    pub fn from_name(name: &str) -> Option<Shape> {
+        Shape::ALL.into_iter().find(|s| s.name() == name)
     }
 }
 
@@ -651,6 +742,23 @@ pub fn report(origin: &str, trace: &Trace, s: &Scenario, runs: &[Run; 3]) -> Str
         .collect()
 }
 
+/// One row of the every-trace table in `deploy/capacity/README.md`: the HPA's waste, the others'
+/// against it, and each strategy's under-provisioned share.
+pub fn summary_row(trace: &str, runs: &[Run; 3]) -> String {
+    let t: Vec<Totals> = runs.iter().map(Run::totals).collect();
+    let versus = |x: &Totals| format!("{:+.0}%", (x.waste / t[0].waste - 1.0) * 100.0);
+    format!(
+        "| {trace} | {:.0} core-h ({:.1}%) | {} | {} | {:.1}% / {:.1}% / {:.1}% |",
+        t[0].waste,
+        t[0].waste_share * 100.0,
+        versus(&t[1]),
+        versus(&t[2]),
+        t[0].under_share * 100.0,
+        t[1].under_share * 100.0,
+        t[2].under_share * 100.0
+    )
+}
+
 /// The three runs over time as an SVG: load and requested cores above, replicas below.
 pub fn plot_svg(trace: &Trace, runs: &[Run; 3]) -> Result<String, String> {
     use plotters::prelude::*;
@@ -767,6 +875,61 @@ mod tests {
             Trace::synthetic(7, 1),
             "deploy/capacity/diurnal-7d.csv is stale: run `sluice capacity trace > deploy/capacity/diurnal-7d.csv`"
         );
+    }
+
+    #[test]
+    fn the_shipped_traces_are_the_generated_shapes() {
+        for shape in Shape::ALL {
+            let file = format!("deploy/capacity/{}-7d.csv", shape.name());
+            let text = std::fs::read_to_string(crate::repo::path(&file)).unwrap();
+            assert_eq!(
+                Trace::parse(&text, &file).unwrap(),
+                Trace::shaped(shape, 7, 1),
+                "{file} is stale: run `sluice capacity trace --shape {} > {file}`",
+                shape.name()
+            );
+        }
+    }
+
+    #[test]
+    fn the_every_trace_table_is_current() {
+        let readme =
+            std::fs::read_to_string(crate::repo::path("deploy/capacity/README.md")).unwrap();
+        for shape in Shape::ALL {
+            let file = format!("{}-7d.csv", shape.name());
+            let runs = simulate(&Trace::shaped(shape, 7, 1), &Scenario::default());
+            let row = summary_row(&file, &runs);
+            assert!(
+                readme.lines().any(|l| l == row),
+                "deploy/capacity/README.md's every-trace table is stale: it lacks\n{row}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shapes_have_their_documented_form() {
+        let at = |t: &Trace, day: usize, hour: f64| t.cores[day * 1440 + (hour * 60.0) as usize];
+        let two = Trace::shaped(Shape::TwoPeaks, 7, 1);
+        assert!(at(&two, 0, 3.0) < 2.2 && at(&two, 0, 18.0) > 13.0);
+        assert!(
+            at(&two, 6, 18.0) > at(&two, 0, 18.0) * 1.4,
+            "grows day over day"
+        );
+        let surge = Trace::shaped(Shape::Surge, 7, 1);
+        let max = surge.cores.iter().copied().fold(0.0, f64::max);
+        assert!(
+            at(&surge, 0, 3.0) < 5.3 && max > 14.0 && max < 15.7,
+            "{max}"
+        );
+        let surging = surge.cores.iter().filter(|c| **c > 10.0).count();
+        assert!(
+            surging > 4 * 60,
+            "at least a few surge hours: {surging} minutes"
+        );
+        let steady = Trace::shaped(Shape::Steady, 7, 1);
+        assert!(steady.cores.iter().all(|c| (7.6..=8.4).contains(c)));
+        assert_eq!(Trace::shaped(Shape::Diurnal, 7, 1), Trace::synthetic(7, 1));
+        assert_eq!(Shape::from_name("two-peaks"), Some(Shape::TwoPeaks));
     }
 
     #[test]
