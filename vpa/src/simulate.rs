@@ -1,5 +1,5 @@
 //! `sluice capacity simulate`: replays a load trace (total CPU a pipeline needs, per minute)
-//! against three ways of sizing it, minute by minute, and reports what each requests, what it
+//! against four ways of sizing it, minute by minute, and reports what each requests, what it
 //! uses, what it wastes, how long it is under-provisioned and how unevenly partitions spread.
 //!
 //! - **HPA**: fixed-size pods, replicas from the Horizontal Pod Autoscaler's formula on CPU
@@ -22,8 +22,14 @@
 //! counts as used but not as requested; a pod whose share of the load is above its limit is
 //! throttled and the pipeline lags (under-provisioned).
 //!
-//! Simplifications (stated in the report): load is uniform across partitions; a replica change
-//! costs a rebalance but no lost minute; unserved load is not carried over as backlog.
+//! - **In-place**: the fast vertical loop ([`inplace`], tuned by [`FastLoop`]): requests from a
+//!   short window of live usage, resized in place after a delay and only within the node's free
+//!   CPU (else deferred), replicas a divisor stepped when pods would leave `[minCpus,
+//!   maxAllowed]` for a while, at most a few steps a day.
+//!
+//! Every run is charged its backlog ([`charge_backlog`]): load above a pod's limit queues and is
+//! worked off later, and a replica change stops the partitions it moves for a rebalance pause.
+//! Simplification: load is uniform across partitions.
 
 use std::fmt::Write as _;
 
@@ -275,6 +281,15 @@ pub struct Scenario {
     pub operator_applies: bool,
     /// Replay the trace once, uncounted, before the counted run (see [`simulate`]).
     pub warm_up: bool,
+    /// In-place: minutes from asking for a resize to the pod having it.
+    pub resize_delay_min: usize,
+    /// In-place: the CPUs of a node.
+    pub node_cpus: f64,
+    /// In-place: the share of a node's CPUs already requested; a pod grows in place only into
+    /// the rest (a larger resize is deferred by the kubelet).
+    pub node_fullness: f64,
+    /// Every strategy: seconds a rebalance stops the partitions it moves (charged as backlog).
+    pub rebalance_pause_s: f64,
 }
 
 impl Default for Scenario {
@@ -292,6 +307,10 @@ impl Default for Scenario {
             policy: PolicyConfig::default(),
             operator_applies: false,
             warm_up: true,
+            resize_delay_min: 1,
+            node_cpus: 8.0,
+            node_fullness: 0.85,
+            rebalance_pause_s: 30.0,
         }
     }
 }
@@ -314,6 +333,9 @@ pub struct Minute {
     pub over_request: bool,
     /// Partitions of the fullest pod over the mean partitions per busy pod (1 = even).
     pub skew: f64,
+    /// Work queued at the end of the minute, in seconds of the minute's input (see
+    /// [`charge_backlog`]).
+    pub backlog_s: f64,
 }
 
 /// A strategy's run, minute by minute.
@@ -325,8 +347,10 @@ pub struct Run {
     pub minutes: Vec<Minute>,
     /// Replica changes (each one a consumer group rebalance).
     pub replica_changes: u32,
-    /// Pod resizes (the VPA updater, or the operator's request rollouts).
+    /// Pod resizes (the VPA updater, the operator's request rollouts, in-place resizes).
     pub resizes: u32,
+    /// In-place resizes the node could not take (deferred).
+    pub deferred: u32,
 }
 
 /// A run's totals.
@@ -348,6 +372,12 @@ pub struct Totals {
     pub skew_mean: f64,
     /// Largest partition skew.
     pub skew_max: f64,
+    /// Largest backlog (seconds of input).
+    pub backlog_peak_s: f64,
+    /// 99th percentile of the per-minute backlog (seconds of input).
+    pub backlog_p99_s: f64,
+    /// Days the run covers.
+    pub days: f64,
 }
 
 impl Run {
@@ -369,6 +399,15 @@ impl Run {
             over_request_share: self.minutes.iter().filter(|m| m.over_request).count() as f64 / n,
             skew_mean: self.minutes.iter().map(|m| m.skew).sum::<f64>() / n,
             skew_max: self.minutes.iter().map(|m| m.skew).fold(0.0, f64::max),
+            backlog_peak_s: self.minutes.iter().map(|m| m.backlog_s).fold(0.0, f64::max),
+            backlog_p99_s: {
+                let mut b: Vec<f64> = self.minutes.iter().map(|m| m.backlog_s).collect();
+                b.sort_by(f64::total_cmp);
+                b.get(((b.len().max(1) - 1) as f64 * 0.99) as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+            },
+            days: n / 1440.0,
         }
     }
 }
@@ -385,6 +424,7 @@ fn minute(load: f64, partitions: u32, replicas: u32, request: f64, burst: f64) -
             under: load > 0.0,
             over_request: load > 0.0,
             skew: 1.0,
+            backlog_s: 0.0,
         };
     }
     let busy = replicas.min(partitions).max(1);
@@ -409,6 +449,7 @@ fn minute(load: f64, partitions: u32, replicas: u32, request: f64, burst: f64) -
         under: fullest_demand > limit * 1.001,
         over_request: fullest_demand > request * 1.001,
         skew: f64::from(fullest) / (f64::from(partitions) / f64::from(busy)),
+        backlog_s: 0.0,
     }
 }
 
@@ -451,6 +492,7 @@ pub fn hpa(trace: &Trace, s: &Scenario, from: usize) -> Run {
         minutes: minutes.split_off(from),
         replica_changes: changes,
         resizes: 0,
+        deferred: 0,
     }
 }
 
@@ -552,6 +594,7 @@ pub fn fixed_vpa(trace: &Trace, s: &Scenario, from: usize) -> Run {
         minutes: minutes.split_off(from),
         replica_changes: 0,
         resizes,
+        deferred: 0,
     }
 }
 
@@ -628,13 +671,196 @@ fn operator_with(trace: &Trace, s: &Scenario, from: usize, live_usage: bool) -> 
         minutes: minutes.split_off(from),
         replica_changes: changes,
         resizes,
+        deferred: 0,
     }
 }
 
-/// All three, in report order. With `s.warm_up` each strategy first runs through the trace
+/// Carries what a run could not serve into the next minutes, as a backlog: each minute a pod
+/// works on its partitions' share of the load plus the backlog, up to its CPU limit; what is
+/// left is queued. A replica change stops the partitions it moves for
+/// `s.rebalance_pause_s` (moved share: 1 - fewer/more replicas), whose input queues meanwhile.
+/// Sets each minute's `backlog_s`: the queue in seconds of that minute's input.
+pub fn charge_backlog(run: &mut Run, loads: &[f64], s: &Scenario) {
+    let partitions = s.partitions;
+    let mut backlog = 0.0_f64; // core-minutes
+    let mut last_replicas: Option<u32> = None;
+    for (m, &load) in run.minutes.iter_mut().zip(loads) {
+        if let Some(before) = last_replicas.filter(|r| *r != m.replicas) {
+            let (few, many) = (before.min(m.replicas), before.max(m.replicas));
+            let moved = 1.0 - f64::from(few) / f64::from(many.max(1));
+            backlog += load * moved * s.rebalance_pause_s / 60.0;
+        }
+        last_replicas = Some(m.replicas);
+        let work = load + backlog;
+        let served = if m.replicas == 0 {
+            0.0
+        } else {
+            let busy = m.replicas.min(partitions).max(1);
+            let fullest = partitions.div_ceil(busy);
+            let extra = partitions - (fullest - 1) * busy;
+            let limit = m.requested / f64::from(m.replicas) * s.burst;
+            let per_partition = work / f64::from(partitions);
+            [(extra, fullest), (busy - extra, fullest - 1)]
+                .iter()
+                .map(|(pods, owned)| {
+                    f64::from(*pods) * (per_partition * f64::from(*owned)).min(limit)
+                })
+                .sum()
+        };
+        backlog = (work - served).max(0.0);
+        if backlog < 1e-9 {
+            backlog = 0.0;
+        }
+        m.backlog_s = if load > 0.0 {
+            backlog / load * 60.0
+        } else {
+            0.0
+        };
+    }
+}
+
+/// How the in-place strategy sizes pods: a short-window recommendation from the pods' live
+/// usage, quick to rise and slow to fall.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FastLoop {
+    /// Minutes of per-pod usage the recommendation looks at (its highest value).
+    pub window_min: usize,
+    /// Headroom over that peak.
+    pub margin: f64,
+    /// Minutes the recommendation must stay below 80% of the request before it shrinks.
+    pub fall_after_min: usize,
+    /// Minutes a pod size outside `[minCpus, maxAllowed]` (or a deferred resize) must last
+    /// before replicas step up.
+    pub step_up_after_min: usize,
+    /// Minutes the load must fit one divisor fewer (at 70% of `maxAllowed`) before a step down.
+    pub step_down_after_min: usize,
+    /// Most replica changes a day.
+    pub steps_per_day: u32,
+}
+
+impl Default for FastLoop {
+    fn default() -> Self {
+        FastLoop {
+            window_min: 10,
+            margin: 1.15,
+            fall_after_min: 10,
+            step_up_after_min: 1,
+            step_down_after_min: 240,
+            steps_per_day: 4,
+        }
+    }
+}
+
+/// The in-place strategy: replicas a divisor of the partitions, pods resized in place from a
+/// short window of their live usage (the VPA keeps memory and the long-term floor), within the
+/// node's free CPU; a resize the node cannot take is deferred and, if the need lasts, answered
+/// by a replica step. See [`FastLoop`] for the tuning.
+pub fn inplace(trace: &Trace, s: &Scenario, from: usize, f: &FastLoop) -> Run {
+    let floor = f64::from(s.min_cpus);
+    let aligned = aligned_replicas(s.partitions, s.min_replicas, s.partitions);
+    let mut step = 0usize; // index into `aligned`
+    let mut request = floor;
+    let mut pending: Option<(usize, f64)> = None; // (takes effect at, request)
+    let mut window: std::collections::VecDeque<f64> = Default::default();
+    let (mut low_for, mut high_for, mut fits_for) = (0usize, 0usize, 0usize);
+    let mut steps_today: Vec<usize> = Vec::new(); // minutes of recent replica changes
+    let node_free = s.node_cpus * (1.0 - s.node_fullness);
+    let mut minutes = Vec::with_capacity(trace.cores.len());
+    let (mut changes, mut resizes, mut deferred) = (0, 0, 0);
+    for (t, &load) in trace.cores.iter().enumerate() {
+        if let Some((_, to)) = pending.filter(|(at, _)| *at <= t) {
+            request = to;
+            pending = None;
+        }
+        let replicas = aligned.get(step).copied().unwrap_or(s.partitions);
+        let m = minute(load, s.partitions, replicas, request, s.burst);
+        minutes.push(m);
+        // The fullest pod's usage, as the metrics API reports it (capped at its limit: a
+        // throttled pod hides its demand, so a pod at its limit asks for a lot more).
+        let busy = replicas.min(s.partitions).max(1);
+        let fullest = f64::from(s.partitions.div_ceil(busy));
+        let limit = request * s.burst;
+        let used = (load / f64::from(s.partitions) * fullest).min(limit);
+        window.push_back(if used >= limit * 0.98 {
+            limit * 1.5
+        } else {
+            used
+        });
+        if window.len() > f.window_min {
+            window.pop_front();
+        }
+        let peak = window.iter().copied().fold(0.0, f64::max);
+        let wanted = ((peak * f.margin * 10.0).ceil() / 10.0).max(floor);
+        steps_today.retain(|at| t < at + 1440);
+        let may_step = steps_today.len() < f.steps_per_day as usize
+            && steps_today.last().is_none_or(|at| t >= at + 10);
+        // Replicas: up when the pods would have to outgrow maxAllowed (or the node) for a while.
+        let too_big = wanted > s.max_allowed || wanted - request > node_free;
+        high_for = if too_big { high_for + 1 } else { 0 };
+        let fewer = step.checked_sub(1).and_then(|i| aligned.get(i)).copied();
+        let fits_fewer = fewer.is_some_and(|r| {
+            let fullest_then = f64::from(s.partitions.div_ceil(r.min(s.partitions)));
+            peak / fullest * fullest_then * f.margin <= s.max_allowed * 0.7
+        });
+        fits_for = if fits_fewer { fits_for + 1 } else { 0 };
+        let mut stepped = None;
+        if high_for >= f.step_up_after_min && step + 1 < aligned.len() && may_step {
+            stepped = Some(step + 1);
+        } else if fits_for >= f.step_down_after_min && may_step {
+            stepped = Some(step - 1);
+        }
+        if let Some(next) = stepped {
+            // Replicas and requests never change in one rollout: the new pods start at the
+            // size that carries the same load per partition, then the fast loop takes over.
+            let to = aligned[next];
+            let per_partition_request = request / fullest;
+            request = (per_partition_request * f64::from(s.partitions.div_ceil(to)))
+                .clamp(floor, s.max_allowed);
+            step = next;
+            pending = None;
+            window.clear();
+            (high_for, fits_for, low_for) = (0, 0, 0);
+            steps_today.push(t);
+            changes += u32::from(t >= from);
+            continue;
+        }
+        if pending.is_some() {
+            continue;
+        }
+        // Requests: up at once (within the node's free CPU), down after a while.
+        let target = wanted.min(s.max_allowed);
+        if target > request * 1.05 {
+            if target - request > node_free {
+                deferred += u32::from(t >= from);
+            } else {
+                pending = Some((t + s.resize_delay_min, target));
+                resizes += u32::from(t >= from);
+            }
+            low_for = 0;
+        } else if target < request * 0.8 {
+            low_for += 1;
+            if low_for >= f.fall_after_min {
+                pending = Some((t + s.resize_delay_min, target));
+                resizes += u32::from(t >= from);
+                low_for = 0;
+            }
+        } else {
+            low_for = 0;
+        }
+    }
+    Run {
+        name: "in-place",
+        minutes: minutes.split_off(from),
+        replica_changes: changes,
+        resizes,
+        deferred,
+    }
+}
+
+/// All four, in report order, each charged its backlog ([`charge_backlog`]). With `s.warm_up` each strategy first runs through the trace
 /// once uncounted, so the VPA's history and the replica count start where the trace ends (a
 /// pipeline that has been running), not from a cold start.
-pub fn simulate(trace: &Trace, s: &Scenario) -> [Run; 3] {
+pub fn simulate(trace: &Trace, s: &Scenario) -> [Run; 4] {
     let (replay, from) = if s.warm_up {
         let mut cores = trace.cores.clone();
         cores.extend_from_slice(&trace.cores);
@@ -642,15 +868,20 @@ pub fn simulate(trace: &Trace, s: &Scenario) -> [Run; 3] {
     } else {
         (trace.clone(), 0)
     };
-    [
+    let mut runs = [
         hpa(&replay, s, from),
         fixed_vpa(&replay, s, from),
         operator(&replay, s, from),
-    ]
+        inplace(&replay, s, from, &FastLoop::default()),
+    ];
+    for run in &mut runs {
+        charge_backlog(run, &replay.cores[from..], s);
+    }
+    runs
 }
 
 /// The report: the trace, the scenario, one row per strategy, waste against the HPA's.
-pub fn report(origin: &str, trace: &Trace, s: &Scenario, runs: &[Run; 3]) -> String {
+pub fn report(origin: &str, trace: &Trace, s: &Scenario, runs: &[Run; 4]) -> String {
     let mut out = String::new();
     let (lo, hi) = trace
         .cores
@@ -680,7 +911,7 @@ pub fn report(origin: &str, trace: &Trace, s: &Scenario, runs: &[Run; 3]) -> Str
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8}",
+        "{:<10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>13}",
         "strategy",
         "requested",
         "used",
@@ -691,11 +922,13 @@ pub fn report(origin: &str, trace: &Trace, s: &Scenario, runs: &[Run; 3]) -> Str
         "over",
         "skew",
         "replica",
-        "resizes"
+        "resizes",
+        "deferred",
+        "backlog s"
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8}",
+        "{:<10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>13}",
         "",
         "core-h",
         "core-h",
@@ -706,7 +939,9 @@ pub fn report(origin: &str, trace: &Trace, s: &Scenario, runs: &[Run; 3]) -> Str
         "request",
         "mean/max",
         "changes",
-        ""
+        "",
+        "",
+        "p99/peak"
     );
     let hpa_waste = runs[0].totals().waste;
     for run in runs {
@@ -718,7 +953,7 @@ pub fn report(origin: &str, trace: &Trace, s: &Scenario, runs: &[Run; 3]) -> Str
         };
         let _ = writeln!(
             out,
-            "{:<10} {:>10.0} {:>10.0} {:>10.0} {:>6.1}% {:>9} {:>8.1}% {:>8.1}% {:>10} {:>8} {:>8}",
+            "{:<10} {:>10.0} {:>10.0} {:>10.0} {:>6.1}% {:>9} {:>8.1}% {:>8.1}% {:>10} {:>8} {:>8} {:>8} {:>13}",
             run.name,
             t.requested,
             t.used,
@@ -729,13 +964,15 @@ pub fn report(origin: &str, trace: &Trace, s: &Scenario, runs: &[Run; 3]) -> Str
             t.over_request_share * 100.0,
             format!("{:.2}/{:.2}", t.skew_mean, t.skew_max),
             run.replica_changes,
-            run.resizes
+            run.resizes,
+            run.deferred,
+            format!("{:.0}/{:.0}", t.backlog_p99_s, t.backlog_peak_s)
         );
     }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "used: CPU used within the requests; waste: requested minus used; under-provisioned: minutes some pod needs more than its limit (the pipeline lags); over request: minutes some pod needs more than it reserved (it lags as soon as its node is busy); skew: partitions of the fullest pod over the mean. Grab measured ~45% less waste moving from HPA to fixed pods with VPA."
+        "used: CPU used within the requests; waste: requested minus used; under-provisioned: minutes some pod needs more than its limit (the pipeline lags); over request: minutes some pod needs more than it reserved (it lags as soon as its node is busy); skew: partitions of the fullest pod over the mean; resizes: pod resizes (in place), deferred: in-place resizes the node could not take; backlog: work queued, in seconds of input (throttled minutes and rebalance pauses carried over). Grab measured ~45% less waste moving from HPA to fixed pods with VPA."
     );
     out.lines()
         .map(|l| l.trim_end().to_owned() + "\n")
@@ -744,23 +981,29 @@ pub fn report(origin: &str, trace: &Trace, s: &Scenario, runs: &[Run; 3]) -> Str
 
 /// One row of the every-trace table in `deploy/capacity/README.md`: the HPA's waste, the others'
 /// against it, and each strategy's under-provisioned share.
-pub fn summary_row(trace: &str, runs: &[Run; 3]) -> String {
+pub fn summary_row(trace: &str, runs: &[Run; 4]) -> String {
     let t: Vec<Totals> = runs.iter().map(Run::totals).collect();
     let versus = |x: &Totals| format!("{:+.0}%", (x.waste / t[0].waste - 1.0) * 100.0);
     format!(
-        "| {trace} | {:.0} core-h ({:.1}%) | {} | {} | {:.1}% / {:.1}% / {:.1}% |",
+        "| {trace} | {:.0} core-h ({:.1}%) | {} | {} | {} | {:.1}% / {:.1}% / {:.1}% / {:.1}% | {:.0} / {:.0} / {:.0} / {:.0} |",
         t[0].waste,
         t[0].waste_share * 100.0,
         versus(&t[1]),
         versus(&t[2]),
+        versus(&t[3]),
         t[0].under_share * 100.0,
         t[1].under_share * 100.0,
-        t[2].under_share * 100.0
+        t[2].under_share * 100.0,
+        t[3].under_share * 100.0,
+        t[0].backlog_p99_s,
+        t[1].backlog_p99_s,
+        t[2].backlog_p99_s,
+        t[3].backlog_p99_s
     )
 }
 
 /// The three runs over time as an SVG: load and requested cores above, replicas below.
-pub fn plot_svg(trace: &Trace, runs: &[Run; 3]) -> Result<String, String> {
+pub fn plot_svg(trace: &Trace, runs: &[Run; 4]) -> Result<String, String> {
     use plotters::prelude::*;
     let mut svg = String::new();
     {
@@ -778,6 +1021,7 @@ pub fn plot_svg(trace: &Trace, runs: &[Run; 3]) -> Result<String, String> {
             RGBColor(214, 39, 40),
             RGBColor(31, 119, 180),
             RGBColor(44, 160, 44),
+            RGBColor(148, 103, 189),
         ];
         let mut chart = ChartBuilder::on(&top)
             .caption("CPU: load and requests (cores)", ("sans-serif", 22))
@@ -891,6 +1135,113 @@ mod tests {
         }
     }
 
+    fn flat(cores: &[f64]) -> Trace {
+        Trace {
+            cores: cores.to_vec(),
+        }
+    }
+
+    #[test]
+    fn throttled_minutes_carry_backlog_into_the_next_ones() {
+        let s = Scenario {
+            partitions: 4,
+            burst: 1.0,
+            ..Scenario::default()
+        };
+        // 4 pods of 1 core (limit 1): 6 cores of load for a minute leaves 2 core-minutes queued,
+        // which the next minutes at 3 cores work off (1 core spare each).
+        let loads = [6.0, 3.0, 3.0, 3.0];
+        let mut run = Run {
+            name: "t",
+            minutes: loads.iter().map(|l| minute(*l, 4, 4, 1.0, 1.0)).collect(),
+            replica_changes: 0,
+            resizes: 0,
+            deferred: 0,
+        };
+        charge_backlog(&mut run, &loads, &s);
+        let b: Vec<f64> = run.minutes.iter().map(|m| m.backlog_s).collect();
+        assert!(
+            (b[0] - 20.0).abs() < 1e-9,
+            "2 core-min of 6 cores: 20 s, {b:?}"
+        );
+        assert!(
+            (b[1] - 20.0).abs() < 1e-9,
+            "1 core-min of 3 cores: 20 s, {b:?}"
+        );
+        assert_eq!((b[2], b[3]), (0.0, 0.0), "{b:?}");
+    }
+
+    #[test]
+    fn a_replica_change_stops_the_moved_partitions_for_the_pause() {
+        let s = Scenario {
+            partitions: 4,
+            rebalance_pause_s: 30.0,
+            ..Scenario::default()
+        };
+        // 2 -> 4 replicas moves half the partitions: half of a 30 s pause of 4 cores queues,
+        // 1 core-minute; big pods work it off within the minute.
+        let loads = [4.0, 4.0];
+        let mut run = Run {
+            name: "t",
+            minutes: vec![minute(4.0, 4, 2, 4.0, 1.0), minute(4.0, 4, 4, 1.0, 1.0)],
+            replica_changes: 1,
+            resizes: 0,
+            deferred: 0,
+        };
+        charge_backlog(&mut run, &loads, &Scenario { burst: 1.0, ..s });
+        // 4 pods of 1 core serve exactly the 4 cores of load: the pause's core-minute stays.
+        assert!(
+            (run.minutes[1].backlog_s - 15.0).abs() < 1e-9,
+            "{:?}",
+            run.minutes[1]
+        );
+    }
+
+    #[test]
+    fn an_in_place_resize_lands_after_its_delay_and_beyond_the_node_is_deferred() {
+        let s = Scenario {
+            partitions: 2,
+            min_replicas: 2,
+            min_cpus: 1,
+            max_allowed: 8.0,
+            burst: 2.0,
+            resize_delay_min: 2,
+            node_cpus: 8.0,
+            node_fullness: 0.75, // 2 cores free per node
+            warm_up: false,
+            ..Scenario::default()
+        };
+        let f = FastLoop::default();
+        // 2 pods, each 1 core of load: fits. Then 3 cores each: the window asks for ~3.5
+        // cores, 2.5 more than the request: within the node's 2 free cores? No: deferred.
+        let mut cores = vec![2.0; 20];
+        cores.extend(vec![6.0; 5]);
+        let run = inplace(&flat(&cores), &s, 0, &f);
+        assert!(run.deferred > 0, "{run:?}");
+        // A smaller rise fits the node: asked at one minute, in effect two minutes later.
+        let s = Scenario {
+            node_fullness: 0.25,
+            ..s
+        };
+        let run = inplace(&flat(&cores), &s, 0, &f);
+        assert_eq!(run.deferred, 0);
+        let request = |m: &Minute| m.requested / f64::from(m.replicas);
+        assert_eq!(
+            request(&run.minutes[20]),
+            request(&run.minutes[19]),
+            "asked at 20"
+        );
+        assert_eq!(
+            request(&run.minutes[21]),
+            request(&run.minutes[20]),
+            "not yet"
+        );
+        assert!(
+            request(&run.minutes[22]) > request(&run.minutes[21]),
+            "in effect at 22"
+        );
+    }
+
     #[test]
     fn the_every_trace_table_is_current() {
         let readme =
@@ -941,7 +1292,10 @@ mod tests {
         let readme =
             std::fs::read_to_string(crate::repo::path("deploy/capacity/README.md")).unwrap();
         for row in report.lines().filter(|l| {
-            l.starts_with("hpa ") || l.starts_with("fixed+vpa ") || l.starts_with("operator ")
+            l.starts_with("hpa ")
+                || l.starts_with("fixed+vpa ")
+                || l.starts_with("operator ")
+                || l.starts_with("in-place ")
         }) {
             assert!(
                 readme.lines().any(|l| l == row),
@@ -1034,7 +1388,7 @@ mod tests {
         let runs = simulate(&shipped(), &s);
         assert_eq!(
             runs.each_ref().map(|r| r.name),
-            ["hpa", "fixed+vpa", "operator"]
+            ["hpa", "fixed+vpa", "operator", "in-place"]
         );
         for run in &runs {
             assert_eq!(
@@ -1053,7 +1407,7 @@ mod tests {
             let t = run.totals();
             assert!((t.waste - (t.requested - t.used)).abs() < 1e-6);
         }
-        let [hpa, fixed, operator] = &runs;
+        let [hpa, fixed, operator, _] = &runs;
         // HPA: replicas that do not divide 24 leave the fullest pod with more partitions.
         assert!(hpa.totals().skew_max >= 1.5, "{:?}", hpa.totals());
         assert!(hpa.replica_changes > 100, "HPA follows the daily curve");
