@@ -307,9 +307,251 @@ pub fn decide(config: &PolicyConfig, inputs: &Inputs, state: State) -> Decision 
     hold(Reason::Steady, next, limited)
 }
 
+/// The fast vertical loop's tuning: pods resized in place from a short window of their live
+/// usage, quick to rise and slow to fall, with aligned replica steps when a pod would have to
+/// leave `[minCpus, maxAllowed]` (or outgrow its node). `sluice capacity simulate` runs it as
+/// the `in-place` strategy; the defaults are what the simulation was tuned to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FastLoop {
+    /// Minutes of per-pod usage the recommendation looks at (its highest value).
+    pub window_min: usize,
+    /// Headroom over that peak.
+    pub margin: f64,
+    /// Minutes the recommendation must stay below 80% of the request before it shrinks.
+    pub fall_after_min: usize,
+    /// Minutes a pod size beyond `maxAllowed` or the node's free CPU must last before replicas
+    /// step up.
+    pub step_up_after_min: usize,
+    /// Minutes the load must fit one divisor fewer (at 70% of `maxAllowed`) before a step down.
+    pub step_down_after_min: usize,
+    /// Most replica changes in any 24 hours.
+    pub steps_per_day: u32,
+}
+
+impl Default for FastLoop {
+    fn default() -> Self {
+        FastLoop {
+            window_min: 10,
+            margin: 1.15,
+            fall_after_min: 10,
+            step_up_after_min: 1,
+            step_down_after_min: 240,
+            steps_per_day: 4,
+        }
+    }
+}
+
+/// What the fast loop remembers from one minute to the next.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FastState {
+    /// The fullest pod's usage, last `window_min` minutes (cores).
+    window: std::collections::VecDeque<f64>,
+    /// Minutes the recommendation has been below 80% of the request.
+    low_for: usize,
+    /// Minutes a pod would have had to outgrow `maxAllowed` or its node.
+    high_for: usize,
+    /// Minutes the load has fitted one divisor fewer.
+    fits_for: usize,
+    /// Minutes of the replica steps of the last 24 hours.
+    steps: Vec<u64>,
+}
+
+/// What the fast loop sees, once a minute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FastInputs<'a> {
+    /// Minutes since some fixed point.
+    pub now_min: u64,
+    /// Partitions of the source topics.
+    pub partitions: u32,
+    /// The replica counts allowed (divisors of the partitions), ascending.
+    pub aligned: &'a [u32],
+    /// Replicas now.
+    pub replicas: u32,
+    /// Each pod's CPU request now (cores).
+    pub request: f64,
+    /// Each pod's CPU limit now (cores).
+    pub limit: f64,
+    /// The CPU usage of the fullest pod (the metrics API; cores).
+    pub fullest_usage: f64,
+    /// CPU a pod can grow into on its node (cores).
+    pub node_free: f64,
+    /// `minCpus`.
+    pub min_cpus: f64,
+    /// `maxAllowed` (cores).
+    pub max_allowed: f64,
+    /// A resize was asked and has not landed yet.
+    pub resize_pending: bool,
+}
+
+/// What the fast loop does this minute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FastAction {
+    /// Nothing.
+    Hold,
+    /// Resize every pod's CPU request in place to this many cores.
+    Resize(f64),
+    /// The pods need a resize their nodes cannot take: counted, answered by a step if it lasts.
+    Deferred,
+    /// Step to this many replicas, each pod starting at this request (replicas and requests in
+    /// one step, never two rollouts at once; the fast loop takes over from there).
+    StepTo(u32, f64),
+}
+
+/// One minute of the fast loop.
+pub fn fast_decide(f: &FastLoop, input: &FastInputs<'_>, state: &mut FastState) -> FastAction {
+    let pods_of = |r: u32| f64::from(input.partitions.div_ceil(r.clamp(1, input.partitions)));
+    let fullest = pods_of(input.replicas);
+    // A pod at its limit is throttled and hides its demand: it asks for a lot more.
+    let used = input.fullest_usage;
+    state.window.push_back(if used >= input.limit * 0.98 {
+        input.limit * 1.5
+    } else {
+        used
+    });
+    if state.window.len() > f.window_min {
+        state.window.pop_front();
+    }
+    let peak = state.window.iter().copied().fold(0.0, f64::max);
+    let wanted = ((peak * f.margin * 10.0).ceil() / 10.0).max(input.min_cpus);
+    let now = input.now_min;
+    state.steps.retain(|at| now < at + 1440);
+    let may_step = state.steps.len() < f.steps_per_day as usize
+        && state.steps.last().is_none_or(|at| now >= at + 10);
+    let step = input
+        .aligned
+        .iter()
+        .position(|r| *r == input.replicas)
+        .unwrap_or(0);
+    // Replicas: up when the pods would have to outgrow maxAllowed (or the node) for a while,
+    // down when the load has fitted one divisor fewer for long.
+    let too_big = wanted > input.max_allowed || wanted - input.request > input.node_free;
+    state.high_for = if too_big { state.high_for + 1 } else { 0 };
+    let fewer = step
+        .checked_sub(1)
+        .and_then(|i| input.aligned.get(i))
+        .copied();
+    let fits_fewer =
+        fewer.is_some_and(|r| peak / fullest * pods_of(r) * f.margin <= input.max_allowed * 0.7);
+    state.fits_for = if fits_fewer { state.fits_for + 1 } else { 0 };
+    let next = if state.high_for >= f.step_up_after_min && step + 1 < input.aligned.len() {
+        Some(step + 1)
+    } else if state.fits_for >= f.step_down_after_min {
+        Some(step - 1)
+    } else {
+        None
+    };
+    if let Some(next) = next.filter(|_| may_step) {
+        let to = input.aligned[next];
+        // The new pods start at the size that carries the same load per partition.
+        let request =
+            (input.request / fullest * pods_of(to)).clamp(input.min_cpus, input.max_allowed);
+        state.window.clear();
+        (state.high_for, state.fits_for, state.low_for) = (0, 0, 0);
+        state.steps.push(now);
+        return FastAction::StepTo(to, request);
+    }
+    if input.resize_pending {
+        return FastAction::Hold;
+    }
+    // Requests: up at once (within the node's free CPU), down after a while.
+    let target = wanted.min(input.max_allowed);
+    if target > input.request * 1.05 {
+        state.low_for = 0;
+        if target - input.request > input.node_free {
+            FastAction::Deferred
+        } else {
+            FastAction::Resize(target)
+        }
+    } else if target < input.request * 0.8 {
+        state.low_for += 1;
+        if state.low_for >= f.fall_after_min {
+            state.low_for = 0;
+            FastAction::Resize(target)
+        } else {
+            FastAction::Hold
+        }
+    } else {
+        state.low_for = 0;
+        FastAction::Hold
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fast_input(aligned: &[u32], replicas: u32, request: f64, usage: f64) -> FastInputs<'_> {
+        FastInputs {
+            now_min: 0,
+            partitions: 12,
+            aligned,
+            replicas,
+            request,
+            limit: request * 2.0,
+            fullest_usage: usage,
+            node_free: 1.2,
+            min_cpus: 1.0,
+            max_allowed: 4.0,
+            resize_pending: false,
+        }
+    }
+
+    #[test]
+    fn the_fast_loop_rises_at_once_falls_slowly_and_defers_what_the_node_cannot_take() {
+        let f = FastLoop::default();
+        let aligned = [2, 3, 4, 6, 12];
+        let mut state = FastState::default();
+        // 1.5 cores used on 1-core pods: up at once to 1.5 x 1.15 = 1.8.
+        let a = fast_decide(&f, &fast_input(&aligned, 4, 1.0, 1.5), &mut state);
+        assert_eq!(a, FastAction::Resize(1.8));
+        // Usage drops: nothing for `fall_after_min` - 1 minutes (the window still holds 1.5).
+        let mut state = FastState::default();
+        let mut actions = Vec::new();
+        for minute in 0..30 {
+            let mut input = fast_input(&aligned, 4, 3.0, if minute == 0 { 2.5 } else { 1.0 });
+            input.now_min = minute;
+            actions.push(fast_decide(&f, &input, &mut state));
+        }
+        let first = actions.iter().position(|a| *a != FastAction::Hold).unwrap();
+        assert!(
+            first >= f.window_min,
+            "falls only once the peak left the window: {actions:?}"
+        );
+        assert_eq!(actions[first], FastAction::Resize(1.2));
+        // A rise of more than the node's free CPU is deferred (and counted by the caller)...
+        let mut state = FastState {
+            steps: vec![0, 20, 40, 60], // ...and with no step left today, stays deferred.
+            ..FastState::default()
+        };
+        let mut input = fast_input(&aligned, 4, 1.0, 1.95);
+        input.now_min = 100;
+        assert_eq!(fast_decide(&f, &input, &mut state), FastAction::Deferred);
+    }
+
+    #[test]
+    fn the_fast_loop_steps_to_the_next_divisor_carrying_the_load_per_partition() {
+        let f = FastLoop::default();
+        let aligned = [2, 3, 4, 6, 12];
+        let mut state = FastState::default();
+        // 4 replicas of 3 partitions, the fullest pod at its 4-core limit on 2-core requests
+        // would need more than maxAllowed: step up to 6 replicas of 2 partitions, each pod at
+        // two thirds of the request.
+        let mut input = fast_input(&aligned, 4, 3.0, 3.9);
+        input.limit = 4.0;
+        assert_eq!(
+            fast_decide(&f, &input, &mut state),
+            FastAction::StepTo(6, 2.0)
+        );
+        // No second step within 10 minutes.
+        input.replicas = 6;
+        input.request = 2.0;
+        input.now_min = 5;
+        input.fullest_usage = 3.9;
+        assert!(!matches!(
+            fast_decide(&f, &input, &mut state),
+            FastAction::StepTo(..)
+        ));
+    }
 
     fn inputs(replicas: u32, uncapped: Millis) -> Inputs {
         Inputs {

@@ -33,7 +33,10 @@
 
 use std::fmt::Write as _;
 
-use crate::policy::{self, Action, PolicyConfig, aligned_replicas};
+use crate::policy::{
+    self, Action, FastAction, FastInputs, FastLoop, FastState, PolicyConfig, aligned_replicas,
+    fast_decide,
+};
 
 /// Total CPU (cores) the pipeline needs, one value per minute.
 #[derive(Debug, Clone, PartialEq)]
@@ -719,51 +722,18 @@ pub fn charge_backlog(run: &mut Run, loads: &[f64], s: &Scenario) {
     }
 }
 
-/// How the in-place strategy sizes pods: a short-window recommendation from the pods' live
-/// usage, quick to rise and slow to fall.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FastLoop {
-    /// Minutes of per-pod usage the recommendation looks at (its highest value).
-    pub window_min: usize,
-    /// Headroom over that peak.
-    pub margin: f64,
-    /// Minutes the recommendation must stay below 80% of the request before it shrinks.
-    pub fall_after_min: usize,
-    /// Minutes a pod size outside `[minCpus, maxAllowed]` (or a deferred resize) must last
-    /// before replicas step up.
-    pub step_up_after_min: usize,
-    /// Minutes the load must fit one divisor fewer (at 70% of `maxAllowed`) before a step down.
-    pub step_down_after_min: usize,
-    /// Most replica changes a day.
-    pub steps_per_day: u32,
-}
-
-impl Default for FastLoop {
-    fn default() -> Self {
-        FastLoop {
-            window_min: 10,
-            margin: 1.15,
-            fall_after_min: 10,
-            step_up_after_min: 1,
-            step_down_after_min: 240,
-            steps_per_day: 4,
-        }
-    }
-}
-
 /// The in-place strategy: replicas a divisor of the partitions, pods resized in place from a
 /// short window of their live usage (the VPA keeps memory and the long-term floor), within the
 /// node's free CPU; a resize the node cannot take is deferred and, if the need lasts, answered
-/// by a replica step. See [`FastLoop`] for the tuning.
+/// by a replica step. The decisions are the policy's (`policy::fast_decide`, tuned by
+/// [`FastLoop`]); here a resize lands `resize_delay_min` after it is asked.
 pub fn inplace(trace: &Trace, s: &Scenario, from: usize, f: &FastLoop) -> Run {
     let floor = f64::from(s.min_cpus);
     let aligned = aligned_replicas(s.partitions, s.min_replicas, s.partitions);
-    let mut step = 0usize; // index into `aligned`
+    let mut replicas = aligned.first().copied().unwrap_or(s.partitions);
     let mut request = floor;
     let mut pending: Option<(usize, f64)> = None; // (takes effect at, request)
-    let mut window: std::collections::VecDeque<f64> = Default::default();
-    let (mut low_for, mut high_for, mut fits_for) = (0usize, 0usize, 0usize);
-    let mut steps_today: Vec<usize> = Vec::new(); // minutes of recent replica changes
+    let mut state = FastState::default();
     let node_free = s.node_cpus * (1.0 - s.node_fullness);
     let mut minutes = Vec::with_capacity(trace.cores.len());
     let (mut changes, mut resizes, mut deferred) = (0, 0, 0);
@@ -772,80 +742,39 @@ pub fn inplace(trace: &Trace, s: &Scenario, from: usize, f: &FastLoop) -> Run {
             request = to;
             pending = None;
         }
-        let replicas = aligned.get(step).copied().unwrap_or(s.partitions);
-        let m = minute(load, s.partitions, replicas, request, s.burst);
-        minutes.push(m);
-        // The fullest pod's usage, as the metrics API reports it (capped at its limit: a
-        // throttled pod hides its demand, so a pod at its limit asks for a lot more).
+        minutes.push(minute(load, s.partitions, replicas, request, s.burst));
+        // What the metrics API reports for the fullest pod: its share of the load, up to its
+        // limit.
         let busy = replicas.min(s.partitions).max(1);
         let fullest = f64::from(s.partitions.div_ceil(busy));
         let limit = request * s.burst;
-        let used = (load / f64::from(s.partitions) * fullest).min(limit);
-        window.push_back(if used >= limit * 0.98 {
-            limit * 1.5
-        } else {
-            used
-        });
-        if window.len() > f.window_min {
-            window.pop_front();
-        }
-        let peak = window.iter().copied().fold(0.0, f64::max);
-        let wanted = ((peak * f.margin * 10.0).ceil() / 10.0).max(floor);
-        steps_today.retain(|at| t < at + 1440);
-        let may_step = steps_today.len() < f.steps_per_day as usize
-            && steps_today.last().is_none_or(|at| t >= at + 10);
-        // Replicas: up when the pods would have to outgrow maxAllowed (or the node) for a while.
-        let too_big = wanted > s.max_allowed || wanted - request > node_free;
-        high_for = if too_big { high_for + 1 } else { 0 };
-        let fewer = step.checked_sub(1).and_then(|i| aligned.get(i)).copied();
-        let fits_fewer = fewer.is_some_and(|r| {
-            let fullest_then = f64::from(s.partitions.div_ceil(r.min(s.partitions)));
-            peak / fullest * fullest_then * f.margin <= s.max_allowed * 0.7
-        });
-        fits_for = if fits_fewer { fits_for + 1 } else { 0 };
-        let mut stepped = None;
-        if high_for >= f.step_up_after_min && step + 1 < aligned.len() && may_step {
-            stepped = Some(step + 1);
-        } else if fits_for >= f.step_down_after_min && may_step {
-            stepped = Some(step - 1);
-        }
-        if let Some(next) = stepped {
-            // Replicas and requests never change in one rollout: the new pods start at the
-            // size that carries the same load per partition, then the fast loop takes over.
-            let to = aligned[next];
-            let per_partition_request = request / fullest;
-            request = (per_partition_request * f64::from(s.partitions.div_ceil(to)))
-                .clamp(floor, s.max_allowed);
-            step = next;
-            pending = None;
-            window.clear();
-            (high_for, fits_for, low_for) = (0, 0, 0);
-            steps_today.push(t);
-            changes += u32::from(t >= from);
-            continue;
-        }
-        if pending.is_some() {
-            continue;
-        }
-        // Requests: up at once (within the node's free CPU), down after a while.
-        let target = wanted.min(s.max_allowed);
-        if target > request * 1.05 {
-            if target - request > node_free {
-                deferred += u32::from(t >= from);
-            } else {
-                pending = Some((t + s.resize_delay_min, target));
-                resizes += u32::from(t >= from);
+        let input = FastInputs {
+            now_min: t as u64,
+            partitions: s.partitions,
+            aligned: &aligned,
+            replicas,
+            request,
+            limit,
+            fullest_usage: (load / f64::from(s.partitions) * fullest).min(limit),
+            node_free,
+            min_cpus: floor,
+            max_allowed: s.max_allowed,
+            resize_pending: pending.is_some(),
+        };
+        let counted = u32::from(t >= from);
+        match fast_decide(f, &input, &mut state) {
+            FastAction::Hold => {}
+            FastAction::Resize(to) => {
+                pending = Some((t + s.resize_delay_min, to));
+                resizes += counted;
             }
-            low_for = 0;
-        } else if target < request * 0.8 {
-            low_for += 1;
-            if low_for >= f.fall_after_min {
-                pending = Some((t + s.resize_delay_min, target));
-                resizes += u32::from(t >= from);
-                low_for = 0;
+            FastAction::Deferred => deferred += counted,
+            FastAction::StepTo(to, new_request) => {
+                replicas = to;
+                request = new_request;
+                pending = None;
+                changes += counted;
             }
-        } else {
-            low_for = 0;
         }
     }
     Run {
