@@ -746,9 +746,98 @@ pub fn example_yaml(sp: &StreamPipeline, replicas: u32) -> String {
     format!("{header}{}", to_yaml(&children.all()))
 }
 
+/// The body of a pod `resize` subresource patch that sets the pipeline container's CPU request
+/// to `millis` in place, with its limit at `CPU_BURST` times that (as the Deployment has it).
+/// With `resizePolicy: NotRequired` nothing restarts: the runtime follows its new quota.
+pub fn cpu_resize_patch(millis: u64) -> Value {
+    json!({"spec": {"containers": [{
+        "name": CONTAINER,
+        "resources": {
+            "requests": {"cpu": millis_quantity(millis)},
+            "limits": {"cpu": millis_quantity(millis * CPU_BURST)},
+        },
+    }]}})
+}
+
+/// Where a pod's last in-place resize stands, from its status conditions (Kubernetes 1.33+).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResizeState {
+    /// No resize pending or in progress: what was asked is what the pod has.
+    Settled,
+    /// The kubelet is applying it.
+    InProgress,
+    /// The node cannot take it now (`PodResizePending`, reason `Deferred`): it may later.
+    Deferred(String),
+    /// The node can never take it (`PodResizePending`, reason `Infeasible`).
+    Infeasible(String),
+}
+
+/// Reads a pod's resize conditions: `PodResizePending` (reason `Deferred` or `Infeasible`) and
+/// `PodResizeInProgress`.
+pub fn resize_state(pod: &Value) -> ResizeState {
+    let conditions = pod["status"]["conditions"].as_array();
+    let find = |kind: &str| {
+        conditions?
+            .iter()
+            .find(|c| c["type"] == kind && c["status"] == "True")
+    };
+    if let Some(pending) = find("PodResizePending") {
+        let message = pending["message"].as_str().unwrap_or_default().to_owned();
+        return match pending["reason"].as_str() {
+            Some("Infeasible") => ResizeState::Infeasible(message),
+            _ => ResizeState::Deferred(message),
+        };
+    }
+    if find("PodResizeInProgress").is_some() {
+        return ResizeState::InProgress;
+    }
+    ResizeState::Settled
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cpu_resize_patch_sets_request_and_limit_of_the_pipeline_container() {
+        assert_eq!(
+            cpu_resize_patch(1500),
+            json!({"spec": {"containers": [{"name": "pipeline", "resources": {
+                "requests": {"cpu": "1500m"}, "limits": {"cpu": "3"}}}]}})
+        );
+    }
+
+    #[test]
+    fn resize_conditions_read_as_settled_in_progress_deferred_or_infeasible() {
+        let pod = |conditions: Value| json!({"status": {"conditions": conditions}});
+        assert_eq!(resize_state(&json!({})), ResizeState::Settled);
+        assert_eq!(
+            resize_state(&pod(json!([{"type": "Ready", "status": "True"}]))),
+            ResizeState::Settled
+        );
+        assert_eq!(
+            resize_state(&pod(
+                json!([{"type": "PodResizeInProgress", "status": "True"}])
+            )),
+            ResizeState::InProgress
+        );
+        assert_eq!(
+            resize_state(&pod(json!([{"type": "PodResizePending", "status": "True",
+                "reason": "Deferred", "message": "Node didn't have enough resource: cpu"}]))),
+            ResizeState::Deferred("Node didn't have enough resource: cpu".into())
+        );
+        assert_eq!(
+            resize_state(&pod(json!([{"type": "PodResizePending", "status": "True",
+                "reason": "Infeasible", "message": "exceeds node capacity"}]))),
+            ResizeState::Infeasible("exceeds node capacity".into())
+        );
+        assert_eq!(
+            resize_state(&pod(json!([{"type": "PodResizePending", "status": "False",
+                "reason": "Deferred"}]))),
+            ResizeState::Settled,
+            "a condition that is not True says nothing"
+        );
+    }
 
     use crate::repo::path as repo;
 
