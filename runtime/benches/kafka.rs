@@ -7,7 +7,8 @@
 //! comparison also reports the CPU time sluice spent per event (`/proc/PID/stat`).
 //!
 //! The raw loop is what a careful hand-written at-least-once service does: poll, produce
-//! (idempotent, acks=all), and every 10,000 events flush the producer and commit.
+//! (idempotent, acks=all), and every 10,000 events (and when the input goes quiet) flush the
+//! producer and commit (`common::raw_loop`).
 //!
 //! Run: `make bench` (or `cargo build --release -p passthrough -p sluice-cli && cargo bench -p sluice-runtime --bench kafka`).
 

@@ -7,7 +7,7 @@ use std::ops::{Deref, Range};
 use std::sync::Arc;
 
 use rdkafka::Timestamp;
-use rdkafka::message::{BorrowedMessage, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, OwnedHeaders};
 
 /// Bytes owned by one event, or a range of a buffer shared by the events of one read.
 #[derive(Debug, Clone)]
@@ -111,16 +111,6 @@ impl Message {
     /// The headers.
     pub fn headers(&self) -> Option<&OwnedHeaders> {
         self.headers.as_ref()
-    }
-
-    /// The value of the last header named `key`.
-    pub fn header(&self, key: &str) -> Option<&[u8]> {
-        self.headers
-            .as_ref()?
-            .iter()
-            .filter(|h| h.key == key)
-            .last()?
-            .value
     }
 }
 

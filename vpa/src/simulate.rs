@@ -379,8 +379,6 @@ pub struct Totals {
     pub backlog_peak_s: f64,
     /// 99th percentile of the per-minute backlog (seconds of input).
     pub backlog_p99_s: f64,
-    /// Days the run covers.
-    pub days: f64,
 }
 
 impl Run {
@@ -410,7 +408,6 @@ impl Run {
                     .copied()
                     .unwrap_or(0.0)
             },
-            days: n / 1440.0,
         }
     }
 }

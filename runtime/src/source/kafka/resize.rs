@@ -8,15 +8,15 @@
 //! processed) and hands back the partition's events still queued, unprocessed; the new worker
 //! gets `assigned`, then those events in order, then the next ones. So a resize waits for one
 //! plugin call, not for a deep queue. With `ordering: key | none` every worker holds every
-//! partition and a unit is split over them, so each worker first works off its queue, then
-//! `revoked` and flush, then the new set of workers gets `assigned`.
+//! partition and a unit is split over them: every worker hands every partition back the same
+//! way, and the returned events are spread again over the new set of workers (which gets
+//! `assigned`), each unit's parts counted anew in the tracker.
 //!
 //! Resizing runs on the poll thread, the only thread that hands events to workers, so nothing
 //! reaches a worker mid-move; events held for a paused partition go to its new worker. Offsets
 //! are untouched (the tracker counts units, not workers): nothing is lost or committed early.
 
 use std::collections::HashMap;
-
 use std::time::{Duration, Instant};
 
 use super::dispatch::{Dispatch, key_worker};
@@ -78,6 +78,9 @@ pub(crate) fn follow(dispatch: &mut Dispatch, cpu: CpuLimit) {
             tracing::warn!("cannot add a worker to follow the CPU quota: {err}");
             to = pool.len();
         }
+    }
+    if to == from {
+        return; // nothing could be added: the pool stays as it is
     }
     dispatch.workers = pool.senders();
     let moved = match dispatch.ordering {
