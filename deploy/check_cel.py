@@ -113,6 +113,8 @@ for what, request, obj, old, admitted in [
     ("operator updates an unlabelled object", req("UPDATE"), managed, unlabelled, False),
     ("operator deletes another's object", req("DELETE"), None, theirs, False),
     ("someone else writes anything", req("UPDATE", "alice"), theirs, theirs, True),
+    ("operator resizes a pipeline's pod in place", req("UPDATE"), managed, managed, True),
+    ("operator resizes another team's pod", req("UPDATE"), theirs, theirs, False),
 ]:
     expect(f"admission.yaml: {what}", admits(guard, request, obj, old), admitted)
 

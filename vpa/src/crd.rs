@@ -170,6 +170,10 @@ pub enum AppliedBy {
     Vpa,
     /// The operator, in its own rollouts, coordinated with replica steps (`updateMode: Off`).
     Operator,
+    /// The operator's fast loop resizes CPU in place (the pods' `resize` subresource, Kubernetes
+    /// 1.33+) from the last minutes of live usage and steps replicas from the same signal; the
+    /// VPA keeps memory (`InPlaceOrRecreate`, `controlledResources: [memory]`).
+    InPlace,
 }
 
 /// CPU and memory, as Kubernetes quantities (`500m`, `2`, `1Gi`; a plain number is read as
@@ -307,6 +311,39 @@ pub struct PolicyStatus {
     /// The policy's last reason (`Steady`, `PressureBuilding`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `appliedBy: in-place`: the fast loop's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast: Option<FastStatus>,
+}
+
+/// The fast loop's memory (`appliedBy: in-place`), kept in the status so a restarted or newly
+/// elected operator goes on where the last one stopped.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FastStatus {
+    /// The CPU request every pod is resized to (a quantity).
+    pub target_cpu: String,
+    /// When the loop last ran (RFC 3339): it runs once a minute, however often the pipeline is
+    /// reconciled.
+    pub ticked_at: String,
+    /// The fullest pod's CPU (m), one value per minute, oldest first.
+    #[serde(default)]
+    pub window: Vec<u64>,
+    /// Minutes the recommendation has stayed below 80% of the request.
+    #[serde(default)]
+    pub low_for: u32,
+    /// Minutes a pod would have had to outgrow `maxAllowed` or its node.
+    #[serde(default)]
+    pub high_for: u32,
+    /// Minutes the load has fitted one divisor fewer.
+    #[serde(default)]
+    pub fits_for: u32,
+    /// The replica steps of the last 24 hours (RFC 3339).
+    #[serde(default)]
+    pub steps: Vec<String>,
+    /// Pods whose resize a node has deferred or refused, already counted and reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_pods: Vec<String>,
 }
 
 /// The children last applied.

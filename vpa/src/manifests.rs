@@ -571,10 +571,13 @@ pub fn children_sized(
         },
     });
 
-    let (update_mode, controlled) = match res.applied_by {
-        AppliedBy::Vpa => ("InPlaceOrRecreate", res.controlled_values),
+    let (update_mode, resources) = match res.applied_by {
+        AppliedBy::Vpa => ("InPlaceOrRecreate", json!(["cpu", "memory"])),
         // The VPA only recommends; the operator applies requests in its own rollouts.
-        AppliedBy::Operator => ("Off", res.controlled_values),
+        AppliedBy::Operator => ("Off", json!(["cpu", "memory"])),
+        // CPU is the operator's fast loop's (minutes, in place); memory stays the VPA's (a
+        // high percentile of days suits memory, which must never be short).
+        AppliedBy::InPlace => ("InPlaceOrRecreate", json!(["memory"])),
     };
     let vpa = json!({
         "apiVersion": "autoscaling.k8s.io/v1",
@@ -587,8 +590,8 @@ pub fn children_sized(
                 "containerName": CONTAINER,
                 "minAllowed": {"cpu": at_least_cpus(&res.min_allowed.cpu, res.min_cpus), "memory": memory_floor(sp)},
                 "maxAllowed": {"cpu": res.max_allowed.cpu, "memory": res.max_allowed.memory},
-                "controlledResources": ["cpu", "memory"],
-                "controlledValues": match controlled {
+                "controlledResources": resources,
+                "controlledValues": match res.controlled_values {
                     ControlledValues::RequestsOnly => "RequestsOnly",
                     ControlledValues::RequestsAndLimits => "RequestsAndLimits",
                 },
@@ -990,6 +993,18 @@ mod tests {
         assert_eq!(mode(&sp), "InPlaceOrRecreate");
         sp.spec.resources.applied_by = AppliedBy::Operator;
         assert_eq!(mode(&sp), "Off");
+        // In place: the VPA applies memory only; CPU is the operator's fast loop's.
+        sp.spec.resources.applied_by = AppliedBy::InPlace;
+        let c = children(&sp, 4, &Placement::neutral());
+        assert_eq!(
+            c.vpa["spec"]["updatePolicy"]["updateMode"],
+            "InPlaceOrRecreate"
+        );
+        assert_eq!(
+            c.vpa["spec"]["resourcePolicy"]["containerPolicies"][0]["controlledResources"],
+            json!(["memory"])
+        );
+        sp.spec.resources.applied_by = AppliedBy::Operator;
         // Whole CPUs at least, so the runtime's worker count stays sane.
         sp.spec.resources.min_cpus = 2;
         let c = children(&sp, 4, &Placement::neutral());

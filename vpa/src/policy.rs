@@ -40,6 +40,8 @@ pub struct PolicyConfig {
     /// Apply new requests (operator mode) only when they differ by more than this share (the
     /// VPA updater's own threshold is 10%).
     pub resource_change_min: f64,
+    /// `appliedBy: in-place`: the fast loop's tuning.
+    pub fast: FastLoop,
 }
 
 impl Default for PolicyConfig {
@@ -51,6 +53,7 @@ impl Default for PolicyConfig {
             up_fill: 0.85,
             cooldown_s: 600,
             resource_change_min: 0.10,
+            fast: FastLoop::default(),
         }
     }
 }
@@ -341,19 +344,20 @@ impl Default for FastLoop {
     }
 }
 
-/// What the fast loop remembers from one minute to the next.
+/// What the fast loop remembers from one minute to the next (the operator keeps it in the
+/// pipeline's `status.policy.fast`, so a restarted or newly elected operator goes on from it).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FastState {
     /// The fullest pod's usage, last `window_min` minutes (cores).
-    window: std::collections::VecDeque<f64>,
+    pub window: std::collections::VecDeque<f64>,
     /// Minutes the recommendation has been below 80% of the request.
-    low_for: usize,
+    pub low_for: usize,
     /// Minutes a pod would have had to outgrow `maxAllowed` or its node.
-    high_for: usize,
+    pub high_for: usize,
     /// Minutes the load has fitted one divisor fewer.
-    fits_for: usize,
+    pub fits_for: usize,
     /// Minutes of the replica steps of the last 24 hours.
-    steps: Vec<u64>,
+    pub steps: Vec<u64>,
 }
 
 /// What the fast loop sees, once a minute.
@@ -373,7 +377,8 @@ pub struct FastInputs<'a> {
     pub limit: f64,
     /// The CPU usage of the fullest pod (the metrics API; cores).
     pub fullest_usage: f64,
-    /// CPU a pod can grow into on its node (cores).
+    /// CPU a pod can grow into on its node (cores; the operator does not know it and passes
+    /// infinity, then learns of a full node from `deferred`).
     pub node_free: f64,
     /// `minCpus`.
     pub min_cpus: f64,
@@ -381,6 +386,9 @@ pub struct FastInputs<'a> {
     pub max_allowed: f64,
     /// A resize was asked and has not landed yet.
     pub resize_pending: bool,
+    /// A node deferred or refused a resize (`PodResizePending`): the pods cannot grow where
+    /// they are, which counts as outgrowing the node.
+    pub deferred: bool,
 }
 
 /// What the fast loop does this minute.
@@ -424,7 +432,8 @@ pub fn fast_decide(f: &FastLoop, input: &FastInputs<'_>, state: &mut FastState) 
         .unwrap_or(0);
     // Replicas: up when the pods would have to outgrow maxAllowed (or the node) for a while,
     // down when the load has fitted one divisor fewer for long.
-    let too_big = wanted > input.max_allowed || wanted - input.request > input.node_free;
+    let too_big =
+        wanted > input.max_allowed || wanted - input.request > input.node_free || input.deferred;
     state.high_for = if too_big { state.high_for + 1 } else { 0 };
     let fewer = step
         .checked_sub(1)
@@ -493,6 +502,7 @@ mod tests {
             min_cpus: 1.0,
             max_allowed: 4.0,
             resize_pending: false,
+            deferred: false,
         }
     }
 
@@ -526,6 +536,15 @@ mod tests {
         let mut input = fast_input(&aligned, 4, 1.0, 1.95);
         input.now_min = 100;
         assert_eq!(fast_decide(&f, &input, &mut state), FastAction::Deferred);
+        // The operator does not know the node's free CPU: a node that deferred the resize says
+        // it, and the pods step to smaller ones (3 partitions each -> 2, at two thirds the size).
+        let mut state = FastState::default();
+        let mut input = fast_input(&aligned, 4, 1.8, 1.5);
+        (input.node_free, input.resize_pending, input.deferred) = (f64::INFINITY, true, true);
+        assert_eq!(
+            fast_decide(&f, &input, &mut state),
+            FastAction::StepTo(6, 1.2)
+        );
     }
 
     #[test]

@@ -757,6 +757,7 @@ pub fn inplace(trace: &Trace, s: &Scenario, from: usize, f: &FastLoop) -> Run {
             min_cpus: floor,
             max_allowed: s.max_allowed,
             resize_pending: pending.is_some(),
+            deferred: false,
         };
         let counted = u32::from(t >= from);
         match fast_decide(f, &input, &mut state) {
@@ -798,7 +799,7 @@ pub fn simulate(trace: &Trace, s: &Scenario) -> [Run; 4] {
         hpa(&replay, s, from),
         fixed_vpa(&replay, s, from),
         operator(&replay, s, from),
-        inplace(&replay, s, from, &FastLoop::default()),
+        inplace(&replay, s, from, &s.policy.fast),
     ];
     for run in &mut runs {
         charge_backlog(run, &replay.cores[from..], s);
@@ -1456,3 +1457,4 @@ mod tests {
         assert!(svg.matches("<polyline").count() >= 7);
     }
 }
+

@@ -7,8 +7,12 @@
 //! the generation or a replica/request step says so (and every `reapply_every` to repair drift),
 //! the status when it differs. A steady pipeline costs two GETs per resync.
 //!
-//! [`plan`] is the pure part (observed objects in, children and status out); [`reconcile`] does
-//! the I/O around it.
+//! With `appliedBy: in-place` the reconcile also lists the pipeline's pods, runs the fast loop
+//! (`policy::fast_decide`) once a minute on the fullest pod's live usage, and resizes pods in
+//! place through their `resize` subresource, never during a rollout.
+//!
+//! [`plan`] is the pure part (observed objects in, children, resizes and status out);
+//! [`reconcile`] does the I/O around it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,14 +26,17 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use sluice_vpa::crd::{
-    AppliedBy, AppliedChildren, Condition, PolicyStatus, Quantities, StreamPipeline,
+    AppliedBy, AppliedChildren, Condition, FastStatus, PolicyStatus, Quantities, StreamPipeline,
     StreamPipelineStatus,
 };
 use sluice_vpa::manifests::{
-    CONTAINER, Placement, at_least_cpus, check, children_sized, cpu_millis, memory_bytes,
-    millis_quantity, short_sha256,
+    Bounds, CONTAINER, CPU_BURST, Placement, ResizeState, at_least_cpus, check, children_sized,
+    cpu_millis, cpu_resize_patch, memory_bytes, millis_quantity, resize_state, short_sha256,
 };
-use sluice_vpa::policy::{self, Action, Change, Decision, PolicyConfig, Reason};
+use sluice_vpa::policy::{
+    self, Action, Change, Decision, FastAction, FastInputs, FastLoop, FastState, PolicyConfig,
+    Reason, aligned_replicas,
+};
 
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "sluice-vpa";
@@ -47,6 +54,10 @@ pub struct OperatorMetrics {
     pub events: prometheus::IntCounterVec,
     /// Applies the API server refused.
     pub apply_refusals: prometheus::IntCounter,
+    /// In-place resizes by result: `applied` (the API server took the patch), `refused` (it did
+    /// not: an old cluster, a quota), `deferred` and `infeasible` (a node said so, counted once
+    /// per pod and resize).
+    pub resizes: prometheus::IntCounterVec,
 }
 
 impl OperatorMetrics {
@@ -77,11 +88,20 @@ impl OperatorMetrics {
             "Applies the API server refused (webhook, quota, schema): Degraded/ApplyRefused.",
         )
         .expect("valid metric");
+        let resizes = IntCounterVec::new(
+            Opts::new(
+                "resizes_total",
+                "In-place CPU resizes of pipeline pods (appliedBy: in-place), by result: applied, refused, deferred, infeasible.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_seconds.clone()),
             Box::new(events.clone()),
             Box::new(apply_refusals.clone()),
+            Box::new(resizes.clone()),
         ] {
             registry.register(metric).expect("registered once");
         }
@@ -91,6 +111,7 @@ impl OperatorMetrics {
             reconcile_seconds,
             events,
             apply_refusals,
+            resizes,
         }
     }
 
@@ -261,6 +282,44 @@ pub struct Observed {
     pub recommendation: Option<VpaRecommendation>,
     /// CPU (m) all its pods use now (metrics API), if the cluster serves it.
     pub usage: Option<u64>,
+    /// CPU (m) the busiest of its pods uses now (metrics API).
+    pub fullest_usage: Option<u64>,
+    /// Its pods (read only with `appliedBy: in-place`).
+    pub pods: Vec<PodView>,
+}
+
+/// One of a pipeline's pods, as the in-place loop sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodView {
+    /// The pod's name.
+    pub name: String,
+    /// The pipeline container's CPU request in the pod's spec (m): what was last asked for.
+    pub request: Option<u64>,
+    /// Where its last resize stands.
+    pub resize: ResizeState,
+}
+
+impl PodView {
+    /// From a Pod object; `None` for a pod being deleted or already finished.
+    pub fn from_pod(pod: &Value) -> Option<PodView> {
+        let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+        if !pod["metadata"]["deletionTimestamp"].is_null()
+            || matches!(phase, "Succeeded" | "Failed")
+        {
+            return None;
+        }
+        let request = pod["spec"]["containers"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == CONTAINER)?["resources"]["requests"]["cpu"]
+            .as_str()
+            .and_then(cpu_millis);
+        Some(PodView {
+            name: pod["metadata"]["name"].as_str()?.to_owned(),
+            request,
+            resize: resize_state(pod),
+        })
+    }
 }
 
 /// What one reconcile decided: the children to apply (if any) and the status to write.
@@ -272,6 +331,10 @@ pub struct Plan {
     pub status: StreamPipelineStatus,
     /// Events to publish: (warning?, reason, note).
     pub events: Vec<(bool, String, String)>,
+    /// In-place resizes to ask for, after the status is written: (pod, CPU request in m).
+    pub resizes: Vec<(String, u64)>,
+    /// Pods whose resize a node has just deferred or refused (counted once each).
+    pub newly_pending: Vec<(String, ResizeState)>,
 }
 
 /// The pure part of a reconcile: the pipeline, what its Deployment and VPA say, and now, in;
@@ -335,6 +398,8 @@ pub fn plan(
                 apply: Vec::new(),
                 status,
                 events,
+                resizes: Vec::new(),
+                newly_pending: Vec::new(),
             };
         }
     };
@@ -362,6 +427,7 @@ pub fn plan(
     let (replicas, requests, decision) = if sp.spec.suspend {
         (0, applied.clone(), None)
     } else {
+        let in_place = res.applied_by == AppliedBy::InPlace;
         let inputs = policy::Inputs {
             now_s: now,
             partitions: sp.spec.kafka.partitions,
@@ -369,14 +435,18 @@ pub fn plan(
             min_replicas: bounds.min,
             max_replicas: bounds.max,
             max_allowed: bounds.max_allowed,
-            recommendation: recommendation.map(|r| policy::Recommendation {
-                target: r.cpu.max(floor),
-                uncapped_target: r.uncapped_cpu,
-            }),
+            // In place, the VPA recommends memory only: this policy just realigns replicas and
+            // waits for rollouts, and the fast loop does the rest.
+            recommendation: recommendation
+                .filter(|_| !in_place)
+                .map(|r| policy::Recommendation {
+                    target: r.cpu.max(floor),
+                    uncapped_target: r.uncapped_cpu,
+                }),
             applied_request: cpu_millis(&applied.cpu).unwrap_or(floor),
             usage,
             applied_by: match res.applied_by {
-                AppliedBy::Vpa => policy::AppliedBy::Vpa,
+                AppliedBy::Vpa | AppliedBy::InPlace => policy::AppliedBy::Vpa,
                 AppliedBy::Operator => policy::AppliedBy::Operator,
             },
             memory_moved: recommendation.is_some_and(|r| moved(&r.memory, &applied.memory, config)),
@@ -396,6 +466,24 @@ pub fn plan(
         };
         (replicas, requests, Some(decision))
     };
+    // In place: the fast loop, once replicas are aligned and no rollout runs.
+    let fast = (res.applied_by == AppliedBy::InPlace && !sp.spec.suspend).then(|| {
+        let free = decision
+            .as_ref()
+            .is_some_and(|d| d.reason == Reason::NoRecommendation);
+        let start = cpu_millis(&initial.cpu).unwrap_or(floor);
+        let input = FastPlanInputs {
+            observed,
+            bounds: &bounds,
+            replicas,
+            start,
+            floor,
+            now,
+            free,
+        };
+        fast_plan(sp, &input, old.policy.fast.as_ref(), &config.fast)
+    });
+    let replicas = fast.as_ref().map_or(replicas, |f| f.replicas);
 
     // Children: applied when they changed, when the generation moved, when the Deployment is
     // missing, or every `reapply_every` (drift repair).
@@ -429,9 +517,20 @@ pub fn plan(
             cpu: millis_quantity(r.cpu),
             memory: r.memory.clone(),
         }),
+        // The fast loop's CPU, the VPA's memory.
+        AppliedBy::InPlace => fast.as_ref().map(|f| Quantities {
+            cpu: f.status.target_cpu.clone(),
+            memory: recommendation.map_or(requests.memory.clone(), |r| r.memory.clone()),
+        }),
     };
     if let Some(d) = &decision {
         status.policy = policy_status(d);
+    }
+    if let Some(f) = &fast {
+        status.policy.fast = Some(f.status.clone());
+        if let Some(reason) = f.reason {
+            status.policy.reason = Some(reason.to_owned());
+        }
     }
 
     // Conditions.
@@ -442,6 +541,7 @@ pub fn plan(
         Action::ScaleTo(to) => Some(("ScalingDown", format!("replicas {current} -> {to}: the load fits in fewer pods"))),
         Action::SetRequest(_) => Some(("ApplyingRequests", format!("requests cpu {} memory {} -> cpu {} memory {}", applied.cpu, applied.memory, requests.cpu, requests.memory))),
     });
+    let stepping = stepping.or_else(|| fast.as_ref().and_then(|f| f.step.clone()));
     if let Some((reason, note)) = &stepping {
         events.push((false, (*reason).to_owned(), note.clone()));
     }
@@ -524,11 +624,251 @@ pub fn plan(
             format!("{}/{} replicas ready", d.ready, replicas),
         ),
     }
+    if let Some(f) = &fast {
+        let pending = pending_note(&f.pending);
+        let reason = match &pending {
+            Some((reason, _)) => *reason,
+            None => "Settled",
+        };
+        if let Some((reason, note)) = &pending
+            && !has_condition(&old.conditions, "ResizePending", reason)
+        {
+            events.push((true, format!("Resize{reason}"), note.clone()));
+        }
+        let note = pending.map_or_else(
+            || "every pod runs the CPU the fast loop asked for, or is being resized".to_owned(),
+            |(_, note)| note,
+        );
+        condition(
+            &mut status,
+            "ResizePending",
+            !f.pending.is_empty(),
+            reason,
+            note,
+        );
+    }
+    let (resizes, newly_pending) = fast.map_or_else(Default::default, |f| {
+        let counted = &old
+            .policy
+            .fast
+            .as_ref()
+            .map(|s| s.pending_pods.clone())
+            .unwrap_or_default();
+        let newly = f
+            .pending
+            .into_iter()
+            .filter(|(pod, _)| !counted.contains(pod))
+            .collect();
+        (f.resizes, newly)
+    });
     Plan {
         apply,
         status,
         events,
+        resizes,
+        newly_pending,
     }
+}
+
+/// What the fast loop looks at in one reconcile.
+struct FastPlanInputs<'a> {
+    observed: &'a Observed,
+    bounds: &'a Bounds,
+    /// Replicas after the slow policy (which only realigns them here).
+    replicas: u32,
+    /// The CPU request (m) a pipeline starts with (`initial`, at least `minCpus`).
+    start: u64,
+    /// `minCpus` in m.
+    floor: u64,
+    now: u64,
+    /// Replicas are aligned and no rollout runs: the loop may act.
+    free: bool,
+}
+
+/// What the fast loop decided in one reconcile.
+#[derive(Debug, Clone, PartialEq)]
+struct FastPlan {
+    replicas: u32,
+    /// Its memory, for the status.
+    status: FastStatus,
+    /// The reason for `status.policy.reason`, when the loop ran.
+    reason: Option<&'static str>,
+    /// A replica step: (Event reason, note).
+    step: Option<(&'static str, String)>,
+    /// Pods to resize: (pod, CPU m).
+    resizes: Vec<(String, u64)>,
+    /// Pods whose resize a node deferred or refused.
+    pending: Vec<(String, ResizeState)>,
+}
+
+/// `appliedBy: in-place`: once a minute, the fast loop on the fullest pod's live usage; on every
+/// reconcile without a rollout, pods whose CPU request is not the loop's target are resized to it
+/// (except a pod the kubelet is resizing). A resize a node deferred or refused is not asked
+/// again: the kubelet retries deferred ones by itself, and the loop answers with a replica step
+/// (smaller pods) when a divisor is left, else the pods keep what they have.
+fn fast_plan(
+    sp: &StreamPipeline,
+    input: &FastPlanInputs<'_>,
+    old: Option<&FastStatus>,
+    tuning: &FastLoop,
+) -> FastPlan {
+    let FastPlanInputs {
+        observed,
+        bounds,
+        replicas,
+        start,
+        floor,
+        now,
+        free,
+    } = *input;
+    let mut status = old.cloned().unwrap_or_else(|| FastStatus {
+        target_cpu: millis_quantity(start.max(floor)),
+        ..FastStatus::default()
+    });
+    let mut target = cpu_millis(&status.target_cpu).unwrap_or(start).max(floor);
+    let pending: Vec<(String, ResizeState)> = observed
+        .pods
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.resize,
+                ResizeState::Deferred(_) | ResizeState::Infeasible(_)
+            )
+        })
+        .map(|p| (p.name.clone(), p.resize.clone()))
+        .collect();
+    status.pending_pods = pending.iter().map(|(pod, _)| pod.clone()).collect();
+    let mut plan = FastPlan {
+        replicas,
+        status: status.clone(),
+        reason: None,
+        step: None,
+        resizes: Vec::new(),
+        pending: pending.clone(),
+    };
+    if !free {
+        return plan;
+    }
+    let due = seconds(&status.ticked_at).is_none_or(|at| now + 5 >= at + 60);
+    if let (true, Some(fullest)) = (due, observed.fullest_usage) {
+        let cores = |m: u64| m as f64 / 1000.0;
+        let mut state = FastState {
+            window: status.window.iter().map(|m| cores(*m)).collect(),
+            low_for: status.low_for as usize,
+            high_for: status.high_for as usize,
+            fits_for: status.fits_for as usize,
+            steps: status
+                .steps
+                .iter()
+                .filter_map(|at| seconds(at))
+                .map(|s| s / 60)
+                .collect(),
+        };
+        let partitions = sp.spec.kafka.partitions;
+        let aligned = aligned_replicas(partitions, bounds.min, bounds.max);
+        let decided = policy::fast_decide(
+            tuning,
+            &FastInputs {
+                now_min: now / 60,
+                partitions,
+                aligned: &aligned,
+                replicas,
+                request: cores(target),
+                limit: cores(target * CPU_BURST),
+                fullest_usage: cores(fullest),
+                // Unknown here: a node that is full says so by deferring the resize.
+                node_free: f64::INFINITY,
+                min_cpus: cores(floor),
+                max_allowed: cores(bounds.max_allowed),
+                resize_pending: observed
+                    .pods
+                    .iter()
+                    .any(|p| p.resize != ResizeState::Settled),
+                deferred: !pending.is_empty(),
+            },
+            &mut state,
+        );
+        let millis = |c: f64| ((c * 1000.0).round() as u64).max(floor);
+        plan.reason = Some(match decided {
+            FastAction::Hold if state.high_for > 0 => "PressureBuilding",
+            FastAction::Hold | FastAction::Deferred => "Steady",
+            FastAction::Resize(to) => {
+                target = millis(to);
+                "Resizing"
+            }
+            FastAction::StepTo(to, request) => {
+                let max = &sp.spec.resources.max_allowed.cpu;
+                plan.step = Some(if to > replicas {
+                    (
+                        "ScalingUp",
+                        format!(
+                            "replicas {replicas} -> {to}: the busiest pod uses {}m and would have to outgrow maxAllowed ({max}) or its node; pods are resized to {} after the step",
+                            fullest,
+                            millis_quantity(millis(request))
+                        ),
+                    )
+                } else {
+                    (
+                        "ScalingDown",
+                        format!(
+                            "replicas {replicas} -> {to}: the load has fitted {to} pods for {} minutes; pods are resized to {} after the step",
+                            tuning.step_down_after_min,
+                            millis_quantity(millis(request))
+                        ),
+                    )
+                });
+                plan.replicas = to;
+                target = millis(request);
+                if to > replicas { "StepUp" } else { "StepDown" }
+            }
+        });
+        plan.status = FastStatus {
+            target_cpu: millis_quantity(target),
+            ticked_at: rfc3339(now),
+            window: state
+                .window
+                .iter()
+                .map(|c| (c * 1000.0).round() as u64)
+                .collect(),
+            low_for: state.low_for as u32,
+            high_for: state.high_for as u32,
+            fits_for: state.fits_for as u32,
+            steps: state.steps.iter().map(|m| rfc3339(m * 60)).collect(),
+            pending_pods: status.pending_pods,
+        };
+    }
+    // Replicas and requests never change in one rollout: after a step, pods are resized once
+    // the rollout is over.
+    if plan.step.is_none() {
+        plan.resizes = observed
+            .pods
+            .iter()
+            .filter(|p| p.request != Some(target) && p.resize != ResizeState::InProgress)
+            .map(|p| (p.name.clone(), target))
+            .collect();
+    }
+    plan
+}
+
+/// The `ResizePending` condition's reason and message for pods a node deferred or refused.
+fn pending_note(pending: &[(String, ResizeState)]) -> Option<(&'static str, String)> {
+    let infeasible = pending
+        .iter()
+        .any(|(_, s)| matches!(s, ResizeState::Infeasible(_)));
+    let (_, first) = pending.first()?;
+    let why = match first {
+        ResizeState::Deferred(m) | ResizeState::Infeasible(m) => m.as_str(),
+        _ => "",
+    };
+    let pods: Vec<&str> = pending.iter().map(|(p, _)| p.as_str()).collect();
+    let reason = if infeasible { "Infeasible" } else { "Deferred" };
+    Some((
+        reason,
+        format!(
+            "{reason} CPU resize of {} ({why}): not asked again; a replica step (smaller pods) answers it when a divisor is left, else the pods keep their CPU",
+            pods.join(", ")
+        ),
+    ))
 }
 
 /// `old` with `Degraded/ApplyRefused` saying what the API server refused.
@@ -604,6 +944,7 @@ fn policy_status(d: &Decision) -> PolicyStatus {
         last_change: d.state.last_change.map(|(at, _)| rfc3339(at)),
         last_change_kind: d.state.last_change.map(|(_, kind)| format!("{kind:?}")),
         reason: Some(format!("{:?}", d.reason)),
+        fast: None,
     }
 }
 
@@ -641,6 +982,12 @@ fn set_condition(
     }
 }
 
+/// Pods (`v1`), untyped: the operator reads names, the pipeline container's CPU request and the
+/// resize conditions, and patches the `resize` subresource.
+pub fn pods_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods")
+}
+
 /// The `PodMetrics` resource (`metrics.k8s.io/v1beta1`, served by metrics-server).
 pub fn pod_metrics_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -649,18 +996,21 @@ pub fn pod_metrics_resource() -> ApiResource {
     )
 }
 
-/// CPU (m) the pipeline container of `name`'s pods uses now; `None` when the cluster has no
-/// metrics API (the policy then trusts the VPA alone).
-async fn usage(client: &Client, namespace: &str, name: &str) -> Option<u64> {
-    let selector =
-        format!("app.kubernetes.io/name=sluice-pipeline,app.kubernetes.io/instance={name}");
+/// The label selector of `name`'s pods.
+fn pod_selector(name: &str) -> String {
+    format!("app.kubernetes.io/name=sluice-pipeline,app.kubernetes.io/instance={name}")
+}
+
+/// CPU (m) the pipeline container of each of `name`'s pods uses now; `None` when the cluster
+/// has no metrics API (the policy then trusts the VPA alone).
+async fn usage(client: &Client, namespace: &str, name: &str) -> Option<Vec<u64>> {
     let api =
         Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &pod_metrics_resource());
     match api
-        .list(&kube::api::ListParams::default().labels(&selector))
+        .list(&kube::api::ListParams::default().labels(&pod_selector(name)))
         .await
     {
-        Ok(list) => Some(pods_cpu(list.items.iter().map(|p| &p.data))),
+        Ok(list) => Some(list.items.iter().map(|p| pod_cpu(&p.data)).collect()),
         Err(e) => {
             tracing::debug!(pipeline = %name, %namespace, "no pod metrics: {e}");
             None
@@ -668,12 +1018,20 @@ async fn usage(client: &Client, namespace: &str, name: &str) -> Option<u64> {
     }
 }
 
-/// The summed CPU (m) of the pipeline containers in `PodMetrics` objects.
-pub fn pods_cpu<'a>(pods: impl Iterator<Item = &'a Value>) -> u64 {
-    pods.flat_map(|p| p["containers"].as_array().into_iter().flatten())
+/// The CPU (m) of the pipeline container in a `PodMetrics` object.
+pub fn pod_cpu(pod: &Value) -> u64 {
+    pod["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter(|c| c["name"] == CONTAINER)
         .filter_map(|c| c["usage"]["cpu"].as_str().and_then(cpu_millis))
         .sum()
+}
+
+/// The summed CPU (m) of the pipeline containers in `PodMetrics` objects.
+pub fn pods_cpu<'a>(pods: impl Iterator<Item = &'a Value>) -> u64 {
+    pods.map(pod_cpu).sum()
 }
 
 /// Reconciles one pipeline.
@@ -698,12 +1056,26 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
     let vpa = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &vpa_resource())
         .get_opt(&name)
         .await?;
+    let per_pod = usage(&client, &namespace, &name).await;
+    let pods = if sp.spec.resources.applied_by == AppliedBy::InPlace && !sp.spec.suspend {
+        Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &pods_resource())
+            .list(&kube::api::ListParams::default().labels(&pod_selector(&name)))
+            .await?
+            .items
+            .iter()
+            .filter_map(|p| PodView::from_pod(&serde_json::to_value(p).unwrap_or_default()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let observed = Observed {
         deployment: deployment.as_ref().map(Rollout::from_deployment),
         recommendation: vpa
             .as_ref()
             .and_then(|v| VpaRecommendation::from_vpa(&v.data)),
-        usage: usage(&client, &namespace, &name).await,
+        usage: per_pod.as_ref().map(|p| p.iter().sum()),
+        fullest_usage: per_pod.and_then(|p| p.into_iter().max()),
+        pods,
     };
     let now = (ctx.clock)();
     let plan = plan(
@@ -761,6 +1133,38 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
     }
     if sp.status.as_ref() != Some(&plan.status) {
         write_status(plan.status).await?;
+    }
+    for (_, state) in &plan.newly_pending {
+        let result = match state {
+            ResizeState::Infeasible(_) => "infeasible",
+            _ => "deferred",
+        };
+        ctx.metrics.resizes.with_label_values(&[result]).inc();
+    }
+    let pods = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &pods_resource());
+    for (pod, millis) in &plan.resizes {
+        let body = cpu_resize_patch(*millis);
+        match pods
+            .patch_subresource(
+                "resize",
+                pod,
+                &PatchParams::default(),
+                &Patch::Strategic(&body),
+            )
+            .await
+        {
+            Ok(_) => {
+                ctx.metrics.resizes.with_label_values(&["applied"]).inc();
+                tracing::info!(pipeline = %name, %namespace, %pod, cpu = %millis_quantity(*millis), "pod resized in place");
+            }
+            // The pod is gone, or the cluster cannot resize in place (before 1.33), or a quota
+            // refuses: counted and logged; the next reconcile asks again only if still due.
+            Err(kube::Error::Api(status)) if (400..500).contains(&status.code) => {
+                ctx.metrics.resizes.with_label_values(&["refused"]).inc();
+                tracing::warn!(pipeline = %name, %namespace, %pod, "in-place resize refused: {}", status.message);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let reference = sp.object_ref(&());
     for (warning, reason, note) in plan.events {
@@ -837,7 +1241,7 @@ mod tests {
         let observed = Observed {
             deployment: d.cloned(),
             recommendation: r.cloned(),
-            usage: None,
+            ..Observed::default()
         };
         plan(
             sp,
@@ -847,6 +1251,201 @@ mod tests {
             now,
             HOUR,
         )
+    }
+
+    /// The example pipeline with `appliedBy: in-place`.
+    fn in_place() -> StreamPipeline {
+        let mut sp = pipeline();
+        sp.spec.resources.applied_by = AppliedBy::InPlace;
+        sp
+    }
+
+    fn pod(name: &str, request: u64, resize: ResizeState) -> PodView {
+        PodView {
+            name: name.into(),
+            request: Some(request),
+            resize,
+        }
+    }
+
+    /// A reconcile of an in-place pipeline whose busiest pod uses `fullest` m.
+    fn run_fast(
+        sp: &StreamPipeline,
+        d: Option<&Rollout>,
+        fullest: Option<u64>,
+        pods: &[PodView],
+        now: u64,
+    ) -> Plan {
+        let observed = Observed {
+            deployment: d.cloned(),
+            recommendation: Some(rec(1000, 1000, "1Gi")),
+            usage: fullest.map(|u| u * pods.len() as u64),
+            fullest_usage: fullest,
+            pods: pods.to_vec(),
+        };
+        plan(
+            sp,
+            &observed,
+            &Placement::neutral(),
+            &PolicyConfig::default(),
+            now,
+            HOUR,
+        )
+    }
+
+    fn fast(plan: &Plan) -> &FastStatus {
+        plan.status.policy.fast.as_ref().unwrap()
+    }
+
+    #[test]
+    fn in_place_pods_are_resized_to_the_fast_target_never_during_a_rollout() {
+        let mut sp = in_place();
+        let first = run_fast(&sp, None, None, &[], NOW);
+        assert_eq!(
+            fast(&first).target_cpu,
+            "1",
+            "starts at the initial request"
+        );
+        sp.status = Some(first.status);
+        let settled = [
+            pod("p-0", 1000, ResizeState::Settled),
+            pod("p-1", 1000, ResizeState::Settled),
+        ];
+        // 1.5 cores on 1-core pods: up at once to 1.5 x 1.15, rounded up to 1.8.
+        let up = run_fast(&sp, Some(&ready(2)), Some(1500), &settled, NOW + 60);
+        assert_eq!(
+            up.resizes,
+            [("p-0".to_owned(), 1800), ("p-1".to_owned(), 1800)]
+        );
+        assert!(up.apply.is_empty(), "a resize rolls nothing out");
+        assert_eq!(fast(&up).target_cpu, "1800m");
+        assert_eq!(fast(&up).window, [1500]);
+        assert_eq!(up.status.policy.reason.as_deref(), Some("Resizing"));
+        assert_eq!(
+            up.status.applied_recommendation.as_ref().unwrap().cpu,
+            "1800m"
+        );
+        assert_eq!(condition(&up.status, "ResizePending").status, "False");
+        sp.status = Some(up.status.clone());
+        // 20 s later (a watch event): the loop does not tick again, one pod still being resized
+        // is left alone, the other (its patch lost) is asked again.
+        let again = run_fast(
+            &sp,
+            Some(&ready(2)),
+            Some(1500),
+            &[
+                pod("p-0", 1800, ResizeState::InProgress),
+                pod("p-1", 1000, ResizeState::Settled),
+            ],
+            NOW + 80,
+        );
+        assert_eq!(fast(&again).ticked_at, fast(&up).ticked_at);
+        assert_eq!(again.resizes, [("p-1".to_owned(), 1800)]);
+        // During a rollout: no tick, no resize.
+        let rolling = Rollout {
+            in_progress: true,
+            ..ready(2)
+        };
+        let during = run_fast(&sp, Some(&rolling), Some(3000), &settled, NOW + 120);
+        assert!(during.resizes.is_empty());
+        assert_eq!(fast(&during), fast(&up));
+        // Without metrics the loop waits, and pods keep the last target.
+        let blind = run_fast(&sp, Some(&ready(2)), None, &settled, NOW + 180);
+        assert_eq!(fast(&blind), fast(&up));
+        assert_eq!(blind.resizes.len(), 2);
+    }
+
+    #[test]
+    fn a_deferred_resize_is_counted_once_answered_by_a_step_up_and_load_gone_steps_down() {
+        let mut sp = in_place();
+        sp.status = Some(run_fast(&sp, None, None, &[], NOW).status);
+        let settled = [
+            pod("p-0", 1000, ResizeState::Settled),
+            pod("p-1", 1000, ResizeState::Settled),
+        ];
+        sp.status = Some(run_fast(&sp, Some(&ready(2)), Some(1500), &settled, NOW + 60).status);
+        // The nodes cannot take 1.8 CPUs: both resizes deferred.
+        let why = "Node didn't have enough capacity: cpu, requested: 1800, capacity: 1200";
+        let deferred = [
+            pod("p-0", 1800, ResizeState::Deferred(why.into())),
+            pod("p-1", 1800, ResizeState::Deferred(why.into())),
+        ];
+        let step = run_fast(&sp, Some(&ready(2)), Some(1500), &deferred, NOW + 120);
+        assert_eq!(step.newly_pending.len(), 2, "counted");
+        let pending = condition(&step.status, "ResizePending");
+        assert_eq!(
+            (pending.status.as_str(), pending.reason.as_str()),
+            ("True", "Deferred")
+        );
+        assert!(pending.message.contains("p-0, p-1") && pending.message.contains(why));
+        // Answered: the next divisor, 3 pods of 4 partitions at two thirds of the size.
+        assert_eq!(deployment(&step)["spec"]["replicas"], 3);
+        assert_eq!(fast(&step).target_cpu, "1200m");
+        assert!(
+            step.resizes.is_empty(),
+            "replicas and requests never in one rollout"
+        );
+        let reasons: Vec<&str> = step.events.iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(reasons, ["ScalingUp", "ResizeDeferred"]);
+        assert!(step.events[1].0, "a deferral is a warning");
+        assert_eq!(step.status.policy.reason.as_deref(), Some("StepUp"));
+        sp.status = Some(step.status.clone());
+        // Still deferred while the rollout runs: not counted or reported again.
+        let rolling = Rollout {
+            in_progress: true,
+            ..ready(3)
+        };
+        let later = run_fast(&sp, Some(&rolling), Some(1500), &deferred, NOW + 180);
+        assert!(later.newly_pending.is_empty() && later.events.is_empty());
+        assert!(later.resizes.is_empty());
+        // The rollout over, every pod goes to the new target (which replaces the deferred ask).
+        let after = run_fast(&sp, Some(&ready(3)), Some(1000), &deferred, NOW + 240);
+        assert_eq!(after.resizes.len(), 2);
+        assert!(after.resizes.iter().all(|(_, m)| *m == 1200));
+
+        // Then the load goes: the request falls to minCpus after a while, and after four quiet
+        // hours the pods step down one divisor (3 -> 2), once.
+        sp.status = Some(after.status);
+        let mut steps = Vec::new();
+        for minute in 5..(5 + 300) {
+            let now = NOW + minute * 60;
+            let target = cpu_millis(
+                &sp.status
+                    .as_ref()
+                    .unwrap()
+                    .policy
+                    .fast
+                    .as_ref()
+                    .unwrap()
+                    .target_cpu,
+            )
+            .unwrap();
+            let replicas = sp.status.as_ref().unwrap().replicas;
+            let pods: Vec<PodView> = (0..replicas)
+                .map(|i| pod(&format!("p-{i}"), target, ResizeState::Settled))
+                .collect();
+            let p = run_fast(&sp, Some(&ready(replicas)), Some(300), &pods, now);
+            if let Some(e) = p.events.iter().find(|e| e.1.starts_with("Scaling")) {
+                steps.push((minute, e.1.clone(), p.status.replicas));
+            }
+            sp.status = Some(p.status);
+        }
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        let (minute, reason, replicas) = &steps[0];
+        assert_eq!((reason.as_str(), *replicas), ("ScalingDown", 2));
+        // (The load has fitted 2 pods since minute 4, the first tick after the step.)
+        assert_eq!(
+            *minute,
+            4 + 239,
+            "down only after four hours that fit fewer pods"
+        );
+        let fast_status = sp.status.as_ref().unwrap().policy.fast.clone().unwrap();
+        assert_eq!(fast_status.target_cpu, "1", "minCpus");
+        assert_eq!(
+            fast_status.steps.len(),
+            2,
+            "both steps remembered for the daily budget"
+        );
     }
 
     fn condition<'a>(status: &'a StreamPipelineStatus, type_: &str) -> &'a Condition {
@@ -1304,7 +1903,13 @@ mod tests {
                 sent.query
             );
         }
-        if method == "PATCH" {
+        if path.ends_with("/resize") {
+            assert_eq!(
+                sent.content_type.as_deref(),
+                Some("application/strategic-merge-patch+json"),
+                "a resize is a strategic merge patch of the subresource"
+            );
+        } else if method == "PATCH" {
             assert!(
                 sent.query.contains("fieldManager=sluice-vpa") && sent.query.contains("force=true"),
                 "{path}: not a forced server-side apply: {}",
@@ -1400,12 +2005,229 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reconcile_creates_then_holds_then_steps_request_by_request() {
+    async fn reconciles_request_by_request_and_the_rbac_grants_exactly_what_they_call() {
         let (client, handle) = mock_api::client();
         let mut server = ApiServer {
             handle,
             calls: Vec::new(),
         };
+        create_hold_step_and_refuse(&mut server, client.clone()).await;
+        resize_in_place_defer_and_step(&mut server, client).await;
+        the_operator_rbac_grants(&server.calls);
+    }
+
+    /// A deployment of `replicas`, ready, or rolling out.
+    fn deployment_object(replicas: u32, rolling: bool) -> Value {
+        let updated = if rolling { replicas - 1 } else { replicas };
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "bookings-enrich", "namespace": "pipelines", "generation": 1},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": updated,
+                       "readyReplicas": replicas, "availableReplicas": replicas}})
+    }
+
+    /// `n` pods' metrics, each using `cpu`.
+    fn pod_metrics(n: u32, cpu: &str) -> Value {
+        let items: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetrics",
+            "metadata": {"name": format!("bookings-enrich-{i}"), "namespace": "pipelines"},
+            "timestamp": "2027-01-15T08:00:00Z", "window": "30s",
+            "containers": [{"name": "pipeline", "usage": {"cpu": cpu, "memory": "1Gi"}}]})
+            })
+            .collect();
+        json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetricsList", "metadata": {}, "items": items})
+    }
+
+    /// Pod `i` of the pipeline requesting `cpu`, with `conditions`.
+    fn pod_object(i: u32, cpu: &str, conditions: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("bookings-enrich-{i}"), "namespace": "pipelines"},
+            "spec": {"containers": [{"name": "pipeline", "image": "sluice",
+                "resources": {"requests": {"cpu": cpu, "memory": "1Gi"}}}]},
+            "status": {"phase": "Running", "conditions": conditions}})
+    }
+
+    fn pod_list(pods: Vec<Value>) -> Value {
+        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})
+    }
+
+    /// An in-place pipeline, request by request: a resize applied; none during a rollout; a
+    /// resize the nodes defer, counted and answered by a step up; a step down.
+    async fn resize_in_place_defer_and_step(server: &mut ApiServer, client: Client) {
+        let mut sp = in_place();
+        sp.status = Some(run_fast(&sp, Some(&ready(2)), None, &[], NOW - 60).status);
+        let metrics = OperatorMetrics::new();
+        let vpa = json!({"apiVersion": "autoscaling.k8s.io/v1", "kind": "VerticalPodAutoscaler",
+            "metadata": {"name": "bookings-enrich", "namespace": "pipelines"}});
+        let pods_path = format!("/api/v1{NS}/pods");
+        let reconcile_at = |sp: &StreamPipeline, now: u64| {
+            tokio::spawn(reconcile(
+                Arc::new(sp.clone()),
+                context_with(client.clone(), now, metrics.clone()),
+            ))
+        };
+        let written = |sp: &mut StreamPipeline, status: &Value| {
+            sp.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+        };
+
+        // 1. 1.5 cores used on 1-core pods: the status (the loop's memory), then each pod's
+        //    resize subresource patched to 1.8 cores (limit 3.6).
+        let task = reconcile_at(&sp, NOW);
+        expect_reads(
+            server,
+            (200, Some(deployment_object(2, false))),
+            (200, Some(vpa.clone())),
+            (200, Some(pod_metrics(2, "1500m"))),
+        )
+        .await;
+        let settled = |cpu: &str| pod_list((0..2).map(|i| pod_object(i, cpu, json!([]))).collect());
+        expect(server, "GET", &pods_path, 200, Some(settled("1"))).await;
+        let status = expect_status(server, &sp).await;
+        assert_eq!(status["status"]["policy"]["fast"]["targetCpu"], "1800m");
+        for i in 0..2 {
+            let path = format!("/api/v1{NS}/pods/bookings-enrich-{i}/resize");
+            let body = expect(
+                server,
+                "PATCH",
+                &path,
+                200,
+                Some(pod_object(i, "1800m", json!([]))),
+            )
+            .await;
+            assert_eq!(
+                body,
+                json!({"spec": {"containers": [{"name": "pipeline", "resources": {
+                "requests": {"cpu": "1800m"}, "limits": {"cpu": "3600m"}}}]}})
+            );
+        }
+        task.await.unwrap().unwrap();
+        no_more_requests(server).await;
+        written(&mut sp, &status);
+
+        // 2. A rollout in progress (someone restarted the pods): no resize, though a pod runs
+        //    an older request.
+        let task = reconcile_at(&sp, NOW + 60);
+        expect_reads(
+            server,
+            (200, Some(deployment_object(2, true))),
+            (200, Some(vpa.clone())),
+            (200, Some(pod_metrics(2, "1500m"))),
+        )
+        .await;
+        expect(server, "GET", &pods_path, 200, Some(settled("1"))).await;
+        let status = expect_status(server, &sp).await;
+        assert_eq!(
+            condition_in(&status, "Progressing")["reason"],
+            "RolloutInProgress"
+        );
+        task.await.unwrap().unwrap();
+        no_more_requests(server).await;
+        written(&mut sp, &status);
+
+        // 3. The nodes cannot take 1.8 cores: counted once, not asked again, answered by a step
+        //    to 3 replicas (the children applied) and a warning.
+        let deferred = json!([{"type": "PodResizePending", "status": "True", "reason": "Deferred",
+            "message": "Node didn't have enough capacity: cpu, requested: 1800, capacity: 1200"}]);
+        let task = reconcile_at(&sp, NOW + 120);
+        expect_reads(
+            server,
+            (200, Some(deployment_object(2, false))),
+            (200, Some(vpa.clone())),
+            (200, Some(pod_metrics(2, "1500m"))),
+        )
+        .await;
+        expect(
+            server,
+            "GET",
+            &pods_path,
+            200,
+            Some(pod_list(
+                (0..2)
+                    .map(|i| pod_object(i, "1800m", deferred.clone()))
+                    .collect(),
+            )),
+        )
+        .await;
+        let applied = expect_children(server).await;
+        assert_eq!(applied[1]["spec"]["replicas"], 3);
+        assert_eq!(
+            applied[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+            "1",
+            "the template keeps its request: a resize is never a rollout"
+        );
+        let status = expect_status(server, &sp).await;
+        assert_eq!(condition_in(&status, "ResizePending")["reason"], "Deferred");
+        for reason in ["ScalingUp", "ResizeDeferred"] {
+            let event = expect(
+                server,
+                "POST",
+                &format!("/apis/events.k8s.io/v1{NS}/events"),
+                201,
+                None,
+            )
+            .await;
+            assert_eq!(event["reason"], reason);
+        }
+        task.await.unwrap().unwrap();
+        no_more_requests(server).await;
+        written(&mut sp, &status);
+
+        // 4. Hours later the load fits two pods and has for the whole step-down window: step down.
+        let mut status_now = sp.status.clone().unwrap();
+        let fast_status = status_now.policy.fast.as_mut().unwrap();
+        fast_status.fits_for = PolicyConfig::default().fast.step_down_after_min as u32 - 1;
+        fast_status.pending_pods.clear();
+        status_now.conditions.retain(|c| c.type_ != "ResizePending");
+        sp.status = Some(status_now);
+        let later = NOW + 6 * 3600;
+        let task = reconcile_at(&sp, later);
+        expect_reads(
+            server,
+            (200, Some(deployment_object(3, false))),
+            (200, Some(vpa)),
+            (200, Some(pod_metrics(3, "300m"))),
+        )
+        .await;
+        expect(
+            server,
+            "GET",
+            &pods_path,
+            200,
+            Some(pod_list(
+                (0..3).map(|i| pod_object(i, "1200m", json!([]))).collect(),
+            )),
+        )
+        .await;
+        let applied = expect_children(server).await;
+        assert_eq!(applied[1]["spec"]["replicas"], 2);
+        let status = expect_status(server, &sp).await;
+        assert_eq!(status["status"]["policy"]["reason"], "StepDown");
+        let event = expect(
+            server,
+            "POST",
+            &format!("/apis/events.k8s.io/v1{NS}/events"),
+            201,
+            None,
+        )
+        .await;
+        assert_eq!(event["reason"], "ScalingDown");
+        task.await.unwrap().unwrap();
+        no_more_requests(server).await;
+
+        let scrape = metrics.encode();
+        for line in [
+            "sluice_vpa_resizes_total{result=\"applied\"} 2",
+            "sluice_vpa_resizes_total{result=\"deferred\"} 2",
+            "sluice_vpa_events_total{reason=\"ResizeDeferred\",type=\"Warning\"} 1",
+        ] {
+            assert!(scrape.lines().any(|l| l == line), "{line} not in\n{scrape}");
+        }
+    }
+
+    /// A pipeline the VPA sizes, request by request: created; held; stepped; the API failing; an
+    /// apply refused.
+    async fn create_hold_step_and_refuse(server: &mut ApiServer, client: Client) {
         let sp = pipeline();
 
         // 1. A new pipeline: two reads, six applies in order, the status.
@@ -1414,13 +2236,13 @@ mod tests {
             context(client.clone(), NOW),
         ));
         expect_reads(
-            &mut server,
+            server,
             (404, not_found()),
             (404, not_found()),
             (404, not_found()),
         )
         .await;
-        let applied = expect_children(&mut server).await;
+        let applied = expect_children(server).await;
         assert_eq!(applied[1]["spec"]["replicas"], 2);
         assert!(
             applied
@@ -1429,7 +2251,7 @@ mod tests {
                     == "6f1c2a9e-0000-4000-8000-000000000001")
         );
         let mut written = sp.clone();
-        let status = expect_status(&mut server, &sp).await;
+        let status = expect_status(server, &sp).await;
         assert_eq!(
             (status["apiVersion"].as_str(), status["kind"].as_str()),
             (Some("sluice.dev/v1alpha1"), Some("StreamPipeline"))
@@ -1438,7 +2260,7 @@ mod tests {
         assert_eq!(status["status"]["observedGeneration"], 1);
         let requeue = task.await.unwrap().unwrap();
         assert_eq!(requeue, Requeue::requeue(Duration::from_secs(60)));
-        no_more_requests(&mut server).await;
+        no_more_requests(server).await;
         written.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
 
         // 2. The same pipeline a minute later, its Deployment ready, the VPA relaxed: two reads
@@ -1467,18 +2289,18 @@ mod tests {
             context(client.clone(), NOW + 60),
         ));
         expect_reads(
-            &mut server,
+            server,
             (200, Some(deployment.clone())),
             (200, Some(vpa("4", "5"))),
             (200, Some(busy.clone())),
         )
         .await;
-        let status = expect_status(&mut server, &sp).await;
+        let status = expect_status(server, &sp).await;
         let ready = condition_in(&status, "Ready");
         assert_eq!(ready["status"], "True");
         assert_eq!(status["status"]["policy"]["reason"], "PressureBuilding");
         task.await.unwrap().unwrap();
-        no_more_requests(&mut server).await;
+        no_more_requests(server).await;
         written.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
 
         // 3. Pressure sustained for the window: the Deployment (and the rest, hash changed) applied
@@ -1490,18 +2312,18 @@ mod tests {
             context_with(client.clone(), NOW + 60 + 300, metrics.clone()),
         ));
         expect_reads(
-            &mut server,
+            server,
             (200, Some(deployment)),
             (200, Some(vpa("4", "5"))),
             (200, Some(busy.clone())),
         )
         .await;
-        let applied = expect_children(&mut server).await;
+        let applied = expect_children(server).await;
         assert_eq!(applied[1]["spec"]["replicas"], 3);
-        let status = expect_status(&mut server, &sp).await;
+        let status = expect_status(server, &sp).await;
         assert_eq!(status["status"]["partitionsPerReplica"], 4);
         let event = expect(
-            &mut server,
+            server,
             "POST",
             &format!("/apis/events.k8s.io/v1{NS}/events"),
             201,
@@ -1513,7 +2335,7 @@ mod tests {
         assert_eq!(event["regarding"]["name"], "bookings-enrich");
         assert_eq!(event["reportingController"], "sluice-vpa");
         task.await.unwrap().unwrap();
-        no_more_requests(&mut server).await;
+        no_more_requests(server).await;
 
         // 4. The API server failing: the reconcile fails (and is retried by the error policy).
         let task = tokio::spawn(reconcile(
@@ -1521,7 +2343,7 @@ mod tests {
             context(client.clone(), NOW + 1000),
         ));
         expect(
-            &mut server,
+            server,
             "GET",
             &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"),
             500,
@@ -1537,7 +2359,7 @@ mod tests {
             error.to_string().contains("etcdserver: request timed out"),
             "{error}"
         );
-        no_more_requests(&mut server).await;
+        no_more_requests(server).await;
 
         // 5. An apply refused (an admission webhook): the rest is not applied, the status says
         //    Degraded/ApplyRefused naming the object, the reconcile fails (and is retried).
@@ -1547,24 +2369,24 @@ mod tests {
             context_with(client, NOW + 2000, metrics.clone()),
         ));
         expect_reads(
-            &mut server,
+            server,
             (404, not_found()),
             (404, not_found()),
             (404, not_found()),
         )
         .await;
         expect(
-            &mut server,
+            server,
             "PATCH",
             &format!("/api/v1{NS}/configmaps/bookings-enrich"),
             200,
             None,
         )
         .await;
-        expect(&mut server, "PATCH", &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"), 422,
+        expect(server, "PATCH", &format!("/apis/apps/v1{NS}/deployments/bookings-enrich"), 422,
             Some(mock_api::failure(422, "Invalid",
                 "admission webhook \"policy.example.com\" denied the request: images must come from registry.internal"))).await;
-        let status = expect_status(&mut server, &sp).await;
+        let status = expect_status(server, &sp).await;
         let degraded = condition_in(&status, "Degraded");
         assert_eq!(
             (degraded["status"].as_str(), degraded["reason"].as_str()),
@@ -1592,8 +2414,7 @@ mod tests {
         ] {
             assert!(scrape.lines().any(|l| l == line), "{line} not in\n{scrape}");
         }
-        no_more_requests(&mut server).await;
-        the_operator_rbac_grants(&server.calls);
+        no_more_requests(server).await;
     }
 
     /// deploy/operator's ClusterRole grants exactly what the reconciler called, the watches of
@@ -1629,7 +2450,9 @@ mod tests {
                 "GET" if collection => &["list"],
                 "GET" => &["get"],
                 // An apply that creates the object is authorized as a create.
-                "PATCH" if resource.ends_with("/status") => &["patch"],
+                "PATCH" if resource.ends_with("/status") || resource.ends_with("/resize") => {
+                    &["patch"]
+                }
                 "PATCH" => &["patch", "create"],
                 "POST" => &["create"],
                 other => panic!("unexpected method {other}"),
