@@ -50,6 +50,12 @@ sed 's/appliedBy: vpa/appliedBy: operator/' examples/streampipeline.yaml > "$ope
 grep -q 'appliedBy: operator' "$operator_mode"
 (cd .. && cargo run -q -p sluice-cli --bin sluice -- render -f "$operator_mode") \
   | sed 's/name: bookings-enrich/name: bookings-enrich-operator-mode/' >> "$rendered"
+# ... and in place (the VPA keeps memory only: controlledResources [memory]).
+in_place="$out/in-place.yaml"
+sed 's/appliedBy: vpa/appliedBy: in-place/' examples/streampipeline.yaml > "$in_place"
+grep -q 'appliedBy: in-place' "$in_place"
+(cd .. && cargo run -q -p sluice-cli --bin sluice -- render -f "$in_place") \
+  | sed 's/name: bookings-enrich/name: bookings-enrich-in-place/' >> "$rendered"
 # (kubernetes-validate has no schema for the VPA and says so per object: validate-vpa.mjs checks
 # every VPA below.)
 if ! log=$("$VENV/bin/kubernetes-validate" --strict --quiet "$rendered" 2>&1); then
