@@ -325,21 +325,25 @@ pub struct FastLoop {
     /// Minutes a pod size beyond `maxAllowed` or the node's free CPU must last before replicas
     /// step up.
     pub step_up_after_min: usize,
-    /// Minutes the load must fit one divisor fewer (at 70% of `maxAllowed`) before a step down.
+    /// Minutes the load must fit one divisor fewer (at 70% of `maxAllowed`) before a step down,
+    /// which goes straight to the fewest pods the load fits.
     pub step_down_after_min: usize,
     /// Most replica changes in any 24 hours.
     pub steps_per_day: u32,
+    /// A step up goes to the fewest pods that each need at most this share of `maxAllowed`.
+    pub up_fill: f64,
 }
 
 impl Default for FastLoop {
     fn default() -> Self {
         FastLoop {
             window_min: 10,
-            margin: 1.15,
+            margin: 1.1,
             fall_after_min: 10,
             step_up_after_min: 1,
-            step_down_after_min: 240,
+            step_down_after_min: 120,
             steps_per_day: 4,
+            up_fill: 0.6,
         }
     }
 }
@@ -443,17 +447,34 @@ pub fn fast_decide(f: &FastLoop, input: &FastInputs<'_>, state: &mut FastState) 
         fewer.is_some_and(|r| peak / fullest * pods_of(r) * f.margin <= input.max_allowed * 0.7);
     state.fits_for = if fits_fewer { state.fits_for + 1 } else { 0 };
     let next = if state.high_for >= f.step_up_after_min && step + 1 < input.aligned.len() {
-        Some(step + 1)
+        // Up to the fewest pods that carry what is wanted with room to grow (a sharp peak
+        // would otherwise take a step per divisor, and the day's budget with them).
+        let carries = |r: u32| wanted / fullest * pods_of(r) <= input.max_allowed * f.up_fill;
+        Some(
+            input.aligned[step + 1..]
+                .iter()
+                .position(|r| carries(*r))
+                .map_or(input.aligned.len() - 1, |i| step + 1 + i),
+        )
     } else if state.fits_for >= f.step_down_after_min {
-        Some(step - 1)
+        // Straight to the fewest pods the load fits (one rebalance, one step of the budget).
+        let fits = |r: u32| peak / fullest * pods_of(r) * f.margin <= input.max_allowed * 0.7;
+        input.aligned[..step].iter().position(|r| fits(*r))
     } else {
         None
     };
     if let Some(next) = next.filter(|_| may_step) {
         let to = input.aligned[next];
-        // The new pods start at the size that carries the same load per partition.
-        let request =
-            (input.request / fullest * pods_of(to)).clamp(input.min_cpus, input.max_allowed);
+        // The new pods start at the size that carries the same load per partition: what is
+        // wanted (never less than now, going up).
+        let need = peak * f.margin;
+        let per_pod = if to > input.replicas {
+            input.request.max(need)
+        } else {
+            need
+        };
+        let request = ((per_pod / fullest * pods_of(to) * 10.0).ceil() / 10.0)
+            .clamp(input.min_cpus, input.max_allowed);
         state.window.clear();
         (state.high_for, state.fits_for, state.low_for) = (0, 0, 0);
         state.steps.push(now);
@@ -511,9 +532,9 @@ mod tests {
         let f = FastLoop::default();
         let aligned = [2, 3, 4, 6, 12];
         let mut state = FastState::default();
-        // 1.5 cores used on 1-core pods: up at once to 1.5 x 1.15 = 1.8.
+        // 1.5 cores used on 1-core pods: up at once to 1.5 x 1.1, in tenths up: 1.7.
         let a = fast_decide(&f, &fast_input(&aligned, 4, 1.0, 1.5), &mut state);
-        assert_eq!(a, FastAction::Resize(1.8));
+        assert_eq!(a, FastAction::Resize(1.7));
         // Usage drops: nothing for `fall_after_min` - 1 minutes (the window still holds 1.5).
         let mut state = FastState::default();
         let mut actions = Vec::new();
@@ -527,13 +548,13 @@ mod tests {
             first >= f.window_min,
             "falls only once the peak left the window: {actions:?}"
         );
-        assert_eq!(actions[first], FastAction::Resize(1.2));
+        assert_eq!(actions[first], FastAction::Resize(1.1));
         // A rise of more than the node's free CPU is deferred (and counted by the caller)...
         let mut state = FastState {
             steps: vec![0, 20, 40, 60], // ...and with no step left today, stays deferred.
             ..FastState::default()
         };
-        let mut input = fast_input(&aligned, 4, 1.0, 1.95);
+        let mut input = fast_input(&aligned, 4, 1.0, 2.5);
         input.now_min = 100;
         assert_eq!(fast_decide(&f, &input, &mut state), FastAction::Deferred);
         // The operator does not know the node's free CPU: a node that deferred the resize says
@@ -548,28 +569,55 @@ mod tests {
     }
 
     #[test]
-    fn the_fast_loop_steps_to_the_next_divisor_carrying_the_load_per_partition() {
+    fn the_fast_loop_steps_straight_to_the_divisor_that_fits_carrying_the_load_per_partition() {
         let f = FastLoop::default();
         let aligned = [2, 3, 4, 6, 12];
         let mut state = FastState::default();
-        // 4 replicas of 3 partitions, the fullest pod at its 4-core limit on 2-core requests
-        // would need more than maxAllowed: step up to 6 replicas of 2 partitions, each pod at
-        // two thirds of the request.
-        let mut input = fast_input(&aligned, 4, 3.0, 3.9);
+        // 4 replicas of 3 partitions, the fullest pod at 2.5 cores on 2-core requests would
+        // need 2.8, within maxAllowed (4): a resize, no step.
+        let input = fast_input(&aligned, 4, 2.0, 2.5);
+        assert_eq!(fast_decide(&f, &input, &mut state), FastAction::Resize(2.8));
+        // The fullest pod throttled at its 4-core limit counts as 6 cores: 6.6 wanted, more
+        // than maxAllowed. One step, straight to the fewest pods that each need at most 60% of
+        // maxAllowed: 12 pods of one partition, each at a third of what is wanted for three (in tenths
+        // of a core, up).
+        let mut state = FastState::default();
+        let mut input = fast_input(&aligned, 4, 3.0, 3.95);
         input.limit = 4.0;
-        assert_eq!(
-            fast_decide(&f, &input, &mut state),
-            FastAction::StepTo(6, 2.0)
-        );
+        match fast_decide(&f, &input, &mut state) {
+            FastAction::StepTo(12, request) => assert_eq!(request, 2.2),
+            other => panic!("{other:?}"),
+        }
         // No second step within 10 minutes.
-        input.replicas = 6;
-        input.request = 2.0;
-        input.now_min = 5;
-        input.fullest_usage = 3.9;
+        (input.replicas, input.request, input.now_min) = (12, 2.2, 5);
         assert!(!matches!(
             fast_decide(&f, &input, &mut state),
             FastAction::StepTo(..)
         ));
+        // The load goes (0.2 cores a partition): after `step_down_after_min` of fitting fewer
+        // pods, one step straight to the fewest that fit (2 pods of 6 partitions at 70% of
+        // maxAllowed at most), each sized for its six partitions.
+        let mut state = FastState::default();
+        let mut actions = Vec::new();
+        for minute in 20..(20 + f.step_down_after_min as u64 + 5) {
+            let mut input = fast_input(&aligned, 12, 1.0, 0.2);
+            input.now_min = minute;
+            actions.push(fast_decide(&f, &input, &mut state));
+        }
+        let steps: Vec<(usize, FastAction)> = actions
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, a)| matches!(a, FastAction::StepTo(..)))
+            .collect();
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert_eq!(steps[0].0 + 1, f.step_down_after_min);
+        match steps[0].1 {
+            FastAction::StepTo(2, request) => {
+                assert_eq!(request, 1.4, "0.2 x 1.1 x 6, in tenths up")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     fn inputs(replicas: u32, uncapped: Millis) -> Inputs {

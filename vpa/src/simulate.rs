@@ -1457,4 +1457,3 @@ mod tests {
         assert!(svg.matches("<polyline").count() >= 7);
     }
 }
-

@@ -1311,19 +1311,19 @@ mod tests {
             pod("p-0", 1000, ResizeState::Settled),
             pod("p-1", 1000, ResizeState::Settled),
         ];
-        // 1.5 cores on 1-core pods: up at once to 1.5 x 1.15, rounded up to 1.8.
+        // 1.5 cores on 1-core pods: up at once to 1.5 x 1.1, rounded up to 1.7.
         let up = run_fast(&sp, Some(&ready(2)), Some(1500), &settled, NOW + 60);
         assert_eq!(
             up.resizes,
-            [("p-0".to_owned(), 1800), ("p-1".to_owned(), 1800)]
+            [("p-0".to_owned(), 1700), ("p-1".to_owned(), 1700)]
         );
         assert!(up.apply.is_empty(), "a resize rolls nothing out");
-        assert_eq!(fast(&up).target_cpu, "1800m");
+        assert_eq!(fast(&up).target_cpu, "1700m");
         assert_eq!(fast(&up).window, [1500]);
         assert_eq!(up.status.policy.reason.as_deref(), Some("Resizing"));
         assert_eq!(
             up.status.applied_recommendation.as_ref().unwrap().cpu,
-            "1800m"
+            "1700m"
         );
         assert_eq!(condition(&up.status, "ResizePending").status, "False");
         sp.status = Some(up.status.clone());
@@ -1334,13 +1334,13 @@ mod tests {
             Some(&ready(2)),
             Some(1500),
             &[
-                pod("p-0", 1800, ResizeState::InProgress),
+                pod("p-0", 1700, ResizeState::InProgress),
                 pod("p-1", 1000, ResizeState::Settled),
             ],
             NOW + 80,
         );
         assert_eq!(fast(&again).ticked_at, fast(&up).ticked_at);
-        assert_eq!(again.resizes, [("p-1".to_owned(), 1800)]);
+        assert_eq!(again.resizes, [("p-1".to_owned(), 1700)]);
         // During a rollout: no tick, no resize.
         let rolling = Rollout {
             in_progress: true,
@@ -1364,11 +1364,11 @@ mod tests {
             pod("p-1", 1000, ResizeState::Settled),
         ];
         sp.status = Some(run_fast(&sp, Some(&ready(2)), Some(1500), &settled, NOW + 60).status);
-        // The nodes cannot take 1.8 CPUs: both resizes deferred.
-        let why = "Node didn't have enough capacity: cpu, requested: 1800, capacity: 1200";
+        // The nodes cannot take 1.7 CPUs: both resizes deferred.
+        let why = "Node didn't have enough capacity: cpu, requested: 1700, capacity: 1200";
         let deferred = [
-            pod("p-0", 1800, ResizeState::Deferred(why.into())),
-            pod("p-1", 1800, ResizeState::Deferred(why.into())),
+            pod("p-0", 1700, ResizeState::Deferred(why.into())),
+            pod("p-1", 1700, ResizeState::Deferred(why.into())),
         ];
         let step = run_fast(&sp, Some(&ready(2)), Some(1500), &deferred, NOW + 120);
         assert_eq!(step.newly_pending.len(), 2, "counted");
@@ -1403,8 +1403,8 @@ mod tests {
         assert_eq!(after.resizes.len(), 2);
         assert!(after.resizes.iter().all(|(_, m)| *m == 1200));
 
-        // Then the load goes: the request falls to minCpus after a while, and after four quiet
-        // hours the pods step down one divisor (3 -> 2), once.
+        // Then the load goes: the request falls to minCpus after a while, and after
+        // `step_down_after_min` of fitting fewer pods they step down (3 -> 2), once.
         sp.status = Some(after.status);
         let mut steps = Vec::new();
         for minute in 5..(5 + 300) {
@@ -1434,10 +1434,11 @@ mod tests {
         let (minute, reason, replicas) = &steps[0];
         assert_eq!((reason.as_str(), *replicas), ("ScalingDown", 2));
         // (The load has fitted 2 pods since minute 4, the first tick after the step.)
+        let window = PolicyConfig::default().fast.step_down_after_min as u64;
         assert_eq!(
             *minute,
-            4 + 239,
-            "down only after four hours that fit fewer pods"
+            4 + window - 1,
+            "down only after the step-down window"
         );
         let fast_status = sp.status.as_ref().unwrap().policy.fast.clone().unwrap();
         assert_eq!(fast_status.target_cpu, "1", "minCpus");
@@ -2072,7 +2073,7 @@ mod tests {
         };
 
         // 1. 1.5 cores used on 1-core pods: the status (the loop's memory), then each pod's
-        //    resize subresource patched to 1.8 cores (limit 3.6).
+        //    resize subresource patched to 1.7 cores (limit 3.6).
         let task = reconcile_at(&sp, NOW);
         expect_reads(
             server,
@@ -2084,7 +2085,7 @@ mod tests {
         let settled = |cpu: &str| pod_list((0..2).map(|i| pod_object(i, cpu, json!([]))).collect());
         expect(server, "GET", &pods_path, 200, Some(settled("1"))).await;
         let status = expect_status(server, &sp).await;
-        assert_eq!(status["status"]["policy"]["fast"]["targetCpu"], "1800m");
+        assert_eq!(status["status"]["policy"]["fast"]["targetCpu"], "1700m");
         for i in 0..2 {
             let path = format!("/api/v1{NS}/pods/bookings-enrich-{i}/resize");
             let body = expect(
@@ -2092,13 +2093,13 @@ mod tests {
                 "PATCH",
                 &path,
                 200,
-                Some(pod_object(i, "1800m", json!([]))),
+                Some(pod_object(i, "1700m", json!([]))),
             )
             .await;
             assert_eq!(
                 body,
                 json!({"spec": {"containers": [{"name": "pipeline", "resources": {
-                "requests": {"cpu": "1800m"}, "limits": {"cpu": "3600m"}}}]}})
+                "requests": {"cpu": "1700m"}, "limits": {"cpu": "3400m"}}}]}})
             );
         }
         task.await.unwrap().unwrap();
@@ -2125,10 +2126,10 @@ mod tests {
         no_more_requests(server).await;
         written(&mut sp, &status);
 
-        // 3. The nodes cannot take 1.8 cores: counted once, not asked again, answered by a step
+        // 3. The nodes cannot take 1.7 cores: counted once, not asked again, answered by a step
         //    to 3 replicas (the children applied) and a warning.
         let deferred = json!([{"type": "PodResizePending", "status": "True", "reason": "Deferred",
-            "message": "Node didn't have enough capacity: cpu, requested: 1800, capacity: 1200"}]);
+            "message": "Node didn't have enough capacity: cpu, requested: 1700, capacity: 1200"}]);
         let task = reconcile_at(&sp, NOW + 120);
         expect_reads(
             server,
@@ -2144,7 +2145,7 @@ mod tests {
             200,
             Some(pod_list(
                 (0..2)
-                    .map(|i| pod_object(i, "1800m", deferred.clone()))
+                    .map(|i| pod_object(i, "1700m", deferred.clone()))
                     .collect(),
             )),
         )
