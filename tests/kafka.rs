@@ -1046,7 +1046,7 @@ fn metrics_count_exactly_what_was_consumed_and_emitted_and_logs_are_json_lifecyc
         metric(
             &m,
             "sluice_plugin_info",
-            &[("plugin", "passthrough"), ("abi_version", "1.0")]
+            &[("plugin", "passthrough"), ("abi_version", "1.1")]
         ),
         Some(1.0)
     );

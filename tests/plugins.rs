@@ -75,7 +75,7 @@ fn loads_every_example_plugin_with_its_descriptor() {
         let info = plugin.describe();
         assert_eq!(info["name"], name);
         assert_eq!(info["version"], "0.1.0");
-        assert_eq!(info["abi_version"], "1.0");
+        assert_eq!(info["abi_version"], "1.1");
         assert_eq!(info["language"], language);
         assert!(!info["description"].as_str().unwrap().is_empty());
         assert!(
@@ -154,6 +154,215 @@ fn refuses_a_file_that_is_not_a_shared_library() {
 }
 
 #[test]
+fn refuses_a_truncated_library_in_one_line_instead_of_dying_in_dlopen() {
+    // The first 4 KiB or 12,000 bytes of a valid plugin: dlopen maps segments past the end of
+    // the file and the first touch is SIGBUS (exit 135) unless the host checks first.
+    let dir = tempfile::tempdir().unwrap();
+    let whole = std::fs::read(plugin("filter-and-enrich")).unwrap();
+    for cut in [4096, 12_000] {
+        let lib = dir.path().join(format!("libcut{cut}.so"));
+        std::fs::write(&lib, &whole[..cut]).unwrap();
+        let spec = write_spec(
+            dir.path(),
+            &format!(
+                "name: cut\nplugin:\n  path: {}\nsource:\n  file: {{path: \"-\"}}\noutputs:\n  enriched:\n    stdout: {{}}\n  filtered:\n    stdout: {{}}\n",
+                lib.display()
+            ),
+        );
+        let (lib_arg, spec_arg) = (lib.to_str().unwrap(), spec.to_str().unwrap());
+        for args in [
+            vec!["plugin", "inspect", lib_arg],
+            vec!["validate", "-f", spec_arg],
+            vec!["run", "-f", spec_arg],
+        ] {
+            let run = sluice(&args, dir.path(), "{}\n");
+            assert_exit_1(&run);
+            let line = run.error_line();
+            assert!(
+                line.starts_with(&format!(
+                    "error: plugin {}: truncated shared library (its loadable segment",
+                    lib.display()
+                )) && line.contains(&format!("but the file has {cut})")),
+                "{args:?}: {line}"
+            );
+        }
+        // The same refusal as JSON for scripts.
+        let run = sluice(&["plugin", "inspect", "--json", lib_arg], dir.path(), "");
+        assert_eq!(run.code, Some(1));
+        let refusal: Value = serde_json::from_str(&run.stdout).unwrap();
+        assert!(
+            refusal["error"]
+                .as_str()
+                .unwrap()
+                .contains("truncated shared library"),
+            "{refusal}"
+        );
+    }
+}
+
+/// A C plugin that emits each payload to `out`, with the vtable entries `hooks` (open, process,
+/// assigned, revoked, flush, close, output_name; `NULL` allowed).
+fn c_plugin_with_hooks(dir: &Path, name: &str, hooks: &str) -> std::path::PathBuf {
+    let source = format!(
+        r#"#include <string.h>
+#include "sluice_plugin.h"
+static sluice_status op(sluice_str c, const sluice_open_context *x, const sluice_host *h, void **i) {{
+    (void)c; (void)x; (void)h; *i = (void *)1; return SLUICE_STATUS_OK; }}
+static sluice_status pr(void *i, sluice_events ev, const sluice_host *h) {{
+    (void)i;
+    for (size_t n = 0; n < ev.len; n++) {{
+        sluice_record r; memset(&r, 0, sizeof r);
+        r.output = SLUICE_STR("out"); r.value = ev.ptr[n].payload; r.flags = SLUICE_FLAG_KEY_NULL;
+        if (h->emit(h->ctx, &r) != SLUICE_STATUS_OK) return SLUICE_STATUS_ERROR;
+    }}
+    return SLUICE_STATUS_OK; }}
+static sluice_status cl(void *i, const sluice_host *h) {{ (void)i; (void)h; return SLUICE_STATUS_OK; }}
+static sluice_str outs(size_t i) {{
+    static const sluice_str names[] = {{ {{"out", 3}}, {{"audit", 5}} }};
+    return i < 2 ? names[i] : (sluice_str){{NULL, 0}}; }}
+static const sluice_plugin_vtable VT = {{ sizeof(sluice_plugin_vtable), {hooks} }};
+static const sluice_plugin_descriptor D = {{ SLUICE_ABI_MAJOR, SLUICE_ABI_MINOR, SLUICE_STR("{name}"),
+    SLUICE_STR("0.1.0"), SLUICE_STR("hooks test plugin"), {{0, 0}}, &VT, 0 }};
+SLUICE_EXPORT const sluice_plugin_descriptor *sluice_plugin_entry(void) {{ return &D; }}
+/* Referenced whatever the table holds, so -Werror sees no unused function. */
+void *keep_{name}[] = {{ (void *)op, (void *)pr, (void *)cl, (void *)outs }};
+"#
+    );
+    cc_plugin(dir, name, &source)
+}
+
+#[test]
+fn null_optional_hooks_are_no_ops_and_null_required_ones_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // assigned, revoked and flush NULL: a file run calls all three (it crashed the host before).
+    let lib = c_plugin_with_hooks(dir.path(), "lean", "op, pr, NULL, NULL, NULL, cl, NULL");
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: lean\nplugin:\n  path: {}\nsource:\n  file: {{path: \"-\", format: lines}}\noutputs:\n  out:\n    stdout: {{}}\n",
+            lib.display()
+        ),
+    );
+    let run = sluice(
+        &["run", "-f", spec.to_str().unwrap()],
+        dir.path(),
+        "a\nb\nc\n",
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "a\nb\nc\n");
+    let run = sluice(
+        &["plugin", "inspect", lib.to_str().unwrap()],
+        dir.path(),
+        "",
+    );
+    assert!(
+        run.stdout.contains("outputs      not declared"),
+        "{}",
+        run.stdout
+    );
+    // A required entry NULL: refused at load, naming it.
+    for (entry, hooks) in [
+        ("open", "NULL, pr, NULL, NULL, NULL, cl, NULL"),
+        ("process", "op, NULL, NULL, NULL, NULL, cl, NULL"),
+        ("close", "op, pr, NULL, NULL, NULL, NULL, NULL"),
+    ] {
+        let lib = c_plugin_with_hooks(dir.path(), &format!("no_{entry}"), hooks);
+        let err = load(&lib).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "plugin {}: the plugin vtable's `{entry}` is NULL: `open`, `process` and `close` are required (only `assigned`, `revoked`, `flush` and `output_name` may be NULL): fill it in and rebuild",
+                lib.display()
+            )
+        );
+    }
+}
+
+#[test]
+fn validate_and_run_refuse_a_spec_without_an_output_the_plugin_declares() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = c_plugin_with_hooks(dir.path(), "declares", "op, pr, NULL, NULL, NULL, cl, outs");
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: declares\nplugin:\n  path: {}\nsource:\n  file: {{path: \"-\", format: lines}}\noutputs:\n  out:\n    stdout: {{}}\n",
+            lib.display()
+        ),
+    );
+    for command in ["validate", "run"] {
+        let run = sluice(&[command, "-f", spec.to_str().unwrap()], dir.path(), "a\n");
+        assert_exit_1(&run);
+        assert_eq!(
+            run.error_line(),
+            format!(
+                "error: {}: outputs: plugin declares 0.1.0 emits to `audit`, which the spec does not define: add it under `outputs:`",
+                spec.display()
+            )
+        );
+    }
+    let run = sluice(
+        &["plugin", "inspect", "--json", lib.to_str().unwrap()],
+        dir.path(),
+        "",
+    );
+    let info: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(info["outputs"], json!(["out", "audit"]));
+    // Rust plugins declare theirs through `Pipeline::OUTPUTS`.
+    let run = sluice(
+        &[
+            "plugin",
+            "inspect",
+            "--json",
+            plugin("filter-and-enrich").to_str().unwrap(),
+        ],
+        dir.path(),
+        "",
+    );
+    let info: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(info["outputs"], json!(["enriched", "filtered"]));
+}
+
+#[test]
+// std::io::pipe is newer than the workspace's declared minimum Rust; only this test needs it.
+#[allow(clippy::incompatible_msrv)]
+fn every_command_ends_quietly_when_its_reader_closes_the_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = plugin("filter-and-enrich");
+    let bookings = root().join("plugins/filter-and-enrich/pipeline.yaml");
+    let example = root().join("deploy/examples/streampipeline.yaml");
+    let trace = root().join("deploy/capacity/steady-7d.csv");
+    let commands: [Vec<&str>; 6] = [
+        vec!["plugin", "inspect", lib.to_str().unwrap()],
+        vec!["plugin", "inspect", "--json", lib.to_str().unwrap()],
+        vec!["validate", "-f", bookings.to_str().unwrap()],
+        vec!["render", "-f", example.to_str().unwrap()],
+        vec!["capacity", "simulate", trace.to_str().unwrap()],
+        vec!["run", "-f", bookings.to_str().unwrap()],
+    ];
+    sluice(&["--help"], dir.path(), ""); // builds the binary
+    for args in commands {
+        // The read end is closed before the command starts: its first write meets EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(sluice_tests::workspace_binary("sluice"))
+            .args(&args)
+            .current_dir(root())
+            .env("SLUICE_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked") && !stderr.contains("error"),
+            "{args:?}: {:?}\n{stderr}",
+            out.status
+        );
+    }
+}
+
+#[test]
 fn refuses_a_library_without_the_entry_symbol() {
     let dir = tempfile::tempdir().unwrap();
     let lib = cc_plugin(
@@ -214,7 +423,7 @@ fn refuses_a_plugin_built_for_another_abi_major_version() {
     assert_eq!(
         err,
         format!(
-            "plugin {}: plugin built for ABI 2.0, this host speaks ABI 1.0: rebuild the plugin against sluice-plugin-api 1.x",
+            "plugin {}: plugin built for ABI 2.0, this host speaks ABI 1.1: rebuild the plugin against sluice-plugin-api 1.x",
             lib.display()
         )
     );
@@ -335,7 +544,7 @@ fn refuses_config_that_breaks_the_plugin_schema_or_fails_open() {
     let lib = plugin("filter-and-enrich");
     let spec = |config: &str| {
         format!(
-            "name: cfg\nplugin:\n  path: {}\n  config: {config}\nsource:\n  file: {{path: \"-\"}}\noutputs:\n  enriched:\n    stdout: {{}}\n",
+            "name: cfg\nplugin:\n  path: {}\n  config: {config}\nsource:\n  file: {{path: \"-\"}}\noutputs:\n  enriched:\n    stdout: {{}}\n  filtered:\n    stdout: {{}}\n",
             lib.display()
         )
     };
@@ -351,17 +560,19 @@ fn refuses_config_that_breaks_the_plugin_schema_or_fails_open() {
             )
         );
     }
-    // Schema-valid but refused by the plugin's own open().
+    // Schema-valid but refused by the plugin's own open(): `validate` opens the plugin too.
     let path = write_spec(dir.path(), &spec("{fare_bands: [30, 10]}"));
-    let run = sluice(&["run", "-f", path.to_str().unwrap()], dir.path(), "");
-    assert_exit_1(&run);
-    assert_eq!(
-        run.error_line(),
-        format!(
-            "error: plugin filter-and-enrich 0.1.0 failed to open: plugin error: fare_bands must be ascending, e.g. [10, 30]: check `plugin.config` in {}",
-            path.display()
-        )
-    );
+    for command in ["validate", "run"] {
+        let run = sluice(&[command, "-f", path.to_str().unwrap()], dir.path(), "");
+        assert_exit_1(&run);
+        assert_eq!(
+            run.error_line(),
+            format!(
+                "error: plugin filter-and-enrich 0.1.0 failed to open: plugin error: fare_bands must be ascending, e.g. [10, 30]: check `plugin.config` in {}",
+                path.display()
+            )
+        );
+    }
 }
 
 #[test]
@@ -992,7 +1203,9 @@ fn inspect_prints_text_and_json() {
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("abi          1.0 (rust plugin)"));
+    assert!(run.stdout.contains("abi          1.1 (rust plugin)"));
+    // Its outputs come from the config (`output`), so it declares none.
+    assert!(run.stdout.contains("outputs      not declared"));
     let run = sluice(
         &["plugin", "inspect", "--json", lib.to_str().unwrap()],
         &root(),

@@ -1,5 +1,22 @@
 //! The `sluice` command line: run and validate pipeline specs, inspect and scaffold plugins.
 
+/// `print!` that returns the write's error instead of panicking: a closed stdout (`sluice ... |
+/// head -1`) ends the command quietly in `main`, never with a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
+/// `println!` that returns the write's error (see [`out!`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?;
+    }};
+}
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -398,7 +415,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             tier,
             placement,
         } => {
-            print!("{}", render(&file, tier.as_deref(), placement.as_deref())?);
+            out!("{}", render(&file, tier.as_deref(), placement.as_deref())?);
             Ok(())
         }
         Command::Capacity {
@@ -423,7 +440,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 operator_applies,
                 ..Default::default()
             };
-            print!("{}", simulate(&trace, plot.as_deref(), scenario)?);
+            out!("{}", simulate(&trace, plot.as_deref(), scenario)?);
             Ok(())
         }
         Command::Capacity {
@@ -441,7 +458,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 Shape::Diurnal => format!("sluice capacity trace --days {days} --seed {seed}"),
                 _ => format!("sluice capacity trace --shape {shape} --days {days} --seed {seed}"),
             };
-            print!(
+            out!(
                 "{}",
                 trace.to_csv(&format!(
                     "Synthetic load: `{command}` (see deploy/capacity/README.md)"
@@ -454,9 +471,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 anyhow::anyhow!("sluice status: {e}: is the pod running with an admin endpoint?")
             })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", status.render());
+                out!("{}", status.render());
             }
             Ok(())
         }
@@ -471,6 +488,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Validate { spec } => {
             let spec = PipelineSpec::load(&spec)?;
             let plugin = run::prepare(&spec).map_err(|e| with_detail(e, cli.verbose))?;
+            run::try_open(&plugin, &spec)?;
             let source = match &spec.source {
                 SourceSpec::File(file) => {
                     let input = spec.resolve(&file.path);
@@ -491,31 +509,31 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 ),
             };
             let (major, minor) = plugin.plugin_ref().abi_version();
-            println!("ok: {}: pipeline {}", spec.file.display(), spec.name);
+            outln!("ok: {}: pipeline {}", spec.file.display(), spec.name);
             let (label, path) = (plugin.label(), plugin.path().display());
-            println!("  plugin   {label} (ABI {major}.{minor}) from {path}");
-            println!("  source   {source}");
+            outln!("  plugin   {label} (ABI {major}.{minor}) from {path}");
+            outln!("  source   {source}");
             for (name, output) in &spec.outputs {
                 match output {
-                    OutputSpec::Stdout(_) => println!("  output   {name} -> stdout"),
+                    OutputSpec::Stdout(_) => outln!("  output   {name} -> stdout"),
                     OutputSpec::File(f) => {
-                        println!(
+                        outln!(
                             "  output   {name} -> file {}",
                             spec.resolve(&f.path).display()
                         )
                     }
                     OutputSpec::Kafka(k) => {
-                        println!("  output   {name} -> kafka topic {}", k.topic)
+                        outln!("  output   {name} -> kafka topic {}", k.topic)
                     }
                     OutputSpec::Postgres(t) => {
-                        println!(
+                        outln!(
                             "  output   {name} -> postgres table {} ({})",
                             t.table,
                             format!("{:?}", t.mode).to_lowercase()
                         )
                     }
                     OutputSpec::Mysql(t) => {
-                        println!(
+                        outln!(
                             "  output   {name} -> mysql table {} ({})",
                             t.table,
                             format!("{:?}", t.mode).to_lowercase()
@@ -526,13 +544,21 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(PluginCommand::Inspect { library, json }) => {
-            let plugin = Plugin::load(&library, None)
-                .map_err(|e| with_detail(RunError::Load(e), cli.verbose))?;
+            let plugin = match Plugin::load(&library, None) {
+                Ok(plugin) => plugin,
+                // With --json the refusal is JSON too (on stdout, for scripts), and still exit 1.
+                Err(e) if json => {
+                    let refusal = serde_json::json!({"error": e.to_string(), "path": library});
+                    outln!("{}", serde_json::to_string_pretty(&refusal)?);
+                    return Err(with_detail(RunError::Load(e), cli.verbose));
+                }
+                Err(e) => return Err(with_detail(RunError::Load(e), cli.verbose)),
+            };
             let info = plugin.describe();
             if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                outln!("{}", serde_json::to_string_pretty(&info)?);
             } else {
-                print_descriptor(&info);
+                print_descriptor(&info)?;
             }
             Ok(())
         }
@@ -548,14 +574,28 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 )?,
             };
             let created = scaffold::create(&name, &dir, &api)?;
-            println!("created {}", created.display());
-            println!(
+            outln!("created {}", created.display());
+            outln!(
                 "next: cd {} && cargo test && cargo build && sluice run -f pipeline.yaml",
                 created.display()
             );
             Ok(())
         }
     }
+}
+
+/// Whether a command failed only because the reader of its stdout went away (a closed pipe):
+/// such a command ends quietly, as `cat` or `grep` do.
+pub fn is_closed_stdout(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(
+                cause.downcast_ref::<RunError>(),
+                Some(RunError::ReaderGone(_))
+            )
+    })
 }
 
 fn with_detail(err: RunError, verbose: bool) -> anyhow::Error {
@@ -571,25 +611,33 @@ fn with_detail(err: RunError, verbose: bool) -> anyhow::Error {
     }
 }
 
-fn print_descriptor(info: &serde_json::Value) {
+fn print_descriptor(info: &serde_json::Value) -> std::io::Result<()> {
     let field = |key: &str| info[key].as_str().unwrap_or_default().to_owned();
-    println!("name         {}", field("name"));
-    println!("version      {}", field("version"));
-    println!("description  {}", field("description"));
-    println!(
+    outln!("name         {}", field("name"));
+    outln!("version      {}", field("version"));
+    outln!("description  {}", field("description"));
+    outln!(
         "abi          {} ({} plugin)",
         field("abi_version"),
         field("language")
     );
-    println!("path         {}", field("path"));
-    println!("sha256       {}", field("sha256"));
+    outln!("path         {}", field("path"));
+    outln!("sha256       {}", field("sha256"));
+    match info["outputs"].as_array() {
+        Some(names) => {
+            let names: Vec<&str> = names.iter().filter_map(|n| n.as_str()).collect();
+            outln!("outputs      {}", names.join(", "))
+        }
+        None => outln!("outputs      not declared"),
+    }
     match &info["config_schema"] {
-        serde_json::Value::Null => println!("config       no schema published"),
-        schema => println!(
+        serde_json::Value::Null => outln!("config       no schema published"),
+        schema => outln!(
             "config       {}",
             serde_json::to_string_pretty(schema)
                 .unwrap_or_default()
                 .replace('\n', "\n             ")
         ),
     }
+    Ok(())
 }

@@ -32,6 +32,8 @@ fn main() -> ExitCode {
     }
     match sluice_cli::cli::execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`sluice ... | head -1`): it wanted no more.
+        Err(err) if sluice_cli::cli::is_closed_stdout(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // One line (plus detail lines only with --verbose); the chain is already in the message.
             eprintln!("error: {err}");

@@ -1,5 +1,5 @@
 /*
- * sluice_plugin.h: the Sluice pipeline plugin ABI, version 1.0.
+ * sluice_plugin.h: the Sluice pipeline plugin ABI, version 1.1.
  *
  * A plugin is a shared library exporting
  *
@@ -22,7 +22,12 @@
  * Compatibility: within major version 1 the data structs below are frozen; the two tables
  * (sluice_host, sluice_plugin_vtable) only grow at the end and start with their size. A host
  * accepts plugins of any 1.x minor version; check host->size before using a callback added
- * after 1.0 (there are none yet).
+ * after 1.0 (there are none yet). Set the descriptor's abi_major and abi_minor to the
+ * SLUICE_ABI_MAJOR and SLUICE_ABI_MINOR of the header you compile against, and the vtable's
+ * size to sizeof(sluice_plugin_vtable): a host of another major version refuses the plugin by
+ * name, and a host of an older minor version calls only the entries it knows.
+ *
+ * 1.1 added sluice_plugin_vtable.output_name; a 1.0 table (without it) still loads.
  */
 #ifndef SLUICE_PLUGIN_H
 #define SLUICE_PLUGIN_H
@@ -35,7 +40,7 @@ extern "C" {
 #endif
 
 #define SLUICE_ABI_MAJOR 1
-#define SLUICE_ABI_MINOR 0
+#define SLUICE_ABI_MINOR 1
 
 typedef int32_t sluice_status;
 #define SLUICE_STATUS_OK 0
@@ -130,19 +135,29 @@ typedef struct sluice_host {
     void (*log)(void *ctx, uint32_t level, sluice_str message);
 } sluice_host;
 
-/* The plugin's entry points. */
+/* The plugin's entry points. open, process and close are REQUIRED: a library with NULL in one
+ * of them is refused at load, naming the entry. assigned, revoked, flush and output_name are
+ * OPTIONAL: NULL means there is nothing to do then (the host counts the call as done). */
 typedef struct sluice_plugin_vtable {
     size_t size; /* sizeof(sluice_plugin_vtable) as the plugin was built */
-    /* config_json is always a JSON object ("{}" when the spec has none). */
+    /* Required. config_json is always a JSON object ("{}" when the spec has none). */
     sluice_status (*open)(sluice_str config_json, const sluice_open_context *context,
                           const sluice_host *host, void **instance);
+    /* Required. */
     sluice_status (*process)(void *instance, sluice_events events, const sluice_host *host);
+    /* Optional (NULL: no-op). */
     sluice_status (*assigned)(void *instance, sluice_partitions partitions, const sluice_host *host);
+    /* Optional (NULL: no-op). */
     sluice_status (*revoked)(void *instance, sluice_partitions partitions, const sluice_host *host);
-    /* Called before the host commits offsets: emit everything you buffer. */
+    /* Optional (NULL: nothing buffered). Called before the host commits offsets: emit everything
+     * you buffer. */
     sluice_status (*flush)(void *instance, const sluice_host *host);
-    /* Frees the instance; called exactly once. */
+    /* Required. Frees the instance; called exactly once. */
     sluice_status (*close)(void *instance, const sluice_host *host);
+    /* Optional, ABI 1.1. The name of the index-th output this plugin emits to, and an empty
+     * string ({NULL, 0}) past the last one. `sluice validate` refuses a spec that lacks one of
+     * them. NULL: the plugin does not say. */
+    sluice_str (*output_name)(size_t index);
 } sluice_plugin_vtable;
 
 typedef struct sluice_plugin_descriptor {

@@ -20,7 +20,7 @@ use abi_stable::StableAbi;
 /// ABI major version. Plugins built for another major version are refused.
 pub const ABI_MAJOR: u32 = 1;
 /// ABI minor version. Grows when entries are appended to a table; either side may be newer.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 /// The symbol every plugin library exports: `const sluice_plugin_descriptor *sluice_plugin_entry(void)`.
 pub const ENTRY_SYMBOL: &str = "sluice_plugin_entry";
 
@@ -499,42 +499,60 @@ pub struct Host {
     pub log: unsafe extern "C" fn(ctx: *mut c_void, level: u32, message: Str<'_>),
 }
 
+/// `open`: creates an instance from its JSON config (always a JSON object) and stores it in
+/// `*instance`.
+pub type OpenFn = unsafe extern "C" fn(
+    config_json: Str<'_>,
+    context: *const OpenContext<'_>,
+    host: *const Host,
+    instance: *mut *mut c_void,
+) -> Status;
+/// `process`: processes a batch of events, emitting records and per-event errors through `host`.
+pub type ProcessFn = unsafe extern "C" fn(
+    instance: *mut c_void,
+    events: Slice<'_, Event<'_>>,
+    host: *const Host,
+) -> Status;
+/// `assigned` and `revoked`: partitions given to or taken from an instance.
+pub type PartitionsFn = unsafe extern "C" fn(
+    instance: *mut c_void,
+    partitions: Slice<'_, Partition<'_>>,
+    host: *const Host,
+) -> Status;
+/// `flush` and `close`.
+pub type InstanceFn = unsafe extern "C" fn(instance: *mut c_void, host: *const Host) -> Status;
+/// `output_name` (ABI 1.1): the name of the plugin's `index`-th output, an empty string past the
+/// last one.
+pub type OutputNameFn = unsafe extern "C" fn(index: usize) -> Str<'static>;
+
 /// The plugin's entry points: `sluice_plugin_vtable`. Growable: entries are only appended, and
 /// the host checks `size` before it calls an entry added after ABI 1.0.
+///
+/// `open`, `process` and `close` are required: a library whose table has NULL in one of them is
+/// refused at load, naming the entry. `assigned`, `revoked` and `flush` are optional: NULL means
+/// the plugin has nothing to do then (the host treats the call as done). `output_name` (1.1) is
+/// optional: NULL means the plugin does not say which outputs it emits to.
 #[repr(C)]
 #[derive(Debug)]
 pub struct PluginVTable {
     /// `sizeof(sluice_plugin_vtable)` as the plugin was built.
     pub size: usize,
-    /// Creates an instance from its JSON config (always a JSON object) and stores it in `*instance`.
-    pub open: unsafe extern "C" fn(
-        config_json: Str<'_>,
-        context: *const OpenContext<'_>,
-        host: *const Host,
-        instance: *mut *mut c_void,
-    ) -> Status,
-    /// Processes a batch of events, emitting records and per-event errors through `host`.
-    pub process: unsafe extern "C" fn(
-        instance: *mut c_void,
-        events: Slice<'_, Event<'_>>,
-        host: *const Host,
-    ) -> Status,
-    /// Partitions newly assigned to this instance.
-    pub assigned: unsafe extern "C" fn(
-        instance: *mut c_void,
-        partitions: Slice<'_, Partition<'_>>,
-        host: *const Host,
-    ) -> Status,
-    /// Partitions taken away from this instance; emit what is buffered for them.
-    pub revoked: unsafe extern "C" fn(
-        instance: *mut c_void,
-        partitions: Slice<'_, Partition<'_>>,
-        host: *const Host,
-    ) -> Status,
-    /// Called before the host commits offsets: emit or persist everything buffered.
-    pub flush: unsafe extern "C" fn(instance: *mut c_void, host: *const Host) -> Status,
-    /// Frees the instance. Called exactly once; the instance is gone even when it fails.
-    pub close: unsafe extern "C" fn(instance: *mut c_void, host: *const Host) -> Status,
+    /// Required: creates an instance from its JSON config and stores it in `*instance`.
+    pub open: Option<OpenFn>,
+    /// Required: processes a batch of events, emitting records and per-event errors through `host`.
+    pub process: Option<ProcessFn>,
+    /// Optional: partitions newly assigned to this instance.
+    pub assigned: Option<PartitionsFn>,
+    /// Optional: partitions taken away from this instance; emit what is buffered for them.
+    pub revoked: Option<PartitionsFn>,
+    /// Optional: called before the host commits offsets: emit or persist everything buffered.
+    pub flush: Option<InstanceFn>,
+    /// Required: frees the instance. Called exactly once; the instance is gone even when it fails.
+    pub close: Option<InstanceFn>,
+    /// ABI 1.1, optional: the outputs the plugin emits to, one name per index (an empty string
+    /// past the last). `sluice validate` compares them with the spec's `outputs:`. Read only when
+    /// `size` covers it.
+    pub output_name: Option<OutputNameFn>,
 }
 
 /// What `sluice_plugin_entry` returns: `sluice_plugin_descriptor`. Its first two fields are
@@ -621,6 +639,7 @@ mod header_matches_rust {
             layout!("sluice_plugin_vtable", PluginVTable, {
                 "size" => size, "open" => open, "process" => process, "assigned" => assigned,
                 "revoked" => revoked, "flush" => flush, "close" => close,
+                "output_name" => output_name,
             }),
             layout!("sluice_plugin_descriptor", Descriptor, {
                 "abi_major" => abi_major, "abi_minor" => abi_minor, "name" => name, "version" => version,

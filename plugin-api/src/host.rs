@@ -34,6 +34,8 @@ pub enum DescriptorError {
     },
     /// A descriptor string is not UTF-8.
     NotUtf8(&'static str),
+    /// A required entry of the vtable is NULL.
+    MissingEntry(&'static str),
 }
 
 impl fmt::Display for DescriptorError {
@@ -59,6 +61,10 @@ impl fmt::Display for DescriptorError {
             DescriptorError::NotUtf8(field) => {
                 write!(f, "the plugin descriptor's {field} is not UTF-8")
             }
+            DescriptorError::MissingEntry(entry) => write!(
+                f,
+                "the plugin vtable's `{entry}` is NULL: `open`, `process` and `close` are required (only `assigned`, `revoked`, `flush` and `output_name` may be NULL): fill it in and rebuild"
+            ),
         }
     }
 }
@@ -66,7 +72,10 @@ impl fmt::Display for DescriptorError {
 impl std::error::Error for DescriptorError {}
 
 /// Size of the ABI 1.0 plugin vtable: every 1.x plugin has at least these entries.
-pub const MIN_VTABLE_SIZE: usize = std::mem::size_of::<PluginVTable>();
+pub const MIN_VTABLE_SIZE: usize = std::mem::offset_of!(PluginVTable, output_name);
+
+/// Most outputs a plugin may declare (a bound on reading `output_name`).
+const MAX_DECLARED_OUTPUTS: usize = 1024;
 
 /// How a plugin call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +162,10 @@ impl Collector for NoOutputs {
 pub struct PluginRef {
     descriptor: &'static Descriptor,
     vtable: &'static PluginVTable,
+    // The required entries, checked non-NULL at load.
+    open: abi::OpenFn,
+    process: abi::ProcessFn,
+    close: abi::InstanceFn,
 }
 
 impl PluginRef {
@@ -191,7 +204,38 @@ impl PluginRef {
                 .to_str()
                 .map_err(|_| DescriptorError::NotUtf8(field))?;
         }
-        Ok(PluginRef { descriptor, vtable })
+        let open = vtable.open.ok_or(DescriptorError::MissingEntry("open"))?;
+        let process = vtable
+            .process
+            .ok_or(DescriptorError::MissingEntry("process"))?;
+        let close = vtable.close.ok_or(DescriptorError::MissingEntry("close"))?;
+        Ok(PluginRef {
+            descriptor,
+            vtable,
+            open,
+            process,
+            close,
+        })
+    }
+
+    /// The outputs the plugin says it emits to (ABI 1.1 `output_name`); `None` when it does not
+    /// say (a 1.0 plugin, or NULL).
+    pub fn declared_outputs(&self) -> Option<Vec<&'static str>> {
+        if self.vtable.size < std::mem::size_of::<PluginVTable>() {
+            return None;
+        }
+        let output_name = self.vtable.output_name?;
+        let mut names = Vec::new();
+        for index in 0..MAX_DECLARED_OUTPUTS {
+            // SAFETY: a 1.1 table's `output_name` per the ABI: static strings, any index.
+            let name = unsafe { output_name(index) };
+            match name.to_str() {
+                Ok("") => break,
+                Ok(name) => names.push(name),
+                Err(_) => break,
+            }
+        }
+        Some(names)
     }
 
     /// The raw descriptor.
@@ -228,7 +272,7 @@ impl PluginRef {
         collector: &mut dyn Collector,
     ) -> Result<Instance, CallError> {
         let mut ptr: *mut c_void = std::ptr::null_mut();
-        let open = self.vtable.open;
+        let open = self.open;
         call(collector, 0, |host| {
             // SAFETY: per the ABI: valid config, context, host and out-slot for the call.
             unsafe { open(Str::new(config_json), context, host, &mut ptr) }
@@ -266,7 +310,7 @@ impl Instance {
         events: &[Event<'_>],
         collector: &mut dyn Collector,
     ) -> Result<(), CallError> {
-        let (process, ptr) = (self.plugin.vtable.process, self.ptr);
+        let (process, ptr) = (self.plugin.process, self.ptr);
         call(collector, events.len(), |host| {
             // SAFETY: live instance; events borrowed for the call.
             unsafe { process(ptr, Slice::new(events), host) }
@@ -279,7 +323,9 @@ impl Instance {
         partitions: &[Partition<'_>],
         collector: &mut dyn Collector,
     ) -> Result<(), CallError> {
-        let (assigned, ptr) = (self.plugin.vtable.assigned, self.ptr);
+        let (Some(assigned), ptr) = (self.plugin.vtable.assigned, self.ptr) else {
+            return Ok(()); // NULL: nothing to do
+        };
         // SAFETY: live instance; partitions borrowed for the call.
         call(collector, 0, |host| unsafe {
             assigned(ptr, Slice::new(partitions), host)
@@ -292,7 +338,9 @@ impl Instance {
         partitions: &[Partition<'_>],
         collector: &mut dyn Collector,
     ) -> Result<(), CallError> {
-        let (revoked, ptr) = (self.plugin.vtable.revoked, self.ptr);
+        let (Some(revoked), ptr) = (self.plugin.vtable.revoked, self.ptr) else {
+            return Ok(()); // NULL: nothing to do
+        };
         // SAFETY: live instance; partitions borrowed for the call.
         call(collector, 0, |host| unsafe {
             revoked(ptr, Slice::new(partitions), host)
@@ -301,7 +349,9 @@ impl Instance {
 
     /// Asks the instance to emit everything it buffers (before offsets are committed).
     pub fn flush(&mut self, collector: &mut dyn Collector) -> Result<(), CallError> {
-        let (flush, ptr) = (self.plugin.vtable.flush, self.ptr);
+        let (Some(flush), ptr) = (self.plugin.vtable.flush, self.ptr) else {
+            return Ok(()); // NULL: nothing buffered
+        };
         // SAFETY: live instance.
         call(collector, 0, |host| unsafe { flush(ptr, host) })
     }
@@ -309,7 +359,7 @@ impl Instance {
     /// Closes the instance.
     pub fn close(self, collector: &mut dyn Collector) -> Result<(), CallError> {
         let this = std::mem::ManuallyDrop::new(self);
-        let (close, ptr) = (this.plugin.vtable.close, this.ptr);
+        let (close, ptr) = (this.plugin.close, this.ptr);
         // SAFETY: live instance, closed exactly once (Drop is skipped).
         call(collector, 0, |host| unsafe { close(ptr, host) })
     }
@@ -317,7 +367,7 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        let (close, ptr) = (self.plugin.vtable.close, self.ptr);
+        let (close, ptr) = (self.plugin.close, self.ptr);
         // SAFETY: live instance, closed exactly once (`close` skips this Drop).
         let _ = call(&mut NoOutputs, 0, |host| unsafe { close(ptr, host) });
     }

@@ -228,6 +228,12 @@ pub trait Pipeline: Sized + Send + 'static {
     /// JSON schema of [`Pipeline::Config`]; the host validates the config against it first.
     const CONFIG_SCHEMA: Option<&'static str> = None;
 
+    /// The outputs this plugin emits to (`Out::emit`'s first argument). Declare them, and
+    /// `sluice validate` refuses a spec that lacks one of them (instead of the first emit to it
+    /// failing at run time), and [`crate::testing::Harness`] refuses an emit to any other name.
+    /// `None`: the plugin does not say.
+    const OUTPUTS: Option<&'static [&'static str]> = None;
+
     /// Creates an instance.
     fn open(config: Self::Config, ctx: &Context<'_>) -> Result<Self, Error>;
 
@@ -448,12 +454,24 @@ pub mod shims {
     pub const fn vtable<P: Pipeline>() -> abi::PluginVTable {
         abi::PluginVTable {
             size: std::mem::size_of::<abi::PluginVTable>(),
-            open: open::<P>,
-            process: process::<P>,
-            assigned: assigned::<P>,
-            revoked: revoked::<P>,
-            flush: flush::<P>,
-            close: close::<P>,
+            open: Some(open::<P>),
+            process: Some(process::<P>),
+            assigned: Some(assigned::<P>),
+            revoked: Some(revoked::<P>),
+            flush: Some(flush::<P>),
+            close: Some(close::<P>),
+            output_name: match P::OUTPUTS {
+                Some(_) => Some(output_name::<P>),
+                None => None,
+            },
+        }
+    }
+
+    /// `output_name`: [`Pipeline::OUTPUTS`], one name per index, empty past the last.
+    pub extern "C" fn output_name<P: Pipeline>(index: usize) -> Str<'static> {
+        match P::OUTPUTS.and_then(|names| names.get(index)) {
+            Some(name) => Str::new(name),
+            None => Str::EMPTY,
         }
     }
 

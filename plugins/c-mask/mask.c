@@ -157,10 +157,9 @@ static sluice_status mask_partitions(void *instance, sluice_partitions partition
     return SLUICE_STATUS_OK;
 }
 
-static sluice_status mask_flush(void *instance, const sluice_host *host) {
-    (void)instance;
-    (void)host;
-    return SLUICE_STATUS_OK; /* nothing buffered */
+/* The one output this plugin emits to (`sluice validate` checks the spec has it). */
+static sluice_str mask_output_name(size_t index) {
+    return index == 0 ? SLUICE_STR("masked") : (sluice_str){NULL, 0};
 }
 
 static sluice_status mask_close(void *instance, const sluice_host *host) {
@@ -175,7 +174,7 @@ static sluice_status mask_close(void *instance, const sluice_host *host) {
 
 static const sluice_plugin_vtable VTABLE = {
     sizeof(sluice_plugin_vtable), mask_open, mask_process, mask_partitions, mask_partitions,
-    mask_flush, mask_close,
+    NULL /* flush: nothing is buffered */, mask_close, mask_output_name,
 };
 
 static const sluice_plugin_descriptor DESCRIPTOR = {

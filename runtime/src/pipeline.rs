@@ -311,11 +311,15 @@ impl Running {
         for (name, (target, _)) in &shared.outputs {
             if let OutputTarget::Local(out) = target {
                 let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(err) = out.flush() {
-                    failure.set(format!(
+                match out.flush() {
+                    Ok(()) => {}
+                    Err(err) if out.reader_gone(&err) => failure.set_reader_gone(format!(
+                        "output `{name}`: the reader of stdout went away (a closed pipe): stopping"
+                    )),
+                    Err(err) => failure.set(format!(
                         "output `{name}` ({}): {err}",
                         out.target().display()
-                    ));
+                    )),
                 }
             }
         }
@@ -330,6 +334,9 @@ impl Running {
         }
         if let Some(message) = fatal.or_else(|| failure.get()) {
             telemetry.health.set_lifecycle(Lifecycle::Stopped);
+            if failure.reader_gone() {
+                return Err(RunError::ReaderGone(message));
+            }
             return Err(RunError::Fatal(message));
         }
         telemetry.emit(Stopped);

@@ -41,6 +41,20 @@ pub enum RunError {
         /// The schema compiler's message.
         message: String,
     },
+    /// The plugin says it emits to outputs the spec does not define.
+    #[error(
+        "{spec}: outputs: plugin {plugin} emits to {missing}, which the spec does not define: add {what} under `outputs:`"
+    )]
+    UndefinedOutputs {
+        /// The spec file.
+        spec: PathBuf,
+        /// "name version".
+        plugin: String,
+        /// The outputs, quoted and joined.
+        missing: String,
+        /// "it" or "them".
+        what: &'static str,
+    },
     /// `open` failed.
     #[error("plugin {plugin} failed to open: {source}: check `plugin.config` in {spec}")]
     Open {
@@ -61,6 +75,10 @@ pub enum RunError {
     /// A fatal error stopped a running pipeline; offsets stop short of the failing event.
     #[error("{0}")]
     Fatal(String),
+    /// The reader of stdout went away (`sluice run ... | head`): the run stopped there, with
+    /// offsets short of the first record it could not write. `sluice` ends quietly on it.
+    #[error("{0}")]
+    ReaderGone(String),
     /// An output could not be created or written.
     #[error("output `{name}` ({target}): {source}")]
     Output {
@@ -125,7 +143,48 @@ pub fn prepare(spec: &PipelineSpec) -> Result<Plugin, RunError> {
         spec.plugin.sha256.as_deref(),
     )?;
     check_config(&plugin, &spec.plugin.config, &spec.file)?;
+    check_outputs(&plugin, spec)?;
     Ok(plugin)
+}
+
+/// Refuses a spec that lacks an output the plugin declares (ABI 1.1 `output_name`): the first
+/// emit to it would fail the run.
+pub fn check_outputs(plugin: &Plugin, spec: &PipelineSpec) -> Result<(), RunError> {
+    let Some(declared) = plugin.plugin_ref().declared_outputs() else {
+        return Ok(());
+    };
+    let missing: Vec<String> = declared
+        .iter()
+        .filter(|name| !spec.outputs.contains_key(**name))
+        .map(|name| format!("`{name}`"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(RunError::UndefinedOutputs {
+        spec: spec.file.clone(),
+        plugin: plugin.label(),
+        what: if missing.len() == 1 { "it" } else { "them" },
+        missing: missing.join(", "),
+    })
+}
+
+/// Opens one instance with the spec's config and closes it again: what `sluice validate` does
+/// so that a config the plugin's own `open` refuses fails there, not at run time.
+pub fn try_open(plugin: &Plugin, spec: &PipelineSpec) -> Result<(), RunError> {
+    let label = plugin.label();
+    let ctx = sluice_plugin_api::abi::OpenContext::new(&spec.name, 0, 1);
+    let mut collector = crate::sink::NullCollector::new(&label);
+    let failed = |source| RunError::Open {
+        plugin: label.clone(),
+        spec: spec.file.clone(),
+        source,
+    };
+    let instance = plugin
+        .plugin_ref()
+        .open(&spec.plugin.config.to_string(), &ctx, &mut collector)
+        .map_err(failed)?;
+    instance.close(&mut collector).map_err(failed)
 }
 
 /// Validates `config` against the plugin's JSON schema, if it publishes one.

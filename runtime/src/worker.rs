@@ -198,6 +198,11 @@ impl<'a> Collector for Emitter<'a> {
             OutputTarget::Local(out) => {
                 let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
                 out.write(output, record).map_err(|e| {
+                    if out.reader_gone(&e) {
+                        self.shared.failure.set_reader_gone(format!(
+                            "output `{output}`: the reader of stdout went away (a closed pipe): stopping"
+                        ));
+                    }
                     Refusal::Invalid(format!("writing to {} failed: {e}", out.target().display()))
                 })
             }

@@ -108,6 +108,7 @@ impl Pipeline for FilterAndEnrich {
     const DESCRIPTION: &'static str =
         "Drops ride bookings by status, fare and city; adds fare_per_km, fare_band, pickup hour";
     const CONFIG_SCHEMA: Option<&'static str> = Some(SCHEMA);
+    const OUTPUTS: Option<&'static [&'static str]> = Some(&["enriched", "filtered"]);
 
     fn open(config: Config, _ctx: &Context<'_>) -> Result<Self, Error> {
         if config.fare_bands[0] > config.fare_bands[1] {

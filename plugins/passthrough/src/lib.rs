@@ -15,6 +15,7 @@ impl Pipeline for Passthrough {
     const DESCRIPTION: &'static str = "Forwards every event unchanged to the `out` output";
     const CONFIG_SCHEMA: Option<&'static str> =
         Some(r#"{"type": "object", "additionalProperties": false}"#);
+    const OUTPUTS: Option<&'static [&'static str]> = Some(&["out"]);
 
     fn open(_config: NoConfig, _ctx: &Context<'_>) -> Result<Self, Error> {
         Ok(Passthrough)

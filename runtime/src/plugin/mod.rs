@@ -2,7 +2,9 @@
 //! line naming the path, the cause and what to do.
 //!
 //! Checks, in order: the file exists; its sha256 matches the spec's pin (before any of its code
-//! runs); it is a loadable shared library; it exports `sluice_plugin_entry`; its descriptor speaks
+//! runs); every range of it the dynamic loader maps lies inside the file ([`elf`]: a truncated
+//! library would otherwise die with `SIGBUS` inside `dlopen`); it is a loadable shared library;
+//! it exports `sluice_plugin_entry`; its descriptor speaks
 //! our ABI major version with a complete vtable; and, for Rust plugins, the abi_stable layout of
 //! the frozen data types matches ours field by field ([`layout`]).
 //!
@@ -12,6 +14,7 @@
 
 #![allow(unsafe_code)] // The one place the runtime loads libraries and trusts their descriptors; SAFETY notes inline.
 
+mod elf;
 mod layout;
 
 use std::collections::HashMap;
@@ -54,6 +57,16 @@ pub enum LoadError {
         expected: String,
         /// The file's digest.
         found: String,
+    },
+    /// The file ends before what the loader would map from it (a truncated copy or build).
+    #[error(
+        "plugin {path}: truncated shared library ({cause}): copy or build it again (an interrupted copy, download or build leaves one)"
+    )]
+    Truncated {
+        /// The library path.
+        path: PathBuf,
+        /// What ends past the end of the file.
+        cause: String,
     },
     /// `dlopen` refused the file.
     #[error(
@@ -161,6 +174,10 @@ impl Plugin {
             }
             return Ok(*plugin);
         }
+        elf::check(&bytes).map_err(|cause| LoadError::Truncated {
+            path: path.into(),
+            cause,
+        })?;
         let descriptor = open_library(path)?;
         // SAFETY: the descriptor lives in a library that is never unloaded (`open_library`).
         let plugin =
@@ -228,6 +245,7 @@ impl Plugin {
             "language": if self.plugin.descriptor().layout.is_null() { "c" } else { "rust" },
             "path": self.path,
             "sha256": self.sha256,
+            "outputs": self.plugin.declared_outputs(),
             "config_schema": self.plugin.config_schema()
                 .map(|s| serde_json::from_str::<serde_json::Value>(s).unwrap_or_else(|_| s.into())),
         })
@@ -283,4 +301,10 @@ pub fn log_line(plugin: &str, level: u32, message: &str) {
         LOG_DEBUG => tracing::debug!(plugin, "{message}"),
         _ => tracing::trace!(plugin, "{message}"),
     }
+}
+
+/// The check a library file gets before `dlopen` (see [`elf`]): `Err` says, in one clause, what
+/// ends past the end of the file. Public for the fuzz target.
+pub fn precheck(bytes: &[u8]) -> Result<(), String> {
+    elf::check(bytes)
 }

@@ -51,6 +51,12 @@ impl LocalOutput {
         &self.target
     }
 
+    /// Whether `err` (from [`LocalOutput::write`] or [`LocalOutput::flush`]) means the reader of
+    /// stdout went away: a closed pipe, not a failure of the pipeline's.
+    pub fn reader_gone(&self, err: &std::io::Error) -> bool {
+        self.target == Path::new("stdout") && err.kind() == std::io::ErrorKind::BrokenPipe
+    }
+
     /// Writes one record for output `name`.
     pub fn write(&mut self, name: &str, record: &Record<'_>) -> std::io::Result<()> {
         match self.format {
