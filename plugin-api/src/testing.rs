@@ -18,10 +18,18 @@
 //!     }
 //! }
 //!
-//! let mut h = Harness::<Upper>::open(serde_json::json!({})).unwrap();
+//! // The outputs the spec defines: an emit to any other name fails the call, as in a run.
+//! let mut h = Harness::<Upper>::open(serde_json::json!({}))
+//!     .unwrap()
+//!     .with_outputs(&["out"]);
 //! let out = h.process(&[TestEvent::new("hi")]).unwrap();
 //! assert_eq!(out.records[0].text(), "HI");
 //! ```
+//!
+//! Like the host, the harness checks the config against [`Pipeline::CONFIG_SCHEMA`] before
+//! `open`, and refuses emits to outputs the plugin or the test did not name:
+//! [`Pipeline::OUTPUTS`] when the plugin declares them, else those given to
+//! [`Harness::with_outputs`], else any name.
 
 use std::marker::PhantomData;
 
@@ -149,6 +157,27 @@ impl Outcome {
     }
 }
 
+/// An [`Outcome`] that refuses outputs outside `allowed` (when there is a list).
+struct Checked<'a> {
+    outcome: &'a mut Outcome,
+    allowed: Option<&'a [String]>,
+}
+
+impl Collector for Checked<'_> {
+    fn emit(&mut self, output: &str, record: &Record<'_>) -> Result<(), Refusal> {
+        match self.allowed {
+            Some(names) if !names.iter().any(|n| n == output) => Err(Refusal::UnknownOutput),
+            _ => self.outcome.emit(output, record),
+        }
+    }
+    fn event_error(&mut self, index: usize, kind: EventErrorKind, message: &str) {
+        self.outcome.event_error(index, kind, message);
+    }
+    fn log(&mut self, level: u32, message: &str) {
+        self.outcome.log(level, message);
+    }
+}
+
 impl Collector for Outcome {
     fn emit(&mut self, output: &str, record: &Record<'_>) -> Result<(), Refusal> {
         self.records.push(Emitted {
@@ -181,12 +210,16 @@ impl Collector for Outcome {
 pub struct Harness<P> {
     instance: Instance,
     next_offset: i64,
+    outputs: Option<Vec<String>>,
     _pipeline: PhantomData<P>,
 }
 
 impl<P: Pipeline> Harness<P> {
-    /// Opens an instance with this config (as it would appear in the spec's `plugin.config`).
+    /// Opens an instance with this config (as it would appear in the spec's `plugin.config`),
+    /// after checking it against [`Pipeline::CONFIG_SCHEMA`] as the host does: a config the
+    /// schema refuses is `Err(CallError::Failed)` naming the field.
     pub fn open(config: serde_json::Value) -> Result<Self, CallError> {
+        check_schema::<P>(&config)?;
         // Leaked once per harness: the descriptor must be 'static, as in a real library.
         let vtable = Box::leak(Box::new(shims::vtable::<P>()));
         let descriptor = Box::leak(Box::new(shims::descriptor::<P>("harness", "0.0.0", vtable)));
@@ -202,8 +235,25 @@ impl<P: Pipeline> Harness<P> {
         Ok(Harness {
             instance,
             next_offset: 0,
+            outputs: P::OUTPUTS.map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
             _pipeline: PhantomData,
         })
+    }
+
+    /// The outputs the spec defines (`outputs:`): an emit to any other name fails the call with
+    /// [`CallError::Failed`], as it fails a run. A plugin that declares [`Pipeline::OUTPUTS`]
+    /// is held to those; a declared output missing here panics, as `sluice validate` refuses
+    /// such a spec.
+    pub fn with_outputs(mut self, outputs: &[&str]) -> Self {
+        if let Some(declared) = P::OUTPUTS {
+            let missing: Vec<&&str> = declared.iter().filter(|d| !outputs.contains(d)).collect();
+            assert!(
+                missing.is_empty(),
+                "the plugin declares outputs {missing:?} that these outputs lack: `sluice validate` refuses such a spec"
+            );
+        }
+        self.outputs = Some(outputs.iter().map(|n| (*n).to_owned()).collect());
+        self
     }
 
     /// Processes a batch.
@@ -230,7 +280,11 @@ impl<P: Pipeline> Harness<P> {
             raw.push(e);
         }
         let mut outcome = Outcome::default();
-        self.instance.process(&raw, &mut outcome)?;
+        let mut checked = Checked {
+            outcome: &mut outcome,
+            allowed: self.outputs.as_deref(),
+        };
+        self.instance.process(&raw, &mut checked)?;
         Ok(outcome)
     }
 
@@ -241,7 +295,11 @@ impl<P: Pipeline> Harness<P> {
             .map(|p| Partition::new(topic, *p))
             .collect();
         let mut outcome = Outcome::default();
-        self.instance.assigned(&parts, &mut outcome)?;
+        let mut checked = Checked {
+            outcome: &mut outcome,
+            allowed: self.outputs.as_deref(),
+        };
+        self.instance.assigned(&parts, &mut checked)?;
         Ok(outcome)
     }
 
@@ -252,19 +310,138 @@ impl<P: Pipeline> Harness<P> {
             .map(|p| Partition::new(topic, *p))
             .collect();
         let mut outcome = Outcome::default();
-        self.instance.revoked(&parts, &mut outcome)?;
+        let mut checked = Checked {
+            outcome: &mut outcome,
+            allowed: self.outputs.as_deref(),
+        };
+        self.instance.revoked(&parts, &mut checked)?;
         Ok(outcome)
     }
 
     /// Calls flush.
     pub fn flush(&mut self) -> Result<Outcome, CallError> {
         let mut outcome = Outcome::default();
-        self.instance.flush(&mut outcome)?;
+        let mut checked = Checked {
+            outcome: &mut outcome,
+            allowed: self.outputs.as_deref(),
+        };
+        self.instance.flush(&mut checked)?;
         Ok(outcome)
     }
 
     /// Closes the instance.
     pub fn close(self) -> Result<(), CallError> {
         self.instance.close(&mut Outcome::default())
+    }
+}
+
+/// The host's check of a config against the plugin's schema, with its message.
+fn check_schema<P: Pipeline>(config: &serde_json::Value) -> Result<(), CallError> {
+    let Some(schema) = P::CONFIG_SCHEMA else {
+        return Ok(());
+    };
+    let schema: serde_json::Value = serde_json::from_str(schema)
+        .map_err(|e| CallError::Protocol(format!("CONFIG_SCHEMA is not JSON: {e}")))?;
+    let validator = jsonschema::validator_for(&schema).map_err(|e| {
+        CallError::Protocol(format!("CONFIG_SCHEMA is not a valid JSON schema: {e}"))
+    })?;
+    match validator.iter_errors(config).next() {
+        None => Ok(()),
+        Some(error) => {
+            let field: String = error
+                .instance_path()
+                .to_string()
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| format!(".{s}"))
+                .collect();
+            Err(CallError::Failed(format!(
+                "plugin.config{field}: {error} (per the config schema)"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Context, Error, EventError, Output};
+
+    /// Emits each event to the output its payload names (a typo in a test: `ot`).
+    #[derive(Debug, serde::Deserialize)]
+    struct Config {
+        #[allow(dead_code)]
+        n: u32,
+    }
+    #[derive(Debug)]
+    struct Named;
+    impl Pipeline for Named {
+        type Config = Config;
+        const DESCRIPTION: &'static str = "emits to the output its payload names";
+        const CONFIG_SCHEMA: Option<&'static str> = Some(
+            r#"{"type": "object", "required": ["n"], "properties": {"n": {"type": "integer", "minimum": 1}}}"#,
+        );
+        fn open(_: Config, _: &Context<'_>) -> Result<Self, Error> {
+            Ok(Named)
+        }
+        fn process_event(&mut self, e: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
+            let name = std::str::from_utf8(e.payload()).unwrap_or("?");
+            out.emit(Record::to(name).value(b"x"))?;
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Declared;
+    impl Pipeline for Declared {
+        type Config = crate::NoConfig;
+        const DESCRIPTION: &'static str = "declares `out`";
+        const OUTPUTS: Option<&'static [&'static str]> = Some(&["out"]);
+        fn open(_: crate::NoConfig, _: &Context<'_>) -> Result<Self, Error> {
+            Ok(Declared)
+        }
+        fn process_event(&mut self, e: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
+            out.emit(Record::to(std::str::from_utf8(e.payload()).unwrap_or("?")).value(b"x"))?;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_config_schema_is_applied_before_open() {
+        let err = Harness::<Named>::open(serde_json::json!({"n": 0})).unwrap_err();
+        assert!(
+            matches!(&err, CallError::Failed(m) if m.starts_with("plugin.config.n: 0 is less than the minimum of 1")),
+            "{err:?}"
+        );
+        assert!(Harness::<Named>::open(serde_json::json!({})).is_err());
+        assert!(Harness::<Named>::open(serde_json::json!({"n": 2})).is_ok());
+    }
+
+    #[test]
+    fn an_emit_to_an_output_the_spec_lacks_fails_the_call() {
+        let mut h = Harness::<Named>::open(serde_json::json!({"n": 1}))
+            .unwrap()
+            .with_outputs(&["out"]);
+        assert_eq!(
+            h.process(&[TestEvent::new("out")]).unwrap().records.len(),
+            1
+        );
+        let err = h.process(&[TestEvent::new("ot")]).unwrap_err();
+        assert!(err.to_string().contains("`ot`"), "{err}");
+        // Without a list, any name goes (the plugin declares none).
+        let mut h = Harness::<Named>::open(serde_json::json!({"n": 1})).unwrap();
+        assert!(h.process(&[TestEvent::new("ot")]).is_ok());
+        // A plugin that declares its outputs is held to them by default.
+        let mut h = Harness::<Declared>::open(serde_json::json!({})).unwrap();
+        assert!(h.process(&[TestEvent::new("out")]).is_ok());
+        assert!(h.process(&[TestEvent::new("ot")]).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "the plugin declares outputs [\"out\"] that these outputs lack")]
+    fn outputs_that_lack_a_declared_one_are_refused_as_validate_would() {
+        let _ = Harness::<Declared>::open(serde_json::json!({}))
+            .unwrap()
+            .with_outputs(&["other"]);
     }
 }

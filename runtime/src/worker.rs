@@ -31,6 +31,19 @@ use crate::sink::table::TableSink;
 use crate::status::{ExitGuard, WorkerProbe, WorkerState};
 use crate::telemetry::{EventDeadLettered, EventFailed, EventSkipped, Failed, Telemetry};
 
+/// Accepts and drops records: the rerun that finds a panicking event emits nothing.
+struct Discard<'a>(&'a str);
+
+impl Collector for Discard<'_> {
+    fn emit(&mut self, _output: &str, _record: &Record<'_>) -> Result<(), Refusal> {
+        Ok(())
+    }
+    fn event_error(&mut self, _index: usize, _kind: EventErrorKind, _message: &str) {}
+    fn log(&mut self, level: u32, message: &str) {
+        crate::plugin::log_line(self.0, level, message);
+    }
+}
+
 /// Where an output name leads.
 #[derive(Debug)]
 pub enum OutputTarget {
@@ -530,11 +543,46 @@ impl Worker {
         (result, emitter.errors)
     }
 
+    /// `plugin-panic: fail` and a batch panicked: before failing, the batch is rerun one event at
+    /// a time, its records thrown away (the pipeline stops, nothing of this batch is committed),
+    /// to name the event that panics. The plugin sees the events before it twice (documented
+    /// beside `plugin-panic`); a batch whose panic does not recur is named as a range.
+    fn fail_at_panicking_event(
+        &mut self,
+        tp: &TopicPartition,
+        events: &[Event<'_>],
+        first: String,
+    ) {
+        let label = self.shared.plugin.clone();
+        for event in events {
+            let mut discard = Discard(&label);
+            if let Err(err @ CallError::Panicked(_)) = self
+                .instance
+                .process(std::slice::from_ref(event), &mut discard)
+            {
+                return self.fail_call(tp, event.offset(), event.offset(), &err);
+            }
+        }
+        let (from, to) = (events[0].offset(), events[events.len() - 1].offset());
+        self.fail_call(
+            tp,
+            from,
+            to,
+            &CallError::Panicked(format!(
+                "{first} (no single event panicked when the batch was rerun one event at a time)"
+            )),
+        );
+    }
+
     fn fail_call(&self, tp: &TopicPartition, from: i64, to: i64, err: &CallError) {
-        self.shared.failure.set(format!(
-            "plugin {} failed in process ({}): {err}",
-            self.shared.plugin,
+        let at = if from == to {
+            self.shared.positions.at(tp, from)
+        } else {
             self.shared.positions.range(tp, from, to)
+        };
+        self.shared.failure.set(format!(
+            "plugin {} failed in process ({at}): {err}",
+            self.shared.plugin
         ));
     }
 
@@ -741,6 +789,9 @@ impl Worker {
                         }
                     }
                 }
+            }
+            Err(CallError::Panicked(m)) if events.len() > 1 => {
+                return self.fail_at_panicking_event(&tp, &events, m);
             }
             Err(err) => return self.fail_call(&tp, first.offset(), last_offset, &err),
         }
