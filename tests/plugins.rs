@@ -246,10 +246,17 @@ fn null_optional_hooks_are_no_ops_and_null_required_ones_are_refused_by_name() {
     let run = sluice(
         &["run", "-f", spec.to_str().unwrap()],
         dir.path(),
-        "a\nb\nc\n",
+        "a\n\nb\n  \nc\n",
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.stdout, "a\nb\nc\n");
+    // Blank lines are not events; the summary counts them.
+    assert!(
+        run.stderr
+            .contains("3 events in, 3 records out (out: 3), 2 blank lines skipped"),
+        "{}",
+        run.stderr
+    );
     let run = sluice(
         &["plugin", "inspect", lib.to_str().unwrap()],
         dir.path(),
@@ -1257,11 +1264,14 @@ fn plugin_new_scaffolds_a_crate_that_tests_builds_and_runs() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let spec = std::fs::read_to_string(crate_dir.join("pipeline.yaml"))
-        .unwrap()
-        .replace("target/debug", target.join("debug").to_str().unwrap());
-    std::fs::write(crate_dir.join("pipeline.yaml"), spec).unwrap();
-    let run = sluice(&["run", "-f", "pipeline.yaml"], &crate_dir, "");
+    // The spec is used as written: with CARGO_TARGET_DIR set, SLUICE_PLUGIN_DIR points at it.
+    let plugin_dir = target.join("debug");
+    let run = sluice_env(
+        &["run", "-f", "pipeline.yaml"],
+        &crate_dir,
+        "",
+        &[("SLUICE_PLUGIN_DIR", plugin_dir.as_path())],
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(
         json_lines(&run.stdout),

@@ -105,6 +105,8 @@ pub struct Summary {
     pub skipped_failed: u64,
     /// Failed events (or rejected records) written to the dead-letter topic.
     pub dead_lettered: u64,
+    /// Blank lines a file source skipped (they are not events).
+    pub blank_lines: u64,
 }
 
 impl std::fmt::Display for Summary {
@@ -130,6 +132,9 @@ impl std::fmt::Display for Summary {
         }
         if self.dead_lettered > 0 {
             write!(f, ", {} dead-lettered", self.dead_lettered)?;
+        }
+        if self.blank_lines > 0 {
+            write!(f, ", {} blank lines skipped", self.blank_lines)?;
         }
         Ok(())
     }

@@ -3,7 +3,9 @@
 //! The file is one partition (partition 0) of a topic named by the spec (default: the file's
 //! stem); an event's offset is its 0-based line number. With `format: json-lines` each line is
 //! checked to be JSON before it reaches the plugin, and `key-field` / `timestamp-field` lift the
-//! key and event time out of it. Blank lines are skipped (they still count as offsets).
+//! key and event time out of it. Blank (empty or whitespace-only) lines are skipped, counted
+//! ([`Batch::blank`], the run's summary says how many) and still take an offset: line N is
+//! offset N - 1 whatever comes before it.
 
 use std::io::BufRead;
 use std::ops::Range;
@@ -56,6 +58,8 @@ pub struct Batch {
     pub events: Vec<LineEvent>,
     /// Lines that could not be decoded, in input order.
     pub undecodable: Vec<Undecodable>,
+    /// Blank lines skipped.
+    pub blank: u64,
 }
 
 impl Batch {
@@ -126,6 +130,7 @@ impl FileSource {
         batch.data.clear();
         batch.events.clear();
         batch.undecodable.clear();
+        batch.blank = 0;
         while batch.events.len() < self.spec.batch_size {
             self.line.clear();
             let read = self
@@ -145,6 +150,7 @@ impl FileSource {
                 line = rest;
             }
             if line.iter().all(u8::is_ascii_whitespace) {
+                batch.blank += 1;
                 continue;
             }
             match self.decode(line) {
@@ -249,6 +255,10 @@ mod tests {
         src.next_batch(&mut batch).unwrap();
         assert_eq!(batch.events.len(), 2);
         assert_eq!((batch.events[0].offset, batch.events[1].offset), (0, 2));
+        assert_eq!(
+            batch.blank, 1,
+            "the blank line 2 is counted, and keeps its offset"
+        );
         assert_eq!(batch.events[0].key.as_deref(), Some(&b"a"[..]));
         assert_eq!(batch.events[1].key.as_deref(), Some(&b"7"[..]));
         assert_eq!(batch.events[1].timestamp_ms, Some(9));

@@ -104,6 +104,7 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
     let mut batch = Batch::default();
     let mut source_error = None;
     let mut end_of_input = false;
+    let mut blank_lines = 0;
     while !shutdown.requested() && !failure.is_set() {
         telemetry.health.heartbeat();
         if slot.in_flight.load(AtomicOrdering::Acquire) >= capacity {
@@ -114,6 +115,7 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
             source_error = Some(err);
             break;
         }
+        blank_lines += batch.blank;
         if batch.is_empty() {
             end_of_input = true;
             break;
@@ -221,7 +223,8 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
     if let Some(err) = source_error {
         return Err(err.into());
     }
-    let summary = result?;
+    let mut summary = result?;
+    summary.blank_lines = blank_lines;
     // The no-op commit: nothing may be left incomplete after a clean stop.
     let incomplete = tracker
         .lock()
