@@ -57,6 +57,20 @@ impl<E: std::error::Error> From<E> for Error {
 
 /// Why one event failed. The host applies the pipeline's error policy to that event alone,
 /// except for [`EventError::Fatal`], which fails the whole call.
+///
+/// What `?` makes of an error in [`Pipeline::process_event`]:
+///
+/// | error | becomes | error-policy class |
+/// |---|---|---|
+/// | [`serde_json::Error`] | [`EventError::Invalid`] ("payload is not valid JSON for this plugin") | `invalid-input` |
+/// | [`EmitError`] (an output the spec lacks, a malformed record) | [`EventError::Fatal`] | none: the call fails |
+/// | [`Error`] | [`EventError::Fatal`] | none: the call fails |
+/// | any other `std::error::Error` | only via [`Error`] (`.map_err(Error::from)?`): fatal | none |
+///
+/// `serde_json::Error` is meant for decoding the payload; a failure to *serialize* your own
+/// output through `?` would blame the payload. Say what you mean instead:
+/// `serde_json::to_vec(&doc).map_err(EventError::failed)?` (retryable, per event) or
+/// `.map_err(Error::from)?` (fatal).
 #[derive(Debug)]
 pub enum EventError {
     /// The event could not be decoded or is invalid; retrying cannot help.
@@ -240,7 +254,14 @@ pub trait Pipeline: Sized + Send + 'static {
     /// Processes one event. Return an [`EventError`] to hand this event to the error policy.
     fn process_event(&mut self, event: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError>;
 
-    /// Processes a batch. The default calls [`Pipeline::process_event`] for each event in order.
+    /// Processes a batch. The default calls [`Pipeline::process_event`] for each event in order
+    /// and reports each failed event with [`report_event_error`].
+    ///
+    /// Override it to handle a batch at once; then report a failed event yourself with
+    /// [`report_event_error`]`(out, index, err)` (its index in `events`): the host applies the
+    /// error policy to that event alone. Returning `Err` fails the whole batch (no event of it
+    /// is marked done). If the batch panics, the host reruns it one event at a time to find the
+    /// event (see `plugin-panic` in the README): the events before it reach `process` twice.
     fn process(&mut self, events: &[Event<'_>], out: &mut Output<'_>) -> Result<(), Error> {
         for (index, event) in events.iter().enumerate() {
             if let Err(err) = self.process_event(event, out) {
@@ -279,7 +300,9 @@ pub trait Pipeline: Sized + Send + 'static {
     }
 }
 
-/// Reports a per-event error to the host; a fatal one is returned to fail the call.
+/// Reports a per-event error to the host, for the event at `index` of the current batch; a fatal
+/// one ([`EventError::Fatal`]) is returned instead, for the caller to fail the call with `?`.
+/// For [`Pipeline::process`] overrides.
 pub fn report_event_error(
     out: &mut Output<'_>,
     index: usize,
