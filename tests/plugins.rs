@@ -200,6 +200,42 @@ fn refuses_a_truncated_library_in_one_line_instead_of_dying_in_dlopen() {
     }
 }
 
+#[test]
+fn a_library_that_crashes_the_loader_kills_a_probe_not_the_host() {
+    // Past every check the host can make before running its code: an initializer that faults
+    // (a corrupt relocation does the same inside ld.so).
+    let dir = tempfile::tempdir().unwrap();
+    let lib = cc_plugin(
+        dir.path(),
+        "crashes",
+        "#include \"sluice_plugin.h\"\n__attribute__((constructor)) static void boom(void) { *(volatile int *)0 = 1; }\nSLUICE_EXPORT const sluice_plugin_descriptor *sluice_plugin_entry(void) { return 0; }\n",
+    );
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: crashes\nplugin:\n  path: {}\nsource:\n  file: {{path: \"-\"}}\noutputs:\n  out:\n    stdout: {{}}\n",
+            lib.display()
+        ),
+    );
+    let (lib_arg, spec_arg) = (lib.to_str().unwrap(), spec.to_str().unwrap());
+    for args in [
+        vec!["plugin", "inspect", lib_arg],
+        vec!["validate", "-f", spec_arg],
+        vec!["run", "-f", spec_arg],
+    ] {
+        let run = sluice(&args, dir.path(), "{}\n");
+        assert_exit_1(&run);
+        assert_eq!(
+            run.error_line(),
+            format!(
+                "error: plugin {}: loading it killed the process that tried (SIGSEGV, signal 11): the library is malformed or its initializers crash: rebuild it, and run its own tests",
+                lib.display()
+            ),
+            "{args:?}"
+        );
+    }
+}
+
 /// A C plugin that emits each payload to `out`, with the vtable entries `hooks` (open, process,
 /// assigned, revoked, flush, close, output_name; `NULL` allowed).
 fn c_plugin_with_hooks(dir: &Path, name: &str, hooks: &str) -> std::path::PathBuf {

@@ -342,6 +342,17 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// (Internal) Load a plugin library in this process and exit: `run`, `validate` and
+    /// `inspect` do it in a child first, so a library that crashes the loader kills only the
+    /// child.
+    #[command(hide = true)]
+    Probe {
+        /// The shared library.
+        library: PathBuf,
+        /// The pin to check before any of its code runs.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
     /// Create a new plugin crate that builds and passes its tests out of the box.
     New {
         /// Crate name: lowercase letters, digits and dashes.
@@ -364,6 +375,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 spec.set_admin_listen(listen.clone())
                     .map_err(|e| anyhow::anyhow!("--admin {listen}: {e}"))?;
             }
+            probe(
+                &spec.resolve(&spec.plugin.path),
+                spec.plugin.sha256.as_deref(),
+            )?;
             let summary = run::run(&spec).map_err(|e| with_detail(e, cli.verbose))?;
             eprintln!("sluice: pipeline {}: {summary}", spec.name);
             Ok(())
@@ -487,6 +502,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Validate { spec } => {
             let spec = PipelineSpec::load(&spec)?;
+            probe(
+                &spec.resolve(&spec.plugin.path),
+                spec.plugin.sha256.as_deref(),
+            )?;
             let plugin = run::prepare(&spec).map_err(|e| with_detail(e, cli.verbose))?;
             run::try_open(&plugin, &spec)?;
             let source = match &spec.source {
@@ -543,7 +562,19 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Plugin(PluginCommand::Probe { library, sha256 }) => {
+            // Whatever it finds, the parent reports it; only a crash matters here.
+            let _ = Plugin::load(&library, sha256.as_deref());
+            Ok(())
+        }
         Command::Plugin(PluginCommand::Inspect { library, json }) => {
+            if let Err(crash) = probe(&library, None) {
+                if json {
+                    let refusal = serde_json::json!({"error": crash.to_string(), "path": library});
+                    outln!("{}", serde_json::to_string_pretty(&refusal)?);
+                }
+                return Err(crash);
+            }
             let plugin = match Plugin::load(&library, None) {
                 Ok(plugin) => plugin,
                 // With --json the refusal is JSON too (on stdout, for scripts), and still exit 1.
@@ -582,6 +613,52 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Loads the library at `path` in a child process first (`sluice plugin probe`): the dynamic
+/// loader runs a library's initializers and its entry point, and a malformed library can crash
+/// there (a bad relocation, a constructor that faults) beyond any check. A child killed by a
+/// signal is a one-line refusal here instead of this process dying; anything else the child
+/// finds, this process finds again and reports itself. The pin is checked in the child before
+/// any of the library's code runs, as in this process.
+fn probe(path: &Path, sha256: Option<&str>) -> anyhow::Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    let Ok(me) = std::env::current_exe() else {
+        return Ok(()); // no way to re-run ourselves: load in-process as before
+    };
+    let mut probe = std::process::Command::new(me);
+    probe.args(["plugin", "probe"]).arg(path);
+    if let Some(pin) = sha256 {
+        probe.args(["--sha256", pin]);
+    }
+    let status = probe
+        .env("SLUICE_LOG", "off")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("cannot start a process to probe the plugin library")?;
+    match status.signal() {
+        None => Ok(()),
+        Some(signal) => anyhow::bail!(
+            "plugin {}: loading it killed the process that tried ({}): the library is malformed or its initializers crash: rebuild it, and run its own tests",
+            path.display(),
+            signal_name(signal)
+        ),
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        _ => return format!("signal {signal}"),
+    };
+    format!("{name}, signal {signal}")
 }
 
 /// Whether a command failed only because the reader of its stdout went away (a closed pipe):

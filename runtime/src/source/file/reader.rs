@@ -115,6 +115,22 @@ impl FileSource {
         })
     }
 
+    /// Reads `reader` as if it were the file `path` (for tests and the fuzz target).
+    pub fn from_reader(
+        spec: &FileSourceSpec,
+        path: &Path,
+        reader: Box<dyn BufRead + Send>,
+    ) -> Self {
+        FileSource {
+            reader,
+            spec: spec.clone(),
+            path: path.into(),
+            topic: spec.topic.clone().unwrap_or_else(|| default_topic(path)),
+            next_offset: 0,
+            line: Vec::new(),
+        }
+    }
+
     /// The topic name events carry.
     pub fn topic(&self) -> &str {
         &self.topic
@@ -237,14 +253,8 @@ mod tests {
     }
 
     fn source(text: &'static str, spec: FileSourceSpec) -> FileSource {
-        FileSource {
-            reader: Box::new(std::io::Cursor::new(text.as_bytes())),
-            spec,
-            path: "mem.jsonl".into(),
-            topic: "mem".into(),
-            next_offset: 0,
-            line: Vec::new(),
-        }
+        let reader = Box::new(std::io::Cursor::new(text.as_bytes()));
+        FileSource::from_reader(&spec, Path::new("mem.jsonl"), reader)
     }
 
     #[test]
