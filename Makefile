@@ -16,7 +16,7 @@ VPA_SCHEMA := $(NODE_MODULES)/node_modules/@kubernetes-models/autoscaler/package
 CEL := $(K8S_VENV)/.cel-python-0.5.0
 export SLUICE_CACHE := $(CACHE)
 
-.PHONY: demo test lint bench build deps
+.PHONY: demo test lint bench build deps fuzz
 
 ## deps: what the build and tests need: a C compiler (the C plugin, the header check), the
 ## Kafka-protocol test broker (tansu, built from crates.io once), the reference client
@@ -104,3 +104,26 @@ bench: deps
 	$(CARGO) bench -p sluice-runtime --bench kafka
 	$(CARGO) bench -p sluice-runtime --bench cost
 	$(CARGO) bench -p sluice-runtime --bench postgres
+
+## fuzz: every fuzz target (fuzz/fuzz_targets/) for FUZZ_SECONDS each (default 120) with
+## libFuzzer through cargo-fuzz (installed once into the cache). Needs a nightly toolchain
+## (`rustup toolchain install nightly`). Seeds: fuzz/seeds/ (committed) plus the built plugins;
+## what the fuzzer finds grows fuzz/corpus/; a crash stops it with the input in fuzz/artifacts/.
+FUZZ_SECONDS ?= 120
+CARGO_FUZZ := $(CACHE)/cargo-fuzz/bin/cargo-fuzz
+FUZZ_TARGETS := spec_parse library_precheck plugin_descriptor json_lines dlq_headers
+
+$(CARGO_FUZZ):
+	$(CARGO) install cargo-fuzz --version 0.13.2 --locked --root $(CACHE)/cargo-fuzz
+
+fuzz: $(CARGO_FUZZ) build
+	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "error: make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }
+	@mkdir -p $(addprefix fuzz/corpus/,$(FUZZ_TARGETS))
+	@cp target/plugins/libc_mask.so fuzz/corpus/library_precheck/
+	@mkdir -p target/fuzz-logs
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s (log: target/fuzz-logs/$$t.log)"; \
+	  (cd fuzz && PATH="$(CACHE)/cargo-fuzz/bin:$$PATH" cargo +nightly fuzz run --release --debug-assertions $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -max_len=65536) > target/fuzz-logs/$$t.log 2>&1; \
+	  status=$$?; grep -E '^(#[0-9]+ +DONE|Done [0-9]+ runs)' target/fuzz-logs/$$t.log; \
+	  if [ $$status -ne 0 ]; then tail -40 target/fuzz-logs/$$t.log; echo "error: fuzz target $$t failed: the input is in fuzz/artifacts/$$t"; exit 1; fi; \
+	done

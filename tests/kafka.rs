@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sluice_tests::{
     Broker, Running, free_port, http_get, kafka_tool, log_events, metric, plugin, poison_input,
-    start, unique, wait_until, write_spec,
+    start, start_with, unique, wait_until, write_spec,
 };
 
 fn broker() -> &'static Broker {
@@ -1423,4 +1423,143 @@ fn the_worker_pool_follows_the_cpu_quota_mid_stream() {
             .collect();
         assert_eq!(ran_on.len(), 2, "{ordering}: both workers ran events");
     }
+}
+
+/// The seq numbers of records read from an output topic.
+fn seqs(records: &[Value]) -> std::collections::BTreeSet<i64> {
+    records
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            v["seq"].as_i64().unwrap()
+        })
+        .collect()
+}
+
+/// `ms` since the epoch as RFC 3339 (UTC, milliseconds), by `date`.
+fn rfc3339(ms: u128) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{}.{:03}", ms / 1000, ms % 1000)])
+        .arg("+%Y-%m-%dT%H:%M:%S.%3NZ")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A run of `spec` (extra `args`) until `expect` records are in `output`; the records and log.
+fn run_until(spec: &Path, dir: &Path, args: &[&str], output: &str, expect: usize) -> (Vec<Value>, String) {
+    let run = start_with(spec, dir, args, &[]);
+    let records = consume(output, expect);
+    // Nothing more arrives after the expected ones.
+    std::thread::sleep(Duration::from_secs(2));
+    let records = if records.len() == expect { consume_quick(output) } else { records };
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    (records, log)
+}
+
+/// `start-from` places a group that has no committed offsets (at a time, through the broker's
+/// time index; at explicit offsets; at the end), and `sluice run --reset` rewinds a group that
+/// has them. Checked against the reference client: its reading of the broker's time index, and
+/// the input topic's (partition, offset) -> seq.
+#[test]
+fn start_from_places_a_new_group_and_reset_rewinds_a_committed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(2);
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    produce(&names.input, 20, 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let at = now_ms();
+    std::thread::sleep(Duration::from_millis(500));
+    produce(&names.input, 20, 20);
+    // Each input event's position, as the reference client reads them.
+    let mut position: HashMap<i64, (i64, i64)> = HashMap::new();
+    for r in consume(&names.input, 40) {
+        let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+        let at = (r["partition"].as_i64().unwrap(), r["offset"].as_i64().unwrap());
+        position.insert(v["seq"].as_i64().unwrap(), at);
+    }
+    let index: BTreeMap<String, i64> = serde_json::from_str(&kafka_tool(&[
+        "offsets-for-times",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        &names.input,
+        "--time-ms",
+        &at.to_string(),
+    ]))
+    .unwrap();
+    let from = |starts: &BTreeMap<String, i64>| -> std::collections::BTreeSet<i64> {
+        position
+            .iter()
+            .filter(|(_, (p, o))| *o >= starts[&p.to_string()])
+            .map(|(seq, _)| *seq)
+            .collect()
+    };
+    // The broker's time index puts the start of each partition's second batch there.
+    assert_eq!(from(&index), (20..40).collect(), "the broker's time index: {index:?}");
+    // Each step reads the same input as its own group, into its own output topic.
+    let step = |extra: &str| -> (Names, PathBuf) {
+        let n = Names {
+            input: names.input.clone(),
+            output: unique("out"),
+            group: unique("group"),
+        };
+        broker().create_topic(&n.output, 2);
+        let dir = dir.path().join(&n.group);
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = passthrough_spec(&dir, &n, extra);
+        (n, spec)
+    };
+
+    // 1. A time: the second batch only, starting where the time index says.
+    let (one, spec) = step(&format!("    start-from: \"{}\"\n", rfc3339(at)));
+    let (records, log) = run_until(&spec, dir.path(), &[], &one.output, 20);
+    assert_eq!(seqs(&records), (20..40).collect(), "{log}");
+    for (partition, offset) in &index {
+        assert!(
+            log.contains(&format!("partition={}/{partition} offset={offset}", names.input)),
+            "the start of partition {partition} is logged at {offset}:\n{log}"
+        );
+    }
+
+    // 2. Explicit offsets: partition 0 from 3, partition 1 from 5.
+    let starts: BTreeMap<String, i64> = [("0".to_owned(), 3), ("1".to_owned(), 5)].into();
+    let (two, spec) = step(&format!(
+        "    start-from: {{\"{0}/0\": 3, \"{0}/1\": 5}}\n",
+        names.input
+    ));
+    let expect = from(&starts);
+    let (records, log) = run_until(&spec, dir.path(), &[], &two.output, expect.len());
+    assert_eq!(seqs(&records), expect, "{log}");
+
+    // 3. The group of step 1 has committed everything: a plain restart reads nothing, a restart
+    //    with --reset and `start-from: earliest` reads all 40 again.
+    assert_eq!(committed_sum(&names.input, &one.group), 40);
+    let again = dir.path().join("reset");
+    std::fs::create_dir_all(&again).unwrap();
+    let spec = passthrough_spec(&again, &one, "    start-from: earliest\n");
+    let (records, log) = run_until(&spec, dir.path(), &["--reset"], &one.output, 60);
+    assert_eq!(records.len(), 60, "20 from step 1, then all 40 again:\n{log}");
+    assert_eq!(seqs(&records), (0..40).collect());
+    assert!(log.contains("--reset"), "the rewind is logged:\n{log}");
+    assert_eq!(committed_sum(&names.input, &one.group), 40);
+
+    // 4. Latest: a new group starts at the end; only what is produced after it joined arrives.
+    let (four, spec) = step("    start-from: latest\n");
+    let run = start_with(&spec, dir.path(), &[], &[]);
+    wait_until("the partitions assigned", Duration::from_secs(30), || {
+        std::fs::read_to_string(&run.log).is_ok_and(|l| l.contains("\"assigned\""))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    produce(&names.input, 10, 40);
+    let records = consume(&four.output, 10);
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(seqs(&records), (40..50).collect(), "{log}");
 }

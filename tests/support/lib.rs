@@ -379,10 +379,16 @@ pub fn start(spec: &Path, dir: &Path) -> Running {
 
 /// [`start`] with extra environment variables.
 pub fn start_with_env(spec: &Path, dir: &Path, env: &[(&str, &str)]) -> Running {
+    start_with(spec, dir, &[], env)
+}
+
+/// [`start`] with extra arguments to `sluice run` (`--reset`) and environment variables.
+pub fn start_with(spec: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
     let log = dir.join(format!("sluice-{}.log", unique("run")));
     let child = Command::new(plugin("passthrough").parent().unwrap().join("sluice"))
         .args(["run", "-f"])
         .arg(spec)
+        .args(args)
         .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())

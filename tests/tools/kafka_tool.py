@@ -164,10 +164,22 @@ def lag(args):
     print(json.dumps(out))
 
 
+def offsets_for_times(args):
+    """The broker's own answer (its time index) for the first offset at or after --time-ms in
+    each partition: what `start-from: <time>` must start at. -1: no such offset (the end)."""
+    admin = AdminClient({"bootstrap.servers": args.broker})
+    md = admin.list_topics(args.topic, timeout=10)
+    parts = [TopicPartition(args.topic, p, args.time_ms) for p in md.topics[args.topic].partitions]
+    c = Consumer({"bootstrap.servers": args.broker, "group.id": f"time-probe-{os.getpid()}"})
+    found = c.offsets_for_times(parts, timeout=10)
+    c.close()
+    print(json.dumps({str(tp.partition): tp.offset for tp in found}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("produce", "produce-file", "consume", "create", "committed", "lag"):
+    for name in ("produce", "produce-file", "consume", "create", "committed", "lag", "offsets-for-times"):
         s = sub.add_parser(name)
         s.add_argument("--broker", required=True)
         s.add_argument("--topic", required=True)
@@ -192,9 +204,11 @@ def main():
             s.add_argument("--partitions", type=int, default=1)
         if name in ("committed", "lag"):
             s.add_argument("--group", required=True)
+        if name == "offsets-for-times":
+            s.add_argument("--time-ms", type=int, required=True)
     args = ap.parse_args()
     commands = {"produce": produce, "produce-file": produce_file, "consume": consume, "create": create,
-                "committed": committed, "lag": lag}
+                "committed": committed, "lag": lag, "offsets-for-times": offsets_for_times}
     commands[args.cmd](args)
 
 
