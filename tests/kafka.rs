@@ -1447,12 +1447,22 @@ fn rfc3339(ms: u128) -> String {
 }
 
 /// A run of `spec` (extra `args`) until `expect` records are in `output`; the records and log.
-fn run_until(spec: &Path, dir: &Path, args: &[&str], output: &str, expect: usize) -> (Vec<Value>, String) {
+fn run_until(
+    spec: &Path,
+    dir: &Path,
+    args: &[&str],
+    output: &str,
+    expect: usize,
+) -> (Vec<Value>, String) {
     let run = start_with(spec, dir, args, &[]);
     let records = consume(output, expect);
     // Nothing more arrives after the expected ones.
     std::thread::sleep(Duration::from_secs(2));
-    let records = if records.len() == expect { consume_quick(output) } else { records };
+    let records = if records.len() == expect {
+        consume_quick(output)
+    } else {
+        records
+    };
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
     (records, log)
@@ -1481,7 +1491,10 @@ fn start_from_places_a_new_group_and_reset_rewinds_a_committed_one() {
     let mut position: HashMap<i64, (i64, i64)> = HashMap::new();
     for r in consume(&names.input, 40) {
         let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
-        let at = (r["partition"].as_i64().unwrap(), r["offset"].as_i64().unwrap());
+        let at = (
+            r["partition"].as_i64().unwrap(),
+            r["offset"].as_i64().unwrap(),
+        );
         position.insert(v["seq"].as_i64().unwrap(), at);
     }
     let index: BTreeMap<String, i64> = serde_json::from_str(&kafka_tool(&[
@@ -1502,7 +1515,11 @@ fn start_from_places_a_new_group_and_reset_rewinds_a_committed_one() {
             .collect()
     };
     // The broker's time index puts the start of each partition's second batch there.
-    assert_eq!(from(&index), (20..40).collect(), "the broker's time index: {index:?}");
+    assert_eq!(
+        from(&index),
+        (20..40).collect(),
+        "the broker's time index: {index:?}"
+    );
     // Each step reads the same input as its own group, into its own output topic.
     let step = |extra: &str| -> (Names, PathBuf) {
         let n = Names {
@@ -1521,12 +1538,21 @@ fn start_from_places_a_new_group_and_reset_rewinds_a_committed_one() {
     let (one, spec) = step(&format!("    start-from: \"{}\"\n", rfc3339(at)));
     let (records, log) = run_until(&spec, dir.path(), &[], &one.output, 20);
     assert_eq!(seqs(&records), (20..40).collect(), "{log}");
-    for (partition, offset) in &index {
-        assert!(
-            log.contains(&format!("partition={}/{partition} offset={offset}", names.input)),
-            "the start of partition {partition} is logged at {offset}:\n{log}"
-        );
-    }
+    // Where each partition started, as logged, is where the reference client's time index says.
+    let started: BTreeMap<String, String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "starting the partition from start-from")
+        .map(|v| {
+            let tp = v["partition"].as_str().unwrap().to_owned();
+            (tp, v["offset"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let expected: BTreeMap<String, String> = index
+        .iter()
+        .map(|(p, o)| (format!("{}/{p}", names.input), o.to_string()))
+        .collect();
+    assert_eq!(started, expected, "{log}");
 
     // 2. Explicit offsets: partition 0 from 3, partition 1 from 5.
     let starts: BTreeMap<String, i64> = [("0".to_owned(), 3), ("1".to_owned(), 5)].into();
@@ -1538,14 +1564,18 @@ fn start_from_places_a_new_group_and_reset_rewinds_a_committed_one() {
     let (records, log) = run_until(&spec, dir.path(), &[], &two.output, expect.len());
     assert_eq!(seqs(&records), expect, "{log}");
 
-    // 3. The group of step 1 has committed everything: a plain restart reads nothing, a restart
-    //    with --reset and `start-from: earliest` reads all 40 again.
+    // 3. The group of step 1 has committed everything: a restart with --reset and
+    //    `start-from: earliest` reads all 40 again, and commits them again.
     assert_eq!(committed_sum(&names.input, &one.group), 40);
     let again = dir.path().join("reset");
     std::fs::create_dir_all(&again).unwrap();
     let spec = passthrough_spec(&again, &one, "    start-from: earliest\n");
     let (records, log) = run_until(&spec, dir.path(), &["--reset"], &one.output, 60);
-    assert_eq!(records.len(), 60, "20 from step 1, then all 40 again:\n{log}");
+    assert_eq!(
+        records.len(),
+        60,
+        "20 from step 1, then all 40 again:\n{log}"
+    );
     assert_eq!(seqs(&records), (0..40).collect());
     assert!(log.contains("--reset"), "the rewind is logged:\n{log}");
     assert_eq!(committed_sum(&names.input, &one.group), 40);

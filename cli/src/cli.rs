@@ -67,6 +67,10 @@ pub enum Command {
         /// (overrides the spec's `admin.listen`).
         #[arg(long, value_name = "HOST:PORT")]
         admin: Option<String>,
+        /// Start every assigned partition from `source.kafka.start-from` (once per partition in
+        /// this process), ignoring the group's committed offsets: a rewind or a skip ahead.
+        #[arg(long)]
+        reset: bool,
     },
     /// Print the Kubernetes objects the operator applies for a StreamPipeline (ConfigMap,
     /// Deployment, VPA, PDB, Service, NetworkPolicy), for deploying without the operator.
@@ -369,11 +373,15 @@ pub enum PluginCommand {
 /// Runs a parsed command line. Errors are one line; `--verbose` adds detail below it.
 pub fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { spec, admin } => {
+        Command::Run { spec, admin, reset } => {
             let mut spec = PipelineSpec::load(&spec)?;
             if let Some(listen) = admin {
                 spec.set_admin_listen(listen.clone())
                     .map_err(|e| anyhow::anyhow!("--admin {listen}: {e}"))?;
+            }
+            if reset {
+                spec.request_reset()
+                    .map_err(|e| anyhow::anyhow!("--reset: {e}"))?;
             }
             probe(
                 &spec.resolve(&spec.plugin.path),

@@ -13,14 +13,23 @@ fuzz_target!(|data: &[u8]| {
     }
     let (filters, rest) = data.split_at(4);
     let options = ReplayOptions {
-        classes: if filters[0] & 1 == 1 { vec!["plugin-panic".into()] } else { Vec::new() },
+        classes: if filters[0] & 1 == 1 {
+            vec!["plugin-panic".into()]
+        } else {
+            Vec::new()
+        },
         since_ms: (filters[0] & 2 != 0).then(|| u64::from(filters[1]) * 1000),
         until_ms: (filters[0] & 4 != 0).then(|| u64::from(filters[2]) * 1_000_000),
         from_offset: (filters[0] & 8 != 0).then(|| i64::from(filters[3]) - 100),
         to_offset: (filters[0] & 16 != 0).then(|| i64::from(filters[3])),
         ..ReplayOptions::default()
     };
-    let keys = ["sluice.class", "sluice.time", "sluice.source.offset", "sluice.source.topic"];
+    let keys = [
+        "sluice.class",
+        "sluice.time",
+        "sluice.source.offset",
+        "sluice.source.topic",
+    ];
     let mut headers = OwnedHeaders::new();
     for (i, pair) in rest.split(|b| *b == b'\n').enumerate() {
         let (key, value) = match pair.iter().position(|b| *b == 0) {

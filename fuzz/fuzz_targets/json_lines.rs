@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let spec = FileSourceSpec {
         path: "fuzz.jsonl".into(),
-        format: if pick & 1 == 0 { LineFormat::JsonLines } else { LineFormat::Lines },
+        format: if pick & 1 == 0 {
+            LineFormat::JsonLines
+        } else {
+            LineFormat::Lines
+        },
         topic: None,
         key_field: (pick & 2 != 0).then(|| "id".to_owned()),
         timestamp_field: (pick & 4 != 0).then(|| "ts".to_owned()),
@@ -23,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
     let mut batch = Batch::default();
     let mut last = -1;
     loop {
-        source.next_batch(&mut batch).expect("reading memory cannot fail");
+        source
+            .next_batch(&mut batch)
+            .expect("reading memory cannot fail");
         if batch.is_empty() {
             break;
         }

@@ -230,6 +230,15 @@ pub struct KafkaSourceSpec {
     /// spot interruption notice (GKE gives ~30 s).
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Where a partition starts when the group has no committed offset for it, and every
+    /// partition (once per process) with `sluice run --reset`: `earliest` (the default),
+    /// `latest`, an RFC 3339 time (the first event at or after it, by the broker's time index)
+    /// or explicit offsets `{"topic/partition": offset}` (partitions not named: earliest).
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// `sluice run --reset`: positions from `start-from` instead of the committed offsets.
+    #[serde(skip)]
+    pub reset: bool,
 }
 
 fn default_partition_capacity() -> usize {
@@ -242,6 +251,79 @@ fn default_commit_interval_ms() -> u64 {
 
 fn default_drain_timeout_ms() -> u64 {
     25_000
+}
+
+/// Where partitions start without committed offsets (`source.kafka.start-from`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The oldest event still in the topic.
+    #[default]
+    Earliest,
+    /// The end: only events produced from now on.
+    Latest,
+    /// The first event whose timestamp is at or after this time (ms since the epoch), as the
+    /// broker's time index says; the end if there is none.
+    Time {
+        /// Milliseconds since the epoch.
+        ms: i64,
+        /// As written in the spec.
+        text: String,
+    },
+    /// These offsets, per `(topic, partition)`; other partitions start at the earliest.
+    Offsets(BTreeMap<(String, i32), i64>),
+}
+
+impl<'de> Deserialize<'de> for StartFrom {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Offsets(BTreeMap<String, i64>),
+        }
+        let raw = Raw::deserialize(d).map_err(|_| {
+            D::Error::custom(
+                "write earliest, latest, an RFC 3339 time (2026-11-29T08:00:00Z) or {\"topic/partition\": offset}",
+            )
+        })?;
+        match raw {
+            Raw::Text(text) => match text.as_str() {
+                "earliest" => Ok(StartFrom::Earliest),
+                "latest" => Ok(StartFrom::Latest),
+                _ => match text.parse::<jiff::Timestamp>() {
+                    Ok(t) => Ok(StartFrom::Time {
+                        ms: t.as_millisecond(),
+                        text,
+                    }),
+                    Err(_) => Err(D::Error::custom(format!(
+                        "`{text}` is not earliest, latest or an RFC 3339 time with its offset (2026-11-29T08:00:00Z)"
+                    ))),
+                },
+            },
+            Raw::Offsets(map) => {
+                let mut offsets = BTreeMap::new();
+                for (key, offset) in map {
+                    let (topic, partition) = key
+                        .rsplit_once('/')
+                        .and_then(|(t, p)| Some((t, p.parse::<i32>().ok()?)))
+                        .filter(|(t, p)| !t.is_empty() && *p >= 0)
+                        .ok_or_else(|| {
+                            D::Error::custom(format!(
+                                "`{key}` is not `topic/partition` (e.g. bookings/0)"
+                            ))
+                        })?;
+                    if offset < 0 {
+                        return Err(D::Error::custom(format!(
+                            "{key}: offset {offset} is negative: write an offset, or earliest / latest for the whole source"
+                        )));
+                    }
+                    offsets.insert((topic.to_owned(), partition), offset);
+                }
+                Ok(StartFrom::Offsets(offsets))
+            }
+        }
+    }
 }
 
 /// librdkafka producer settings for the pipeline's Kafka outputs.
@@ -819,6 +901,27 @@ impl PipelineSpec {
         Ok(())
     }
 
+    /// `sluice run --reset`: every partition starts from `source.kafka.start-from`, once per
+    /// process, whatever the group committed. Refused for a file source (no offsets to reset) and
+    /// with exactly-once outputs (they keep their own offsets in the database).
+    pub fn request_reset(&mut self) -> Result<(), String> {
+        if self.outputs.values().any(|o| match o {
+            OutputSpec::Postgres(t) | OutputSpec::Mysql(t) => t.exactly_once,
+            _ => false,
+        }) {
+            return Err("an exactly-once output keeps its offsets with its rows, in the database: rewinding the group would not rewind them (delete the pipeline's offset rows to start over)".into());
+        }
+        match &mut self.source {
+            SourceSpec::Kafka(k) => {
+                k.reset = true;
+                Ok(())
+            }
+            SourceSpec::File(_) => Err(
+                "a file source has no committed offsets: it always starts at its first line".into(),
+            ),
+        }
+    }
+
     /// Serves the admin endpoint on `listen` (`sluice run --admin`), checked like the spec's own
     /// `admin.listen`.
     pub fn set_admin_listen(&mut self, listen: String) -> Result<(), ConfigError> {
@@ -974,6 +1077,16 @@ impl PipelineSpec {
         }
         if kafka.batch_size == 0 || kafka.batch_size > 65_536 {
             return Err(self.invalid("source.kafka.batch-size", "must be between 1 and 65536"));
+        }
+        if let StartFrom::Offsets(offsets) = &kafka.start_from {
+            if let Some((topic, partition)) =
+                offsets.keys().find(|(t, _)| !kafka.topics.contains(t))
+            {
+                return Err(self.invalid(
+                    "source.kafka.start-from",
+                    format!("{topic}/{partition}: `{topic}` is not one of source.kafka.topics"),
+                ));
+            }
         }
         if kafka.partition_capacity < kafka.batch_size {
             return Err(self.invalid(
@@ -1283,6 +1396,70 @@ outputs:
     fn interpolates_environment_and_escapes() {
         let text = SPEC.replace("name: demo", "name: \"${SECRET}-$${HOME}\"");
         assert_eq!(parse(&text).unwrap().name, "s3cr$t-${HOME}");
+    }
+
+    #[test]
+    fn start_from_reads_earliest_latest_a_time_or_offsets_and_says_what_is_wrong() {
+        let kafka = |start: &str| {
+            let text = SPEC.replace(
+                "  file:\n    path: events.jsonl\n    key-field: id\n",
+                &format!(
+                    "  kafka:\n    bootstrap-servers: 127.0.0.1:9092\n    topics: [rides]\n    group-id: g\n{start}"
+                ),
+            );
+            parse(&text).map(|spec| match spec.source {
+                SourceSpec::Kafka(k) => k.start_from,
+                SourceSpec::File(_) => panic!("kafka source"),
+            })
+        };
+        assert_eq!(kafka("").unwrap(), StartFrom::Earliest);
+        assert_eq!(
+            kafka("    start-from: latest\n").unwrap(),
+            StartFrom::Latest
+        );
+        assert_eq!(
+            kafka("    start-from: \"2026-11-29T08:00:00.250+01:00\"\n").unwrap(),
+            StartFrom::Time {
+                ms: 1_795_935_600_250,
+                text: "2026-11-29T08:00:00.250+01:00".into()
+            }
+        );
+        assert_eq!(
+            kafka("    start-from: {rides/0: 42, rides/3: 0}\n").unwrap(),
+            StartFrom::Offsets([(("rides".into(), 0), 42), (("rides".into(), 3), 0)].into())
+        );
+        for (start, says) in [
+            (
+                "yesterday",
+                "`yesterday` is not earliest, latest or an RFC 3339 time",
+            ),
+            (
+                "\"2026-11-29 08:00\"",
+                "is not earliest, latest or an RFC 3339 time",
+            ),
+            ("{rides: 1}", "`rides` is not `topic/partition`"),
+            ("{rides/0: -1}", "rides/0: offset -1 is negative"),
+            (
+                "{other/0: 1}",
+                "source.kafka.start-from: other/0: `other` is not one of source.kafka.topics",
+            ),
+            ("[1]", "write earliest, latest, an RFC 3339 time"),
+        ] {
+            let err = kafka(&format!("    start-from: {start}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{start}: {err}");
+        }
+    }
+
+    #[test]
+    fn reset_needs_a_kafka_source_and_no_exactly_once_output() {
+        let mut file = parse(SPEC).unwrap();
+        assert!(
+            file.request_reset()
+                .unwrap_err()
+                .starts_with("a file source has no committed offsets")
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use rdkafka::consumer::BaseConsumer;
 
 use super::config::client_config;
 use super::dispatch::Dispatch;
-use super::rebalance::RebalanceContext;
-use crate::config::{KafkaSourceSpec, PipelineSpec};
+use super::rebalance::{RebalanceContext, StartPlan};
+use crate::config::{KafkaSourceSpec, PipelineSpec, StartFrom};
 use crate::offsets::TopicPartition;
 use crate::run::RunError;
 use crate::telemetry::Telemetry;
@@ -32,9 +32,15 @@ pub(crate) fn create_consumer(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("client.id", format!("sluice-{}", spec.name));
+    // Partitions without a committed offset: `start-from` earliest or latest (a time or explicit
+    // offsets are set on the assignment; partitions they do not name start at the earliest).
+    let reset = match source.start_from {
+        StartFrom::Latest => "latest",
+        _ => "earliest",
+    };
     for (key, default) in [
         ("partition.assignment.strategy", Some("cooperative-sticky")),
-        ("auto.offset.reset", Some("earliest")),
+        ("auto.offset.reset", Some(reset)),
         ("statistics.interval.ms", stats_interval),
     ] {
         if let (false, Some(default)) = (source.properties.contains_key(key), default) {
@@ -45,6 +51,11 @@ pub(crate) fn create_consumer(
         .create_with_context(RebalanceContext {
             dispatch,
             telemetry,
+            start: StartPlan {
+                from: source.start_from.clone(),
+                reset: source.reset,
+                placed: Mutex::default(),
+            },
         })
         .map_err(|e| RunError::Setup(format!("source.kafka: cannot create the consumer: {e}")))
 }

@@ -2,15 +2,16 @@
 //! partition gets a slot and its workers; on revoke its events are drained, flushed,
 //! acknowledged and committed (or committed into the open transaction) before it is released.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::commit::{commit, commit_transaction};
 use super::dispatch::{Dispatch, Slot};
-use crate::config::Ordering;
+use crate::config::{Ordering, StartFrom};
 use crate::offsets::TopicPartition;
 use crate::telemetry::{
     CommitFailed, CommitPoint, OffsetsCommitted, PartitionsAssigned, PartitionsRevoked, Telemetry,
@@ -20,10 +21,140 @@ use crate::worker::Command;
 pub(crate) struct RebalanceContext {
     pub(crate) dispatch: Arc<Mutex<Dispatch>>,
     pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) start: StartPlan,
+}
+
+/// Where newly assigned partitions start: `source.kafka.start-from` for partitions the group has
+/// no committed offset for, and for every partition (once per process) with `sluice run
+/// --reset`. Set on the assignment itself (before librdkafka fetches anything), so nothing is
+/// read from anywhere else first.
+pub(crate) struct StartPlan {
+    pub(crate) from: StartFrom,
+    pub(crate) reset: bool,
+    /// Partitions `--reset` already placed: a rebalance that hands one back does not rewind it
+    /// again.
+    pub(crate) placed: Mutex<HashSet<TopicPartition>>,
+}
+
+impl StartPlan {
+    /// Sets the start offsets of the partitions of `tpl` that need one.
+    fn place(
+        &self,
+        consumer: &BaseConsumer<RebalanceContext>,
+        tpl: &TopicPartitionList,
+    ) -> Result<(), String> {
+        let explicit = matches!(self.from, StartFrom::Time { .. } | StartFrom::Offsets(_));
+        if !self.reset && !explicit {
+            return Ok(()); // earliest / latest without committed offsets: auto.offset.reset
+        }
+        let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        let tp_of = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
+            TopicPartition::new(e.topic(), e.partition())
+        };
+        let candidates: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(tp_of)
+            .filter(|tp| !placed.contains(tp))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let timeout = Duration::from_secs(10);
+        let (needs, why): (HashSet<TopicPartition>, &str) = if self.reset {
+            (candidates.into_iter().collect(), "--reset")
+        } else {
+            let mut query = TopicPartitionList::new();
+            for tp in &candidates {
+                query.add_partition(&tp.topic, tp.partition);
+            }
+            let committed = consumer.committed_offsets(query, timeout).map_err(|e| {
+                format!("start-from: cannot read the group's committed offsets ({e}): is the broker reachable?")
+            })?;
+            let needs = committed
+                .elements()
+                .iter()
+                .filter(|e| matches!(e.offset(), Offset::Invalid))
+                .map(tp_of)
+                .collect();
+            (needs, "no committed offset")
+        };
+        if needs.is_empty() {
+            return Ok(());
+        }
+        let positions: HashMap<TopicPartition, Offset> = match &self.from {
+            StartFrom::Earliest => needs
+                .iter()
+                .map(|tp| (tp.clone(), Offset::Beginning))
+                .collect(),
+            StartFrom::Latest => needs.iter().map(|tp| (tp.clone(), Offset::End)).collect(),
+            StartFrom::Offsets(offsets) => needs
+                .iter()
+                .map(|tp| {
+                    let at = offsets.get(&(tp.topic.clone(), tp.partition));
+                    (
+                        tp.clone(),
+                        at.map_or(Offset::Beginning, |o| Offset::Offset(*o)),
+                    )
+                })
+                .collect(),
+            StartFrom::Time { ms, text } => {
+                let mut query = TopicPartitionList::new();
+                for tp in &needs {
+                    query
+                        .add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*ms))
+                        .map_err(|e| format!("start-from: {tp}: {e}"))?;
+                }
+                let found = consumer.offsets_for_times(query, timeout).map_err(|e| {
+                    format!(
+                        "start-from: {text}: the broker did not answer the lookup by time ({e})"
+                    )
+                })?;
+                found
+                    .elements()
+                    .iter()
+                    .map(|e| {
+                        // No event at or after the time: the end.
+                        let at = match e.offset() {
+                            Offset::Offset(o) if o >= 0 => Offset::Offset(o),
+                            _ => Offset::End,
+                        };
+                        (tp_of(e), at)
+                    })
+                    .collect()
+            }
+        };
+        for mut e in tpl.elements() {
+            let tp = tp_of(&e);
+            let Some(at) = positions.get(&tp) else {
+                continue;
+            };
+            e.set_offset(*at)
+                .map_err(|err| format!("start-from: {tp}: {err}"))?;
+            let offset = match at {
+                Offset::Offset(o) => o.to_string(),
+                Offset::Beginning => "earliest".into(),
+                Offset::End => "latest".into(),
+                other => format!("{other:?}"),
+            };
+            tracing::info!(partition = %tp, offset, why, "starting the partition from start-from");
+            if self.reset {
+                placed.insert(tp);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            if let Err(err) = self.start.place(consumer, tpl) {
+                // Never start somewhere else than asked: the pipeline stops.
+                let dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+                dispatch.failure.set(err);
+            }
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions: Vec<TopicPartition> = tpl
                 .elements()
