@@ -153,6 +153,35 @@ fn refuses_a_file_that_is_not_a_shared_library() {
     assert!(!err.contains('\n'));
 }
 
+/// The error lines of `plugin inspect`, `validate` and `run` on `lib` (with a spec that defines
+/// `outputs`), each checked to be exit 1 with one error line.
+fn refused_by_inspect_validate_and_run(dir: &Path, lib: &Path, outputs: &[&str]) -> Vec<String> {
+    let outputs: String = outputs
+        .iter()
+        .map(|o| format!("  {o}:\n    stdout: {{}}\n"))
+        .collect();
+    let spec = write_spec(
+        dir,
+        &format!(
+            "name: refused\nplugin:\n  path: {}\nsource:\n  file: {{path: \"-\"}}\noutputs:\n{outputs}",
+            lib.display()
+        ),
+    );
+    let (lib, spec) = (lib.to_str().unwrap(), spec.to_str().unwrap());
+    [
+        vec!["plugin", "inspect", lib],
+        vec!["validate", "-f", spec],
+        vec!["run", "-f", spec],
+    ]
+    .into_iter()
+    .map(|args| {
+        let run = sluice(&args, dir, "{}\n");
+        assert_exit_1(&run);
+        run.error_line().to_owned()
+    })
+    .collect()
+}
+
 #[test]
 fn refuses_a_truncated_library_in_one_line_instead_of_dying_in_dlopen() {
     // The first 4 KiB or 12,000 bytes of a valid plugin: dlopen maps segments past the end of
@@ -162,30 +191,17 @@ fn refuses_a_truncated_library_in_one_line_instead_of_dying_in_dlopen() {
     for cut in [4096, 12_000] {
         let lib = dir.path().join(format!("libcut{cut}.so"));
         std::fs::write(&lib, &whole[..cut]).unwrap();
-        let spec = write_spec(
-            dir.path(),
-            &format!(
-                "name: cut\nplugin:\n  path: {}\nsource:\n  file: {{path: \"-\"}}\noutputs:\n  enriched:\n    stdout: {{}}\n  filtered:\n    stdout: {{}}\n",
-                lib.display()
-            ),
-        );
-        let (lib_arg, spec_arg) = (lib.to_str().unwrap(), spec.to_str().unwrap());
-        for args in [
-            vec!["plugin", "inspect", lib_arg],
-            vec!["validate", "-f", spec_arg],
-            vec!["run", "-f", spec_arg],
-        ] {
-            let run = sluice(&args, dir.path(), "{}\n");
-            assert_exit_1(&run);
-            let line = run.error_line();
+        for line in refused_by_inspect_validate_and_run(dir.path(), &lib, &["enriched", "filtered"])
+        {
             assert!(
                 line.starts_with(&format!(
                     "error: plugin {}: truncated shared library (its loadable segment",
                     lib.display()
                 )) && line.contains(&format!("but the file has {cut})")),
-                "{args:?}: {line}"
+                "{line}"
             );
         }
+        let lib_arg = lib.to_str().unwrap();
         // The same refusal as JSON for scripts.
         let run = sluice(&["plugin", "inspect", "--json", lib_arg], dir.path(), "");
         assert_eq!(run.code, Some(1));
@@ -210,28 +226,13 @@ fn a_library_that_crashes_the_loader_kills_a_probe_not_the_host() {
         "crashes",
         "#include \"sluice_plugin.h\"\n__attribute__((constructor)) static void boom(void) { *(volatile int *)0 = 1; }\nSLUICE_EXPORT const sluice_plugin_descriptor *sluice_plugin_entry(void) { return 0; }\n",
     );
-    let spec = write_spec(
-        dir.path(),
-        &format!(
-            "name: crashes\nplugin:\n  path: {}\nsource:\n  file: {{path: \"-\"}}\noutputs:\n  out:\n    stdout: {{}}\n",
-            lib.display()
-        ),
-    );
-    let (lib_arg, spec_arg) = (lib.to_str().unwrap(), spec.to_str().unwrap());
-    for args in [
-        vec!["plugin", "inspect", lib_arg],
-        vec!["validate", "-f", spec_arg],
-        vec!["run", "-f", spec_arg],
-    ] {
-        let run = sluice(&args, dir.path(), "{}\n");
-        assert_exit_1(&run);
+    for line in refused_by_inspect_validate_and_run(dir.path(), &lib, &["out"]) {
         assert_eq!(
-            run.error_line(),
+            line,
             format!(
                 "error: plugin {}: loading it killed the process that tried (SIGSEGV, signal 11): the library is malformed or its initializers crash: rebuild it, and run its own tests",
                 lib.display()
-            ),
-            "{args:?}"
+            )
         );
     }
 }

@@ -90,7 +90,7 @@ mod tests {
         let lib = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
         assert!(!lib.contains("{{"), "unreplaced placeholder in lib.rs");
         let spec = std::fs::read_to_string(root.join("pipeline.yaml")).unwrap();
-        assert!(spec.contains("target/debug/libdemo_plugin.so"));
+        assert!(spec.contains("path: ${SLUICE_PLUGIN_DIR:-target/debug}/libdemo_plugin.so"));
         let err = create("demo-plugin", dir.path(), &api)
             .unwrap_err()
             .to_string();

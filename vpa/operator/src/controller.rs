@@ -2053,6 +2053,25 @@ mod tests {
         json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})
     }
 
+    /// An in-place reconcile's reads, in order: the Deployment, the VPA, the pods' metrics, the
+    /// pods.
+    async fn expect_in_place_reads(
+        server: &mut ApiServer,
+        deployment: Value,
+        vpa: &Value,
+        metrics: Value,
+        pods: Value,
+    ) {
+        expect_reads(
+            server,
+            (200, Some(deployment)),
+            (200, Some(vpa.clone())),
+            (200, Some(metrics)),
+        )
+        .await;
+        expect(server, "GET", &format!("/api/v1{NS}/pods"), 200, Some(pods)).await;
+    }
+
     /// An in-place pipeline, request by request: a resize applied; none during a rollout; a
     /// resize the nodes defer, counted and answered by a step up; a step down.
     async fn resize_in_place_defer_and_step(server: &mut ApiServer, client: Client) {
@@ -2073,7 +2092,7 @@ mod tests {
         };
 
         // 1. 1.5 cores used on 1-core pods: the status (the loop's memory), then each pod's
-        //    resize subresource patched to 1.7 cores (limit 3.6).
+        //    resize subresource patched to 1.7 cores (limit 3.4).
         let task = reconcile_at(&sp, NOW);
         expect_reads(
             server,
@@ -2109,14 +2128,14 @@ mod tests {
         // 2. A rollout in progress (someone restarted the pods): no resize, though a pod runs
         //    an older request.
         let task = reconcile_at(&sp, NOW + 60);
-        expect_reads(
+        expect_in_place_reads(
             server,
-            (200, Some(deployment_object(2, true))),
-            (200, Some(vpa.clone())),
-            (200, Some(pod_metrics(2, "1500m"))),
+            deployment_object(2, true),
+            &vpa,
+            pod_metrics(2, "1500m"),
+            settled("1"),
         )
         .await;
-        expect(server, "GET", &pods_path, 200, Some(settled("1"))).await;
         let status = expect_status(server, &sp).await;
         assert_eq!(
             condition_in(&status, "Progressing")["reason"],
@@ -2131,23 +2150,16 @@ mod tests {
         let deferred = json!([{"type": "PodResizePending", "status": "True", "reason": "Deferred",
             "message": "Node didn't have enough capacity: cpu, requested: 1700, capacity: 1200"}]);
         let task = reconcile_at(&sp, NOW + 120);
-        expect_reads(
+        expect_in_place_reads(
             server,
-            (200, Some(deployment_object(2, false))),
-            (200, Some(vpa.clone())),
-            (200, Some(pod_metrics(2, "1500m"))),
-        )
-        .await;
-        expect(
-            server,
-            "GET",
-            &pods_path,
-            200,
-            Some(pod_list(
+            deployment_object(2, false),
+            &vpa,
+            pod_metrics(2, "1500m"),
+            pod_list(
                 (0..2)
                     .map(|i| pod_object(i, "1700m", deferred.clone()))
                     .collect(),
-            )),
+            ),
         )
         .await;
         let applied = expect_children(server).await;
@@ -2183,21 +2195,12 @@ mod tests {
         sp.status = Some(status_now);
         let later = NOW + 6 * 3600;
         let task = reconcile_at(&sp, later);
-        expect_reads(
+        expect_in_place_reads(
             server,
-            (200, Some(deployment_object(3, false))),
-            (200, Some(vpa)),
-            (200, Some(pod_metrics(3, "300m"))),
-        )
-        .await;
-        expect(
-            server,
-            "GET",
-            &pods_path,
-            200,
-            Some(pod_list(
-                (0..3).map(|i| pod_object(i, "1200m", json!([]))).collect(),
-            )),
+            deployment_object(3, false),
+            &vpa,
+            pod_metrics(3, "300m"),
+            pod_list((0..3).map(|i| pod_object(i, "1200m", json!([]))).collect()),
         )
         .await;
         let applied = expect_children(server).await;
