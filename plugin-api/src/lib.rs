@@ -58,6 +58,7 @@ pub mod host;
 pub mod sdk;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod window;
 
 pub use abi::{Event, Header, Partition, Record};
 pub use sdk::{Context, EmitError, Error, EventError, Level, NoConfig, Output, Pipeline};

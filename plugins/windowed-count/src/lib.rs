@@ -11,10 +11,14 @@
 //! behind these counts will be read again. Every event is therefore counted in exactly one
 //! record, and a window's total is the sum of `count` over its records. A late event (its window
 //! already closed) opens the window again and is emitted at the next close as another record.
+//!
+//! The windowing itself is the SDK's ([`sluice_plugin_api::window::Windowed`], tumbling windows,
+//! `Late::Reopen`): this plugin only reads keys and writes counts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::Deserialize;
+use sluice_plugin_api::window::{Closed, Late, WindowKind, Windowed};
 use sluice_plugin_api::{
     Context, Error, Event, EventError, Output, Partition, Pipeline, Record, export_plugin,
 };
@@ -51,19 +55,14 @@ const SCHEMA: &str = r#"{
   }
 }"#;
 
-/// Open windows of one partition.
-#[derive(Debug, Default)]
-struct PartitionWindows {
-    watermark: i64,
-    /// window start -> key -> count
-    windows: BTreeMap<i64, BTreeMap<String, u64>>,
-}
-
 /// The pipeline.
 #[derive(Debug)]
 pub struct WindowedCount {
     config: Config,
-    partitions: HashMap<(String, i32), PartitionWindows>,
+    /// An empty set of windows, configured: what a new partition starts with.
+    empty: Windowed<String, u64>,
+    /// Open windows per partition: key -> count.
+    partitions: HashMap<(String, i32), Windowed<String, u64>>,
     buf: Vec<u8>,
 }
 
@@ -83,27 +82,26 @@ impl WindowedCount {
         }
     }
 
-    fn emit_window(
+    fn emit(
         out: &mut Output<'_>,
         buf: &mut Vec<u8>,
         output: &str,
-        (start, window_ms): (i64, i64),
-        counts: BTreeMap<String, u64>,
-        closed: bool,
+        windows: Vec<Closed<String, u64>>,
     ) -> Result<(), Error> {
-        for (key, count) in counts {
+        for w in windows {
             buf.clear();
             serde_json::to_writer(
                 &mut *buf,
-                &serde_json::json!({"key": key, "window_start": start, "window_end": start + window_ms,
-                                    "count": count, "closed": closed}),
+                &serde_json::json!({"key": w.key, "window_start": w.window.start,
+                                    "window_end": w.window.end, "count": w.value,
+                                    "closed": w.closed}),
             )?;
-            out.emit(Record::to(output).key(key.as_bytes()).value(buf))?;
+            out.emit(Record::to(output).key(w.key.as_bytes()).value(buf))?;
         }
         Ok(())
     }
 
-    /// Emits and forgets the windows of the partitions `select` picks (all open windows).
+    /// Emits and forgets the open windows of the partitions `select` picks.
     fn drain(
         &mut self,
         out: &mut Output<'_>,
@@ -116,18 +114,8 @@ impl WindowedCount {
             .cloned()
             .collect();
         for key in keys {
-            let Some(state) = self.partitions.remove(&key) else {
-                continue;
-            };
-            for (start, counts) in state.windows {
-                Self::emit_window(
-                    out,
-                    &mut self.buf,
-                    &self.config.output,
-                    (start, self.config.window_ms),
-                    counts,
-                    false,
-                )?;
+            if let Some(mut windows) = self.partitions.remove(&key) {
+                Self::emit(out, &mut self.buf, &self.config.output, windows.drain())?;
             }
         }
         Ok(())
@@ -140,13 +128,17 @@ impl Pipeline for WindowedCount {
     const CONFIG_SCHEMA: Option<&'static str> = Some(SCHEMA);
 
     fn open(config: Config, _ctx: &Context<'_>) -> Result<Self, Error> {
-        if config.window_ms <= 0 || config.allowed_lateness_ms < 0 {
-            return Err(Error::msg(
-                "window_ms must be positive and allowed_lateness_ms not negative",
-            ));
-        }
+        let empty = Windowed::new(
+            WindowKind::Tumbling {
+                size_ms: config.window_ms,
+            },
+            config.allowed_lateness_ms,
+            Late::Reopen,
+        )
+        .map_err(Error::msg)?;
         Ok(WindowedCount {
             config,
+            empty,
             partitions: HashMap::new(),
             buf: Vec::new(),
         })
@@ -161,19 +153,11 @@ impl Pipeline for WindowedCount {
             EventError::invalid("event has no timestamp: set the source's timestamp-field")
         })?;
         let key = self.key_of(event)?;
-        let window_ms = self.config.window_ms;
-        let state = self
-            .partitions
+        let empty = &self.empty;
+        self.partitions
             .entry((event.topic().to_owned(), event.partition()))
-            .or_default();
-        state.watermark = state.watermark.max(ts);
-        let start = ts - ts.rem_euclid(window_ms);
-        *state
-            .windows
-            .entry(start)
-            .or_default()
-            .entry(key)
-            .or_default() += 1;
+            .or_insert_with(|| empty.clone())
+            .add(key, ts, |n| *n += 1);
         Ok(())
     }
 
@@ -183,22 +167,9 @@ impl Pipeline for WindowedCount {
                 sluice_plugin_api::sdk::report_event_error(out, index, err)?;
             }
         }
-        // Close every window the watermark has passed.
-        let (window_ms, lateness) = (self.config.window_ms, self.config.allowed_lateness_ms);
-        for state in self.partitions.values_mut() {
-            let horizon = state.watermark - lateness - window_ms; // windows starting at or before this are closed
-            let open = state.windows.split_off(&(horizon + 1));
-            let closed = std::mem::replace(&mut state.windows, open);
-            for (start, counts) in closed {
-                Self::emit_window(
-                    out,
-                    &mut self.buf,
-                    &self.config.output,
-                    (start, window_ms),
-                    counts,
-                    true,
-                )?;
-            }
+        // Emit every window the watermark has passed.
+        for windows in self.partitions.values_mut() {
+            Self::emit(out, &mut self.buf, &self.config.output, windows.close())?;
         }
         Ok(())
     }
