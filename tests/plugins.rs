@@ -237,23 +237,26 @@ fn a_library_that_crashes_the_loader_kills_a_probe_not_the_host() {
     }
 }
 
+/// C: `op` (opens an instance) and `pr` (emits each payload to `out`), for test plugins.
+const ECHO_ENTRIES: &str = r#"#include <string.h>
+#include "sluice_plugin.h"
+static sluice_status op(sluice_str c, const sluice_open_context *x, const sluice_host *h, void **i) {
+    (void)c; (void)x; (void)h; *i = (void *)1; return SLUICE_STATUS_OK; }
+static sluice_status pr(void *i, sluice_events ev, const sluice_host *h) {
+    (void)i;
+    for (size_t n = 0; n < ev.len; n++) {
+        sluice_record r; memset(&r, 0, sizeof r);
+        r.output = SLUICE_STR("out"); r.value = ev.ptr[n].payload; r.flags = SLUICE_FLAG_KEY_NULL;
+        if (h->emit(h->ctx, &r) != SLUICE_STATUS_OK) return SLUICE_STATUS_ERROR;
+    }
+    return SLUICE_STATUS_OK; }
+"#;
+
 /// A C plugin that emits each payload to `out`, with the vtable entries `hooks` (open, process,
 /// assigned, revoked, flush, close, output_name; `NULL` allowed).
 fn c_plugin_with_hooks(dir: &Path, name: &str, hooks: &str) -> std::path::PathBuf {
     let source = format!(
-        r#"#include <string.h>
-#include "sluice_plugin.h"
-static sluice_status op(sluice_str c, const sluice_open_context *x, const sluice_host *h, void **i) {{
-    (void)c; (void)x; (void)h; *i = (void *)1; return SLUICE_STATUS_OK; }}
-static sluice_status pr(void *i, sluice_events ev, const sluice_host *h) {{
-    (void)i;
-    for (size_t n = 0; n < ev.len; n++) {{
-        sluice_record r; memset(&r, 0, sizeof r);
-        r.output = SLUICE_STR("out"); r.value = ev.ptr[n].payload; r.flags = SLUICE_FLAG_KEY_NULL;
-        if (h->emit(h->ctx, &r) != SLUICE_STATUS_OK) return SLUICE_STATUS_ERROR;
-    }}
-    return SLUICE_STATUS_OK; }}
-static sluice_status cl(void *i, const sluice_host *h) {{ (void)i; (void)h; return SLUICE_STATUS_OK; }}
+        r#"{ECHO_ENTRIES}static sluice_status cl(void *i, const sluice_host *h) {{ (void)i; (void)h; return SLUICE_STATUS_OK; }}
 static sluice_str outs(size_t i) {{
     static const sluice_str names[] = {{ {{"out", 3}}, {{"audit", 5}} }};
     return i < 2 ? names[i] : (sluice_str){{NULL, 0}}; }}
@@ -434,19 +437,7 @@ fn c_plugin_with_version(
     vtable_size: &str,
 ) -> std::path::PathBuf {
     let source = format!(
-        r#"#include <string.h>
-#include "sluice_plugin.h"
-static sluice_status op(sluice_str c, const sluice_open_context *x, const sluice_host *h, void **i) {{
-    (void)c; (void)x; (void)h; *i = (void *)1; return SLUICE_STATUS_OK; }}
-static sluice_status pr(void *i, sluice_events ev, const sluice_host *h) {{
-    (void)i;
-    for (size_t n = 0; n < ev.len; n++) {{
-        sluice_record r; memset(&r, 0, sizeof r);
-        r.output = SLUICE_STR("out"); r.value = ev.ptr[n].payload; r.flags = SLUICE_FLAG_KEY_NULL;
-        if (h->emit(h->ctx, &r) != SLUICE_STATUS_OK) return SLUICE_STATUS_ERROR;
-    }}
-    return SLUICE_STATUS_OK; }}
-static sluice_status parts(void *i, sluice_partitions p, const sluice_host *h) {{ (void)i; (void)p; (void)h; return SLUICE_STATUS_OK; }}
+        r#"{ECHO_ENTRIES}static sluice_status parts(void *i, sluice_partitions p, const sluice_host *h) {{ (void)i; (void)p; (void)h; return SLUICE_STATUS_OK; }}
 static sluice_status fl(void *i, const sluice_host *h) {{ (void)i; (void)h; return SLUICE_STATUS_OK; }}
 /* A 1.x table that a future minor version grew by one entry. */
 typedef struct {{ sluice_plugin_vtable v1; void (*added_in_a_later_minor)(void); }} grown_vtable;

@@ -1963,6 +1963,12 @@ mod tests {
         }
     }
 
+    /// An Event posted by the recorder; its body.
+    async fn expect_event(server: &mut ApiServer) -> Value {
+        let path = format!("/apis/events.k8s.io/v1{NS}/events");
+        expect(server, "POST", &path, 201, None).await
+    }
+
     /// The status apply; the body sent (the pipeline is echoed back).
     async fn expect_status(server: &mut ApiServer, sp: &StreamPipeline) -> Value {
         let path = format!("/apis/sluice.dev/v1alpha1{NS}/streampipelines/bookings-enrich/status");
@@ -2172,14 +2178,7 @@ mod tests {
         let status = expect_status(server, &sp).await;
         assert_eq!(condition_in(&status, "ResizePending")["reason"], "Deferred");
         for reason in ["ScalingUp", "ResizeDeferred"] {
-            let event = expect(
-                server,
-                "POST",
-                &format!("/apis/events.k8s.io/v1{NS}/events"),
-                201,
-                None,
-            )
-            .await;
+            let event = expect_event(server).await;
             assert_eq!(event["reason"], reason);
         }
         task.await.unwrap().unwrap();
@@ -2207,14 +2206,7 @@ mod tests {
         assert_eq!(applied[1]["spec"]["replicas"], 2);
         let status = expect_status(server, &sp).await;
         assert_eq!(status["status"]["policy"]["reason"], "StepDown");
-        let event = expect(
-            server,
-            "POST",
-            &format!("/apis/events.k8s.io/v1{NS}/events"),
-            201,
-            None,
-        )
-        .await;
+        let event = expect_event(server).await;
         assert_eq!(event["reason"], "ScalingDown");
         task.await.unwrap().unwrap();
         no_more_requests(server).await;
@@ -2326,14 +2318,7 @@ mod tests {
         assert_eq!(applied[1]["spec"]["replicas"], 3);
         let status = expect_status(server, &sp).await;
         assert_eq!(status["status"]["partitionsPerReplica"], 4);
-        let event = expect(
-            server,
-            "POST",
-            &format!("/apis/events.k8s.io/v1{NS}/events"),
-            201,
-            None,
-        )
-        .await;
+        let event = expect_event(server).await;
         assert_eq!(event["reason"], "ScalingUp");
         assert_eq!(event["type"], "Normal");
         assert_eq!(event["regarding"]["name"], "bookings-enrich");
