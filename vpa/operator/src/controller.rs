@@ -1243,9 +1243,14 @@ mod tests {
             recommendation: r.cloned(),
             ..Observed::default()
         };
+        plan_at(sp, &observed, now)
+    }
+
+    /// `plan` with the neutral placement, the default policy and an hour's drift repair.
+    fn plan_at(sp: &StreamPipeline, observed: &Observed, now: u64) -> Plan {
         plan(
             sp,
-            &observed,
+            observed,
             &Placement::neutral(),
             &PolicyConfig::default(),
             now,
@@ -1283,14 +1288,7 @@ mod tests {
             fullest_usage: fullest,
             pods: pods.to_vec(),
         };
-        plan(
-            sp,
-            &observed,
-            &Placement::neutral(),
-            &PolicyConfig::default(),
-            now,
-            HOUR,
-        )
+        plan_at(sp, &observed, now)
     }
 
     fn fast(plan: &Plan) -> &FastStatus {
