@@ -1,6 +1,7 @@
 //! Event-time windows for plugins that aggregate: which windows an event belongs to (tumbling,
 //! hopping, session), when a window closes, what happens to an event whose window has closed (a
-//! policy, counted), and dedup of repeated ids within a time span.
+//! policy, counted), dedup of repeated ids within a time span ([`Dedup`]), and a keyed join of
+//! two inputs within a time span ([`Join`]).
 //!
 //! Time is event time (`Event::timestamp_ms`). The *watermark* is the highest event time seen.
 //! A window `[start, end)` closes once the watermark reaches `end + allowed_lateness_ms`; an event
@@ -389,6 +390,120 @@ impl<K: Hash + Eq + Clone> Dedup<K> {
     }
 }
 
+/// Which input of a [`Join`] an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The first input (say, bookings).
+    Left,
+    /// The second input (say, payments).
+    Right,
+}
+
+/// A keyed join of two inputs within a time span: an event matches every event of the other
+/// side with the same key whose event time is at most `within_ms` away. Each pair is produced
+/// once, by whichever of its two events comes second. Events are forgotten once the watermark
+/// (the highest event time seen) is more than `within_ms` past them; one older than that when
+/// it comes is late: matched with nothing and counted.
+#[derive(Debug, Clone)]
+pub struct Join<K, L, R> {
+    within_ms: i64,
+    watermark: Option<i64>,
+    left: BTreeMap<K, Vec<(i64, L)>>,
+    right: BTreeMap<K, Vec<(i64, R)>>,
+    late: u64,
+}
+
+impl<K: Ord + Clone, L: Clone, R: Clone> Join<K, L, R> {
+    /// Pairs events at most `within_ms` apart.
+    pub fn new(within_ms: i64) -> Result<Self, String> {
+        if within_ms < 0 {
+            return Err(format!("join span {within_ms} ms: must not be negative"));
+        }
+        Ok(Join {
+            within_ms,
+            watermark: None,
+            left: BTreeMap::new(),
+            right: BTreeMap::new(),
+            late: 0,
+        })
+    }
+
+    /// Events that came too late to be matched.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// Events waiting for a match (both sides).
+    pub fn pending(&self) -> usize {
+        self.left.values().map(Vec::len).sum::<usize>()
+            + self.right.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// A left event: the pairs it completes, `(left, right, right's time)`.
+    pub fn left(&mut self, key: K, ts: i64, value: L) -> Vec<(L, R, i64)> {
+        if !self.admit(ts) {
+            return Vec::new();
+        }
+        let matches = Self::matching(&self.right, &key, ts, self.within_ms)
+            .map(|(t, r)| (value.clone(), r.clone(), *t))
+            .collect();
+        self.left.entry(key).or_default().push((ts, value));
+        self.expire();
+        matches
+    }
+
+    /// A right event: the pairs it completes, `(left, right, left's time)`.
+    pub fn right(&mut self, key: K, ts: i64, value: R) -> Vec<(L, R, i64)> {
+        if !self.admit(ts) {
+            return Vec::new();
+        }
+        let matches = Self::matching(&self.left, &key, ts, self.within_ms)
+            .map(|(t, l)| (l.clone(), value.clone(), *t))
+            .collect();
+        self.right.entry(key).or_default().push((ts, value));
+        self.expire();
+        matches
+    }
+
+    fn matching<'a, V>(
+        side: &'a BTreeMap<K, Vec<(i64, V)>>,
+        key: &K,
+        ts: i64,
+        within_ms: i64,
+    ) -> impl Iterator<Item = &'a (i64, V)> {
+        side.get(key)
+            .into_iter()
+            .flatten()
+            .filter(move |(t, _)| (t - ts).abs() <= within_ms)
+    }
+
+    /// Moves the watermark; false (and counted) for an event already forgotten on arrival.
+    fn admit(&mut self, ts: i64) -> bool {
+        if self
+            .watermark
+            .is_some_and(|w| ts < w.saturating_sub(self.within_ms))
+        {
+            self.late += 1;
+            return false;
+        }
+        self.watermark = Some(self.watermark.map_or(ts, |w| w.max(ts)));
+        true
+    }
+
+    fn expire(&mut self) {
+        let Some(w) = self.watermark else { return };
+        let horizon = w.saturating_sub(self.within_ms);
+        self.left.retain(|_, events| {
+            events.retain(|(t, _)| *t >= horizon);
+            !events.is_empty()
+        });
+        self.right.retain(|_, events| {
+            events.retain(|(t, _)| *t >= horizon);
+            !events.is_empty()
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +634,24 @@ mod tests {
                 .contains("must not be negative")
         );
         assert!(Dedup::<u8>::new(0).is_err());
+    }
+
+    #[test]
+    fn a_join_pairs_each_match_once_within_the_span_in_either_order() {
+        let mut j = Join::<&str, &str, u32>::new(60).unwrap();
+        assert!(j.left("b-1", 100, "booking 1").is_empty());
+        // A payment 30 ms later pairs with its booking; one for another booking waits.
+        assert_eq!(j.right("b-1", 130, 25), [("booking 1", 25, 100)]);
+        assert!(j.right("b-2", 140, 40).is_empty());
+        // The booking that comes after its payment pairs too (the pair is made once).
+        assert_eq!(j.left("b-2", 150, "booking 2"), [("booking 2", 40, 140)]);
+        // Too far apart: no pair.
+        assert!(j.right("b-1", 300, 5).is_empty());
+        // The watermark (300) forgot everything before 240; an event from then is late.
+        assert!(j.left("b-1", 200, "booking 1 again").is_empty());
+        assert_eq!(j.late(), 1);
+        assert_eq!(j.pending(), 1, "only the payment at 300 waits");
+        assert!(Join::<u8, u8, u8>::new(-1).is_err());
     }
 
     #[test]
