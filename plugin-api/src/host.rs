@@ -523,3 +523,39 @@ unsafe extern "C" fn host_log(ctx: *mut c_void, level: u32, message: Str<'_>) {
     let message = message.to_string_lossy();
     let _ = catch_unwind(AssertUnwindSafe(|| state.collector.log(level, &message)));
 }
+
+/// Why a config does not pass a plugin's `config_schema`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigProblem {
+    /// The schema itself is not a valid JSON schema (the plugin's fault).
+    BadSchema(String),
+    /// The config breaks the schema at `field` (`.a.b`, empty for the whole config).
+    Invalid {
+        /// Where, as `.a.b`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Checks `config` against a plugin's JSON schema: what the host does before `open`, and the
+/// test harness too.
+pub fn check_config(schema: &str, config: &serde_json::Value) -> Result<(), ConfigProblem> {
+    let schema: serde_json::Value =
+        serde_json::from_str(schema).map_err(|e| ConfigProblem::BadSchema(e.to_string()))?;
+    let validator =
+        jsonschema::validator_for(&schema).map_err(|e| ConfigProblem::BadSchema(e.to_string()))?;
+    match validator.iter_errors(config).next() {
+        None => Ok(()),
+        Some(error) => Err(ConfigProblem::Invalid {
+            field: error
+                .instance_path()
+                .to_string()
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| format!(".{s}"))
+                .collect(),
+            message: error.to_string(),
+        }),
+    }
+}

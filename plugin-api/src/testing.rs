@@ -34,7 +34,9 @@
 use std::marker::PhantomData;
 
 use crate::abi::{Event, Header, OpenContext, Partition, Record};
-use crate::host::{CallError, Collector, EventErrorKind, Instance, PluginRef, Refusal};
+use crate::host::{
+    CallError, Collector, ConfigProblem, EventErrorKind, Instance, PluginRef, Refusal,
+};
 use crate::sdk::{Pipeline, shims};
 
 /// An input event owned by the test.
@@ -163,6 +165,15 @@ struct Checked<'a> {
     allowed: Option<&'a [String]>,
 }
 
+impl<'a> Checked<'a> {
+    fn new(outcome: &'a mut Outcome, allowed: &'a Option<Vec<String>>) -> Self {
+        Checked {
+            outcome,
+            allowed: allowed.as_deref(),
+        }
+    }
+}
+
 impl Collector for Checked<'_> {
     fn emit(&mut self, output: &str, record: &Record<'_>) -> Result<(), Refusal> {
         match self.allowed {
@@ -280,10 +291,7 @@ impl<P: Pipeline> Harness<P> {
             raw.push(e);
         }
         let mut outcome = Outcome::default();
-        let mut checked = Checked {
-            outcome: &mut outcome,
-            allowed: self.outputs.as_deref(),
-        };
+        let mut checked = Checked::new(&mut outcome, &self.outputs);
         self.instance.process(&raw, &mut checked)?;
         Ok(outcome)
     }
@@ -295,10 +303,7 @@ impl<P: Pipeline> Harness<P> {
             .map(|p| Partition::new(topic, *p))
             .collect();
         let mut outcome = Outcome::default();
-        let mut checked = Checked {
-            outcome: &mut outcome,
-            allowed: self.outputs.as_deref(),
-        };
+        let mut checked = Checked::new(&mut outcome, &self.outputs);
         self.instance.assigned(&parts, &mut checked)?;
         Ok(outcome)
     }
@@ -310,10 +315,7 @@ impl<P: Pipeline> Harness<P> {
             .map(|p| Partition::new(topic, *p))
             .collect();
         let mut outcome = Outcome::default();
-        let mut checked = Checked {
-            outcome: &mut outcome,
-            allowed: self.outputs.as_deref(),
-        };
+        let mut checked = Checked::new(&mut outcome, &self.outputs);
         self.instance.revoked(&parts, &mut checked)?;
         Ok(outcome)
     }
@@ -321,10 +323,7 @@ impl<P: Pipeline> Harness<P> {
     /// Calls flush.
     pub fn flush(&mut self) -> Result<Outcome, CallError> {
         let mut outcome = Outcome::default();
-        let mut checked = Checked {
-            outcome: &mut outcome,
-            allowed: self.outputs.as_deref(),
-        };
+        let mut checked = Checked::new(&mut outcome, &self.outputs);
         self.instance.flush(&mut checked)?;
         Ok(outcome)
     }
@@ -340,26 +339,14 @@ fn check_schema<P: Pipeline>(config: &serde_json::Value) -> Result<(), CallError
     let Some(schema) = P::CONFIG_SCHEMA else {
         return Ok(());
     };
-    let schema: serde_json::Value = serde_json::from_str(schema)
-        .map_err(|e| CallError::Protocol(format!("CONFIG_SCHEMA is not JSON: {e}")))?;
-    let validator = jsonschema::validator_for(&schema).map_err(|e| {
-        CallError::Protocol(format!("CONFIG_SCHEMA is not a valid JSON schema: {e}"))
-    })?;
-    match validator.iter_errors(config).next() {
-        None => Ok(()),
-        Some(error) => {
-            let field: String = error
-                .instance_path()
-                .to_string()
-                .split('/')
-                .filter(|s| !s.is_empty())
-                .map(|s| format!(".{s}"))
-                .collect();
-            Err(CallError::Failed(format!(
-                "plugin.config{field}: {error} (per the config schema)"
-            )))
+    crate::host::check_config(schema, config).map_err(|problem| match problem {
+        ConfigProblem::BadSchema(e) => {
+            CallError::Protocol(format!("CONFIG_SCHEMA is not a valid JSON schema: {e}"))
         }
-    }
+        ConfigProblem::Invalid { field, message } => CallError::Failed(format!(
+            "plugin.config{field}: {message} (per the config schema)"
+        )),
+    })
 }
 
 #[cfg(test)]

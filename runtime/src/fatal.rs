@@ -9,10 +9,16 @@ use std::sync::{Arc, Mutex};
 pub struct Fatal(Arc<Mutex<Option<(String, bool)>>>);
 
 impl Fatal {
-    /// Logs `message` and keeps it if it is the first.
+    /// Logs `message` and keeps it if it is the first. After stdout's reader went away, what
+    /// fails next is its consequence (the refused emit, ...): logged at debug only.
     pub fn set(&self, message: String) {
+        let mut first = self.lock();
+        if first.as_ref().is_some_and(|(_, gone)| *gone) {
+            tracing::debug!("{message}");
+            return;
+        }
         tracing::error!("{message}");
-        self.lock().get_or_insert((message, false));
+        first.get_or_insert((message, false));
     }
 
     /// Stops the pipeline because the reader of stdout went away (a closed pipe): not an error

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use sluice_plugin_api::host::CallError;
+use sluice_plugin_api::host::{CallError, ConfigProblem};
 
 use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
 use crate::plugin::{LoadError, Plugin};
@@ -201,28 +201,19 @@ pub fn check_config(
     let Some(schema) = plugin.plugin_ref().config_schema() else {
         return Ok(());
     };
-    let bad_schema = |message: String| RunError::BadSchema {
-        plugin: plugin.label(),
-        message,
-    };
-    let schema: serde_json::Value =
-        serde_json::from_str(schema).map_err(|e| bad_schema(e.to_string()))?;
-    let validator = jsonschema::validator_for(&schema).map_err(|e| bad_schema(e.to_string()))?;
-    if let Some(error) = validator.iter_errors(config).next() {
-        let pointer = error.instance_path().to_string();
-        let field: String = pointer
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(|s| format!(".{s}"))
-            .collect();
-        return Err(RunError::Config {
+    match sluice_plugin_api::host::check_config(schema, config) {
+        Ok(()) => Ok(()),
+        Err(ConfigProblem::BadSchema(message)) => Err(RunError::BadSchema {
+            plugin: plugin.label(),
+            message,
+        }),
+        Err(ConfigProblem::Invalid { field, message }) => Err(RunError::Config {
             spec: spec.into(),
             field,
-            message: error.to_string(),
+            message,
             plugin: plugin.label(),
-        });
+        }),
     }
-    Ok(())
 }
 
 /// Runs a spec to its end (a file) or to SIGTERM / SIGINT (Kafka): one event path for both,

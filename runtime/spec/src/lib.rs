@@ -1460,6 +1460,26 @@ outputs:
                 .unwrap_err()
                 .starts_with("a file source has no committed offsets")
         );
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: 127.0.0.1:9092\n    topics: [rides]\n    group-id: g\n",
+        );
+        let mut plain = parse(&kafka).unwrap();
+        plain.request_reset().unwrap();
+        let SourceSpec::Kafka(k) = &plain.source else {
+            panic!("kafka source")
+        };
+        assert!(k.reset);
+        let exactly_once = kafka.replace(
+            "  out:\n    stdout: {}\n",
+            "  out:\n    postgres:\n      url: postgres://x\n      table: t\n      columns: {a: text}\n      exactly-once: true\n",
+        );
+        let mut rows = parse(&exactly_once).unwrap();
+        assert!(
+            rows.request_reset()
+                .unwrap_err()
+                .starts_with("an exactly-once output keeps its offsets with its rows"),
+        );
     }
 
     #[test]
