@@ -1029,11 +1029,6 @@ pub fn pod_cpu(pod: &Value) -> u64 {
         .sum()
 }
 
-/// The summed CPU (m) of the pipeline containers in `PodMetrics` objects.
-pub fn pods_cpu<'a>(pods: impl Iterator<Item = &'a Value>) -> u64 {
-    pods.map(pod_cpu).sum()
-}
-
 /// Reconciles one pipeline.
 pub async fn reconcile(sp: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let timer = ctx.metrics.reconcile_seconds.start_timer();
