@@ -1,5 +1,5 @@
 /*
- * sluice_plugin.h: the Sluice pipeline plugin ABI, version 1.1.
+ * sluice_plugin.h: the Sluice pipeline plugin ABI, version 1.2.
  *
  * A plugin is a shared library exporting
  *
@@ -22,12 +22,14 @@
  * Compatibility: within major version 1 the data structs below are frozen; the two tables
  * (sluice_host, sluice_plugin_vtable) only grow at the end and start with their size. A host
  * accepts plugins of any 1.x minor version; check host->size before using a callback added
- * after 1.0 (there are none yet). Set the descriptor's abi_major and abi_minor to the
+ * after 1.0 (the state calls of 1.2). Set the descriptor's abi_major and abi_minor to the
  * SLUICE_ABI_MAJOR and SLUICE_ABI_MINOR of the header you compile against, and the vtable's
  * size to sizeof(sluice_plugin_vtable): a host of another major version refuses the plugin by
  * name, and a host of an older minor version calls only the entries it knows.
  *
  * 1.1 added sluice_plugin_vtable.output_name; a 1.0 table (without it) still loads.
+ * 1.2 added the state calls at the end of sluice_host (state_get, state_put, state_delete,
+ * state_scan): use them only when host->size >= SLUICE_HOST_SIZE_1_2.
  */
 #ifndef SLUICE_PLUGIN_H
 #define SLUICE_PLUGIN_H
@@ -40,7 +42,7 @@ extern "C" {
 #endif
 
 #define SLUICE_ABI_MAJOR 1
-#define SLUICE_ABI_MINOR 1
+#define SLUICE_ABI_MINOR 2
 
 typedef int32_t sluice_status;
 #define SLUICE_STATUS_OK 0
@@ -48,6 +50,10 @@ typedef int32_t sluice_status;
 #define SLUICE_STATUS_PANIC 2
 #define SLUICE_STATUS_UNKNOWN_OUTPUT 3 /* emit: the spec defines no output of that name */
 #define SLUICE_STATUS_INVALID_RECORD 4 /* emit: malformed record */
+#define SLUICE_STATUS_NOT_FOUND 5      /* state_get: the store has no value for the key */
+#define SLUICE_STATUS_STATE_REFUSED 6  /* a state call the host refused (undeclared store, a
+                                          partition not assigned, a storage error): the call
+                                          fails whatever the plugin returns */
 
 #define SLUICE_FLAG_KEY_NULL 1u   /* the key is absent (null), not merely empty */
 #define SLUICE_FLAG_VALUE_NULL 2u /* the value is absent: a tombstone */
@@ -133,7 +139,29 @@ typedef struct sluice_host {
     void (*event_error)(void *ctx, size_t index, uint32_t kind, sluice_str message);
     void (*fail)(void *ctx, sluice_str message);
     void (*log)(void *ctx, uint32_t level, sluice_str message);
+    /* ABI 1.2: keyed state, one set of named stores (the spec's `state.stores`) per input
+     * partition, restored from its changelog topic before the partition's first event. Callable
+     * from process, flush, assigned and revoked, for a partition assigned to the pipeline.
+     * state_get: on SLUICE_STATUS_OK, *value borrows the host's copy until the next host call
+     * or the end of this call; SLUICE_STATUS_NOT_FOUND when there is none. A write is in the
+     * changelog before the offsets of the call's events are committed. */
+    sluice_status (*state_get)(void *ctx, const sluice_partition *partition, sluice_str store,
+                               sluice_bytes key, sluice_bytes *value);
+    sluice_status (*state_put)(void *ctx, const sluice_partition *partition, sluice_str store,
+                               sluice_bytes key, sluice_bytes value);
+    sluice_status (*state_delete)(void *ctx, const sluice_partition *partition, sluice_str store,
+                                  sluice_bytes key);
+    /* Calls visit for every entry whose key starts with prefix, in key order, until visit
+     * returns non-zero. visit must not call the host. */
+    sluice_status (*state_scan)(void *ctx, const sluice_partition *partition, sluice_str store,
+                                sluice_bytes prefix,
+                                int32_t (*visit)(void *visit_ctx, sluice_bytes key,
+                                                 sluice_bytes value),
+                                void *visit_ctx);
 } sluice_host;
+
+/* sizeof(sluice_host) of a 1.2 host: the state calls are there when host->size is at least this. */
+#define SLUICE_HOST_SIZE_1_2 (offsetof(sluice_host, state_scan) + sizeof(void *))
 
 /* The plugin's entry points. open, process and close are REQUIRED: a library with NULL in one
  * of them is refused at load, naming the entry. assigned, revoked, flush and output_name are

@@ -20,7 +20,7 @@ use abi_stable::StableAbi;
 /// ABI major version. Plugins built for another major version are refused.
 pub const ABI_MAJOR: u32 = 1;
 /// ABI minor version. Grows when entries are appended to a table; either side may be newer.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 /// The symbol every plugin library exports: `const sluice_plugin_descriptor *sluice_plugin_entry(void)`.
 pub const ENTRY_SYMBOL: &str = "sluice_plugin_entry";
 
@@ -36,6 +36,11 @@ pub const STATUS_PANIC: Status = 2;
 pub const STATUS_UNKNOWN_OUTPUT: Status = 3;
 /// `emit` only: the record is malformed (null pointer, output name not UTF-8, ...).
 pub const STATUS_INVALID_RECORD: Status = 4;
+/// `state_get` only: the store has no value for the key.
+pub const STATUS_NOT_FOUND: Status = 5;
+/// A state call the host refused (undeclared store, partition not assigned, storage error): the
+/// plugin call fails whatever it returns.
+pub const STATUS_STATE_REFUSED: Status = 6;
 
 /// [`Event`] / [`Record`] flag: the key is absent (Kafka null key), not merely empty.
 pub const FLAG_KEY_NULL: u32 = 1;
@@ -426,6 +431,10 @@ impl<'a> Partition<'a> {
     pub const fn partition(&self) -> i32 {
         self.partition
     }
+    /// The raw topic (no UTF-8 check).
+    pub fn raw_topic(&self) -> Str<'a> {
+        self.topic
+    }
 }
 
 /// What the host tells a plugin instance when it opens it: `sluice_open_context`.
@@ -497,7 +506,58 @@ pub struct Host {
     pub fail: unsafe extern "C" fn(ctx: *mut c_void, message: Str<'_>),
     /// Writes a line to the host's log at a `LOG_*` level.
     pub log: unsafe extern "C" fn(ctx: *mut c_void, level: u32, message: Str<'_>),
+    /// ABI 1.2: reads `key` of `store` for `partition`. [`STATUS_OK`] with `*value` borrowing the
+    /// host's copy until the next host call or the call's end, [`STATUS_NOT_FOUND`], or
+    /// [`STATUS_STATE_REFUSED`].
+    pub state_get: StateGetFn,
+    /// ABI 1.2: writes `key` of `store` for `partition` (locally and to its changelog).
+    pub state_put: StatePutFn,
+    /// ABI 1.2: deletes `key` of `store` for `partition` (a tombstone in its changelog).
+    pub state_delete: StateDeleteFn,
+    /// ABI 1.2: visits the entries of `store` for `partition` whose key starts with `prefix`, in
+    /// key order, until `visit` returns non-zero. `visit` must not call the host.
+    pub state_scan: StateScanFn,
 }
+
+/// `sizeof(sluice_host)` of an ABI 1.2 host: the state calls exist when `Host::size` is at least
+/// this.
+pub const HOST_SIZE_1_2: usize = std::mem::size_of::<Host>();
+
+/// [`Host::state_get`].
+pub type StateGetFn = unsafe extern "C" fn(
+    ctx: *mut c_void,
+    partition: *const Partition<'_>,
+    store: Str<'_>,
+    key: Bytes<'_>,
+    value: *mut Bytes<'_>,
+) -> Status;
+/// [`Host::state_put`].
+pub type StatePutFn = unsafe extern "C" fn(
+    ctx: *mut c_void,
+    partition: *const Partition<'_>,
+    store: Str<'_>,
+    key: Bytes<'_>,
+    value: Bytes<'_>,
+) -> Status;
+/// [`Host::state_delete`].
+pub type StateDeleteFn = unsafe extern "C" fn(
+    ctx: *mut c_void,
+    partition: *const Partition<'_>,
+    store: Str<'_>,
+    key: Bytes<'_>,
+) -> Status;
+/// The visitor [`Host::state_scan`] calls per entry: non-zero stops the scan.
+pub type StateVisitFn =
+    unsafe extern "C" fn(visit_ctx: *mut c_void, key: Bytes<'_>, value: Bytes<'_>) -> i32;
+/// [`Host::state_scan`].
+pub type StateScanFn = unsafe extern "C" fn(
+    ctx: *mut c_void,
+    partition: *const Partition<'_>,
+    store: Str<'_>,
+    prefix: Bytes<'_>,
+    visit: StateVisitFn,
+    visit_ctx: *mut c_void,
+) -> Status;
 
 /// `open`: creates an instance from its JSON config (always a JSON object) and stores it in
 /// `*instance`.
@@ -634,7 +694,8 @@ mod header_matches_rust {
             }),
             layout!("sluice_host", Host, {
                 "size" => size, "ctx" => ctx, "emit" => emit, "event_error" => event_error,
-                "fail" => fail, "log" => log,
+                "fail" => fail, "log" => log, "state_get" => state_get, "state_put" => state_put,
+                "state_delete" => state_delete, "state_scan" => state_scan,
             }),
             layout!("sluice_plugin_vtable", PluginVTable, {
                 "size" => size, "open" => open, "process" => process, "assigned" => assigned,
@@ -673,6 +734,9 @@ mod header_matches_rust {
             ("SLUICE_STATUS_PANIC", STATUS_PANIC as i64),
             ("SLUICE_STATUS_UNKNOWN_OUTPUT", STATUS_UNKNOWN_OUTPUT as i64),
             ("SLUICE_STATUS_INVALID_RECORD", STATUS_INVALID_RECORD as i64),
+            ("SLUICE_STATUS_NOT_FOUND", STATUS_NOT_FOUND as i64),
+            ("SLUICE_STATUS_STATE_REFUSED", STATUS_STATE_REFUSED as i64),
+            ("SLUICE_HOST_SIZE_1_2", HOST_SIZE_1_2 as i64),
             ("SLUICE_FLAG_KEY_NULL", FLAG_KEY_NULL as i64),
             ("SLUICE_FLAG_VALUE_NULL", FLAG_VALUE_NULL as i64),
             ("SLUICE_PARTITION_ANY", PARTITION_ANY as i64),

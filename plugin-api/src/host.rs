@@ -12,7 +12,7 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::{
-    self, Descriptor, Event, Host, OpenContext, Partition, PluginVTable, Record, Slice, Str,
+    self, Bytes, Descriptor, Event, Host, OpenContext, Partition, PluginVTable, Record, Slice, Str,
 };
 
 /// Why a descriptor cannot be used. Messages say what to do.
@@ -141,6 +141,52 @@ pub trait Collector {
     fn event_error(&mut self, index: usize, kind: EventErrorKind, message: &str);
     /// A log line from the plugin (`abi::LOG_*` level).
     fn log(&mut self, level: u32, message: &str);
+
+    /// Reads `key` of `store` for the input partition `(topic, partition)` into `value` (cleared
+    /// first); `Ok(false)` when the store has no value for it. `Err` refuses the call (message
+    /// says why and what to do).
+    fn state_get(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        key: &[u8],
+        value: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        let _ = (partition, key, value);
+        Err(no_state(store))
+    }
+
+    /// Writes (`Some`) or deletes (`None`) `key` of `store` for the input partition.
+    fn state_put(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let _ = (partition, key, value);
+        Err(no_state(store))
+    }
+
+    /// Visits the entries of `store` for the input partition whose key starts with `prefix`, in
+    /// key order, until `visit` returns false.
+    fn state_scan(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), String> {
+        let _ = (partition, prefix, visit);
+        Err(no_state(store))
+    }
+}
+
+/// The refusal of a state call in a pipeline without stores.
+pub fn no_state(store: &str) -> String {
+    format!(
+        "the plugin used state store `{store}`, but the pipeline declares no state stores: add `state: {{stores: [{store}]}}` to the spec"
+    )
 }
 
 /// A collector that refuses every record: for calls that must not emit.
@@ -380,6 +426,8 @@ struct CallState<'c> {
     failure: Option<String>,
     refused: Option<String>,
     protocol: Option<String>,
+    /// What the last `state_get` found; the plugin borrows it until its next host call.
+    value: Vec<u8>,
 }
 
 fn call(
@@ -393,6 +441,7 @@ fn call(
         failure: None,
         refused: None,
         protocol: None,
+        value: Vec::new(),
     };
     let host = Host {
         size: std::mem::size_of::<Host>(),
@@ -401,6 +450,10 @@ fn call(
         event_error: host_event_error,
         fail: host_fail,
         log: host_log,
+        state_get: host_state_get,
+        state_put: host_state_put,
+        state_delete: host_state_delete,
+        state_scan: host_state_scan,
     };
     let status = f(&host);
     if let Some(message) = state.protocol {
@@ -522,6 +575,144 @@ unsafe extern "C" fn host_log(ctx: *mut c_void, level: u32, message: Str<'_>) {
     let state = unsafe { state(ctx) };
     let message = message.to_string_lossy();
     let _ = catch_unwind(AssertUnwindSafe(|| state.collector.log(level, &message)));
+}
+
+/// The partition and store of a state call, checked; `Err` is the refusal's message.
+///
+/// # Safety
+/// `partition` is null or points at a partition valid for the call.
+unsafe fn state_target<'p>(
+    partition: *const Partition<'p>,
+    store: Str<'p>,
+) -> Result<((&'p str, i32), &'p str), String> {
+    if partition.is_null() {
+        return Err("a state call passed a NULL partition".into());
+    }
+    // SAFETY: non-null, valid for the call per this function's contract.
+    let partition = unsafe { &*partition };
+    let topic = partition
+        .raw_topic()
+        .to_str()
+        .map_err(|_| "a state call's partition topic is not UTF-8".to_owned())?;
+    let store = store
+        .to_str()
+        .map_err(|_| "a state call's store name is not UTF-8".to_owned())?;
+    Ok(((topic, partition.partition()), store))
+}
+
+/// Runs one state operation for a callback: a refusal or a host panic fails the plugin call
+/// whatever the plugin then returns, so no state change is lost silently.
+fn state_call(
+    state: &mut CallState<'_>,
+    op: impl FnOnce(&mut CallState<'_>) -> Result<abi::Status, String>,
+) -> abi::Status {
+    match catch_unwind(AssertUnwindSafe(|| op(&mut *state))) {
+        Ok(Ok(status)) => status,
+        Ok(Err(why)) => {
+            state.refused.get_or_insert(why);
+            abi::STATUS_STATE_REFUSED
+        }
+        Err(_) => {
+            state
+                .protocol
+                .get_or_insert_with(|| "the host panicked in a state call".into());
+            abi::STATUS_STATE_REFUSED
+        }
+    }
+}
+
+unsafe extern "C" fn host_state_get(
+    ctx: *mut c_void,
+    partition: *const Partition<'_>,
+    store: Str<'_>,
+    key: Bytes<'_>,
+    value: *mut Bytes<'_>,
+) -> abi::Status {
+    // SAFETY: ctx comes from `call`.
+    let state = unsafe { state(ctx) };
+    state_call(state, |state| {
+        // SAFETY: the plugin passes a partition valid for the call (or NULL, refused).
+        let (tp, store) = unsafe { state_target(partition, store) }?;
+        if value.is_null() {
+            return Err("state_get called with a NULL value slot".into());
+        }
+        let mut found = std::mem::take(&mut state.value);
+        let present = state
+            .collector
+            .state_get(tp, store, key.as_slice(), &mut found)?;
+        state.value = found;
+        if !present {
+            return Ok(abi::STATUS_NOT_FOUND);
+        }
+        // SAFETY: non-null out-slot; the bytes live in `state.value` until the next host call.
+        unsafe {
+            *value = Bytes::new(std::slice::from_raw_parts(
+                state.value.as_ptr(),
+                state.value.len(),
+            ))
+        };
+        Ok(abi::STATUS_OK)
+    })
+}
+
+unsafe extern "C" fn host_state_put(
+    ctx: *mut c_void,
+    partition: *const Partition<'_>,
+    store: Str<'_>,
+    key: Bytes<'_>,
+    value: Bytes<'_>,
+) -> abi::Status {
+    // SAFETY: ctx comes from `call`.
+    let state = unsafe { state(ctx) };
+    state_call(state, |state| {
+        // SAFETY: the plugin passes a partition valid for the call (or NULL, refused).
+        let (tp, store) = unsafe { state_target(partition, store) }?;
+        state
+            .collector
+            .state_put(tp, store, key.as_slice(), Some(value.as_slice()))?;
+        Ok(abi::STATUS_OK)
+    })
+}
+
+unsafe extern "C" fn host_state_delete(
+    ctx: *mut c_void,
+    partition: *const Partition<'_>,
+    store: Str<'_>,
+    key: Bytes<'_>,
+) -> abi::Status {
+    // SAFETY: ctx comes from `call`.
+    let state = unsafe { state(ctx) };
+    state_call(state, |state| {
+        // SAFETY: the plugin passes a partition valid for the call (or NULL, refused).
+        let (tp, store) = unsafe { state_target(partition, store) }?;
+        state.collector.state_put(tp, store, key.as_slice(), None)?;
+        Ok(abi::STATUS_OK)
+    })
+}
+
+unsafe extern "C" fn host_state_scan(
+    ctx: *mut c_void,
+    partition: *const Partition<'_>,
+    store: Str<'_>,
+    prefix: Bytes<'_>,
+    visit: abi::StateVisitFn,
+    visit_ctx: *mut c_void,
+) -> abi::Status {
+    // SAFETY: ctx comes from `call`.
+    let state = unsafe { state(ctx) };
+    state_call(state, |state| {
+        // SAFETY: the plugin passes a partition valid for the call (or NULL, refused).
+        let (tp, store) = unsafe { state_target(partition, store) }?;
+        let mut each = |key: &[u8], value: &[u8]| {
+            // SAFETY: the plugin's visitor and its context, per the ABI; the entry is borrowed
+            // for the visit only. The Rust SDK's visitors catch their own panics.
+            unsafe { visit(visit_ctx, Bytes::new(key), Bytes::new(value)) == 0 }
+        };
+        state
+            .collector
+            .state_scan(tp, store, prefix.as_slice(), &mut each)?;
+        Ok(abi::STATUS_OK)
+    })
 }
 
 /// Why a config does not pass a plugin's `config_schema`.

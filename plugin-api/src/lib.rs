@@ -56,12 +56,14 @@ pub mod abi;
 #[cfg(feature = "host")]
 pub mod host;
 pub mod sdk;
+pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod window;
 
 pub use abi::{Event, Header, Partition, Record};
 pub use sdk::{Context, EmitError, Error, EventError, Level, NoConfig, Output, Pipeline};
+pub use state::{StateError, Store};
 
 /// Re-exported for `export_plugin!` and for plugin configs.
 pub use serde_json;

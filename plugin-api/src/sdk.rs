@@ -161,7 +161,7 @@ impl Level {
 /// Where a plugin sends its records during a call.
 #[derive(Debug)]
 pub struct Output<'h> {
-    host: &'h Host,
+    pub(crate) host: &'h Host,
 }
 
 impl<'h> Output<'h> {

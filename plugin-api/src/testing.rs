@@ -31,6 +31,7 @@
 //! [`Pipeline::OUTPUTS`] when the plugin declares them, else those given to
 //! [`Harness::with_outputs`], else any name.
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 use crate::abi::{Event, Header, OpenContext, Partition, Record};
@@ -159,18 +160,56 @@ impl Outcome {
     }
 }
 
-/// An [`Outcome`] that refuses outputs outside `allowed` (when there is a list).
+/// State stores in memory, as the host keeps them per input partition: (topic, partition,
+/// store) -> key -> value.
+pub type StateMap = BTreeMap<(String, i32, String), BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// The stores a harness offers: declared names and their contents.
+#[derive(Debug, Default, Clone)]
+struct Stores {
+    names: Vec<String>,
+    data: StateMap,
+}
+
+/// An [`Outcome`] that refuses outputs outside `allowed` (when there is a list), with the
+/// harness's state stores.
 struct Checked<'a> {
     outcome: &'a mut Outcome,
     allowed: Option<&'a [String]>,
+    stores: &'a mut Stores,
 }
 
 impl<'a> Checked<'a> {
-    fn new(outcome: &'a mut Outcome, allowed: &'a Option<Vec<String>>) -> Self {
+    fn new(
+        outcome: &'a mut Outcome,
+        allowed: &'a Option<Vec<String>>,
+        stores: &'a mut Stores,
+    ) -> Self {
         Checked {
             outcome,
             allowed: allowed.as_deref(),
+            stores,
         }
+    }
+
+    fn store(
+        &mut self,
+        (topic, partition): (&str, i32),
+        store: &str,
+    ) -> Result<&mut BTreeMap<Vec<u8>, Vec<u8>>, String> {
+        if self.stores.names.is_empty() {
+            return Err(crate::host::no_state(store));
+        }
+        if !self.stores.names.iter().any(|n| n == store) {
+            return Err(format!(
+                "the plugin used state store `{store}`, which the harness does not declare: add it to `with_stores`"
+            ));
+        }
+        Ok(self
+            .stores
+            .data
+            .entry((topic.to_owned(), partition, store.to_owned()))
+            .or_default())
     }
 }
 
@@ -186,6 +225,50 @@ impl Collector for Checked<'_> {
     }
     fn log(&mut self, level: u32, message: &str) {
         self.outcome.log(level, message);
+    }
+    fn state_get(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        key: &[u8],
+        value: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        value.clear();
+        match self.store(partition, store)?.get(key) {
+            Some(found) => {
+                value.extend_from_slice(found);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+    fn state_put(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let map = self.store(partition, store)?;
+        match value {
+            Some(value) => map.insert(key.to_vec(), value.to_vec()),
+            None => map.remove(key),
+        };
+        Ok(())
+    }
+    fn state_scan(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), String> {
+        for (key, value) in self.store(partition, store)?.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) || !visit(key, value) {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -222,6 +305,8 @@ pub struct Harness<P> {
     instance: Instance,
     next_offset: i64,
     outputs: Option<Vec<String>>,
+    stores: Stores,
+    config: serde_json::Value,
     _pipeline: PhantomData<P>,
 }
 
@@ -247,8 +332,39 @@ impl<P: Pipeline> Harness<P> {
             instance,
             next_offset: 0,
             outputs: P::OUTPUTS.map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
+            stores: Stores::default(),
+            config,
             _pipeline: PhantomData,
         })
+    }
+
+    /// The state stores the spec declares (`state.stores`), kept in memory per input partition
+    /// as the host keeps them on disk. Without this, a state call fails the plugin call as it
+    /// does in a pipeline without stores.
+    pub fn with_stores(mut self, stores: &[&str]) -> Self {
+        self.stores.names = stores.iter().map(|n| (*n).to_owned()).collect();
+        self
+    }
+
+    /// The stores' contents: (topic, partition, store) -> key -> value.
+    pub fn state(&self) -> &StateMap {
+        &self.stores.data
+    }
+
+    /// A crash and a restart: the instance is dropped without `flush` or `revoked` and a new one
+    /// opened with the same config; the state stores keep every write, as the host restores
+    /// them from their changelogs. Process the events after the last commit again to see what
+    /// a replay does.
+    pub fn restart(&mut self) -> Result<(), CallError> {
+        let plugin = *self.instance.plugin();
+        let instance = plugin.open(
+            &self.config.to_string(),
+            &OpenContext::new("test", 0, 1),
+            &mut Outcome::default(),
+        )?;
+        let old = std::mem::replace(&mut self.instance, instance);
+        let _ = old.close(&mut Outcome::default());
+        Ok(())
     }
 
     /// The outputs the spec defines (`outputs:`): an emit to any other name fails the call with
@@ -291,7 +407,7 @@ impl<P: Pipeline> Harness<P> {
             raw.push(e);
         }
         let mut outcome = Outcome::default();
-        let mut checked = Checked::new(&mut outcome, &self.outputs);
+        let mut checked = Checked::new(&mut outcome, &self.outputs, &mut self.stores);
         self.instance.process(&raw, &mut checked)?;
         Ok(outcome)
     }
@@ -303,7 +419,7 @@ impl<P: Pipeline> Harness<P> {
             .map(|p| Partition::new(topic, *p))
             .collect();
         let mut outcome = Outcome::default();
-        let mut checked = Checked::new(&mut outcome, &self.outputs);
+        let mut checked = Checked::new(&mut outcome, &self.outputs, &mut self.stores);
         self.instance.assigned(&parts, &mut checked)?;
         Ok(outcome)
     }
@@ -315,7 +431,7 @@ impl<P: Pipeline> Harness<P> {
             .map(|p| Partition::new(topic, *p))
             .collect();
         let mut outcome = Outcome::default();
-        let mut checked = Checked::new(&mut outcome, &self.outputs);
+        let mut checked = Checked::new(&mut outcome, &self.outputs, &mut self.stores);
         self.instance.revoked(&parts, &mut checked)?;
         Ok(outcome)
     }
@@ -323,7 +439,7 @@ impl<P: Pipeline> Harness<P> {
     /// Calls flush.
     pub fn flush(&mut self) -> Result<Outcome, CallError> {
         let mut outcome = Outcome::default();
-        let mut checked = Checked::new(&mut outcome, &self.outputs);
+        let mut checked = Checked::new(&mut outcome, &self.outputs, &mut self.stores);
         self.instance.flush(&mut checked)?;
         Ok(outcome)
     }

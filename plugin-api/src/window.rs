@@ -31,6 +31,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
 
+mod stored;
+pub use stored::{StoredWindows, WindowResult};
+
 /// How event times map to windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
@@ -53,6 +56,43 @@ pub enum WindowKind {
         /// Inactivity that ends a session.
         gap_ms: i64,
     },
+}
+
+impl WindowKind {
+    /// The windows `ts` belongs to (for sessions: the one it opens on its own).
+    pub fn windows_of(self, ts: i64) -> Vec<Window> {
+        match self {
+            WindowKind::Tumbling { size_ms } => {
+                let start = ts - ts.rem_euclid(size_ms);
+                vec![Window {
+                    start,
+                    end: start + size_ms,
+                }]
+            }
+            WindowKind::Hopping {
+                size_ms,
+                advance_ms,
+            } => {
+                let last = ts - ts.rem_euclid(advance_ms);
+                let mut starts: Vec<i64> = (0..)
+                    .map(|i| last - i * advance_ms)
+                    .take_while(|s| *s > ts - size_ms)
+                    .collect();
+                starts.reverse();
+                starts
+                    .into_iter()
+                    .map(|start| Window {
+                        start,
+                        end: start + size_ms,
+                    })
+                    .collect()
+            }
+            WindowKind::Session { gap_ms } => vec![Window {
+                start: ts,
+                end: ts.saturating_add(gap_ms),
+            }],
+        }
+    }
 }
 
 /// One window, `[start, end)` in event-time milliseconds.
@@ -259,37 +299,7 @@ impl<K: Ord + Clone, A: Default + Merge> Windowed<K, A> {
 
     /// The windows `ts` belongs to (for sessions: the one it opens on its own).
     pub fn windows_of(&self, ts: i64) -> Vec<Window> {
-        match self.kind {
-            WindowKind::Tumbling { size_ms } => {
-                let start = ts - ts.rem_euclid(size_ms);
-                vec![Window {
-                    start,
-                    end: start + size_ms,
-                }]
-            }
-            WindowKind::Hopping {
-                size_ms,
-                advance_ms,
-            } => {
-                let last = ts - ts.rem_euclid(advance_ms);
-                let mut starts: Vec<i64> = (0..)
-                    .map(|i| last - i * advance_ms)
-                    .take_while(|s| *s > ts - size_ms)
-                    .collect();
-                starts.reverse();
-                starts
-                    .into_iter()
-                    .map(|start| Window {
-                        start,
-                        end: start + size_ms,
-                    })
-                    .collect()
-            }
-            WindowKind::Session { gap_ms } => vec![Window {
-                start: ts,
-                end: ts.saturating_add(gap_ms),
-            }],
-        }
+        self.kind.windows_of(ts)
     }
 
     /// Removes and returns the windows that have closed, by window end, then key.

@@ -20,6 +20,7 @@ pub mod run;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod worker;

@@ -116,6 +116,14 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// When the run started, seconds since the epoch.
     pub start_time_seconds: Gauge,
+    /// State writes (puts and deletes), per store.
+    pub state_writes: IntCounterVec,
+    /// Changelog records applied while restoring, per store.
+    pub state_restored_records: IntCounterVec,
+    /// Changelog bytes (keys and values) applied while restoring, per store.
+    pub state_restored_bytes: IntCounterVec,
+    /// Changelog records still to restore before the partition's events are processed.
+    pub state_restore_remaining: IntGaugeVec,
 }
 
 /// Registers a collector (and remembers its names).
@@ -345,6 +353,30 @@ impl Metrics {
             start_time_seconds: single_f(
                 "start_time_seconds",
                 "When the run started, in seconds since the epoch.",
+            ),
+            state_writes: counter(
+                reg,
+                "state_writes_total",
+                "State writes (puts and deletes) by the plugin, per store.",
+                &["store"],
+            ),
+            state_restored_records: counter(
+                reg,
+                "state_restored_records_total",
+                "Changelog records applied while restoring state, per store.",
+                &["store"],
+            ),
+            state_restored_bytes: counter(
+                reg,
+                "state_restored_bytes_total",
+                "Changelog bytes (keys and values) applied while restoring state, per store.",
+                &["store"],
+            ),
+            state_restore_remaining: gauge(
+                reg,
+                "state_restore_remaining_records",
+                "Changelog records still to restore before the partition's events are processed.",
+                &["topic", "partition"],
             ),
             registry: r.clone(),
         };

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{OutputSpec, PipelineSpec, RecordFormat};
+use crate::config::{OutputSpec, PipelineSpec, RecordFormat, SourceSpec};
 use crate::cpu::CpuLimit;
 use crate::dead_letter::{DeadLetterTarget, DeadLetters};
 use crate::fatal::Fatal;
@@ -18,6 +18,7 @@ use crate::run::{RunError, Summary, open_local_output, prepare};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::local::LocalOutput;
 use crate::sink::table::{Dialect, SinkContext, TableSink};
+use crate::state::{Changelog, StateStores};
 use crate::status::{Capacity, Lifecycle, PluginStatus, SinkProbe};
 use crate::telemetry::{Stopped, Telemetry};
 use crate::worker::{OutputTarget, Positions, WorkerShared};
@@ -82,7 +83,12 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
     let failure = Fatal::default();
 
     // One producer for Kafka outputs and dead letters.
+    let changelog_source = match &spec.source {
+        SourceSpec::Kafka(kafka) if spec.state.is_some() && !setup.replay => Some(kafka),
+        _ => None,
+    };
     let needs_producer = spec.error_policy.dead_letter_topic.is_some()
+        || changelog_source.is_some()
         || spec
             .outputs
             .values()
@@ -214,6 +220,49 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
         let emitted = telemetry.metrics.records_emitted.with_label_values(&[name]);
         outputs.insert(name.clone(), (target, emitted));
     }
+    let state = match (&spec.state, spec.state_dir()) {
+        (Some(state), Some(dir)) => {
+            let changelog = match (changelog_source, &sink) {
+                (Some(kafka), Some(sink)) => {
+                    let config = || {
+                        client_config(
+                            &kafka.bootstrap_servers,
+                            &kafka.properties,
+                            &kafka.properties_from_env,
+                            "source.kafka",
+                        )
+                    };
+                    let changelog = Changelog::new(&kafka.group_id, config()?, sink.clone())
+                        .map_err(RunError::Setup)?;
+                    changelog
+                        .ensure_topics(
+                            config()?,
+                            &kafka.topics,
+                            &state.stores,
+                            state.replication_factor,
+                        )
+                        .map_err(RunError::Setup)?;
+                    Some(changelog)
+                }
+                _ => None,
+            };
+            // Without a changelog (a file, a dead-letter replay) the stores start empty in a
+            // directory of the run's own, removed at its end: a pod's copies stay untouched.
+            let dir = match &changelog {
+                Some(_) => dir,
+                None => std::env::temp_dir().join(format!(
+                    "sluice-state-{}-{}",
+                    std::process::id(),
+                    spec.name.replace(['/', '\\'], "_")
+                )),
+            };
+            Some(Arc::new(
+                StateStores::new(state.stores.clone(), dir, changelog, telemetry.clone())
+                    .map_err(RunError::Setup)?,
+            ))
+        }
+        _ => None,
+    };
     let shared = Arc::new(WorkerShared {
         plugin: label.clone(),
         outputs,
@@ -226,6 +275,7 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
         strip_provenance: setup.replay,
         telemetry: telemetry.clone(),
         positions: setup.positions.clone(),
+        state,
     });
     let events_in = Arc::downgrade(&shared);
     telemetry.health.set_events_in(Arc::new(move || {

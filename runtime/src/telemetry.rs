@@ -445,3 +445,114 @@ impl InternalEvent for DeliveryFailed<'_> {
             .inc();
     }
 }
+
+/// Where a partition's state came from on assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// The local copy was current (a checkpoint): only the changelog after it was read.
+    Checkpoint,
+    /// No usable local copy: the whole changelog was read.
+    Beginning,
+}
+
+/// A partition's state stores are being restored from their changelogs.
+#[derive(Debug)]
+pub struct StateRestoring<'a> {
+    /// The input partition.
+    pub partition: &'a TopicPartition,
+    /// Changelog records to read (over all its stores).
+    pub records: i64,
+    /// From the local checkpoint or the beginning.
+    pub from: RestoreFrom,
+}
+
+impl InternalEvent for StateRestoring<'_> {
+    fn emit(self, t: &Telemetry) {
+        let from = match self.from {
+            RestoreFrom::Checkpoint => "local checkpoint",
+            RestoreFrom::Beginning => "beginning of the changelog",
+        };
+        tracing::info!(partition = %self.partition, records = self.records, from, "state: restoring; the partition's events wait");
+        t.metrics
+            .state_restore_remaining
+            .with_label_values(&[&self.partition.topic, &self.partition.partition.to_string()])
+            .set(self.records);
+    }
+}
+
+/// Restore progress: `remaining` records left for the partition.
+#[derive(Debug)]
+pub struct StateRestoreProgress<'a> {
+    /// The input partition.
+    pub partition: &'a TopicPartition,
+    /// The store the records went to.
+    pub store: &'a str,
+    /// Records applied since the last progress event.
+    pub records: u64,
+    /// Their bytes (keys and values).
+    pub bytes: u64,
+    /// Records still to read for the partition.
+    pub remaining: i64,
+}
+
+impl InternalEvent for StateRestoreProgress<'_> {
+    fn emit(self, t: &Telemetry) {
+        let m = &t.metrics;
+        m.state_restored_records
+            .with_label_values(&[self.store])
+            .inc_by(self.records);
+        m.state_restored_bytes
+            .with_label_values(&[self.store])
+            .inc_by(self.bytes);
+        m.state_restore_remaining
+            .with_label_values(&[&self.partition.topic, &self.partition.partition.to_string()])
+            .set(self.remaining.max(0));
+    }
+}
+
+/// A partition's state is restored; its events go on.
+#[derive(Debug)]
+pub struct StateRestored<'a> {
+    /// The input partition.
+    pub partition: &'a TopicPartition,
+    /// Changelog records applied.
+    pub records: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// How long it took.
+    pub took: Duration,
+}
+
+impl InternalEvent for StateRestored<'_> {
+    fn emit(self, t: &Telemetry) {
+        tracing::info!(
+            partition = %self.partition,
+            records = self.records,
+            bytes = self.bytes,
+            seconds = format!("{:.3}", self.took.as_secs_f64()),
+            "state: restored"
+        );
+        t.metrics
+            .state_restore_remaining
+            .with_label_values(&[&self.partition.topic, &self.partition.partition.to_string()])
+            .set(0);
+    }
+}
+
+/// A rewind reset a partition's state: every key was deleted (tombstones in the changelog).
+#[derive(Debug)]
+pub struct StateReset<'a> {
+    /// The input partition.
+    pub partition: &'a TopicPartition,
+    /// Keys deleted (over all stores).
+    pub keys: u64,
+    /// Why: `--reset` or no committed offset.
+    pub why: &'a str,
+}
+
+impl InternalEvent for StateReset<'_> {
+    fn emit(self, t: &Telemetry) {
+        let _ = t;
+        tracing::info!(partition = %self.partition, keys = self.keys, why = self.why, "state: reset to empty with the rewound input");
+    }
+}

@@ -17,7 +17,7 @@ use prometheus::{Counter, IntCounter};
 
 use rdkafka::message::Headers;
 use sluice_plugin_api::abi::{Event, Header, Partition, Record};
-use sluice_plugin_api::host::{CallError, Collector, EventErrorKind, Instance, Refusal};
+use sluice_plugin_api::host::{CallError, Collector, EventErrorKind, Instance, Refusal, no_state};
 
 use crate::config::{Action, ClassPolicy, ErrorPolicy};
 use crate::dead_letter::{DeadLetters, Failure};
@@ -28,11 +28,13 @@ use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
 use crate::sink::kafka::{Ack, KafkaSink, Units};
 use crate::sink::local::LocalOutput;
 use crate::sink::table::TableSink;
+use crate::state::StateStores;
 use crate::status::{ExitGuard, WorkerProbe, WorkerState};
 use crate::telemetry::{EventDeadLettered, EventFailed, EventSkipped, Failed, Telemetry};
 
-/// Accepts and drops records: the rerun that finds a panicking event emits nothing.
-struct Discard<'a>(&'a str);
+/// Accepts and drops records and state writes (reads see the stores): the rerun that finds a
+/// panicking event changes nothing.
+struct Discard<'a>(&'a str, Option<&'a StateStores>);
 
 impl Collector for Discard<'_> {
     fn emit(&mut self, _output: &str, _record: &Record<'_>) -> Result<(), Refusal> {
@@ -41,6 +43,35 @@ impl Collector for Discard<'_> {
     fn event_error(&mut self, _index: usize, _kind: EventErrorKind, _message: &str) {}
     fn log(&mut self, level: u32, message: &str) {
         crate::plugin::log_line(self.0, level, message);
+    }
+    fn state_get(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        key: &[u8],
+        value: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        let state = self.1.ok_or_else(|| no_state(store))?;
+        state.get(partition, store, key, value)
+    }
+    fn state_put(
+        &mut self,
+        _partition: (&str, i32),
+        store: &str,
+        _key: &[u8],
+        _value: Option<&[u8]>,
+    ) -> Result<(), String> {
+        self.1.map(|_| ()).ok_or_else(|| no_state(store))
+    }
+    fn state_scan(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), String> {
+        let state = self.1.ok_or_else(|| no_state(store))?;
+        state.scan(partition, store, prefix, visit)
     }
 }
 
@@ -146,6 +177,8 @@ pub struct WorkerShared {
     pub telemetry: Arc<Telemetry>,
     /// How positions read in error messages.
     pub positions: Positions,
+    /// The state stores, when the spec declares any.
+    pub state: Option<Arc<StateStores>>,
 }
 
 /// An event error a plugin call reported: index into the call's events, kind, message.
@@ -250,6 +283,53 @@ impl<'a> Collector for Emitter<'a> {
 
     fn log(&mut self, level: u32, message: &str) {
         crate::plugin::log_line(&self.shared.plugin, level, message);
+    }
+
+    fn state_get(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        key: &[u8],
+        value: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        let state = self.shared.state.as_ref().ok_or_else(|| no_state(store))?;
+        state.get(partition, store, key, value)
+    }
+
+    fn state_put(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let state = self.shared.state.as_ref().ok_or_else(|| no_state(store))?;
+        let Some(changelog) = state.put(partition, store, key, value)? else {
+            return Ok(());
+        };
+        let sink = state
+            .sink()
+            .ok_or_else(|| "state: no producer for the changelog".to_owned())?;
+        let record = Record::to("").key(key).partition(partition.1);
+        let record = match value {
+            Some(value) => record.value(value),
+            None => record.tombstone(),
+        };
+        // Counted for the call's units even if the send fails: such a unit must never complete.
+        self.sent += 1;
+        sink.send(&changelog, &record, self.ack.clone())
+            .map_err(|e| format!("state store `{store}`: {e}"))
+    }
+
+    fn state_scan(
+        &mut self,
+        partition: (&str, i32),
+        store: &str,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), String> {
+        let state = self.shared.state.as_ref().ok_or_else(|| no_state(store))?;
+        state.scan(partition, store, prefix, visit)
     }
 }
 
@@ -553,9 +633,9 @@ impl Worker {
         events: &[Event<'_>],
         first: String,
     ) {
-        let label = self.shared.plugin.clone();
+        let shared = self.shared.clone();
         for event in events {
-            let mut discard = Discard(&label);
+            let mut discard = Discard(&shared.plugin, shared.state.as_deref());
             if let Err(err @ CallError::Panicked(_)) = self
                 .instance
                 .process(std::slice::from_ref(event), &mut discard)

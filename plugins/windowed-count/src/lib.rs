@@ -1,26 +1,25 @@
-//! windowed-count: tumbling event-time windows, counting events per key.
+//! windowed-count: event-time window counts per key, kept in a state store.
 //!
 //! The key is a top-level field of the JSON payload (`key_field`); the time is the event's
-//! timestamp (the source's `timestamp-field`, or the Kafka record time). Windows are kept per
-//! partition. A window closes when the partition's watermark (its highest event time seen) passes
-//! the window's end plus `allowed_lateness_ms`; its counts are then emitted to `output` as
-//! `{"key", "window_start", "window_end", "count", "closed": true}`.
+//! timestamp (the source's `timestamp-field`, or the Kafka record time). Windows are tumbling
+//! (`window_ms`), or hopping when `advance_ms` is set, and kept per input partition in the state
+//! store `store` (default `windows`; declare it in the spec's `state.stores`), so a restart or a
+//! rebalance keeps them. A window closes when the partition's watermark (its highest event time)
+//! passes the window's end plus `allowed_lateness_ms`; its count is then emitted to `output` as
+//! `{"key", "window_start", "window_end", "count", "closed": true}`. An event for a window that
+//! has closed is late: dropped and counted (the count is logged when the partition is revoked).
 //!
-//! `flush` (called before the host commits offsets) and `revoked` emit every open window with
-//! `"closed": false` and forget it, because state is not persisted: after the commit, no event
-//! behind these counts will be read again. Every event is therefore counted in exactly one
-//! record, and a window's total is the sum of `count` over its records. A late event (its window
-//! already closed) opens the window again and is emitted at the next close as another record.
-//!
-//! The windowing itself is the SDK's ([`sluice_plugin_api::window::Windowed`], tumbling windows,
-//! `Late::Reopen`): this plugin only reads keys and writes counts.
-
-use std::collections::HashMap;
+//! Counts are exact across crashes: every window records the offset it counted last, so the
+//! events the host replays after a crash are not counted twice ([`StoredWindows`]). A closed
+//! window's record is emitted at least once: again after a restart when the commit had not
+//! covered its close yet (same count). On `revoked` (a rebalance, or the end of a file) the open
+//! windows' counts so far are emitted with `"closed": false`; they stay in the store, and their
+//! final count comes with `"closed": true` from whoever owns the partition next.
 
 use serde::Deserialize;
-use sluice_plugin_api::window::{Closed, Late, WindowKind, Windowed};
+use sluice_plugin_api::window::{StoredWindows, WindowKind, WindowResult};
 use sluice_plugin_api::{
-    Context, Error, Event, EventError, Output, Partition, Pipeline, Record, export_plugin,
+    Context, Error, Event, EventError, Level, Output, Partition, Pipeline, Record, export_plugin,
 };
 
 /// `plugin.config`.
@@ -31,16 +30,26 @@ pub struct Config {
     pub key_field: String,
     /// Window length in milliseconds.
     pub window_ms: i64,
+    /// Hopping windows: distance between window starts (at most `window_ms`). Unset: tumbling.
+    #[serde(default)]
+    pub advance_ms: Option<i64>,
     /// How long after a window's end events may still arrive before it closes.
     #[serde(default)]
     pub allowed_lateness_ms: i64,
     /// Output name for the counts.
     #[serde(default = "default_output")]
     pub output: String,
+    /// The state store the windows live in (declared in the spec's `state.stores`).
+    #[serde(default = "default_store")]
+    pub store: String,
 }
 
 fn default_output() -> String {
     "counts".into()
+}
+
+fn default_store() -> String {
+    "windows".into()
 }
 
 const SCHEMA: &str = r#"{
@@ -50,8 +59,10 @@ const SCHEMA: &str = r#"{
   "properties": {
     "key_field": {"type": "string", "minLength": 1},
     "window_ms": {"type": "integer", "minimum": 1},
+    "advance_ms": {"type": "integer", "minimum": 1},
     "allowed_lateness_ms": {"type": "integer", "minimum": 0},
-    "output": {"type": "string", "minLength": 1}
+    "output": {"type": "string", "minLength": 1},
+    "store": {"type": "string", "minLength": 1}
   }
 }"#;
 
@@ -59,10 +70,7 @@ const SCHEMA: &str = r#"{
 #[derive(Debug)]
 pub struct WindowedCount {
     config: Config,
-    /// An empty set of windows, configured: what a new partition starts with.
-    empty: Windowed<String, u64>,
-    /// Open windows per partition: key -> count.
-    partitions: HashMap<(String, i32), Windowed<String, u64>>,
+    windows: StoredWindows<u64>,
     buf: Vec<u8>,
 }
 
@@ -82,41 +90,17 @@ impl WindowedCount {
         }
     }
 
-    fn emit(
-        out: &mut Output<'_>,
-        buf: &mut Vec<u8>,
-        output: &str,
-        windows: Vec<Closed<String, u64>>,
-    ) -> Result<(), Error> {
-        for w in windows {
-            buf.clear();
+    fn emit(&mut self, out: &mut Output<'_>, results: Vec<WindowResult<u64>>) -> Result<(), Error> {
+        for r in results {
+            let key = String::from_utf8_lossy(&r.key);
+            self.buf.clear();
             serde_json::to_writer(
-                &mut *buf,
-                &serde_json::json!({"key": w.key, "window_start": w.window.start,
-                                    "window_end": w.window.end, "count": w.value,
-                                    "closed": w.closed}),
+                &mut self.buf,
+                &serde_json::json!({"key": key, "window_start": r.window.start,
+                                    "window_end": r.window.end, "count": r.value,
+                                    "closed": r.closed}),
             )?;
-            out.emit(Record::to(output).key(w.key.as_bytes()).value(buf))?;
-        }
-        Ok(())
-    }
-
-    /// Emits and forgets the open windows of the partitions `select` picks.
-    fn drain(
-        &mut self,
-        out: &mut Output<'_>,
-        select: impl Fn(&(String, i32)) -> bool,
-    ) -> Result<(), Error> {
-        let keys: Vec<_> = self
-            .partitions
-            .keys()
-            .filter(|k| select(k))
-            .cloned()
-            .collect();
-        for key in keys {
-            if let Some(mut windows) = self.partitions.remove(&key) {
-                Self::emit(out, &mut self.buf, &self.config.output, windows.drain())?;
-            }
+            out.emit(Record::to(&self.config.output).key(&r.key).value(&self.buf))?;
         }
         Ok(())
     }
@@ -124,40 +108,36 @@ impl WindowedCount {
 
 impl Pipeline for WindowedCount {
     type Config = Config;
-    const DESCRIPTION: &'static str = "Counts events per key in tumbling event-time windows";
+    const DESCRIPTION: &'static str =
+        "Counts events per key in event-time windows kept in a state store";
     const CONFIG_SCHEMA: Option<&'static str> = Some(SCHEMA);
 
     fn open(config: Config, _ctx: &Context<'_>) -> Result<Self, Error> {
-        let empty = Windowed::new(
-            WindowKind::Tumbling {
+        let kind = match config.advance_ms {
+            None => WindowKind::Tumbling {
                 size_ms: config.window_ms,
             },
-            config.allowed_lateness_ms,
-            Late::Reopen,
-        )
-        .map_err(Error::msg)?;
+            Some(advance_ms) => WindowKind::Hopping {
+                size_ms: config.window_ms,
+                advance_ms,
+            },
+        };
+        let windows = StoredWindows::new(kind, config.allowed_lateness_ms, &config.store)
+            .map_err(Error::msg)?;
         Ok(WindowedCount {
             config,
-            empty,
-            partitions: HashMap::new(),
+            windows,
             buf: Vec::new(),
         })
     }
 
-    fn process_event(
-        &mut self,
-        event: &Event<'_>,
-        _out: &mut Output<'_>,
-    ) -> Result<(), EventError> {
+    fn process_event(&mut self, event: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
         let ts = event.timestamp_ms().ok_or_else(|| {
             EventError::invalid("event has no timestamp: set the source's timestamp-field")
         })?;
         let key = self.key_of(event)?;
-        let empty = &self.empty;
-        self.partitions
-            .entry((event.topic().to_owned(), event.partition()))
-            .or_insert_with(|| empty.clone())
-            .add(key, ts, |n| *n += 1);
+        self.windows
+            .add(out, event, key.as_bytes(), ts, |n| *n += 1)?;
         Ok(())
     }
 
@@ -167,23 +147,39 @@ impl Pipeline for WindowedCount {
                 sluice_plugin_api::sdk::report_event_error(out, index, err)?;
             }
         }
-        // Emit every window the watermark has passed.
-        for windows in self.partitions.values_mut() {
-            Self::emit(out, &mut self.buf, &self.config.output, windows.close())?;
+        // A batch is one partition's: emit every window its watermark has passed.
+        if let Some(last) = events.last() {
+            let closed = self
+                .windows
+                .close(out, last.topic(), last.partition(), last.offset())?;
+            self.emit(out, closed)?;
         }
         Ok(())
     }
 
     fn revoked(&mut self, partitions: &[Partition<'_>], out: &mut Output<'_>) -> Result<(), Error> {
-        self.drain(out, |(topic, p)| {
-            partitions
-                .iter()
-                .any(|r| r.topic() == topic && r.partition() == *p)
-        })
+        for p in partitions {
+            let open = self.windows.open_results(out, p.topic(), p.partition())?;
+            self.emit(out, open)?;
+            let late = self.windows.late(p.topic(), p.partition());
+            if late > 0 {
+                out.log(
+                    Level::Info,
+                    &format!(
+                        "{}/{}: {late} late events dropped",
+                        p.topic(),
+                        p.partition()
+                    ),
+                );
+            }
+            self.windows.revoked(p.topic(), p.partition());
+        }
+        Ok(())
     }
 
     fn flush(&mut self, out: &mut Output<'_>) -> Result<(), Error> {
-        self.drain(out, |_| true)
+        self.windows.flush(out)?;
+        Ok(())
     }
 }
 
@@ -197,6 +193,12 @@ mod tests {
 
     fn click(user: &str, ts: i64) -> TestEvent {
         TestEvent::json(&json!({"user": user})).timestamp_ms(ts)
+    }
+
+    fn open(config: serde_json::Value) -> Harness<WindowedCount> {
+        Harness::<WindowedCount>::open(config)
+            .unwrap()
+            .with_stores(&["windows"])
     }
 
     fn summary(records: &[&sluice_plugin_api::testing::Emitted]) -> Vec<(String, i64, u64, bool)> {
@@ -216,8 +218,7 @@ mod tests {
 
     #[test]
     fn counts_per_key_and_closes_windows_by_watermark() {
-        let mut h = Harness::<WindowedCount>::open(json!({"key_field": "user", "window_ms": 1000}))
-            .unwrap();
+        let mut h = open(json!({"key_field": "user", "window_ms": 1000}));
         let out = h
             .process(&[click("a", 100), click("b", 200), click("a", 999)])
             .unwrap();
@@ -235,24 +236,29 @@ mod tests {
             summary(&out.to("counts")),
             [("a".into(), 1000, 1, true), ("b".into(), 1000, 1, true)]
         );
-        h.process(&[click("d", 3200)]).unwrap();
-        let out = h.flush().unwrap();
-        assert_eq!(
-            summary(&out.to("counts")),
-            [("c".into(), 3000, 1, false), ("d".into(), 3000, 1, false)]
-        );
         assert!(
             h.flush().unwrap().records.is_empty(),
-            "flush forgets what it emitted"
+            "flush emits nothing: open windows are kept in the store"
+        );
+        let out = h.revoked("test", &[0]).unwrap();
+        assert_eq!(summary(&out.to("counts")), [("c".into(), 3000, 1, false)]);
+    }
+
+    #[test]
+    fn hopping_windows_count_an_event_in_each_of_its_windows() {
+        let mut h = open(json!({"key_field": "user", "window_ms": 1000, "advance_ms": 500}));
+        h.process(&[click("a", 700)]).unwrap();
+        let out = h.process(&[click("a", 2600)]).unwrap();
+        assert_eq!(
+            summary(&out.to("counts")),
+            [("a".into(), 0, 1, true), ("a".into(), 500, 1, true)]
         );
     }
 
     #[test]
-    fn lateness_holds_windows_open_and_late_events_are_counted_once() {
-        let mut h = Harness::<WindowedCount>::open(
-            json!({"key_field": "user", "window_ms": 1000, "allowed_lateness_ms": 500}),
-        )
-        .unwrap();
+    fn late_events_are_dropped_and_counted() {
+        let mut h =
+            open(json!({"key_field": "user", "window_ms": 1000, "allowed_lateness_ms": 500}));
         assert!(
             h.process(&[click("a", 100), click("a", 1400)])
                 .unwrap()
@@ -261,30 +267,99 @@ mod tests {
         );
         let out = h.process(&[click("a", 900), click("a", 1600)]).unwrap();
         assert_eq!(summary(&out.to("counts")), [("a".into(), 0, 2, true)]);
-        // Too late for the closed window: reopened, emitted at the next close as a separate delta.
+        // Too late for the closed window: dropped, counted, logged on revoke.
         let out = h.process(&[click("a", 50), click("a", 2600)]).unwrap();
-        assert_eq!(
-            summary(&out.to("counts")),
-            [("a".into(), 0, 1, true), ("a".into(), 1000, 2, true)]
+        assert_eq!(summary(&out.to("counts")), [("a".into(), 1000, 2, true)]);
+        let out = h.revoked("test", &[0]).unwrap();
+        assert!(
+            out.logs.iter().any(|(_, l)| l.contains("1 late events")),
+            "{:?}",
+            out.logs
         );
     }
 
     #[test]
-    fn revoke_emits_only_that_partitions_windows() {
-        let mut h = Harness::<WindowedCount>::open(json!({"key_field": "user", "window_ms": 1000}))
-            .unwrap();
+    fn revoke_emits_only_that_partitions_open_windows() {
+        let mut h = open(json!({"key_field": "user", "window_ms": 1000}));
         h.process(&[click("a", 10).at("t", 0), click("b", 20).at("t", 1)])
             .unwrap();
         let out = h.revoked("t", &[1]).unwrap();
         assert_eq!(summary(&out.to("counts")), [("b".into(), 0, 1, false)]);
-        let out = h.flush().unwrap();
+        let out = h.revoked("t", &[0]).unwrap();
         assert_eq!(summary(&out.to("counts")), [("a".into(), 0, 1, false)]);
     }
 
     #[test]
-    fn events_without_time_or_key_are_invalid() {
+    fn a_replay_after_a_crash_counts_nothing_twice_and_emits_uncommitted_closes_again() {
+        let mut h = open(json!({"key_field": "user", "window_ms": 1000}));
+        let batch = |h: &mut Harness<WindowedCount>, events: &[(i64, &str, i64)]| {
+            let events: Vec<TestEvent> = events
+                .iter()
+                .map(|(offset, user, ts)| click(user, *ts).offset(*offset))
+                .collect();
+            summary(&h.process(&events).unwrap().to("counts"))
+        };
+        assert!(batch(&mut h, &[(0, "a", 100), (1, "a", 200)]).is_empty());
+        h.flush().unwrap(); // the host commits offset 2
+        assert_eq!(
+            batch(&mut h, &[(2, "a", 300), (3, "b", 1200)]),
+            [("a".into(), 0, 3, true)]
+        );
+        assert!(batch(&mut h, &[(4, "b", 1300)]).is_empty());
+        // Killed before the next commit: the host restores the stores (all writes) and
+        // replays from offset 2.
+        h.restart().unwrap();
+        assert_eq!(
+            batch(&mut h, &[(2, "a", 300), (3, "b", 1200), (4, "b", 1300)]),
+            [("a".into(), 0, 3, true)],
+            "the close the commit did not cover is emitted again, with the same count"
+        );
+        assert_eq!(
+            batch(&mut h, &[(5, "b", 2100)]),
+            [("b".into(), 1000, 2, true)],
+            "offsets 3 and 4 were counted once"
+        );
+    }
+
+    #[test]
+    fn closed_windows_leave_the_store_two_flushes_after_they_close() {
+        let mut h = open(json!({"key_field": "user", "window_ms": 1000}));
+        h.process(&[click("a", 100), click("a", 1100)]).unwrap();
+        let windows = |h: &Harness<WindowedCount>| {
+            h.state()
+                .values()
+                .map(|m| m.keys().filter(|k| k[0] == b'w').count())
+                .sum::<usize>()
+        };
+        assert_eq!(windows(&h), 2);
+        h.flush().unwrap();
+        assert_eq!(
+            windows(&h),
+            2,
+            "kept for re-emission until the commit after the next flush"
+        );
+        h.flush().unwrap();
+        assert_eq!(
+            windows(&h),
+            1,
+            "the closed window [0,1000) is gone; [1000,2000) stays"
+        );
+    }
+
+    #[test]
+    fn a_pipeline_without_the_store_fails_naming_it() {
         let mut h =
             Harness::<WindowedCount>::open(json!({"key_field": "user", "window_ms": 10})).unwrap();
+        let err = h.process(&[click("a", 5)]).unwrap_err();
+        assert!(
+            err.to_string().contains("state: {stores: [windows]}"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn events_without_time_or_key_are_invalid() {
+        let mut h = open(json!({"key_field": "user", "window_ms": 10}));
         let out = h
             .process(&[
                 TestEvent::json(&json!({"user": "a"})),

@@ -99,12 +99,42 @@ pub struct PipelineSpec {
     /// The admin HTTP endpoint: metrics, health, status (Kafka source).
     #[serde(default)]
     pub admin: AdminSpec,
+    /// Keyed state stores the plugin reads and writes (ABI 1.2), per input partition.
+    #[serde(default)]
+    pub state: Option<StateSpec>,
     /// Directory of the spec file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
     /// The spec file.
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+/// `state`: the plugin's named key-value stores. With a Kafka source each store of each input
+/// partition lives on local disk under `dir` and is backed by a compacted changelog topic
+/// ([`StateSpec::changelog_topic`]), restored on assignment; with a file source the stores start
+/// empty every run (the file is read from its first line) and have no changelog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StateSpec {
+    /// Store names the plugin uses (`[A-Za-z0-9._-]+`).
+    pub stores: Vec<String>,
+    /// Where the local copies live (relative to the spec's directory). Default:
+    /// `$SLUICE_STATE_DIR`, else `.sluice-state` beside the spec.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Replication factor of changelog topics Sluice creates (the broker's default when unset;
+    /// use 3 in production). Existing changelog topics are used as they are.
+    #[serde(default)]
+    pub replication_factor: Option<i32>,
+}
+
+impl StateSpec {
+    /// The changelog topic of `store` for input topic `topic` of consumer group `group`: one
+    /// partition per input partition, compacted.
+    pub fn changelog_topic(group: &str, topic: &str, store: &str) -> String {
+        format!("{group}-{topic}-{store}-changelog")
+    }
 }
 
 /// The admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
@@ -857,6 +887,7 @@ impl PipelineSpec {
             }
         }
         self.check_admin()?;
+        self.check_state()?;
         match &self.source {
             SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
             SourceSpec::File(file) => {
@@ -927,6 +958,65 @@ impl PipelineSpec {
     pub fn set_admin_listen(&mut self, listen: String) -> Result<(), ConfigError> {
         self.admin.listen = Some(listen);
         self.check_admin()
+    }
+
+    fn check_state(&self) -> Result<(), ConfigError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        if state.stores.is_empty() {
+            return Err(self.invalid(
+                "state.stores",
+                "name at least one store (or remove `state`)",
+            ));
+        }
+        for (i, name) in state.stores.iter().enumerate() {
+            let legal = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+            if name.is_empty() || !name.bytes().all(legal) {
+                return Err(self.invalid(
+                    "state.stores",
+                    format!("`{name}`: a store name is letters, digits, `.`, `_` and `-` (it names a Kafka topic)"),
+                ));
+            }
+            if state.stores[..i].contains(name) {
+                return Err(self.invalid("state.stores", format!("`{name}` is named twice")));
+            }
+        }
+        if matches!(state.replication_factor, Some(n) if !(1..=32).contains(&n)) {
+            return Err(self.invalid("state.replication-factor", "must be between 1 and 32"));
+        }
+        if self.ordering == Ordering::None {
+            return Err(self.invalid(
+                "ordering",
+                "state needs `ordering: partition` or `key`: with `none` two workers may update one key at once",
+            ));
+        }
+        if let SourceSpec::Kafka(kafka) = &self.source {
+            for topic in &kafka.topics {
+                for store in &state.stores {
+                    let changelog = StateSpec::changelog_topic(&kafka.group_id, topic, store);
+                    if changelog.len() > 249 {
+                        return Err(self.invalid(
+                            "state.stores",
+                            format!("the changelog topic `{changelog}` is longer than Kafka's 249 characters: shorten the group id, the topic or the store name"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the state stores' local copies live.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        let state = self.state.as_ref()?;
+        Some(match &state.dir {
+            Some(dir) => self.resolve(dir),
+            None => match std::env::var_os("SLUICE_STATE_DIR") {
+                Some(dir) => PathBuf::from(dir),
+                None => self.base_dir.join(".sluice-state"),
+            },
+        })
     }
 
     fn check_admin(&self) -> Result<(), ConfigError> {

@@ -91,6 +91,13 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
         }));
     }
     let partitions = std::slice::from_ref(&tp);
+    let state = running.shared.state.clone();
+    if let Some(state) = &state {
+        // No changelog: the stores start empty, as the file starts at its first line.
+        state
+            .open(partitions, &Default::default(), "")
+            .map_err(RunError::Setup)?;
+    }
     telemetry.emit(PartitionsAssigned { partitions });
     for tx in &senders {
         let _ = tx.send(Command::Assigned(vec![tp.clone()]));
@@ -217,6 +224,9 @@ pub fn run_file(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, Run
         .collect();
     for rx in replies {
         let _ = rx.recv();
+    }
+    if let Some(state) = state {
+        state.close(partitions, false);
     }
     drop(senders);
     let result = running.finish(FILE_DRAIN_TIMEOUT, fatal);

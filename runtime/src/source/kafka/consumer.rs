@@ -55,7 +55,9 @@ pub(crate) fn create_consumer(
                 from: source.start_from.clone(),
                 reset: source.reset,
                 placed: Mutex::default(),
+                state: spec.state.is_some(),
             },
+            fresh: Mutex::default(),
         })
         .map_err(|e| RunError::Setup(format!("source.kafka: cannot create the consumer: {e}")))
 }

@@ -60,6 +60,8 @@ pub(crate) struct Dispatch {
     /// Kafka transactions: the producer whose transaction carries the offsets.
     pub(crate) transactions: Option<Arc<KafkaSink>>,
     pub(crate) telemetry: Arc<Telemetry>,
+    /// The state stores: opened (restored) on assign, closed on revoke.
+    pub(crate) state: Option<Arc<crate::state::StateStores>>,
 }
 
 /// What `/status` and the sampled gauges read of the dispatcher: its slots, without waiting

@@ -135,6 +135,7 @@ pub fn run_with(
             .then(|| shared.sink.clone())
             .flatten(),
         telemetry: telemetry.clone(),
+        state: shared.state.clone(),
     }));
     telemetry
         .health

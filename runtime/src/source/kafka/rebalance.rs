@@ -22,6 +22,9 @@ pub(crate) struct RebalanceContext {
     pub(crate) dispatch: Arc<Mutex<Dispatch>>,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) start: StartPlan,
+    /// Partitions of the assignment in progress that start from `start-from` (placed in
+    /// `pre_rebalance`): their state is reset in `post_rebalance`, never ahead of the input.
+    pub(crate) fresh: Mutex<(HashSet<TopicPartition>, &'static str)>,
 }
 
 /// Where newly assigned partitions start: `source.kafka.start-from` for partitions the group has
@@ -34,18 +37,23 @@ pub(crate) struct StartPlan {
     /// Partitions `--reset` already placed: a rebalance that hands one back does not rewind it
     /// again.
     pub(crate) placed: Mutex<HashSet<TopicPartition>>,
+    /// The pipeline has state: partitions without a committed offset are found even when
+    /// `auto.offset.reset` places them, so their state starts empty too.
+    pub(crate) state: bool,
 }
 
 impl StartPlan {
-    /// Sets the start offsets of the partitions of `tpl` that need one.
+    /// Sets the start offsets of the partitions of `tpl` that need one; returns the partitions
+    /// that start from `start-from` and why.
     fn place(
         &self,
         consumer: &BaseConsumer<RebalanceContext>,
         tpl: &TopicPartitionList,
-    ) -> Result<(), String> {
+    ) -> Result<(HashSet<TopicPartition>, &'static str), String> {
         let explicit = matches!(self.from, StartFrom::Time { .. } | StartFrom::Offsets(_));
-        if !self.reset && !explicit {
-            return Ok(()); // earliest / latest without committed offsets: auto.offset.reset
+        if !self.reset && !explicit && !self.state {
+            // earliest / latest without committed offsets: auto.offset.reset
+            return Ok((HashSet::new(), ""));
         }
         let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
         let tp_of = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
@@ -58,7 +66,7 @@ impl StartPlan {
             .filter(|tp| !placed.contains(tp))
             .collect();
         if candidates.is_empty() {
-            return Ok(());
+            return Ok((HashSet::new(), ""));
         }
         let timeout = Duration::from_secs(10);
         let (needs, why): (HashSet<TopicPartition>, &str) = if self.reset {
@@ -79,8 +87,9 @@ impl StartPlan {
                 .collect();
             (needs, "no committed offset")
         };
-        if needs.is_empty() {
-            return Ok(());
+        if needs.is_empty() || (!self.reset && !explicit) {
+            // Earliest / latest: auto.offset.reset places them; only the state needs to know.
+            return Ok((needs, why));
         }
         let positions: HashMap<TopicPartition, Offset> = match &self.from {
             StartFrom::Earliest => needs
@@ -142,17 +151,20 @@ impl StartPlan {
                 placed.insert(tp);
             }
         }
-        Ok(())
+        Ok((needs, why))
     }
 }
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            if let Err(err) = self.start.place(consumer, tpl) {
-                // Never start somewhere else than asked: the pipeline stops.
-                let dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
-                dispatch.failure.set(err);
+            match self.start.place(consumer, tpl) {
+                Ok(fresh) => *self.fresh.lock().unwrap_or_else(|e| e.into_inner()) = fresh,
+                Err(err) => {
+                    // Never start somewhere else than asked: the pipeline stops.
+                    let dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+                    dispatch.failure.set(err);
+                }
             }
         }
         if let Rebalance::Revoke(tpl) = rebalance {
@@ -184,6 +196,22 @@ impl ConsumerContext for RebalanceContext {
                     return;
                 }
             };
+            if let Some(state) = dispatch.state.clone() {
+                let new: Vec<TopicPartition> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| TopicPartition::new(e.topic(), e.partition()))
+                    .filter(|tp| !dispatch.slots.contains_key(tp))
+                    .collect();
+                let (fresh, why) =
+                    std::mem::take(&mut *self.fresh.lock().unwrap_or_else(|e| e.into_inner()));
+                // Restored before the partitions get slots: none of their events is dispatched
+                // (or even polled into a burst) before their state is there.
+                if let Err(err) = state.open(&new, &fresh, why) {
+                    dispatch.failure.set(err);
+                    return;
+                }
+            }
             let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
             let mut assigned = Vec::new();
             for e in tpl.elements() {
@@ -262,6 +290,7 @@ pub(crate) fn revoke(
         let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
     // Wait for the sinks to acknowledge what the revoked partitions emitted.
+    let drained;
     loop {
         let in_flight: usize = {
             let tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
@@ -273,6 +302,7 @@ pub(crate) fn revoke(
             if in_flight > 0 && !failed {
                 tracing::warn!(in_flight, "drain timeout: committing only what is complete");
             }
+            drained = in_flight == 0;
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -284,16 +314,28 @@ pub(crate) fn revoke(
             .filter_map(|tp| tracker.revoke(tp).map(|o| (tp.clone(), o)))
             .collect()
     };
-    match commit(consumer, &commits) {
-        Ok(()) => dispatch.telemetry.emit(OffsetsCommitted {
-            commits: &commits,
-            point: CommitPoint::Release,
-            released: partitions,
-        }),
-        Err(err) => dispatch.telemetry.emit(CommitFailed {
-            error: &err,
-            retried: false,
-        }),
+    let committed = match commit(consumer, &commits) {
+        Ok(()) => {
+            dispatch.telemetry.emit(OffsetsCommitted {
+                commits: &commits,
+                point: CommitPoint::Release,
+                released: partitions,
+            });
+            true
+        }
+        Err(err) => {
+            dispatch.telemetry.emit(CommitFailed {
+                error: &err,
+                retried: false,
+            });
+            false
+        }
+    };
+    if let Some(state) = &dispatch.state {
+        state.close(
+            partitions,
+            committed && drained && !dispatch.failure.is_set(),
+        );
     }
 }
 
@@ -338,13 +380,22 @@ pub(crate) fn revoke_in_transaction(
         let (tx, _rx) = mpsc::sync_channel(1);
         let _ = dispatch.workers[worker].send(Command::Revoke(parts, tx));
     }
-    if let Err(err) = commit_transaction(dispatch, consumer) {
-        dispatch
-            .failure
-            .set(format!("transaction commit on revoke failed: {err}"));
+    let committed = match commit_transaction(dispatch, consumer) {
+        Ok(()) => true,
+        Err(err) => {
+            dispatch
+                .failure
+                .set(format!("transaction commit on revoke failed: {err}"));
+            false
+        }
+    };
+    {
+        let mut tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        for tp in partitions {
+            tracker.revoke(tp);
+        }
     }
-    let mut tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
-    for tp in partitions {
-        tracker.revoke(tp);
+    if let Some(state) = &dispatch.state {
+        state.close(partitions, committed && !dispatch.failure.is_set());
     }
 }

@@ -1,0 +1,250 @@
+//! Keyed state for Rust plugins (ABI 1.2): [`Output::store`] opens one of the pipeline's named
+//! stores (the spec's `state.stores`) for one input partition.
+//!
+//! The host keeps each store on local disk and writes every change to a compacted changelog
+//! topic, one changelog partition per input partition, before it commits the offsets of the
+//! events that made it. On assignment the store is restored before the partition's first event,
+//! so a restart or a rebalance keeps it. The guarantee is at-least-once: after a crash, events
+//! after the last commit are processed again against state that may already contain their
+//! changes. Updates that record the offset they applied ([`Event::offset`](crate::Event::offset))
+//! can skip such a replay and so count every event once (`plugins/windowed-count` does).
+//!
+//! ```
+//! # use sluice_plugin_api::{Event, EventError, Output};
+//! fn count(event: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
+//!     let mut store = out.store("counts", event.topic(), event.partition());
+//!     let key = event.key().unwrap_or_default();
+//!     let n: u64 = store.get_json(key)?.unwrap_or(0);
+//!     store.put_json(key, &(n + 1))?;
+//!     Ok(())
+//! }
+//! ```
+
+use std::ffi::c_void;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::abi::{self, Bytes, Host, Partition, Str};
+use crate::sdk::{Error, EventError, Output};
+
+/// A state call failed. The host has already failed the plugin call, so return this error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateError {
+    message: String,
+}
+
+impl StateError {
+    fn new(message: impl Into<String>) -> Self {
+        StateError {
+            message: message.into(),
+        }
+    }
+    /// A stored value of `store` that does not decode.
+    pub(crate) fn decode(store: &str, err: impl fmt::Display) -> Self {
+        StateError::new(format!(
+            "state store `{store}`: a stored value does not decode: {err}"
+        ))
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StateError {}
+
+impl From<StateError> for EventError {
+    fn from(err: StateError) -> Self {
+        EventError::Fatal(Error::msg(err))
+    }
+}
+
+impl<'h> Output<'h> {
+    /// The state store `name` of input partition `topic`/`partition`. Calls fail (and fail the
+    /// plugin call) for a store the spec does not declare, a partition not assigned to the
+    /// pipeline, or a host older than ABI 1.2.
+    pub fn store<'s>(&'s mut self, name: &'s str, topic: &'s str, partition: i32) -> Store<'s> {
+        Store {
+            host: self.host,
+            partition: Partition::new(topic, partition),
+            name,
+        }
+    }
+}
+
+/// One named store of one input partition, borrowed from an [`Output`] for a call.
+#[derive(Debug)]
+pub struct Store<'s> {
+    host: &'s Host,
+    partition: Partition<'s>,
+    name: &'s str,
+}
+
+impl Store<'_> {
+    fn check(&self) -> Result<(), StateError> {
+        if self.host.size < abi::HOST_SIZE_1_2 {
+            return Err(StateError::new(format!(
+                "state store `{}`: this host speaks an ABI older than 1.2 and has no state stores: run the plugin on a newer sluice",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn refused(&self, op: &str, status: abi::Status) -> StateError {
+        StateError::new(format!(
+            "state {op} on store `{}` of {}/{} refused by the host (status {status}); the host log says why",
+            self.name,
+            self.partition.topic(),
+            self.partition.partition()
+        ))
+    }
+
+    /// Reads `key` and hands its value to `f` without copying it; `None` when absent.
+    pub fn get_with<R>(
+        &mut self,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, StateError> {
+        self.check()?;
+        let mut value = Bytes::EMPTY;
+        // SAFETY: a 1.2 host table (checked); everything passed lives across the call.
+        let status = unsafe {
+            (self.host.state_get)(
+                self.host.ctx,
+                &self.partition,
+                Str::new(self.name),
+                Bytes::new(key),
+                &mut value,
+            )
+        };
+        match status {
+            abi::STATUS_OK => Ok(Some(f(value.as_slice()))),
+            abi::STATUS_NOT_FOUND => Ok(None),
+            other => Err(self.refused("get", other)),
+        }
+    }
+
+    /// Reads `key`; `None` when absent.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.get_with(key, <[u8]>::to_vec)
+    }
+
+    /// Writes `key`.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.check()?;
+        // SAFETY: a 1.2 host table (checked); everything passed lives across the call.
+        let status = unsafe {
+            (self.host.state_put)(
+                self.host.ctx,
+                &self.partition,
+                Str::new(self.name),
+                Bytes::new(key),
+                Bytes::new(value),
+            )
+        };
+        match status {
+            abi::STATUS_OK => Ok(()),
+            other => Err(self.refused("put", other)),
+        }
+    }
+
+    /// Deletes `key` (absent keys too).
+    pub fn delete(&mut self, key: &[u8]) -> Result<(), StateError> {
+        self.check()?;
+        // SAFETY: a 1.2 host table (checked); everything passed lives across the call.
+        let status = unsafe {
+            (self.host.state_delete)(
+                self.host.ctx,
+                &self.partition,
+                Str::new(self.name),
+                Bytes::new(key),
+            )
+        };
+        match status {
+            abi::STATUS_OK => Ok(()),
+            other => Err(self.refused("delete", other)),
+        }
+    }
+
+    /// Calls `f` with every entry whose key starts with `prefix`, in key order, until it returns
+    /// false. `f` must not use the store (the host is in the middle of the scan).
+    pub fn scan(
+        &mut self,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StateError> {
+        self.check()?;
+        struct Visit<'f> {
+            f: &'f mut dyn FnMut(&[u8], &[u8]) -> bool,
+            panic: Option<Box<dyn std::any::Any + Send>>,
+        }
+        unsafe extern "C" fn visit(ctx: *mut c_void, key: Bytes<'_>, value: Bytes<'_>) -> i32 {
+            // SAFETY: `ctx` is the `Visit` below, alive for the whole scan.
+            let visit = unsafe { &mut *ctx.cast::<Visit<'_>>() };
+            match catch_unwind(AssertUnwindSafe(|| {
+                (visit.f)(key.as_slice(), value.as_slice())
+            })) {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(payload) => {
+                    visit.panic = Some(payload);
+                    1
+                }
+            }
+        }
+        let mut state = Visit {
+            f: &mut f,
+            panic: None,
+        };
+        // SAFETY: a 1.2 host table (checked); the visitor catches its own panics and `state`
+        // outlives the call.
+        let status = unsafe {
+            (self.host.state_scan)(
+                self.host.ctx,
+                &self.partition,
+                Str::new(self.name),
+                Bytes::new(prefix),
+                visit,
+                (&raw mut state).cast(),
+            )
+        };
+        if let Some(payload) = state.panic {
+            // Back on the plugin's side of the ABI: the SDK's shim catches it.
+            resume_unwind(payload);
+        }
+        match status {
+            abi::STATUS_OK => Ok(()),
+            other => Err(self.refused("scan", other)),
+        }
+    }
+
+    /// Reads `key` as JSON; `None` when absent. A value that does not decode is an error.
+    pub fn get_json<T: DeserializeOwned>(&mut self, key: &[u8]) -> Result<Option<T>, StateError> {
+        let name = self.name;
+        self.get_with(key, |bytes| serde_json::from_slice(bytes))?
+            .transpose()
+            .map_err(|e| StateError::decode(name, e))
+    }
+
+    /// Writes `key` as JSON.
+    pub fn put_json<T: Serialize + ?Sized>(
+        &mut self,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StateError::new(format!("state store `{}`: {e}", self.name)))?;
+        self.put(key, &bytes)
+    }
+}

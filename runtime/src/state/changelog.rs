@@ -1,0 +1,384 @@
+//! Changelog topics: one compacted topic per store and input topic
+//! (`<group>-<topic>-<store>-changelog`), one partition per input partition. Created at start
+//! when missing; read back on assignment (restore); tombstoned on a rewind (reset).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use redb::Durability;
+use sluice_plugin_api::Record;
+
+use super::Local;
+use crate::config::StateSpec;
+use crate::offsets::TopicPartition;
+use crate::sink::kafka::{Ack, KafkaSink};
+use crate::telemetry::{
+    RestoreFrom, StateReset, StateRestoreProgress, StateRestored, StateRestoring, Telemetry,
+};
+
+/// Buffered restore writes applied to redb in one transaction.
+const RESTORE_APPLY_EVERY: usize = 65_536;
+/// A restore that reads nothing for this long fails (the broker stopped answering).
+const RESTORE_STALL: Duration = Duration::from_secs(60);
+
+/// The changelog side of the stores.
+pub(crate) struct Changelog {
+    group: String,
+    sink: Arc<KafkaSink>,
+    /// Watermarks, and the restore's reads (assigned, never subscribed: no group membership).
+    client: Mutex<BaseConsumer>,
+    timeout: Duration,
+}
+
+impl Changelog {
+    /// A changelog for consumer group `group`: `config` is the source's client configuration.
+    pub(crate) fn new(
+        group: &str,
+        mut config: ClientConfig,
+        sink: Arc<KafkaSink>,
+    ) -> Result<Changelog, String> {
+        config
+            .set("group.id", format!("{group}-state-restore"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .set("client.id", format!("sluice-{group}-state"));
+        let client: BaseConsumer = config
+            .create()
+            .map_err(|e| format!("state: cannot create the changelog reader: {e}"))?;
+        Ok(Changelog {
+            group: group.to_owned(),
+            sink,
+            client: Mutex::new(client),
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    pub(crate) fn sink(&self) -> &Arc<KafkaSink> {
+        &self.sink
+    }
+
+    /// The changelog topic of `store` for input topic `topic`.
+    pub(crate) fn topic(&self, topic: &str, store: &str) -> String {
+        StateSpec::changelog_topic(&self.group, topic, store)
+    }
+
+    /// Creates the missing changelog topics (compacted, as many partitions as their input
+    /// topic) and checks the existing ones have enough partitions.
+    pub(crate) fn ensure_topics(
+        &self,
+        admin: ClientConfig,
+        inputs: &[String],
+        stores: &[String],
+        replication: Option<i32>,
+    ) -> Result<(), String> {
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let partitions = |topic: &str| -> Result<Option<usize>, String> {
+            let metadata = client
+                .fetch_metadata(Some(topic), self.timeout)
+                .map_err(|e| format!("state: cannot read the metadata of `{topic}` ({e}): is the broker reachable?"))?;
+            Ok(metadata
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                .map(|t| t.partitions().len()))
+        };
+        let mut missing = Vec::new();
+        for input in inputs {
+            let count = partitions(input)?.ok_or_else(|| {
+                format!("state: source topic `{input}` does not exist: create it before starting (its changelogs get one partition per partition of it)")
+            })?;
+            for store in stores {
+                let changelog = self.topic(input, store);
+                match partitions(&changelog)? {
+                    Some(have) if have >= count => {}
+                    Some(have) => {
+                        return Err(format!(
+                            "state: changelog topic `{changelog}` has {have} partitions, its source topic `{input}` {count}: add partitions to the changelog (kafka-topics --alter --partitions {count})"
+                        ));
+                    }
+                    None => missing.push((changelog, count)),
+                }
+            }
+        }
+        drop(client);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let admin: AdminClient<DefaultClientContext> = admin
+            .create()
+            .map_err(|e| format!("state: cannot create an admin client: {e}"))?;
+        let replication = replication.unwrap_or(-1);
+        let topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|(name, count)| {
+                NewTopic::new(name, *count as i32, TopicReplication::Fixed(replication))
+                    .set("cleanup.policy", "compact")
+            })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("state: {e}"))?;
+        let results = runtime
+            .block_on(admin.create_topics(
+                &topics,
+                &AdminOptions::new().operation_timeout(Some(self.timeout)),
+            ))
+            .map_err(|e| format!("state: cannot create the changelog topics: {e}"))?;
+        for result in results {
+            match result {
+                Ok(topic) => tracing::info!(topic, "state: changelog topic created"),
+                Err((topic, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::debug!(topic, "state: changelog topic created meanwhile");
+                }
+                Err((topic, code)) => {
+                    return Err(format!(
+                        "state: cannot create changelog topic `{topic}`: {code}: create it (compacted, {} partitions) or grant CreateTopics",
+                        missing
+                            .iter()
+                            .find(|(n, _)| *n == topic)
+                            .map_or(0, |(_, c)| *c)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Per store, the changelog's end for `tp` (where a local copy closed now is current up to).
+    pub(crate) fn ends(
+        &self,
+        stores: &[String],
+        tp: &TopicPartition,
+    ) -> Result<BTreeMap<String, i64>, KafkaError> {
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        stores
+            .iter()
+            .map(|store| {
+                let topic = self.topic(&tp.topic, store);
+                let (_, high) = client.fetch_watermarks(&topic, tp.partition, self.timeout)?;
+                Ok((store.clone(), high))
+            })
+            .collect()
+    }
+
+    /// Brings every opened partition's stores up to their changelogs' ends: from the local
+    /// checkpoint when it is usable, from the beginning otherwise.
+    pub(super) fn restore(
+        &self,
+        stores: &[String],
+        opened: &mut [(Local, BTreeMap<String, i64>)],
+        telemetry: &Telemetry,
+    ) -> Result<(), String> {
+        if opened.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        // changelog (topic, partition) -> (which partition, which store, end)
+        let mut targets: HashMap<(String, i32), (usize, usize, i64)> = HashMap::new();
+        let mut remaining: Vec<i64> = vec![0; opened.len()];
+        let mut tpl = TopicPartitionList::new();
+        for (i, (local, checkpoint)) in opened.iter_mut().enumerate() {
+            let tp = local.tp.clone();
+            let mut from = if checkpoint.is_empty() {
+                RestoreFrom::Beginning
+            } else {
+                RestoreFrom::Checkpoint
+            };
+            for (s, store) in stores.iter().enumerate() {
+                let topic = self.topic(&tp.topic, store);
+                let (low, high) = client
+                    .fetch_watermarks(&topic, tp.partition, self.timeout)
+                    .map_err(|e| {
+                        format!("state: cannot read the end of changelog {topic}/{} ({e}): is the broker reachable?", tp.partition)
+                    })?;
+                let start = match checkpoint.get(store) {
+                    Some(&at) if (low..=high).contains(&at) => at,
+                    stale => {
+                        if stale.is_some() {
+                            // Retention or a recreated topic: the local copy cannot be caught up.
+                            local.clear(store).map_err(|e| local.io(store, e))?;
+                            from = RestoreFrom::Beginning;
+                        }
+                        low
+                    }
+                };
+                if start < high {
+                    tpl.add_partition_offset(&topic, tp.partition, Offset::Offset(start))
+                        .map_err(|e| format!("state: {topic}/{}: {e}", tp.partition))?;
+                    targets.insert((topic, tp.partition), (i, s, high));
+                    remaining[i] += high - start;
+                }
+            }
+            telemetry.emit(StateRestoring {
+                partition: &tp,
+                records: remaining[i],
+                from,
+            });
+        }
+        let mut records = vec![0u64; opened.len()];
+        let mut bytes = vec![0u64; opened.len()];
+        if !targets.is_empty() {
+            client
+                .assign(&tpl)
+                .map_err(|e| format!("state: cannot read the changelogs: {e}"))?;
+            let result = self.read(
+                &client,
+                stores,
+                opened,
+                &mut targets,
+                &mut remaining,
+                &mut records,
+                &mut bytes,
+                telemetry,
+            );
+            let _ = client.unassign();
+            result?;
+        }
+        for (i, (local, _)) in opened.iter_mut().enumerate() {
+            local
+                .apply(stores, Durability::None)
+                .map_err(|e| local.io("*", e))?;
+            telemetry.emit(StateRestored {
+                partition: &local.tp,
+                records: records[i],
+                bytes: bytes[i],
+                took: started.elapsed(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The restore's read loop: until every target's position reaches its end.
+    #[allow(clippy::too_many_arguments)]
+    fn read(
+        &self,
+        client: &BaseConsumer,
+        stores: &[String],
+        opened: &mut [(Local, BTreeMap<String, i64>)],
+        targets: &mut HashMap<(String, i32), (usize, usize, i64)>,
+        remaining: &mut [i64],
+        records: &mut [u64],
+        bytes: &mut [u64],
+        telemetry: &Telemetry,
+    ) -> Result<(), String> {
+        let mut last_read = Instant::now();
+        let mut progress = Instant::now();
+        let mut since = vec![(0u64, 0u64); opened.len()];
+        while !targets.is_empty() {
+            match client.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    last_read = Instant::now();
+                    let key = (message.topic().to_owned(), message.partition());
+                    let Some(&(i, s, end)) = targets.get(&key) else {
+                        continue;
+                    };
+                    let local = &mut opened[i].0;
+                    let k = message.key().unwrap_or_default();
+                    let v = message.payload();
+                    let size = (k.len() + v.map_or(0, <[u8]>::len)) as u64;
+                    local.buffers[s].insert(k.to_vec(), v.map(<[u8]>::to_vec));
+                    local.buffered += 1;
+                    if local.buffered >= RESTORE_APPLY_EVERY {
+                        local
+                            .apply(stores, Durability::None)
+                            .map_err(|e| local.io(&stores[s], e))?;
+                    }
+                    records[i] += 1;
+                    bytes[i] += size;
+                    since[i].0 += 1;
+                    since[i].1 += size;
+                    remaining[i] -= 1;
+                    if message.offset() + 1 >= end {
+                        targets.remove(&key);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {
+                    // Control records (transaction markers) end a changelog without a message:
+                    // the position says where the reader is.
+                    if let Ok(positions) = client.position() {
+                        for e in positions.elements() {
+                            if let Offset::Offset(at) = e.offset() {
+                                let key = (e.topic().to_owned(), e.partition());
+                                if targets.get(&key).is_some_and(|(_, _, end)| at >= *end) {
+                                    targets.remove(&key);
+                                }
+                            }
+                        }
+                    }
+                    if last_read.elapsed() > RESTORE_STALL {
+                        return Err(format!(
+                            "state: restore read nothing for {}s with {} changelog partitions unfinished: is the broker reachable?",
+                            RESTORE_STALL.as_secs(),
+                            targets.len()
+                        ));
+                    }
+                }
+                Some(Err(err)) => tracing::warn!("state: changelog reader: {err}"),
+            }
+            if progress.elapsed() >= Duration::from_secs(1) || targets.is_empty() {
+                progress = Instant::now();
+                for (i, (local, _)) in opened.iter().enumerate() {
+                    let (n, b) = std::mem::take(&mut since[i]);
+                    if n > 0 {
+                        telemetry.emit(StateRestoreProgress {
+                            partition: &local.tp,
+                            store: "*",
+                            records: n,
+                            bytes: b,
+                            remaining: remaining[i],
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resets `local`'s stores to empty: a tombstone in the changelog for every key, then the
+    /// local copy cleared. The tombstones go before any of the partition's new writes.
+    pub(super) fn reset(
+        &self,
+        stores: &[String],
+        local: &mut Local,
+        why: &str,
+        telemetry: &Telemetry,
+    ) -> Result<(), String> {
+        let mut keys = 0u64;
+        let ack = Arc::new(Ack::many(Vec::new()));
+        for (s, store) in stores.iter().enumerate() {
+            let topic = self.topic(&local.tp.topic, store);
+            for (key, value) in local.entries(s, store, b"")? {
+                if value.is_none() {
+                    continue;
+                }
+                let record = Record::to("")
+                    .key(&key)
+                    .tombstone()
+                    .partition(local.tp.partition);
+                self.sink
+                    .send(&topic, &record, ack.clone())
+                    .map_err(|e| format!("state: reset of {}: {e}", local.tp))?;
+                keys += 1;
+            }
+            local.buffers[s].clear();
+            local.clear(store).map_err(|e| local.io(store, e))?;
+        }
+        local.buffered = 0;
+        telemetry.emit(StateReset {
+            partition: &local.tp,
+            keys,
+            why,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,441 @@
+//! Keyed state stores (ABI 1.2): per assigned input partition, the spec's named stores
+//! (`state.stores`), each a table of one local redb file, written through to a compacted
+//! changelog topic.
+//!
+//! - **Writes** (`put`, `delete`) go to a per-partition write buffer, applied to redb in one
+//!   transaction every [`APPLY_EVERY`] writes and when the partition closes, and to the
+//!   changelog through the pipeline's producer on behalf of the call's offset units
+//!   (`worker::Emitter`): a unit completes, and its offset is committed, only after its changelog
+//!   records are acknowledged. With Kafka transactions they are in the transaction.
+//! - **Reads** see the buffer first, then redb.
+//! - **Restore** (`changelog::restore`) runs on assignment, before the partition has a slot:
+//!   from the local checkpoint when the local copy is current, from the beginning otherwise.
+//!   A partition that starts from `start-from` (a rewind, or no committed offset) is reset to
+//!   empty first: tombstones for every key, so no restored state is ahead of the input.
+//! - **Close** (revoke, stop): the buffer goes to disk (durably) and, when everything the
+//!   partition emitted was acknowledged, a checkpoint records the changelog's end. Opening a
+//!   partition removes its checkpoint, so after a crash the local copy is not trusted.
+//!
+//! With a file source there is no changelog: the stores start empty every run (the file is read
+//! from its first line), in a directory of their own.
+
+pub(crate) mod changelog;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use prometheus::IntCounter;
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+
+use crate::offsets::TopicPartition;
+use crate::sink::kafka::KafkaSink;
+use crate::telemetry::Telemetry;
+
+pub(crate) use changelog::Changelog;
+
+/// Buffered writes applied to redb in one transaction.
+const APPLY_EVERY: usize = 4096;
+
+/// The checkpoint file of a partition's directory: `{"store": next changelog offset}`.
+const CHECKPOINT: &str = "checkpoint.json";
+/// The redb file of a partition's directory.
+const DB_FILE: &str = "state.redb";
+
+type Table<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
+
+/// A store's buffered writes: key -> value, `None` a delete.
+type Buffer = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// One input partition's stores: a redb file and the writes not yet in it.
+struct Local {
+    tp: TopicPartition,
+    dir: PathBuf,
+    db: Database,
+    /// Per store (index into `StateStores::names`).
+    buffers: Vec<Buffer>,
+    buffered: usize,
+    /// Per store: the changelog topic (`None` without a changelog).
+    changelogs: Vec<Option<Arc<str>>>,
+}
+
+impl Local {
+    /// Applies the buffered writes in one redb transaction.
+    fn apply(&mut self, names: &[String], durability: Durability) -> Result<(), redb::Error> {
+        if self.buffered == 0 && matches!(durability, Durability::None) {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability)
+            .map_err(|e| redb::Error::from(redb::StorageError::Io(std::io::Error::other(e))))?;
+        for (name, buffer) in names.iter().zip(&mut self.buffers) {
+            if buffer.is_empty() {
+                continue;
+            }
+            let mut table = txn.open_table(Table::new(name))?;
+            for (key, value) in std::mem::take(buffer) {
+                match value {
+                    Some(value) => table.insert(key.as_slice(), value.as_slice())?,
+                    None => table.remove(key.as_slice())?,
+                };
+            }
+        }
+        txn.commit()?;
+        self.buffered = 0;
+        Ok(())
+    }
+
+    /// Empties a store's table (its buffer is the caller's).
+    fn clear(&mut self, name: &str) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        txn.delete_table(Table::new(name))?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn get(&self, store: usize, name: &str, key: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
+        out.clear();
+        if let Some(buffered) = self.buffers[store].get(key) {
+            return Ok(match buffered {
+                Some(value) => {
+                    out.extend_from_slice(value);
+                    true
+                }
+                None => false,
+            });
+        }
+        let read = self.db.begin_read().map_err(|e| self.io(name, e))?;
+        let table = match read.open_table(Table::new(name)) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(self.io(name, e)),
+        };
+        match table.get(key).map_err(|e| self.io(name, e))? {
+            Some(value) => {
+                out.extend_from_slice(value.value());
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Every entry of a store whose key starts with `prefix`, in key order, buffer included.
+    fn entries(&self, store: usize, name: &str, prefix: &[u8]) -> Result<Buffer, String> {
+        let mut entries = Buffer::new();
+        let read = self.db.begin_read().map_err(|e| self.io(name, e))?;
+        match read.open_table(Table::new(name)) {
+            Ok(table) => {
+                for entry in table.range(prefix..).map_err(|e| self.io(name, e))? {
+                    let (key, value) = entry.map_err(|e| self.io(name, e))?;
+                    if !key.value().starts_with(prefix) {
+                        break;
+                    }
+                    entries.insert(key.value().to_vec(), Some(value.value().to_vec()));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.io(name, e)),
+        }
+        for (key, value) in self.buffers[store].range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            entries.insert(key.clone(), value.clone());
+        }
+        Ok(entries)
+    }
+
+    fn io(&self, store: &str, err: impl std::fmt::Display) -> String {
+        format!(
+            "state store `{store}` of {}: {err} (local copy in {})",
+            self.tp,
+            self.dir.display()
+        )
+    }
+}
+
+/// The pipeline's state stores: what workers call during plugin calls, and what the source's
+/// loop opens on assignment and closes on revoke.
+pub struct StateStores {
+    names: Vec<String>,
+    dir: PathBuf,
+    changelog: Option<Changelog>,
+    /// Open partitions (a short list: scanned, compared by partition number first).
+    open: RwLock<Vec<(TopicPartition, Arc<Mutex<Local>>)>>,
+    /// Per store: `sluice_state_writes_total`.
+    writes: Vec<IntCounter>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl std::fmt::Debug for StateStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStores")
+            .field("names", &self.names)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for StateStores {
+    fn drop(&mut self) {
+        if self.changelog.is_none() {
+            // A run's own stores (no changelog): nothing in them outlives the run.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl StateStores {
+    /// Stores under `dir`, backed by `changelog` (Kafka source) or none (a file or a replay:
+    /// `dir` is the run's own, emptied first and removed at the end).
+    pub(crate) fn new(
+        names: Vec<String>,
+        dir: PathBuf,
+        changelog: Option<Changelog>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<StateStores, String> {
+        if changelog.is_none() && dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| {
+                format!(
+                    "state.dir: cannot empty {} for this run: {e}",
+                    dir.display()
+                )
+            })?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            format!(
+                "state.dir: cannot create {}: {e}: set `state.dir` or SLUICE_STATE_DIR to a writable directory",
+                dir.display()
+            )
+        })?;
+        let writes = names
+            .iter()
+            .map(|n| telemetry.metrics.state_writes.with_label_values(&[n]))
+            .collect();
+        Ok(StateStores {
+            names,
+            dir,
+            changelog,
+            open: RwLock::new(Vec::new()),
+            writes,
+            telemetry,
+        })
+    }
+
+    /// The store names.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The producer changelog records go through (none for a file source).
+    pub(crate) fn sink(&self) -> Option<&Arc<KafkaSink>> {
+        self.changelog.as_ref().map(Changelog::sink)
+    }
+
+    fn partition_dir(&self, tp: &TopicPartition) -> PathBuf {
+        self.dir.join(&tp.topic).join(tp.partition.to_string())
+    }
+
+    fn store_index(&self, store: &str) -> Result<usize, String> {
+        self.names.iter().position(|n| n == store).ok_or_else(|| {
+            format!(
+                "the plugin used state store `{store}`, which the spec does not declare: add it to `state.stores` (declared: {})",
+                self.names.join(", ")
+            )
+        })
+    }
+
+    fn local(&self, (topic, partition): (&str, i32)) -> Result<Arc<Mutex<Local>>, String> {
+        let open = self.open.read().unwrap_or_else(|e| e.into_inner());
+        open.iter()
+            .find(|(tp, _)| tp.partition == partition && tp.topic == topic)
+            .map(|(_, local)| local.clone())
+            .ok_or_else(|| {
+                format!("state of {topic}/{partition}: the partition is not assigned to this pod (state is per input partition: use the partition of the event at hand)")
+            })
+    }
+
+    /// Reads `key` of `store` into `out`.
+    pub(crate) fn get(
+        &self,
+        tp: (&str, i32),
+        store: &str,
+        key: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        let index = self.store_index(store)?;
+        let local = self.local(tp)?;
+        let local = local.lock().unwrap_or_else(|e| e.into_inner());
+        local.get(index, store, key, out)
+    }
+
+    /// Writes `key` of `store` locally; returns the changelog topic the record goes to (its
+    /// partition is the input partition's), `None` without a changelog.
+    pub(crate) fn put(
+        &self,
+        tp: (&str, i32),
+        store: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<Option<Arc<str>>, String> {
+        let index = self.store_index(store)?;
+        let local = self.local(tp)?;
+        let mut local = local.lock().unwrap_or_else(|e| e.into_inner());
+        local.buffers[index].insert(key.to_vec(), value.map(<[u8]>::to_vec));
+        local.buffered += 1;
+        if local.buffered >= APPLY_EVERY {
+            local
+                .apply(&self.names, Durability::None)
+                .map_err(|e| local.io(store, e))?;
+        }
+        self.writes[index].inc();
+        Ok(local.changelogs[index].clone())
+    }
+
+    /// Visits the entries of `store` whose key starts with `prefix`.
+    pub(crate) fn scan(
+        &self,
+        tp: (&str, i32),
+        store: &str,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), String> {
+        let index = self.store_index(store)?;
+        let local = self.local(tp)?;
+        // Collected first: the plugin's visitor runs without the partition's lock held.
+        let entries = local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries(index, store, prefix)?;
+        for (key, value) in entries {
+            if let Some(value) = value {
+                if !visit(&key, &value) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens newly assigned partitions: restores each from its changelog (resetting those in
+    /// `fresh` to empty first, `why` says why) before any of their events is processed.
+    pub(crate) fn open(
+        &self,
+        partitions: &[TopicPartition],
+        fresh: &HashSet<TopicPartition>,
+        why: &str,
+    ) -> Result<(), String> {
+        let mut opened = Vec::new();
+        for tp in partitions {
+            if self.is_open(tp) {
+                continue;
+            }
+            let dir = self.partition_dir(tp);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("state: cannot create {}: {e}", dir.display()))?;
+            // Trusted only until this run writes to it: a crash leaves no checkpoint.
+            let checkpoint = read_checkpoint(&dir);
+            let _ = std::fs::remove_file(dir.join(CHECKPOINT));
+            let db_path = dir.join(DB_FILE);
+            if checkpoint.is_none() || fresh.contains(tp) {
+                remove_file(&db_path)?;
+            }
+            let db = Database::create(&db_path)
+                .or_else(|_| {
+                    // A local copy redb cannot open is rebuilt from the changelog.
+                    remove_file(&db_path)?;
+                    Database::create(&db_path).map_err(|e| e.to_string())
+                })
+                .map_err(|e| format!("state: cannot open {}: {e}", db_path.display()))?;
+            let changelogs = self
+                .names
+                .iter()
+                .map(|store| {
+                    self.changelog
+                        .as_ref()
+                        .map(|c| Arc::from(c.topic(&tp.topic, store)))
+                })
+                .collect();
+            let local = Local {
+                tp: tp.clone(),
+                dir,
+                db,
+                buffers: vec![Buffer::new(); self.names.len()],
+                buffered: 0,
+                changelogs,
+            };
+            opened.push((local, checkpoint.unwrap_or_default()));
+        }
+        if let Some(changelog) = &self.changelog {
+            changelog.restore(&self.names, &mut opened, &self.telemetry)?;
+            for (local, _) in &mut opened {
+                if fresh.contains(&local.tp) {
+                    changelog.reset(&self.names, local, why, &self.telemetry)?;
+                }
+            }
+        }
+        let mut open = self.open.write().unwrap_or_else(|e| e.into_inner());
+        for (local, _) in opened {
+            open.push((local.tp.clone(), Arc::new(Mutex::new(local))));
+        }
+        Ok(())
+    }
+
+    fn is_open(&self, tp: &TopicPartition) -> bool {
+        let open = self.open.read().unwrap_or_else(|e| e.into_inner());
+        open.iter().any(|(t, _)| t == tp)
+    }
+
+    /// Closes `partitions` (revoke, stop): their buffers go to disk durably, and when
+    /// `acknowledged` (everything they emitted, changelog records included, was delivered) a
+    /// checkpoint records where their changelogs end, so the next owner on this disk reads
+    /// only what came after.
+    pub(crate) fn close(&self, partitions: &[TopicPartition], acknowledged: bool) {
+        let closing: Vec<Arc<Mutex<Local>>> = {
+            let mut open = self.open.write().unwrap_or_else(|e| e.into_inner());
+            let (closing, keep) = std::mem::take(&mut *open)
+                .into_iter()
+                .partition(|(tp, _)| partitions.contains(tp));
+            *open = keep;
+            closing.into_iter().map(|(_, local)| local).collect()
+        };
+        for local in closing {
+            let mut local = local.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(err) = local.apply(&self.names, Durability::Immediate) {
+                tracing::warn!(partition = %local.tp, "state: cannot write the local copy ({err}): the next owner restores from the changelog");
+                continue;
+            }
+            if !acknowledged {
+                continue;
+            }
+            let ends = match &self.changelog {
+                Some(changelog) => match changelog.ends(&self.names, &local.tp) {
+                    Ok(ends) => ends,
+                    Err(err) => {
+                        tracing::warn!(partition = %local.tp, "state: no checkpoint ({err}): the next owner restores from the beginning");
+                        continue;
+                    }
+                },
+                None => continue,
+            };
+            let text = serde_json::to_string(&ends).unwrap_or_default();
+            if let Err(err) = std::fs::write(local.dir.join(CHECKPOINT), text) {
+                tracing::warn!(partition = %local.tp, "state: cannot write the checkpoint: {err}");
+            }
+        }
+    }
+}
+
+/// A checkpoint: per store, the changelog offset the local copy is current up to.
+fn read_checkpoint(dir: &Path) -> Option<BTreeMap<String, i64>> {
+    let text = std::fs::read_to_string(dir.join(CHECKPOINT)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn remove_file(path: &Path) -> Result<(), String> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("state: cannot remove {}: {e}", path.display())),
+    }
+}
