@@ -128,6 +128,39 @@ pub enum Command {
     /// Work with a pipeline's dead-letter topic.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Work with a pipeline's state stores.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+/// `sluice state ...`
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Restore a pipeline's state stores from their changelogs, as a pod does on assignment,
+    /// and print every entry as a JSON line (partition, store, key, value). Uses the spec's
+    /// `state.dir` (its local copies and checkpoints) unless --dir says otherwise; never while a
+    /// pod runs on that directory.
+    Dump {
+        /// The pipeline spec (YAML).
+        #[arg(short = 'f', long = "file")]
+        spec: PathBuf,
+        /// Restore into this directory instead (an empty one: from the beginning).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Only this input partition, `topic/partition` (repeatable). Default: all.
+        #[arg(long = "partition", value_parser = parse_partition)]
+        partitions: Vec<(String, i32)>,
+    },
+}
+
+fn parse_partition(text: &str) -> Result<(String, i32), String> {
+    let (topic, partition) = text
+        .rsplit_once('/')
+        .ok_or_else(|| format!("`{text}`: write topic/partition, e.g. orders/3"))?;
+    let partition = partition
+        .parse()
+        .map_err(|_| format!("`{text}`: the partition after `/` is a number"))?;
+    Ok((topic.to_owned(), partition))
 }
 
 /// `sluice dlq ...`
@@ -432,6 +465,31 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
             eprintln!("sluice: {summary}");
             Ok(())
+        }
+        Command::State(StateCommand::Dump {
+            spec,
+            dir,
+            partitions,
+        }) => {
+            let spec = PipelineSpec::load(&spec)?;
+            let partitions: Vec<_> = partitions
+                .into_iter()
+                .map(|(t, p)| sluice_runtime::offsets::TopicPartition::new(t, p))
+                .collect();
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            let mut write_error = None;
+            sluice_runtime::state::dump(&spec, dir, &partitions, |entry| {
+                if write_error.is_none() {
+                    let line = serde_json::to_string(&entry).unwrap_or_default();
+                    write_error = writeln!(stdout, "{line}").err();
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("state dump: {e}"))?;
+            match write_error {
+                Some(err) => Err(err.into()),
+                None => Ok(()),
+            }
         }
         Command::Render {
             file,

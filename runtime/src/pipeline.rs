@@ -232,7 +232,7 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
                             "source.kafka",
                         )
                     };
-                    let changelog = Changelog::new(&kafka.group_id, config()?, sink.clone())
+                    let changelog = Changelog::new(&kafka.group_id, config()?, Some(sink.clone()))
                         .map_err(RunError::Setup)?;
                     changelog
                         .ensure_topics(

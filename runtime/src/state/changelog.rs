@@ -30,7 +30,8 @@ const RESTORE_STALL: Duration = Duration::from_secs(60);
 /// The changelog side of the stores.
 pub(crate) struct Changelog {
     group: String,
-    sink: Arc<KafkaSink>,
+    /// The pipeline's producer (none for `sluice state dump`, which only reads).
+    sink: Option<Arc<KafkaSink>>,
     /// Watermarks, and the restore's reads (assigned, never subscribed: no group membership).
     client: Mutex<BaseConsumer>,
     timeout: Duration,
@@ -41,7 +42,7 @@ impl Changelog {
     pub(crate) fn new(
         group: &str,
         mut config: ClientConfig,
-        sink: Arc<KafkaSink>,
+        sink: Option<Arc<KafkaSink>>,
     ) -> Result<Changelog, String> {
         config
             .set("group.id", format!("{group}-state-restore"))
@@ -61,13 +62,34 @@ impl Changelog {
         })
     }
 
-    pub(crate) fn sink(&self) -> &Arc<KafkaSink> {
-        &self.sink
+    pub(crate) fn sink(&self) -> Option<&Arc<KafkaSink>> {
+        self.sink.as_ref()
     }
 
     /// The changelog topic of `store` for input topic `topic`.
     pub(crate) fn topic(&self, topic: &str, store: &str) -> String {
         StateSpec::changelog_topic(&self.group, topic, store)
+    }
+
+    /// Every partition of the input `topics` (from the broker's metadata).
+    pub(crate) fn partitions_of(&self, topics: &[String]) -> Result<Vec<TopicPartition>, String> {
+        let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = Vec::new();
+        for topic in topics {
+            let metadata = client
+                .fetch_metadata(Some(topic), self.timeout)
+                .map_err(|e| {
+                    format!("cannot read the metadata of `{topic}` ({e}): is the broker reachable?")
+                })?;
+            for t in metadata.topics() {
+                all.extend(
+                    t.partitions()
+                        .iter()
+                        .map(|p| TopicPartition::new(topic, p.id())),
+                );
+            }
+        }
+        Ok(all)
     }
 
     /// Creates the missing changelog topics (compacted, as many partitions as their input
@@ -355,6 +377,10 @@ impl Changelog {
     ) -> Result<(), String> {
         let mut keys = 0u64;
         let ack = Arc::new(Ack::many(Vec::new()));
+        let sink = self
+            .sink
+            .as_ref()
+            .ok_or_else(|| format!("state: reset of {}: no producer", local.tp))?;
         for (s, store) in stores.iter().enumerate() {
             let topic = self.topic(&local.tp.topic, store);
             for (key, value) in local.entries(s, store, b"")? {
@@ -365,8 +391,7 @@ impl Changelog {
                     .key(&key)
                     .tombstone()
                     .partition(local.tp.partition);
-                self.sink
-                    .send(&topic, &record, ack.clone())
+                sink.send(&topic, &record, ack.clone())
                     .map_err(|e| format!("state: reset of {}: {e}", local.tp))?;
                 keys += 1;
             }
@@ -374,6 +399,9 @@ impl Changelog {
             local.clear(store).map_err(|e| local.io(store, e))?;
         }
         local.buffered = 0;
+        if keys == 0 {
+            return Ok(()); // nothing was there: nothing to say
+        }
         telemetry.emit(StateReset {
             partition: &local.tp,
             keys,

@@ -229,7 +229,7 @@ impl StateStores {
 
     /// The producer changelog records go through (none for a file source).
     pub(crate) fn sink(&self) -> Option<&Arc<KafkaSink>> {
-        self.changelog.as_ref().map(Changelog::sink)
+        self.changelog.as_ref().and_then(Changelog::sink)
     }
 
     fn partition_dir(&self, tp: &TopicPartition) -> PathBuf {
@@ -438,4 +438,95 @@ fn remove_file(path: &Path) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("state: cannot remove {}: {e}", path.display())),
     }
+}
+
+/// One entry of `sluice state dump`.
+#[derive(Debug, serde::Serialize)]
+pub struct DumpEntry<'a> {
+    /// The input partition, `topic/partition`.
+    pub partition: String,
+    /// The store.
+    pub store: &'a str,
+    /// The key as text (invalid UTF-8 replaced; `key_hex` has the bytes).
+    pub key: String,
+    /// The key's bytes in hex, when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_hex: Option<String>,
+    /// The value as text (invalid UTF-8 replaced; `value_hex` has the bytes).
+    pub value: String,
+    /// The value's bytes in hex, when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_hex: Option<String>,
+}
+
+fn text_and_hex(bytes: &[u8]) -> (String, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_owned(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        ),
+    }
+}
+
+/// `sluice state dump`: restores the stores of `partitions` (all partitions of the spec's
+/// topics when empty) into `dir` (the spec's `state.dir` when `None`) from their changelogs,
+/// as a pod would on assignment, and hands every entry to `each`, in store and key order.
+/// Leaves a checkpoint, so a pod starting on `dir` reads only what comes after.
+pub fn dump(
+    spec: &crate::config::PipelineSpec,
+    dir: Option<PathBuf>,
+    partitions: &[TopicPartition],
+    mut each: impl FnMut(DumpEntry<'_>),
+) -> Result<(), String> {
+    use crate::config::SourceSpec;
+    let (Some(state), SourceSpec::Kafka(kafka)) = (&spec.state, &spec.source) else {
+        return Err(format!(
+            "{}: state dump needs a spec with `state` and `source: kafka` (state of a file run lives only as long as the run)",
+            spec.file.display()
+        ));
+    };
+    let dir = dir.or_else(|| spec.state_dir()).unwrap_or_default();
+    let config = crate::source::kafka::client_config(
+        &kafka.bootstrap_servers,
+        &kafka.properties,
+        &kafka.properties_from_env,
+        "source.kafka",
+    )
+    .map_err(|e| e.to_string())?;
+    let changelog = Changelog::new(&kafka.group_id, config, None)?;
+    let partitions = if partitions.is_empty() {
+        changelog.partitions_of(&kafka.topics)?
+    } else {
+        partitions.to_vec()
+    };
+    let telemetry = Arc::new(Telemetry::new(
+        &spec.name,
+        false,
+        std::time::Duration::from_secs(60),
+    ));
+    let stores = StateStores::new(state.stores.clone(), dir, Some(changelog), telemetry)?;
+    stores.open(&partitions, &HashSet::new(), "")?;
+    let result = (|| {
+        for tp in &partitions {
+            for store in &state.stores {
+                stores.scan((&tp.topic, tp.partition), store, b"", &mut |k, v| {
+                    let (key, key_hex) = text_and_hex(k);
+                    let (value, value_hex) = text_and_hex(v);
+                    each(DumpEntry {
+                        partition: tp.to_string(),
+                        store,
+                        key,
+                        key_hex,
+                        value,
+                        value_hex,
+                    });
+                    true
+                })?;
+            }
+        }
+        Ok(())
+    })();
+    stores.close(&partitions, result.is_ok());
+    result
 }
