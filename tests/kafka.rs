@@ -1593,3 +1593,298 @@ fn start_from_places_a_new_group_and_reset_rewinds_a_committed_one() {
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(seqs(&records), (40..50).collect(), "{log}");
 }
+
+/// `windowed-count` on the state store, in 1 s windows keyed by the produced `key`.
+fn windowed_spec(dir: &Path, names: &Names, output: &str, extra_source: &str) -> PathBuf {
+    write_spec(
+        dir,
+        &format!(
+            "name: counts\nplugin:\n  path: {}\n  config: {{key_field: key, window_ms: 1000}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{}]\n    group-id: {}\n    commit-interval-ms: 200\n    properties: {{session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}}\n{extra_source}state:\n  stores: [windows]\noutputs:\n  counts:\n    kafka: {{topic: {output}}}\n",
+            plugin("windowed-count").display(),
+            broker().addr,
+            names.input,
+            names.group,
+        ),
+    )
+}
+
+/// (key, window start) -> events, from input records as the reference client read them.
+fn reference_windows<'a>(records: impl Iterator<Item = &'a Value>) -> BTreeMap<(String, i64), u64> {
+    let mut counts = BTreeMap::new();
+    for r in records {
+        let ts = r["timestamp"].as_i64().unwrap();
+        let key = r["key"].as_str().unwrap().to_owned();
+        *counts.entry((key, ts - ts.rem_euclid(1000))).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The closed windows' counts in the output: (key, window start) -> every count emitted for it.
+fn emitted_windows(records: &[Value]) -> BTreeMap<(String, i64), std::collections::BTreeSet<u64>> {
+    let mut emitted: BTreeMap<_, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for r in records {
+        let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+        if v["closed"] == true {
+            emitted
+                .entry((
+                    v["key"].as_str().unwrap().to_owned(),
+                    v["window_start"].as_i64().unwrap(),
+                ))
+                .or_default()
+                .insert(v["count"].as_u64().unwrap());
+        }
+    }
+    emitted
+}
+
+/// Every window that ends by `until` was emitted closed with exactly the reference's count
+/// (re-emissions after a restart included), and nothing else was.
+fn assert_windows_match(
+    what: &str,
+    reference: &BTreeMap<(String, i64), u64>,
+    emitted: &BTreeMap<(String, i64), std::collections::BTreeSet<u64>>,
+    until: i64,
+) {
+    let mut wrong = Vec::new();
+    for ((key, start), count) in reference.iter().filter(|((_, s), _)| s + 1000 <= until) {
+        match emitted.get(&(key.clone(), *start)) {
+            Some(counts) if counts.len() == 1 && counts.contains(count) => {}
+            other => wrong.push(format!(
+                "{key}@{start}: reference {count}, emitted {other:?}"
+            )),
+        }
+    }
+    for ((key, start), counts) in emitted.iter().filter(|((_, s), _)| s + 1000 <= until) {
+        if !reference.contains_key(&(key.clone(), *start)) {
+            wrong.push(format!(
+                "{key}@{start}: emitted {counts:?}, not in the reference"
+            ));
+        }
+    }
+    let checked = reference.keys().filter(|(_, s)| s + 1000 <= until).count();
+    assert!(
+        wrong.is_empty() && checked > 0,
+        "{what}: {} of {checked} windows wrong: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+}
+
+/// Keyed state through the whole life of a pipeline, on the real broker: windowed counts under
+/// 10 kill -9s at random points and a rebalance to a second process equal a reference computed
+/// from the input the reference client reads (each window's count exact, emitted at least
+/// once); a restore into an empty directory equals one from the local copy; a rewind to a
+/// time restarts the output where the broker's time index says, with the state reset.
+#[test]
+fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(4);
+    let spec = windowed_spec(dir.path(), &names, &names.output, "");
+    let (state_a, state_b) = (dir.path().join("state-a"), dir.path().join("state-b"));
+    let env_a = [("SLUICE_STATE_DIR", state_a.to_str().unwrap())];
+    let env_b = [("SLUICE_STATE_DIR", state_b.to_str().unwrap())];
+
+    // Events keep arriving all along: 200 every ~300 ms, with the producer's time.
+    let produced = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let (input, produced, stop) = (names.input.clone(), produced.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let start = produced.load(std::sync::atomic::Ordering::Relaxed);
+                produce(&input, 200, start);
+                produced.fetch_add(200, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = seed;
+    let mut next = move |below: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % below
+    };
+    eprintln!("kill points from seed {seed}");
+    let assigned = |run: &Running| {
+        !log_events(
+            &std::fs::read_to_string(&run.log).unwrap_or_default(),
+            "assigned",
+        )
+        .is_empty()
+    };
+    for kill in 0..10 {
+        let run = start_with(&spec, dir.path(), &[], &env_a);
+        wait_until("the partitions assigned", Duration::from_secs(60), || {
+            assigned(&run)
+        });
+        let after = 100 + next(1500);
+        std::thread::sleep(Duration::from_millis(after));
+        run.kill();
+        eprintln!(
+            "kill {kill}: {after} ms after assignment; {} committed",
+            committed_sum(&names.input, &names.group)
+        );
+        // The test broker gives a newcomer no partitions while a dead member's session is alive.
+        std::thread::sleep(Duration::from_secs(7));
+    }
+
+    // A rebalance: b joins a, gets some partitions and their state from the changelogs.
+    let a = start_with(&spec, dir.path(), &[], &env_a);
+    wait_until("a assigned", Duration::from_secs(60), || assigned(&a));
+    std::thread::sleep(Duration::from_secs(2));
+    let b = start_with(&spec, dir.path(), &[], &env_b);
+    wait_until("b assigned in a rebalance", Duration::from_secs(90), || {
+        assigned(&b)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    producer.join().unwrap();
+    // Closing events, one per key (so on every partition), after every window so far has ended.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before_close = produced.load(std::sync::atomic::Ordering::Relaxed);
+    produce(&names.input, 16, before_close);
+    let total = before_close + 16;
+    wait_until("every event committed", Duration::from_secs(120), || {
+        committed_sum(&names.input, &names.group) == total as i64
+    });
+    let (code_a, log_a) = a.stop();
+    let (code_b, log_b) = b.stop();
+    assert_eq!((code_a, code_b), (Some(0), Some(0)), "{log_a}\n{log_b}");
+    assert!(
+        !log_events(&log_b, "state: restoring").is_empty()
+            && log_events(&log_b, "state: restored")
+                .iter()
+                .any(|e| e["records"].as_u64() > Some(0)),
+        "b restored state it gained in the rebalance:\n{log_b}"
+    );
+
+    let input = consume(&names.input, total);
+    assert_eq!(input.len(), total);
+    let closing: Vec<&Value> = input
+        .iter()
+        .filter(|r| {
+            let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            v["seq"].as_u64().unwrap() as usize >= before_close
+        })
+        .collect();
+    let partitions: std::collections::BTreeSet<i64> = closing
+        .iter()
+        .map(|r| r["partition"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        partitions.len(),
+        4,
+        "the closing events reach every partition"
+    );
+    let until = closing
+        .iter()
+        .map(|r| r["timestamp"].as_i64().unwrap())
+        .min()
+        .unwrap();
+    let reference = reference_windows(input.iter());
+    let output = consume_quick(&names.output);
+    assert_windows_match(
+        "after 10 kill -9s and a rebalance",
+        &reference,
+        &emitted_windows(&output),
+        until,
+    );
+
+    // Restore into an empty directory equals restore from a's local copy (and checkpoints).
+    let dump = |state_dir: &Path| {
+        let out = sluice_cmd(&[
+            "state",
+            "dump",
+            "-f",
+            spec.to_str().unwrap(),
+            "--dir",
+            state_dir.to_str().unwrap(),
+        ]);
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        (String::from_utf8(out.stdout).unwrap(), log)
+    };
+    let (from_local, local_log) = dump(&state_a);
+    let (from_changelog, fresh_log) = dump(&dir.path().join("state-fresh"));
+    assert_eq!(from_local, from_changelog, "restores differ");
+    assert!(from_local.lines().count() > 16, "{from_local}");
+    assert!(local_log.contains("local checkpoint"), "{local_log}");
+    assert!(
+        !fresh_log.contains("local checkpoint") && fresh_log.contains("beginning"),
+        "{fresh_log}"
+    );
+
+    // A rewind to a time: the output restarts where the broker's time index says, and the
+    // windows count only what was read again (state reset, never ahead of the input).
+    let mut times: Vec<i64> = input
+        .iter()
+        .map(|r| r["timestamp"].as_i64().unwrap())
+        .collect();
+    times.sort_unstable();
+    let at = times[times.len() / 2];
+    let index: BTreeMap<String, i64> = serde_json::from_str(&kafka_tool(&[
+        "offsets-for-times",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        &names.input,
+        "--time-ms",
+        &at.to_string(),
+    ]))
+    .unwrap();
+    let again: Vec<&Value> = input
+        .iter()
+        .filter(|r| r["offset"].as_i64().unwrap() >= index[&r["partition"].to_string()])
+        .collect();
+    let rewound = reference_windows(again.iter().copied());
+    let output2 = unique("out");
+    broker().create_topic(&output2, 4);
+    let rewind_dir = dir.path().join("rewind");
+    std::fs::create_dir_all(&rewind_dir).unwrap();
+    let spec2 = windowed_spec(
+        &rewind_dir,
+        &names,
+        &output2,
+        &format!("    start-from: \"{}\"\n", rfc3339(at as u128)),
+    );
+    let expect = rewound.keys().filter(|(_, s)| s + 1000 <= until).count();
+    let run = start_with(&spec2, dir.path(), &["--reset"], &env_a);
+    let _ = consume(&output2, expect);
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log_events(&log, "state: reset").is_empty(), "{log}");
+    assert_windows_match(
+        "after a rewind",
+        &rewound,
+        &emitted_windows(&consume_quick(&output2)),
+        until,
+    );
+    // The changelogs hold nothing from before the rewind: a restore from them alone has only
+    // windows that counted events read again.
+    let (restored, _) = dump(&dir.path().join("state-after-rewind"));
+    let mut windows = 0;
+    for line in restored.lines() {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        if entry["key"] == "m" {
+            continue;
+        }
+        let value: Value = serde_json::from_str(entry["value"].as_str().unwrap()).unwrap();
+        let partition = entry["partition"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap();
+        assert!(
+            value["through"].as_i64().unwrap() >= index[partition],
+            "state from before the rewind survived: {line}"
+        );
+        windows += 1;
+    }
+    assert!(windows > 0, "{restored}");
+}

@@ -10,7 +10,8 @@
 `produce` writes N events; event i has key "k{i % K}" and value {"seq": i, "key": ...}, so a
 consumer can check per-key order; with --headers it also carries the header trace=t{i}; with
 --tombstone the value is null instead (a delete for keyed sinks).
-`consume` prints one JSON object per record (topic, partition, offset, key, value, headers)
+`consume` prints one JSON object per record (topic, partition, offset, timestamp, key, value,
+headers)
 read from the beginning with a throwaway group, and
 stops after --expect records (plus --linger seconds, to catch extra ones) or --timeout seconds
 of silence counted from the partition assignment.
@@ -119,6 +120,7 @@ def consume(args):
             position[msg.partition()] = msg.offset() + 1
             print(json.dumps({
                 "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+                "timestamp": msg.timestamp()[1],
                 "key": msg.key().decode() if msg.key() is not None else None,
                 "value": msg.value().decode() if msg.value() is not None else None,
                 "headers": {k: v.decode() for k, v in (msg.headers() or [])},

@@ -333,11 +333,12 @@ impl StateStores {
             let dir = self.partition_dir(tp);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("state: cannot create {}: {e}", dir.display()))?;
-            // Trusted only until this run writes to it: a crash leaves no checkpoint.
-            let checkpoint = read_checkpoint(&dir);
+            // Trusted only until this run writes to it: a crash leaves no checkpoint. A reset
+            // reads the whole changelog, to delete every key it holds.
+            let checkpoint = read_checkpoint(&dir).filter(|_| !fresh.contains(tp));
             let _ = std::fs::remove_file(dir.join(CHECKPOINT));
             let db_path = dir.join(DB_FILE);
-            if checkpoint.is_none() || fresh.contains(tp) {
+            if checkpoint.is_none() {
                 remove_file(&db_path)?;
             }
             let db = Database::create(&db_path)
