@@ -68,8 +68,11 @@ demo: build
 	@$(SLUICE) run -f plugins/filter-and-enrich/pipeline.yaml
 	@echo; echo "== the 'filtered' output: target/demo-out/filtered.jsonl"
 	@cat target/demo-out/filtered.jsonl
-	@echo; echo "== the same bookings counted per city in hourly windows (windowed-count)"
+	@echo; echo "== the same bookings counted per city in hourly windows, kept in a state store (windowed-count)"
 	@$(SLUICE) run -f plugins/windowed-count/pipeline.yaml
+	@echo; echo "== bookings joined with their payments within 30 minutes, repeated events dropped (booking-payments, state store)"
+	@cat plugins/booking-payments/events.jsonl
+	@$(SLUICE) --log-format human run -f plugins/booking-payments/pipeline.yaml
 	@echo; echo "== card numbers masked by a plugin written in C (c-mask)"
 	@$(SLUICE) run -f plugins/c-mask/pipeline.yaml
 	@echo; echo "==== and on Kafka: a real broker, the reference client, offsets committed after delivery"

@@ -67,6 +67,7 @@ fn loads_every_example_plugin_with_its_descriptor() {
     for (name, language) in [
         ("filter-and-enrich", "rust"),
         ("windowed-count", "rust"),
+        ("booking-payments", "rust"),
         ("router", "rust"),
         ("passthrough", "rust"),
         ("c-mask", "c"),
@@ -75,7 +76,7 @@ fn loads_every_example_plugin_with_its_descriptor() {
         let info = plugin.describe();
         assert_eq!(info["name"], name);
         assert_eq!(info["version"], "0.1.0");
-        assert_eq!(info["abi_version"], "1.1");
+        assert_eq!(info["abi_version"], "1.2");
         assert_eq!(info["language"], language);
         assert!(!info["description"].as_str().unwrap().is_empty());
         assert!(
@@ -235,6 +236,120 @@ fn a_library_that_crashes_the_loader_kills_a_probe_not_the_host() {
             )
         );
     }
+}
+
+/// A C plugin on the raw ABI 1.2 state calls: counts events per key in store `counts`
+/// (`state_get` / `state_put`), and on `revoked` lists the store (`state_scan`).
+const C_COUNTER: &str = r#"#include <stdio.h>
+#include <string.h>
+#include "sluice_plugin.h"
+static sluice_status op(sluice_str c, const sluice_open_context *x, const sluice_host *h, void **i) {
+    (void)c; (void)x; (void)h; *i = (void *)1; return SLUICE_STATUS_OK; }
+static sluice_status emit_text(const sluice_host *h, const char *text) {
+    sluice_record r; memset(&r, 0, sizeof r);
+    r.output = SLUICE_STR("out"); r.value.ptr = (const uint8_t *)text; r.value.len = strlen(text);
+    r.flags = SLUICE_FLAG_KEY_NULL;
+    return h->emit(h->ctx, &r); }
+static sluice_status fail(const sluice_host *h, const char *why) {
+    h->fail(h->ctx, (sluice_str){(const char *)why, strlen(why)}); return SLUICE_STATUS_ERROR; }
+static sluice_status pr(void *i, sluice_events ev, const sluice_host *h) {
+    (void)i;
+    if (h->size < SLUICE_HOST_SIZE_1_2) return fail(h, "this host has no state calls");
+    for (size_t n = 0; n < ev.len; n++) {
+        const sluice_event *e = &ev.ptr[n];
+        sluice_partition p = { e->topic, e->partition };
+        sluice_bytes found = { NULL, 0 };
+        unsigned long count = 0;
+        sluice_status s = h->state_get(h->ctx, &p, SLUICE_STR("counts"), e->key, &found);
+        if (s == SLUICE_STATUS_OK) {
+            char digits[32] = {0};
+            memcpy(digits, found.ptr, found.len < 31 ? found.len : 31);
+            sscanf(digits, "%lu", &count);
+        } else if (s != SLUICE_STATUS_NOT_FOUND) {
+            return fail(h, "state_get refused");
+        }
+        char value[32];
+        snprintf(value, sizeof value, "%lu", count + 1);
+        sluice_bytes v = { (const uint8_t *)value, strlen(value) };
+        if (h->state_put(h->ctx, &p, SLUICE_STR("counts"), e->key, v) != SLUICE_STATUS_OK)
+            return fail(h, "state_put refused");
+        char line[96];
+        snprintf(line, sizeof line, "%.*s=%s", (int)e->key.len, (const char *)e->key.ptr, value);
+        if (emit_text(h, line) != SLUICE_STATUS_OK) return SLUICE_STATUS_ERROR;
+    }
+    return SLUICE_STATUS_OK; }
+struct listing { char text[256]; };
+static int32_t visit(void *ctx, sluice_bytes key, sluice_bytes value) {
+    struct listing *l = ctx;
+    size_t at = strlen(l->text);
+    snprintf(l->text + at, sizeof l->text - at, "%s%.*s:%.*s", at ? " " : "",
+             (int)key.len, (const char *)key.ptr, (int)value.len, (const char *)value.ptr);
+    return 0; }
+static sluice_status rv(void *i, sluice_partitions ps, const sluice_host *h) {
+    (void)i;
+    for (size_t n = 0; n < ps.len; n++) {
+        struct listing l; memset(&l, 0, sizeof l);
+        if (h->state_scan(h->ctx, &ps.ptr[n], SLUICE_STR("counts"), (sluice_bytes){NULL, 0}, visit, &l)
+            != SLUICE_STATUS_OK) return fail(h, "state_scan refused");
+        if (emit_text(h, l.text) != SLUICE_STATUS_OK) return SLUICE_STATUS_ERROR;
+    }
+    return SLUICE_STATUS_OK; }
+static sluice_status cl(void *i, const sluice_host *h) { (void)i; (void)h; return SLUICE_STATUS_OK; }
+static const sluice_plugin_vtable VT = { sizeof(sluice_plugin_vtable), op, pr, NULL, rv, NULL, cl, NULL };
+static const sluice_plugin_descriptor D = { SLUICE_ABI_MAJOR, SLUICE_ABI_MINOR, SLUICE_STR("c-counter"),
+    SLUICE_STR("0.1.0"), SLUICE_STR("counts per key in a state store"), {0, 0}, &VT, 0 };
+SLUICE_EXPORT const sluice_plugin_descriptor *sluice_plugin_entry(void) { return &D; }
+"#;
+
+#[test]
+fn a_c_plugin_counts_in_a_state_store_through_the_raw_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = cc_plugin(dir.path(), "counter", C_COUNTER);
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"k\":\"a\"}\n{\"k\":\"b\"}\n{\"k\":\"a\"}\n{\"k\":\"c\"}\n{\"k\":\"a\"}\n",
+    )
+    .unwrap();
+    let spec = |state: &str| {
+        write_spec(
+            dir.path(),
+            &format!(
+                "name: counter\nplugin:\n  path: {}\nsource:\n  file: {{path: in.jsonl, key-field: k}}\n{state}outputs:\n  out:\n    stdout: {{format: value}}\n",
+                lib.display()
+            ),
+        )
+    };
+    let run = sluice(
+        &[
+            "run",
+            "-f",
+            spec("state: {stores: [counts]}\n").to_str().unwrap(),
+        ],
+        dir.path(),
+        "",
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "a=1\nb=1\na=2\nc=1\na=3\na:3 b:1 c:1\n");
+    // A file run's stores start empty: the same counts again.
+    let again = sluice(
+        &[
+            "run",
+            "-f",
+            spec("state: {stores: [counts]}\n").to_str().unwrap(),
+        ],
+        dir.path(),
+        "",
+    );
+    assert_eq!(again.stdout, run.stdout);
+    // Without the store in the spec: refused, naming it and what to write.
+    let run = sluice(&["run", "-f", spec("").to_str().unwrap()], dir.path(), "");
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the plugin used state store `counts`, but the pipeline declares no state stores: add `state: {stores: [counts]}` to the spec"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// C: `op` (opens an instance) and `pr` (emits each payload to `out`), for test plugins.
@@ -458,7 +573,7 @@ fn refuses_a_plugin_built_for_another_abi_major_version() {
     assert_eq!(
         err,
         format!(
-            "plugin {}: plugin built for ABI 2.0, this host speaks ABI 1.1: rebuild the plugin against sluice-plugin-api 1.x",
+            "plugin {}: plugin built for ABI 2.0, this host speaks ABI 1.2: rebuild the plugin against sluice-plugin-api 1.x",
             lib.display()
         )
     );
@@ -1058,7 +1173,7 @@ fn json_lines(text: &str) -> Vec<Value> {
 #[test]
 fn every_example_spec_validates() {
     let specs = example_specs();
-    assert_eq!(specs.len(), 5, "{specs:?}");
+    assert_eq!(specs.len(), 6, "{specs:?}");
     let plugin_dir = plugin("passthrough").parent().unwrap().to_owned();
     let c_dir = plugin("c-mask").parent().unwrap().to_owned();
     let out = tempfile::tempdir().unwrap();
@@ -1142,6 +1257,34 @@ fn example_windowed_count_end_to_end() {
     assert!(
         counts.iter().any(|c| c["closed"] == false),
         "the last windows are emitted by flush"
+    );
+}
+
+#[test]
+fn example_booking_payments_end_to_end() {
+    let out = tempfile::tempdir().unwrap();
+    let run = run_example("booking-payments", out.path());
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let paid = json_lines(&run.stdout);
+    // b-1001 paid after 5 min, b-1003 paid before its booking; b-1002 and b-1004 were paid too
+    // late; the repeated payment p-1 and booking e-2 are dropped.
+    let summary: Vec<(String, i64)> = paid
+        .iter()
+        .map(|p| {
+            (
+                p["booking_id"].as_str().unwrap().to_owned(),
+                p["paid_after_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("b-1001".into(), 300_000), ("b-1003".into(), -40_000)]
+    );
+    assert!(
+        run.stderr.contains("2 duplicate events dropped"),
+        "{}",
+        run.stderr
     );
 }
 
@@ -1245,7 +1388,7 @@ fn inspect_prints_text_and_json() {
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("abi          1.1 (rust plugin)"));
+    assert!(run.stdout.contains("abi          1.2 (rust plugin)"));
     // Its outputs come from the config (`output`), so it declares none.
     assert!(run.stdout.contains("outputs      not declared"));
     let run = sluice(
