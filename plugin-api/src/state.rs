@@ -248,3 +248,77 @@ impl Store<'_> {
         self.put(key, &bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe extern "C" fn no_emit(_: *mut c_void, _: *const crate::Record<'_>) -> abi::Status {
+        abi::STATUS_OK
+    }
+    unsafe extern "C" fn no_error(_: *mut c_void, _: usize, _: u32, _: Str<'_>) {}
+    unsafe extern "C" fn no_text(_: *mut c_void, _: Str<'_>) {}
+    unsafe extern "C" fn no_log(_: *mut c_void, _: u32, _: Str<'_>) {}
+    unsafe extern "C" fn get(
+        _: *mut c_void,
+        _: *const Partition<'_>,
+        _: Str<'_>,
+        _: Bytes<'_>,
+        _: *mut Bytes<'_>,
+    ) -> abi::Status {
+        panic!("a 1.1 host has no state_get")
+    }
+    unsafe extern "C" fn put(
+        _: *mut c_void,
+        _: *const Partition<'_>,
+        _: Str<'_>,
+        _: Bytes<'_>,
+        _: Bytes<'_>,
+    ) -> abi::Status {
+        panic!("a 1.1 host has no state_put")
+    }
+    unsafe extern "C" fn delete(
+        _: *mut c_void,
+        _: *const Partition<'_>,
+        _: Str<'_>,
+        _: Bytes<'_>,
+    ) -> abi::Status {
+        panic!("a 1.1 host has no state_delete")
+    }
+    unsafe extern "C" fn scan(
+        _: *mut c_void,
+        _: *const Partition<'_>,
+        _: Str<'_>,
+        _: Bytes<'_>,
+        _: abi::StateVisitFn,
+        _: *mut c_void,
+    ) -> abi::Status {
+        panic!("a 1.1 host has no state_scan")
+    }
+
+    #[test]
+    fn a_host_older_than_1_2_is_never_called_for_state() {
+        let host = Host {
+            size: std::mem::offset_of!(Host, state_get),
+            ctx: std::ptr::null_mut(),
+            emit: no_emit,
+            event_error: no_error,
+            fail: no_text,
+            log: no_log,
+            state_get: get,
+            state_put: put,
+            state_delete: delete,
+            state_scan: scan,
+        };
+        let mut out = Output { host: &host };
+        let mut store = out.store("counts", "t", 0);
+        for err in [
+            store.get(b"k").unwrap_err(),
+            store.put(b"k", b"v").unwrap_err(),
+            store.delete(b"k").unwrap_err(),
+            store.scan(b"", |_, _| true).unwrap_err(),
+        ] {
+            assert!(err.message().contains("older than 1.2"), "{err}");
+        }
+    }
+}

@@ -1543,6 +1543,46 @@ outputs:
     }
 
     #[test]
+    fn state_stores_are_checked_and_name_their_changelogs() {
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: 127.0.0.1:9092\n    topics: [rides]\n    group-id: g\n",
+        );
+        let with = |state: &str, extra: &str| parse(&format!("{kafka}{extra}state: {state}\n"));
+        let spec = with("{stores: [windows, seen]}", "").unwrap();
+        assert_eq!(spec.state.as_ref().unwrap().stores, ["windows", "seen"]);
+        assert_eq!(
+            StateSpec::changelog_topic("g", "rides", "windows"),
+            "g-rides-windows-changelog"
+        );
+        let refusals = [
+            ("{stores: []}", "", "state.stores: name at least one store"),
+            ("{stores: [a b]}", "", "a store name is letters, digits"),
+            ("{stores: [a, a]}", "", "`a` is named twice"),
+            (
+                "{stores: [a], replication-factor: 0}",
+                "",
+                "must be between 1 and 32",
+            ),
+            (
+                "{stores: [a]}",
+                "ordering: none\n",
+                "state needs `ordering: partition` or `key`",
+            ),
+            ("{stores: [a], dirr: x}", "", "unknown field `dirr`"),
+        ];
+        for (state, extra, message) in refusals {
+            let err = with(state, extra).unwrap_err().to_string();
+            assert!(err.contains(message), "{state}: {err}");
+        }
+        let long = "s".repeat(240);
+        let err = with(&format!("{{stores: [{long}]}}"), "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("longer than Kafka's 249 characters"), "{err}");
+    }
+
+    #[test]
     fn reset_needs_a_kafka_source_and_no_exactly_once_output() {
         let mut file = parse(SPEC).unwrap();
         assert!(
