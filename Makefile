@@ -106,6 +106,7 @@ bench: deps
 	$(CARGO) bench -p sluice-runtime --bench abi
 	$(CARGO) bench -p sluice-runtime --bench kafka
 	$(CARGO) bench -p sluice-runtime --bench cost
+	$(CARGO) bench -p sluice-runtime --bench state
 	$(CARGO) bench -p sluice-runtime --bench postgres
 
 ## fuzz: every fuzz target (fuzz/fuzz_targets/) for FUZZ_SECONDS each (default 120) with

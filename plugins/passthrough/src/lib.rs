@@ -1,27 +1,48 @@
 //! passthrough: forwards every event unchanged (key, value, headers; tombstones stay
 //! tombstones) to the `out` output. A mirror or topic-copy pipeline, and the no-op plugin the
-//! ABI benchmark measures.
+//! ABI benchmark measures. With `state_store` set it also writes each event's value under its
+//! key in that state store (the latest value per key): one state write per event, what the state
+//! benchmark measures.
 
+use serde::Deserialize;
 use sluice_plugin_api::{
-    Context, Error, Event, EventError, NoConfig, Output, Pipeline, Record, export_plugin,
+    Context, Error, Event, EventError, Output, Pipeline, Record, export_plugin,
 };
+
+/// `plugin.config`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// A state store (declared in the spec's `state.stores`) to write key -> latest value into.
+    #[serde(default)]
+    pub state_store: Option<String>,
+}
 
 /// The pipeline.
 #[derive(Debug)]
-pub struct Passthrough;
+pub struct Passthrough {
+    state_store: Option<String>,
+}
 
 impl Pipeline for Passthrough {
-    type Config = NoConfig;
+    type Config = Config;
     const DESCRIPTION: &'static str = "Forwards every event unchanged to the `out` output";
-    const CONFIG_SCHEMA: Option<&'static str> =
-        Some(r#"{"type": "object", "additionalProperties": false}"#);
+    const CONFIG_SCHEMA: Option<&'static str> = Some(
+        r#"{"type": "object", "additionalProperties": false, "properties": {"state_store": {"type": "string", "minLength": 1}}}"#,
+    );
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["out"]);
 
-    fn open(_config: NoConfig, _ctx: &Context<'_>) -> Result<Self, Error> {
-        Ok(Passthrough)
+    fn open(config: Config, _ctx: &Context<'_>) -> Result<Self, Error> {
+        Ok(Passthrough {
+            state_store: config.state_store,
+        })
     }
 
     fn process_event(&mut self, event: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
+        if let Some(store) = &self.state_store {
+            out.store(store, event.topic(), event.partition())
+                .put(event.key().unwrap_or_default(), event.payload())?;
+        }
         let record = Record::to("out")
             .headers(event.headers())
             .key_opt(event.key());
