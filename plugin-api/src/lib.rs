@@ -8,13 +8,17 @@
 //!
 //! - [`abi`]: the `repr(C)` types and tables (the contract itself).
 //! - [`sdk`]: for Rust authors: implement [`Pipeline`], then `export_plugin!(MyPipeline)`.
+//! - [`state`]: keyed state stores offered by the host (ABI 1.2): [`Output::store`].
+//! - [`window`]: event-time windows, dedup and joins, in memory or (`StoredWindows`) in a store.
 //! - `host` (feature `host`): the safe host side of the calls, used by the runtime.
 //! - `testing` (feature `testing`): a harness to unit-test a pipeline without the host. Build
 //!   this reference with it: `cargo doc -p sluice-plugin-api --features testing`.
 //!
 //! In the function table, `open`, `process` and `close` are required (a NULL one is refused at
 //! load, by name); `assigned`, `revoked`, `flush` and, since ABI 1.1, `output_name` (the outputs
-//! a plugin declares, [`Pipeline::OUTPUTS`] in Rust) may be NULL.
+//! a plugin declares, [`Pipeline::OUTPUTS`] in Rust) may be NULL. ABI 1.2 appended the state
+//! calls to the host table (`state_get`, `state_put`, `state_delete`, `state_scan`); the SDK's
+//! [`Store`] checks the host's `size` and fails its calls on an older host.
 //!
 //! ## Data flow
 //! Events arrive in batches as borrowed views ([`abi::Event`]) valid only during the call; the

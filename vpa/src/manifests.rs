@@ -371,6 +371,9 @@ pub fn drain_and_grace(sp: &StreamPipeline, placement: &Placement) -> (u64, u64)
     }
 }
 
+/// Where a stateful pipeline's pod keeps its state stores (an `emptyDir`).
+pub const STATE_DIR: &str = "/var/lib/sluice/state";
+
 /// The pipeline spec the runtime reads: `spec.pipeline` plus what the resource's own fields say
 /// (the drain timeout as `drain_and_grace` gives it).
 pub fn pipeline_yaml(sp: &StreamPipeline, drain_ms: u64) -> String {
@@ -497,6 +500,22 @@ pub fn children_sized(
         || requests.memory.clone(),
         |b| bytes_quantity(b * MEMORY_BURST),
     );
+    // State stores need a writable directory (the root filesystem is read-only): a volume of
+    // the pod's own, as their changelogs are the source of truth and a new pod restores.
+    let stateful = sp.spec.pipeline.get("state").is_some_and(|s| !s.is_null());
+    let mut env = vec![
+        json!({"name": "KAFKA_BOOTSTRAP_SERVERS", "valueFrom": {"secretKeyRef": {
+            "name": sp.spec.kafka.bootstrap_servers.name,
+            "key": sp.spec.kafka.bootstrap_servers.key}}}),
+        json!({"name": "SLUICE_LOG_FORMAT", "value": "json"}),
+    ];
+    let mut mounts = vec![json!({"name": "spec", "mountPath": "/etc/sluice", "readOnly": true})];
+    let mut volumes = vec![json!({"name": "spec", "configMap": {"name": name}})];
+    if stateful {
+        env.push(json!({"name": "SLUICE_STATE_DIR", "value": STATE_DIR}));
+        mounts.push(json!({"name": "state", "mountPath": STATE_DIR}));
+        volumes.push(json!({"name": "state", "emptyDir": {}}));
+    }
     let mut deployment_meta = meta(&name);
     deployment_meta["annotations"] = json!({
         "checkov.io/skip1": "CKV_K8S_35=the bootstrap servers reach the runtime's ${VAR} interpolation through the environment; credentials belong in producer/consumer properties-from-env",
@@ -531,12 +550,7 @@ pub fn children_sized(
                         "image": sp.spec.image,
                         "imagePullPolicy": "Always",
                         "args": ["run", "-f", "/etc/sluice/pipeline.yaml"],
-                        "env": [
-                            {"name": "KAFKA_BOOTSTRAP_SERVERS", "valueFrom": {"secretKeyRef": {
-                                "name": sp.spec.kafka.bootstrap_servers.name,
-                                "key": sp.spec.kafka.bootstrap_servers.key}}},
-                            {"name": "SLUICE_LOG_FORMAT", "value": "json"},
-                        ],
+                        "env": env,
                         "ports": [{"name": "admin", "containerPort": ADMIN_PORT}],
                         "readinessProbe": probe("/readyz", 5),
                         "livenessProbe": probe("/healthz", 10),
@@ -563,9 +577,9 @@ pub fn children_sized(
                             "allowPrivilegeEscalation": false, "privileged": false,
                             "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]},
                         },
-                        "volumeMounts": [{"name": "spec", "mountPath": "/etc/sluice", "readOnly": true}],
+                        "volumeMounts": mounts,
                     }],
-                    "volumes": [{"name": "spec", "configMap": {"name": name}}],
+                    "volumes": volumes,
                 },
             },
         },
@@ -1224,6 +1238,39 @@ mod tests {
                 "{provider}"
             );
         }
+    }
+
+    #[test]
+    fn a_stateful_pipeline_gets_a_writable_state_directory() {
+        let mut sp = example();
+        let pod = |sp: &StreamPipeline| {
+            children(sp, 4, &Placement::neutral()).deployment["spec"]["template"]["spec"].clone()
+        };
+        let stateless = pod(&sp);
+        assert_eq!(stateless["volumes"].as_array().unwrap().len(), 1);
+        sp.spec.pipeline["state"] = json!({"stores": ["windows"]});
+        check(&sp).unwrap();
+        let stateful = pod(&sp);
+        let container = &stateful["containers"][0];
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "SLUICE_STATE_DIR", "value": STATE_DIR}))
+        );
+        assert!(
+            container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "state", "mountPath": STATE_DIR}))
+        );
+        assert!(
+            stateful["volumes"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "state", "emptyDir": {}}))
+        );
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     }
 
     #[test]
