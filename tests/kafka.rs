@@ -1046,7 +1046,7 @@ fn metrics_count_exactly_what_was_consumed_and_emitted_and_logs_are_json_lifecyc
         metric(
             &m,
             "sluice_plugin_info",
-            &[("plugin", "passthrough"), ("abi_version", "1.1")]
+            &[("plugin", "passthrough"), ("abi_version", "1.2")]
         ),
         Some(1.0)
     );
@@ -1717,18 +1717,21 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
         )
         .is_empty()
     };
+    let mut committed = 0;
     for kill in 0..10 {
         let run = start_with(&spec, dir.path(), &[], &env_a);
         wait_until("the partitions assigned", Duration::from_secs(60), || {
             assigned(&run)
         });
-        let after = 100 + next(1500);
+        // Mid-stream: once this run has committed something of its own.
+        wait_until("a commit of this run", Duration::from_secs(60), || {
+            committed_sum(&names.input, &names.group) > committed
+        });
+        let after = next(1500);
         std::thread::sleep(Duration::from_millis(after));
         run.kill();
-        eprintln!(
-            "kill {kill}: {after} ms after assignment; {} committed",
-            committed_sum(&names.input, &names.group)
-        );
+        committed = committed_sum(&names.input, &names.group);
+        eprintln!("kill {kill}: {after} ms after a first commit; {committed} committed");
         // The test broker gives a newcomer no partitions while a dead member's session is alive.
         std::thread::sleep(Duration::from_secs(7));
     }
@@ -1854,7 +1857,17 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     );
     let expect = rewound.keys().filter(|(_, s)| s + 1000 <= until).count();
     let run = start_with(&spec2, dir.path(), &["--reset"], &env_a);
-    let _ = consume(&output2, expect);
+    let closed = || {
+        emitted_windows(&consume_quick(&output2))
+            .keys()
+            .filter(|(_, s)| s + 1000 <= until)
+            .count()
+    };
+    wait_until(
+        "the rewound windows closed",
+        Duration::from_secs(180),
+        || closed() >= expect,
+    );
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(!log_events(&log, "state: reset").is_empty(), "{log}");
