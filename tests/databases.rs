@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use sluice_tests::db::{MariaDb, Postgres};
 use sluice_tests::{
-    Broker, Running, free_port, http_get, metric, plugin, start_with_env, unique, wait_until,
-    write_spec,
+    Broker, Running, free_port, http_get, log_events, metric, plugin, start_with_env, unique,
+    wait_until, write_spec,
 };
 
 fn broker() -> &'static Broker {
@@ -232,13 +232,31 @@ fn postgres_down_for_10_s_mid_stream_pauses_and_loses_nothing() {
     assert_eq!(http_get(port, "/readyz").map(|(c, _)| c), Some(200));
     pg.down();
     let outage = std::time::Instant::now();
+    // Unready at the first failed connection attempt: the pool gives up a refused one in 2 s.
     wait_until(
         "not ready: output unreachable",
-        Duration::from_secs(8),
+        Duration::from_secs(4),
         || {
             http_get(port, "/readyz")
                 .is_some_and(|(code, body)| code == 503 && body.contains("output out unreachable"))
         },
+    );
+    eprintln!(
+        "unready {:.1} s into the outage",
+        outage.elapsed().as_secs_f64()
+    );
+    // The condition says so, naming the output, within the watchdog's second.
+    wait_until("condition SinkDown", Duration::from_secs(3), || {
+        let status: serde_json::Value =
+            serde_json::from_str(&http_get(port, "/status").unwrap().1).unwrap();
+        status["condition"]["name"] == "SinkDown"
+            && status["condition"]["subjects"] == serde_json::json!(["out"])
+    });
+    let m = http_get(port, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(&m, "sluice_condition", &[("condition", "SinkDown")]),
+        Some(1.0),
+        "{m}"
     );
     let m = http_get(port, "/metrics").unwrap().1;
     assert_eq!(
@@ -275,6 +293,11 @@ fn postgres_down_for_10_s_mid_stream_pauses_and_loses_nothing() {
     wait_until("ready again", Duration::from_secs(10), || {
         http_get(port, "/readyz").is_some_and(|(code, _)| code == 200)
     });
+    wait_until("SinkDown over", Duration::from_secs(5), || {
+        let status: serde_json::Value =
+            serde_json::from_str(&http_get(port, "/status").unwrap().1).unwrap();
+        status["condition"]["name"] != "SinkDown"
+    });
     // Every row went through a committed batch, timed end to end (a row written again after a
     // lost commit answer counts again: at least `total`).
     let m = http_get(port, "/metrics").unwrap().1;
@@ -307,8 +330,17 @@ fn postgres_down_for_10_s_mid_stream_pauses_and_loses_nothing() {
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(
-        log.contains("database unavailable, retrying") && log.contains("database reachable again"),
+        log.contains("database unavailable, retrying: workers wait on it")
+            && log.contains("database reachable again"),
         "the outage and its end are logged:\n{log}"
+    );
+    let entered = log_events(&log, "condition: SinkDown");
+    assert_eq!(entered.len(), 1, "logged once on entry:\n{log}");
+    assert!(
+        log_events(&log, "condition over")
+            .iter()
+            .any(|e| e["condition"] == "SinkDown"),
+        "and once on exit:\n{log}"
     );
     assert_eq!(
         broker().committed_sum(&topic, &group),

@@ -1901,3 +1901,102 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     }
     assert!(windows > 0, "{restored}");
 }
+
+/// A plugin call that does not return: the pod says `Stalled` (in `/status`, the metric and one
+/// log line) within its bound, leaves and rejoins the group (the remedy), and when that does not
+/// help, fails `/healthz` so Kubernetes would restart it. Once the call returns, the condition
+/// clears and every event arrives (at least once).
+#[test]
+fn a_plugin_that_blocks_is_stalled_then_rejoined_then_unhealthy_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(2);
+    produce(&names.input, 200, 0);
+    let gate = dir.path().join("gate");
+    let plugin_spec = format!(
+        "  path: {}\n  config: {{mode: ok, gate_file: {}}}\n",
+        plugin("misbehaving").display(),
+        gate.display()
+    );
+    let port = free_port();
+    let spec = with_admin(
+        &pipeline_spec(
+            dir.path(),
+            &names,
+            &plugin_spec,
+            "    drain-timeout-ms: 2000\n",
+        ),
+        port,
+        "  stalled-after-ms: 3000\n  rejoin-attempts: 1\n",
+    );
+    let run = start(&spec, dir.path());
+    wait_until("200 committed", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) == 200
+    });
+    let status = || -> Value {
+        http_get(port, "/status")
+            .map(|(_, body)| serde_json::from_str(&body).unwrap())
+            .unwrap_or(Value::Null)
+    };
+    assert_ne!(status()["condition"]["name"], "Stalled");
+    // A `hold` event blocks its worker mid-call, with 100 more events behind it.
+    let held = dir.path().join("held.txt");
+    std::fs::write(&held, "hold\n").unwrap();
+    kafka_tool(&[
+        "produce-file",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        &names.input,
+        "--file",
+        held.to_str().unwrap(),
+    ]);
+    produce(&names.input, 100, 200);
+    let held_at = Instant::now();
+    wait_until("Stalled", Duration::from_secs(15), || {
+        status()["condition"]["name"] == "Stalled"
+    });
+    let stalled_after = held_at.elapsed();
+    let subjects = status()["condition"]["subjects"].clone();
+    assert!(
+        subjects.as_array().is_some_and(|s| !s.is_empty()
+            && s.iter()
+                .all(|p| p.as_str().unwrap().starts_with(&names.input))),
+        "{subjects}"
+    );
+    let m = http_get(port, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(&m, "sluice_condition", &[("condition", "Stalled")]),
+        Some(1.0),
+        "{m}"
+    );
+    wait_until("the remedy gives up", Duration::from_secs(60), || {
+        http_get(port, "/healthz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("Stalled after 1 rejoins"))
+    });
+    // The cause goes away: the call returns, the events go through, the condition clears.
+    std::fs::write(&gate, "").unwrap();
+    wait_until("all 301 committed", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) == 301
+    });
+    wait_until("no longer Stalled", Duration::from_secs(10), || {
+        status()["condition"]["name"] != "Stalled"
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        !log_events(&log, "condition: Stalled").is_empty(),
+        "the condition is logged on entry:\n{log}"
+    );
+    assert_eq!(
+        log_events(&log, "remedy: leaving the group").len(),
+        1,
+        "one rejoin:\n{log}"
+    );
+    assert_eq!(log_events(&log, "remedies exhausted").len(), 1, "{log}");
+    let values: std::collections::BTreeSet<String> = consume_quick(&names.output)
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values.len(), 301, "every event arrived");
+    eprintln!("Stalled {stalled_after:?} after the hold (bound 3 s)");
+}

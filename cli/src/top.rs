@@ -128,9 +128,29 @@ fn render_pod(frame: &mut ratatui::Frame<'_>, area: Rect, pod: &Pod) {
             Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
         )
     };
+    let condition = &status.condition;
+    let color = match condition.name.as_str() {
+        "Healthy" | "Idle" | "" => Color::Green,
+        "Starved" => Color::Yellow,
+        _ => Color::Red,
+    };
+    let about = if condition.subjects.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", condition.subjects.join(" "))
+    };
     let mut title = vec![
         Span::raw(format!(" {}  pipeline {}  ", pod.url, status.pipeline)),
         ready,
+        Span::raw("  "),
+        Span::styled(
+            format!(
+                "{} {}{about}",
+                condition.name,
+                human_duration(condition.seconds)
+            ),
+            Style::default().fg(color),
+        ),
         Span::raw(format!("  up {} ", human_duration(status.uptime_seconds))),
     ];
     if let Some(err) = &pod.error {

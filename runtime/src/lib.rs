@@ -4,6 +4,7 @@
 //! crate (`scripts/check-deps.sh`, run by `make test`, keeps it so).
 
 pub mod admin;
+pub mod condition;
 pub mod config;
 pub mod cpu;
 pub mod dead_letter;

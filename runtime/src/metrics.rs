@@ -116,6 +116,12 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// When the run started, seconds since the epoch.
     pub start_time_seconds: Gauge,
+    /// 1 for the pipeline's current condition, 0 for the others.
+    pub condition: IntGaugeVec,
+    /// Times the pipeline entered each condition.
+    pub condition_changes: IntCounterVec,
+    /// Remedies run for `Starved` / `Stalled`, per action (`rejoin`, `give-up`).
+    pub remedies: IntCounterVec,
     /// State writes (puts and deletes), per store.
     pub state_writes: IntCounterVec,
     /// Changelog records applied while restoring, per store.
@@ -353,6 +359,24 @@ impl Metrics {
             start_time_seconds: single_f(
                 "start_time_seconds",
                 "When the run started, in seconds since the epoch.",
+            ),
+            condition: gauge(
+                reg,
+                "condition",
+                "1 for the pipeline's current condition (Healthy, Idle, Starved, Stalled, SinkDown, CommitsFailing), 0 for the others.",
+                &["condition"],
+            ),
+            condition_changes: counter(
+                reg,
+                "condition_changes_total",
+                "Times the pipeline entered each condition.",
+                &["condition"],
+            ),
+            remedies: counter(
+                reg,
+                "remedies_total",
+                "Remedies run for Starved and Stalled, per action (rejoin, give-up).",
+                &["action"],
             ),
             state_writes: counter(
                 reg,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::condition::Condition;
 use crate::metrics::Metrics;
 use crate::offsets::TopicPartition;
 
@@ -189,6 +190,12 @@ pub struct Health {
     plugin: OnceLock<PluginStatus>,
     capacity: Mutex<Option<Capacity>>,
     events_in: OnceLock<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// The pipeline's condition (`condition::decide`), since when, and what it is about.
+    condition: Mutex<(Condition, Instant, Vec<String>)>,
+    /// Why the remedies gave up: `/healthz` fails with it.
+    gave_up: Mutex<Option<String>>,
+    /// When the current streak of failed commits began.
+    commits_failing_since: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -222,7 +229,62 @@ impl Health {
             plugin: OnceLock::new(),
             capacity: Mutex::default(),
             events_in: OnceLock::new(),
+            condition: Mutex::new((Condition::Healthy, Instant::now(), Vec::new())),
+            gave_up: Mutex::default(),
+            commits_failing_since: Mutex::default(),
         }
+    }
+
+    /// The condition now: what, for how long, about what.
+    pub fn condition(&self) -> (Condition, Duration, Vec<String>) {
+        let c = self.condition.lock().unwrap_or_else(|e| e.into_inner());
+        (c.0, c.1.elapsed(), c.2.clone())
+    }
+
+    /// A new condition (or new subjects of the same one).
+    pub fn set_condition(&self, condition: Condition, subjects: Vec<String>) {
+        let mut c = self.condition.lock().unwrap_or_else(|e| e.into_inner());
+        let since = if c.0 == condition {
+            c.1
+        } else {
+            Instant::now()
+        };
+        *c = (condition, since, subjects);
+    }
+
+    /// The remedies gave up: `/healthz` fails from now on with `why`.
+    pub fn give_up(&self, why: String) {
+        *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// A commit failed (`true`) or worked (`false`).
+    pub fn commit_result(&self, failed: bool) {
+        let mut since = self
+            .commits_failing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !failed {
+            *since = None;
+        } else if since.is_none() {
+            *since = Some(Instant::now());
+        }
+    }
+
+    /// For how long commits have been failing.
+    pub fn commits_failing_for(&self) -> Option<Duration> {
+        self.commits_failing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|at| at.elapsed())
+    }
+
+    /// librdkafka's last reported offsets of `tp`.
+    pub fn broker_offsets(&self, tp: &TopicPartition) -> Option<BrokerOffsets> {
+        self.broker_offsets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tp)
+            .copied()
     }
 
     /// When the run started (seconds since the epoch).
@@ -353,6 +415,9 @@ impl Health {
             .position(|w| w.state() == WorkerState::Exited)
         {
             return Err(format!("worker {i} ended unexpectedly"));
+        }
+        if let Some(why) = &*self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(why.clone());
         }
         Ok(())
     }
@@ -509,8 +574,14 @@ impl Health {
                 reachable: s.reachable.load(Ordering::Acquire),
             })
             .collect();
+        let (condition, for_time, subjects) = self.condition();
         Status {
             pipeline: self.pipeline.clone(),
+            condition: ConditionStatus {
+                name: condition.name().to_owned(),
+                seconds: for_time.as_secs_f64(),
+                subjects,
+            },
             lifecycle: readiness.lifecycle,
             ready: readiness.ready(),
             not_ready: readiness.reasons(),
@@ -677,11 +748,25 @@ pub struct Totals {
     pub partition_pauses: u64,
 }
 
+/// The pipeline's condition in `/status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConditionStatus {
+    /// `Healthy`, `Idle`, `Starved`, `Stalled`, `SinkDown`, `CommitsFailing`.
+    pub name: String,
+    /// For how long.
+    pub seconds: f64,
+    /// The stalled partitions or unreachable outputs.
+    pub subjects: Vec<String>,
+}
+
 /// The `/status` document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// Pipeline name.
     pub pipeline: String,
+    /// Whether it makes progress (`condition::decide`).
+    #[serde(default)]
+    pub condition: ConditionStatus,
     /// Where the run is.
     pub lifecycle: Lifecycle,
     /// Whether `/readyz` says ready.
@@ -737,6 +822,19 @@ impl Status {
             self.lifecycle,
             human_duration(self.uptime_seconds)
         );
+        if !self.condition.name.is_empty() {
+            let about = if self.condition.subjects.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.condition.subjects.join(" "))
+            };
+            let _ = writeln!(
+                out,
+                "condition {} for {}{about}",
+                self.condition.name,
+                human_duration(self.condition.seconds)
+            );
+        }
         if let Some(why) = &self.live {
             let _ = writeln!(out, "NOT LIVE: {why}");
         }

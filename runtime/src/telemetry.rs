@@ -151,6 +151,7 @@ pub struct OffsetsCommitted<'a> {
 
 impl InternalEvent for OffsetsCommitted<'_> {
     fn emit(self, t: &Telemetry) {
+        t.health.commit_result(false);
         if !self.commits.is_empty() {
             t.metrics.commits.inc();
             t.health.committed(self.commits);
@@ -199,6 +200,7 @@ pub struct CommitFailed<'a> {
 impl InternalEvent for CommitFailed<'_> {
     fn emit(self, t: &Telemetry) {
         t.metrics.commit_failures.inc();
+        t.health.commit_result(true);
         if self.retried {
             tracing::warn!("commit failed, will retry: {}", self.error);
         } else {
@@ -339,7 +341,7 @@ impl InternalEvent for EventDeadLettered<'_> {
     }
 }
 
-/// A sink cannot write (connection lost, broker down): retrying, partitions pause meanwhile.
+/// A sink cannot write (connection lost, broker down): retrying; workers wait on it.
 #[derive(Debug)]
 pub struct SinkUnavailable<'a> {
     /// What is down, for the log line: "database", "broker".
@@ -362,7 +364,7 @@ impl InternalEvent for SinkUnavailable<'_> {
             .inc();
         self.reachable.store(false, Ordering::Release);
         if self.first {
-            tracing::warn!(output = %self.output, "{} unavailable, retrying (partitions pause meanwhile): {}", self.what, self.error);
+            tracing::warn!(output = %self.output, "{} unavailable, retrying: workers wait on it (a partition pauses once partition-capacity of its events are in flight) and nothing past it is committed: {}", self.what, self.error);
         }
     }
 }
@@ -554,5 +556,111 @@ impl InternalEvent for StateReset<'_> {
     fn emit(self, t: &Telemetry) {
         let _ = t;
         tracing::info!(partition = %self.partition, keys = self.keys, why = self.why, "state: reset to empty with the rewound input");
+    }
+}
+
+/// The pipeline's condition changed (`condition::decide`): logged once on entry (with what it is
+/// about) and once on exit (with how long it lasted), counted, and the gauge moved.
+#[derive(Debug)]
+pub struct ConditionChanged<'a> {
+    /// The condition left.
+    pub from: crate::condition::Condition,
+    /// How long it lasted.
+    pub lasted: Duration,
+    /// The condition entered.
+    pub to: crate::condition::Condition,
+    /// The stalled partitions or unreachable outputs.
+    pub subjects: &'a [String],
+}
+
+impl InternalEvent for ConditionChanged<'_> {
+    fn emit(self, t: &Telemetry) {
+        use crate::condition::Condition;
+        let (from, to) = (self.from.name(), self.to.name());
+        let lasted = format!("{:.1}", self.lasted.as_secs_f64());
+        match self.from {
+            Condition::Healthy | Condition::Idle => {
+                tracing::debug!(condition = from, seconds = lasted, "condition over")
+            }
+            _ => tracing::info!(condition = from, seconds = lasted, "condition over"),
+        }
+        let about = self.subjects.join(" ");
+        match self.to {
+            Condition::Healthy | Condition::Idle => {
+                tracing::info!(condition = to, "condition: {to}")
+            }
+            Condition::SinkDown => {
+                tracing::warn!(condition = to, outputs = %about, "condition: SinkDown: an output cannot be reached; workers wait on it and nothing past it is committed")
+            }
+            Condition::CommitsFailing => tracing::warn!(
+                condition = to,
+                "condition: CommitsFailing: offset commits keep failing; a restart would replay everything since the last one"
+            ),
+            Condition::Stalled => {
+                tracing::warn!(condition = to, partitions = %about, "condition: Stalled: partitions with lag make no progress")
+            }
+            Condition::Starved => tracing::warn!(
+                condition = to,
+                "condition: Starved: the group has lag but this member holds no partition"
+            ),
+        }
+        for c in Condition::ALL {
+            t.metrics
+                .condition
+                .with_label_values(&[c.name()])
+                .set(i64::from(c == self.to));
+        }
+        t.metrics.condition_changes.with_label_values(&[to]).inc();
+        t.health.set_condition(self.to, self.subjects.to_vec());
+    }
+}
+
+/// A remedy for `Starved` or `Stalled`: leave the group and join again (a stalled partition then
+/// restarts from its committed offset).
+#[derive(Debug)]
+pub struct RemedyTried {
+    /// The condition.
+    pub condition: crate::condition::Condition,
+    /// Which attempt.
+    pub attempt: u32,
+    /// Of how many.
+    pub of: u32,
+}
+
+impl InternalEvent for RemedyTried {
+    fn emit(self, t: &Telemetry) {
+        tracing::warn!(
+            condition = self.condition.name(),
+            attempt = self.attempt,
+            of = self.of,
+            "remedy: leaving the group and joining again (partitions restart from their committed offsets)"
+        );
+        t.metrics.remedies.with_label_values(&["rejoin"]).inc();
+    }
+}
+
+/// The remedies did not help: `/healthz` fails from now on, so the pod is restarted.
+#[derive(Debug)]
+pub struct RemediesExhausted {
+    /// The condition.
+    pub condition: crate::condition::Condition,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+impl InternalEvent for RemediesExhausted {
+    fn emit(self, t: &Telemetry) {
+        let why = format!(
+            "{} after {} rejoins: restart the pod",
+            self.condition.name(),
+            self.attempts
+        );
+        tracing::error!(
+            condition = self.condition.name(),
+            attempts = self.attempts,
+            "remedies exhausted: /healthz fails from now on"
+        );
+        t.metrics.remedies.with_label_values(&["give-up"]).inc();
+        t.health.give_up(why);
     }
 }

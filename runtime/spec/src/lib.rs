@@ -152,6 +152,34 @@ pub struct AdminSpec {
     /// How often librdkafka reports the watermarks behind `sluice_consumer_lag`.
     #[serde(default = "default_lag_interval_ms")]
     pub lag_interval_ms: u64,
+    /// `Starved`: a member of a group with lag holding no partition for this long.
+    #[serde(default = "default_starved_after_ms")]
+    pub starved_after_ms: u64,
+    /// `Stalled`: an assigned partition with lag and no progress for this long.
+    #[serde(default = "default_stalled_after_ms")]
+    pub stalled_after_ms: u64,
+    /// `CommitsFailing`: offset commits failing for this long.
+    #[serde(default = "default_commits_failing_after_ms")]
+    pub commits_failing_after_ms: u64,
+    /// Leave-and-rejoin attempts for `Starved` and `Stalled` before `/healthz` fails.
+    #[serde(default = "default_rejoin_attempts")]
+    pub rejoin_attempts: u32,
+}
+
+fn default_starved_after_ms() -> u64 {
+    30_000
+}
+
+fn default_stalled_after_ms() -> u64 {
+    60_000
+}
+
+fn default_commits_failing_after_ms() -> u64 {
+    60_000
+}
+
+fn default_rejoin_attempts() -> u32 {
+    2
 }
 
 impl Default for AdminSpec {
@@ -160,6 +188,10 @@ impl Default for AdminSpec {
             listen: None,
             metrics: true,
             lag_interval_ms: default_lag_interval_ms(),
+            starved_after_ms: default_starved_after_ms(),
+            stalled_after_ms: default_stalled_after_ms(),
+            commits_failing_after_ms: default_commits_failing_after_ms(),
+            rejoin_attempts: default_rejoin_attempts(),
         }
     }
 }
@@ -1032,6 +1064,24 @@ impl PipelineSpec {
         }
         if !(100..=600_000).contains(&self.admin.lag_interval_ms) {
             return Err(self.invalid("admin.lag-interval-ms", "must be between 100 and 600000"));
+        }
+        for (field, ms) in [
+            ("admin.starved-after-ms", self.admin.starved_after_ms),
+            ("admin.stalled-after-ms", self.admin.stalled_after_ms),
+            (
+                "admin.commits-failing-after-ms",
+                self.admin.commits_failing_after_ms,
+            ),
+        ] {
+            if !(1_000..=86_400_000).contains(&ms) {
+                return Err(self.invalid(field, "must be between 1000 (1 s) and 86400000 (a day)"));
+            }
+        }
+        if self.admin.rejoin_attempts > 100 {
+            return Err(self.invalid(
+                "admin.rejoin-attempts",
+                "must be at most 100 (0: fail /healthz at once)",
+            ));
         }
         Ok(())
     }

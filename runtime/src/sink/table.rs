@@ -698,7 +698,9 @@ impl TableSink {
             .map_err(|e| start_error("", format!("cannot start the database runtime: {e}")))?;
         let pool = {
             let _guard = runtime.enter();
-            let timeout = Duration::from_secs(5);
+            // sqlx retries a refused connection until this runs out: short, so an unreachable
+            // database shows (unready, SinkDown) within it, not after a long wait.
+            let timeout = Duration::from_secs(2);
             match dialect {
                 Dialect::Postgres => PgPoolOptions::new()
                     .max_connections(spec.max_connections)

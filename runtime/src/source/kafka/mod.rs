@@ -20,6 +20,7 @@ pub(crate) mod dispatch;
 pub(crate) mod rebalance;
 pub(crate) mod resize;
 pub(crate) mod statistics;
+pub(crate) mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -158,6 +159,9 @@ pub fn run_with(
         Duration::from_millis(source.commit_interval_ms),
         spec.producer.transactional_id.is_some(),
     );
+    // Is it making progress? With the admin endpoint on (librdkafka's statistics give the lag).
+    let mut watch = (stats_interval.is_some() && replay.is_none())
+        .then(|| watch::Watch::new(&spec.admin, &source.topics));
     let mut replay_done_now = false;
     let mut topic_names = TopicNames::default();
     telemetry.health.set_lifecycle(Lifecycle::Consuming);
@@ -196,6 +200,9 @@ pub fn run_with(
             }
         }
         cycle.turn(&consumer, &dispatch, &pool);
+        if let Some(watch) = &mut watch {
+            watch.turn(&consumer, &dispatch, &telemetry);
+        }
         // The CPU quota changed (an in-place resize): the pool follows, between flush rounds.
         if cycle.idle() {
             if let Some(cpu) = cpu_watch.as_mut().and_then(CpuWatch::due) {
