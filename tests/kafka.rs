@@ -2000,3 +2000,60 @@ fn a_plugin_that_blocks_is_stalled_then_rejoined_then_unhealthy_and_loses_nothin
     assert_eq!(values.len(), 301, "every event arrived");
     eprintln!("Stalled {stalled_after:?} after the hold (bound 3 s)");
 }
+
+/// `Starved`, provoked for real: a second member of a group whose one partition another member
+/// works through slowly holds nothing while the group has lag (read from the broker). It says
+/// `Starved`, leaves and rejoins once, and then fails `/healthz`. (A member that holds every
+/// partition and freezes is no way to provoke it on the test broker: tansu 0.6 hands the
+/// partitions to the newcomer once the frozen member's session expires, SIGSTOP or kill -9.)
+#[test]
+fn a_member_without_partitions_while_the_group_has_lag_is_starved() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(1);
+    produce(&names.input, 400, 0);
+    // ~150 ms per event: the one partition keeps lag for the whole test (a minute).
+    let busy = start(
+        &slow_spec(dir.path(), &names, 150_000, "    batch-size: 4\n"),
+        dir.path(),
+    );
+    wait_until("a first commit", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) > 0
+    });
+    let port = free_port();
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let spec = with_admin(
+        &passthrough_spec(&other, &names, ""),
+        port,
+        "  starved-after-ms: 3000\n  rejoin-attempts: 1\n",
+    );
+    let run = start(&spec, dir.path());
+    let status = || -> Value {
+        http_get(port, "/status")
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .unwrap_or(Value::Null)
+    };
+    wait_until("Starved", Duration::from_secs(60), || {
+        status()["condition"]["name"] == "Starved"
+    });
+    assert_eq!(status()["partitions"], serde_json::json!([]));
+    let m = http_get(port, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(&m, "sluice_condition", &[("condition", "Starved")]),
+        Some(1.0),
+        "{m}"
+    );
+    wait_until("the remedy gives up", Duration::from_secs(60), || {
+        http_get(port, "/healthz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("Starved after 1 rejoins"))
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    busy.kill();
+    assert!(!log_events(&log, "condition: Starved").is_empty(), "{log}");
+    assert_eq!(
+        log_events(&log, "remedy: leaving the group").len(),
+        1,
+        "{log}"
+    );
+}

@@ -148,7 +148,9 @@ pub fn decide(seen: &Observation, bounds: &Bounds) -> Verdict {
                 verdict(Condition::Starved, Vec::new())
             }
             Some(lag) if lag > 0 => verdict(Condition::Healthy, Vec::new()),
-            _ => verdict(Condition::Idle, Vec::new()),
+            Some(_) => verdict(Condition::Idle, Vec::new()),
+            // The broker did not say: nothing to claim either way.
+            None => verdict(Condition::Healthy, Vec::new()),
         };
     }
     if seen.partitions.iter().all(|p| p.lag == Some(0)) {
@@ -293,7 +295,7 @@ mod tests {
         seen.group_lag = Some(0);
         assert_eq!(condition(&seen), Condition::Idle);
         seen.group_lag = None;
-        assert_eq!(condition(&seen), Condition::Idle);
+        assert_eq!(condition(&seen), Condition::Healthy, "unknown: no claim");
     }
 
     #[test]

@@ -167,8 +167,9 @@ impl Watch {
             match self.group_lag {
                 Some((at, lag)) if now - at < GROUP_LAG_EVERY => lag,
                 _ => {
+                    // A failed read (the coordinator not found yet) is tried again next second.
                     let lag = self.read_group_lag(consumer);
-                    self.group_lag = Some((now, lag));
+                    self.group_lag = lag.map(|l| (now, Some(l)));
                     lag
                 }
             }
@@ -191,18 +192,25 @@ impl Watch {
         let timeout = Duration::from_secs(2);
         let mut tpl = TopicPartitionList::new();
         for topic in &self.topics {
-            let metadata = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+            let metadata = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| tracing::debug!("group lag: metadata of {topic}: {e}"))
+                .ok()?;
             for t in metadata.topics() {
                 for p in t.partitions() {
                     tpl.add_partition(topic, p.id());
                 }
             }
         }
-        let committed = consumer.committed_offsets(tpl, timeout).ok()?;
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .map_err(|e| tracing::debug!("group lag: committed offsets: {e}"))
+            .ok()?;
         let mut lag = 0;
         for e in committed.elements() {
             let (low, high) = consumer
                 .fetch_watermarks(e.topic(), e.partition(), timeout)
+                .map_err(|err| tracing::debug!("group lag: watermarks: {err}"))
                 .ok()?;
             let from = match e.offset() {
                 Offset::Offset(o) if o >= 0 => o,
@@ -210,6 +218,7 @@ impl Watch {
             };
             lag += (high - from).max(0);
         }
+        tracing::debug!(lag, "group lag read");
         Some(lag)
     }
 }
