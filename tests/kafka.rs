@@ -1165,12 +1165,10 @@ impl OutputWithStdin for Command {
     }
 }
 
-#[test]
-fn status_lag_matches_the_reference_client_and_readiness_drops_while_draining() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = topics(2);
-    produce(&names.input, 200, 0);
-    let gate = dir.path().join("gate");
+/// The misbehaving fixture forwarding events, with its gate (an event `hold` blocks its call
+/// until the returned file exists), and an admin endpoint: (gate, port, spec).
+fn gated_spec(dir: &Path, names: &Names, source: &str, admin: &str) -> (PathBuf, u16, PathBuf) {
+    let gate = dir.join("gate");
     let plugin_spec = format!(
         "  path: {}\n  config: {{mode: ok, gate_file: {}}}\n",
         plugin("misbehaving").display(),
@@ -1178,32 +1176,41 @@ fn status_lag_matches_the_reference_client_and_readiness_drops_while_draining() 
     );
     let port = free_port();
     let spec = with_admin(
-        &pipeline_spec(
-            dir.path(),
-            &names,
-            &plugin_spec,
-            "    drain-timeout-ms: 60000\n",
-        ),
+        &pipeline_spec(dir, names, &plugin_spec, source),
         port,
-        "",
+        admin,
     );
-    let mut run = start(&spec, dir.path());
-    wait_until("200 committed", Duration::from_secs(60), || {
-        committed_sum(&names.input, &names.group) == 200
-    });
-    // A `hold` event blocks its worker mid-call: no flush round completes, so no commit, while
-    // 100 more events arrive behind it.
-    let held = dir.path().join("held.txt");
+    (gate, port, spec)
+}
+
+/// Produces one event `hold` to `topic` (it blocks a gated worker).
+fn produce_hold(dir: &Path, topic: &str) {
+    let held = dir.join("held.txt");
     std::fs::write(&held, "hold\n").unwrap();
     kafka_tool(&[
         "produce-file",
         "--broker",
         &broker().addr,
         "--topic",
-        &names.input,
+        topic,
         "--file",
         held.to_str().unwrap(),
     ]);
+}
+
+#[test]
+fn status_lag_matches_the_reference_client_and_readiness_drops_while_draining() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(2);
+    produce(&names.input, 200, 0);
+    let (gate, port, spec) = gated_spec(dir.path(), &names, "    drain-timeout-ms: 60000\n", "");
+    let mut run = start(&spec, dir.path());
+    wait_until("200 committed", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) == 200
+    });
+    // A `hold` event blocks its worker mid-call: no flush round completes, so no commit, while
+    // 100 more events arrive behind it.
+    produce_hold(dir.path(), &names.input);
     produce(&names.input, 100, 200);
 
     // /status and the reference client agree on every partition's high watermark, committed
@@ -1725,6 +1732,7 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
         });
         // Mid-stream: once this run has committed something of its own.
         wait_until("a commit of this run", Duration::from_secs(60), || {
+            std::thread::sleep(Duration::from_millis(300));
             committed_sum(&names.input, &names.group) > committed
         });
         let after = next(1500);
@@ -1752,7 +1760,9 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     let before_close = produced.load(std::sync::atomic::Ordering::Relaxed);
     produce(&names.input, 16, before_close);
     let total = before_close + 16;
-    wait_until("every event committed", Duration::from_secs(120), || {
+    wait_until("every event committed", Duration::from_secs(180), || {
+        // Each look starts the reference client: look about once a second.
+        std::thread::sleep(Duration::from_millis(800));
         committed_sum(&names.input, &names.group) == total as i64
     });
     let (code_a, log_a) = a.stop();
@@ -1866,7 +1876,10 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     wait_until(
         "the rewound windows closed",
         Duration::from_secs(180),
-        || closed() >= expect,
+        || {
+            std::thread::sleep(Duration::from_millis(800));
+            closed() >= expect
+        },
     );
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -1911,21 +1924,10 @@ fn a_plugin_that_blocks_is_stalled_then_rejoined_then_unhealthy_and_loses_nothin
     let dir = tempfile::tempdir().unwrap();
     let names = topics(2);
     produce(&names.input, 200, 0);
-    let gate = dir.path().join("gate");
-    let plugin_spec = format!(
-        "  path: {}\n  config: {{mode: ok, gate_file: {}}}\n",
-        plugin("misbehaving").display(),
-        gate.display()
-    );
-    let port = free_port();
-    let spec = with_admin(
-        &pipeline_spec(
-            dir.path(),
-            &names,
-            &plugin_spec,
-            "    drain-timeout-ms: 2000\n",
-        ),
-        port,
+    let (gate, port, spec) = gated_spec(
+        dir.path(),
+        &names,
+        "    drain-timeout-ms: 2000\n",
         "  stalled-after-ms: 3000\n  rejoin-attempts: 1\n",
     );
     let run = start(&spec, dir.path());
@@ -1939,17 +1941,7 @@ fn a_plugin_that_blocks_is_stalled_then_rejoined_then_unhealthy_and_loses_nothin
     };
     assert_ne!(status()["condition"]["name"], "Stalled");
     // A `hold` event blocks its worker mid-call, with 100 more events behind it.
-    let held = dir.path().join("held.txt");
-    std::fs::write(&held, "hold\n").unwrap();
-    kafka_tool(&[
-        "produce-file",
-        "--broker",
-        &broker().addr,
-        "--topic",
-        &names.input,
-        "--file",
-        held.to_str().unwrap(),
-    ]);
+    produce_hold(dir.path(), &names.input);
     produce(&names.input, 100, 200);
     let held_at = Instant::now();
     wait_until("Stalled", Duration::from_secs(15), || {

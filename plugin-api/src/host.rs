@@ -662,16 +662,8 @@ unsafe extern "C" fn host_state_put(
     key: Bytes<'_>,
     value: Bytes<'_>,
 ) -> abi::Status {
-    // SAFETY: ctx comes from `call`.
-    let state = unsafe { state(ctx) };
-    state_call(state, |state| {
-        // SAFETY: the plugin passes a partition valid for the call (or NULL, refused).
-        let (tp, store) = unsafe { state_target(partition, store) }?;
-        state
-            .collector
-            .state_put(tp, store, key.as_slice(), Some(value.as_slice()))?;
-        Ok(abi::STATUS_OK)
-    })
+    // SAFETY: forwarded from the plugin's call, per the ABI.
+    unsafe { state_write(ctx, partition, store, key, Some(value)) }
 }
 
 unsafe extern "C" fn host_state_delete(
@@ -680,12 +672,30 @@ unsafe extern "C" fn host_state_delete(
     store: Str<'_>,
     key: Bytes<'_>,
 ) -> abi::Status {
+    // SAFETY: forwarded from the plugin's call, per the ABI.
+    unsafe { state_write(ctx, partition, store, key, None) }
+}
+
+/// `state_put` (`Some`) and `state_delete` (`None`).
+///
+/// # Safety
+/// `ctx` comes from `call`; `partition` is null or valid for the call.
+unsafe fn state_write(
+    ctx: *mut c_void,
+    partition: *const Partition<'_>,
+    store: Str<'_>,
+    key: Bytes<'_>,
+    value: Option<Bytes<'_>>,
+) -> abi::Status {
     // SAFETY: ctx comes from `call`.
     let state = unsafe { state(ctx) };
     state_call(state, |state| {
         // SAFETY: the plugin passes a partition valid for the call (or NULL, refused).
         let (tp, store) = unsafe { state_target(partition, store) }?;
-        state.collector.state_put(tp, store, key.as_slice(), None)?;
+        let value = value.as_ref().map(Bytes::as_slice);
+        state
+            .collector
+            .state_put(tp, store, key.as_slice(), value)?;
         Ok(abi::STATUS_OK)
     })
 }

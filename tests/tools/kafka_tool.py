@@ -140,7 +140,14 @@ def group_offsets(args):
     """The topic's partitions and the group's committed offset of each, through the admin API
     (a Consumer with the group's id would disturb the group it inspects)."""
     admin = AdminClient({"bootstrap.servers": args.broker})
-    md = admin.list_topics(args.topic, timeout=10)
+    for attempt in range(3):
+        # The test broker can stall for seconds under a full test run's load: try again.
+        try:
+            md = admin.list_topics(args.topic, timeout=10)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     parts = [TopicPartition(args.topic, p) for p in md.topics[args.topic].partitions]
     request = [ConsumerGroupTopicPartitions(args.group, parts)]
     result = admin.list_consumer_group_offsets(request)[args.group].result(30)
