@@ -7,14 +7,18 @@
 //! commit against state that already holds some of them, and those are recognised and not
 //! aggregated twice. A window closed by events the commit did not cover yet is handed back for
 //! emission once more after a restart, so its result reaches the output at least once and is
-//! counted exactly once. Closed windows are deleted from the store two flushes after they
-//! close (the host commits after each flush).
+//! counted exactly once. A closed window stays in the store until its result is surely
+//! delivered: at least two flushes (the host commits after each) and [`KEEP_CLOSED`] of wall
+//! time (the producer's delivery timeout, `message.timeout.ms`, is 5 minutes by default: a
+//! record not delivered by then has failed the pipeline). Deleting it sooner could drop a result
+//! whose record a crash lost while the window's tombstone got through.
 //!
 //! Needs `ordering: partition` (one instance sees all of a partition's keys) and one store
 //! declared in the spec (`state.stores`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::marker::PhantomData;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -56,6 +60,10 @@ struct Meta {
 }
 
 const META: &[u8] = b"m";
+
+/// How long a closed window is kept by default ([`StoredWindows::keep_closed`]): the producer's
+/// default `message.timeout.ms` (5 minutes) and a margin.
+pub const KEEP_CLOSED: Duration = Duration::from_secs(330);
 const WINDOW: u8 = b'w';
 
 /// The store key of `key`'s window starting at `start`: `w`, the start (order-preserving), the key.
@@ -84,8 +92,9 @@ struct Part {
     meta_dirty: bool,
     /// Open windows by when they close: (end + lateness, start, key).
     open: BTreeSet<(i64, i64, Vec<u8>)>,
-    /// Closed windows kept for re-emission: (the flush count when closed, start, key).
-    closed: Vec<(u64, i64, Vec<u8>)>,
+    /// Closed windows kept for re-emission: (the flush count and the time when closed, start,
+    /// key).
+    closed: Vec<(u64, Instant, i64, Vec<u8>)>,
     /// Results to hand out at the next close: windows closed by events after the last commit.
     again: Vec<(i64, Vec<u8>)>,
 }
@@ -114,6 +123,7 @@ pub struct StoredWindows<A> {
     lateness: i64,
     store: String,
     flushes: u64,
+    keep_closed: Duration,
     parts: HashMap<(String, i32), Part>,
     _aggregate: PhantomData<A>,
 }
@@ -142,9 +152,17 @@ impl<A: Serialize + DeserializeOwned + Default> StoredWindows<A> {
             lateness: allowed_lateness_ms,
             store: store.to_owned(),
             flushes: 0,
+            keep_closed: KEEP_CLOSED,
             parts: HashMap::new(),
             _aggregate: PhantomData,
         })
+    }
+
+    /// How long a closed window stays in the store for re-emission after a restart (default
+    /// [`KEEP_CLOSED`]); keep it above the producer's `message.timeout.ms`.
+    pub fn keep_closed(mut self, keep: Duration) -> Self {
+        self.keep_closed = keep;
+        self
     }
 
     fn size(&self) -> i64 {
@@ -190,7 +208,8 @@ impl<A: Serialize + DeserializeOwned + Default> StoredWindows<A> {
                         if at >= first {
                             part.again.push((start, key.to_vec()));
                         }
-                        part.closed.push((flushes, start, key.to_vec()));
+                        part.closed
+                            .push((flushes, Instant::now(), start, key.to_vec()));
                     }
                 }
             }
@@ -290,7 +309,8 @@ impl<A: Serialize + DeserializeOwned + Default> StoredWindows<A> {
             };
             entry.closed_at = Some(offset);
             store.put_json(&k, &entry)?;
-            part.closed.push((flushes, start, key.clone()));
+            part.closed
+                .push((flushes, Instant::now(), start, key.clone()));
             results.push(result(key, start, size, entry.v, true));
         }
         if part.meta_dirty {
@@ -322,22 +342,25 @@ impl<A: Serialize + DeserializeOwned + Default> StoredWindows<A> {
         Ok(results)
     }
 
-    /// Call from `flush`: windows closed two flushes ago or earlier are deleted from the store
-    /// (the host committed their results after the previous flush).
+    /// Call from `flush`: windows closed at least two flushes and `keep_closed` ago are deleted
+    /// from the store (their results are delivered and committed by then).
     pub fn flush(&mut self, out: &mut Output<'_>) -> Result<(), StateError> {
         self.flushes += 1;
-        let flushes = self.flushes;
+        let (flushes, keep) = (self.flushes, self.keep_closed);
+        let due = |(at, when, _, _): &(u64, Instant, i64, Vec<u8>)| {
+            at + 2 <= flushes && when.elapsed() >= keep
+        };
         for ((topic, partition), part) in &mut self.parts {
-            if part.closed.iter().all(|(at, _, _)| at + 2 > flushes) {
+            if !part.closed.iter().any(due) {
                 continue;
             }
             let mut store = out.store(&self.store, topic, *partition);
             let mut kept = Vec::new();
-            for (at, start, key) in std::mem::take(&mut part.closed) {
-                if at + 2 <= flushes {
-                    store.delete(&entry_key(start, &key))?;
+            for closed in std::mem::take(&mut part.closed) {
+                if due(&closed) {
+                    store.delete(&entry_key(closed.2, &closed.3))?;
                 } else {
-                    kept.push((at, start, key));
+                    kept.push(closed);
                 }
             }
             part.closed = kept;

@@ -12,7 +12,8 @@
 //! Counts are exact across crashes: every window records the offset it counted last, so the
 //! events the host replays after a crash are not counted twice ([`StoredWindows`]). A closed
 //! window's record is emitted at least once: again after a restart when the commit had not
-//! covered its close yet (same count). On `revoked` (a rebalance, or the end of a file) the open
+//! covered its close yet (same count); a closed window stays in the store `keep_closed_ms`
+//! (330 s) for that. On `revoked` (a rebalance, or the end of a file) the open
 //! windows' counts so far are emitted with `"closed": false`; they stay in the store, and their
 //! final count comes with `"closed": true` from whoever owns the partition next.
 
@@ -42,6 +43,10 @@ pub struct Config {
     /// The state store the windows live in (declared in the spec's `state.stores`).
     #[serde(default = "default_store")]
     pub store: String,
+    /// How long a closed window stays in the store, to be emitted again after a crash
+    /// (default 330000: above the producer's `message.timeout.ms`).
+    #[serde(default)]
+    pub keep_closed_ms: Option<u64>,
 }
 
 fn default_output() -> String {
@@ -62,7 +67,8 @@ const SCHEMA: &str = r#"{
     "advance_ms": {"type": "integer", "minimum": 1},
     "allowed_lateness_ms": {"type": "integer", "minimum": 0},
     "output": {"type": "string", "minLength": 1},
-    "store": {"type": "string", "minLength": 1}
+    "store": {"type": "string", "minLength": 1},
+    "keep_closed_ms": {"type": "integer", "minimum": 0}
   }
 }"#;
 
@@ -122,8 +128,11 @@ impl Pipeline for WindowedCount {
                 advance_ms,
             },
         };
-        let windows = StoredWindows::new(kind, config.allowed_lateness_ms, &config.store)
+        let mut windows = StoredWindows::new(kind, config.allowed_lateness_ms, &config.store)
             .map_err(Error::msg)?;
+        if let Some(ms) = config.keep_closed_ms {
+            windows = windows.keep_closed(std::time::Duration::from_millis(ms));
+        }
         Ok(WindowedCount {
             config,
             windows,
@@ -323,7 +332,8 @@ mod tests {
 
     #[test]
     fn closed_windows_leave_the_store_two_flushes_after_they_close() {
-        let mut h = open(json!({"key_field": "user", "window_ms": 1000}));
+        // By default they also stay 330 s; here no time at all, so the flushes decide.
+        let mut h = open(json!({"key_field": "user", "window_ms": 1000, "keep_closed_ms": 0}));
         h.process(&[click("a", 100), click("a", 1100)]).unwrap();
         let windows = |h: &Harness<WindowedCount>| {
             h.state()
@@ -344,6 +354,21 @@ mod tests {
             1,
             "the closed window [0,1000) is gone; [1000,2000) stays"
         );
+    }
+
+    #[test]
+    fn by_default_a_closed_window_outlives_the_producers_delivery_timeout() {
+        let mut h = open(json!({"key_field": "user", "window_ms": 1000}));
+        h.process(&[click("a", 100), click("a", 1100)]).unwrap();
+        for _ in 0..5 {
+            h.flush().unwrap();
+        }
+        let windows: usize = h
+            .state()
+            .values()
+            .map(|m| m.keys().filter(|k| k[0] == b'w').count())
+            .sum();
+        assert_eq!(windows, 2, "kept: its record may not be delivered yet");
     }
 
     #[test]
