@@ -1885,7 +1885,8 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
         "the rewound windows closed",
         Duration::from_secs(180),
         || {
-            std::thread::sleep(Duration::from_millis(800));
+            // Each look is a reference consumer joining a group: every 3 s is plenty.
+            std::thread::sleep(Duration::from_secs(3));
             closed() >= expect
         },
     );

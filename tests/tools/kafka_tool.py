@@ -85,8 +85,16 @@ def consume(args):
     def on_assign(consumer, partitions):
         state["assigned"] = True
         if args.to_end:
-            # What the topic holds now: read exactly that far, however slow the broker is.
-            state["end"] = {p.partition: consumer.get_watermark_offsets(p, timeout=30)[1] for p in partitions}
+            # What the topic holds now: read exactly that far, however slow the broker is (under
+            # a full test run it can stall for half a minute: ask again).
+            def high(p):
+                for attempt in range(3):
+                    try:
+                        return consumer.get_watermark_offsets(p, timeout=30)[1]
+                    except Exception:
+                        if attempt == 2:
+                            raise
+            state["end"] = {p.partition: high(p) for p in partitions}
 
     c.subscribe([args.topic], on_assign=on_assign)
     seen, last, started = 0, time.time(), time.time()
