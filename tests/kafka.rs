@@ -1453,6 +1453,21 @@ fn seqs(records: &[Value]) -> std::collections::BTreeSet<i64> {
         .collect()
 }
 
+/// Per partition, the first offset at or after `at_ms` by the broker's time index, as the
+/// reference client reads it.
+fn time_index(topic: &str, at_ms: i64) -> BTreeMap<String, i64> {
+    serde_json::from_str(&kafka_tool(&[
+        "offsets-for-times",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        topic,
+        "--time-ms",
+        &at_ms.to_string(),
+    ]))
+    .unwrap()
+}
+
 /// `ms` since the epoch as RFC 3339 (UTC, milliseconds), by `date`.
 fn rfc3339(ms: u128) -> String {
     let out = Command::new("date")
@@ -1514,16 +1529,7 @@ fn start_from_places_a_new_group_and_reset_rewinds_a_committed_one() {
         );
         position.insert(v["seq"].as_i64().unwrap(), at);
     }
-    let index: BTreeMap<String, i64> = serde_json::from_str(&kafka_tool(&[
-        "offsets-for-times",
-        "--broker",
-        &broker().addr,
-        "--topic",
-        &names.input,
-        "--time-ms",
-        &at.to_string(),
-    ]))
-    .unwrap();
+    let index = time_index(&names.input, at as i64);
     let from = |starts: &BTreeMap<String, i64>| -> std::collections::BTreeSet<i64> {
         position
             .iter()
@@ -1861,16 +1867,7 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
         .collect();
     times.sort_unstable();
     let at = times[times.len() / 2];
-    let index: BTreeMap<String, i64> = serde_json::from_str(&kafka_tool(&[
-        "offsets-for-times",
-        "--broker",
-        &broker().addr,
-        "--topic",
-        &names.input,
-        "--time-ms",
-        &at.to_string(),
-    ]))
-    .unwrap();
+    let index = time_index(&names.input, at);
     let again: Vec<&Value> = input
         .iter()
         .filter(|r| r["offset"].as_i64().unwrap() >= index[&r["partition"].to_string()])
