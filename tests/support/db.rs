@@ -49,12 +49,7 @@ struct Server {
 
 impl Server {
     fn up(&self) {
-        let script = format!(
-            "{} >>server.log 2>&1 & b=$!; \
-             while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill -9 $b 2>/dev/null",
-            self.exec,
-            parent = std::process::id()
-        );
+        let script = crate::watchdog(&format!("{} >>server.log 2>&1", self.exec), &self.dir);
         let child = Command::new("sh")
             .arg("-c")
             .arg(script)

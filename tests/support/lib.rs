@@ -226,6 +226,21 @@ pub fn kafka_tool(args: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("utf-8")
 }
 
+/// A shell line that runs `server` (a command line that stays in the foreground) in the
+/// background under a watchdog: when this test process goes away, however it ends, the watchdog
+/// kills the server and deletes `dir`, its storage. A server kept in a `static` is never
+/// dropped, so without this its directory (hundreds of MB for a broker) would outlive every run.
+/// When only the server dies (a test stops it to restart it), the storage stays.
+pub fn watchdog(server: &str, dir: &Path) -> String {
+    format!(
+        "{server} & b=$!; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill -9 $b 2>/dev/null; \
+         kill -0 {parent} 2>/dev/null || rm -rf '{dir}'",
+        parent = std::process::id(),
+        dir = dir.display()
+    )
+}
+
 /// A tansu broker on 127.0.0.1, started by this test process and stopped when it exits.
 #[derive(Debug)]
 pub struct Broker {
@@ -270,11 +285,11 @@ impl Broker {
             binary.display()
         );
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        // A watchdog shell stops the broker when this test process goes away, however it ends.
-        let script = format!(
-            "\"$0\" broker --listener-url {url} --advertised-listener-url {url} --storage-engine sqlite://tansu.db >broker.log 2>&1 & b=$!; \
-             while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill -9 $b 2>/dev/null",
-            parent = std::process::id()
+        let script = watchdog(
+            &format!(
+                "\"$0\" broker --listener-url {url} --advertised-listener-url {url} --storage-engine sqlite://tansu.db >broker.log 2>&1"
+            ),
+            self.data.path(),
         );
         let child = Command::new("sh")
             .arg("-c")
@@ -310,6 +325,26 @@ impl Broker {
         while std::net::TcpStream::connect(&self.addr).is_ok() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// Freezes the broker process (SIGSTOP): connections stay open and nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`Broker::pause`]d broker go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.lock().unwrap();
+        let watchdog = child.as_ref().expect("the broker is up").id();
+        let status = Command::new("pkill")
+            .args([signal, "-P", &watchdog.to_string()])
+            .status()
+            .expect("pkill");
+        assert!(status.success(), "pkill {signal} found no broker process");
     }
 
     /// Writes `count` events with the reference client (see `kafka_tool.py produce`), with
