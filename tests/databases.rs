@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_tests::db::{MariaDb, Postgres};
 use sluice_tests::{
@@ -546,4 +546,98 @@ fn postgres_over_tls_with_a_verified_certificate() {
         "{log}"
     );
     assert_eq!(broker().committed_sum(&topic, &group), 0, "{log}");
+}
+
+/// Issue 17: a restart with a backlog commits its first rows within about a commit interval of
+/// processing them, so kill -9s 1-3 s after each assignment still make progress every time.
+#[test]
+fn exactly_once_restarts_with_a_backlog_make_progress_every_time() {
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE events (seq bigint NOT NULL, key text)");
+    let topic = unique("eos-backlog");
+    broker().create_topic(&topic, 4);
+    // Topped up as it is worked off: every run starts with at least 60,000 events to go.
+    let mut total = 100_000;
+    broker().produce(&topic, total, 0, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("eos-backlog");
+    let spec = table_spec(
+        dir.path(),
+        &topic,
+        &group,
+        "    postgres:\n      url: ${DB_URL}\n      table: events\n      columns: {seq: bigint, key: text}\n      exactly-once: true\n",
+    );
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "    commit-interval-ms: 200\n",
+        // The test broker answers a fetch with the whole backlog up to `fetch.max.bytes` (it
+        // ignores `max.partition.fetch.bytes`): 50 MB by default, seconds before a first event.
+        // A Kafka broker sends at most 1 MB per partition.
+        "    commit-interval-ms: 1000\n    properties: {session.timeout.ms: \"2000\", heartbeat.interval.ms: \"500\", fetch.max.bytes: \"1048576\"}\n",
+    );
+    std::fs::write(&spec, text).unwrap();
+    let count = || -> usize {
+        pg.sql("SELECT COUNT(*) FROM events")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let assigned = |run: &Running| {
+        log_events(
+            &std::fs::read_to_string(&run.log).unwrap_or_default(),
+            "assigned",
+        )
+        .iter()
+        .any(|e| e["count"].as_u64() > Some(0))
+    };
+    let mut seed = std::process::id() as u64 | 1;
+    let mut random_ms = move |lo: u64, hi: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        lo + seed % (hi - lo)
+    };
+    let mut landed = Vec::new();
+    for _ in 0..8 {
+        let before = count();
+        if total - before < 60_000 {
+            broker().produce(&topic, 50_000, total, &[]);
+            total += 50_000;
+        }
+        let run = start_with_url(&spec, dir.path(), &pg.url);
+        wait_until("the partitions assigned", Duration::from_secs(60), || {
+            assigned(&run)
+        });
+        let at = Instant::now();
+        let kill_after = Duration::from_millis(random_ms(1000, 3000));
+        let mut first = None;
+        while at.elapsed() < kill_after {
+            if first.is_none() && count() > before {
+                first = Some(at.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        run.kill();
+        let after = count();
+        eprintln!(
+            "exactly-once restart: killed {kill_after:?} after assignment, first rows after {first:?}, {before} -> {after} rows"
+        );
+        landed.push(after);
+        assert!(
+            after > before && after < total,
+            "a run killed {kill_after:?} after its assignment, with a backlog left, made progress: {before} -> {after}"
+        );
+        // The killed member must leave the group before the next one joins (tansu 0.6).
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    let run = start_with_url(&spec, dir.path(), &pg.url);
+    wait_until("every row", Duration::from_secs(300), || count() >= total);
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!("exactly-once restarts: rows after each kill: {landed:?}");
+    assert_eq!(
+        pg.sql("SELECT COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM events")
+            .trim(),
+        format!("{total}|{total}|0|{}", total - 1),
+        "every event exactly once after 8 kills"
+    );
 }

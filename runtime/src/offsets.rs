@@ -288,6 +288,14 @@ impl OffsetTracker {
         ProcessedSnapshot { prefixes }
     }
 
+    /// Whether a partition has work in flight but has had nothing committed since it was
+    /// assigned: a start or a rebalance that met a backlog.
+    pub fn awaits_first_commit(&self) -> bool {
+        self.partitions
+            .values()
+            .any(|s| s.committed.is_none() && !s.units.is_empty())
+    }
+
     /// Units of `tp` not yet complete.
     pub fn in_flight(&self, tp: &TopicPartition) -> usize {
         self.partitions.get(tp).map_or(0, |s| s.units.len())
@@ -382,6 +390,27 @@ mod tests {
         assert_eq!(t.committable(&tp(1)), None);
         t.processed(&tp(1), u);
         assert_eq!(t.committable(&tp(1)), Some(42));
+    }
+
+    #[test]
+    fn a_partition_awaits_its_first_commit_while_it_has_work() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp(0));
+        assert!(!t.awaits_first_commit(), "nothing read yet");
+        let u = t.begin(&tp(0), 4).unwrap();
+        assert!(t.awaits_first_commit());
+        t.processed(&tp(0), u);
+        assert!(!t.awaits_first_commit(), "complete, if not yet handed out");
+        t.begin(&tp(0), 9).unwrap();
+        assert!(t.awaits_first_commit());
+        assert_eq!(t.take_commits(), [(tp(0), 5)]);
+        assert!(
+            !t.awaits_first_commit(),
+            "committed once: the interval rules"
+        );
+        t.assign(tp(0));
+        t.begin(&tp(0), 12).unwrap();
+        assert!(t.awaits_first_commit(), "assigned again");
     }
 
     #[test]

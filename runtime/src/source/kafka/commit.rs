@@ -16,6 +16,9 @@ use crate::pool::WorkerPool;
 use crate::telemetry::{CommitFailed, CommitPoint, Draining, OffsetsCommitted, StopReason};
 use crate::worker::Command;
 
+/// How often rounds run while a partition awaits its first commit (see [`CommitCycle::turn`]).
+const FIRST_COMMIT_EVERY: Duration = Duration::from_millis(100);
+
 /// The commit cycle, turned by the poll loop.
 #[derive(Debug)]
 pub(crate) struct CommitCycle {
@@ -24,6 +27,11 @@ pub(crate) struct CommitCycle {
     transactional: bool,
     /// The workers' answers to the flush requests of the current round.
     round: Option<Vec<mpsc::Receiver<()>>>,
+    /// When the last round ended.
+    last_round: Instant,
+    /// Until when rounds may run early: one interval from the moment a partition was seen
+    /// awaiting its first commit.
+    early_until: Option<Instant>,
 }
 
 impl CommitCycle {
@@ -33,7 +41,30 @@ impl CommitCycle {
             next: Instant::now() + every,
             transactional,
             round: None,
+            last_round: Instant::now(),
+            early_until: None,
         }
+    }
+
+    /// Whether a round should start before the interval is up: a partition assigned by a
+    /// (re)start or a rebalance has work but no commit yet. Units become complete only in a
+    /// round (the plugin's flush), so waiting for the interval would delay the first commit by
+    /// up to two intervals, and a pod restarted again within that time (kill -9s under load)
+    /// would never make progress. Early rounds run every 100 ms, for at most one interval.
+    fn early(&mut self, now: Instant, dispatch: &Mutex<Dispatch>) -> bool {
+        if now < self.last_round + FIRST_COMMIT_EVERY.min(self.every) {
+            return false;
+        }
+        let awaits = {
+            let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+            let tracker = d.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            tracker.awaits_first_commit()
+        };
+        if !awaits {
+            self.early_until = None;
+            return false;
+        }
+        now < *self.early_until.get_or_insert(now + self.every)
     }
 
     /// No flush round is waiting for the workers (so the pool may be resized).
@@ -42,8 +73,9 @@ impl CommitCycle {
     }
 
     /// One turn: with transactions, a blocking commit point once the interval is up; otherwise
-    /// a flush round is started once the interval is up, and when every worker has answered,
-    /// the offsets of complete units are committed (a failed commit is retried next interval).
+    /// a flush round is started once the interval is up (or early, see `early`), and when every
+    /// worker has answered, the offsets of complete units are committed (a failed commit is
+    /// retried next interval).
     pub(crate) fn turn(
         &mut self,
         consumer: &BaseConsumer<RebalanceContext>,
@@ -60,7 +92,8 @@ impl CommitCycle {
             }
             return;
         }
-        if self.round.is_none() && Instant::now() >= self.next {
+        let now = Instant::now();
+        if self.round.is_none() && (now >= self.next || self.early(now, dispatch)) {
             self.round = Some(pool.lock().unwrap_or_else(|e| e.into_inner()).flush_round());
         }
         let Some(round) = &self.round else { return };
@@ -71,7 +104,8 @@ impl CommitCycle {
             return;
         }
         self.round = None;
-        self.next = Instant::now() + self.every;
+        self.last_round = Instant::now();
+        self.next = self.last_round + self.every;
         let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
         let commits = d
             .tracker
