@@ -68,6 +68,8 @@ struct PartitionState {
     committable: Option<i64>,
     /// What was last handed out by [`OffsetTracker::take_commits`].
     committed: Option<i64>,
+    /// What the broker last confirmed ([`OffsetTracker::commit_confirmed`]).
+    confirmed: Option<i64>,
     last_read: Option<i64>,
 }
 
@@ -174,11 +176,12 @@ impl OffsetTracker {
         );
     }
 
-    /// Stops tracking a revoked partition; returns its final committable offset if it was not yet
-    /// handed out by [`OffsetTracker::take_commits`].
+    /// Stops tracking a revoked partition; returns its final committable offset unless the
+    /// broker already confirmed it (one handed out but not yet confirmed is returned: the
+    /// asynchronous commit carrying it may still fail).
     pub fn revoke(&mut self, tp: &TopicPartition) -> Option<i64> {
         let state = self.partitions.remove(tp)?;
-        state.committable.filter(|c| Some(*c) != state.committed)
+        state.committable.filter(|c| Some(*c) != state.confirmed)
     }
 
     /// Registers a unit covering offsets up to `last_offset` (inclusive), read from `tp`, handled
@@ -313,6 +316,15 @@ impl OffsetTracker {
                 if state.committed == Some(*offset) {
                     state.committed = None;
                 }
+            }
+        }
+    }
+
+    /// The broker confirmed a commit of offsets from [`OffsetTracker::take_commits`].
+    pub fn commit_confirmed(&mut self, commits: &[(TopicPartition, i64)]) {
+        for (tp, offset) in commits {
+            if let Some(state) = self.partitions.get_mut(tp) {
+                state.confirmed = state.confirmed.max(Some(*offset));
             }
         }
     }
@@ -453,7 +465,18 @@ mod tests {
         t.acked(&tp(0), fresh);
         assert_eq!(t.committable(&tp(0)), Some(11));
         assert_eq!(t.take_commits(), [(tp(0), 11)]);
-        assert_eq!(t.revoke(&tp(0)), None, "already handed out");
+        t.commit_confirmed(&[(tp(0), 11)]);
+        assert_eq!(t.revoke(&tp(0)), None, "already confirmed");
+    }
+
+    #[test]
+    fn revoke_commits_again_what_the_broker_has_not_confirmed() {
+        let mut t = OffsetTracker::new();
+        t.assign(tp(0));
+        let u = t.begin(&tp(0), 2).unwrap();
+        t.processed(&tp(0), u);
+        assert_eq!(t.take_commits(), [(tp(0), 3)]);
+        assert_eq!(t.revoke(&tp(0)), Some(3), "handed out, not answered");
     }
 
     #[test]

@@ -9,12 +9,16 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::answers::{AnswerQueue, CommitAnswer};
 use super::dispatch::Dispatch;
 use super::rebalance::{RebalanceContext, revoke};
 use crate::offsets::TopicPartition;
 use crate::pool::WorkerPool;
 use crate::telemetry::{CommitFailed, CommitPoint, Draining, OffsetsCommitted, StopReason};
 use crate::worker::Command;
+
+/// When an interval commit with no answer is taken as failed (see [`CommitCycle::settle`]).
+const UNANSWERED: Duration = Duration::from_secs(90);
 
 /// How often rounds run while a partition awaits its first commit (see [`CommitCycle::turn`]).
 const FIRST_COMMIT_EVERY: Duration = Duration::from_millis(100);
@@ -29,20 +33,32 @@ pub(crate) struct CommitCycle {
     round: Option<Vec<mpsc::Receiver<()>>>,
     /// When the last round ended.
     last_round: Instant,
+    /// The interval commit sent and not yet answered (one at a time: the next one carries
+    /// everything complete by then).
+    sent: Option<SentCommit>,
+    /// Where the broker's answers to interval commits arrive.
+    answers: Option<AnswerQueue>,
     /// Until when rounds may run early: one interval from the moment a partition was seen
     /// awaiting its first commit.
     early_until: Option<Instant>,
 }
 
 impl CommitCycle {
-    pub(crate) fn new(every: Duration, transactional: bool) -> CommitCycle {
+    /// The cycle of `consumer`. [`CommitCycle::close`] it before the consumer is dropped.
+    pub(crate) fn new(
+        consumer: &BaseConsumer<RebalanceContext>,
+        every: Duration,
+        transactional: bool,
+    ) -> CommitCycle {
         CommitCycle {
+            answers: (!transactional).then(|| AnswerQueue::new(consumer)),
             every,
             next: Instant::now() + every,
             transactional,
             round: None,
             last_round: Instant::now(),
             early_until: None,
+            sent: None,
         }
     }
 
@@ -65,6 +81,11 @@ impl CommitCycle {
             return false;
         }
         now < *self.early_until.get_or_insert(now + self.every)
+    }
+
+    /// Lets go of the answer queue: librdkafka requires every queue destroyed before its client.
+    pub(crate) fn close(&mut self) {
+        self.answers = None;
     }
 
     /// No flush round is waiting for the workers (so the pool may be resized).
@@ -92,6 +113,7 @@ impl CommitCycle {
             }
             return;
         }
+        self.settle(dispatch);
         let now = Instant::now();
         if self.round.is_none() && (now >= self.next || self.early(now, dispatch)) {
             self.round = Some(pool.lock().unwrap_or_else(|e| e.into_inner()).flush_round());
@@ -106,18 +128,37 @@ impl CommitCycle {
         self.round = None;
         self.last_round = Instant::now();
         self.next = self.last_round + self.every;
+        if self.sent.is_some() {
+            return;
+        }
         let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
         let commits = d
             .tracker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take_commits();
-        match commit(consumer, &commits) {
-            Ok(()) => d.telemetry.emit(OffsetsCommitted {
+        if commits.is_empty() {
+            d.telemetry.emit(OffsetsCommitted {
                 commits: &commits,
                 point: CommitPoint::Interval,
                 released: &[],
-            }),
+            });
+            return;
+        }
+        // Asynchronous: a broker that stops answering must not stop the poll loop (and with it
+        // the watchdog that would say so). The answer comes through `settle`.
+        let sent = match &self.answers {
+            Some(queue) => queue.commit(consumer, &commits),
+            None => Err("the commit queue is closed".to_owned()),
+        };
+        match sent {
+            Ok(()) => {
+                self.sent = Some(SentCommit {
+                    commits,
+                    at: Instant::now(),
+                    overdue: false,
+                });
+            }
             Err(err) => {
                 d.telemetry.emit(CommitFailed {
                     error: &err,
@@ -130,6 +171,86 @@ impl CommitCycle {
             }
         }
     }
+
+    /// Takes the broker's answer to the interval commit sent, if it came, and settles it: committed, or handed out again. One
+    /// unanswered for longer than an interval and 5 s counts as failing (`CommitsFailing`)
+    /// until it is answered.
+    fn settle(&mut self, dispatch: &Mutex<Dispatch>) {
+        let Some(sent) = &mut self.sent else { return };
+        let answer = self
+            .answers
+            .as_ref()
+            .and_then(AnswerQueue::next)
+            .or_else(|| {
+                // librdkafka answers within `socket.timeout.ms` (60 s by default): one never
+                // answered is taken as failed, so commits go on.
+                (sent.at.elapsed() > UNANSWERED).then(|| CommitAnswer {
+                    error: Some(format!(
+                        "no answer from the broker in {} s",
+                        UNANSWERED.as_secs()
+                    )),
+                })
+            });
+        let Some(answer) = answer else {
+            if !sent.overdue && sent.at.elapsed() > self.every.max(Duration::from_secs(5)) {
+                sent.overdue = true;
+                let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+                d.telemetry.emit(CommitFailed {
+                    error: &format!(
+                        "no answer from the broker after {:.0} s",
+                        sent.at.elapsed().as_secs_f64()
+                    ),
+                    retried: false,
+                });
+            }
+            return;
+        };
+        let Some(sent) = self.sent.take() else { return };
+        let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        match answer.error {
+            None => {
+                d.tracker
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .commit_confirmed(&sent.commits);
+                d.telemetry.emit(OffsetsCommitted {
+                    commits: &sent.commits,
+                    point: CommitPoint::Interval,
+                    released: &[],
+                });
+            }
+            Some(err) => {
+                d.telemetry.emit(CommitFailed {
+                    error: &err,
+                    retried: true,
+                });
+                d.tracker
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .commit_failed(&sent.commits);
+            }
+        }
+    }
+}
+
+/// An interval commit on its way to the broker.
+#[derive(Debug)]
+struct SentCommit {
+    commits: Vec<(TopicPartition, i64)>,
+    at: Instant,
+    /// Reported as failing for want of an answer.
+    overdue: bool,
+}
+
+pub(crate) fn tpl_of_commits(
+    commits: &[(TopicPartition, i64)],
+) -> Result<TopicPartitionList, String> {
+    let mut tpl = TopicPartitionList::new();
+    for (TopicPartition { topic, partition }, offset) in commits {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(tpl)
 }
 
 /// The stop: every partition is drained, flushed, acknowledged and committed (as on revoke),
@@ -209,6 +330,11 @@ pub(crate) fn commit_transaction(
         .ok_or("no consumer group metadata for the transaction")?;
     sink.commit_transaction(&tpl, &group, timeout)
         .map_err(|e| format!("transaction commit failed: {e}"))?;
+    dispatch
+        .tracker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .commit_confirmed(&commits);
     dispatch.telemetry.emit(OffsetsCommitted {
         commits: &commits,
         point: CommitPoint::Transaction,
@@ -217,6 +343,7 @@ pub(crate) fn commit_transaction(
     Ok(())
 }
 
+/// Commits synchronously (revokes and the stop: the partitions must be settled before they go).
 pub(crate) fn commit(
     consumer: &BaseConsumer<RebalanceContext>,
     commits: &[(TopicPartition, i64)],
@@ -224,11 +351,7 @@ pub(crate) fn commit(
     if commits.is_empty() {
         return Ok(());
     }
-    let mut tpl = TopicPartitionList::new();
-    for (TopicPartition { topic, partition }, offset) in commits {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            .map_err(|e| e.to_string())?;
-    }
+    let tpl = tpl_of_commits(commits)?;
     consumer
         .commit(&tpl, CommitMode::Sync)
         .map_err(|e| e.to_string())?;

@@ -10,10 +10,12 @@
 //!
 //! `config` (client configuration), `consumer` (creation), `statistics` (librdkafka's
 //! statistics), `rebalance` (assign and revoke), `dispatch` (slots, units, pause and release),
-//! `commit` (the commit cycle, the transaction barrier and the drain), `resize` (the worker pool
+//! `commit` (the commit cycle, the transaction barrier and the drain), `answers` (the broker's
+//! answers to asynchronous commits), `resize` (the worker pool
 //! following the CPU quota); the loop is [`run_with`].
 
-pub(crate) mod commit;
+mod answers;
+mod commit;
 pub(crate) mod config;
 pub(crate) mod consumer;
 pub(crate) mod dispatch;
@@ -156,6 +158,7 @@ pub fn run_with(
     // Workers follow the CPU quota unless the spec fixes their number.
     let mut cpu_watch = spec.workers.is_none().then(CpuWatch::new);
     let mut cycle = CommitCycle::new(
+        &consumer,
         Duration::from_millis(source.commit_interval_ms),
         spec.producer.transactional_id.is_some(),
     );
@@ -221,6 +224,7 @@ pub fn run_with(
         StopReason::Signal
     };
     drain(&consumer, &dispatch, reason);
+    cycle.close();
     consumer.unsubscribe();
     drop(consumer);
     dispatch
