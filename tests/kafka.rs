@@ -16,17 +16,29 @@ use sluice_tests::{
 
 thread_local! {
     /// Set by a test (and its threads) that runs on a broker of its own.
-    static OWN_BROKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static OWN_BROKER: std::cell::Cell<Option<&'static Broker>> = const { std::cell::Cell::new(None) };
 }
 
-/// The shared test broker, or the heavy tests' own one (`OWN_BROKER`).
+/// The shared test broker, or the broker of the test on this thread (`on_own_broker`).
 fn broker() -> &'static Broker {
     static BROKER: OnceLock<Broker> = OnceLock::new();
-    static OWN: OnceLock<Broker> = OnceLock::new();
-    if OWN_BROKER.with(std::cell::Cell::get) {
-        return OWN.get_or_init(Broker::start);
-    }
-    BROKER.get_or_init(Broker::start)
+    OWN_BROKER
+        .with(std::cell::Cell::get)
+        .unwrap_or_else(|| BROKER.get_or_init(Broker::start))
+}
+
+/// Starts a broker for the calling test alone: from now on `broker()` on this thread (and on
+/// threads that call `use_broker` with it) is that one. For the heaviest tests, so neither they
+/// nor the others stall the other, and for tests that stop the broker.
+fn on_own_broker() -> &'static Broker {
+    // Never dropped: its watchdog stops it and deletes its storage when the test process ends.
+    let own: &'static Broker = Box::leak(Box::new(Broker::start()));
+    use_broker(own);
+    own
+}
+
+fn use_broker(broker: &'static Broker) {
+    OWN_BROKER.with(|own| own.set(Some(broker)));
 }
 
 struct Names {
@@ -1701,7 +1713,7 @@ fn assert_windows_match(
 #[test]
 fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     // The heaviest test: on a broker of its own, so neither it nor the others stall the other.
-    OWN_BROKER.with(|own| own.set(true));
+    let own = on_own_broker();
     let dir = tempfile::tempdir().unwrap();
     let names = topics(4);
     let spec = windowed_spec(dir.path(), &names, &names.output, "");
@@ -1715,7 +1727,7 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     let producer = {
         let (input, produced, stop) = (names.input.clone(), produced.clone(), stop.clone());
         std::thread::spawn(move || {
-            OWN_BROKER.with(|own| own.set(true));
+            use_broker(own);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let start = produced.load(std::sync::atomic::Ordering::Relaxed);
                 produce(&input, 200, start);
@@ -2011,6 +2023,81 @@ fn a_plugin_that_blocks_is_stalled_then_rejoined_then_unhealthy_and_loses_nothin
         .collect();
     assert_eq!(values.len(), 301, "every event arrived");
     eprintln!("Stalled {stalled_after:?} after the hold (bound 3 s)");
+}
+
+/// `Stalled`, provoked by the broker: a broker that stops answering (SIGSTOP, connections left
+/// open) leaves a pod with lag and no progress. It says `Stalled` within its bound and tries its
+/// remedy (leave and rejoin); once the broker answers again the pod gets its partitions back, the
+/// condition clears and every event arrives (at least once).
+#[test]
+fn a_broker_that_stops_answering_leaves_the_pod_stalled_until_it_answers_again() {
+    let broker = on_own_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(2);
+    let total = 4000;
+    produce(&names.input, total, 0);
+    // ~1 ms per event on 2 workers: a few seconds of lag when the broker freezes.
+    let port = free_port();
+    let spec = with_admin(
+        &slow_spec(
+            dir.path(),
+            &names,
+            1000,
+            "    batch-size: 16\n    drain-timeout-ms: 2000\n",
+        ),
+        port,
+        "  stalled-after-ms: 3000\n  rejoin-attempts: 1\n",
+    );
+    let run = start(&spec, dir.path());
+    let status = || -> Value {
+        http_get(port, "/status")
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .unwrap_or(Value::Null)
+    };
+    wait_until("a first commit", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) > 0
+    });
+    broker.pause();
+    let paused_at = Instant::now();
+    wait_until("Stalled", Duration::from_secs(20), || {
+        status()["condition"]["name"] == "Stalled"
+    });
+    let stalled_after = paused_at.elapsed();
+    let m = http_get(port, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(&m, "sluice_condition", &[("condition", "Stalled")]),
+        Some(1.0),
+        "{m}"
+    );
+    wait_until("the rejoin", Duration::from_secs(30), || {
+        http_get(port, "/metrics").is_some_and(|(_, m)| {
+            metric(&m, "sluice_remedies_total", &[("action", "rejoin")]) >= Some(1.0)
+        })
+    });
+    broker.resume();
+    wait_until("every offset committed", Duration::from_secs(120), || {
+        committed_sum(&names.input, &names.group) == total as i64
+    });
+    wait_until("no longer Stalled", Duration::from_secs(15), || {
+        !matches!(
+            status()["condition"]["name"].as_str(),
+            Some("Stalled") | None
+        )
+    });
+    let (healthz, _) = http_get(port, "/healthz").unwrap();
+    assert_eq!(healthz, 200, "the rejoin helped: no give-up");
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        !log_events(&log, "condition: Stalled").is_empty(),
+        "the condition is logged on entry:\n{log}"
+    );
+    let values: std::collections::BTreeSet<String> = consume_quick(&names.output)
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values.len(), total, "every event arrived");
+    eprintln!("Stalled {stalled_after:?} after the broker froze (bound 3 s)");
 }
 
 /// `Starved`, provoked for real: a second member of a group whose one partition another member
