@@ -2034,9 +2034,9 @@ fn a_broker_that_stops_answering_leaves_the_pod_stalled_until_it_answers_again()
     let broker = on_own_broker();
     let dir = tempfile::tempdir().unwrap();
     let names = topics(2);
-    let total = 4000;
+    let total = 10_000;
     produce(&names.input, total, 0);
-    // ~1 ms per event on 2 workers: a few seconds of lag when the broker freezes.
+    // ~1 ms per event on 2 workers: seconds of lag left when the broker freezes.
     let port = free_port();
     let spec = with_admin(
         &slow_spec(
@@ -2098,6 +2098,73 @@ fn a_broker_that_stops_answering_leaves_the_pod_stalled_until_it_answers_again()
         .collect();
     assert_eq!(values.len(), total, "every event arrived");
     eprintln!("Stalled {stalled_after:?} after the broker froze (bound 3 s)");
+}
+
+/// `CommitsFailing`, provoked by the broker: frozen (SIGSTOP) while the pod is working, its
+/// interval commit goes unanswered. The poll loop does not wait for the answer: after 5 s the
+/// commit counts as failing, and after `commits-failing-after-ms` the pod says `CommitsFailing`
+/// (with `Stalled` bounded far away). Once the broker answers again, the commits go through, the
+/// condition clears and every event arrives.
+#[test]
+fn a_broker_that_stops_answering_commits_is_commits_failing_until_it_answers_again() {
+    let broker = on_own_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(2);
+    let total = 10_000;
+    produce(&names.input, total, 0);
+    let port = free_port();
+    let spec = with_admin(
+        &slow_spec(dir.path(), &names, 1000, "    batch-size: 16\n"),
+        port,
+        "  stalled-after-ms: 600000\n  commits-failing-after-ms: 2000\n",
+    );
+    let run = start(&spec, dir.path());
+    let status = || -> Value {
+        http_get(port, "/status")
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .unwrap_or(Value::Null)
+    };
+    wait_until("a first commit", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) > 0
+    });
+    broker.pause();
+    let paused_at = Instant::now();
+    wait_until("CommitsFailing", Duration::from_secs(20), || {
+        status()["condition"]["name"] == "CommitsFailing"
+    });
+    let failing_after = paused_at.elapsed();
+    let m = http_get(port, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(&m, "sluice_condition", &[("condition", "CommitsFailing")]),
+        Some(1.0),
+        "{m}"
+    );
+    broker.resume();
+    wait_until("every offset committed", Duration::from_secs(120), || {
+        committed_sum(&names.input, &names.group) == total as i64
+    });
+    wait_until("no longer CommitsFailing", Duration::from_secs(15), || {
+        !matches!(
+            status()["condition"]["name"].as_str(),
+            Some("CommitsFailing") | None
+        )
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        !log_events(&log, "commit failed: no answer from the broker").is_empty(),
+        "{log}"
+    );
+    assert!(
+        !log_events(&log, "condition: CommitsFailing").is_empty(),
+        "{log}"
+    );
+    let values: std::collections::BTreeSet<String> = consume_quick(&names.output)
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values.len(), total, "every event arrived");
+    eprintln!("CommitsFailing {failing_after:?} after the broker froze (5 s unanswered + 2 s)");
 }
 
 /// `Starved`, provoked for real: a second member of a group whose one partition another member
