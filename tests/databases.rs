@@ -222,12 +222,7 @@ fn postgres_down_for_10_s_mid_stream_pauses_and_loses_nothing() {
     let text = std::fs::read_to_string(&spec).unwrap();
     std::fs::write(&spec, format!("{text}admin:\n  listen: 127.0.0.1:{port}\n")).unwrap();
     let run = start_with_url(&spec, dir.path(), &pg.url);
-    let count = || -> usize {
-        pg.sql("SELECT COUNT(*) FROM events")
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let count = || pg.count("events");
     wait_until("the first rows", Duration::from_secs(60), || count() > 0);
     assert_eq!(http_get(port, "/readyz").map(|(c, _)| c), Some(200));
     pg.down();
@@ -427,6 +422,45 @@ fn a_row_the_database_rejects_follows_the_error_policy_alone() {
     );
 }
 
+/// An exactly-once pipeline into table `events` for the kill -9 tests: `source` replaces the
+/// commit interval, `properties` adds consumer properties. A short session timeout lets a
+/// killed member leave the group quickly.
+fn exactly_once_spec(
+    dir: &Path,
+    topic: &str,
+    group: &str,
+    plugin: &str,
+    source: &str,
+    properties: &str,
+) -> PathBuf {
+    let spec = table_spec_with(
+        dir,
+        topic,
+        group,
+        plugin,
+        "    postgres:\n      url: ${DB_URL}\n      table: events\n      columns: {seq: bigint, key: text}\n      exactly-once: true\n",
+    );
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "    commit-interval-ms: 200\n",
+        &format!(
+            "{source}    properties: {{session.timeout.ms: \"2000\", heartbeat.interval.ms: \"500\"{properties}}}\n"
+        ),
+    );
+    std::fs::write(&spec, text).unwrap();
+    spec
+}
+
+/// Random milliseconds in `lo..hi`, from a seed that differs per run.
+fn random_ms() -> impl FnMut(u64, u64) -> u64 {
+    let mut seed = std::process::id() as u64 | 1;
+    move |lo, hi| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        lo + seed % (hi - lo)
+    }
+}
+
 #[test]
 fn exactly_once_into_postgres_survives_ten_kill_9s() {
     let pg = Postgres::start();
@@ -440,7 +474,7 @@ fn exactly_once_into_postgres_survives_ten_kill_9s() {
     let group = unique("eos");
     // ~2 ms per event on two workers: each run gets through a few hundred events before the
     // kill. A short session timeout lets the killed member leave the group quickly.
-    let spec = table_spec_with(
+    let spec = exactly_once_spec(
         dir.path(),
         &topic,
         &group,
@@ -448,26 +482,11 @@ fn exactly_once_into_postgres_survives_ten_kill_9s() {
             "  path: {}\n  config: {{mode: slow, delay_us: 2000}}\n",
             plugin("misbehaving").display()
         ),
-        "    postgres:\n      url: ${DB_URL}\n      table: events\n      columns: {seq: bigint, key: text}\n      exactly-once: true\n",
+        "    commit-interval-ms: 200\n    batch-size: 16\n",
+        "",
     );
-    let text = std::fs::read_to_string(&spec).unwrap().replace(
-        "    commit-interval-ms: 200\n",
-        "    commit-interval-ms: 200\n    batch-size: 16\n    properties: {session.timeout.ms: \"2000\", heartbeat.interval.ms: \"500\"}\n",
-    );
-    std::fs::write(&spec, text).unwrap();
-    let count = || -> usize {
-        pg.sql("SELECT COUNT(*) FROM events")
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let mut seed = std::process::id() as u64 | 1;
-    let mut random_ms = move |lo: u64, hi: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        lo + seed % (hi - lo)
-    };
+    let count = || pg.count("events");
+    let mut random_ms = random_ms();
     let mut landed = Vec::new();
     for _ in 0..10 {
         let run = start_with_url(&spec, dir.path(), &pg.url);
@@ -556,56 +575,35 @@ fn exactly_once_restarts_with_a_backlog_make_progress_every_time() {
     pg.sql("CREATE TABLE events (seq bigint NOT NULL, key text)");
     let topic = unique("eos-backlog");
     broker().create_topic(&topic, 4);
-    // Topped up as it is worked off: every run starts with at least 60,000 events to go.
-    let mut total = 100_000;
+    // Topped up as it is worked off: every run starts with at least 150,000 events to go (a run
+    // writes up to ~70,000 rows in 3 s).
+    let mut total = 150_000;
     broker().produce(&topic, total, 0, &[]);
     let dir = tempfile::tempdir().unwrap();
     let group = unique("eos-backlog");
-    let spec = table_spec(
+    let spec = exactly_once_spec(
         dir.path(),
         &topic,
         &group,
-        "    postgres:\n      url: ${DB_URL}\n      table: events\n      columns: {seq: bigint, key: text}\n      exactly-once: true\n",
-    );
-    let text = std::fs::read_to_string(&spec).unwrap().replace(
-        "    commit-interval-ms: 200\n",
+        &format!("  path: {}\n", plugin("passthrough").display()),
+        "    commit-interval-ms: 1000\n",
         // The test broker answers a fetch with the whole backlog up to `fetch.max.bytes` (it
-        // ignores `max.partition.fetch.bytes`): 50 MB by default, seconds before a first event.
-        // A Kafka broker sends at most 1 MB per partition.
-        "    commit-interval-ms: 1000\n    properties: {session.timeout.ms: \"2000\", heartbeat.interval.ms: \"500\", fetch.max.bytes: \"1048576\"}\n",
+        // ignores `max.partition.fetch.bytes`): 50 MB by default, seconds before a first event
+        // (1 MB: 0.5-1.2 s). A Kafka broker sends at most 1 MB per partition.
+        ", fetch.max.bytes: \"262144\", message.max.bytes: \"262144\"",
     );
-    std::fs::write(&spec, text).unwrap();
-    let count = || -> usize {
-        pg.sql("SELECT COUNT(*) FROM events")
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let assigned = |run: &Running| {
-        log_events(
-            &std::fs::read_to_string(&run.log).unwrap_or_default(),
-            "assigned",
-        )
-        .iter()
-        .any(|e| e["count"].as_u64() > Some(0))
-    };
-    let mut seed = std::process::id() as u64 | 1;
-    let mut random_ms = move |lo: u64, hi: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        lo + seed % (hi - lo)
-    };
+    let count = || pg.count("events");
+    let mut random_ms = random_ms();
     let mut landed = Vec::new();
     for _ in 0..8 {
         let before = count();
-        if total - before < 60_000 {
+        while total - before < 150_000 {
             broker().produce(&topic, 50_000, total, &[]);
             total += 50_000;
         }
         let run = start_with_url(&spec, dir.path(), &pg.url);
         wait_until("the partitions assigned", Duration::from_secs(60), || {
-            assigned(&run)
+            run.has_partitions()
         });
         let at = Instant::now();
         let kill_after = Duration::from_millis(random_ms(1000, 3000));

@@ -1748,15 +1748,6 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
         (rng >> 33) % below
     };
     eprintln!("kill points from seed {seed}");
-    // Partitions assigned to the run (the test broker sometimes assigns none at first).
-    let assigned = |run: &Running| {
-        log_events(
-            &std::fs::read_to_string(&run.log).unwrap_or_default(),
-            "assigned",
-        )
-        .iter()
-        .any(|e| e["count"].as_u64() > Some(0))
-    };
     let mut committed = 0;
     for kill in 0..10 {
         // With an admin endpoint, so the watchdog rejoins a member the test broker leaves
@@ -1764,7 +1755,7 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
         let admin = format!("127.0.0.1:{}", free_port());
         let run = start_with(&spec, dir.path(), &["--admin", &admin], &env_a);
         wait_until("the partitions assigned", Duration::from_secs(120), || {
-            assigned(&run)
+            run.has_partitions()
         });
         // Mid-stream: once this run has committed something of its own.
         wait_until("a commit of this run", Duration::from_secs(120), || {
@@ -1783,12 +1774,12 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     // A rebalance: b joins a, gets some partitions and their state from the changelogs.
     let admin_a = format!("127.0.0.1:{}", free_port());
     let a = start_with(&spec, dir.path(), &["--admin", &admin_a], &env_a);
-    wait_until("a assigned", Duration::from_secs(60), || assigned(&a));
+    wait_until("a assigned", Duration::from_secs(60), || a.has_partitions());
     std::thread::sleep(Duration::from_secs(2));
     let admin_b = format!("127.0.0.1:{}", free_port());
     let b = start_with(&spec, dir.path(), &["--admin", &admin_b], &env_b);
     wait_until("b assigned in a rebalance", Duration::from_secs(90), || {
-        assigned(&b)
+        b.has_partitions()
     });
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -2025,78 +2016,118 @@ fn a_plugin_that_blocks_is_stalled_then_rejoined_then_unhealthy_and_loses_nothin
     eprintln!("Stalled {stalled_after:?} after the hold (bound 3 s)");
 }
 
+/// A pod (admin endpoint on `port`) on a broker of its own, working through `FROZEN_TOTAL`
+/// events at ~1 ms each on 2 workers: seconds of lag are left after its first commit, when the
+/// broker tests freeze the broker.
+struct FreezablePod {
+    broker: &'static Broker,
+    _dir: tempfile::TempDir,
+    names: Names,
+    port: u16,
+    run: Running,
+}
+
+const FROZEN_TOTAL: usize = 10_000;
+
+impl FreezablePod {
+    fn start(extra_source: &str, admin: &str) -> FreezablePod {
+        let broker = on_own_broker();
+        let dir = tempfile::tempdir().unwrap();
+        let names = topics(2);
+        produce(&names.input, FROZEN_TOTAL, 0);
+        let port = free_port();
+        let spec = with_admin(
+            &slow_spec(
+                dir.path(),
+                &names,
+                1000,
+                &format!("    batch-size: 16\n{extra_source}"),
+            ),
+            port,
+            admin,
+        );
+        let run = start(&spec, dir.path());
+        wait_until("a first commit", Duration::from_secs(60), || {
+            committed_sum(&names.input, &names.group) > 0
+        });
+        FreezablePod {
+            broker,
+            _dir: dir,
+            names,
+            port,
+            run,
+        }
+    }
+
+    fn condition(&self) -> Value {
+        http_get(self.port, "/status")
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .map_or(Value::Null, |s| s["condition"]["name"].clone())
+    }
+
+    /// Freezes the broker; returns how long until the pod said `condition` (shown as the gauge
+    /// too).
+    fn freeze_until(&self, condition: &str) -> Duration {
+        self.broker.pause();
+        let paused_at = Instant::now();
+        wait_until(condition, Duration::from_secs(20), || {
+            self.condition() == condition
+        });
+        let after = paused_at.elapsed();
+        let m = http_get(self.port, "/metrics").unwrap().1;
+        assert_eq!(
+            metric(&m, "sluice_condition", &[("condition", condition)]),
+            Some(1.0),
+            "{m}"
+        );
+        after
+    }
+
+    /// Lets the broker go on: every offset is committed, `condition` clears, every event
+    /// arrives (at least once). Returns the pod's log.
+    fn thaw(self, condition: &str) -> String {
+        self.broker.resume();
+        wait_until("every offset committed", Duration::from_secs(120), || {
+            committed_sum(&self.names.input, &self.names.group) == FROZEN_TOTAL as i64
+        });
+        wait_until("the condition cleared", Duration::from_secs(15), || {
+            let now = self.condition();
+            now.is_string() && now != condition
+        });
+        let (healthz, _) = http_get(self.port, "/healthz").unwrap();
+        assert_eq!(healthz, 200, "nothing gave up");
+        let (code, log) = self.run.stop();
+        assert_eq!(code, Some(0), "{log}");
+        assert!(
+            !log_events(&log, &format!("condition: {condition}")).is_empty(),
+            "the condition is logged on entry:\n{log}"
+        );
+        let values: std::collections::BTreeSet<String> = consume_quick(&self.names.output)
+            .iter()
+            .map(|r| r["value"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(values.len(), FROZEN_TOTAL, "every event arrived");
+        log
+    }
+}
+
 /// `Stalled`, provoked by the broker: a broker that stops answering (SIGSTOP, connections left
 /// open) leaves a pod with lag and no progress. It says `Stalled` within its bound and tries its
 /// remedy (leave and rejoin); once the broker answers again the pod gets its partitions back, the
 /// condition clears and every event arrives (at least once).
 #[test]
 fn a_broker_that_stops_answering_leaves_the_pod_stalled_until_it_answers_again() {
-    let broker = on_own_broker();
-    let dir = tempfile::tempdir().unwrap();
-    let names = topics(2);
-    let total = 10_000;
-    produce(&names.input, total, 0);
-    // ~1 ms per event on 2 workers: seconds of lag left when the broker freezes.
-    let port = free_port();
-    let spec = with_admin(
-        &slow_spec(
-            dir.path(),
-            &names,
-            1000,
-            "    batch-size: 16\n    drain-timeout-ms: 2000\n",
-        ),
-        port,
+    let pod = FreezablePod::start(
+        "    drain-timeout-ms: 2000\n",
         "  stalled-after-ms: 3000\n  rejoin-attempts: 1\n",
     );
-    let run = start(&spec, dir.path());
-    let status = || -> Value {
-        http_get(port, "/status")
-            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-            .unwrap_or(Value::Null)
-    };
-    wait_until("a first commit", Duration::from_secs(60), || {
-        committed_sum(&names.input, &names.group) > 0
-    });
-    broker.pause();
-    let paused_at = Instant::now();
-    wait_until("Stalled", Duration::from_secs(20), || {
-        status()["condition"]["name"] == "Stalled"
-    });
-    let stalled_after = paused_at.elapsed();
-    let m = http_get(port, "/metrics").unwrap().1;
-    assert_eq!(
-        metric(&m, "sluice_condition", &[("condition", "Stalled")]),
-        Some(1.0),
-        "{m}"
-    );
+    let stalled_after = pod.freeze_until("Stalled");
     wait_until("the rejoin", Duration::from_secs(30), || {
-        http_get(port, "/metrics").is_some_and(|(_, m)| {
+        http_get(pod.port, "/metrics").is_some_and(|(_, m)| {
             metric(&m, "sluice_remedies_total", &[("action", "rejoin")]) >= Some(1.0)
         })
     });
-    broker.resume();
-    wait_until("every offset committed", Duration::from_secs(120), || {
-        committed_sum(&names.input, &names.group) == total as i64
-    });
-    wait_until("no longer Stalled", Duration::from_secs(15), || {
-        !matches!(
-            status()["condition"]["name"].as_str(),
-            Some("Stalled") | None
-        )
-    });
-    let (healthz, _) = http_get(port, "/healthz").unwrap();
-    assert_eq!(healthz, 200, "the rejoin helped: no give-up");
-    let (code, log) = run.stop();
-    assert_eq!(code, Some(0), "{log}");
-    assert!(
-        !log_events(&log, "condition: Stalled").is_empty(),
-        "the condition is logged on entry:\n{log}"
-    );
-    let values: std::collections::BTreeSet<String> = consume_quick(&names.output)
-        .iter()
-        .map(|r| r["value"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(values.len(), total, "every event arrived");
+    pod.thaw("Stalled");
     eprintln!("Stalled {stalled_after:?} after the broker froze (bound 3 s)");
 }
 
@@ -2107,63 +2138,16 @@ fn a_broker_that_stops_answering_leaves_the_pod_stalled_until_it_answers_again()
 /// condition clears and every event arrives.
 #[test]
 fn a_broker_that_stops_answering_commits_is_commits_failing_until_it_answers_again() {
-    let broker = on_own_broker();
-    let dir = tempfile::tempdir().unwrap();
-    let names = topics(2);
-    let total = 10_000;
-    produce(&names.input, total, 0);
-    let port = free_port();
-    let spec = with_admin(
-        &slow_spec(dir.path(), &names, 1000, "    batch-size: 16\n"),
-        port,
+    let pod = FreezablePod::start(
+        "",
         "  stalled-after-ms: 600000\n  commits-failing-after-ms: 2000\n",
     );
-    let run = start(&spec, dir.path());
-    let status = || -> Value {
-        http_get(port, "/status")
-            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-            .unwrap_or(Value::Null)
-    };
-    wait_until("a first commit", Duration::from_secs(60), || {
-        committed_sum(&names.input, &names.group) > 0
-    });
-    broker.pause();
-    let paused_at = Instant::now();
-    wait_until("CommitsFailing", Duration::from_secs(20), || {
-        status()["condition"]["name"] == "CommitsFailing"
-    });
-    let failing_after = paused_at.elapsed();
-    let m = http_get(port, "/metrics").unwrap().1;
-    assert_eq!(
-        metric(&m, "sluice_condition", &[("condition", "CommitsFailing")]),
-        Some(1.0),
-        "{m}"
-    );
-    broker.resume();
-    wait_until("every offset committed", Duration::from_secs(120), || {
-        committed_sum(&names.input, &names.group) == total as i64
-    });
-    wait_until("no longer CommitsFailing", Duration::from_secs(15), || {
-        !matches!(
-            status()["condition"]["name"].as_str(),
-            Some("CommitsFailing") | None
-        )
-    });
-    let (code, log) = run.stop();
-    assert_eq!(code, Some(0), "{log}");
+    let failing_after = pod.freeze_until("CommitsFailing");
+    let log = pod.thaw("CommitsFailing");
     assert!(
         !log_events(&log, "commit failed: no answer from the broker").is_empty(),
         "{log}"
     );
-    assert!(
-        !log_events(&log, "condition: CommitsFailing").is_empty(),
-        "{log}"
-    );
-    let values: std::collections::BTreeSet<String> = consume_quick(&names.output)
-        .iter()
-        .map(|r| r["value"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(values.len(), total, "every event arrived");
     eprintln!("CommitsFailing {failing_after:?} after the broker froze (5 s unanswered + 2 s)");
 }
 

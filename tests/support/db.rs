@@ -235,6 +235,14 @@ impl Postgres {
     }
 
     /// Runs SQL with psql; returns its unaligned output (`|`-separated columns).
+    /// The rows in `table`.
+    pub fn count(&self, table: &str) -> usize {
+        self.sql(&format!("SELECT COUNT(*) FROM {table}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     pub fn sql(&self, sql: &str) -> String {
         run(
             "psql",

@@ -474,6 +474,17 @@ impl Running {
             std::fs::read_to_string(&self.log).unwrap_or_default(),
         )
     }
+    /// Whether the run logged an assignment of at least one partition (the test broker
+    /// sometimes assigns none at first).
+    pub fn has_partitions(&self) -> bool {
+        log_events(
+            &std::fs::read_to_string(&self.log).unwrap_or_default(),
+            "assigned",
+        )
+        .iter()
+        .any(|e| e["count"].as_u64() > Some(0))
+    }
+
     /// SIGKILL, and wait.
     pub fn kill(mut self) {
         self.signal("-KILL");

@@ -159,16 +159,7 @@ impl CommitCycle {
                     overdue: false,
                 });
             }
-            Err(err) => {
-                d.telemetry.emit(CommitFailed {
-                    error: &err,
-                    retried: true,
-                });
-                d.tracker
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .commit_failed(&commits);
-            }
+            Err(err) => commit_failed(&d, &commits, &err),
         }
     }
 
@@ -219,18 +210,21 @@ impl CommitCycle {
                     released: &[],
                 });
             }
-            Some(err) => {
-                d.telemetry.emit(CommitFailed {
-                    error: &err,
-                    retried: true,
-                });
-                d.tracker
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .commit_failed(&sent.commits);
-            }
+            Some(err) => commit_failed(&d, &sent.commits, &err),
         }
     }
+}
+
+/// An interval commit failed: reported, and its offsets handed out again at the next interval.
+fn commit_failed(d: &Dispatch, commits: &[(TopicPartition, i64)], error: &str) {
+    d.telemetry.emit(CommitFailed {
+        error,
+        retried: true,
+    });
+    d.tracker
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .commit_failed(commits);
 }
 
 /// An interval commit on its way to the broker.
