@@ -230,11 +230,12 @@ pub fn kafka_tool(args: &[&str]) -> String {
 /// background under a watchdog: when this test process goes away, however it ends, the watchdog
 /// kills the server and deletes `dir`, its storage. A server kept in a `static` is never
 /// dropped, so without this its directory (hundreds of MB for a broker) would outlive every run.
-/// When only the server dies (a test stops it to restart it), the storage stays.
+/// The server is reaped before its storage goes (it could still be writing). When only the
+/// server dies (a test stops it to restart it), the storage stays.
 pub fn watchdog(server: &str, dir: &Path) -> String {
     format!(
         "{server} & b=$!; \
-         while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill -9 $b 2>/dev/null; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill -9 $b 2>/dev/null; wait $b; \
          kill -0 {parent} 2>/dev/null || rm -rf '{dir}'",
         parent = std::process::id(),
         dir = dir.display()
