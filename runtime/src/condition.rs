@@ -187,13 +187,13 @@ pub struct Remedy {
 impl Remedy {
     /// At time `now`, with `verdict`: the next step. One attempt per bound at most. A rejoin
     /// restarts the partitions' clocks, so the condition clearing right after one proves
-    /// nothing: the count resets only after three bounds without the condition.
+    /// nothing: the count resets only after three bounds without the condition. Giving up is
+    /// final: `/healthz` fails until the pod is restarted.
     pub fn next(&mut self, now: Duration, verdict: &Verdict, bounds: &Bounds) -> Action {
         if !verdict.condition.wants_rejoin() {
             let since = *self.clear_since.get_or_insert(now);
             if now.saturating_sub(since) > bounds.starved_after.max(bounds.stalled_after) * 3 {
                 self.attempts = 0;
-                self.gave_up = false;
             }
             return Action::None;
         }
@@ -214,11 +214,6 @@ impl Remedy {
         Action::Rejoin {
             attempt: self.attempts,
         }
-    }
-
-    /// Whether the remedies gave up (`/healthz` fails).
-    pub fn gave_up(&self) -> bool {
-        self.gave_up
     }
 }
 
@@ -344,15 +339,45 @@ mod tests {
         );
         assert_eq!(remedy.next(S * 120, &stalled, &bounds), Action::None);
         assert_eq!(remedy.next(S * 127, &stalled, &bounds), Action::GiveUp);
-        assert!(remedy.gave_up());
         assert_eq!(remedy.next(S * 500, &stalled, &bounds), Action::None);
         assert_eq!(remedy.next(S * 501, &healthy, &bounds), Action::None);
-        assert!(remedy.gave_up(), "not yet: three bounds of health first");
         assert_eq!(remedy.next(S * 532, &healthy, &bounds), Action::None);
-        assert!(!remedy.gave_up(), "cleared for good");
         assert_eq!(
             remedy.next(S * 533, &stalled, &bounds),
+            Action::None,
+            "given up for good: the pod waits for its restart"
+        );
+    }
+
+    #[test]
+    fn the_count_of_attempts_resets_after_three_bounds_of_health() {
+        let bounds = Bounds {
+            stalled_after: S * 10,
+            starved_after: S * 5,
+            rejoin_attempts: 1,
+            ..Bounds::default()
+        };
+        let (stalled, healthy) = (
+            Verdict {
+                condition: Condition::Stalled,
+                subjects: Vec::new(),
+            },
+            Verdict {
+                condition: Condition::Healthy,
+                subjects: Vec::new(),
+            },
+        );
+        let mut remedy = Remedy::default();
+        assert_eq!(
+            remedy.next(S * 100, &stalled, &bounds),
             Action::Rejoin { attempt: 1 }
+        );
+        assert_eq!(remedy.next(S * 101, &healthy, &bounds), Action::None);
+        assert_eq!(remedy.next(S * 132, &healthy, &bounds), Action::None);
+        assert_eq!(
+            remedy.next(S * 133, &stalled, &bounds),
+            Action::Rejoin { attempt: 1 },
+            "30 s of health (3 x 10 s): a new episode"
         );
     }
 }

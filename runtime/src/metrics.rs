@@ -164,6 +164,15 @@ fn histogram(
 }
 
 impl Metrics {
+    /// The condition gauge: 1 for `current`, 0 for the others (a series for each).
+    pub fn set_condition(&self, current: crate::condition::Condition) {
+        for c in crate::condition::Condition::ALL {
+            self.condition
+                .with_label_values(&[c.name()])
+                .set(i64::from(c == current));
+        }
+    }
+
     /// The metrics of pipeline `pipeline`; `enabled` switches the hot-path instruments.
     pub fn new(pipeline: &str, enabled: bool) -> Metrics {
         let labels = HashMap::from([("pipeline".to_owned(), pipeline.to_owned())]);

@@ -604,12 +604,7 @@ impl InternalEvent for ConditionChanged<'_> {
                 "condition: Starved: the group has lag but this member holds no partition"
             ),
         }
-        for c in Condition::ALL {
-            t.metrics
-                .condition
-                .with_label_values(&[c.name()])
-                .set(i64::from(c == self.to));
-        }
+        t.metrics.set_condition(self.to);
         t.metrics.condition_changes.with_label_values(&[to]).inc();
         t.health.set_condition(self.to, self.subjects.to_vec());
     }

@@ -163,9 +163,9 @@ impl CommitCycle {
         }
     }
 
-    /// Takes the broker's answer to the interval commit sent, if it came, and settles it: committed, or handed out again. One
-    /// unanswered for longer than an interval and 5 s counts as failing (`CommitsFailing`)
-    /// until it is answered.
+    /// Takes the broker's answer to the interval commit sent, if it came, and settles it:
+    /// confirmed, or handed out again. One unanswered for longer than an interval and 5 s counts
+    /// as failing (`CommitsFailing`) until it is answered.
     fn settle(&mut self, dispatch: &Mutex<Dispatch>) {
         let Some(sent) = &mut self.sent else { return };
         let answer = self

@@ -164,7 +164,7 @@ pub fn run_with(
     );
     // Is it making progress? With the admin endpoint on (librdkafka's statistics give the lag).
     let mut watch = (stats_interval.is_some() && replay.is_none())
-        .then(|| watch::Watch::new(&spec.admin, &source.topics));
+        .then(|| watch::Watch::new(&spec.admin, &source.topics, &telemetry));
     let mut replay_done_now = false;
     let mut topic_names = TopicNames::default();
     telemetry.health.set_lifecycle(Lifecycle::Consuming);

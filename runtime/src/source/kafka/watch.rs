@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::dispatch::Dispatch;
 use super::rebalance::RebalanceContext;
-use crate::condition::{Action, Bounds, Condition, Observation, PartitionSeen, Remedy, decide};
+use crate::condition::{Action, Bounds, Observation, PartitionSeen, Remedy, decide};
 use crate::config::AdminSpec;
 use crate::offsets::TopicPartition;
 use crate::telemetry::{ConditionChanged, RemediesExhausted, RemedyTried, Telemetry};
@@ -25,8 +25,6 @@ pub(crate) struct Watch {
     topics: Vec<String>,
     started: Instant,
     next: Instant,
-    condition: Condition,
-    since: Instant,
     remedy: Remedy,
     /// Per assigned partition: the committed offset last seen and when it last moved.
     progress: HashMap<TopicPartition, (Option<i64>, Instant)>,
@@ -35,8 +33,12 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    pub(crate) fn new(admin: &AdminSpec, topics: &[String]) -> Watch {
+    pub(crate) fn new(admin: &AdminSpec, topics: &[String], telemetry: &Telemetry) -> Watch {
         let ms = Duration::from_millis;
+        // The gauge has a series per condition from the start, not from the first change.
+        telemetry
+            .metrics
+            .set_condition(telemetry.health.condition().0);
         Watch {
             bounds: Bounds {
                 starved_after: ms(admin.starved_after_ms),
@@ -47,8 +49,6 @@ impl Watch {
             topics: topics.to_vec(),
             started: Instant::now(),
             next: Instant::now() + Duration::from_secs(1),
-            condition: Condition::Healthy,
-            since: Instant::now(),
             remedy: Remedy::default(),
             progress: HashMap::new(),
             unassigned_since: None,
@@ -74,24 +74,19 @@ impl Watch {
         };
         let seen = self.observe(consumer, &assigned, telemetry, now);
         let verdict = decide(&seen, &self.bounds);
-        if verdict.condition != self.condition || {
-            let (_, _, subjects) = telemetry.health.condition();
-            subjects != verdict.subjects
-        } {
-            if verdict.condition != self.condition {
-                telemetry.emit(ConditionChanged {
-                    from: self.condition,
-                    lasted: self.since.elapsed(),
-                    to: verdict.condition,
-                    subjects: &verdict.subjects,
-                });
-                self.condition = verdict.condition;
-                self.since = now;
-            } else {
-                telemetry
-                    .health
-                    .set_condition(verdict.condition, verdict.subjects.clone());
-            }
+        // What is published (`Health`) is the one record of the condition and since when.
+        let (current, lasted, subjects) = telemetry.health.condition();
+        if verdict.condition != current {
+            telemetry.emit(ConditionChanged {
+                from: current,
+                lasted,
+                to: verdict.condition,
+                subjects: &verdict.subjects,
+            });
+        } else if subjects != verdict.subjects {
+            telemetry
+                .health
+                .set_condition(verdict.condition, verdict.subjects.clone());
         }
         match self.remedy.next(now - self.started, &verdict, &self.bounds) {
             Action::None => {}
