@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{cpu_seconds, median, percentile, raw_loop, watch};
+use common::{cpu_seconds, median, percentile, raw_loop, run_spec, watch};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -232,12 +232,7 @@ impl Subject {
                         plugin("passthrough").display(),
                     ),
                 );
-                Command::new(bin)
-                    .args(["run", "-f"])
-                    .arg(spec)
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
+                run_spec(bin, &spec)
             }
         }
     }

@@ -14,12 +14,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{cpu_seconds, median, raw_loop, watch};
+use common::{cpu_seconds, median, raw_loop, run_spec, watch};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use sluice_tests::{Broker, kafka_tool, plugin, write_spec};
+use sluice_tests::{Broker, plugin, write_spec};
 
 const EVENTS: usize = 200_000;
 const PARTITIONS: i32 = 4;
@@ -29,19 +29,7 @@ fn main() {
     let broker = Broker::start();
     let input = "bench-in";
     broker.create_topic(input, PARTITIONS as u32);
-    kafka_tool(&[
-        "produce",
-        "--broker",
-        &broker.addr,
-        "--topic",
-        input,
-        "--count",
-        &EVENTS.to_string(),
-        "--keys",
-        "1000",
-        "--size",
-        "60",
-    ]);
+    broker.produce(input, EVENTS, 0, &["--keys", "1000", "--size", "60"]);
     let bytes_per_event = r#"{"seq": 123456, "key": "k123", "pad": ""}"#.len() + 60 + 4;
     let watcher: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)
@@ -94,12 +82,7 @@ fn main() {
                     broker.addr
                 ),
             );
-            let mut child = Command::new(&sluice)
-                .args(["run", "-f"])
-                .arg(&spec)
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let mut child = run_spec(&sluice, &spec);
             rates[i].push(EVENTS as f64 / watch(&watcher, &out, PARTITIONS, EVENTS, child.id()).0);
             cpu[i].push(cpu_seconds(child.id()) / (EVENTS as f64 / 1e6));
             Command::new("kill")

@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{median, watch};
+use common::{median, run_spec, watch};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use sluice_tests::{Broker, kafka_tool, plugin, write_spec};
+use sluice_tests::{Broker, plugin, write_spec};
 
 const EVENTS: usize = 100_000;
 const KEYS: usize = 10_000;
@@ -89,12 +89,7 @@ fn main() {
                     .unwrap();
             }
             let spec = spec(dir.path(), &bootstrap, input, &name, stateful);
-            let mut child = Command::new(&sluice)
-                .args(["run", "-f"])
-                .arg(&spec)
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let mut child = run_spec(&sluice, &spec);
             let (seconds, cpu_per_m) = watch(&watcher, &name, PARTITIONS, EVENTS, child.id());
             rates[i].push(EVENTS as f64 / seconds);
             cpu[i].push(cpu_per_m);
@@ -159,28 +154,16 @@ fn main() {
     // The same restore from the test broker.
     let broker = Broker::start();
     broker.create_topic(input, PARTITIONS as u32);
-    kafka_tool(&[
-        "produce",
-        "--broker",
-        &broker.addr,
-        "--topic",
+    broker.produce(
         input,
-        "--count",
-        &EVENTS.to_string(),
-        "--keys",
-        &KEYS.to_string(),
-        "--size",
-        "80",
-    ]);
+        EVENTS,
+        0,
+        &["--keys", &KEYS.to_string(), "--size", "80"],
+    );
     let name = "bench-state-tansu";
     broker.create_topic(name, PARTITIONS as u32);
     let spec = spec(dir.path(), &broker.addr, input, name, true);
-    let mut child = Command::new(&sluice)
-        .args(["run", "-f"])
-        .arg(&spec)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_spec(&sluice, &spec);
     let watcher: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)
         .create()

@@ -3,7 +3,8 @@
 
 #![allow(dead_code)] // each benchmark uses its part
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -175,4 +176,14 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse::<f64>().ok())
         .unwrap_or(100.0);
     ticks / hz
+}
+
+/// Starts `sluice run -f SPEC` with `bin`, its stderr discarded.
+pub fn run_spec(bin: &Path, spec: &Path) -> Child {
+    Command::new(bin)
+        .args(["run", "-f"])
+        .arg(spec)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
