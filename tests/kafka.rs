@@ -1938,6 +1938,35 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     assert!(windows > 0, "{restored}");
 }
 
+/// The `/status` of the pod whose admin endpoint is on `port` (`Null` while it does not answer).
+fn admin_status(port: u16) -> Value {
+    http_get(port, "/status")
+        .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits up to `timeout` for the pod on `port` to say `condition` in `/status`, and checks the
+/// gauge says it too.
+fn wait_for_condition(port: u16, condition: &str, timeout: Duration) {
+    wait_until(condition, timeout, || {
+        admin_status(port)["condition"]["name"] == condition
+    });
+    let m = http_get(port, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(&m, "sluice_condition", &[("condition", condition)]),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+/// Waits for the remedies to give up on `condition` after one rejoin: `/healthz` fails, saying so.
+fn wait_for_give_up(port: u16, condition: &str) {
+    let why = format!("{condition} after 1 rejoins");
+    wait_until("the remedy gives up", Duration::from_secs(60), || {
+        http_get(port, "/healthz").is_some_and(|(code, body)| code == 503 && body.contains(&why))
+    });
+}
+
 /// A plugin call that does not return: the pod says `Stalled` (in `/status`, the metric and one
 /// log line) within its bound, leaves and rejoins the group (the remedy), and when that does not
 /// help, fails `/healthz` so Kubernetes would restart it. Once the call returns, the condition
@@ -1957,19 +1986,13 @@ fn a_plugin_that_blocks_is_stalled_then_rejoined_then_unhealthy_and_loses_nothin
     wait_until("200 committed", Duration::from_secs(60), || {
         committed_sum(&names.input, &names.group) == 200
     });
-    let status = || -> Value {
-        http_get(port, "/status")
-            .map(|(_, body)| serde_json::from_str(&body).unwrap())
-            .unwrap_or(Value::Null)
-    };
+    let status = || admin_status(port);
     assert_ne!(status()["condition"]["name"], "Stalled");
     // A `hold` event blocks its worker mid-call, with 100 more events behind it.
     produce_hold(dir.path(), &names.input);
     produce(&names.input, 100, 200);
     let held_at = Instant::now();
-    wait_until("Stalled", Duration::from_secs(15), || {
-        status()["condition"]["name"] == "Stalled"
-    });
+    wait_for_condition(port, "Stalled", Duration::from_secs(15));
     let stalled_after = held_at.elapsed();
     let subjects = status()["condition"]["subjects"].clone();
     assert!(
@@ -1978,16 +2001,7 @@ fn a_plugin_that_blocks_is_stalled_then_rejoined_then_unhealthy_and_loses_nothin
                 .all(|p| p.as_str().unwrap().starts_with(&names.input))),
         "{subjects}"
     );
-    let m = http_get(port, "/metrics").unwrap().1;
-    assert_eq!(
-        metric(&m, "sluice_condition", &[("condition", "Stalled")]),
-        Some(1.0),
-        "{m}"
-    );
-    wait_until("the remedy gives up", Duration::from_secs(60), || {
-        http_get(port, "/healthz")
-            .is_some_and(|(code, body)| code == 503 && body.contains("Stalled after 1 rejoins"))
-    });
+    wait_for_give_up(port, "Stalled");
     // The cause goes away: the call returns, the events go through, the condition clears.
     std::fs::write(&gate, "").unwrap();
     wait_until("all 301 committed", Duration::from_secs(60), || {
@@ -2060,9 +2074,7 @@ impl FreezablePod {
     }
 
     fn condition(&self) -> Value {
-        http_get(self.port, "/status")
-            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-            .map_or(Value::Null, |s| s["condition"]["name"].clone())
+        admin_status(self.port)["condition"]["name"].clone()
     }
 
     /// Freezes the broker; returns how long until the pod said `condition` (shown as the gauge
@@ -2070,17 +2082,8 @@ impl FreezablePod {
     fn freeze_until(&self, condition: &str) -> Duration {
         self.broker.pause();
         let paused_at = Instant::now();
-        wait_until(condition, Duration::from_secs(20), || {
-            self.condition() == condition
-        });
-        let after = paused_at.elapsed();
-        let m = http_get(self.port, "/metrics").unwrap().1;
-        assert_eq!(
-            metric(&m, "sluice_condition", &[("condition", condition)]),
-            Some(1.0),
-            "{m}"
-        );
-        after
+        wait_for_condition(self.port, condition, Duration::from_secs(20));
+        paused_at.elapsed()
     }
 
     /// Lets the broker go on: every offset is committed, `condition` clears, every event
@@ -2178,25 +2181,9 @@ fn a_member_without_partitions_while_the_group_has_lag_is_starved() {
         "  starved-after-ms: 3000\n  rejoin-attempts: 1\n",
     );
     let run = start(&spec, dir.path());
-    let status = || -> Value {
-        http_get(port, "/status")
-            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-            .unwrap_or(Value::Null)
-    };
-    wait_until("Starved", Duration::from_secs(60), || {
-        status()["condition"]["name"] == "Starved"
-    });
-    assert_eq!(status()["partitions"], serde_json::json!([]));
-    let m = http_get(port, "/metrics").unwrap().1;
-    assert_eq!(
-        metric(&m, "sluice_condition", &[("condition", "Starved")]),
-        Some(1.0),
-        "{m}"
-    );
-    wait_until("the remedy gives up", Duration::from_secs(60), || {
-        http_get(port, "/healthz")
-            .is_some_and(|(code, body)| code == 503 && body.contains("Starved after 1 rejoins"))
-    });
+    wait_for_condition(port, "Starved", Duration::from_secs(60));
+    assert_eq!(admin_status(port)["partitions"], serde_json::json!([]));
+    wait_for_give_up(port, "Starved");
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
     busy.kill();

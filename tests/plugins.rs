@@ -319,30 +319,21 @@ fn a_c_plugin_counts_in_a_state_store_through_the_raw_calls() {
             ),
         )
     };
-    let run = sluice(
-        &[
-            "run",
-            "-f",
-            spec("state: {stores: [counts]}\n").to_str().unwrap(),
-        ],
-        dir.path(),
-        "",
-    );
+    let run_with = |state: &str| {
+        sluice(
+            &["run", "-f", spec(state).to_str().unwrap()],
+            dir.path(),
+            "",
+        )
+    };
+    let run = run_with("state: {stores: [counts]}\n");
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.stdout, "a=1\nb=1\na=2\nc=1\na=3\na:3 b:1 c:1\n");
     // A file run's stores start empty: the same counts again.
-    let again = sluice(
-        &[
-            "run",
-            "-f",
-            spec("state: {stores: [counts]}\n").to_str().unwrap(),
-        ],
-        dir.path(),
-        "",
-    );
+    let again = run_with("state: {stores: [counts]}\n");
     assert_eq!(again.stdout, run.stdout);
     // Without the store in the spec: refused, naming it and what to write.
-    let run = sluice(&["run", "-f", spec("").to_str().unwrap()], dir.path(), "");
+    let run = run_with("");
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(
         run.stderr
