@@ -309,22 +309,27 @@ mod tests {
         assert_eq!(condition(&seen), Condition::Stalled);
     }
 
-    #[test]
-    fn the_remedy_waits_a_bound_between_attempts_gives_up_and_resets_after_sustained_health() {
-        let bounds = Bounds {
+    /// Bounds for the remedy tests: stalled after 10 s, starved after 5 s.
+    fn remedy_bounds(rejoin_attempts: u32) -> Bounds {
+        Bounds {
             starved_after: S * 5,
             stalled_after: S * 10,
-            rejoin_attempts: 2,
+            rejoin_attempts,
             ..Bounds::default()
-        };
-        let stalled = Verdict {
-            condition: Condition::Stalled,
-            subjects: vec!["t/0".into()],
-        };
-        let healthy = Verdict {
-            condition: Condition::Healthy,
+        }
+    }
+
+    fn verdict(condition: Condition) -> Verdict {
+        Verdict {
+            condition,
             subjects: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_remedy_waits_a_bound_between_attempts_and_gives_up_for_good() {
+        let bounds = remedy_bounds(2);
+        let (stalled, healthy) = (verdict(Condition::Stalled), verdict(Condition::Healthy));
         let mut remedy = Remedy::default();
         assert_eq!(
             remedy.next(S * 100, &stalled, &bounds),
@@ -351,22 +356,8 @@ mod tests {
 
     #[test]
     fn the_count_of_attempts_resets_after_three_bounds_of_health() {
-        let bounds = Bounds {
-            stalled_after: S * 10,
-            starved_after: S * 5,
-            rejoin_attempts: 1,
-            ..Bounds::default()
-        };
-        let (stalled, healthy) = (
-            Verdict {
-                condition: Condition::Stalled,
-                subjects: Vec::new(),
-            },
-            Verdict {
-                condition: Condition::Healthy,
-                subjects: Vec::new(),
-            },
-        );
+        let bounds = remedy_bounds(1);
+        let (stalled, healthy) = (verdict(Condition::Stalled), verdict(Condition::Healthy));
         let mut remedy = Remedy::default();
         assert_eq!(
             remedy.next(S * 100, &stalled, &bounds),
