@@ -1337,6 +1337,11 @@ fn sluice_top_shows_pods_live_in_a_real_terminal_and_quits_on_q() {
         screen.contains("LAG TREND") && screen.contains("backpressure"),
         "{screen}"
     );
+    // The title says the pod's condition (`/status`'s, from the watchdog).
+    assert!(
+        screen.contains("Healthy ") || screen.contains("Idle "),
+        "{screen}"
+    );
     assert!(
         screen.contains("Connection refused")
             || screen.contains("refused")
