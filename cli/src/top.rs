@@ -131,7 +131,7 @@ fn render_pod(frame: &mut ratatui::Frame<'_>, area: Rect, pod: &Pod) {
     let condition = &status.condition;
     let color = match condition.name.as_str() {
         "Healthy" | "Idle" | "" => Color::Green,
-        "Starved" => Color::Yellow,
+        "Starved" | "Unassigned" => Color::Yellow,
         _ => Color::Red,
     };
     let about = if condition.subjects.is_empty() {

@@ -18,6 +18,9 @@ pub enum Condition {
     Stalled,
     /// A member of a group that has lag, holding no partition for longer than `starved_after`.
     Starved,
+    /// Holding no partition while the group has lag (or its lag is unknown), not yet for
+    /// `starved_after`: a rebalance may be on. Never `Healthy`: nothing is being done here.
+    Unassigned,
     /// Nothing to do: no lag anywhere this pod can see.
     Idle,
     /// Making progress.
@@ -26,9 +29,10 @@ pub enum Condition {
 
 impl Condition {
     /// Every condition, in the order of the metric's label values.
-    pub const ALL: [Condition; 6] = [
+    pub const ALL: [Condition; 7] = [
         Condition::Healthy,
         Condition::Idle,
+        Condition::Unassigned,
         Condition::Starved,
         Condition::Stalled,
         Condition::SinkDown,
@@ -41,6 +45,7 @@ impl Condition {
             Condition::Healthy => "Healthy",
             Condition::Idle => "Idle",
             Condition::Starved => "Starved",
+            Condition::Unassigned => "Unassigned",
             Condition::Stalled => "Stalled",
             Condition::SinkDown => "SinkDown",
             Condition::CommitsFailing => "CommitsFailing",
@@ -122,7 +127,14 @@ pub fn decide(seen: &Observation, bounds: &Bounds) -> Verdict {
         subjects,
     };
     if !seen.consuming {
-        return verdict(Condition::Healthy, Vec::new());
+        // Starting, draining or stopped: no claim about progress, but a member without a
+        // partition is not healthy.
+        let condition = if seen.partitions.is_empty() {
+            Condition::Unassigned
+        } else {
+            Condition::Healthy
+        };
+        return verdict(condition, Vec::new());
     }
     if !seen.sinks_down.is_empty() {
         return verdict(Condition::SinkDown, seen.sinks_down.clone());
@@ -147,10 +159,10 @@ pub fn decide(seen: &Observation, bounds: &Bounds) -> Verdict {
             Some(lag) if lag > 0 && seen.unassigned_for > bounds.starved_after => {
                 verdict(Condition::Starved, Vec::new())
             }
-            Some(lag) if lag > 0 => verdict(Condition::Healthy, Vec::new()),
-            Some(_) => verdict(Condition::Idle, Vec::new()),
-            // The broker did not say: nothing to claim either way.
-            None => verdict(Condition::Healthy, Vec::new()),
+            Some(0) => verdict(Condition::Idle, Vec::new()),
+            // Lag within the bound, or the broker did not say: not starved (yet), and surely
+            // not healthy.
+            _ => verdict(Condition::Unassigned, Vec::new()),
         };
     }
     if seen.partitions.iter().all(|p| p.lag == Some(0)) {
@@ -259,7 +271,11 @@ mod tests {
             Condition::Healthy,
             "lag unknown: not declared stalled"
         );
-        assert_eq!(condition(&Observation::default()), Condition::Healthy);
+        assert_eq!(
+            condition(&Observation::default()),
+            Condition::Unassigned,
+            "starting, no partition: not healthy"
+        );
     }
 
     #[test]
@@ -282,15 +298,19 @@ mod tests {
         seen.unassigned_for = S * 30;
         assert_eq!(
             condition(&seen),
-            Condition::Healthy,
-            "a rebalance may be on"
+            Condition::Unassigned,
+            "a rebalance may be on, but nothing is done here"
         );
         seen.unassigned_for = S * 61;
         assert_eq!(condition(&seen), Condition::Starved);
         seen.group_lag = Some(0);
         assert_eq!(condition(&seen), Condition::Idle);
         seen.group_lag = None;
-        assert_eq!(condition(&seen), Condition::Healthy, "unknown: no claim");
+        assert_eq!(
+            condition(&seen),
+            Condition::Unassigned,
+            "unknown lag: not starved, not healthy"
+        );
     }
 
     #[test]

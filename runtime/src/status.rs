@@ -751,7 +751,7 @@ pub struct Totals {
 /// The pipeline's condition in `/status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConditionStatus {
-    /// `Healthy`, `Idle`, `Starved`, `Stalled`, `SinkDown`, `CommitsFailing`.
+    /// `Healthy`, `Idle`, `Unassigned`, `Starved`, `Stalled`, `SinkDown`, `CommitsFailing`.
     pub name: String,
     /// For how long.
     pub seconds: f64,

@@ -603,6 +603,10 @@ impl InternalEvent for ConditionChanged<'_> {
                 condition = to,
                 "condition: Starved: the group has lag but this member holds no partition"
             ),
+            Condition::Unassigned => tracing::info!(
+                condition = to,
+                "condition: Unassigned: this member holds no partition (waiting for an assignment)"
+            ),
         }
         t.metrics.set_condition(self.to);
         t.metrics.condition_changes.with_label_values(&[to]).inc();

@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::dispatch::Dispatch;
 use super::rebalance::RebalanceContext;
-use crate::condition::{Action, Bounds, Observation, PartitionSeen, Remedy, decide};
+use crate::condition::{Action, Bounds, Condition, Observation, PartitionSeen, Remedy, decide};
 use crate::config::AdminSpec;
 use crate::offsets::TopicPartition;
 use crate::telemetry::{ConditionChanged, RemediesExhausted, RemedyTried, Telemetry};
@@ -35,10 +35,13 @@ pub(crate) struct Watch {
 impl Watch {
     pub(crate) fn new(admin: &AdminSpec, topics: &[String], telemetry: &Telemetry) -> Watch {
         let ms = Duration::from_millis;
-        // The gauge has a series per condition from the start, not from the first change.
+        // A consumer starts with no partition: `Unassigned` until the first assignment (never
+        // `Healthy` without one). The gauge has a series per condition from the start, not
+        // from the first change.
         telemetry
-            .metrics
-            .set_condition(telemetry.health.condition().0);
+            .health
+            .set_condition(Condition::Unassigned, Vec::new());
+        telemetry.metrics.set_condition(Condition::Unassigned);
         Watch {
             bounds: Bounds {
                 starved_after: ms(admin.starved_after_ms),
