@@ -235,12 +235,7 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
                     let changelog = Changelog::new(&kafka.group_id, config()?, Some(sink.clone()))
                         .map_err(RunError::Setup)?;
                     changelog
-                        .ensure_topics(
-                            config()?,
-                            &kafka.topics,
-                            &state.stores,
-                            state.replication_factor,
-                        )
+                        .ensure_topics(config()?, &kafka.topics, state)
                         .map_err(RunError::Setup)?;
                     Some(changelog)
                 }

@@ -127,6 +127,12 @@ pub struct StateSpec {
     /// use 3 in production). Existing changelog topics are used as they are.
     #[serde(default)]
     pub replication_factor: Option<i32>,
+    /// Topic settings of changelog topics Sluice creates, over `cleanup.policy: compact`
+    /// (`segment.bytes`, `min.cleanable.dirty.ratio`, `min.insync.replicas`...): the log cleaner
+    /// compacts only closed segments, so a restore reads at most a segment's worth of
+    /// overwritten records per partition beyond the live keys. Existing topics are not changed.
+    #[serde(default)]
+    pub changelog_config: BTreeMap<String, String>,
 }
 
 impl StateSpec {
@@ -1017,6 +1023,14 @@ impl PipelineSpec {
         if matches!(state.replication_factor, Some(n) if !(1..=32).contains(&n)) {
             return Err(self.invalid("state.replication-factor", "must be between 1 and 32"));
         }
+        if let Some(policy) = state.changelog_config.get("cleanup.policy") {
+            if !policy.split(',').any(|p| p.trim() == "compact") {
+                return Err(self.invalid(
+                    "state.changelog-config.cleanup.policy",
+                    "a changelog must stay compacted (`compact` or `compact,delete`): a deleted record would be missing from every later restore",
+                ));
+            }
+        }
         if self.ordering == Ordering::None {
             return Err(self.invalid(
                 "ordering",
@@ -1252,6 +1266,18 @@ impl PipelineSpec {
                 ));
             }
         }
+        if kafka.properties.get("group.protocol").map(String::as_str) == Some("consumer") {
+            // KIP-848: the broker assigns partitions and owns the session; librdkafka refuses
+            // these with the new protocol.
+            for key in CLASSIC_PROTOCOL_PROPERTIES {
+                if kafka.properties.contains_key(*key) {
+                    return Err(self.invalid(
+                        &format!("source.kafka.properties.{key}"),
+                        "has no effect with `group.protocol: consumer` (the broker sets it: group.consumer.* settings, or the group's config): remove it",
+                    ));
+                }
+            }
+        }
         for key in self
             .producer
             .properties
@@ -1284,6 +1310,15 @@ const RESERVED_CONSUMER_PROPERTIES: &[&str] = &[
     "enable.auto.offset.store",
     "group.id",
     "bootstrap.servers",
+];
+
+/// Consumer properties of the classic group protocol that the KIP-848 protocol
+/// (`group.protocol: consumer`) moves to the broker.
+const CLASSIC_PROTOCOL_PROPERTIES: &[&str] = &[
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
 ];
 
 /// Producer properties Sluice sets itself.
@@ -1782,6 +1817,22 @@ outputs:
             err.contains("source.kafka.properties.enable.auto.commit: is managed by Sluice"),
             "{err}"
         );
+        // The KIP-848 protocol: the broker owns the session and the assignment.
+        let err = parse(&kafka.replace(
+            "group-id: g\n",
+            "group-id: g\n    properties: {group.protocol: consumer, session.timeout.ms: \"6000\"}\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("source.kafka.properties.session.timeout.ms: has no effect with `group.protocol: consumer`"),
+            "{err}"
+        );
+        parse(&kafka.replace(
+            "group-id: g\n",
+            "group-id: g\n    properties: {group.protocol: consumer}\n",
+        ))
+        .unwrap();
         // A file source writes to Kafka through a producer it is told about.
         let err = parse(&SPEC.replace("    stdout: {}", "    kafka: {topic: t}"))
             .unwrap_err()

@@ -98,9 +98,9 @@ impl Changelog {
         &self,
         admin: ClientConfig,
         inputs: &[String],
-        stores: &[String],
-        replication: Option<i32>,
+        state: &StateSpec,
     ) -> Result<(), String> {
+        let stores = &state.stores;
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
         let partitions = |topic: &str| -> Result<Option<usize>, String> {
             let metadata = client
@@ -137,12 +137,17 @@ impl Changelog {
         let admin: AdminClient<DefaultClientContext> = admin
             .create()
             .map_err(|e| format!("state: cannot create an admin client: {e}"))?;
-        let replication = replication.unwrap_or(-1);
+        let replication = state.replication_factor.unwrap_or(-1);
         let topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|(name, count)| {
-                NewTopic::new(name, *count as i32, TopicReplication::Fixed(replication))
-                    .set("cleanup.policy", "compact")
+                let mut topic =
+                    NewTopic::new(name, *count as i32, TopicReplication::Fixed(replication))
+                        .set("cleanup.policy", "compact");
+                for (key, value) in &state.changelog_config {
+                    topic = topic.set(key, value);
+                }
+                topic
             })
             .collect();
         let runtime = tokio::runtime::Builder::new_current_thread()

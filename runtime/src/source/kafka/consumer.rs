@@ -38,8 +38,14 @@ pub(crate) fn create_consumer(
         StartFrom::Latest => "latest",
         _ => "earliest",
     };
+    // The classic protocol's assignor: cooperative-sticky (incremental rebalances). With the
+    // KIP-848 protocol (`group.protocol: consumer`) the broker assigns, always incrementally.
+    let classic = source.properties.get("group.protocol").map(String::as_str) != Some("consumer");
     for (key, default) in [
-        ("partition.assignment.strategy", Some("cooperative-sticky")),
+        (
+            "partition.assignment.strategy",
+            classic.then_some("cooperative-sticky"),
+        ),
         ("auto.offset.reset", Some(reset)),
         ("statistics.interval.ms", stats_interval),
     ] {
