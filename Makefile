@@ -5,7 +5,13 @@ SLUICE := target/debug/sluice
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Built once per machine, outside the repo, so every clone (and CI) reuses it.
 CACHE ?= $(HOME)/.cache/sluice
-TANSU := $(CACHE)/tansu-0.6.0/bin/tansu
+# Apache Kafka (the broker of the demo, the tests and the benchmarks): jars from Maven Central,
+# run by scripts/kafka-broker.sh. The version is pinned here and in scripts/kafka/pom.xml.
+KAFKA_VERSION := 4.1.1
+KAFKA := $(CACHE)/kafka-$(KAFKA_VERSION)/libs/.complete
+# The reference client built on Kafka's own Java client (tests/tools/java).
+JAVA_TOOL := tests/tools/java/target/kafka-tool-1.jar
+JAVA_TOOL_SRC := tests/tools/java/pom.xml $(wildcard tests/tools/java/src/main/java/dev/sluice/tool/*.java)
 PYTHON := $(CACHE)/venv/bin/python
 # Offline Kubernetes checks (schemas, security linter) in their own virtualenv: checkov pins
 # packages that conflict with others.
@@ -15,17 +21,19 @@ NODE_MODULES := $(CACHE)/node
 VPA_SCHEMA := $(NODE_MODULES)/node_modules/@kubernetes-models/autoscaler/package.json
 CEL := $(K8S_VENV)/.cel-python-0.5.0
 export SLUICE_CACHE := $(CACHE)
+export KAFKA_VERSION
 
-.PHONY: demo test lint bench build deps fuzz
+.PHONY: demo test lint bench build deps fuzz java-maven
 
-## deps: what the build and tests need: a C compiler (the C plugin, the header check), the
-## Kafka-protocol test broker (tansu, built from crates.io once), the reference client
-## (confluent-kafka from PyPI, in a virtualenv), and the PostgreSQL and MariaDB servers (Debian
+## deps: what the build and tests need: a C compiler (the C plugin, the header check), a JDK and
+## Maven (Debian packages), Apache Kafka (from Maven Central, once per machine), the reference
+## clients (Kafka's own Java client, built with Maven; confluent-kafka from PyPI, in a
+## virtualenv), and the PostgreSQL and MariaDB servers (Debian
 ## packages; the tests start their own instances on 127.0.0.1), promtool (Debian package
 ## prometheus: checks the alert rules and lints /metrics), tmux (drives `sluice top` in a real
 ## terminal), kubectl (kustomize) and, from PyPI, kubernetes-validate, checkov and cel-python
 ## (evaluates the CRD's and admission policies' CEL) for deploy/, and from npm the VPA schema.
-deps: $(TANSU) $(PYTHON) $(K8S_VENV)/bin/checkov $(CEL) $(VPA_SCHEMA)
+deps: $(KAFKA) $(JAVA_TOOL) $(PYTHON) $(K8S_VENV)/bin/checkov $(CEL) $(VPA_SCHEMA)
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
 	@command -v gcc >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends gcc libc6-dev; }
 	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v psql; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql postgresql-client; }
@@ -33,9 +41,18 @@ deps: $(TANSU) $(PYTHON) $(K8S_VENV)/bin/checkov $(CEL) $(VPA_SCHEMA)
 	@{ command -v promtool && command -v tmux; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus tmux; }
 	@command -v kubectl >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends kubectl; }
 
-$(TANSU):
-	@echo "building the test broker (tansu 0.6.0) once; it is cached in $(CACHE)"
-	$(CARGO) install tansu --version 0.6.0 --locked --features dynostore,postgres,libsql --root $(CACHE)/tansu-0.6.0
+java-maven:
+	@{ command -v java && command -v mvn; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends openjdk-17-jdk-headless maven; }
+
+$(KAFKA): scripts/kafka/pom.xml | java-maven
+	@echo "fetching Apache Kafka $(KAFKA_VERSION) from Maven Central once; it is cached in $(CACHE)"
+	rm -rf $(dir $@)
+	mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -Dkafka.version=$(KAFKA_VERSION) -DoutputDirectory=$(dir $@)
+	touch $@
+
+$(JAVA_TOOL): $(JAVA_TOOL_SRC) | java-maven
+	rm -rf tests/tools/java/target
+	mvn -q -B -f tests/tools/java/pom.xml package dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=target/libs
 
 $(PYTHON):
 	python3 -m venv $(CACHE)/venv || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && python3 -m venv $(CACHE)/venv; }
@@ -98,7 +115,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## bench: the plugin-boundary benchmark (dlopen vs statically linked), the Kafka benchmark
-## (sluice vs a raw rdkafka loop on the test broker), what an event costs (the same two on
+## (sluice vs a raw rdkafka loop on an Apache Kafka broker), what an event costs (the same two on
 ## librdkafka's mock cluster, CPU per event and latency) and the PostgreSQL sink vs psql COPY; see
 ## BENCHMARKS.md.
 bench: deps

@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
-# The Kafka half of `make demo`: a fresh tansu broker on 127.0.0.1, the sample bookings produced
+# The Kafka half of `make demo`: a fresh Apache Kafka broker (KRaft, one node) on 127.0.0.1, the sample bookings produced
 # with the reference client, the filter-and-enrich plugin run by `sluice run` until every input
 # offset is committed (with its admin endpoint on, shown by `sluice status` and a few metrics),
 # then the output topics read back. Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
-TANSU=$CACHE/tansu-0.6.0/bin/tansu
 PY=$CACHE/venv/bin/python
 TOOL=tests/tools/kafka_tool.py
 PORT=${DEMO_KAFKA_PORT:-19092}
+CONTROLLER_PORT=${DEMO_KAFKA_CONTROLLER_PORT:-19093}
 ADMIN=127.0.0.1:${DEMO_ADMIN_PORT:-19464}
 B=127.0.0.1:$PORT
 DATA=$(mktemp -d)
-cleanup() { kill "${SLUICE_PID:-}" "${BROKER_PID:-}" 2>/dev/null || true; rm -rf "$DATA"; }
+cleanup() { kill "${SLUICE_PID:-}" "${BROKER_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DATA"; }
 trap cleanup EXIT
 
-echo "== starting the broker (tansu) on $B, state in $DATA"
-(cd "$DATA" && exec "$TANSU" broker --listener-url "tcp://$B" --advertised-listener-url "tcp://$B" \
-  --storage-engine sqlite://demo.db >broker.log 2>&1) & BROKER_PID=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+echo "== starting Apache Kafka ${KAFKA_VERSION:-4.1.1} (KRaft) on $B, data and log in $DATA"
+started=$(date +%s%N)
+scripts/kafka-broker.sh "$DATA" "$PORT" "$CONTROLLER_PORT" & BROKER_PID=$!
+for _ in $(seq 600); do
+  (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
+  kill -0 $BROKER_PID 2>/dev/null || { echo "error: the broker exited: see $DATA/broker.log"; tail -20 "$DATA/broker.log"; exit 1; }
+  sleep 0.1
+done
+echo "   listening after $(( ($(date +%s%N) - started) / 1000000 )) ms (format and start)"
 for t in bookings bookings-enriched bookings-filtered; do "$PY" $TOOL create --broker $B --topic $t --partitions 3; done
 "$PY" $TOOL produce-file --broker $B --topic bookings --file plugins/filter-and-enrich/bookings.jsonl --key-field booking_id
 

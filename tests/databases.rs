@@ -1,4 +1,4 @@
-//! Database outputs on real servers: a tansu broker, PostgreSQL and MariaDB started by the test
+//! Database outputs on real servers: an Apache Kafka broker, PostgreSQL and MariaDB started by the test
 //! process, events produced by the reference client, rows checked with psql / mariadb.
 
 use std::path::{Path, PathBuf};
@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use sluice_tests::db::{MariaDb, Postgres};
 use sluice_tests::{
-    Broker, Running, free_port, http_get, log_events, metric, plugin, start_with_env, unique,
-    wait_until, write_spec,
+    Broker, Running, free_port, http_get, log_events, metric, plugin, random_ms, start_with_env,
+    unique, wait_until, write_spec,
 };
 
 fn broker() -> &'static Broker {
@@ -450,17 +450,6 @@ fn exactly_once_spec(
     spec
 }
 
-/// Random milliseconds in `lo..hi`, from a seed that differs per run.
-fn random_ms() -> impl FnMut(u64, u64) -> u64 {
-    let mut seed = std::process::id() as u64 | 1;
-    move |lo, hi| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        lo + seed % (hi - lo)
-    }
-}
-
 #[test]
 fn exactly_once_into_postgres_survives_ten_kill_9s() {
     let pg = Postgres::start();
@@ -498,8 +487,6 @@ fn exactly_once_into_postgres_survives_ten_kill_9s() {
         std::thread::sleep(Duration::from_millis(random_ms(0, 800)));
         run.kill();
         landed.push(count());
-        // The killed member must leave the group before the next one joins (tansu 0.6).
-        std::thread::sleep(Duration::from_millis(2500));
     }
     let run = start_with_url(&spec, dir.path(), &pg.url);
     wait_until("every row", Duration::from_secs(120), || count() >= total);
@@ -624,8 +611,6 @@ fn exactly_once_restarts_with_a_backlog_make_progress_every_time() {
             after > before && after < total,
             "a run killed {kill_after:?} after its assignment, with a backlog left, made progress: {before} -> {after}"
         );
-        // The killed member must leave the group before the next one joins (tansu 0.6).
-        std::thread::sleep(Duration::from_millis(2500));
     }
     let run = start_with_url(&spec, dir.path(), &pg.url);
     wait_until("every row", Duration::from_secs(300), || count() >= total);

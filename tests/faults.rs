@@ -239,13 +239,12 @@ fn a_delivery_that_finally_fails_stops_the_pipeline_without_committing_past_it()
     );
 }
 
-/// Kafka -> Kafka with transactions, on librdkafka's mock cluster (the test broker, tansu 0.6,
-/// does not support EndTxn): the real `sluice` binary runs with a transactional id through
-/// init, begin, send-offsets and commit every 200 ms, and on SIGTERM commits the last
-/// transaction: every event arrives exactly once. What the mock cannot show: it does not store
-/// offsets sent in a transaction (`TxnOffsetCommit` answers without saving them) and shows
-/// aborted records to `read_committed` consumers (next test), so a kill -9 loop is not
-/// meaningful there.
+/// Kafka -> Kafka with transactions, on librdkafka's mock cluster: the real `sluice` binary runs
+/// with a transactional id through init, begin, send-offsets and commit every 200 ms, and on
+/// SIGTERM commits the last transaction: every event arrives exactly once. The kill -9 proof is
+/// on Apache Kafka (`guarantees.rs`): the mock does not store offsets sent in a transaction
+/// (`TxnOffsetCommit` answers without saving them) and shows aborted records to
+/// `read_committed` consumers (next test).
 #[test]
 fn transactions_commit_every_interval_and_deliver_each_event_once() {
     use rdkafka::ClientConfig;

@@ -1,4 +1,4 @@
-//! The Kafka data path on a real broker (tansu), checked with an independent client
+//! The Kafka data path on a real broker (Apache Kafka), checked with an independent client
 //! (confluent-kafka): every event arrives, per-key order holds, a graceful stop loses and
 //! duplicates nothing, a hard kill duplicates only the uncommitted window.
 
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_tests::{
-    Broker, Running, free_port, http_get, kafka_tool, log_events, metric, plugin, poison_input,
-    start, start_with, unique, wait_until, write_spec,
+    Broker, Running, check_every_event_once_in_key_order, free_port, http_get, kafka_tool,
+    log_events, metric, plugin, poison_input, start, start_with, unique, wait_until, write_spec,
 };
 
 thread_local! {
@@ -115,47 +115,6 @@ fn committed_sum(topic: &str, group: &str) -> i64 {
     broker().committed_sum(topic, group)
 }
 
-/// Seq numbers per key, in the order they were read from the output partitions.
-fn check_every_event_once_in_key_order(records: &[Value], total: usize) -> usize {
-    let mut by_key: HashMap<String, Vec<i64>> = HashMap::new();
-    let mut seen = HashMap::new();
-    let mut ordered = records.to_vec();
-    ordered.sort_by_key(|r| (r["partition"].as_i64(), r["offset"].as_i64()));
-    for r in &ordered {
-        let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
-        assert_eq!(r["key"], v["key"], "the key passes through");
-        *seen.entry(v["seq"].as_i64().unwrap()).or_insert(0) += 1;
-        by_key
-            .entry(v["key"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(v["seq"].as_i64().unwrap());
-    }
-    let lost: Vec<i64> = (0..total as i64)
-        .filter(|seq| !seen.contains_key(seq))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} events lost (of {} records read), first: {:?}",
-        lost.len(),
-        records.len(),
-        &lost[..lost.len().min(20)]
-    );
-    for (key, seqs) in by_key {
-        // Duplicates (a replayed window) may repeat a run, but never go backwards within one.
-        let mut firsts = Vec::new();
-        for s in &seqs {
-            if !firsts.contains(s) {
-                firsts.push(*s);
-            }
-        }
-        assert!(
-            firsts.windows(2).all(|w| w[0] < w[1]),
-            "key {key}: first occurrences out of order: {firsts:?}"
-        );
-    }
-    seen.values().map(|n| n - 1).sum()
-}
-
 #[test]
 fn keyed_events_all_arrive_in_key_order_and_sigterm_commits_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,10 +204,6 @@ fn kill_9_mid_stream_duplicates_only_the_uncommitted_window() {
         committed <= delivered,
         "never commits what was not delivered ({committed} > {delivered})"
     );
-    // tansu 0.6 does not rebalance when a dead member's session expires while another member
-    // has joined (the newcomer gets no partitions); a member joining after the expiry is fine.
-    // A real Kafka broker needs no wait here.
-    std::thread::sleep(Duration::from_secs(7));
     let run = start(&spec, dir.path());
     let expected = total + (delivered - committed) as usize;
     let records = consume(&names.output, expected);
@@ -364,23 +319,7 @@ fn broker_restart_mid_stream_loses_nothing() {
     ));
     std::fs::write(&spec, text).unwrap();
     let run = start(&spec, dir.path());
-    let committed = || {
-        let out = tool_on(
-            &broker,
-            &[
-                "committed",
-                "--topic",
-                &names.input,
-                "--group",
-                &names.group,
-            ],
-        );
-        serde_json::from_str::<BTreeMap<String, i64>>(&out)
-            .unwrap()
-            .values()
-            .filter(|o| **o >= 0)
-            .sum::<i64>()
-    };
+    let committed = || broker.committed_sum(&names.input, &names.group);
     wait_until("a first commit", Duration::from_secs(30), || {
         committed() > 100
     });
@@ -1331,15 +1270,13 @@ fn sluice_top_shows_pods_live_in_a_real_terminal_and_quits_on_q() {
                 && screen.contains(&format!("{}/1", names.input))
                 && screen.contains("ready")
                 && screen.contains(&format!("127.0.0.1:{dead}"))
+                // The title says the pod's condition (`/status`'s, from the watchdog: a pod
+                // is `Unassigned` until its first verdict after the assignment).
+                && (screen.contains("Healthy ") || screen.contains("Idle "))
         },
     );
     assert!(
         screen.contains("LAG TREND") && screen.contains("backpressure"),
-        "{screen}"
-    );
-    // The title says the pod's condition (`/status`'s, from the watchdog).
-    assert!(
-        screen.contains("Healthy ") || screen.contains("Idle "),
         "{screen}"
     );
     assert!(
@@ -1755,8 +1692,7 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     eprintln!("kill points from seed {seed}");
     let mut committed = 0;
     for kill in 0..10 {
-        // With an admin endpoint, so the watchdog rejoins a member the test broker leaves
-        // without partitions after a kill (`Starved`).
+        // With an admin endpoint (its `/status` shows what the run holds).
         let admin = format!("127.0.0.1:{}", free_port());
         let run = start_with(&spec, dir.path(), &["--admin", &admin], &env_a);
         wait_until("the partitions assigned", Duration::from_secs(120), || {
@@ -1772,8 +1708,6 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
         run.kill();
         committed = committed_sum(&names.input, &names.group);
         eprintln!("kill {kill}: {after} ms after a first commit; {committed} committed");
-        // The test broker gives a newcomer no partitions while a dead member's session is alive.
-        std::thread::sleep(Duration::from_secs(7));
     }
 
     // A rebalance: b joins a, gets some partitions and their state from the changelogs.
@@ -2161,9 +2095,8 @@ fn a_broker_that_stops_answering_commits_is_commits_failing_until_it_answers_aga
 
 /// `Starved`, provoked for real: a second member of a group whose one partition another member
 /// works through slowly holds nothing while the group has lag (read from the broker). It says
-/// `Starved`, leaves and rejoins once, and then fails `/healthz`. (A member that holds every
-/// partition and freezes is no way to provoke it on the test broker: tansu 0.6 hands the
-/// partitions to the newcomer once the frozen member's session expires, SIGSTOP or kill -9.)
+/// `Starved`, leaves and rejoins once, and then fails `/healthz`. (A member beside a frozen one
+/// is the last test: it is `Starved` only until the frozen member's session expires.)
 #[test]
 fn a_member_without_partitions_while_the_group_has_lag_is_starved() {
     let dir = tempfile::tempdir().unwrap();
@@ -2198,4 +2131,85 @@ fn a_member_without_partitions_while_the_group_has_lag_is_starved() {
         1,
         "{log}"
     );
+}
+
+/// A pod beside a frozen member (SIGSTOP, its connections left open): while the frozen member
+/// still holds the group's only partition, the pod holds nothing and the group has lag, so it
+/// says `Unassigned`, then `Starved` past its bound, and never `Healthy` without a partition.
+/// Once the frozen member's session expires the pod takes the partition over, says `Healthy`
+/// and finishes the work; the frozen member, let go on, loses nothing either.
+#[test]
+fn a_pod_beside_a_frozen_member_is_never_healthy_without_partitions_then_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(1);
+    let total = 3000;
+    produce(&names.input, total, 0);
+    let session = "    batch-size: 4\n    properties: {session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}\n";
+    // ~5 ms per event: the one partition keeps lag for seconds.
+    let frozen = start(&slow_spec(dir.path(), &names, 5000, session), dir.path());
+    wait_until("a first commit", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) > 0
+    });
+    let port = free_port();
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let spec = with_admin(
+        &slow_spec(&other, &names, 100, session),
+        port,
+        "  starved-after-ms: 4000\n  rejoin-attempts: 3\n",
+    );
+    let pod = start(&spec, dir.path());
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    let sample = |seen: &mut Vec<(String, usize)>| {
+        let status = admin_status(port);
+        let condition = status["condition"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let held = status["partitions"].as_array().map_or(0, Vec::len);
+        if seen.last() != Some(&(condition.clone(), held)) {
+            seen.push((condition, held));
+        }
+        seen.last().cloned().unwrap()
+    };
+    wait_until(
+        "Starved beside a live member",
+        Duration::from_secs(60),
+        || sample(&mut seen).0 == "Starved",
+    );
+    frozen.signal("-STOP");
+    let frozen_at = Instant::now();
+    wait_until("the partition taken over", Duration::from_secs(60), || {
+        let (condition, held) = sample(&mut seen);
+        condition == "Healthy" && held == 1
+    });
+    eprintln!(
+        "beside a frozen member: {seen:?}; took over {:?} after the freeze",
+        frozen_at.elapsed()
+    );
+    assert!(
+        seen.iter().all(|(c, held)| *held > 0 || c != "Healthy"),
+        "never Healthy without a partition: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(c, held)| c == "Unassigned" && *held == 0),
+        "Unassigned before the bound: {seen:?}"
+    );
+    frozen.signal("-CONT");
+    wait_until("every offset committed", Duration::from_secs(120), || {
+        committed_sum(&names.input, &names.group) == total as i64
+    });
+    let (code, log) = pod.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let (code, log) = frozen.stop();
+    assert_eq!(
+        code,
+        Some(0),
+        "the frozen member, let go on, stops cleanly:\n{log}"
+    );
+    let values: std::collections::BTreeSet<String> = consume_quick(&names.output)
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values.len(), total, "every event arrived");
 }

@@ -1,5 +1,5 @@
 //! Kafka -> no-op plugin -> Kafka through `sluice run`, against a raw rdkafka consume -> produce
-//! loop written for this benchmark, on the same broker (tansu on 127.0.0.1) with the same input,
+//! loop written for this benchmark, on the same broker (Apache Kafka, one KRaft node on 127.0.0.1) with the same input,
 //! in one run. Rounds alternate (raw, sluice, sluice with metrics off, sluice with one worker,
 //! ...), each with a fresh output topic and consumer group; a round's rate is measured from the
 //! first record in its output topic to the last (so group-join time is left out of both), and

@@ -9,7 +9,7 @@
 //! - **Restore**: each stateful round's changelog restored into an empty directory by `sluice
 //!   state dump` (what a pod does on assignment with no local copy), timed by the restore's own
 //!   log line: records/s and MB/s read from the changelog and applied to redb; on the mock
-//!   cluster, and once more on the test broker (tansu on 127.0.0.1).
+//!   cluster, and once more on the Apache Kafka broker (one KRaft node on 127.0.0.1).
 //!
 //! Run: `make bench` (or `cargo build --release -p passthrough -p sluice-cli && cargo bench -p sluice-runtime --bench state`).
 
@@ -151,7 +151,7 @@ fn main() {
     );
     report("mock cluster", &restores);
 
-    // The same restore from the test broker.
+    // The same restore from the Apache Kafka broker.
     let broker = Broker::start();
     broker.create_topic(input, PARTITIONS as u32);
     broker.produce(
@@ -160,7 +160,7 @@ fn main() {
         0,
         &["--keys", &KEYS.to_string(), "--size", "80"],
     );
-    let name = "bench-state-tansu";
+    let name = "bench-state-kafka";
     broker.create_topic(name, PARTITIONS as u32);
     let spec = spec(dir.path(), &broker.addr, input, name, true);
     let mut child = run_spec(&sluice, &spec);
@@ -175,9 +175,9 @@ fn main() {
         .unwrap();
     child.wait().unwrap();
     let restores: Vec<_> = (0..3)
-        .map(|i| restore(&sluice, &spec, &dir.path().join(format!("tansu-fresh-{i}"))))
+        .map(|i| restore(&sluice, &spec, &dir.path().join(format!("kafka-fresh-{i}"))))
         .collect();
-    report("test broker (tansu)", &restores);
+    report("Apache Kafka broker", &restores);
 }
 
 fn report(broker: &str, restores: &[(f64, f64, f64)]) {

@@ -2,6 +2,9 @@
 //! binary once per test process, compiles C plugins with the system compiler, runs `sluice`.
 
 pub mod db;
+mod kafka;
+
+pub use kafka::{Broker, Cluster, java_consume, java_tool, java_tool_command};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -205,6 +208,12 @@ pub fn cache_dir() -> PathBuf {
 /// The reference Kafka client (confluent-kafka in the set-up's virtualenv) running
 /// `tests/tools/kafka_tool.py` with `args`; returns stdout, panics with stderr on failure.
 pub fn kafka_tool(args: &[&str]) -> String {
+    try_kafka_tool(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`kafka_tool`], returning the failure (exit status and stderr) instead of panicking: for
+/// questions asked while a test has the broker stopped or frozen.
+pub fn try_kafka_tool(args: &[&str]) -> Result<String, String> {
     let python = std::env::var_os("SLUICE_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("venv/bin/python"));
@@ -218,12 +227,14 @@ pub fn kafka_tool(args: &[&str]) -> String {
                 python.display()
             )
         });
-    assert!(
-        output.status.success(),
-        "kafka_tool {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
+    if !output.status.success() {
+        return Err(format!(
+            "kafka_tool {args:?} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(String::from_utf8(output.stdout).expect("utf-8"))
 }
 
 /// A shell line that runs `server` (a command line that stays in the foreground) in the
@@ -240,153 +251,6 @@ pub fn watchdog(server: &str, dir: &Path) -> String {
         parent = std::process::id(),
         dir = dir.display()
     )
-}
-
-/// A tansu broker on 127.0.0.1, started by this test process and stopped when it exits.
-#[derive(Debug)]
-pub struct Broker {
-    /// `127.0.0.1:PORT`.
-    pub addr: String,
-    port: u16,
-    data: tempfile::TempDir,
-    child: std::sync::Mutex<Option<std::process::Child>>,
-}
-
-impl Broker {
-    /// The broker binary built by the set-up.
-    pub fn binary() -> PathBuf {
-        std::env::var_os("SLUICE_TANSU")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| cache_dir().join("tansu-0.6.0/bin/tansu"))
-    }
-
-    /// Starts a broker with durable (SQLite) storage in a fresh directory.
-    pub fn start() -> Broker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let broker = Broker {
-            addr: format!("127.0.0.1:{port}"),
-            port,
-            data: tempfile::tempdir().unwrap(),
-            child: std::sync::Mutex::new(None),
-        };
-        broker.up();
-        broker
-    }
-
-    /// (Re)starts the broker process on the same port and storage.
-    pub fn up(&self) {
-        let binary = Self::binary();
-        assert!(
-            binary.is_file(),
-            "{}: no broker binary: run `make test` (it builds tansu once)",
-            binary.display()
-        );
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let script = watchdog(
-            &format!(
-                "\"$0\" broker --listener-url {url} --advertised-listener-url {url} --storage-engine sqlite://tansu.db >broker.log 2>&1"
-            ),
-            self.data.path(),
-        );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg(&binary)
-            .current_dir(self.data.path())
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("start broker");
-        *self.child.lock().unwrap() = Some(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(&self.addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "broker did not listen on {} within 30 s: see {}",
-                self.addr,
-                self.data.path().join("broker.log").display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-
-    /// Kills the broker process (SIGKILL), keeping its storage.
-    pub fn down(&self) {
-        if let Some(mut child) = self.child.lock().unwrap().take() {
-            // Killing the watchdog leaves the broker; kill the broker through its port owner.
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!("pkill -9 -P {}", child.id()))
-                .status();
-            let _ = child.wait();
-        }
-        while std::net::TcpStream::connect(&self.addr).is_ok() {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-
-    /// Freezes the broker process (SIGSTOP): connections stay open and nothing is answered.
-    pub fn pause(&self) {
-        self.signal("-STOP");
-    }
-
-    /// Lets a [`Broker::pause`]d broker go on (SIGCONT).
-    pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, signal: &str) {
-        let child = self.child.lock().unwrap();
-        let watchdog = child.as_ref().expect("the broker is up").id();
-        let status = Command::new("pkill")
-            .args([signal, "-P", &watchdog.to_string()])
-            .status()
-            .expect("pkill");
-        assert!(status.success(), "pkill {signal} found no broker process");
-    }
-
-    /// Writes `count` events with the reference client (see `kafka_tool.py produce`), with
-    /// extra flags such as `--tombstone`.
-    pub fn produce(&self, topic: &str, count: usize, start: usize, extra: &[&str]) {
-        let (count, start) = (count.to_string(), start.to_string());
-        let mut args = vec![
-            "produce", "--broker", &self.addr, "--topic", topic, "--count", &count, "--start",
-            &start,
-        ];
-        args.extend_from_slice(extra);
-        kafka_tool(&args);
-    }
-
-    /// The sum of the offsets `group` committed on `topic` (read with the admin API).
-    pub fn committed_sum(&self, topic: &str, group: &str) -> i64 {
-        let out = kafka_tool(&[
-            "committed",
-            "--broker",
-            &self.addr,
-            "--topic",
-            topic,
-            "--group",
-            group,
-        ]);
-        let offsets: std::collections::BTreeMap<String, i64> = serde_json::from_str(&out).unwrap();
-        offsets.values().filter(|o| **o >= 0).sum()
-    }
-
-    /// Creates a topic.
-    pub fn create_topic(&self, topic: &str, partitions: u32) {
-        kafka_tool(&[
-            "create",
-            "--broker",
-            &self.addr,
-            "--topic",
-            topic,
-            "--partitions",
-            &partitions.to_string(),
-        ]);
-    }
 }
 
 /// A unique name per test, so tests share the broker without sharing topics or groups.
@@ -580,4 +444,58 @@ pub fn poison_input(dir: &Path) -> PathBuf {
     let input = dir.join("input.txt");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     input
+}
+
+/// Checks records read from output partitions (the reference clients' JSON lines) hold every
+/// event `0..total` of `produce` with per-key order (a replayed run may repeat, never go
+/// backwards); returns the number of duplicates.
+pub fn check_every_event_once_in_key_order(records: &[serde_json::Value], total: usize) -> usize {
+    let mut by_key: std::collections::HashMap<String, Vec<i64>> = std::collections::HashMap::new();
+    let mut seen = std::collections::HashMap::new();
+    let mut ordered = records.to_vec();
+    ordered.sort_by_key(|r| (r["partition"].as_i64(), r["offset"].as_i64()));
+    for r in &ordered {
+        let v: serde_json::Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+        assert_eq!(r["key"], v["key"], "the key passes through");
+        *seen.entry(v["seq"].as_i64().unwrap()).or_insert(0) += 1;
+        by_key
+            .entry(v["key"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["seq"].as_i64().unwrap());
+    }
+    let lost: Vec<i64> = (0..total as i64)
+        .filter(|seq| !seen.contains_key(seq))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} events lost (of {} records read), first: {:?}",
+        lost.len(),
+        records.len(),
+        &lost[..lost.len().min(20)]
+    );
+    for (key, seqs) in by_key {
+        // Duplicates (a replayed window) may repeat a run, but never go backwards within one.
+        let mut firsts = Vec::new();
+        for s in &seqs {
+            if !firsts.contains(s) {
+                firsts.push(*s);
+            }
+        }
+        assert!(
+            firsts.windows(2).all(|w| w[0] < w[1]),
+            "key {key}: first occurrences out of order: {firsts:?}"
+        );
+    }
+    seen.values().map(|n| n - 1).sum()
+}
+
+/// Random milliseconds in `lo..hi`, from a seed that differs per run.
+pub fn random_ms() -> impl FnMut(u64, u64) -> u64 {
+    let mut seed = std::process::id() as u64 | 1;
+    move |lo, hi| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        lo + seed % (hi - lo)
+    }
 }

@@ -4,7 +4,7 @@
   kafka_tool.py produce  --broker B --topic T --count N [--keys K] [--start S] [--size BYTES] [--headers] [--tombstone]
   kafka_tool.py produce-file --broker B --topic T --file F [--key-field FIELD] [--headers]
   kafka_tool.py consume  --broker B --topic T [--expect N] [--timeout S] [--to-end]
-  kafka_tool.py create   --broker B --topic T --partitions P
+  kafka_tool.py create   --broker B --topic T --partitions P [--replication R] [--config K=V ...]
   kafka_tool.py committed --broker B --topic T --group G
 
 `produce` writes N events; event i has key "k{i % K}" and value {"seq": i, "key": ...}, so a
@@ -85,15 +85,9 @@ def consume(args):
     def on_assign(consumer, partitions):
         state["assigned"] = True
         if args.to_end:
-            # What the topic holds now: read exactly that far, however slow the broker is (under
-            # a full test run it can stall for half a minute: ask again).
+            # What the topic holds now: read exactly that far.
             def high(p):
-                for attempt in range(3):
-                    try:
-                        return consumer.get_watermark_offsets(p, timeout=30)[1]
-                    except Exception:
-                        if attempt == 2:
-                            raise
+                return consumer.get_watermark_offsets(p, timeout=30)[1]
             state["end"] = {p.partition: high(p) for p in partitions}
 
     c.subscribe([args.topic], on_assign=on_assign)
@@ -139,7 +133,9 @@ def consume(args):
 
 def create(args):
     admin = AdminClient({"bootstrap.servers": args.broker})
-    futures = admin.create_topics([NewTopic(args.topic, num_partitions=args.partitions, replication_factor=1)])
+    config = dict(kv.split("=", 1) for kv in args.config)
+    futures = admin.create_topics([NewTopic(args.topic, num_partitions=args.partitions,
+                                            replication_factor=args.replication, config=config)])
     for f in futures.values():
         f.result(30)
 
@@ -148,14 +144,7 @@ def group_offsets(args):
     """The topic's partitions and the group's committed offset of each, through the admin API
     (a Consumer with the group's id would disturb the group it inspects)."""
     admin = AdminClient({"bootstrap.servers": args.broker})
-    for attempt in range(3):
-        # The test broker can stall for seconds under a full test run's load: try again.
-        try:
-            md = admin.list_topics(args.topic, timeout=10)
-            break
-        except Exception:
-            if attempt == 2:
-                raise
+    md = admin.list_topics(args.topic, timeout=10)
     parts = [TopicPartition(args.topic, p) for p in md.topics[args.topic].partitions]
     request = [ConsumerGroupTopicPartitions(args.group, parts)]
     result = admin.list_consumer_group_offsets(request)[args.group].result(30)
@@ -219,6 +208,8 @@ def main():
                            help="read up to the high watermarks taken at assignment, then stop")
         if name == "create":
             s.add_argument("--partitions", type=int, default=1)
+            s.add_argument("--replication", type=int, default=1)
+            s.add_argument("--config", action="append", default=[], help="a topic setting K=V")
         if name in ("committed", "lag"):
             s.add_argument("--group", required=True)
         if name == "offsets-for-times":

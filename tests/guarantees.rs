@@ -1,0 +1,436 @@
+//! What the stand-in broker could not show, on Apache Kafka and checked with Kafka's own Java
+//! client: exactly-once Kafka -> Kafka under `kill -9`s with input flowing, broker restarts
+//! (SIGTERM and SIGKILL) mixed with `kill -9`s of the pipeline, the KIP-848 consumer protocol
+//! with a second member and a kill, and changelog compaction bounding a restore by the keys.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_tests::{
+    Broker, Running, check_every_event_once_in_key_order, free_port, http_get, java_consume,
+    java_tool_command, kafka_tool, log_events, plugin, random_ms, start, unique, wait_until,
+    write_spec,
+};
+
+/// The broker the tests of this binary share (a test that restarts its broker has its own).
+fn broker() -> &'static Broker {
+    static BROKER: OnceLock<Broker> = OnceLock::new();
+    BROKER.get_or_init(Broker::start)
+}
+
+struct Names {
+    input: String,
+    output: String,
+    group: String,
+}
+
+fn names(broker: &Broker, partitions: u32) -> Names {
+    let names = Names {
+        input: unique("in"),
+        output: unique("out"),
+        group: unique("group"),
+    };
+    broker.create_topic(&names.input, partitions);
+    broker.create_topic(&names.output, partitions);
+    names
+}
+
+/// A pipeline from `names.input` to `names.output` through `misbehaving` in slow mode
+/// (`delay_us` per event), committing every 200 ms, a killed member gone from the group in 2 s
+/// (classic protocol). `source` adds source settings, `top` top-level sections.
+fn spec(
+    dir: &Path,
+    broker: &Broker,
+    names: &Names,
+    delay_us: u32,
+    source: &str,
+    top: &str,
+) -> PathBuf {
+    write_spec(
+        dir,
+        &format!(
+            "name: guarantees\nplugin:\n  path: {}\n  config: {{mode: slow, delay_us: {delay_us}}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{}]\n    group-id: {}\n    commit-interval-ms: 200\n    batch-size: 16\n{source}{top}outputs:\n  out:\n    kafka: {{topic: {}}}\n",
+            plugin("misbehaving").display(),
+            broker.addr,
+            names.input,
+            names.group,
+            names.output,
+        ),
+    )
+}
+
+const SHORT_SESSION: &str =
+    "    properties: {session.timeout.ms: \"2000\", heartbeat.interval.ms: \"500\"}\n";
+
+/// Events `0..count` flowing into `topic` at `rate` per second from Kafka's Java producer
+/// (idempotent, acks=all, retrying through broker restarts), in the background.
+struct Flow(Child);
+
+impl Flow {
+    fn start(broker: &Broker, topic: &str, count: usize, rate: u32) -> Flow {
+        let child = java_tool_command(&[
+            "produce",
+            "--broker",
+            &broker.addr,
+            "--topic",
+            topic,
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the Java producer");
+        let mut flow = Flow(child);
+        wait_until("the first events in", Duration::from_secs(60), || {
+            if let Some(status) = flow.0.try_wait().unwrap() {
+                let mut stderr = String::new();
+                use std::io::Read;
+                let _ = flow.0.stderr.take().unwrap().read_to_string(&mut stderr);
+                panic!("the Java producer ended early ({status}): {stderr}");
+            }
+            let lag = kafka_tool(&[
+                "lag",
+                "--broker",
+                &broker.addr,
+                "--topic",
+                topic,
+                "--group",
+                "probe",
+            ]);
+            let lag: Value = serde_json::from_str(&lag).unwrap();
+            lag.as_object()
+                .unwrap()
+                .values()
+                .any(|p| p["high"].as_i64() > Some(0))
+        });
+        flow
+    }
+
+    /// Waits until every event was acknowledged.
+    fn finish(mut self) {
+        let status = self.0.wait().unwrap();
+        let mut stderr = String::new();
+        use std::io::Read;
+        let _ = self.0.stderr.take().unwrap().read_to_string(&mut stderr);
+        assert!(status.success(), "the Java producer failed: {stderr}");
+    }
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Exactly-once Kafka -> Kafka (`producer.transactional-id`): 10 `kill -9`s, each at a random
+/// point after that run's first commit, while the input keeps flowing. Kafka's Java consumer
+/// with `read_committed` then sees every input event exactly once in the output, in key order,
+/// and none of the records the killed runs left in aborted transactions (which a
+/// `read_uncommitted` reader does see: the test requires some, so the kills hit open
+/// transactions).
+#[test]
+fn exactly_once_kafka_to_kafka_survives_ten_kill_9s_with_input_flowing() {
+    let broker = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let names = names(broker, 4);
+    // A minute of input: it still flows when the tenth kill lands.
+    let total = 60_000;
+    let flow = Flow::start(broker, &names.input, total, 1_000);
+    let spec = spec(
+        dir.path(),
+        broker,
+        &names,
+        200,
+        SHORT_SESSION,
+        &format!("producer:\n  transactional-id: {}\n", unique("txn")),
+    );
+    let port = free_port();
+    let spec = with_admin(&spec, port);
+    let committed = || broker.committed_sum(&names.input, &names.group);
+    let mut random = random_ms();
+    let mut kills = Vec::new();
+    for _ in 0..10 {
+        let before = committed();
+        let run = start(&spec, dir.path());
+        wait_or_show("this run's first commit", &run, port, || {
+            committed() > before
+        });
+        std::thread::sleep(Duration::from_millis(random(0, 1000)));
+        run.kill();
+        kills.push(committed());
+    }
+    eprintln!("exactly-once Kafka -> Kafka: committed after each kill: {kills:?}");
+    assert!(
+        kills.iter().all(|c| (*c as usize) < total),
+        "every kill landed mid-stream: {kills:?}"
+    );
+    let run = start(&spec, dir.path());
+    flow.finish();
+    wait_until("every offset committed", Duration::from_secs(180), || {
+        committed() == total as i64
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let read = java_consume(&broker.addr, &names.output, "read_committed");
+    let duplicates = check_every_event_once_in_key_order(&read, total);
+    assert_eq!(duplicates, 0, "read_committed: every event exactly once");
+    assert_eq!(read.len(), total);
+    let all = java_consume(&broker.addr, &names.output, "read_uncommitted");
+    let aborted = all.len() - read.len();
+    eprintln!(
+        "exactly-once Kafka -> Kafka: {total} events, {} records in the log, {aborted} of them aborted and hidden from read_committed",
+        all.len()
+    );
+    assert!(
+        aborted > 0,
+        "the kills left aborted transactions behind (else this test proves nothing)"
+    );
+}
+
+/// Broker restarts and pipeline crashes in one run: events flow in throughout (Kafka's Java
+/// producer, retrying through the outages) while the pipeline is killed with `kill -9` and the
+/// broker is restarted five times, alternately with SIGTERM (a controlled shutdown) and SIGKILL.
+/// At the end every input offset is committed and every event is in the output (at least once,
+/// in key order).
+#[test]
+fn broker_restarts_and_kill_9s_in_one_run_lose_nothing() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let names = names(&broker, 4);
+    // 80 s of input: it still flows during the fifth restart.
+    let total = 80_000;
+    let flow = Flow::start(&broker, &names.input, total, 1_000);
+    let spec = spec(dir.path(), &broker, &names, 200, SHORT_SESSION, "");
+    let committed = || broker.committed_sum(&names.input, &names.group);
+    let mut run = start(&spec, dir.path());
+    let mut random = random_ms();
+    for restart in 0..5 {
+        let before = committed();
+        wait_until(
+            "progress since the last restart",
+            Duration::from_secs(90),
+            || committed() > before,
+        );
+        std::thread::sleep(Duration::from_millis(random(0, 1500)));
+        run.kill();
+        run = start(&spec, dir.path());
+        std::thread::sleep(Duration::from_millis(random(500, 2500)));
+        let started = Instant::now();
+        if restart % 2 == 0 {
+            broker.stop();
+        } else {
+            broker.down();
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        broker.up();
+        eprintln!(
+            "broker restart {} ({}): down for {:?}, {} committed before",
+            restart + 1,
+            if restart % 2 == 0 {
+                "SIGTERM"
+            } else {
+                "SIGKILL"
+            },
+            started.elapsed(),
+            before
+        );
+    }
+    flow.finish();
+    wait_until("every offset committed", Duration::from_secs(240), || {
+        committed() == total as i64
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let records = java_consume(&broker.addr, &names.output, "read_committed");
+    let duplicates = check_every_event_once_in_key_order(&records, total);
+    eprintln!(
+        "broker restarts: {total} events, 0 lost, {duplicates} duplicates (at-least-once), every offset committed"
+    );
+}
+
+/// Waits up to 60 s for `done`; on timeout fails with the run's `/status` and log.
+fn wait_or_show(what: &str, run: &Running, port: u16, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        if Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}: /status {:?}\nlog:\n{}",
+                http_get(port, "/status"),
+                std::fs::read_to_string(&run.log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn partitions_held(port: u16) -> usize {
+    http_get(port, "/status")
+        .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+        .and_then(|s| s["partitions"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+fn with_admin(spec: &Path, port: u16) -> PathBuf {
+    let copy = spec.with_file_name(format!("pipeline-{port}.yaml"));
+    let mut text = std::fs::read_to_string(spec).unwrap();
+    text.push_str(&format!("admin:\n  listen: 127.0.0.1:{port}\n"));
+    std::fs::write(&copy, text).unwrap();
+    copy
+}
+
+/// The KIP-848 consumer protocol (`group.protocol: consumer`): the broker assigns. A second
+/// member takes a share of the partitions (incremental: the first member keeps consuming the
+/// rest), a `kill -9` of the first hands its partitions to the second once the broker's session
+/// timeout expires, and every event arrives in key order.
+#[test]
+fn the_kip_848_consumer_protocol_rebalances_with_a_second_member_and_a_kill_9() {
+    let broker = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let names = names(broker, 4);
+    let total = 30_000;
+    broker.produce(&names.input, total, 0, &[]);
+    // ~1,000 events/s per member: the second joins and the kill lands mid-stream.
+    let spec = spec(
+        dir.path(),
+        broker,
+        &names,
+        2000,
+        "    properties: {group.protocol: consumer}\n",
+        "",
+    );
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = start(&with_admin(&spec, port_a), dir.path());
+    wait_until("a first commit", Duration::from_secs(60), || {
+        broker.committed_sum(&names.input, &names.group) > 0
+    });
+    assert_eq!(
+        partitions_held(port_a),
+        4,
+        "the only member holds everything"
+    );
+    let b = start(&with_admin(&spec, port_b), dir.path());
+    wait_until("the partitions shared", Duration::from_secs(60), || {
+        partitions_held(port_b) > 0 && partitions_held(port_a) > 0
+    });
+    eprintln!(
+        "KIP-848: shared {} / {}",
+        partitions_held(port_a),
+        partitions_held(port_b)
+    );
+    let before = broker.committed_sum(&names.input, &names.group);
+    assert!(
+        (before as usize) < total,
+        "the second member joined mid-stream"
+    );
+    let killed = Instant::now();
+    a.kill();
+    wait_until(
+        "the survivor holds every partition",
+        Duration::from_secs(60),
+        || partitions_held(port_b) == 4,
+    );
+    eprintln!(
+        "KIP-848: partitions moved {:?} after the kill",
+        killed.elapsed()
+    );
+    wait_until("every offset committed", Duration::from_secs(120), || {
+        broker.committed_sum(&names.input, &names.group) == total as i64
+    });
+    let (code, log) = b.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log_events(&log, "assigned").len() >= 2,
+        "assigned on joining and again after the kill:\n{log}"
+    );
+    let records = java_consume(&broker.addr, &names.output, "read_committed");
+    let duplicates = check_every_event_once_in_key_order(&records, total);
+    eprintln!("KIP-848: {total} events, {duplicates} duplicates");
+}
+
+/// Changelog compaction: 30,000 writes (7.5 MB) to 16 keys. With 1 MiB changelog segments (the
+/// smallest Kafka 4 allows; `state.changelog-config`) Kafka's log cleaner compacts every closed
+/// segment, and a restore into an empty directory reads the compacted log: its record count is
+/// bounded by the keys plus the active segment (~4,000 records), not the writes, and it
+/// restores each key's latest value.
+#[test]
+fn changelog_compaction_bounds_a_restore_by_the_keys_not_the_writes() {
+    let broker = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let names = names(broker, 1);
+    let (total, keys) = (30_000, 16);
+    broker.produce(
+        &names.input,
+        total,
+        0,
+        &["--keys", &keys.to_string(), "--size", "200"],
+    );
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: compaction\nplugin:\n  path: {}\n  config: {{state_store: latest}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{}]\n    group-id: {}\n    commit-interval-ms: 200\nstate:\n  stores: [latest]\n  dir: {}\n  changelog-config: {{segment.bytes: \"1048576\", min.cleanable.dirty.ratio: \"0.01\", min.compaction.lag.ms: \"0\"}}\noutputs:\n  out:\n    kafka: {{topic: {}}}\n",
+            plugin("passthrough").display(),
+            broker.addr,
+            names.input,
+            names.group,
+            dir.path().join("state").display(),
+            names.output,
+        ),
+    );
+    let run = start(&spec, dir.path());
+    wait_until("every offset committed", Duration::from_secs(120), || {
+        broker.committed_sum(&names.input, &names.group) == total as i64
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let changelog = format!("{}-{}-latest-changelog", names.group, names.input);
+    let mut held = usize::MAX;
+    wait_until(
+        "the log cleaner compacted the changelog",
+        Duration::from_secs(120),
+        || {
+            held = java_consume(&broker.addr, &changelog, "read_committed").len();
+            held < total / 3
+        },
+    );
+    let out = std::process::Command::new(sluice_tests::workspace_binary("sluice"))
+        .args(["state", "dump", "-f"])
+        .arg(&spec)
+        .arg("--dir")
+        .arg(dir.path().join("fresh"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let restored: u64 = log_events(&stderr, "state: restored")
+        .iter()
+        .map(|e| e["records"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "compaction: {total} writes to {keys} keys; the changelog holds {held} records, a restore read {restored}"
+    );
+    assert!(
+        restored as usize <= held && (restored as usize) < total / 3,
+        "the restore read the compacted log ({restored} records)"
+    );
+    let dump: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dump.len(), keys, "one entry per key");
+    for entry in &dump {
+        let value: Value = serde_json::from_str(entry["value"].as_str().unwrap()).unwrap();
+        let key = entry["key"].as_str().unwrap();
+        let k: usize = key[1..].parse().unwrap();
+        let last = (0..total).rev().find(|i| i % keys == k).unwrap();
+        assert_eq!(value["seq"], last, "{key}: the latest value");
+    }
+}

@@ -1,0 +1,332 @@
+//! Apache Kafka for the tests and benchmarks: one KRaft node ([`Broker`]) or a three-node
+//! cluster ([`Cluster`]) on 127.0.0.1, each node started by `scripts/kafka-broker.sh` (the same
+//! settings `make demo` uses) under a [`watchdog`](crate::watchdog) that stops it and deletes
+//! its storage when the test process ends, however it ends. Nodes can be stopped (SIGTERM),
+//! killed (SIGKILL), frozen (SIGSTOP) and started again on their storage.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::{cache_dir, free_port, kafka_tool, root, try_kafka_tool, watchdog};
+
+/// How long a question about the group is asked again while it fails: tests stop, kill and
+/// freeze brokers, and poll the committed offsets meanwhile.
+pub(crate) const RETRY_WHILE_DOWN: Duration = Duration::from_secs(90);
+
+/// One Kafka node (broker and controller in one process) on 127.0.0.1, started by this test
+/// process and stopped when it exits.
+#[derive(Debug)]
+pub struct Broker {
+    /// `127.0.0.1:PORT`: this node, or for a cluster's node the bootstrap list of the cluster.
+    pub addr: String,
+    /// This node's id (1 for a single node).
+    pub node_id: u32,
+    port: u16,
+    controller_port: u16,
+    /// `--` settings and the cluster's voters, passed to the start script.
+    args: Vec<String>,
+    data: tempfile::TempDir,
+    child: Mutex<Option<Child>>,
+}
+
+impl Broker {
+    /// Starts a single-node broker on fresh storage.
+    pub fn start() -> Broker {
+        Self::start_with(&[])
+    }
+
+    /// [`Broker::start`] with broker settings (`KEY=VALUE`) over the start script's defaults.
+    pub fn start_with(settings: &[&str]) -> Broker {
+        let broker = Self::node(1, free_port(), free_port(), None, settings);
+        broker.up();
+        broker
+    }
+
+    fn node(
+        node_id: u32,
+        port: u16,
+        controller_port: u16,
+        voters: Option<&str>,
+        settings: &[&str],
+    ) -> Broker {
+        let mut args = Vec::new();
+        if let Some(voters) = voters {
+            args.extend([node_id.to_string(), voters.to_owned()]);
+        }
+        args.push("--".to_owned());
+        args.extend(settings.iter().map(|s| s.to_string()));
+        Broker {
+            addr: format!("127.0.0.1:{port}"),
+            node_id,
+            port,
+            controller_port,
+            args,
+            data: tempfile::tempdir().unwrap(),
+            child: Mutex::new(None),
+        }
+    }
+
+    /// Where the node keeps its log (`broker.log`) and data.
+    pub fn dir(&self) -> PathBuf {
+        self.data.path().to_path_buf()
+    }
+
+    /// (Re)starts the node on the same ports and storage and waits until it listens.
+    pub fn up(&self) {
+        self.spawn();
+        self.wait_listening();
+    }
+
+    fn spawn(&self) {
+        let script = root().join("scripts/kafka-broker.sh");
+        let mut line = format!(
+            "'{}' '{}' {} {}",
+            script.display(),
+            self.data.path().display(),
+            self.port,
+            self.controller_port
+        );
+        for arg in &self.args {
+            line.push_str(&format!(" '{arg}'"));
+        }
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(watchdog(&line, self.data.path()))
+            .env("SLUICE_CACHE", cache_dir())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the broker");
+        *self.child.lock().unwrap() = Some(child);
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "Kafka node {} did not listen on 127.0.0.1:{} ({}): see {} (run `make deps` if the broker is missing)",
+                self.node_id,
+                self.port,
+                if exited.is_some() {
+                    "it exited"
+                } else {
+                    "60 s"
+                },
+                self.data.path().join("broker.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the node (SIGKILL), keeping its storage; returns once its port is closed.
+    pub fn down(&self) {
+        self.stop_with("-KILL");
+    }
+
+    /// Stops the node gracefully (SIGTERM: a controlled shutdown that hands its leaderships
+    /// over), keeping its storage; returns once it exited.
+    pub fn stop(&self) {
+        self.stop_with("-TERM");
+    }
+
+    fn stop_with(&self, signal: &str) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            // The watchdog shell is the child; the broker (java) is its child.
+            let _ = Command::new("pkill")
+                .args([signal, "-P", &child.id().to_string()])
+                .status();
+            // The watchdog ends once the broker has (it reaps it first).
+            let _ = child.wait();
+        }
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Freezes the node (SIGSTOP): connections stay open and nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`Broker::pause`]d node go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.lock().unwrap();
+        let watchdog = child.as_ref().expect("the broker is up").id();
+        let status = Command::new("pkill")
+            .args([signal, "-P", &watchdog.to_string()])
+            .status()
+            .expect("pkill");
+        assert!(status.success(), "pkill {signal} found no broker process");
+    }
+
+    /// Writes `count` events with the reference client (see `kafka_tool.py produce`), with
+    /// extra flags such as `--tombstone`.
+    pub fn produce(&self, topic: &str, count: usize, start: usize, extra: &[&str]) {
+        let (count, start) = (count.to_string(), start.to_string());
+        let mut args = vec![
+            "produce", "--broker", &self.addr, "--topic", topic, "--count", &count, "--start",
+            &start,
+        ];
+        args.extend_from_slice(extra);
+        if let Err(e) = try_kafka_tool(&args) {
+            panic!("{e}\nthe broker's log ends:\n{}", self.log_tail());
+        }
+    }
+
+    /// The last 30 lines of the node's log (for a failure message).
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.data.path().join("broker.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// The sum of the offsets `group` committed on `topic` (read with the admin API).
+    pub fn committed_sum(&self, topic: &str, group: &str) -> i64 {
+        self.committed(topic, group)
+            .values()
+            .filter(|o| **o >= 0)
+            .sum()
+    }
+
+    /// The offset `group` committed on each partition of `topic` (-1: none). Asked again
+    /// while the broker does not answer (a test may have stopped or frozen it), for up to 90 s.
+    pub fn committed(&self, topic: &str, group: &str) -> std::collections::BTreeMap<i32, i64> {
+        let args = [
+            "committed",
+            "--broker",
+            &self.addr,
+            "--topic",
+            topic,
+            "--group",
+            group,
+        ];
+        let deadline = Instant::now() + RETRY_WHILE_DOWN;
+        let out = loop {
+            match try_kafka_tool(&args) {
+                Ok(out) => break out,
+                Err(e) if Instant::now() > deadline => panic!("{e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        };
+        let offsets: std::collections::BTreeMap<String, i64> = serde_json::from_str(&out).unwrap();
+        offsets
+            .into_iter()
+            .map(|(p, o)| (p.parse().unwrap(), o))
+            .collect()
+    }
+
+    /// Creates a topic.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        kafka_tool(&[
+            "create",
+            "--broker",
+            &self.addr,
+            "--topic",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+        ]);
+    }
+}
+
+/// Three Kafka nodes on 127.0.0.1 forming one cluster (each a broker and a voter of a static
+/// controller quorum), internal topics replicated three times with `min.insync.replicas` 2.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The nodes, ids 1 to 3.
+    pub nodes: Vec<Broker>,
+    /// The bootstrap list of every node.
+    pub bootstrap: String,
+}
+
+impl Cluster {
+    /// Starts the three nodes and waits until each listens.
+    pub fn start() -> Cluster {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let bootstrap = ports
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes: Vec<Broker> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (p, c))| Broker::node(i as u32 + 1, *p, *c, Some(&voters), &[]))
+            .collect();
+        // Every node is started before any is waited for: the quorum needs a majority.
+        for node in &nodes {
+            node.spawn();
+        }
+        for node in &mut nodes {
+            node.wait_listening();
+            node.addr = bootstrap.clone();
+        }
+        Cluster { nodes, bootstrap }
+    }
+
+    /// The node with id `id`.
+    pub fn node(&self, id: u32) -> &Broker {
+        &self.nodes[id as usize - 1]
+    }
+}
+
+/// The reference client built on Kafka's own Java client (`tests/tools/java`, built by
+/// `make deps`) running `args`; returns stdout, panics with stderr on failure.
+pub fn java_tool(args: &[&str]) -> String {
+    let output = java_tool_command(args)
+        .output()
+        .unwrap_or_else(|e| panic!("java: {e}: run `make deps` (it installs a JDK)"));
+    assert!(
+        output.status.success(),
+        "java KafkaTool {args:?} failed (run `make deps` if it was never built):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// The command [`java_tool`] runs, to start it in the background (a producer with `--rate`).
+pub fn java_tool_command(args: &[&str]) -> Command {
+    let dir = root().join("tests/tools/java/target");
+    let mut command = Command::new("java");
+    command
+        .arg("-cp")
+        .arg(format!("{0}/classes:{0}/libs/*", dir.display()))
+        .arg("dev.sluice.tool.KafkaTool")
+        .args(args);
+    command
+}
+
+/// Every record of `topic` as the Java client reads it with `isolation` (`read_committed` or
+/// `read_uncommitted`), as JSON values.
+pub fn java_consume(broker: &str, topic: &str, isolation: &str) -> Vec<serde_json::Value> {
+    java_tool(&[
+        "consume",
+        "--broker",
+        broker,
+        "--topic",
+        topic,
+        "--isolation",
+        isolation,
+    ])
+    .lines()
+    .map(|l| serde_json::from_str(l).expect("a JSON line"))
+    .collect()
+}
