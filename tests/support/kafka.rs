@@ -139,10 +139,7 @@ impl Broker {
 
     fn stop_with(&self, signal: &str) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
-            // The watchdog shell is the child; the broker (java) is its child.
-            let _ = Command::new("pkill")
-                .args([signal, "-P", &child.id().to_string()])
-                .status();
+            signal_broker(&child, signal);
             // The watchdog ends once the broker has (it reaps it first).
             let _ = child.wait();
         }
@@ -163,12 +160,11 @@ impl Broker {
 
     fn signal(&self, signal: &str) {
         let child = self.child.lock().unwrap();
-        let watchdog = child.as_ref().expect("the broker is up").id();
-        let status = Command::new("pkill")
-            .args([signal, "-P", &watchdog.to_string()])
-            .status()
-            .expect("pkill");
-        assert!(status.success(), "pkill {signal} found no broker process");
+        let watchdog = child.as_ref().expect("the broker is up");
+        assert!(
+            signal_broker(watchdog, signal),
+            "pkill {signal} found no broker process"
+        );
     }
 
     /// Writes `count` events with the reference client (see `kafka_tool.py produce`), with
@@ -239,6 +235,15 @@ impl Broker {
             &partitions.to_string(),
         ]);
     }
+}
+
+/// Sends `signal` to the broker under `watchdog` (the watchdog shell is the child this process
+/// started; the broker, java, is its child). Whether a process was found.
+fn signal_broker(watchdog: &Child, signal: &str) -> bool {
+    Command::new("pkill")
+        .args([signal, "-P", &watchdog.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Three Kafka nodes on 127.0.0.1 forming one cluster (each a broker and a voter of a static
