@@ -64,6 +64,9 @@ group.consumer.min.session.timeout.ms=1000
 group.consumer.session.timeout.ms=6000
 group.consumer.min.heartbeat.interval.ms=500
 group.consumer.heartbeat.interval.ms=1000
+# A transaction its producer left open (a kill -9 under an id nobody reuses) is aborted
+# within a second of its transaction.timeout.ms, not up to 10 s later.
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 # The log cleaner (compacted changelogs) with a small buffer instead of 128 MB of heap.
 log.cleaner.dedupe.buffer.size=8388608
 log.cleaner.backoff.ms=1000

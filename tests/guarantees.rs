@@ -1,5 +1,6 @@
 //! What the stand-in broker could not show, on Apache Kafka and checked with Kafka's own Java
-//! client: exactly-once Kafka -> Kafka under `kill -9`s with input flowing, broker restarts
+//! client: exactly-once Kafka -> Kafka under `kill -9`s with input flowing, transactional state
+//! (state, outputs and offsets together) under `kill -9`s, broker restarts
 //! (SIGTERM and SIGKILL) mixed with `kill -9`s of the pipeline, the KIP-848 consumer protocol
 //! with a second member and a kill, and changelog compaction bounding a restore by the keys.
 
@@ -49,10 +50,29 @@ fn spec(
     source: &str,
     top: &str,
 ) -> PathBuf {
+    spec_with(
+        dir,
+        broker,
+        names,
+        &format!("delay_us: {delay_us}"),
+        source,
+        top,
+    )
+}
+
+/// [`spec`] with more of `misbehaving`'s settings (`config`, beside `mode: slow`).
+fn spec_with(
+    dir: &Path,
+    broker: &Broker,
+    names: &Names,
+    config: &str,
+    source: &str,
+    top: &str,
+) -> PathBuf {
     write_spec(
         dir,
         &format!(
-            "name: guarantees\nplugin:\n  path: {}\n  config: {{mode: slow, delay_us: {delay_us}}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{}]\n    group-id: {}\n    commit-interval-ms: 200\n    batch-size: 16\n{source}{top}outputs:\n  out:\n    kafka: {{topic: {}}}\n",
+            "name: guarantees\nplugin:\n  path: {}\n  config: {{mode: slow, {config}}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{}]\n    group-id: {}\n    commit-interval-ms: 200\n    batch-size: 16\n{source}{top}outputs:\n  out:\n    kafka: {{topic: {}}}\n",
             plugin("misbehaving").display(),
             broker.addr,
             names.input,
@@ -159,9 +179,13 @@ fn exactly_once_kafka_to_kafka_survives_ten_kill_9s_with_input_flowing() {
     for _ in 0..10 {
         let before = committed();
         let run = start(&spec, dir.path());
-        wait_or_show("this run's first commit", &run, port, || {
-            committed() > before
-        });
+        wait_or_show(
+            "this run's first commit",
+            &run,
+            port,
+            Duration::from_secs(60),
+            || committed() > before,
+        );
         std::thread::sleep(Duration::from_millis(random(0, 1000)));
         run.kill();
         kills.push(committed());
@@ -193,6 +217,150 @@ fn exactly_once_kafka_to_kafka_survives_ten_kill_9s_with_input_flowing() {
         aborted > 0,
         "the kills left aborted transactions behind (else this test proves nothing)"
     );
+}
+
+/// The transactional state changelog (`producer.transactional-id` with a state store). Each
+/// event counts its key in a store with a bare read-modify-write (a replayed event would count
+/// again) and its record carries the count. Through 8 `kill -9`s with input flowing (half of the
+/// restarts under the dead run's transactional id, as a StatefulSet's pod comes back and fences
+/// it; half under a new one, as a Deployment's pod would, so the dead transaction ends only when
+/// its `transaction.timeout.ms` runs out and the restore must wait for it rather than stop at
+/// the last stable offset), state, outputs and offsets move together: Kafka's
+/// Java consumer with `read_committed` reads every key's counts 1, 2, 3, ... in input order, the
+/// changelog holds exactly one committed write per event, and a restore from it alone has each
+/// key's exact count. The output and the changelog both hold records of aborted transactions
+/// that none of that shows.
+#[test]
+fn transactional_state_outputs_and_offsets_move_together_through_kill_9s() {
+    let broker = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let names = names(broker, 4);
+    // Two minutes of input: it still flows when the eighth kill lands.
+    let (total, keys) = (60_000, 16);
+    let flow = Flow::start(broker, &names.input, total, 500);
+    let state = dir.path().join("state");
+    let spec = |id: &str, port: u16| {
+        let spec = spec_with(
+            dir.path(),
+            broker,
+            &names,
+            "delay_us: 200, count_store: counts",
+            SHORT_SESSION,
+            &format!(
+                "producer:\n  transactional-id: {id}\n  properties: {{transaction.timeout.ms: \"10000\"}}\nstate:\n  stores: [counts]\n  dir: {}\n",
+                state.display()
+            ),
+        );
+        with_admin(&spec, port)
+    };
+    let committed = || broker.committed_sum(&names.input, &names.group);
+    let mut random = random_ms();
+    let mut id = unique("txn");
+    // Runs whose restore waited for the transaction the killed run left open.
+    let mut held_restores = 0;
+    for kill in 0..8 {
+        let same = kill % 2 == 0;
+        if !same {
+            id = unique("txn");
+        }
+        let before = committed();
+        assert!((before as usize) < total, "kill {kill} lands mid-stream");
+        let started = Instant::now();
+        let port = free_port();
+        let run = start(&spec(&id, port), dir.path());
+        wait_or_show(
+            "this run's first commit",
+            &run,
+            port,
+            Duration::from_secs(90),
+            || committed() > before,
+        );
+        eprintln!(
+            "transactional state: run {kill} ({} id) committed {:?} after its start",
+            if same { "the dead run's" } else { "a new" },
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(random(0, 1500)));
+        let log = std::fs::read_to_string(&run.log).unwrap();
+        if !log_events(&log, "state: an open transaction holds the restore").is_empty() {
+            held_restores += 1;
+        }
+        run.kill();
+    }
+    assert!(
+        held_restores > 0,
+        "a restart under a new id found the dead run's transaction open and waited for it"
+    );
+    let port = free_port();
+    let run = start(&spec(&id, port), dir.path());
+    flow.finish();
+    wait_until("every offset committed", Duration::from_secs(180), || {
+        committed() == total as i64
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    // Outputs: every event once, and its key's count as of that event.
+    let read = java_consume(&broker.addr, &names.output, "read_committed");
+    assert_eq!(check_every_event_once_in_key_order(&read, total), 0);
+    assert_eq!(read.len(), total);
+    let mut ordered = read.clone();
+    ordered.sort_by_key(|r| (r["partition"].as_i64(), r["offset"].as_i64()));
+    let mut counts: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for r in &ordered {
+        let n = counts
+            .entry(r["key"].as_str().unwrap().to_owned())
+            .or_default();
+        *n += 1;
+        assert_eq!(
+            r["headers"]["n"].as_str().and_then(|h| h.parse().ok()),
+            Some(*n),
+            "the count in the output moves with the state: {r}"
+        );
+    }
+    let aborted_out = java_consume(&broker.addr, &names.output, "read_uncommitted").len() - total;
+
+    // The changelog: one committed write per event; aborted writes in the log, hidden.
+    let changelog = format!("{}-{}-counts-changelog", names.group, names.input);
+    let writes = java_consume(&broker.addr, &changelog, "read_committed").len();
+    let aborted_state = java_consume(&broker.addr, &changelog, "read_uncommitted").len() - writes;
+    eprintln!(
+        "transactional state: {total} events; aborted and hidden: {aborted_out} output records, {aborted_state} state writes"
+    );
+    assert_eq!(writes, total, "one committed state write per event");
+    assert!(
+        aborted_out > 0 && aborted_state > 0,
+        "the kills left aborted transactions behind (else this test proves nothing)"
+    );
+
+    // State: a restore from the changelog alone has each key's exact count.
+    let out = std::process::Command::new(sluice_tests::workspace_binary("sluice"))
+        .args(["state", "dump", "-f"])
+        .arg(spec(&id, port))
+        .arg("--dir")
+        .arg(dir.path().join("fresh"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dump.len(), keys, "one count per key");
+    for entry in &dump {
+        assert_eq!(
+            entry["value"]
+                .as_str()
+                .and_then(|v| v.parse::<usize>().ok()),
+            Some(total / keys),
+            "{entry}"
+        );
+    }
 }
 
 /// Broker restarts and pipeline crashes in one run: events flow in throughout (Kafka's Java
@@ -256,9 +424,15 @@ fn broker_restarts_and_kill_9s_in_one_run_lose_nothing() {
     );
 }
 
-/// Waits up to 60 s for `done`; on timeout fails with the run's `/status` and log.
-fn wait_or_show(what: &str, run: &Running, port: u16, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Waits up to `timeout` for `done`; on timeout fails with the run's `/status` and log.
+fn wait_or_show(
+    what: &str,
+    run: &Running,
+    port: u16,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
     while !done() {
         if Instant::now() > deadline {
             panic!(

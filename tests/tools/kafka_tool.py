@@ -23,7 +23,8 @@ import sys
 import time
 import uuid
 
-from confluent_kafka import ConsumerGroupTopicPartitions, Consumer, Producer, TopicPartition
+from confluent_kafka import (ConsumerGroupTopicPartitions, Consumer, KafkaError, KafkaException, Producer,
+                             TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
@@ -147,7 +148,19 @@ def group_offsets(args):
     md = admin.list_topics(args.topic, timeout=10)
     parts = [TopicPartition(args.topic, p) for p in md.topics[args.topic].partitions]
     request = [ConsumerGroupTopicPartitions(args.group, parts)]
-    result = admin.list_consumer_group_offsets(request)[args.group].result(30)
+    # A fresh broker creates and loads its offsets topic on first use: ask again meanwhile.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            result = admin.list_consumer_group_offsets(request)[args.group].result(30)
+            break
+        except KafkaException as e:
+            loading = e.args[0].code() in (KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                           KafkaError.COORDINATOR_NOT_AVAILABLE,
+                                           KafkaError.NOT_COORDINATOR)
+            if not (loading or e.args[0].retriable()) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     return parts, {tp.partition: tp.offset for tp in result.topic_partitions if tp.topic == args.topic}
 
 

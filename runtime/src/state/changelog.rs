@@ -26,6 +26,10 @@ use crate::telemetry::{
 const RESTORE_APPLY_EVERY: usize = 65_536;
 /// A restore that reads nothing for this long fails (the broker stopped answering).
 const RESTORE_STALL: Duration = Duration::from_secs(60);
+/// How long a restore waits for an open transaction in a changelog to end: Kafka's largest
+/// `transaction.timeout.ms` (the broker's `transaction.max.timeout.ms`, 15 minutes by default)
+/// and a minute for the coordinator to abort it.
+const OPEN_TRANSACTION_WAIT: Duration = Duration::from_secs(16 * 60);
 
 /// The changelog side of the stores.
 pub(crate) struct Changelog {
@@ -33,7 +37,12 @@ pub(crate) struct Changelog {
     /// The pipeline's producer (none for `sluice state dump`, which only reads).
     sink: Option<Arc<KafkaSink>>,
     /// Watermarks, and the restore's reads (assigned, never subscribed: no group membership).
+    /// It reads committed records only, so its high watermark is the last stable offset: where
+    /// the first transaction still open starts.
     client: Mutex<BaseConsumer>,
+    /// The log's real ends (`read_uncommitted` watermarks): a restore reads up to there, past
+    /// the records of transactions still open when it starts, once they end.
+    log_ends: Mutex<BaseConsumer>,
     timeout: Duration,
 }
 
@@ -54,10 +63,16 @@ impl Changelog {
         let client: BaseConsumer = config
             .create()
             .map_err(|e| format!("state: cannot create the changelog reader: {e}"))?;
+        let log_ends: BaseConsumer = config
+            .set("isolation.level", "read_uncommitted")
+            .set("client.id", format!("sluice-{group}-state-ends"))
+            .create()
+            .map_err(|e| format!("state: cannot create the changelog reader: {e}"))?;
         Ok(Changelog {
             group: group.to_owned(),
             sink,
             client: Mutex::new(client),
+            log_ends: Mutex::new(log_ends),
             timeout: Duration::from_secs(10),
         })
     }
@@ -210,6 +225,7 @@ impl Changelog {
         }
         let started = Instant::now();
         let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let log_ends = self.log_ends.lock().unwrap_or_else(|e| e.into_inner());
         // changelog (topic, partition) -> (which partition, which store, end)
         let mut targets: HashMap<(String, i32), (usize, usize, i64)> = HashMap::new();
         let mut remaining: Vec<i64> = vec![0; opened.len()];
@@ -223,7 +239,9 @@ impl Changelog {
             };
             for (s, store) in stores.iter().enumerate() {
                 let topic = self.topic(&tp.topic, store);
-                let (low, high) = client
+                // The log's end, not the last stable offset: a transaction a dead pod left open
+                // holds records committed after it back until the coordinator aborts it.
+                let (low, high) = log_ends
                     .fetch_watermarks(&topic, tp.partition, self.timeout)
                     .map_err(|e| {
                         format!("state: cannot read the end of changelog {topic}/{} ({e}): is the broker reachable?", tp.partition)
@@ -300,6 +318,9 @@ impl Changelog {
     ) -> Result<(), String> {
         let mut last_read = Instant::now();
         let mut progress = Instant::now();
+        // Changelog partitions whose reader waits at an open transaction (logged once each).
+        let mut held = HashMap::new();
+        let (mut held_back, mut last_look) = (false, Instant::now());
         let mut since = vec![(0u64, 0u64); opened.len()];
         while !targets.is_empty() {
             match client.poll(Duration::from_millis(200)) {
@@ -342,7 +363,25 @@ impl Changelog {
                             }
                         }
                     }
-                    if last_read.elapsed() > RESTORE_STALL {
+                    if last_read.elapsed() > Duration::from_secs(1)
+                        && last_look.elapsed() >= Duration::from_secs(1)
+                    {
+                        last_look = Instant::now();
+                        held_back = self.held_by_open_transactions(client, targets, &mut held);
+                    }
+                    if held_back && last_read.elapsed() > OPEN_TRANSACTION_WAIT {
+                        return Err(format!(
+                            "state: restore waited {}s for open transactions in {} changelog partitions to end ({}): end them (the producer's transactional id) or check the broker's transaction coordinator",
+                            OPEN_TRANSACTION_WAIT.as_secs(),
+                            targets.len(),
+                            targets
+                                .keys()
+                                .map(|(t, p)| format!("{t}/{p}"))
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ));
+                    }
+                    if !held_back && last_read.elapsed() > RESTORE_STALL {
                         return Err(format!(
                             "state: restore read nothing for {}s with {} changelog partitions unfinished: is the broker reachable?",
                             RESTORE_STALL.as_secs(),
@@ -369,6 +408,47 @@ impl Changelog {
             }
         }
         Ok(())
+    }
+
+    /// Whether every unfinished changelog partition waits at an open transaction: its reader
+    /// reached the last stable offset and the log goes on beyond it (a pod that died mid
+    /// transaction under a transactional id nobody reuses leaves one open until the transaction
+    /// coordinator aborts it, after the producer's `transaction.timeout.ms`). Records committed
+    /// after such a transaction are part of the state: the restore waits for it to end rather
+    /// than stop short. Logs each newly held partition once.
+    fn held_by_open_transactions(
+        &self,
+        client: &BaseConsumer,
+        targets: &HashMap<(String, i32), (usize, usize, i64)>,
+        held: &mut HashMap<(String, i32), i64>,
+    ) -> bool {
+        let Ok(positions) = client.position() else {
+            return false;
+        };
+        let mut all = !targets.is_empty();
+        for e in positions.elements() {
+            let key = (e.topic().to_owned(), e.partition());
+            let (Some(&(_, _, end)), Offset::Offset(at)) = (targets.get(&key), e.offset()) else {
+                continue;
+            };
+            let stable = client
+                .fetch_watermarks(&key.0, key.1, self.timeout)
+                .map(|(_, stable)| stable);
+            match stable {
+                Ok(stable) if at >= stable && stable < end => {
+                    if held.insert(key.clone(), stable).is_none() {
+                        tracing::warn!(
+                            changelog = %format!("{}/{}", key.0, key.1),
+                            at = stable,
+                            end,
+                            "state: an open transaction holds the restore (a pod that died mid-transaction?): waiting for it to commit or abort (at most the producer's transaction.timeout.ms and a minute)"
+                        );
+                    }
+                }
+                _ => all = false,
+            }
+        }
+        all
     }
 
     /// Resets `local`'s stores to empty: a tombstone in the changelog for every key, then the
