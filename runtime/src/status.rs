@@ -157,6 +157,8 @@ pub struct BrokerOffsets {
     pub high: i64,
     /// The group's committed offset as librdkafka last saw it (-1: none).
     pub committed: i64,
+    /// The broker leading the partition (-1: unknown).
+    pub leader: i32,
 }
 
 /// A sink whose reachability counts for readiness.
@@ -186,6 +188,7 @@ pub struct Health {
     sinks: Mutex<Vec<SinkProbe>>,
     partitions: OnceLock<PartitionView>,
     broker_offsets: Mutex<HashMap<TopicPartition, BrokerOffsets>>,
+    brokers: Mutex<Vec<BrokerStatus>>,
     committed: Mutex<HashMap<TopicPartition, i64>>,
     plugin: OnceLock<PluginStatus>,
     capacity: Mutex<Option<Capacity>>,
@@ -225,6 +228,7 @@ impl Health {
             sinks: Mutex::default(),
             partitions: OnceLock::new(),
             broker_offsets: Mutex::default(),
+            brokers: Mutex::default(),
             committed: Mutex::default(),
             plugin: OnceLock::new(),
             capacity: Mutex::default(),
@@ -364,6 +368,11 @@ impl Health {
             .broker_offsets
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = offsets;
+    }
+
+    /// librdkafka's statistics reported these brokers.
+    pub fn set_brokers(&self, brokers: Vec<BrokerStatus>) {
+        *self.brokers.lock().unwrap_or_else(|e| e.into_inner()) = brokers;
     }
 
     /// The group committed these offsets.
@@ -507,6 +516,7 @@ impl Health {
                     low: -1,
                     high: -1,
                     committed: -1,
+                    leader: -1,
                 });
                 // Ours is current right after a commit; librdkafka's after another member's.
                 let committed = committed.get(&p.tp).copied().unwrap_or(-1).max(b.committed);
@@ -532,6 +542,7 @@ impl Health {
                     held: p.held,
                     paused: p.paused,
                     events,
+                    leader: (b.leader >= 0).then_some(b.leader),
                 }
             })
             .collect();
@@ -605,6 +616,11 @@ impl Health {
             partitions,
             workers: worker_status,
             sinks,
+            brokers: self
+                .brokers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -699,6 +715,26 @@ pub struct PartitionStatus {
     pub paused: bool,
     /// Events of this partition handed to the plugin (absent with `admin.metrics: false`).
     pub events: Option<u64>,
+    /// The broker (node id) leading it, as librdkafka last saw it.
+    #[serde(default)]
+    pub leader: Option<i32>,
+}
+
+/// A broker of the cluster as the source's client sees it, in `/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    /// Node id.
+    pub id: i32,
+    /// `host:port`.
+    pub address: String,
+    /// librdkafka's connection state: `UP` when connected; `INIT` for a broker not needed yet;
+    /// `DOWN`, `TRY_CONNECT`, `CONNECT`: the connection is lost and being retried; `GONE`: a
+    /// lost broker the cluster's metadata no longer lists (stopped, or fenced by the controller).
+    pub state: String,
+    /// For how long.
+    pub state_seconds: f64,
+    /// Assigned partitions it leads.
+    pub leads: Vec<String>,
 }
 
 /// One worker in `/status`.
@@ -789,6 +825,9 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
     /// Sinks.
     pub sinks: Vec<SinkStatus>,
+    /// The Kafka cluster's brokers as the source's client sees them (empty for a file source).
+    #[serde(default)]
+    pub brokers: Vec<BrokerStatus>,
 }
 
 fn opt(v: Option<i64>) -> String {
@@ -964,6 +1003,26 @@ impl Status {
                 .collect();
             table(&mut out, ["OUTPUT", "KIND", "STATE"], &rows);
         }
+        if !self.brokers.is_empty() {
+            let _ = writeln!(out);
+            let rows: Vec<[String; 4]> = self
+                .brokers
+                .iter()
+                .map(|b| {
+                    [
+                        format!("{} {}", b.id, b.address),
+                        format!("{} for {}", b.state, human_duration(b.state_seconds)),
+                        b.leads.len().to_string(),
+                        b.leads.join(" "),
+                    ]
+                })
+                .collect();
+            table(
+                &mut out,
+                ["BROKER", "CONNECTION", "LEADS", "PARTITIONS"],
+                &rows,
+            );
+        }
         out
     }
 }
@@ -1022,6 +1081,7 @@ mod tests {
                 low: 0,
                 high: 100,
                 committed: 40,
+                leader: 1,
             },
         )]));
         assert_eq!(h.status(&m).partitions[0].lag, Some(60));
@@ -1036,6 +1096,7 @@ mod tests {
                 low: 5,
                 high: 9,
                 committed: -1,
+                leader: -1,
             },
         )]));
         let p = &fresh.status(&m).partitions[0];

@@ -247,7 +247,8 @@ fn signal_broker(watchdog: &Child, signal: &str) -> bool {
 }
 
 /// Three Kafka nodes on 127.0.0.1 forming one cluster (each a broker and a voter of a static
-/// controller quorum), internal topics replicated three times with `min.insync.replicas` 2.
+/// controller quorum), internal topics replicated three times with `min.insync.replicas` 2;
+/// preferred leaders are restored every 5 s.
 #[derive(Debug)]
 pub struct Cluster {
     /// The nodes, ids 1 to 3.
@@ -274,7 +275,17 @@ impl Cluster {
         let mut nodes: Vec<Broker> = ports
             .iter()
             .enumerate()
-            .map(|(i, (p, c))| Broker::node(i as u32 + 1, *p, *c, Some(&voters), &[]))
+            // A restarted node gets its preferred leaderships back within seconds, not the
+            // default 5 minutes: clients see it return when they must talk to it again.
+            .map(|(i, (p, c))| {
+                Broker::node(
+                    i as u32 + 1,
+                    *p,
+                    *c,
+                    Some(&voters),
+                    &["leader.imbalance.check.interval.seconds=5"],
+                )
+            })
             .collect();
         // Every node is started before any is waited for: the quorum needs a majority.
         for node in &nodes {

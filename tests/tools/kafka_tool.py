@@ -6,6 +6,7 @@
   kafka_tool.py consume  --broker B --topic T [--expect N] [--timeout S] [--to-end]
   kafka_tool.py create   --broker B --topic T --partitions P [--replication R] [--config K=V ...]
   kafka_tool.py committed --broker B --topic T --group G
+  kafka_tool.py leaders  --broker B --topic T   (partition -> leader node id, and each one's ISR)
 
 `produce` writes N events; event i has key "k{i % K}" and value {"seq": i, "key": ...}, so a
 consumer can check per-key order; with --headers it also carries the header trace=t{i}; with
@@ -164,6 +165,12 @@ def group_offsets(args):
     return parts, {tp.partition: tp.offset for tp in result.topic_partitions if tp.topic == args.topic}
 
 
+def leaders(args):
+    md = AdminClient({"bootstrap.servers": args.broker}).list_topics(args.topic, timeout=10)
+    print(json.dumps({str(p): {"leader": m.leader, "isr": sorted(m.isrs)}
+                      for p, m in md.topics[args.topic].partitions.items()}))
+
+
 def committed(args):
     _, offsets = group_offsets(args)
     print(json.dumps({str(p): o for p, o in offsets.items()}))
@@ -198,7 +205,8 @@ def offsets_for_times(args):
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("produce", "produce-file", "consume", "create", "committed", "lag", "offsets-for-times"):
+    for name in ("produce", "produce-file", "consume", "create", "committed", "lag", "offsets-for-times",
+                 "leaders"):
         s = sub.add_parser(name)
         s.add_argument("--broker", required=True)
         s.add_argument("--topic", required=True)
@@ -229,7 +237,8 @@ def main():
             s.add_argument("--time-ms", type=int, required=True)
     args = ap.parse_args()
     commands = {"produce": produce, "produce-file": produce_file, "consume": consume, "create": create,
-                "committed": committed, "lag": lag, "offsets-for-times": offsets_for_times}
+                "committed": committed, "lag": lag, "offsets-for-times": offsets_for_times,
+                "leaders": leaders}
     commands[args.cmd](args)
 
 

@@ -64,6 +64,7 @@ pub(crate) fn create_consumer(
                 state: spec.state.is_some(),
             },
             fresh: Mutex::default(),
+            brokers: Mutex::default(),
         })
         .map_err(|e| RunError::Setup(format!("source.kafka: cannot create the consumer: {e}")))
 }

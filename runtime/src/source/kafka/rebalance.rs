@@ -25,6 +25,8 @@ pub(crate) struct RebalanceContext {
     /// Partitions of the assignment in progress that start from `start-from` (placed in
     /// `pre_rebalance`): their state is reset in `post_rebalance`, never ahead of the input.
     pub(crate) fresh: Mutex<(HashSet<TopicPartition>, &'static str)>,
+    /// The brokers' connections and the leaders as the statistics said last (`statistics.rs`).
+    pub(crate) brokers: Mutex<super::statistics::BrokerWatch>,
 }
 
 /// Where newly assigned partitions start: `source.kafka.start-from` for partitions the group has
