@@ -773,3 +773,35 @@ fn changelog_compaction_bounds_a_restore_by_the_keys_not_the_writes() {
         assert_eq!(value["seq"], last, "{key}: the latest value");
     }
 }
+
+/// A changelog setting the broker refuses (Kafka 4 takes no `segment.bytes` below 1 MiB) stops
+/// the pod at start with one line naming `state.changelog-config`, before anything is consumed.
+#[test]
+fn a_changelog_setting_the_broker_refuses_is_named_in_one_line() {
+    let broker = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let names = names(broker, 1);
+    broker.produce(&names.input, 10, 0, &[]);
+    let spec = spec_with(
+        dir.path(),
+        broker,
+        &names,
+        "delay_us: 0, count_store: counts",
+        "",
+        &format!(
+            "state:\n  stores: [counts]\n  dir: {}\n  changelog-config: {{segment.bytes: \"1000\"}}\n",
+            dir.path().join("state").display()
+        ),
+    );
+    let (code, log) = start(&spec, dir.path()).stop_when_done();
+    assert_ne!(code, Some(0), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot create changelog topic"))
+        .unwrap_or_else(|| panic!("no error line:\n{log}"));
+    assert!(
+        line.contains("InvalidConfig") && line.contains("fix `state.changelog-config`"),
+        "{line}"
+    );
+    assert_eq!(broker.committed_sum(&names.input, &names.group), 0);
+}

@@ -182,12 +182,26 @@ impl Changelog {
                     tracing::debug!(topic, "state: changelog topic created meanwhile");
                 }
                 Err((topic, code)) => {
+                    use rdkafka::types::RDKafkaErrorCode as Code;
+                    let partitions = missing
+                        .iter()
+                        .find(|(n, _)| *n == topic)
+                        .map_or(0, |(_, c)| *c);
+                    let what_to_do = match code {
+                        Code::InvalidConfig | Code::PolicyViolation => {
+                            "the broker refused its settings: fix `state.changelog-config`"
+                                .to_owned()
+                        }
+                        Code::InvalidReplicationFactor => {
+                            "fix `state.replication-factor` (at most the number of brokers)"
+                                .to_owned()
+                        }
+                        _ => format!(
+                            "create it (compacted, {partitions} partitions) or grant CreateTopics"
+                        ),
+                    };
                     return Err(format!(
-                        "state: cannot create changelog topic `{topic}`: {code}: create it (compacted, {} partitions) or grant CreateTopics",
-                        missing
-                            .iter()
-                            .find(|(n, _)| *n == topic)
-                            .map_or(0, |(_, c)| *c)
+                        "state: cannot create changelog topic `{topic}`: {code}: {what_to_do}"
                     ));
                 }
             }
