@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sluice_tests::{
     Broker, Cluster, Running, check_every_event_once_in_key_order, free_port, http_get,
-    java_consume, java_tool_command, kafka_tool, log_events, plugin, random_ms, start, unique,
-    wait_until, write_spec,
+    java_consume, java_tool_command, kafka_tool, log_events, plugin, random_ms, start,
+    try_kafka_tool, unique, wait_until, write_spec,
 };
 
 /// The broker the tests of this binary share (a test that restarts its broker has its own).
@@ -115,7 +115,9 @@ impl Flow {
                 let _ = flow.0.stderr.take().unwrap().read_to_string(&mut stderr);
                 panic!("the Java producer ended early ({status}): {stderr}");
             }
-            let lag = kafka_tool(&[
+            // Asked again on failure: confluent-kafka's admin client has crashed (SIGSEGV)
+            // against a cluster that was still starting.
+            let Ok(lag) = try_kafka_tool(&[
                 "lag",
                 "--broker",
                 &broker.addr,
@@ -123,7 +125,9 @@ impl Flow {
                 topic,
                 "--group",
                 "probe",
-            ]);
+            ]) else {
+                return false;
+            };
             let lag: Value = serde_json::from_str(&lag).unwrap();
             lag.as_object()
                 .unwrap()
@@ -163,6 +167,8 @@ fn exactly_once_kafka_to_kafka_survives_ten_kill_9s_with_input_flowing() {
     let names = names(broker, 4);
     // A minute of input: it still flows when the tenth kill lands.
     let total = 60_000;
+    // The plugin is built (once per test process) before the input starts flowing.
+    plugin("misbehaving");
     let flow = Flow::start(broker, &names.input, total, 1_000);
     let spec = spec(
         dir.path(),
@@ -238,6 +244,8 @@ fn transactional_state_outputs_and_offsets_move_together_through_kill_9s() {
     let names = names(broker, 4);
     // Two minutes of input: it still flows when the eighth kill lands.
     let (total, keys) = (60_000, 16);
+    // The plugin is built (once per test process) before the input starts flowing.
+    plugin("misbehaving");
     let flow = Flow::start(broker, &names.input, total, 500);
     let state = dir.path().join("state");
     let spec = |id: &str, port: u16| {
@@ -376,6 +384,8 @@ fn broker_restarts_and_kill_9s_in_one_run_lose_nothing() {
     let names = names(&broker, 4);
     // 80 s of input: it still flows during the fifth restart.
     let total = 80_000;
+    // The plugin is built (once per test process) before the input starts flowing.
+    plugin("misbehaving");
     let flow = Flow::start(&broker, &names.input, total, 1_000);
     let spec = spec(dir.path(), &broker, &names, 200, SHORT_SESSION, "");
     let committed = || broker.committed_sum(&names.input, &names.group);
@@ -458,6 +468,8 @@ fn a_partition_leader_killed_and_restarted_in_a_three_node_cluster_loses_nothing
         ]);
     }
     let total = 60_000;
+    // The plugin is built (once per test process) before the input starts flowing.
+    plugin("misbehaving");
     let flow = Flow::start(entry, &names.input, total, 1_000);
     // The broker's default session (45 s): the member outlives the group coordinator's move.
     let port = free_port();
