@@ -13,6 +13,12 @@ KAFKA := $(CACHE)/kafka-$(KAFKA_VERSION)/libs/.complete
 JAVA_TOOL := tests/tools/java/target/kafka-tool-1.jar
 JAVA_TOOL_SRC := tests/tools/java/pom.xml $(wildcard tests/tools/java/src/main/java/dev/sluice/tool/*.java)
 PYTHON := $(CACHE)/venv/bin/python
+# The Kubernetes control plane of the operator's tests (kube-apiserver, kube-controller-manager,
+# etcd): built from the Go module proxy (tests/tools/controlplane pins k8s.io/kubernetes) once
+# per machine, run by scripts/kube-control-plane.sh. Only `make test` needs it.
+KUBERNETES_VERSION := 1.36.3
+VPA_VERSION := 1.8.1
+CONTROLPLANE := $(CACHE)/kubernetes-$(KUBERNETES_VERSION)/.complete
 # Offline Kubernetes checks (schemas, security linter) in their own virtualenv: checkov pins
 # packages that conflict with others.
 K8S_VENV := $(CACHE)/k8s-venv
@@ -22,6 +28,7 @@ VPA_SCHEMA := $(NODE_MODULES)/node_modules/@kubernetes-models/autoscaler/package
 CEL := $(K8S_VENV)/.cel-python-0.5.0
 export SLUICE_CACHE := $(CACHE)
 export KAFKA_VERSION
+export KUBERNETES_VERSION
 
 .PHONY: demo test lint bench build deps fuzz java-maven
 
@@ -53,6 +60,18 @@ $(KAFKA): scripts/kafka/pom.xml | java-maven
 $(JAVA_TOOL): $(JAVA_TOOL_SRC) | java-maven
 	rm -rf tests/tools/java/target
 	mvn -q -B -f tests/tools/java/pom.xml package dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=target/libs
+
+$(CONTROLPLANE): tests/tools/controlplane/go.mod tests/tools/controlplane/go.sum
+	@command -v go >/dev/null || { echo "error: go not found: install the Go toolchain (the test control plane is built from the Go module proxy)"; exit 1; }
+	@echo "building kube-apiserver, kube-controller-manager and etcd (Kubernetes $(KUBERNETES_VERSION)) from the Go module proxy once; cached in $(CACHE)"
+	@# The version the servers report (a module build has none of its own).
+	cd tests/tools/controlplane && go build -trimpath -o $(dir $@) \
+	  -ldflags='-s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,-X $(p).gitVersion=v$(KUBERNETES_VERSION) -X $(p).gitMajor=$(word 1,$(subst ., ,$(KUBERNETES_VERSION))) -X $(p).gitMinor=$(word 2,$(subst ., ,$(KUBERNETES_VERSION))) -X $(p).gitTreeState=clean)' \
+	  ./cmd/...
+	@# The VerticalPodAutoscaler CRDs, from the VPA's own Go module (its deploy/ directory).
+	vpa=$$(cd tests/tools/controlplane && go mod download -json k8s.io/autoscaler/vertical-pod-autoscaler@v$(VPA_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p') && \
+	  cp "$$vpa/deploy/vpa-v1-crd-gen.yaml" $(dir $@)vpa-crds.yaml
+	touch $@
 
 $(PYTHON):
 	python3 -m venv $(CACHE)/venv || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && python3 -m venv $(CACHE)/venv; }
@@ -103,7 +122,7 @@ demo: build
 ## test: lint, the crates' dependency layers (scripts/check-deps.sh), the alert rules (promtool),
 ## then every test (unit, plugin end-to-end, Kafka,
 ## databases, faults).
-test: build lint
+test: build lint $(CONTROLPLANE)
 	scripts/check-deps.sh
 	promtool check rules deploy/observability/prometheus-rules.yaml
 	cd deploy/observability && promtool test rules prometheus-rules.test.yaml

@@ -2,6 +2,7 @@
 //! binary once per test process, compiles C plugins with the system compiler, runs `sluice`.
 
 pub mod db;
+pub mod k8s;
 mod kafka;
 
 pub use kafka::{Broker, Cluster, java_consume, java_tool, java_tool_command};

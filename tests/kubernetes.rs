@@ -1,0 +1,453 @@
+//! `deploy/` and the operator against a real Kubernetes control plane (kube-apiserver,
+//! kube-controller-manager and etcd built from the Go module proxy; `support/k8s.rs`): the
+//! manifests install with server-side apply, the CRD's CEL compiles on the server and admits or
+//! refuses what `deploy/check_cel.py` says, the admission policies and tier quotas are enforced
+//! with the API server configured by `deploy/tiers/admission-configuration.yaml`, and the
+//! controller manager's ReplicaSets can create the pods of what `deploy/` ships. No kubelet
+//! runs: pods are created, not started.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_tests::k8s::ControlPlane;
+use sluice_tests::{Running, free_port, http_get, root, wait_until, workspace_binary};
+
+/// The control plane the tests of this binary share, with `deploy/` installed.
+fn plane() -> &'static ControlPlane {
+    static PLANE: OnceLock<ControlPlane> = OnceLock::new();
+    PLANE.get_or_init(|| {
+        let config = root().join("deploy/tiers/admission-configuration.yaml");
+        let plane = ControlPlane::start(&[&format!(
+            "--admission-control-config-file={}",
+            config.display()
+        )]);
+        // The VerticalPodAutoscaler CRDs (from the VPA's Go module, fetched with the control
+        // plane), then everything `deploy/` installs on GKE.
+        let vpa = sluice_tests::cache_dir().join(format!(
+            "kubernetes-{}/vpa-crds.yaml",
+            std::env::var("KUBERNETES_VERSION").unwrap_or_else(|_| "1.36.3".into())
+        ));
+        plane.kubectl(&["apply", "--server-side", "-f", vpa.to_str().unwrap()]);
+        apply(&plane, &root().join("deploy/overlays/gke"));
+        plane
+    })
+}
+
+/// `kubectl kustomize DIR | kubectl apply --server-side`, twice if the first pass met a kind
+/// its own CRD defines (the CRD is established meanwhile).
+fn apply(plane: &ControlPlane, dir: &Path) {
+    let built = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let file = plane.dir().join("applied.yaml");
+    std::fs::write(&file, &built.stdout).unwrap();
+    let args = ["apply", "--server-side", "-f", file.to_str().unwrap()];
+    if plane.kubectl_as(&plane.admin, &args).is_err() {
+        std::thread::sleep(Duration::from_secs(2));
+        plane.kubectl(&args);
+    }
+}
+
+/// A pod that meets the restricted pod security standard: one container `pipeline` requesting
+/// `cpu` and 64 MiB of memory (its limit).
+fn restricted_pod(name: &str, namespace: &str, cpu: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "pipeline", "image": "example.com/x:1",
+                "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}, "limits": {"memory": "64Mi"}},
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
+        }
+    })
+}
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap()
+}
+
+/// The StreamPipeline CRD's CEL rules compile on the server, and it admits and refuses the
+/// replica settings `deploy/check_cel.py` checks offline, with the rule's message.
+#[test]
+fn the_crd_installs_and_its_cel_admits_and_refuses_what_check_cel_says() {
+    let plane = plane();
+    let crd = json(&plane.kubectl(&["get", "crd", "streampipelines.sluice.dev", "-o", "json"]));
+    let conditions = crd["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True"),
+        "{conditions:?}"
+    );
+    let example: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root().join("deploy/examples/streampipeline.yaml")).unwrap(),
+    )
+    .unwrap();
+    for (replicas, admitted) in [
+        (serde_json::json!({"min": 2, "max": 6}), true),
+        (serde_json::json!({"fixed": 4}), true),
+        (serde_json::json!({"min": 3}), true),
+        (serde_json::json!({"min": 6, "max": 6}), true),
+        (serde_json::json!({"min": 7, "max": 6}), false),
+        (serde_json::json!({"fixed": 4, "min": 2}), false),
+        (serde_json::json!({"fixed": 4, "max": 8}), false),
+    ] {
+        let mut sp = example.clone();
+        // A name of its own: the operator's test creates the example itself.
+        sp["metadata"]["name"] = "cel-probe".into();
+        sp["spec"]["replicas"] = replicas.clone();
+        let file = plane.dir().join("sp.json");
+        std::fs::write(&file, sp.to_string()).unwrap();
+        let result = plane.kubectl_as(
+            &plane.admin,
+            &["create", "--dry-run=server", "-f", file.to_str().unwrap()],
+        );
+        assert_eq!(result.is_ok(), admitted, "replicas {replicas}: {result:?}");
+        if let Err(refused) = result {
+            assert!(refused.contains("spec.replicas"), "{refused}");
+        }
+    }
+}
+
+/// The tier gate (ValidatingAdmissionPolicy) and the tier quotas (ResourceQuota admission
+/// configured by `admission-configuration.yaml`) on the server: a pod of a tier is admitted
+/// only where the tier is granted, and everything `deploy/` runs itself at a tier (the operator
+/// in `sluice-system`) gets its pods created by the controller manager.
+#[test]
+fn tiers_are_enforced_and_what_deploy_runs_itself_is_admitted() {
+    let plane = plane();
+    let pod = |namespace: &str, class: &str| {
+        let mut pod = restricted_pod("probe", namespace, "10m");
+        pod["spec"]["priorityClassName"] = class.into();
+        let file = plane.dir().join(format!("pod-{namespace}-{class}.json"));
+        std::fs::write(&file, pod.to_string()).unwrap();
+        plane.kubectl_as(
+            &plane.admin,
+            &["create", "--dry-run=server", "-f", file.to_str().unwrap()],
+        )
+    };
+    plane.kubectl(&["create", "namespace", "team-a"]);
+    assert!(pod("pipelines", "sluice-critical").is_ok());
+    assert!(pod("pipelines", "sluice-tolerant").is_ok());
+    let refused = pod("team-a", "sluice-critical").unwrap_err();
+    assert!(refused.contains("sluice-critical"), "{refused}");
+    // What deploy/ runs itself at a tier in sluice-system (the operator at sluice-critical): its
+    // ReplicaSets create the pods.
+    let events = || {
+        plane.kubectl(&[
+            "-n",
+            "sluice-system",
+            "get",
+            "events",
+            "-o",
+            "custom-columns=OBJ:.involvedObject.name,REASON:.reason,MSG:.message",
+        ])
+    };
+    wait_until_or(
+        "the operator's pods created",
+        Duration::from_secs(60),
+        &events,
+        || {
+            let pods = json(&plane.kubectl(&[
+                "-n",
+                "sluice-system",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=sluice-vpa",
+                "-o",
+                "json",
+            ]));
+            pods["items"].as_array().map_or(0, Vec::len) == 2
+        },
+    );
+    for name in [
+        "overprovisioning-on-demand-autoscaler",
+        "overprovisioning-spot-autoscaler",
+    ] {
+        wait_until_or(name, Duration::from_secs(60), &events, || {
+            json(&plane.kubectl(&[
+                "-n",
+                "sluice-system",
+                "get",
+                "deployment",
+                name,
+                "-o",
+                "json",
+            ]))["status"]["replicas"]
+                == 1
+        });
+    }
+}
+
+/// [`wait_until`], showing `context()` on timeout.
+fn wait_until_or(
+    what: &str,
+    timeout: Duration,
+    context: &dyn Fn() -> String,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The `sluice-vpa` binary, started as the ServiceAccount `deploy/operator` creates (a token
+/// of `sluice-vpa` in `sluice-system`: only the grants its Role and ClusterRole give it).
+fn operator(plane: &ControlPlane, name: &str) -> (Running, u16) {
+    let kubeconfig = plane.service_account_kubeconfig("sluice-system", "sluice-vpa");
+    let probes = free_port();
+    let log = plane.dir().join(format!("{name}.log"));
+    let child = std::process::Command::new(workspace_binary("sluice-vpa"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("SLUICE_VPA_LISTEN", format!("127.0.0.1:{probes}"))
+        .env("POD_NAMESPACE", "sluice-system")
+        .env("POD_NAME", name)
+        .env("SLUICE_VPA_WATCH_NAMESPACES", "pipelines")
+        .env("SLUICE_VPA_RESYNC_S", "5")
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap();
+    (Running { child, log }, probes)
+}
+
+fn lease_holder(plane: &ControlPlane) -> Option<String> {
+    plane
+        .kubectl_as(
+            &plane.admin,
+            &[
+                "-n",
+                "sluice-system",
+                "get",
+                "lease",
+                "sluice-vpa",
+                "-o",
+                "json",
+            ],
+        )
+        .ok()
+        .and_then(|out| {
+            json(&out)["spec"]["holderIdentity"]
+                .as_str()
+                .map(str::to_owned)
+        })
+}
+
+/// The operator as its own ServiceAccount on the real API server: it takes the leader Lease,
+/// reconciles the example StreamPipeline into its six children by server-side apply (the
+/// ReplicaSet the controller manager makes creates the pipeline's pods: they pass the tier gate,
+/// the tier quota and the restricted pod security standard), and writes the status. A second
+/// replica waits; when the leader is killed (SIGKILL) it takes the Lease over and reconciles a
+/// change of the plugin's configuration. Its in-place resize goes through the real `resize`
+/// subresource (CPU changed, memory and QoS class kept), and the guard refuses it on a pod the
+/// operator does not manage. (Replica changes wait for the rollout to finish, and
+/// without a kubelet no pod becomes ready.)
+#[test]
+fn the_operator_as_its_service_account_reconciles_and_a_standby_takes_over() {
+    let plane = plane();
+    let (a, probes_a) = operator(plane, "sluice-vpa-a");
+    wait_until("a leads", Duration::from_secs(60), || {
+        lease_holder(plane).as_deref() == Some("sluice-vpa-a")
+    });
+    let (b, probes_b) = operator(plane, "sluice-vpa-b");
+    plane.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        root()
+            .join("deploy/examples/streampipeline.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    let get = |kind: &str, name: &str| {
+        plane
+            .kubectl_as(
+                &plane.admin,
+                &["-n", "pipelines", "get", kind, name, "-o", "json"],
+            )
+            .ok()
+            .map(|out| json(&out))
+    };
+    let (log_a, log_b) = (a.log.clone(), b.log.clone());
+    let show = |what: &str| {
+        format!(
+            "{what}\n--- a ---\n{}\n--- b ---\n{}",
+            std::fs::read_to_string(&log_a).unwrap_or_default(),
+            std::fs::read_to_string(&log_b).unwrap_or_default()
+        )
+    };
+    wait_until("the status written", Duration::from_secs(60), || {
+        get("streampipeline", "bookings-enrich")
+            .is_some_and(|sp| sp["status"]["observedGeneration"] == 1)
+    });
+    for (kind, name) in [
+        ("configmap", "bookings-enrich"),
+        ("deployment", "bookings-enrich"),
+        ("verticalpodautoscaler", "bookings-enrich"),
+        ("poddisruptionbudget", "bookings-enrich"),
+        ("service", "bookings-enrich-metrics"),
+        ("networkpolicy", "bookings-enrich"),
+    ] {
+        let child = get(kind, name).unwrap_or_else(|| panic!("{}", show(&format!("no {kind}"))));
+        assert_eq!(
+            child["metadata"]["ownerReferences"][0]["name"], "bookings-enrich",
+            "{kind}"
+        );
+    }
+    let sp = get("streampipeline", "bookings-enrich").unwrap();
+    eprintln!("status: {}", sp["status"]);
+    assert!(
+        sp["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()),
+        "{}",
+        sp["status"]
+    );
+    // The controller manager's ReplicaSet creates the pipeline's pods: admitted.
+    let pipeline_pods = || {
+        plane
+            .kubectl(&[
+                "-n",
+                "pipelines",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/instance=bookings-enrich",
+                "-o",
+                "name",
+            ])
+            .lines()
+            .map(|l| l.trim_start_matches("pod/").to_owned())
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        "the pipeline's pods created",
+        Duration::from_secs(60),
+        || pipeline_pods().len() >= 2,
+    );
+    assert_eq!(http_get(probes_a, "/readyz").map(|r| r.0), Some(200));
+
+    // The operator's in-place resize, as its ServiceAccount, through the real `resize`
+    // subresource: the CPU changes, memory stays, the QoS class stays.
+    let pod_name = pipeline_pods().remove(0);
+    let pod =
+        |name: &str| json(&plane.kubectl(&["-n", "pipelines", "get", "pod", name, "-o", "json"]));
+    let before = pod(&pod_name);
+    let patch = sluice_vpa::manifests::cpu_resize_patch(1500).to_string();
+    // The operator's request exactly: a strategic-merge PATCH of the subresource (kubectl
+    // would GET it first, which the operator's Role does not grant and the operator never does).
+    let token = plane.service_account_token("sluice-system", "sluice-vpa");
+    let resize = |name: &str| {
+        let (code, body) = plane.request(
+            &token,
+            "PATCH",
+            &format!("/api/v1/namespaces/pipelines/pods/{name}/resize"),
+            "application/strategic-merge-patch+json",
+            &patch,
+        );
+        if code == 200 {
+            Ok(body)
+        } else {
+            Err(format!("{code}: {body}"))
+        }
+    };
+    resize(&pod_name).unwrap_or_else(|e| panic!("the resize was refused: {e}"));
+    let after = pod(&pod_name);
+    let resources = |p: &Value| p["spec"]["containers"][0]["resources"].clone();
+    assert_eq!(
+        resources(&after)["requests"]["cpu"],
+        "1500m",
+        "{}",
+        resources(&after)
+    );
+    assert_eq!(
+        resources(&after)["limits"]["cpu"],
+        "3",
+        "{}",
+        resources(&after)
+    );
+    assert_eq!(
+        resources(&after)["requests"]["memory"],
+        resources(&before)["requests"]["memory"]
+    );
+    assert_eq!(
+        resources(&after)["limits"]["memory"],
+        resources(&before)["limits"]["memory"]
+    );
+    assert_eq!(after["status"]["qosClass"], before["status"]["qosClass"]);
+    // The guard (admission.yaml) keeps the operator's resizes to pods it manages.
+    let theirs = plane.dir().join("theirs.json");
+    let mut pod = restricted_pod("theirs", "pipelines", "1");
+    pod["metadata"]["labels"] = serde_json::json!({"app": "payments"});
+    std::fs::write(&theirs, pod.to_string()).unwrap();
+    plane.kubectl(&["create", "-f", theirs.to_str().unwrap()]);
+    let refused = resize("theirs").unwrap_err();
+    assert!(
+        refused.contains("ValidatingAdmissionPolicy 'sluice-vpa-writes-only-managed-objects'"),
+        "refused by the guard, not by RBAC: {refused}"
+    );
+
+    // The leader dies; the standby takes the Lease and reconciles a change.
+    a.kill();
+    let killed = std::time::Instant::now();
+    wait_until("b leads", Duration::from_secs(60), || {
+        lease_holder(plane).as_deref() == Some("sluice-vpa-b")
+    });
+    eprintln!(
+        "the standby leads {:?} after the leader's SIGKILL",
+        killed.elapsed()
+    );
+    plane.kubectl(&[
+        "-n",
+        "pipelines",
+        "patch",
+        "streampipeline",
+        "bookings-enrich",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/plugin/config/min_fare", "value": 7}]"#,
+    ]);
+    wait_until_or(
+        "b reconciled the change",
+        Duration::from_secs(60),
+        &|| {
+            show(&format!(
+                "b did not reconcile: {}\nconfigmap {}\n{}",
+                get("streampipeline", "bookings-enrich").unwrap_or_default(),
+                get("configmap", "bookings-enrich").unwrap_or_default(),
+                http_get(probes_b, "/metrics")
+                    .map(|r| r.1)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.starts_with("sluice_vpa"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))
+        },
+        || {
+            get("configmap", "bookings-enrich")
+                .is_some_and(|c| c["data"].to_string().contains("min_fare: 7"))
+        },
+    );
+    let (code, log) = b.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
