@@ -3,7 +3,8 @@
 //!
 //! Grab's lesson: under the Vertical Pod Autoscaler a container may get 1.94 CPUs; a runtime that
 //! floors that to 1 worker leaves most of the quota idle and lag grows. Sluice rounds the quota
-//! to the nearest whole CPU (at least 1) and never exceeds the CPUs the process may run on.
+//! to the nearest whole CPU (at least 1) and never exceeds the CPUs the process may run on (its
+//! affinity: std's `available_parallelism` already floors the quota, so it cannot be the cap).
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,12 @@ impl CpuLimit {
 
     /// [`CpuLimit::detect`] under the cgroup filesystem mounted at `root`.
     pub fn detect_in(root: &Path) -> Self {
-        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Not `available_parallelism`: it already floors the cgroup quota (1.94 CPUs -> 1), so
+        // the rounding below would be clamped back to 1.
+        let host_cpus = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| affinity_cpus(&status))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         CpuLimit {
             quota_cpus: quota_from(root, &cgroup),
@@ -48,6 +54,23 @@ impl CpuLimit {
             _ => host,
         }
     }
+}
+
+/// The CPUs the process may run on (its affinity, `sched_getaffinity`) from the
+/// `Cpus_allowed_list` line of `/proc/self/status` (`0-3,6,8-9`).
+pub fn affinity_cpus(status: &str) -> Option<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    let mut count = 0;
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        count += match part.split_once('-') {
+            Some((lo, hi)) => hi.parse::<usize>().ok()?.checked_sub(lo.parse().ok()?)? + 1,
+            None => part.parse::<usize>().map(|_| 1).ok()?,
+        };
+    }
+    (count > 0).then_some(count)
 }
 
 /// The quota in CPUs for the process whose `/proc/self/cgroup` is `cgroup`, under the cgroup
@@ -192,6 +215,26 @@ mod tests {
         write(root.path(), "cpu,cpuacct/cpu.cfs_period_us", "100000\n");
         let cgroup = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n";
         assert_eq!(quota_from(root.path(), cgroup), Some(1.5));
+    }
+
+    #[test]
+    fn host_cpus_come_from_the_affinity_not_the_floored_quota() {
+        let status = |list: &str| {
+            format!(
+                "Name:\tsluice\nCpus_allowed:\tff\nCpus_allowed_list:\t{list}\nMems_allowed:\t1\n"
+            )
+        };
+        assert_eq!(affinity_cpus(&status("0-7")), Some(8));
+        assert_eq!(affinity_cpus(&status("0-3,6,8-9")), Some(7));
+        assert_eq!(affinity_cpus(&status("5")), Some(1));
+        assert_eq!(affinity_cpus(&status("3-1")), None, "malformed");
+        assert_eq!(affinity_cpus("Name:\tsluice\n"), None);
+        // 1.94 CPUs on an 8-CPU node: 2 workers (std's available_parallelism says 1 there).
+        let on_node = CpuLimit {
+            quota_cpus: Some(1.94),
+            host_cpus: affinity_cpus(&status("0-7")).unwrap(),
+        };
+        assert_eq!(on_node.workers(), 2);
     }
 
     #[test]
