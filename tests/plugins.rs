@@ -1981,14 +1981,16 @@ fn the_operator_binary_reconciles_against_an_api_server() {
     });
     assert_eq!(http_get(probes, "/healthz").map(|r| r.0), Some(200));
     assert_eq!(http_get(probes, "/readyz").map(|r| r.0), Some(200));
-    let (code, scrape) = http_get(probes, "/metrics").unwrap();
-    assert_eq!(code, 200);
-    assert!(
-        scrape
-            .lines()
-            .any(|l| l.starts_with("sluice_vpa_reconciles_total{result=\"ok\"} ")),
-        "{scrape}"
-    );
+    // The reconcile is counted once its status write has returned: just after the stand-in
+    // recorded it.
+    wait_until("the reconcile counted", Duration::from_secs(10), || {
+        http_get(probes, "/metrics").is_some_and(|(code, scrape)| {
+            code == 200
+                && scrape
+                    .lines()
+                    .any(|l| l.starts_with("sluice_vpa_reconciles_total{result=\"ok\"} "))
+        })
+    });
     let (code, stderr) = operator.stop();
     drop(api);
     assert_eq!(code, Some(0), "{stderr}");

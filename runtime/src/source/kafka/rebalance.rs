@@ -163,9 +163,20 @@ impl ConsumerContext for RebalanceContext {
             match self.start.place(consumer, tpl) {
                 Ok(fresh) => *self.fresh.lock().unwrap_or_else(|e| e.into_inner()) = fresh,
                 Err(err) => {
-                    // Never start somewhere else than asked: the pipeline stops.
-                    let dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
-                    dispatch.failure.set(err);
+                    use crate::status::Lifecycle;
+                    if matches!(
+                        self.telemetry.health.lifecycle(),
+                        Lifecycle::Draining | Lifecycle::Stopped
+                    ) {
+                        // Handed partitions while stopping (another member left at the same
+                        // time): nothing of them is processed or committed here, and the group
+                        // hands them on when this pod leaves. Not a failure of the run.
+                        tracing::warn!("partitions assigned while stopping are not started: {err}");
+                    } else {
+                        // Never start somewhere else than asked: the pipeline stops.
+                        let dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+                        dispatch.failure.set(err);
+                    }
                 }
             }
         }
