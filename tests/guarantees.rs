@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sluice_tests::{
     Broker, Cluster, Running, check_every_event_once_in_key_order, free_port, http_get,
-    java_consume, java_tool_command, kafka_tool, log_events, plugin, random_ms, start,
+    java_consume, java_tool_command, kafka_tool, log_events, plugin, random_ms, start, state_dump,
     try_kafka_tool, unique, wait_until, write_spec,
 };
 
@@ -137,6 +137,24 @@ impl Flow {
         flow
     }
 
+    /// Waits until every event was acknowledged and `committed()` reaches them all (`total`),
+    /// then stops `run` (SIGTERM), which must exit 0; returns its log.
+    fn finish_with(
+        self,
+        run: Running,
+        committed: impl Fn() -> i64,
+        total: usize,
+        timeout: Duration,
+    ) -> String {
+        self.finish();
+        wait_until("every offset committed", timeout, || {
+            committed() == total as i64
+        });
+        let (code, log) = run.stop();
+        assert_eq!(code, Some(0), "{log}");
+        log
+    }
+
     /// Waits until every event was acknowledged.
     fn finish(mut self) {
         let status = self.0.wait().unwrap();
@@ -203,12 +221,7 @@ fn exactly_once_kafka_to_kafka_survives_ten_kill_9s_with_input_flowing() {
         "every kill landed mid-stream: {kills:?}"
     );
     let run = start(&spec, dir.path());
-    flow.finish();
-    wait_until("every offset committed", Duration::from_secs(180), || {
-        committed() == total as i64
-    });
-    let (code, log) = run.stop();
-    assert_eq!(code, Some(0), "{log}");
+    flow.finish_with(run, committed, total, Duration::from_secs(180));
 
     let read = java_consume(&broker.addr, &names.output, "read_committed");
     let duplicates = check_every_event_once_in_key_order(&read, total);
@@ -302,12 +315,7 @@ fn transactional_state_outputs_and_offsets_move_together_through_kill_9s() {
     );
     let port = free_port();
     let run = start(&spec(&id, port), dir.path());
-    flow.finish();
-    wait_until("every offset committed", Duration::from_secs(180), || {
-        committed() == total as i64
-    });
-    let (code, log) = run.stop();
-    assert_eq!(code, Some(0), "{log}");
+    flow.finish_with(run, committed, total, Duration::from_secs(180));
 
     // Outputs: every event once, and its key's count as of that event.
     let read = java_consume(&broker.addr, &names.output, "read_committed");
@@ -343,23 +351,7 @@ fn transactional_state_outputs_and_offsets_move_together_through_kill_9s() {
     );
 
     // State: a restore from the changelog alone has each key's exact count.
-    let out = std::process::Command::new(sluice_tests::workspace_binary("sluice"))
-        .args(["state", "dump", "-f"])
-        .arg(spec(&id, port))
-        .arg("--dir")
-        .arg(dir.path().join("fresh"))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dump: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (dump, _) = state_dump(&spec(&id, port), &dir.path().join("fresh"));
     assert_eq!(dump.len(), keys, "one count per key");
     for entry in &dump {
         assert_eq!(
@@ -422,12 +414,7 @@ fn broker_restarts_and_kill_9s_in_one_run_lose_nothing() {
             before
         );
     }
-    flow.finish();
-    wait_until("every offset committed", Duration::from_secs(240), || {
-        committed() == total as i64
-    });
-    let (code, log) = run.stop();
-    assert_eq!(code, Some(0), "{log}");
+    flow.finish_with(run, committed, total, Duration::from_secs(240));
     let records = java_consume(&broker.addr, &names.output, "read_committed");
     let duplicates = check_every_event_once_in_key_order(&records, total);
     eprintln!(
@@ -550,20 +537,8 @@ fn a_partition_leader_killed_and_restarted_in_a_three_node_cluster_loses_nothing
             )
         },
     );
-    flow.finish();
-    wait_or_show(
-        "every offset committed",
-        &run,
-        port,
-        Duration::from_secs(180),
-        || committed() == total as i64,
-    );
-    let (code, log) = run.stop();
-    assert_eq!(
-        code,
-        Some(0),
-        "the pod ran through the outage without a restart:\n{log}"
-    );
+    // The same process all along: it ran through the outage without a restart.
+    let log = flow.finish_with(run, committed, total, Duration::from_secs(180));
     let lost = log_events(&log, "broker connection lost");
     assert!(
         lost.iter().any(|e| e["broker"] == victim),
@@ -751,16 +726,7 @@ fn changelog_compaction_bounds_a_restore_by_the_keys_not_the_writes() {
             held < total / 3
         },
     );
-    let out = std::process::Command::new(sluice_tests::workspace_binary("sluice"))
-        .args(["state", "dump", "-f"])
-        .arg(&spec)
-        .arg("--dir")
-        .arg(dir.path().join("fresh"))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (dump, stderr) = state_dump(&spec, &dir.path().join("fresh"));
     let restored: u64 = log_events(&stderr, "state: restored")
         .iter()
         .map(|e| e["records"].as_u64().unwrap())
@@ -772,10 +738,6 @@ fn changelog_compaction_bounds_a_restore_by_the_keys_not_the_writes() {
         restored as usize <= held && (restored as usize) < total / 3,
         "the restore read the compacted log ({restored} records)"
     );
-    let dump: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(dump.len(), keys, "one entry per key");
     for entry in &dump {
         let value: Value = serde_json::from_str(entry["value"].as_str().unwrap()).unwrap();

@@ -1782,23 +1782,11 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     );
 
     // Restore into an empty directory equals restore from a's local copy (and checkpoints).
-    let dump = |state_dir: &Path| {
-        let out = sluice_cmd(&[
-            "state",
-            "dump",
-            "-f",
-            spec.to_str().unwrap(),
-            "--dir",
-            state_dir.to_str().unwrap(),
-        ]);
-        let log = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{log}");
-        (String::from_utf8(out.stdout).unwrap(), log)
-    };
+    let dump = |state_dir: &Path| sluice_tests::state_dump(&spec, state_dir);
     let (from_local, local_log) = dump(&state_a);
     let (from_changelog, fresh_log) = dump(&dir.path().join("state-fresh"));
     assert_eq!(from_local, from_changelog, "restores differ");
-    assert!(from_local.lines().count() > 16, "{from_local}");
+    assert!(from_local.len() > 16, "{from_local:?}");
     assert!(local_log.contains("local checkpoint"), "{local_log}");
     assert!(
         !fresh_log.contains("local checkpoint") && fresh_log.contains("beginning"),
@@ -1860,8 +1848,7 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
     // windows that counted events read again.
     let (restored, _) = dump(&dir.path().join("state-after-rewind"));
     let mut windows = 0;
-    for line in restored.lines() {
-        let entry: Value = serde_json::from_str(line).unwrap();
+    for entry in &restored {
         if entry["key"] == "m" {
             continue;
         }
@@ -1874,11 +1861,11 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
             .unwrap();
         assert!(
             value["through"].as_i64().unwrap() >= index[partition],
-            "state from before the rewind survived: {line}"
+            "state from before the rewind survived: {entry}"
         );
         windows += 1;
     }
-    assert!(windows > 0, "{restored}");
+    assert!(windows > 0, "{restored:?}");
 }
 
 /// The `/status` of the pod whose admin endpoint is on `port` (`Null` while it does not answer).
@@ -2111,12 +2098,8 @@ fn a_member_without_partitions_while_the_group_has_lag_is_starved() {
         &slow_spec(dir.path(), &names, 150_000, "    batch-size: 4\n"),
         dir.path(),
     );
-    wait_until("a first commit", Duration::from_secs(60), || {
-        committed_sum(&names.input, &names.group) > 0
-    });
+    let other = second_pod_dir(dir.path(), &names);
     let port = free_port();
-    let other = dir.path().join("other");
-    std::fs::create_dir_all(&other).unwrap();
     let spec = with_admin(
         &passthrough_spec(&other, &names, ""),
         port,
@@ -2137,6 +2120,17 @@ fn a_member_without_partitions_while_the_group_has_lag_is_starved() {
     );
 }
 
+/// Once the group has committed something on `names.input` (its first member works), a
+/// directory of its own for a second pod.
+fn second_pod_dir(dir: &Path, names: &Names) -> PathBuf {
+    wait_until("a first commit", Duration::from_secs(60), || {
+        committed_sum(&names.input, &names.group) > 0
+    });
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    other
+}
+
 /// A pod beside a frozen member (SIGSTOP, its connections left open): while the frozen member
 /// still holds the group's only partition, the pod holds nothing and the group has lag, so it
 /// says `Unassigned`, then `Starved` past its bound, and never `Healthy` without a partition.
@@ -2151,12 +2145,8 @@ fn a_pod_beside_a_frozen_member_is_never_healthy_without_partitions_then_takes_o
     let session = "    batch-size: 4\n    properties: {session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\"}\n";
     // ~5 ms per event: the one partition keeps lag for seconds.
     let frozen = start(&slow_spec(dir.path(), &names, 5000, session), dir.path());
-    wait_until("a first commit", Duration::from_secs(60), || {
-        committed_sum(&names.input, &names.group) > 0
-    });
+    let other = second_pod_dir(dir.path(), &names);
     let port = free_port();
-    let other = dir.path().join("other");
-    std::fs::create_dir_all(&other).unwrap();
     let spec = with_admin(
         &slow_spec(&other, &names, 100, session),
         port,

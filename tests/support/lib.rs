@@ -254,6 +254,27 @@ pub fn watchdog(server: &str, dir: &Path) -> String {
     )
 }
 
+/// `sluice state dump -f SPEC --dir DIR` (an empty `dir`: a restore from the changelogs alone),
+/// which must succeed: every entry (one JSON value per line) and the run's log (its restore
+/// lines).
+pub fn state_dump(spec: &Path, dir: &Path) -> (Vec<serde_json::Value>, String) {
+    let out = Command::new(workspace_binary("sluice"))
+        .args(["state", "dump", "-f"])
+        .arg(spec)
+        .arg("--dir")
+        .arg(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run sluice state dump");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "sluice state dump failed:\n{log}");
+    let entries = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    (entries, log)
+}
+
 /// A unique name per test, so tests share the broker without sharing topics or groups.
 pub fn unique(prefix: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
