@@ -2,7 +2,7 @@
 //! (`<group>-<topic>-<store>-changelog`), one partition per input partition. Created at start
 //! when missing; read back on assignment (restore); tombstoned on a rewind (reset).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -333,7 +333,7 @@ impl Changelog {
         let mut last_read = Instant::now();
         let mut progress = Instant::now();
         // Changelog partitions whose reader waits at an open transaction (logged once each).
-        let mut held = HashMap::new();
+        let mut held = HashSet::new();
         let (mut held_back, mut last_look) = (false, Instant::now());
         let mut since = vec![(0u64, 0u64); opened.len()];
         while !targets.is_empty() {
@@ -434,7 +434,7 @@ impl Changelog {
         &self,
         client: &BaseConsumer,
         targets: &HashMap<(String, i32), (usize, usize, i64)>,
-        held: &mut HashMap<(String, i32), i64>,
+        held: &mut HashSet<(String, i32)>,
     ) -> bool {
         let Ok(positions) = client.position() else {
             return false;
@@ -450,7 +450,7 @@ impl Changelog {
                 .map(|(_, stable)| stable);
             match stable {
                 Ok(stable) if at >= stable && stable < end => {
-                    if held.insert(key.clone(), stable).is_none() {
+                    if held.insert(key.clone()) {
                         tracing::warn!(
                             changelog = %format!("{}/{}", key.0, key.1),
                             at = stable,

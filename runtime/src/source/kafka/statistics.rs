@@ -100,6 +100,7 @@ pub(crate) struct BrokerWatch {
     seen: HashMap<i32, BrokerStatus>,
     /// Brokers whose lost connection was logged, since when.
     lost: HashMap<i32, Instant>,
+    /// Partition -> its leader, as the last statistics said.
     leaders: HashMap<TopicPartition, i32>,
 }
 
@@ -150,18 +151,21 @@ impl BrokerWatch {
         }
         brokers.sort_by_key(|b| b.id);
         self.seen = brokers.iter().map(|b| (b.id, b.clone())).collect();
+        // The partitions of these statistics only (one no longer reported is forgotten), each
+        // with its last known leader: while a lost leader is replaced librdkafka reports none.
+        let mut leaders = HashMap::new();
         for (tp, o) in offsets {
-            if o.leader < 0 {
-                continue;
-            }
-            if let Some(old) = self
-                .leaders
-                .insert(tp.clone(), o.leader)
-                .filter(|old| *old != o.leader)
-            {
-                tracing::info!(partition = %tp, from = old, to = o.leader, "partition leader moved");
+            let last = self.leaders.get(tp).copied();
+            if o.leader >= 0 {
+                if let Some(from) = last.filter(|from| *from != o.leader) {
+                    tracing::info!(partition = %tp, from, to = o.leader, "partition leader moved");
+                }
+                leaders.insert(tp.clone(), o.leader);
+            } else if let Some(last) = last {
+                leaders.insert(tp.clone(), last);
             }
         }
+        self.leaders = leaders;
         brokers
     }
 
@@ -181,12 +185,12 @@ impl BrokerWatch {
 mod tests {
     use super::*;
 
-    fn stats(brokers: &[(i32, &str)], leader: i32) -> serde_json::Value {
+    fn stats(brokers: &[(i32, &str)]) -> serde_json::Value {
         let mut b = serde_json::json!({"127.0.0.1:9/bootstrap": {"nodeid": -1, "nodename": "127.0.0.1:9", "state": "UP", "stateage": 1}});
         for (id, state) in brokers {
             b[format!("127.0.0.1:{id}/{id}")] = serde_json::json!({"nodeid": id, "nodename": format!("127.0.0.1:{id}"), "state": state, "stateage": 2_500_000});
         }
-        serde_json::json!({"brokers": b, "leader": leader})
+        serde_json::json!({"brokers": b})
     }
 
     fn observe(watch: &mut BrokerWatch, listed: &[(i32, &str)], leader: i32) -> Vec<BrokerStatus> {
@@ -200,7 +204,7 @@ mod tests {
                 leader,
             },
         )]);
-        watch.observe(brokers(&stats(listed, leader), &offsets, &[tp]), &offsets)
+        watch.observe(brokers(&stats(listed), &offsets, &[tp]), &offsets)
     }
 
     #[test]
@@ -223,6 +227,12 @@ mod tests {
             (2, GONE, 0)
         );
         assert_eq!(gone[0].leads, vec!["in/0".to_owned()]);
+        // A statistics tick between the old leader and the new one reports none: the old one
+        // is remembered, so the move from it is seen.
+        let mut between = BrokerWatch::default();
+        observe(&mut between, &[(1, "UP"), (2, "UP")], 2);
+        observe(&mut between, &[(1, "UP"), (2, "TRY_CONNECT")], -1);
+        assert_eq!(between.leaders[&TopicPartition::new("in", 0)], 2);
         assert_eq!(watch.leaders[&TopicPartition::new("in", 0)], 1);
         // Listed again (a new handle, not connected yet): back.
         let back = observe(&mut watch, &[(1, "UP"), (2, "INIT")], 1);
