@@ -344,6 +344,38 @@ pub struct FastStatus {
     /// Pods whose resize a node has deferred or refused, already counted and reported.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_pods: Vec<String>,
+    /// Pods whose CPU resize a node deferred or refused and that were patched back to the CPU
+    /// they have: not asked to grow again before `until`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldPod>,
+    /// The API server refused the last resize (a quota, an admission policy): not asked again
+    /// for the same target before ten minutes have passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusedResize>,
+}
+
+/// A pod the in-place loop does not ask to grow for a while.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldPod {
+    /// The pod's name.
+    pub pod: String,
+    /// The CPU it has (a quantity): it may shrink below it, not grow past it.
+    pub cpu: String,
+    /// Until when (RFC 3339).
+    pub until: String,
+}
+
+/// A resize the API server refused.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedResize {
+    /// The CPU target that was refused (a quantity).
+    pub target_cpu: String,
+    /// What the API server said.
+    pub message: String,
+    /// When (RFC 3339).
+    pub at: String,
 }
 
 /// The children last applied.

@@ -777,9 +777,10 @@ pub fn cpu_resize_patch(millis: u64) -> Value {
 }
 
 /// Where a pod's last in-place resize stands, from its status conditions (Kubernetes 1.33+).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ResizeState {
     /// No resize pending or in progress: what was asked is what the pod has.
+    #[default]
     Settled,
     /// The kubelet is applying it.
     InProgress,
@@ -787,6 +788,9 @@ pub enum ResizeState {
     Deferred(String),
     /// The node can never take it (`PodResizePending`, reason `Infeasible`).
     Infeasible(String),
+    /// The kubelet tried and failed (`PodResizeInProgress`, reason `Error`); it retries by itself,
+    /// and nothing waits on it.
+    Failed(String),
 }
 
 /// Reads a pod's resize conditions: `PodResizePending` (reason `Deferred` or `Infeasible`) and
@@ -805,10 +809,34 @@ pub fn resize_state(pod: &Value) -> ResizeState {
             _ => ResizeState::Deferred(message),
         };
     }
-    if find("PodResizeInProgress").is_some() {
+    if let Some(progress) = find("PodResizeInProgress") {
+        if progress["reason"] == "Error" {
+            let message = progress["message"].as_str().unwrap_or_default().to_owned();
+            return ResizeState::Failed(message);
+        }
         return ResizeState::InProgress;
     }
     ResizeState::Settled
+}
+
+/// When a pod's `PodResizePending` condition turned true (its `lastTransitionTime`, RFC 3339).
+pub fn resize_pending_since(pod: &Value) -> Option<&str> {
+    pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "PodResizePending" && c["status"] == "True")?["lastTransitionTime"]
+        .as_str()
+}
+
+/// The CPU request (m) the kubelet reports the pipeline container running with
+/// (`status.containerStatuses[].resources`): what the pod has, whatever its spec asks.
+pub fn actual_cpu(pod: &Value) -> Option<u64> {
+    pod["status"]["containerStatuses"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == CONTAINER)?["resources"]["requests"]["cpu"]
+        .as_str()
+        .and_then(cpu_millis)
 }
 
 #[cfg(test)]
@@ -852,6 +880,13 @@ mod tests {
             resize_state(&pod(json!([{"type": "PodResizePending", "status": "False",
                 "reason": "Deferred"}]))),
             ResizeState::Settled,
+        );
+        assert_eq!(
+            resize_state(&pod(
+                json!([{"type": "PodResizeInProgress", "status": "True",
+                "reason": "Error", "message": "cgroup write failed"}])
+            )),
+            ResizeState::Failed("cgroup write failed".into()),
             "a condition that is not True says nothing"
         );
     }

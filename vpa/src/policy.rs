@@ -393,6 +393,8 @@ pub struct FastInputs<'a> {
     /// A node deferred or refused a resize (`PodResizePending`): the pods cannot grow where
     /// they are, which counts as outgrowing the node.
     pub deferred: bool,
+    /// A replica is missing (a spot node reclaimed, a pod not placed): no replica step.
+    pub hold_replicas: bool,
 }
 
 /// What the fast loop does this minute.
@@ -427,7 +429,8 @@ pub fn fast_decide(f: &FastLoop, input: &FastInputs<'_>, state: &mut FastState) 
     let wanted = ((peak * f.margin * 10.0).ceil() / 10.0).max(input.min_cpus);
     let now = input.now_min;
     state.steps.retain(|at| now < at + 1440);
-    let may_step = state.steps.len() < f.steps_per_day as usize
+    let may_step = !input.hold_replicas
+        && state.steps.len() < f.steps_per_day as usize
         && state.steps.last().is_none_or(|at| now >= at + 10);
     let step = input
         .aligned
@@ -524,6 +527,7 @@ mod tests {
             max_allowed: 4.0,
             resize_pending: false,
             deferred: false,
+            hold_replicas: false,
         }
     }
 

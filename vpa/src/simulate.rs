@@ -758,6 +758,7 @@ pub fn inplace(trace: &Trace, s: &Scenario, from: usize, f: &FastLoop) -> Run {
             max_allowed: s.max_allowed,
             resize_pending: pending.is_some(),
             deferred: false,
+            hold_replicas: false,
         };
         let counted = u32::from(t >= from);
         match fast_decide(f, &input, &mut state) {

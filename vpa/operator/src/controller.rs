@@ -26,12 +26,13 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use sluice_vpa::crd::{
-    AppliedBy, AppliedChildren, Condition, FastStatus, PolicyStatus, Quantities, StreamPipeline,
-    StreamPipelineStatus,
+    AppliedBy, AppliedChildren, Condition, FastStatus, HeldPod, PolicyStatus, Quantities,
+    RefusedResize, StreamPipeline, StreamPipelineStatus,
 };
 use sluice_vpa::manifests::{
-    Bounds, CONTAINER, CPU_BURST, Placement, ResizeState, at_least_cpus, check, children_sized,
-    cpu_millis, cpu_resize_patch, memory_bytes, millis_quantity, resize_state, short_sha256,
+    Bounds, CONTAINER, CPU_BURST, Placement, ResizeState, actual_cpu, at_least_cpus, check,
+    children_sized, cpu_millis, cpu_resize_patch, memory_bytes, millis_quantity,
+    resize_pending_since, resize_state, short_sha256,
 };
 use sluice_vpa::policy::{
     self, Action, Change, Decision, FastAction, FastInputs, FastLoop, FastState, PolicyConfig,
@@ -147,6 +148,8 @@ pub struct Context {
     pub resync: Duration,
     /// Unchanged children are re-applied this often anyway (drift repair).
     pub reapply_every: Duration,
+    /// The API server's minor version (read at start), when it says.
+    pub server_minor: Option<u32>,
 }
 
 impl std::fmt::Debug for Context {
@@ -222,6 +225,13 @@ impl VpaRecommendation {
     }
 }
 
+/// The Deployment annotation with the time of the operator's last apply (its status keeps the
+/// same time in `applied.at`): a status older than its Deployment is a stale read.
+pub const APPLIED_AT: &str = "sluice.dev/applied-at";
+/// The Deployment annotation with the hash of its pod template, the CPU left out: a template
+/// that changes for another reason rolls the pods anyway, and then carries the fast target.
+pub const POD_TEMPLATE: &str = "sluice.dev/pod-template";
+
 /// What the Deployment says about itself.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rollout {
@@ -232,8 +242,18 @@ pub struct Rollout {
     /// A rollout has not finished (new generation not observed, pods not updated or not
     /// available, old pods still around).
     pub in_progress: bool,
+    /// A new pod template is rolling out (new generation not observed, pods not updated, old
+    /// pods still around): unlike a replica that is only missing (a spot node reclaimed,
+    /// a pod not yet placed), the pods are being replaced.
+    pub rolling: bool,
     /// Why the Deployment is failing, if it is (`ProgressDeadlineExceeded`, `ReplicaFailure`).
     pub failure: Option<(String, String)>,
+    /// Its `sluice.dev/applied-at` annotation.
+    pub applied_at: Option<String>,
+    /// Its `sluice.dev/pod-template` annotation.
+    pub template: Option<String>,
+    /// The pipeline container's CPU request (m) in its pod template.
+    pub template_cpu: Option<u64>,
 }
 
 impl Rollout {
@@ -244,10 +264,10 @@ impl Rollout {
         let count = |n: Option<i32>| n.unwrap_or(0).max(0);
         let generation_seen =
             status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
-        let in_progress = !generation_seen
+        let rolling = !generation_seen
             || count(status.updated_replicas) < want
-            || count(status.available_replicas) < want
             || count(status.replicas) > want;
+        let in_progress = rolling || count(status.available_replicas) < want;
         let failure = status
             .conditions
             .unwrap_or_default()
@@ -264,11 +284,23 @@ impl Rollout {
                     )
                 })
             });
+        let annotation = |key: &str| d.metadata.annotations.as_ref()?.get(key).cloned();
+        let template_cpu = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.iter().find(|c| c.name == CONTAINER))
+            .and_then(|c| c.resources.as_ref()?.requests.as_ref()?.get("cpu"))
+            .and_then(|q| cpu_millis(&q.0));
         Rollout {
             replicas: want as u32,
             ready: count(status.ready_replicas) as u32,
             in_progress,
+            rolling,
             failure,
+            applied_at: annotation(APPLIED_AT),
+            template: annotation(POD_TEMPLATE),
+            template_cpu,
         }
     }
 }
@@ -286,17 +318,25 @@ pub struct Observed {
     pub fullest_usage: Option<u64>,
     /// Its pods (read only with `appliedBy: in-place`).
     pub pods: Vec<PodView>,
+    /// The API server's minor version, when known (in-place resize needs 1.35).
+    pub server_minor: Option<u32>,
 }
 
 /// One of a pipeline's pods, as the in-place loop sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodView {
     /// The pod's name.
     pub name: String,
     /// The pipeline container's CPU request in the pod's spec (m): what was last asked for.
     pub request: Option<u64>,
+    /// The CPU request (m) the kubelet reports it running with, once it reports it.
+    pub actual: Option<u64>,
     /// Where its last resize stands.
     pub resize: ResizeState,
+    /// Since when (s) its resize has been pending.
+    pub pending_since: Option<u64>,
+    /// When (s) it was placed on its node (`status.startTime`; else its creation).
+    pub placed_at: Option<u64>,
 }
 
 impl PodView {
@@ -314,11 +354,26 @@ impl PodView {
             .find(|c| c["name"] == CONTAINER)?["resources"]["requests"]["cpu"]
             .as_str()
             .and_then(cpu_millis);
+        let placed = pod["status"]["startTime"]
+            .as_str()
+            .or(pod["metadata"]["creationTimestamp"].as_str());
         Some(PodView {
             name: pod["metadata"]["name"].as_str()?.to_owned(),
             request,
+            actual: actual_cpu(pod),
             resize: resize_state(pod),
+            pending_since: resize_pending_since(pod).and_then(seconds),
+            placed_at: placed.and_then(seconds),
         })
+    }
+
+    /// Its pending resize is about CPU: the kubelet reports a CPU other than the spec's (a
+    /// pending memory resize, the VPA's, leaves the CPU as it is).
+    fn cpu_pending(&self) -> bool {
+        matches!(
+            self.resize,
+            ResizeState::Deferred(_) | ResizeState::Infeasible(_)
+        ) && (self.actual.is_none() || self.actual != self.request)
     }
 }
 
@@ -335,6 +390,9 @@ pub struct Plan {
     pub resizes: Vec<(String, u64)>,
     /// Pods whose resize a node has just deferred or refused (counted once each).
     pub newly_pending: Vec<(String, ResizeState)>,
+    /// The status read is older than the Deployment the operator last applied (a watch cache
+    /// behind its own write): nothing is applied or written; the reconcile reads again.
+    pub stale: bool,
 }
 
 /// The pure part of a reconcile: the pipeline, what its Deployment and VPA say, and now, in;
@@ -357,6 +415,24 @@ pub fn plan(
         ..old.clone()
     };
     let mut events = Vec::new();
+    // Read-your-writes: a Deployment applied after the status that was read means this status
+    // is stale; planning from it would undo the step that Deployment carries.
+    // (A cache lags seconds; a status older than that was lost, and is planned from.)
+    let ours = old.applied.as_ref().and_then(|a| seconds(&a.at));
+    if deployment
+        .and_then(|d| d.applied_at.as_deref())
+        .and_then(seconds)
+        .is_some_and(|at| ours.is_none_or(|ours| at > ours) && now < at + STALE_FOR_S)
+    {
+        return Plan {
+            apply: Vec::new(),
+            status: old,
+            events,
+            resizes: Vec::new(),
+            newly_pending: Vec::new(),
+            stale: true,
+        };
+    }
     let condition = |status: &mut StreamPipelineStatus,
                      type_: &str,
                      on: bool,
@@ -400,6 +476,7 @@ pub fn plan(
                 events,
                 resizes: Vec::new(),
                 newly_pending: Vec::new(),
+                stale: false,
             };
         }
     };
@@ -466,39 +543,80 @@ pub fn plan(
         };
         (replicas, requests, Some(decision))
     };
-    // In place: the fast loop, once replicas are aligned and no rollout runs.
-    let fast = (res.applied_by == AppliedBy::InPlace && !sp.spec.suspend).then(|| {
-        let free = decision
-            .as_ref()
-            .is_some_and(|d| d.reason == Reason::NoRecommendation);
-        let start = cpu_millis(&initial.cpu).unwrap_or(floor);
-        let input = FastPlanInputs {
-            observed,
-            bounds: &bounds,
-            replicas,
-            start,
-            floor,
-            now,
-            free,
-        };
-        fast_plan(sp, &input, old.policy.fast.as_ref(), &config.fast)
-    });
+    // In place: the fast loop, once replicas are aligned and no new template rolls out (a
+    // missing replica holds replica steps, not resizes). Refused where the API server cannot
+    // resize pods in place as the loop needs (before 1.35).
+    let in_place_refused = res.applied_by == AppliedBy::InPlace
+        && observed.server_minor.is_some_and(|minor| minor < 35);
+    let fast = (res.applied_by == AppliedBy::InPlace && !sp.spec.suspend && !in_place_refused)
+        .then(|| {
+            let reason = decision.as_ref().map(|d| d.reason);
+            let missing =
+                reason == Some(Reason::RolloutInProgress) && deployment.is_some_and(|d| !d.rolling);
+            let start = cpu_millis(&initial.cpu).unwrap_or(floor);
+            let input = FastPlanInputs {
+                observed,
+                bounds: &bounds,
+                replicas,
+                start,
+                floor,
+                now,
+                free: reason == Some(Reason::NoRecommendation) || missing,
+                hold_replicas: missing,
+            };
+            fast_plan(sp, &input, old.policy.fast.as_ref(), &config.fast)
+        });
     let replicas = fast.as_ref().map_or(replicas, |f| f.replicas);
+    // In place, the template keeps the CPU it has (changing it alone would roll every pod),
+    // except when it changes anyway: then new pods start at the loop's target.
+    let requests = match (&fast, deployment) {
+        (Some(f), Some(d)) => {
+            let kept = d.template_cpu.map_or(requests.cpu.clone(), millis_quantity);
+            let with = |cpu: String| Quantities {
+                cpu,
+                memory: requests.memory.clone(),
+            };
+            let kept_template = template_hash(&children_sized(
+                sp,
+                replicas,
+                &with(kept.clone()),
+                placement,
+            ));
+            if d.template.as_ref().is_none_or(|t| *t == kept_template) {
+                with(kept)
+            } else {
+                with(f.status.target_cpu.clone())
+            }
+        }
+        (Some(f), None) => Quantities {
+            cpu: f.status.target_cpu.clone(),
+            memory: requests.memory.clone(),
+        },
+        (None, _) => requests,
+    };
 
     // Children: applied when they changed, when the generation moved, when the Deployment is
     // missing, or every `reapply_every` (drift repair).
-    let children = children_sized(sp, replicas, &requests, placement);
-    let objects: Vec<Value> = children
+    let mut children = children_sized(sp, replicas, &requests, placement);
+    children.deployment["metadata"]["annotations"][POD_TEMPLATE] = json!(template_hash(&children));
+    let mut objects: Vec<Value> = children
         .all()
         .into_iter()
         .map(|child| owned_by(child.clone(), sp))
         .collect();
     let hash = hash(&objects);
     let last_applied = old.applied.as_ref().and_then(|a| seconds(&a.at));
+    // (A Deployment without the status's apply time: the last apply did not land.)
     let due = old.applied.as_ref().is_none_or(|a| a.hash != hash)
         || old.observed_generation != generation
         || deployment.is_none_or(|d| d.replicas != replicas)
+        || deployment
+            .and_then(|d| d.applied_at.as_deref())
+            .is_some_and(|at| old.applied.as_ref().is_none_or(|a| a.at != at))
         || last_applied.is_none_or(|at| now >= at + reapply_every.as_secs());
+    for object in objects.iter_mut().filter(|o| o["kind"] == "Deployment") {
+        object["metadata"]["annotations"][APPLIED_AT] = json!(rfc3339(now));
+    }
     let apply = if due { objects } else { Vec::new() };
     if due {
         status.applied = Some(AppliedChildren {
@@ -565,7 +683,41 @@ pub fn plan(
             "no rollout and no step due".into(),
         ),
     }
-    match deployment.and_then(|d| d.failure.clone()) {
+    let unsupported = in_place_refused.then(|| {
+        (
+            "InPlaceUnsupported".to_owned(),
+            format!(
+                "appliedBy: in-place needs Kubernetes 1.35 or later (this API server is 1.{}): pods keep the template's CPU; use appliedBy: vpa or operator, or upgrade",
+                observed.server_minor.unwrap_or_default()
+            ),
+        )
+    });
+    let resize_refused = fast
+        .as_ref()
+        .and_then(|f| f.status.refused.as_ref())
+        .map(|r| {
+            (
+                "ResizeRefused".to_owned(),
+                format!(
+                    "the API server refused resizing pods to cpu {}: {} (asked again {} minutes after)",
+                    r.target_cpu,
+                    r.message,
+                    REFUSED_S / 60
+                ),
+            )
+        });
+    let degraded = deployment
+        .and_then(|d| d.failure.clone())
+        .or(unsupported)
+        .or(resize_refused);
+    if let Some((reason, message)) = &degraded
+        && !has_condition(&old.conditions, "Degraded", reason)
+        && reason != "ProgressDeadlineExceeded"
+        && reason != "ReplicaFailure"
+    {
+        events.push((true, reason.clone(), message.clone()));
+    }
+    match degraded {
         Some((reason, message)) => condition(&mut status, "Degraded", true, &reason, message),
         None => condition(
             &mut status,
@@ -667,8 +819,42 @@ pub fn plan(
         events,
         resizes,
         newly_pending,
+        stale: false,
     }
 }
+
+/// The hash of the Deployment's pod template with the pipeline container's CPU left out.
+fn template_hash(children: &sluice_vpa::manifests::Children) -> String {
+    let mut template = children.deployment["spec"]["template"].clone();
+    for container in template["spec"]["containers"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["name"] == CONTAINER)
+    {
+        for kind in ["requests", "limits"] {
+            if let Some(resources) = container["resources"][kind].as_object_mut() {
+                resources.remove("cpu");
+            }
+        }
+    }
+    short_sha256([template.to_string().as_bytes()])
+}
+
+/// A deferred CPU resize is answered (patched back, and counted as load) once it has been
+/// pending this long: the kubelet may still apply it meanwhile; the VPA's updater evicts a pod
+/// whose resize has been deferred for 5 minutes (an infeasible one at once).
+pub const DEFER_GRACE_S: u64 = 120;
+/// A pod placed this recently whose resize is deferred was placed where its template's size
+/// fits, not the loop's: its node says nothing about load. It is held, not stepped for.
+pub const FRESH_S: u64 = 600;
+/// How long a pod patched back after a deferral is not asked to grow again.
+pub const HOLD_S: u64 = 600;
+/// How long a target the API server refused is not asked again.
+pub const REFUSED_S: u64 = 600;
+/// A status older than its Deployment's last apply is a lagging cache for this long; after it,
+/// a status that was lost (or rewritten by hand) is planned from as it is.
+pub const STALE_FOR_S: u64 = 120;
 
 /// What the fast loop looks at in one reconcile.
 struct FastPlanInputs<'a> {
@@ -681,8 +867,10 @@ struct FastPlanInputs<'a> {
     /// `minCpus` in m.
     floor: u64,
     now: u64,
-    /// Replicas are aligned and no rollout runs: the loop may act.
+    /// Replicas are aligned and no new pod template rolls out: the loop may tick and resize.
     free: bool,
+    /// A replica is missing (not a rollout): resize the pods that run, step nothing.
+    hold_replicas: bool,
 }
 
 /// What the fast loop decided in one reconcile.
@@ -697,15 +885,21 @@ struct FastPlan {
     step: Option<(&'static str, String)>,
     /// Pods to resize: (pod, CPU m).
     resizes: Vec<(String, u64)>,
-    /// Pods whose resize a node deferred or refused.
+    /// Pods whose CPU resize a node deferred (for `DEFER_GRACE_S`) or refused: patched back.
     pending: Vec<(String, ResizeState)>,
 }
 
 /// `appliedBy: in-place`: once a minute, the fast loop on the fullest pod's live usage; on every
 /// reconcile without a rollout, pods whose CPU request is not the loop's target are resized to it
-/// (except a pod the kubelet is resizing). A resize a node deferred or refused is not asked
-/// again: the kubelet retries deferred ones by itself, and the loop answers with a replica step
-/// (smaller pods) when a divisor is left, else the pods keep what they have.
+/// (except a pod the kubelet is resizing).
+///
+/// No CPU resize is left pending (a pending resize blocks the VPA's memory resizes, and its
+/// updater evicts the pod): one a node refused (`Infeasible`), or deferred for `DEFER_GRACE_S`,
+/// is patched back to the CPU the pod has, and the pod is held there for `HOLD_S`. Such a pod
+/// counts as outgrowing its node, which a replica step (smaller pods) answers when a divisor is
+/// left, unless it was placed in the last `FRESH_S` (then its node was chosen for the template's
+/// size, which says nothing about load). Resizes pending for memory are the VPA's and ignored; a
+/// resize the kubelet failed (`Error`) holds nothing.
 fn fast_plan(
     sp: &StreamPipeline,
     input: &FastPlanInputs<'_>,
@@ -720,30 +914,63 @@ fn fast_plan(
         floor,
         now,
         free,
+        hold_replicas,
     } = *input;
     let mut status = old.cloned().unwrap_or_else(|| FastStatus {
         target_cpu: millis_quantity(start.max(floor)),
         ..FastStatus::default()
     });
     let mut target = cpu_millis(&status.target_cpu).unwrap_or(start).max(floor);
-    let pending: Vec<(String, ResizeState)> = observed
-        .pods
+    let pods = &observed.pods;
+    let answered = |p: &PodView| {
+        p.cpu_pending()
+            && match p.resize {
+                ResizeState::Infeasible(_) => true,
+                _ => p
+                    .pending_since
+                    .is_none_or(|since| now >= since + DEFER_GRACE_S),
+            }
+    };
+    let fresh = |p: &PodView| {
+        matches!(p.resize, ResizeState::Deferred(_))
+            && p.placed_at.is_some_and(|at| now < at + FRESH_S)
+    };
+    let pending: Vec<(String, ResizeState)> = pods
         .iter()
-        .filter(|p| {
-            matches!(
-                p.resize,
-                ResizeState::Deferred(_) | ResizeState::Infeasible(_)
-            )
-        })
+        .filter(|p| answered(p))
         .map(|p| (p.name.clone(), p.resize.clone()))
         .collect();
+    // The node said no: back to what the pod has, and held there.
+    let patch_back: Vec<(String, u64)> = pods
+        .iter()
+        .filter(|p| answered(p))
+        .filter_map(|p| Some((p.name.clone(), p.actual?)))
+        .collect();
+    status.held.retain(|h| {
+        seconds(&h.until).is_some_and(|until| now < until) && pods.iter().any(|p| p.name == h.pod)
+    });
+    for (pod, cpu) in &patch_back {
+        status.held.retain(|h| h.pod != *pod);
+        status.held.push(HeldPod {
+            pod: pod.clone(),
+            cpu: millis_quantity(*cpu),
+            until: rfc3339(now + HOLD_S),
+        });
+    }
     status.pending_pods = pending.iter().map(|(pod, _)| pod.clone()).collect();
+    if status
+        .refused
+        .as_ref()
+        .is_some_and(|r| seconds(&r.at).is_none_or(|at| now >= at + REFUSED_S))
+    {
+        status.refused = None;
+    }
     let mut plan = FastPlan {
         replicas,
         status: status.clone(),
         reason: None,
         step: None,
-        resizes: Vec::new(),
+        resizes: patch_back.clone(),
         pending: pending.clone(),
     };
     if !free {
@@ -780,11 +1007,12 @@ fn fast_plan(
                 node_free: f64::INFINITY,
                 min_cpus: cores(floor),
                 max_allowed: cores(bounds.max_allowed),
-                resize_pending: observed
-                    .pods
-                    .iter()
-                    .any(|p| p.resize != ResizeState::Settled),
-                deferred: !pending.is_empty(),
+                // Asked and not answered yet: the kubelet applies it, or a node defers it.
+                resize_pending: pods.iter().any(|p| {
+                    p.resize == ResizeState::InProgress || (p.cpu_pending() && !answered(p))
+                }),
+                deferred: pods.iter().any(|p| answered(p) && !fresh(p)),
+                hold_replicas,
             },
             &mut state,
         );
@@ -834,18 +1062,37 @@ fn fast_plan(
             high_for: state.high_for as u32,
             fits_for: state.fits_for as u32,
             steps: state.steps.iter().map(|m| rfc3339(m * 60)).collect(),
-            pending_pods: status.pending_pods,
+            // Smaller pods after a step: nothing is held back from them.
+            held: if plan.step.is_some() {
+                Vec::new()
+            } else {
+                status.held.clone()
+            },
+            ..status.clone()
         };
     }
     // Replicas and requests never change in one rollout: after a step, pods are resized once
-    // the rollout is over.
-    if plan.step.is_none() {
-        plan.resizes = observed
-            .pods
-            .iter()
-            .filter(|p| p.request != Some(target) && p.resize != ResizeState::InProgress)
-            .map(|p| (p.name.clone(), target))
-            .collect();
+    // the rollout is over. A refused target is not asked again for a while; a held pod does
+    // not grow past what it has.
+    let refused = plan
+        .status
+        .refused
+        .as_ref()
+        .is_some_and(|r| cpu_millis(&r.target_cpu) == Some(target));
+    if plan.step.is_none() && !refused {
+        let held = |p: &PodView| {
+            plan.status
+                .held
+                .iter()
+                .any(|h| h.pod == p.name && cpu_millis(&h.cpu).is_some_and(|cpu| target > cpu))
+        };
+        plan.resizes.extend(
+            pods.iter()
+                .filter(|p| p.request != Some(target) && p.resize != ResizeState::InProgress)
+                // (Pending: answered above, or still up to the kubelet.)
+                .filter(|p| !p.cpu_pending() && !held(p))
+                .map(|p| (p.name.clone(), target)),
+        );
     }
     plan
 }
@@ -865,8 +1112,9 @@ fn pending_note(pending: &[(String, ResizeState)]) -> Option<(&'static str, Stri
     Some((
         reason,
         format!(
-            "{reason} CPU resize of {} ({why}): not asked again; a replica step (smaller pods) answers it when a divisor is left, else the pods keep their CPU",
-            pods.join(", ")
+            "{reason} CPU resize of {} ({why}): patched back to the CPU the pods have and not asked again for {} minutes; a replica step (smaller pods) answers it when a divisor is left, else the pods keep their CPU",
+            pods.join(", "),
+            HOLD_S / 60
         ),
     ))
 }
@@ -996,6 +1244,16 @@ pub fn pod_metrics_resource() -> ApiResource {
     )
 }
 
+/// The minor version in an API server's `/version` (`"36"`, or `"36+"` on some providers).
+pub fn minor_version(info: &k8s_openapi::apimachinery::pkg::version::Info) -> Option<u32> {
+    let digits: String = info
+        .minor
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 /// The label selector of `name`'s pods.
 fn pod_selector(name: &str) -> String {
     format!("app.kubernetes.io/name=sluice-pipeline,app.kubernetes.io/instance={name}")
@@ -1071,6 +1329,7 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
         usage: per_pod.as_ref().map(|p| p.iter().sum()),
         fullest_usage: per_pod.and_then(|p| p.into_iter().max()),
         pods,
+        server_minor: ctx.server_minor,
     };
     let now = (ctx.clock)();
     let plan = plan(
@@ -1082,22 +1341,29 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
         ctx.reapply_every,
     );
 
+    if plan.stale {
+        tracing::debug!(pipeline = %name, %namespace, "status read is older than the Deployment last applied: reading again");
+        return Ok(Requeue::requeue(Duration::from_secs(1)));
+    }
     let params = PatchParams::apply(MANAGER).force();
-    let write_status = |status: StreamPipelineStatus| {
-        let client = client.clone();
-        let (namespace, name, params) = (namespace.clone(), name.clone(), params.clone());
-        async move {
-            let status = json!({
-                "apiVersion": "sluice.dev/v1alpha1",
-                "kind": "StreamPipeline",
-                "status": status,
-            });
-            Api::<StreamPipeline>::namespaced(client, &namespace)
-                .patch_status(&name, &params, &Patch::Apply(&status))
-                .await
-                .map(|_| ())
-        }
+    // Status writes carry the resourceVersion read: a status that changed since (this
+    // operator's own last write not yet in the watch cache, another replica's) is not
+    // overwritten; the reconcile reads again.
+    let mut statuses = StatusWriter {
+        api: Api::namespaced(client.clone(), &namespace),
+        name: name.clone(),
+        version: sp.resource_version(),
+        written: sp.status.clone(),
     };
+    let again = || {
+        tracing::debug!(pipeline = %name, %namespace, "status changed since it was read: reading again");
+        Ok(Requeue::requeue(Duration::from_secs(1)))
+    };
+    // The status first: a Deployment is never newer than the status that explains it (a crash
+    // between the two leaves children to re-apply, never a step to undo).
+    if !statuses.write(plan.status.clone()).await? {
+        return again();
+    }
     for child in &plan.apply {
         let child_name = child["metadata"]["name"].as_str().unwrap_or(&name);
         let applied = Api::<DynamicObject>::namespaced_with(
@@ -1110,6 +1376,7 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
         if let Err(e) = applied {
             // Refused (an admission webhook, a quota, a schema): say so in the status; the
             // policy's state does not advance. Conflicts and throttling are just retried.
+            let old = sp.status.clone().unwrap_or_default();
             if let kube::Error::Api(status) = &e
                 && (400..500).contains(&status.code)
                 && status.code != 409
@@ -1118,16 +1385,12 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
                 ctx.metrics.apply_refusals.inc();
                 let kind = child["kind"].as_str().unwrap_or("object");
                 let message = format!("{kind} {child_name}: {}", status.message);
-                let refused = refused(sp.status.clone().unwrap_or_default(), message, now);
-                if sp.status.as_ref() != Some(&refused) {
-                    write_status(refused).await?;
-                }
+                statuses.write(refused(old, message, now)).await?;
+            } else {
+                statuses.write(old).await?;
             }
             return Err(e.into());
         }
-    }
-    if sp.status.as_ref() != Some(&plan.status) {
-        write_status(plan.status).await?;
     }
     for (_, state) in &plan.newly_pending {
         let result = match state {
@@ -1136,6 +1399,7 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
         };
         ctx.metrics.resizes.with_label_values(&[result]).inc();
     }
+    let mut events = plan.events;
     let pods = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &pods_resource());
     for (pod, millis) in &plan.resizes {
         let body = cpu_resize_patch(*millis);
@@ -1152,17 +1416,49 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
                 ctx.metrics.resizes.with_label_values(&["applied"]).inc();
                 tracing::info!(pipeline = %name, %namespace, %pod, cpu = %millis_quantity(*millis), "pod resized in place");
             }
-            // The pod is gone, or the cluster cannot resize in place (before 1.33), or a quota
-            // refuses: counted and logged; the next reconcile asks again only if still due.
+            // The pod is gone, or changed since it was listed: the next reconcile sees.
+            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {
+                tracing::debug!(pipeline = %name, %namespace, %pod, "resize not applied: {}", status.message);
+            }
+            // Refused (a quota, an admission policy, a limit range): a condition says so, and
+            // the target is not asked again for `REFUSED_S`.
             Err(kube::Error::Api(status)) if (400..500).contains(&status.code) => {
                 ctx.metrics.resizes.with_label_values(&["refused"]).inc();
-                tracing::warn!(pipeline = %name, %namespace, %pod, "in-place resize refused: {}", status.message);
+                let message = format!("pod {pod}: {}", status.message);
+                tracing::warn!(pipeline = %name, %namespace, "in-place resize refused: {message}");
+                let mut refused = statuses.written.clone().unwrap_or_default();
+                if let Some(fast) = refused.policy.fast.as_mut() {
+                    fast.refused = Some(RefusedResize {
+                        target_cpu: millis_quantity(*millis),
+                        message: message.clone(),
+                        at: rfc3339(now),
+                    });
+                }
+                let old = refused.conditions.clone();
+                set_condition(
+                    &mut refused.conditions,
+                    &old,
+                    "Degraded",
+                    true,
+                    "ResizeRefused",
+                    format!(
+                        "the API server refused resizing pods to cpu {}: {message} (asked again {} minutes after)",
+                        millis_quantity(*millis),
+                        REFUSED_S / 60
+                    ),
+                    now,
+                );
+                if !statuses.write(refused).await? {
+                    return again();
+                }
+                events.push((true, "ResizeRefused".to_owned(), message));
+                break;
             }
             Err(e) => return Err(e.into()),
         }
     }
     let reference = sp.object_ref(&());
-    for (warning, reason, note) in plan.events {
+    for (warning, reason, note) in events {
         tracing::info!(pipeline = %name, %namespace, %reason, "{note}");
         let event = Event {
             type_: if warning {
@@ -1186,6 +1482,45 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
         }
     }
     Ok(Requeue::requeue(ctx.resync))
+}
+
+/// Writes a pipeline's status by server-side apply with the resourceVersion last read or
+/// written as a precondition: a status that changed since (this operator's own last write not
+/// yet in the watch cache, another replica's) is not overwritten.
+struct StatusWriter {
+    api: Api<StreamPipeline>,
+    name: String,
+    version: Option<String>,
+    written: Option<StreamPipelineStatus>,
+}
+
+impl StatusWriter {
+    /// Writes `status` unless it is what is there; `false` when the precondition failed.
+    async fn write(&mut self, status: StreamPipelineStatus) -> Result<bool, kube::Error> {
+        if self.written.as_ref() == Some(&status) {
+            return Ok(true);
+        }
+        let body = json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "StreamPipeline",
+            "metadata": {"resourceVersion": self.version},
+            "status": status,
+        });
+        let params = PatchParams::apply(MANAGER).force();
+        match self
+            .api
+            .patch_status(&self.name, &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(now) => {
+                self.version = now.resource_version();
+                self.written = Some(status);
+                Ok(true)
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// What to do after a failed reconcile: log it and retry soon.
@@ -1214,8 +1549,7 @@ mod tests {
         Rollout {
             replicas,
             ready: replicas,
-            in_progress: false,
-            failure: None,
+            ..Rollout::default()
         }
     }
 
@@ -1260,11 +1594,19 @@ mod tests {
         sp
     }
 
+    /// A pod running what it asks for, or (a resize pending) still at 1 CPU since `NOW`.
     fn pod(name: &str, request: u64, resize: ResizeState) -> PodView {
+        let pending = matches!(
+            resize,
+            ResizeState::Deferred(_) | ResizeState::Infeasible(_)
+        );
         PodView {
             name: name.into(),
             request: Some(request),
+            actual: Some(if pending { 1000 } else { request }),
             resize,
+            pending_since: pending.then_some(NOW),
+            placed_at: Some(NOW - 3600),
         }
     }
 
@@ -1282,6 +1624,7 @@ mod tests {
             usage: fullest.map(|u| u * pods.len() as u64),
             fullest_usage: fullest,
             pods: pods.to_vec(),
+            server_minor: Some(36),
         };
         plan_at(sp, &observed, now)
     }
@@ -1337,6 +1680,7 @@ mod tests {
         // During a rollout: no tick, no resize.
         let rolling = Rollout {
             in_progress: true,
+            rolling: true,
             ..ready(2)
         };
         let during = run_fast(&sp, Some(&rolling), Some(3000), &settled, NOW + 120);
@@ -1348,6 +1692,300 @@ mod tests {
         assert_eq!(blind.resizes.len(), 2);
     }
 
+    /// An in-place pipeline whose loop has ticked and asked for `target` m (no step left today
+    /// when `budget_spent`).
+    fn ticked(target: u64, budget_spent: bool) -> StreamPipeline {
+        let mut sp = in_place();
+        let mut status = run_fast(&sp, None, None, &[], NOW - 120).status;
+        let fast = status.policy.fast.as_mut().unwrap();
+        fast.target_cpu = millis_quantity(target);
+        fast.ticked_at = rfc3339(NOW - 60);
+        if budget_spent {
+            fast.steps = (1..=4).map(|h| rfc3339(NOW - h * 3000)).collect();
+        }
+        sp.status = Some(status);
+        sp
+    }
+
+    fn pending_pod(name: &str, request: u64, actual: u64, resize: ResizeState) -> PodView {
+        PodView {
+            actual: Some(actual),
+            ..pod(name, request, resize)
+        }
+    }
+
+    #[test]
+    fn a_deferred_cpu_resize_with_no_step_left_is_patched_back_and_held() {
+        let mut sp = ticked(1700, true);
+        let why = "Node didn't have enough capacity";
+        let deferred = [
+            pending_pod("p-0", 1700, 1000, ResizeState::Deferred(why.into())),
+            pod("p-1", 1700, ResizeState::Settled),
+        ];
+        let plan = run_fast(&sp, Some(&ready(2)), Some(1500), &deferred, NOW + 120);
+        assert_eq!(plan.status.replicas, 2, "no step left today");
+        assert_eq!(
+            plan.resizes,
+            [("p-0".to_owned(), 1000)],
+            "back to the CPU it has"
+        );
+        let held = &fast(&plan).held;
+        assert_eq!((held.len(), held[0].pod.as_str()), (1, "p-0"));
+        assert_eq!(held[0].cpu, "1");
+        sp.status = Some(plan.status);
+        // Back at 1 CPU: not asked to grow while held (p-1 keeps 1.7)...
+        let back = [
+            pod("p-0", 1000, ResizeState::Settled),
+            pod("p-1", 1700, ResizeState::Settled),
+        ];
+        let held_plan = run_fast(&sp, Some(&ready(2)), Some(1500), &back, NOW + 180);
+        assert!(held_plan.resizes.is_empty(), "{:?}", held_plan.resizes);
+        // ...and asked again once the hold is over.
+        let mut now = NOW + 180;
+        while now < NOW + 120 + HOLD_S {
+            now += 60;
+            let p = run_fast(&sp, Some(&ready(2)), Some(1500), &back, now);
+            sp.status = Some(p.status);
+        }
+        let again = run_fast(&sp, Some(&ready(2)), Some(1500), &back, now + 60);
+        assert_eq!(again.resizes, [("p-0".to_owned(), 1700)]);
+        // An infeasible resize is patched back at once.
+        let infeasible = [pending_pod(
+            "p-0",
+            1700,
+            1000,
+            ResizeState::Infeasible("exceeds node capacity".into()),
+        )];
+        let plan = run_fast(
+            &ticked(1700, true),
+            Some(&ready(2)),
+            Some(1500),
+            &infeasible,
+            NOW + 1,
+        );
+        assert_eq!(plan.resizes, [("p-0".to_owned(), 1000)]);
+        assert_eq!(
+            condition(&plan.status, "ResizePending").reason,
+            "Infeasible"
+        );
+    }
+
+    #[test]
+    fn pending_memory_resizes_are_the_vpas_and_a_failed_resize_holds_nothing() {
+        let sp = ticked(1000, false);
+        // The VPA's memory resize is deferred: the CPU is what the spec says (1 CPU). The loop
+        // neither counts it nor waits on it: it asks for the 1.7 CPUs the load needs.
+        let memory = ResizeState::Deferred("Node didn't have enough memory".into());
+        let pods = [
+            pending_pod("p-0", 1000, 1000, memory),
+            pending_pod(
+                "p-1",
+                1000,
+                1000,
+                ResizeState::Failed("cgroup write failed".into()),
+            ),
+        ];
+        let plan = run_fast(&sp, Some(&ready(2)), Some(1500), &pods, NOW + 600);
+        assert!(plan.newly_pending.is_empty());
+        assert_eq!(condition(&plan.status, "ResizePending").status, "False");
+        assert_eq!(plan.status.policy.reason.as_deref(), Some("Resizing"));
+        assert_eq!(
+            plan.resizes,
+            [("p-0".to_owned(), 1700), ("p-1".to_owned(), 1700)]
+        );
+    }
+
+    #[test]
+    fn a_deferral_on_a_freshly_placed_pod_is_placement_and_never_ratchets_replicas() {
+        let mut sp = ticked(1700, false);
+        // A spot node reclaimed: its pod came back at the template's 1 CPU, on a node with room
+        // for that, and its resize to 1.7 is deferred. Patched back and held; no step. (Deferred
+        // again after FRESH_S, it is load like any other.)
+        let mut replicas = Vec::new();
+        for minute in 2..(FRESH_S / 60) {
+            let now = NOW + minute * 60;
+            let fresh = PodView {
+                placed_at: Some(NOW),
+                ..pending_pod(
+                    "p-new",
+                    1700,
+                    1000,
+                    ResizeState::Deferred("Node didn't have enough capacity".into()),
+                )
+            };
+            let pods = [fresh, pod("p-1", 1700, ResizeState::Settled)];
+            let plan = run_fast(&sp, Some(&ready(2)), Some(1500), &pods, now);
+            replicas.push(plan.status.replicas);
+            sp.status = Some(plan.status);
+        }
+        assert!(replicas.iter().all(|r| *r == 2), "{replicas:?}");
+        // The same deferral on a pod placed long ago is load: a step answers it.
+        let old = [
+            pending_pod(
+                "p-0",
+                1700,
+                1000,
+                ResizeState::Deferred("Node didn't have enough capacity".into()),
+            ),
+            pod("p-1", 1700, ResizeState::Settled),
+        ];
+        let plan = run_fast(
+            &ticked(1700, false),
+            Some(&ready(2)),
+            Some(1500),
+            &old,
+            NOW + 120,
+        );
+        assert_eq!(plan.status.replicas, 3);
+    }
+
+    #[test]
+    fn a_missing_replica_holds_replica_steps_not_resizes() {
+        let sp = ticked(1000, false);
+        // A spot node reclaimed: 1 of 2 pods available, the template unchanged (no rollout).
+        let missing = Rollout {
+            replicas: 2,
+            ready: 1,
+            in_progress: true,
+            rolling: false,
+            ..Rollout::default()
+        };
+        let pods = [pod("p-0", 1000, ResizeState::Settled)];
+        let plan = run_fast(&sp, Some(&missing), Some(1500), &pods, NOW + 60);
+        assert_eq!(plan.resizes, [("p-0".to_owned(), 1700)]);
+        // Load beyond maxAllowed steps up; with a replica missing, it waits, and the pod that
+        // runs grows to maxAllowed.
+        let max = cpu_millis(&sp.spec.resources.max_allowed.cpu).unwrap();
+        let sp = ticked(3500, false);
+        let pods = [pod("p-0", 3500, ResizeState::Settled)];
+        let all_there = run_fast(&sp, Some(&ready(2)), Some(2 * max), &pods, NOW + 60);
+        assert!(all_there.status.replicas > 2);
+        let plan = run_fast(&sp, Some(&missing), Some(2 * max), &pods, NOW + 60);
+        assert_eq!(plan.status.replicas, 2);
+        assert_eq!(fast(&plan).high_for, 1);
+        assert_eq!(plan.resizes, [("p-0".to_owned(), max)]);
+    }
+
+    #[test]
+    fn a_status_read_older_than_its_deployment_plans_nothing() {
+        // A step to 3 replicas: the status written, then the Deployment.
+        let mut sp = ticked(1700, false);
+        let pre_step = sp.status.clone();
+        let why = "Node didn't have enough capacity";
+        let deferred = [
+            pending_pod("p-0", 1700, 1000, ResizeState::Deferred(why.into())),
+            pending_pod("p-1", 1700, 1000, ResizeState::Deferred(why.into())),
+        ];
+        let step = run_fast(&sp, Some(&ready(2)), Some(1500), &deferred, NOW + 120);
+        assert_eq!(step.status.replicas, 3);
+        let post_step = Rollout {
+            applied_at: Some(step.status.applied.as_ref().unwrap().at.clone()),
+            ..ready(3)
+        };
+        // The watch cache has the new Deployment but not yet the status: the pre-step status
+        // would undo the step (3 -> 2) and forget it from the day's budget. Nothing is planned.
+        sp.status = pre_step;
+        let stale = run_fast(&sp, Some(&post_step), Some(1500), &deferred, NOW + 125);
+        assert!(stale.stale);
+        assert!(stale.apply.is_empty() && stale.resizes.is_empty());
+        assert_eq!(Some(&stale.status), sp.status.as_ref(), "nothing written");
+        // With the status caught up, the plan goes on from the step.
+        sp.status = Some(step.status.clone());
+        let caught_up = run_fast(&sp, Some(&post_step), Some(1500), &deferred, NOW + 125);
+        assert!(!caught_up.stale && caught_up.apply.is_empty());
+        assert_eq!(fast(&caught_up).steps.len(), 1);
+        // A status that stays older (lost, or rewritten by hand) is planned from after a while.
+        sp.status = run_fast(&ticked(1700, false), None, None, &[], NOW)
+            .status
+            .into();
+        let lost = run_fast(
+            &sp,
+            Some(&post_step),
+            Some(1500),
+            &deferred,
+            NOW + 120 + STALE_FOR_S,
+        );
+        assert!(!lost.stale);
+    }
+
+    #[test]
+    fn the_template_carries_the_fast_target_only_when_it_rolls_anyway() {
+        let sp = ticked(1700, false);
+        let applied = run_fast(&sp, None, None, &[], NOW);
+        let template = deployment(&applied)["metadata"]["annotations"][POD_TEMPLATE]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let running = Rollout {
+            template: Some(template),
+            template_cpu: Some(1000),
+            ..ready(2)
+        };
+        let cpu = |plan: &Plan| {
+            deployment(plan)["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+                ["cpu"]
+                .clone()
+        };
+        // A drift repair re-applies the Deployment: its template keeps 1 CPU (no rollout).
+        let repair = run_fast(&sp, Some(&running), None, &[], NOW + 2 * 3600);
+        assert_eq!(cpu(&repair), "1");
+        // The pipeline's config changes (a rollout anyway): new pods start at the loop's 1.7.
+        let mut changed = sp.clone();
+        changed.spec.pipeline["workers"] = json!(7);
+        changed.metadata.generation = Some(2);
+        let rolls = run_fast(&changed, Some(&running), None, &[], NOW + 60);
+        assert_eq!(cpu(&rolls), "1700m");
+    }
+
+    #[test]
+    fn in_place_is_refused_with_degraded_before_kubernetes_1_35() {
+        let sp = ticked(1000, false);
+        let observed = Observed {
+            deployment: Some(ready(2)),
+            fullest_usage: Some(1500),
+            pods: vec![pod("p-0", 1000, ResizeState::Settled)],
+            server_minor: Some(34),
+            ..Observed::default()
+        };
+        let plan = plan_at(&sp, &observed, NOW + 60);
+        assert!(plan.resizes.is_empty());
+        let degraded = condition(&plan.status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InPlaceUnsupported")
+        );
+        assert!(degraded.message.contains("1.34"), "{}", degraded.message);
+        assert!(
+            plan.events
+                .iter()
+                .any(|e| e.0 && e.1 == "InPlaceUnsupported")
+        );
+    }
+
+    #[test]
+    fn a_refused_resize_is_degraded_and_not_asked_again_for_a_while() {
+        let mut sp = ticked(1700, false);
+        let status = sp.status.as_mut().unwrap();
+        status.policy.fast.as_mut().unwrap().refused = Some(RefusedResize {
+            target_cpu: "1700m".into(),
+            message: "pod p-0: exceeded quota: sluice-standard, requested: requests.cpu=700m"
+                .into(),
+            at: rfc3339(NOW),
+        });
+        let pods = [
+            pod("p-0", 1000, ResizeState::Settled),
+            pod("p-1", 1000, ResizeState::Settled),
+        ];
+        let plan = run_fast(&sp, Some(&ready(2)), Some(1500), &pods, NOW + 30);
+        assert!(plan.resizes.is_empty());
+        let degraded = condition(&plan.status, "Degraded");
+        assert_eq!(degraded.reason, "ResizeRefused");
+        assert!(degraded.message.contains("exceeded quota"));
+        let later = run_fast(&sp, Some(&ready(2)), Some(1500), &pods, NOW + REFUSED_S);
+        assert_eq!(later.resizes.len(), 2);
+        assert_eq!(condition(&later.status, "Degraded").status, "False");
+    }
+
     #[test]
     fn a_deferred_resize_is_counted_once_answered_by_a_step_up_and_load_gone_steps_down() {
         let mut sp = in_place();
@@ -1357,12 +1995,19 @@ mod tests {
             pod("p-1", 1000, ResizeState::Settled),
         ];
         sp.status = Some(run_fast(&sp, Some(&ready(2)), Some(1500), &settled, NOW + 60).status);
-        // The nodes cannot take 1.7 CPUs: both resizes deferred.
+        // The nodes cannot take 1.7 CPUs: both resizes deferred (at NOW). A minute later the
+        // kubelet may still apply them: nothing is counted, asked or stepped.
         let why = "Node didn't have enough capacity: cpu, requested: 1700, capacity: 1200";
         let deferred = [
             pod("p-0", 1700, ResizeState::Deferred(why.into())),
             pod("p-1", 1700, ResizeState::Deferred(why.into())),
         ];
+        let young = run_fast(&sp, Some(&ready(2)), Some(1500), &deferred, NOW + 60);
+        assert!(young.newly_pending.is_empty() && young.resizes.is_empty());
+        assert_eq!(young.status.replicas, 2);
+        assert_eq!(condition(&young.status, "ResizePending").status, "False");
+        // Deferred for DEFER_GRACE_S: counted, patched back to the CPU the pods have (never
+        // left pending for the VPA's updater to evict), and answered by a step.
         let step = run_fast(&sp, Some(&ready(2)), Some(1500), &deferred, NOW + 120);
         assert_eq!(step.newly_pending.len(), 2, "counted");
         let pending = condition(&step.status, "ResizePending");
@@ -1371,28 +2016,39 @@ mod tests {
             ("True", "Deferred")
         );
         assert!(pending.message.contains("p-0, p-1") && pending.message.contains(why));
+        assert_eq!(
+            step.resizes,
+            [("p-0".to_owned(), 1000), ("p-1".to_owned(), 1000)],
+            "patched back, nothing else: replicas and requests never in one rollout"
+        );
         // Answered: the next divisor, 3 pods of 4 partitions at two thirds of the size.
         assert_eq!(deployment(&step)["spec"]["replicas"], 3);
         assert_eq!(fast(&step).target_cpu, "1200m");
-        assert!(
-            step.resizes.is_empty(),
-            "replicas and requests never in one rollout"
-        );
         let reasons: Vec<&str> = step.events.iter().map(|e| e.1.as_str()).collect();
         assert_eq!(reasons, ["ScalingUp", "ResizeDeferred"]);
         assert!(step.events[1].0, "a deferral is a warning");
         assert_eq!(step.status.policy.reason.as_deref(), Some("StepUp"));
         sp.status = Some(step.status.clone());
-        // Still deferred while the rollout runs: not counted or reported again.
+        // The rollout runs (the patch-backs landed): nothing counted, reported or resized.
+        let back = [
+            pod("p-0", 1000, ResizeState::Settled),
+            pod("p-1", 1000, ResizeState::Settled),
+        ];
         let rolling = Rollout {
             in_progress: true,
+            rolling: true,
             ..ready(3)
         };
-        let later = run_fast(&sp, Some(&rolling), Some(1500), &deferred, NOW + 180);
+        let later = run_fast(&sp, Some(&rolling), Some(1500), &back, NOW + 180);
         assert!(later.newly_pending.is_empty() && later.events.is_empty());
         assert!(later.resizes.is_empty());
-        // The rollout over, every pod goes to the new target (which replaces the deferred ask).
-        let after = run_fast(&sp, Some(&ready(3)), Some(1000), &deferred, NOW + 240);
+        // The rollout over, every pod goes to the new target.
+        let three = [
+            pod("p-0", 1000, ResizeState::Settled),
+            pod("p-1", 1000, ResizeState::Settled),
+            pod("p-2", 1200, ResizeState::Settled),
+        ];
+        let after = run_fast(&sp, Some(&ready(3)), Some(1000), &three, NOW + 240);
         assert_eq!(after.resizes.len(), 2);
         assert!(after.resizes.iter().all(|(_, m)| *m == 1200));
 
@@ -1607,7 +2263,8 @@ mod tests {
             replicas: 3,
             ready: 2,
             in_progress: true,
-            failure: None,
+            rolling: true,
+            ..Rollout::default()
         };
         let during = run(&sp, Some(&rolling), Some(&pressed), NOW + 1000);
         assert!(during.apply.is_empty());
@@ -1876,6 +2533,7 @@ mod tests {
             clock: Arc::new(move || now),
             resync: Duration::from_secs(60),
             reapply_every: Duration::from_secs(600),
+            server_minor: None,
         })
     }
 
@@ -2041,11 +2699,19 @@ mod tests {
 
     /// Pod `i` of the pipeline requesting `cpu`, with `conditions`.
     fn pod_object(i: u32, cpu: &str, conditions: Value) -> Value {
+        running_pod(i, cpu, cpu, conditions)
+    }
+
+    /// A pod whose spec asks for `cpu` and whose kubelet reports it running with `actual`.
+    fn running_pod(i: u32, cpu: &str, actual: &str, conditions: Value) -> Value {
         json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("bookings-enrich-{i}"), "namespace": "pipelines"},
+            "metadata": {"name": format!("bookings-enrich-{i}"), "namespace": "pipelines",
+                "creationTimestamp": rfc3339(NOW - 3600)},
             "spec": {"containers": [{"name": "pipeline", "image": "sluice",
                 "resources": {"requests": {"cpu": cpu, "memory": "1Gi"}}}]},
-            "status": {"phase": "Running", "conditions": conditions}})
+            "status": {"phase": "Running", "conditions": conditions,
+                "startTime": rfc3339(NOW - 3600),
+                "containerStatuses": [{"name": "pipeline", "resources": {"requests": {"cpu": actual, "memory": "1Gi"}}}]}})
     }
 
     fn pod_list(pods: Vec<Value>) -> Value {
@@ -2144,9 +2810,11 @@ mod tests {
         no_more_requests(server).await;
         written(&mut sp, &status);
 
-        // 3. The nodes cannot take 1.7 cores: counted once, not asked again, answered by a step
-        //    to 3 replicas (the children applied) and a warning.
+        // 3. The nodes cannot take 1.7 cores, for two minutes now: counted once, patched back to
+        //    the CPU the pods have, answered by a step to 3 replicas (the children applied) and
+        //    a warning.
         let deferred = json!([{"type": "PodResizePending", "status": "True", "reason": "Deferred",
+            "lastTransitionTime": rfc3339(NOW),
             "message": "Node didn't have enough capacity: cpu, requested: 1700, capacity: 1200"}]);
         let task = reconcile_at(&sp, NOW + 120);
         expect_in_place_reads(
@@ -2156,11 +2824,13 @@ mod tests {
             pod_metrics(2, "1500m"),
             pod_list(
                 (0..2)
-                    .map(|i| pod_object(i, "1700m", deferred.clone()))
+                    .map(|i| running_pod(i, "1700m", "1", deferred.clone()))
                     .collect(),
             ),
         )
         .await;
+        let status = expect_status(server, &sp).await;
+        assert_eq!(condition_in(&status, "ResizePending")["reason"], "Deferred");
         let applied = expect_children(server).await;
         assert_eq!(applied[1]["spec"]["replicas"], 3);
         assert_eq!(
@@ -2168,8 +2838,21 @@ mod tests {
             "1",
             "the template keeps its request: a resize is never a rollout"
         );
-        let status = expect_status(server, &sp).await;
-        assert_eq!(condition_in(&status, "ResizePending")["reason"], "Deferred");
+        for i in 0..2 {
+            let path = format!("/api/v1{NS}/pods/bookings-enrich-{i}/resize");
+            let body = expect(
+                server,
+                "PATCH",
+                &path,
+                200,
+                Some(pod_object(i, "1", json!([]))),
+            )
+            .await;
+            assert_eq!(
+                body["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+                "1"
+            );
+        }
         for reason in ["ScalingUp", "ResizeDeferred"] {
             let event = expect_event(server).await;
             assert_eq!(event["reason"], reason);
@@ -2195,10 +2878,10 @@ mod tests {
             pod_list((0..3).map(|i| pod_object(i, "1200m", json!([]))).collect()),
         )
         .await;
-        let applied = expect_children(server).await;
-        assert_eq!(applied[1]["spec"]["replicas"], 2);
         let status = expect_status(server, &sp).await;
         assert_eq!(status["status"]["policy"]["reason"], "StepDown");
+        let applied = expect_children(server).await;
+        assert_eq!(applied[1]["spec"]["replicas"], 2);
         let event = expect_event(server).await;
         assert_eq!(event["reason"], "ScalingDown");
         task.await.unwrap().unwrap();
@@ -2206,7 +2889,7 @@ mod tests {
 
         let scrape = metrics.encode();
         for line in [
-            "sluice_vpa_resizes_total{result=\"applied\"} 2",
+            "sluice_vpa_resizes_total{result=\"applied\"} 4",
             "sluice_vpa_resizes_total{result=\"deferred\"} 2",
             "sluice_vpa_events_total{reason=\"ResizeDeferred\",type=\"Warning\"} 1",
         ] {
@@ -2231,16 +2914,21 @@ mod tests {
             (404, not_found()),
         )
         .await;
+        // The status first (a Deployment is never newer than the status that explains it).
+        let mut written = sp.clone();
+        let status = expect_status(server, &sp).await;
         let applied = expect_children(server).await;
         assert_eq!(applied[1]["spec"]["replicas"], 2);
+        assert_eq!(
+            applied[1]["metadata"]["annotations"][APPLIED_AT],
+            status["status"]["applied"]["at"]
+        );
         assert!(
             applied
                 .iter()
                 .all(|o| o["metadata"]["ownerReferences"][0]["uid"]
                     == "6f1c2a9e-0000-4000-8000-000000000001")
         );
-        let mut written = sp.clone();
-        let status = expect_status(server, &sp).await;
         assert_eq!(
             (status["apiVersion"].as_str(), status["kind"].as_str()),
             (Some("sluice.dev/v1alpha1"), Some("StreamPipeline"))
@@ -2307,10 +2995,10 @@ mod tests {
             (200, Some(busy.clone())),
         )
         .await;
-        let applied = expect_children(server).await;
-        assert_eq!(applied[1]["spec"]["replicas"], 3);
         let status = expect_status(server, &sp).await;
         assert_eq!(status["status"]["partitionsPerReplica"], 4);
+        let applied = expect_children(server).await;
+        assert_eq!(applied[1]["spec"]["replicas"], 3);
         let event = expect_event(server).await;
         assert_eq!(event["reason"], "ScalingUp");
         assert_eq!(event["type"], "Normal");
@@ -2357,6 +3045,8 @@ mod tests {
             (404, not_found()),
         )
         .await;
+        let planned = expect_status(server, &sp).await;
+        assert_eq!(planned["status"]["observedGeneration"], 2);
         expect(
             server,
             "PATCH",

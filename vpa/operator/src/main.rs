@@ -25,7 +25,9 @@ use kube::{Client, ResourceExt};
 use sluice_vpa::crd::StreamPipeline;
 use sluice_vpa::manifests::Placement;
 use sluice_vpa::policy::PolicyConfig;
-use sluice_vpa_operator::controller::{Context, MANAGER, OperatorMetrics, error_policy, reconcile};
+use sluice_vpa_operator::controller::{
+    Context, MANAGER, OperatorMetrics, error_policy, minor_version, reconcile,
+};
 use sluice_vpa_operator::lease::{Held, LeaseLock};
 
 #[tokio::main]
@@ -144,6 +146,17 @@ async fn run() -> anyhow::Result<()> {
     lead(&lock).await;
     let keeper = tokio::spawn(keep(lock));
 
+    // In-place resizes need 1.35 (StreamPipelines asking for them are Degraded before).
+    let server_minor = match client.apiserver_version().await {
+        Ok(info) => {
+            tracing::info!(version = %info.git_version, "API server");
+            minor_version(&info)
+        }
+        Err(e) => {
+            tracing::warn!("API server version unknown: {e}");
+            None
+        }
+    };
     let ctx = Arc::new(Context {
         metrics,
         client: client.clone(),
@@ -163,6 +176,7 @@ async fn run() -> anyhow::Result<()> {
         ),
         resync: Duration::from_secs(resync_s),
         reapply_every: Duration::from_secs(600),
+        server_minor,
     });
     let scope_names: Vec<&str> = scopes.iter().map(|(_, _, s)| s.as_str()).collect();
     tracing::info!(%namespace, resync_s, watching = ?scope_names, "sluice-vpa watching StreamPipelines");
