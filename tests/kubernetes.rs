@@ -12,27 +12,32 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sluice_tests::k8s::ControlPlane;
+use sluice_tests::kubelet::Kubelet;
 use sluice_tests::{Running, free_port, http_get, root, wait_until, workspace_binary};
 
-/// The control plane the tests of this binary share, with `deploy/` installed.
+/// The control plane most tests of this binary share, with `deploy/` installed.
 fn plane() -> &'static ControlPlane {
     static PLANE: OnceLock<ControlPlane> = OnceLock::new();
-    PLANE.get_or_init(|| {
-        let config = root().join("deploy/tiers/admission-configuration.yaml");
-        let plane = ControlPlane::start(&[&format!(
-            "--admission-control-config-file={}",
-            config.display()
-        )]);
-        // The VerticalPodAutoscaler CRDs (from the VPA's Go module, fetched with the control
-        // plane), then everything `deploy/` installs on GKE.
-        let vpa = sluice_tests::cache_dir().join(format!(
-            "kubernetes-{}/vpa-crds.yaml",
-            std::env::var("KUBERNETES_VERSION").unwrap_or_else(|_| "1.36.3".into())
-        ));
-        plane.kubectl(&["apply", "--server-side", "-f", vpa.to_str().unwrap()]);
-        apply(&plane, &root().join("deploy/overlays/gke"));
-        plane
-    })
+    PLANE.get_or_init(installed_plane)
+}
+
+/// A control plane of its own with `deploy/` installed, as on GKE: the API server configured by
+/// `deploy/tiers/admission-configuration.yaml`, the VPA's CRDs, then the GKE overlay.
+fn installed_plane() -> ControlPlane {
+    let config = root().join("deploy/tiers/admission-configuration.yaml");
+    let plane = ControlPlane::start(&[&format!(
+        "--admission-control-config-file={}",
+        config.display()
+    )]);
+    // The VerticalPodAutoscaler CRDs (from the VPA's Go module, fetched with the control
+    // plane), then everything `deploy/` installs on GKE.
+    let vpa = sluice_tests::cache_dir().join(format!(
+        "kubernetes-{}/vpa-crds.yaml",
+        std::env::var("KUBERNETES_VERSION").unwrap_or_else(|_| "1.36.3".into())
+    ));
+    plane.kubectl(&["apply", "--server-side", "-f", vpa.to_str().unwrap()]);
+    apply(&plane, &root().join("deploy/overlays/gke"));
+    plane
 }
 
 /// `kubectl kustomize DIR | kubectl apply --server-side`, twice if the first pass met a kind
@@ -122,7 +127,8 @@ fn the_crd_installs_and_its_cel_admits_and_refuses_what_check_cel_says() {
 /// The tier gate (ValidatingAdmissionPolicy) and the tier quotas (ResourceQuota admission
 /// configured by `admission-configuration.yaml`) on the server: a pod of a tier is admitted
 /// only where the tier is granted, and everything `deploy/` runs itself at a tier (the operator
-/// in `sluice-system`) gets its pods created by the controller manager.
+/// in `sluice-system`) gets its pods created by the controller manager. With the cluster-wide
+/// component the operator writes only in namespaces labelled `sluice.dev/pipelines: enabled`.
 #[test]
 fn tiers_are_enforced_and_what_deploy_runs_itself_is_admitted() {
     let plane = plane();
@@ -188,6 +194,79 @@ fn tiers_are_enforced_and_what_deploy_runs_itself_is_admitted() {
                 == 1
         });
     }
+
+    // The cluster-wide component: the operator's grants everywhere, its writes only in
+    // namespaces that opted in (the ClusterRoleBinding alone would let it write in team-a).
+    let overlay = plane.dir().join("cluster-wide");
+    std::fs::create_dir_all(&overlay).unwrap();
+    // (Kustomize takes relative paths only: up to / from the overlay, then down to the repo.)
+    let up = "../".repeat(overlay.components().count() - 1);
+    let repo = |path: &str| {
+        format!(
+            "{up}{}",
+            root()
+                .join(path)
+                .display()
+                .to_string()
+                .trim_start_matches('/')
+        )
+    };
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: ['{}']\ncomponents: ['{}']\n",
+            repo("deploy/overlays/gke"),
+            repo("deploy/operator/cluster-wide")
+        ),
+    )
+    .unwrap();
+    let built = std::process::Command::new("kubectl")
+        .args(["kustomize", "--load-restrictor", "LoadRestrictionsNone"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let file = overlay.join("applied.yaml");
+    std::fs::write(&file, &built.stdout).unwrap();
+    plane.kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    let token = plane.service_account_token("sluice-system", "sluice-vpa");
+    let create = |namespace: &str| {
+        let config_map = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "probe", "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "sluice-vpa"}}});
+        plane.request(
+            &token,
+            "POST",
+            &format!("/api/v1/namespaces/{namespace}/configmaps?dryRun=All"),
+            "application/json",
+            &config_map.to_string(),
+        )
+    };
+    let mut answer = (0, String::new());
+    wait_until(
+        "the opt-in policy enforced",
+        Duration::from_secs(30),
+        || {
+            answer = create("team-a");
+            answer.0 == 403
+                && answer
+                    .1
+                    .contains("sluice-vpa-writes-only-in-opted-in-namespaces")
+        },
+    );
+    assert!(
+        answer
+            .1
+            .contains("label namespace team-a to run StreamPipelines there"),
+        "{}",
+        answer.1
+    );
+    let (code, body) = create("pipelines");
+    assert_eq!(code, 201, "opted in: {body}");
 }
 
 /// [`wait_until`], showing `context()` on timeout.
@@ -312,8 +391,26 @@ fn the_operator_as_its_service_account_reconciles_and_a_standby_takes_over() {
             "{kind}"
         );
     }
+    // Tolerant on GKE (the overlay's placement ConfigMap): spot or preemptible nodes, their
+    // toleration, and GKE's 15 s of its 30 s notice as the grace period.
+    let deployment = get("deployment", "bookings-enrich").unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let terms = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert_eq!(
+        terms[0]["matchExpressions"][0]["key"],
+        "cloud.google.com/gke-spot"
+    );
+    assert_eq!(
+        terms[1]["matchExpressions"][0]["key"],
+        "cloud.google.com/gke-preemptible"
+    );
+    assert_eq!(pod["tolerations"][0]["key"], "cloud.google.com/gke-spot");
+    assert_eq!(pod["terminationGracePeriodSeconds"], 15);
     let sp = get("streampipeline", "bookings-enrich").unwrap();
     eprintln!("status: {}", sp["status"]);
+    assert_eq!(sp["status"]["partitionsPerReplica"], 6);
     assert!(
         sp["status"]["conditions"]
             .as_array()
@@ -449,5 +546,254 @@ fn the_operator_as_its_service_account_reconciles_and_a_standby_takes_over() {
         },
     );
     let (code, log) = b.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// The in-place loop (`appliedBy: in-place`) on a cluster: the real operator as its
+/// ServiceAccount, on a control plane of its own, with two 4-CPU nodes each half taken by
+/// another team's pod, and a fake kubelet (`support/kubelet.rs`) that places pods, reports their
+/// usage and answers resizes as a kubelet does.
+/// - Load on 1-CPU pods: both resized in place (the kubelet reports the new CPU).
+/// - A spot node reclaimed (cordoned, its pod gone): its replacement cannot be placed, a replica
+///   is missing; the pod that runs is still resized. The node back: the replacement starts at
+///   the template's CPU (no rollout happened) and is resized to the loop's target.
+/// - A resize the namespace's tier quota refuses: `Degraded/ResizeRefused` and a warning.
+/// - A resize the nodes defer, with no replica step possible: after `DEFER_GRACE_S`, patched
+///   back to the CPU the pods have (no pod left with a pending resize for the VPA to evict) and
+///   held there.
+#[test]
+fn the_in_place_loop_resizes_patches_back_and_holds_through_a_reclaim_and_a_quota() {
+    let plane = installed_plane();
+    plane.kubectl(&["create", "namespace", "fillers"]);
+    let kubelet = Kubelet::start(
+        &plane,
+        &[("node-a", 4000), ("node-b", 4000)],
+        &["pipelines", "fillers"],
+    );
+    let fillers = plane.dir().join("fillers.json");
+    for name in ["filler-a", "filler-b"] {
+        std::fs::write(&fillers, restricted_pod(name, "fillers", "2").to_string()).unwrap();
+        plane.kubectl(&["create", "-f", fillers.to_str().unwrap()]);
+    }
+    let get = |args: &[&str]| {
+        let mut all = vec!["-n", "pipelines", "get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        json(&plane.kubectl(&all))
+    };
+    let fillers_placed = || {
+        json(&plane.kubectl(&["-n", "fillers", "get", "pods", "-o", "json"]))["items"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["status"]["phase"] == "Running"))
+    };
+    wait_until("the fillers run", Duration::from_secs(30), fillers_placed);
+
+    let mut sp: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root().join("deploy/examples/streampipeline.yaml")).unwrap(),
+    )
+    .unwrap();
+    sp["spec"]["resources"]["appliedBy"] = "in-place".into();
+    // Two replicas, always: no replica step can answer a deferral (the step is unit-tested).
+    sp["spec"]["replicas"] = serde_json::json!({"min": 2, "max": 2});
+    let file = plane.dir().join("in-place.json");
+    std::fs::write(&file, sp.to_string()).unwrap();
+    plane.kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    let (operator, probes) = operator(&plane, "sluice-vpa-in-place");
+    let log = operator.log.clone();
+    // (pod, spec CPU, the CPU the kubelet reports, node, phase) of each pipeline pod.
+    let pods = || -> Vec<(String, String, String, String, String)> {
+        get(&["pods", "-l", "app.kubernetes.io/instance=bookings-enrich"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                (
+                    s(&p["metadata"]["name"]),
+                    s(&p["spec"]["containers"][0]["resources"]["requests"]["cpu"]),
+                    s(&p["status"]["containerStatuses"][0]["resources"]["requests"]["cpu"]),
+                    s(&p["spec"]["nodeName"]),
+                    s(&p["status"]["phase"]),
+                )
+            })
+            .collect()
+    };
+    let status = || get(&["streampipeline", "bookings-enrich"])["status"].clone();
+    let show = |what: &str| {
+        format!(
+            "{what}\npods {:?}\nstatus {}\n--- operator ---\n{}",
+            pods(),
+            status(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    };
+    let all_at = |cpu: &str, n: usize| {
+        let p = pods();
+        p.len() == n
+            && p.iter()
+                .all(|(_, spec, have, _, _)| spec == cpu && have == cpu)
+    };
+
+    // 1. 1.5 CPUs used on 1-CPU pods: both resized to 1.7 in place.
+    kubelet.set_usage("bookings-enrich", 1500);
+    wait_until_or(
+        "both pods at 1.7 CPUs",
+        Duration::from_secs(150),
+        &|| show("not resized"),
+        || all_at("1700m", 2),
+    );
+
+    // 2. Node b reclaimed: cordoned, its pod gone. The replacement fits nowhere (node a has
+    //    0.3 CPUs left): a replica is missing, and the pod that runs is still resized (to 2).
+    kubelet.cordon("node-b", true);
+    let (lost, ..) = pods().into_iter().find(|p| p.3 == "node-b").unwrap();
+    kubelet.kill("pipelines", &lost);
+    kubelet.set_usage("bookings-enrich", 1800);
+    wait_until_or(
+        "the pod on node a resized to 2 CPUs with a replica missing",
+        Duration::from_secs(150),
+        &|| show("not resized while a replica was missing"),
+        || {
+            let p = pods();
+            p.iter()
+                .any(|(_, spec, have, node, _)| node == "node-a" && spec == "2" && have == "2")
+                && p.iter()
+                    .any(|(_, _, _, node, phase)| node.is_empty() && phase == "Pending")
+        },
+    );
+    assert_eq!(
+        status()["replicas"],
+        2,
+        "no replica step while one is missing"
+    );
+    // Node b back: the replacement starts at the template's CPU (1) and is resized to 2.
+    kubelet.cordon("node-b", false);
+    wait_until_or(
+        "the replacement resized to 2 CPUs",
+        Duration::from_secs(120),
+        &|| show("the replacement"),
+        || all_at("2", 2),
+    );
+    let template = get(&["deployment", "bookings-enrich"])["spec"]["template"]["spec"]["containers"]
+        [0]["resources"]["requests"]["cpu"]
+        .clone();
+    assert_eq!(
+        template, "1",
+        "no rollout happened: the template keeps its CPU"
+    );
+
+    // 3. The tier quota leaves 0.2 CPUs: the resize to 2.4 is refused by the API server.
+    let quota = |cpu: &str| {
+        plane.kubectl(&[
+            "-n",
+            "pipelines",
+            "patch",
+            "resourcequota",
+            "sluice-tolerant",
+            "--type",
+            "merge",
+            "-p",
+            &format!(r#"{{"spec": {{"hard": {{"requests.cpu": "{cpu}"}}}}}}"#),
+        ]);
+    };
+    quota("4200m");
+    kubelet.set_usage("bookings-enrich", 2100);
+    wait_until_or(
+        "Degraded/ResizeRefused",
+        Duration::from_secs(150),
+        &|| show("no refusal"),
+        || {
+            status()["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["type"] == "Degraded"
+                        && c["status"] == "True"
+                        && c["reason"] == "ResizeRefused"
+                })
+        },
+    );
+    let degraded = status()["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeded quota: sluice-tolerant"),
+        "{degraded}"
+    );
+    assert!(all_at("2", 2), "{:?}", pods());
+
+    // 4. Quota back, more load: the nodes have no CPU left, the resize to 2.6 is deferred; two
+    //    minutes later it is patched back to 2 CPUs and held, and no pod is left pending.
+    quota("400");
+    kubelet.set_usage("bookings-enrich", 2300);
+    let deferred_at = std::time::Instant::now();
+    wait_until_or(
+        "a deferred resize",
+        Duration::from_secs(150),
+        &|| show("never deferred"),
+        || pods().iter().any(|(_, spec, _, _, _)| spec == "2600m"),
+    );
+    wait_until_or(
+        "the deferred resizes patched back and held",
+        Duration::from_secs(240),
+        &|| show("not patched back"),
+        || {
+            let held = status()["policy"]["fast"]["held"]
+                .as_array()
+                .map_or(0, Vec::len);
+            held == 2 && all_at("2", 2)
+        },
+    );
+    eprintln!("patched back {:?} after the resize", deferred_at.elapsed());
+    // The kubelet sees the spec back at what the pods run: nothing is left pending.
+    let pending = || -> Vec<Value> {
+        get(&["pods"])["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|c| c["type"] == "PodResizePending" && c["status"] == "True")
+            .collect()
+    };
+    wait_until_or(
+        "no resize left pending",
+        Duration::from_secs(20),
+        &|| format!("{:?}", pending()),
+        || pending().is_empty(),
+    );
+    let events = plane.kubectl(&["-n", "pipelines", "get", "events", "-o", "json"]);
+    for reason in ["ResizeRefused", "ResizeDeferred"] {
+        assert!(
+            events.contains(&format!("\"reason\": \"{reason}\"")),
+            "no {reason} event"
+        );
+    }
+    let metrics = http_get(probes, "/metrics")
+        .map(|r| r.1)
+        .unwrap_or_default();
+    for line in [
+        "sluice_vpa_resizes_total{result=\"deferred\"} 2",
+        "sluice_vpa_resizes_total{result=\"refused\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+    let (code, log) = operator.stop();
     assert_eq!(code, Some(0), "{log}");
 }

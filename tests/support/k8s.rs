@@ -2,7 +2,7 @@
 //! kube-controller-manager on 127.0.0.1, built from the Go module proxy by `make deps` and
 //! started by `scripts/kube-control-plane.sh` under a [`watchdog`](crate::watchdog) that stops
 //! all three and deletes their storage when the test process ends. No scheduler and no kubelet
-//! run: a test binds pods and plays their kubelet through the API.
+//! run: [`crate::kubelet`] plays both through the API.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -140,6 +140,12 @@ impl ControlPlane {
         )
         .unwrap();
         path
+    }
+
+    /// The admin's bearer token (`system:masters`).
+    pub fn admin_token(&self) -> String {
+        let tokens = std::fs::read_to_string(self.dir.path().join("pki/tokens.csv")).unwrap();
+        tokens.split(',').next().unwrap_or_default().to_owned()
     }
 
     /// The directory with the logs.

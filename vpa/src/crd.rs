@@ -170,9 +170,12 @@ pub enum AppliedBy {
     Vpa,
     /// The operator, in its own rollouts, coordinated with replica steps (`updateMode: Off`).
     Operator,
-    /// The operator's fast loop resizes CPU in place (the pods' `resize` subresource, Kubernetes
-    /// 1.33+) from the last minutes of live usage and steps replicas from the same signal; the
-    /// VPA keeps memory (`InPlaceOrRecreate`, `controlledResources: [memory]`).
+    /// The operator's fast loop resizes CPU in place (the pods' `resize` subresource; refused
+    /// with `Degraded` before Kubernetes 1.35) from the last minutes of live usage and steps
+    /// replicas from the same signal; the VPA keeps memory (`InPlaceOrRecreate`,
+    /// `controlledResources: [memory]`). Not the default: under the constraints of a real
+    /// cluster it does not meet its capacity targets on every load shape (see
+    /// `deploy/capacity/README.md`).
     InPlace,
 }
 

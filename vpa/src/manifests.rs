@@ -1020,6 +1020,11 @@ mod tests {
             ..Placement::neutral()
         };
         assert_eq!(grace(&sp, &eks), (60_000, 70));
+        // AKS gives 30 s, but through a termination handler that polls and then drains: the
+        // overlay leaves it 10 s, so the pod's grace ends before the VM does.
+        let aks = overlay_placement("aks");
+        assert_eq!(aks.interruption_notice_s, Some(20));
+        assert_eq!(grace(&sp, &aks), (15_000, 20));
         // On-demand tiers are not interrupted that way.
         sp.spec.tier = Tier::Critical;
         assert_eq!(grace(&sp, &gke), (60_000, 70));

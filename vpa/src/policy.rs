@@ -316,8 +316,11 @@ pub fn decide(config: &PolicyConfig, inputs: &Inputs, state: State) -> Decision 
 /// the `in-place` strategy; the defaults are what the simulation was tuned to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FastLoop {
-    /// Minutes of per-pod usage the recommendation looks at (its highest value).
+    /// Minutes of per-pod usage whose median the recommendation follows.
     pub window_min: usize,
+    /// Minutes of per-pod usage whose highest value, over the limit's burst, the request always
+    /// carries (headroom for bursts shorter than a resize).
+    pub history_min: usize,
     /// Headroom over that peak.
     pub margin: f64,
     /// Minutes the recommendation must stay below 80% of the request before it shrinks.
@@ -338,6 +341,7 @@ impl Default for FastLoop {
     fn default() -> Self {
         FastLoop {
             window_min: 10,
+            history_min: 60,
             margin: 1.1,
             fall_after_min: 10,
             step_up_after_min: 1,
@@ -347,6 +351,16 @@ impl Default for FastLoop {
         }
     }
 }
+
+/// A deferred CPU resize is answered (patched back, and counted as load) once it has been
+/// pending this long: the kubelet may still apply it meanwhile; the VPA's updater evicts a pod
+/// whose resize has been deferred for 5 minutes (an infeasible one at once).
+pub const DEFER_GRACE_S: u64 = 120;
+/// A pod placed this recently whose resize is deferred was placed where its template's size
+/// fits, not the loop's: its node says nothing about load. It is held, not stepped for.
+pub const FRESH_S: u64 = 600;
+/// How long a pod patched back after a deferral is not asked to grow again.
+pub const HOLD_S: u64 = 600;
 
 /// What the fast loop remembers from one minute to the next (the operator keeps it in the
 /// pipeline's `status.policy.fast`, so a restarted or newly elected operator goes on from it).
@@ -381,6 +395,9 @@ pub struct FastInputs<'a> {
     pub limit: f64,
     /// The CPU usage of the fullest pod (the metrics API; cores).
     pub fullest_usage: f64,
+    /// Pods that run and report usage: fewer than `replicas` while one is missing (its
+    /// partitions are spread over the others).
+    pub running: u32,
     /// CPU a pod can grow into on its node (cores; the operator does not know it and passes
     /// infinity, then learns of a full node from `deferred`).
     pub node_free: f64,
@@ -416,16 +433,56 @@ pub fn fast_decide(f: &FastLoop, input: &FastInputs<'_>, state: &mut FastState) 
     let pods_of = |r: u32| f64::from(input.partitions.div_ceil(r.clamp(1, input.partitions)));
     let fullest = pods_of(input.replicas);
     // A pod at its limit is throttled and hides its demand: it asks for a lot more.
-    let used = input.fullest_usage;
-    state.window.push_back(if used >= input.limit * 0.98 {
+    let used = if input.fullest_usage >= input.limit * 0.98 {
         input.limit * 1.5
     } else {
-        used
-    });
-    if state.window.len() > f.window_min {
+        input.fullest_usage
+    };
+    // While a pod is missing the others carry its partitions: the window remembers the load
+    // as the full count of pods would carry it, and the pods that run are sized for what they
+    // carry now.
+    let carrying = pods_of(input.running.min(input.replicas)) / fullest;
+    state.window.push_back(used / carrying);
+    while state.window.len() > f.window_min.max(f.history_min) {
         state.window.pop_front();
     }
-    let peak = state.window.iter().copied().fold(0.0, f64::max);
+    // The level a pod must carry: the median of the last `window_min` minutes (a burst of a
+    // few minutes does not move it), at least the last `history_min`'s highest minute over the
+    // limit's burst (headroom held for bursts too short to follow), and at once a throttled
+    // pod's demand once it has lasted two minutes (a rise, not a burst).
+    let recent: Vec<f64> = {
+        let mut r: Vec<f64> = state
+            .window
+            .iter()
+            .rev()
+            .take(f.window_min)
+            .copied()
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r
+    };
+    let median = recent
+        .get((recent.len() * 7 / 10).min(recent.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0);
+    let burst = if input.request > 0.0 {
+        (input.limit / input.request).max(1.0)
+    } else {
+        1.0
+    };
+    let highest = state.window.iter().copied().fold(0.0, f64::max);
+    let throttled = |v: &f64| *v >= input.limit * 1.4;
+    let rising = state
+        .window
+        .iter()
+        .rev()
+        .take(2)
+        .filter(|v| throttled(v))
+        .count()
+        == 2;
+    let peak = median
+        .max(highest / burst)
+        .max(if rising { used / carrying } else { 0.0 });
     let wanted = ((peak * f.margin * 10.0).ceil() / 10.0).max(input.min_cpus);
     let now = input.now_min;
     state.steps.retain(|at| now < at + 1440);
@@ -439,8 +496,11 @@ pub fn fast_decide(f: &FastLoop, input: &FastInputs<'_>, state: &mut FastState) 
         .unwrap_or(0);
     // Replicas: up when the pods would have to outgrow maxAllowed (or the node) for a while,
     // down when the load has fitted one divisor fewer for long.
-    let too_big =
-        wanted > input.max_allowed || wanted - input.request > input.node_free || input.deferred;
+    // (A small pod its node cannot grow keeps its size and bursts to its limit: smaller pods
+    // would need the same CPU elsewhere. A step answers a deferral only for large pods.)
+    let large = wanted > input.max_allowed * f.up_fill;
+    let too_big = wanted > input.max_allowed
+        || (large && (wanted - input.request > input.node_free || input.deferred));
     state.high_for = if too_big { state.high_for + 1 } else { 0 };
     let fewer = step
         .checked_sub(1)
@@ -487,7 +547,7 @@ pub fn fast_decide(f: &FastLoop, input: &FastInputs<'_>, state: &mut FastState) 
         return FastAction::Hold;
     }
     // Requests: up at once (within the node's free CPU), down after a while.
-    let target = wanted.min(input.max_allowed);
+    let target = (((wanted * carrying) * 10.0).ceil() / 10.0).min(input.max_allowed);
     if target > input.request * 1.05 {
         state.low_for = 0;
         if target - input.request > input.node_free {
@@ -522,6 +582,7 @@ mod tests {
             request,
             limit: request * 2.0,
             fullest_usage: usage,
+            running: replicas,
             node_free: 1.2,
             min_cpus: 1.0,
             max_allowed: 4.0,
@@ -552,7 +613,9 @@ mod tests {
             first >= f.window_min,
             "falls only once the peak left the window: {actions:?}"
         );
-        assert_eq!(actions[first], FastAction::Resize(1.1));
+        // (To 1.4, not 1.1: the hour's highest minute, 2.5, over the limit's burst, x 1.1 is
+        // headroom held for a burst too short to follow.)
+        assert_eq!(actions[first], FastAction::Resize(1.4));
         // A rise of more than the node's free CPU is deferred (and counted by the caller)...
         let mut state = FastState {
             steps: vec![0, 20, 40, 60], // ...and with no step left today, stays deferred.
@@ -561,15 +624,22 @@ mod tests {
         let mut input = fast_input(&aligned, 4, 1.0, 2.5);
         input.now_min = 100;
         assert_eq!(fast_decide(&f, &input, &mut state), FastAction::Deferred);
-        // The operator does not know the node's free CPU: a node that deferred the resize says
-        // it, and the pods step to smaller ones (3 partitions each -> 2, at two thirds the size).
+        // The operator does not know the node's free CPU: a node that deferred the resize of a
+        // large pod says it, and the pods step to smaller ones (3 partitions each -> 2, at two
+        // thirds the size).
         let mut state = FastState::default();
-        let mut input = fast_input(&aligned, 4, 1.8, 1.5);
+        let mut input = fast_input(&aligned, 4, 3.0, 2.5);
         (input.node_free, input.resize_pending, input.deferred) = (f64::INFINITY, true, true);
         assert_eq!(
             fast_decide(&f, &input, &mut state),
-            FastAction::StepTo(6, 1.2)
+            FastAction::StepTo(6, 2.0)
         );
+        // A small pod (wanting at most `up_fill` of maxAllowed) keeps its size and bursts to
+        // its limit: smaller pods would need the same CPU on other nodes.
+        let mut state = FastState::default();
+        let mut input = fast_input(&aligned, 4, 1.8, 1.5);
+        (input.node_free, input.resize_pending, input.deferred) = (f64::INFINITY, true, true);
+        assert_eq!(fast_decide(&f, &input, &mut state), FastAction::Hold);
     }
 
     #[test]
