@@ -39,7 +39,20 @@ fi
 token=$(cut -d, -f1 "$pki/tokens.csv")
 
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT TERM INT
+# Stop all three; one that has not exited 10 s later (an API server whose etcd is gone can hang
+# in its graceful shutdown) is killed.
+stop() {
+  kill "${pids[@]}" 2>/dev/null
+  for _ in $(seq 50); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 1 ] || break
+    sleep 0.2
+  done
+  kill -9 "${pids[@]}" 2>/dev/null
+  wait
+}
+trap stop EXIT TERM INT
 "$BIN/etcd" --name test --data-dir "$DIR/etcd" \
   --listen-client-urls "http://127.0.0.1:$ETCD" --advertise-client-urls "http://127.0.0.1:$ETCD" \
   --listen-peer-urls "http://127.0.0.1:$((ETCD + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD + 1))" \

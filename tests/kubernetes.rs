@@ -550,43 +550,48 @@ fn the_operator_as_its_service_account_reconciles_and_a_standby_takes_over() {
 }
 
 /// The in-place loop (`appliedBy: in-place`) on a cluster: the real operator as its
-/// ServiceAccount, on a control plane of its own, with two 4-CPU nodes each half taken by
+/// ServiceAccount, on a control plane of its own, with two 6-CPU nodes each a third taken by
 /// another team's pod, and a fake kubelet (`support/kubelet.rs`) that places pods, reports their
-/// usage and answers resizes as a kubelet does.
+/// share of the pipeline's load and answers resizes as a kubelet does.
 /// - Load on 1-CPU pods: both resized in place (the kubelet reports the new CPU).
 /// - A spot node reclaimed (cordoned, its pod gone): its replacement cannot be placed, a replica
-///   is missing; the pod that runs is still resized. The node back: the replacement starts at
-///   the template's CPU (no rollout happened) and is resized to the loop's target.
+///   is missing, and the pod that runs carries all the partitions: it is resized for that, and
+///   no replica step is taken. The node back: the replacement starts at the template's CPU (no
+///   rollout happened) and is resized like the other.
 /// - A resize the namespace's tier quota refuses: `Degraded/ResizeRefused` and a warning.
-/// - A resize the nodes defer, with no replica step possible: after `DEFER_GRACE_S`, patched
-///   back to the CPU the pods have (no pod left with a pending resize for the VPA to evict) and
-///   held there.
+/// - A resize the nodes defer (other pods took the room), with no replica step possible: after
+///   `DEFER_GRACE_S`, patched back to the CPU the pods have (no pod left with a pending resize
+///   for the VPA to evict) and held there.
 #[test]
 fn the_in_place_loop_resizes_patches_back_and_holds_through_a_reclaim_and_a_quota() {
     let plane = installed_plane();
     plane.kubectl(&["create", "namespace", "fillers"]);
     let kubelet = Kubelet::start(
         &plane,
-        &[("node-a", 4000), ("node-b", 4000)],
+        &[("node-a", 6000), ("node-b", 6000)],
         &["pipelines", "fillers"],
     );
-    let fillers = plane.dir().join("fillers.json");
-    for name in ["filler-a", "filler-b"] {
-        std::fs::write(&fillers, restricted_pod(name, "fillers", "2").to_string()).unwrap();
-        plane.kubectl(&["create", "-f", fillers.to_str().unwrap()]);
-    }
+    let filler = |name: &str, cpu: &str| {
+        let file = plane.dir().join(format!("{name}.json"));
+        std::fs::write(&file, restricted_pod(name, "fillers", cpu).to_string()).unwrap();
+        plane.kubectl(&["create", "-f", file.to_str().unwrap()]);
+    };
+    let fillers_running = |n: usize| {
+        json(&plane.kubectl(&["-n", "fillers", "get", "pods", "-o", "json"]))["items"]
+            .as_array()
+            .is_some_and(|p| p.len() == n && p.iter().all(|p| p["status"]["phase"] == "Running"))
+    };
+    filler("filler-a", "2");
+    filler("filler-b", "2");
+    wait_until("the fillers run", Duration::from_secs(30), || {
+        fillers_running(2)
+    });
     let get = |args: &[&str]| {
         let mut all = vec!["-n", "pipelines", "get"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["-o", "json"]);
         json(&plane.kubectl(&all))
     };
-    let fillers_placed = || {
-        json(&plane.kubectl(&["-n", "fillers", "get", "pods", "-o", "json"]))["items"]
-            .as_array()
-            .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["status"]["phase"] == "Running"))
-    };
-    wait_until("the fillers run", Duration::from_secs(30), fillers_placed);
 
     let mut sp: Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root().join("deploy/examples/streampipeline.yaml")).unwrap(),
@@ -628,38 +633,46 @@ fn the_in_place_loop_resizes_patches_back_and_holds_through_a_reclaim_and_a_quot
             std::fs::read_to_string(&log).unwrap_or_default()
         )
     };
-    let all_at = |cpu: &str, n: usize| {
+    let millis = |q: &str| sluice_vpa::manifests::cpu_millis(q).unwrap_or(0);
+    // Every pod runs what its spec asks, all the same size: that size.
+    let settled = || {
         let p = pods();
-        p.len() == n
-            && p.iter()
-                .all(|(_, spec, have, _, _)| spec == cpu && have == cpu)
+        let sizes: Vec<u64> = p.iter().map(|(_, spec, _, _, _)| millis(spec)).collect();
+        let same = sizes.windows(2).all(|w| w[0] == w[1]);
+        let running = p.iter().all(|(_, spec, have, _, _)| spec == have);
+        (p.len() == 2 && running && same).then(|| sizes[0])
     };
+    let minutes = |n: u64| Duration::from_secs(60 * n);
 
-    // 1. 1.5 CPUs used on 1-CPU pods: both resized to 1.7 in place.
-    kubelet.set_usage("bookings-enrich", 1500);
+    // 1. 1.5 CPUs used on each 1-CPU pod: both resized to 1.7 in place.
+    kubelet.set_load("bookings-enrich", 3000);
     wait_until_or(
         "both pods at 1.7 CPUs",
-        Duration::from_secs(150),
+        minutes(3),
         &|| show("not resized"),
-        || all_at("1700m", 2),
+        || settled() == Some(1700),
     );
 
-    // 2. Node b reclaimed: cordoned, its pod gone. The replacement fits nowhere (node a has
-    //    0.3 CPUs left): a replica is missing, and the pod that runs is still resized (to 2).
+    // 2. Node b reclaimed: its pod gone, and no node takes the replacement: a replica is
+    //    missing, and the pod on node a carries the whole load (3 CPUs, within its 3.4 limit).
+    //    It is resized for that while the replica is missing, and nothing steps.
+    // (Both nodes cordoned, as while a spot pool is reclaimed: nowhere to place the
+    // replacement; a pod that runs can still grow in place.)
+    kubelet.cordon("node-a", true);
     kubelet.cordon("node-b", true);
     let (lost, ..) = pods().into_iter().find(|p| p.3 == "node-b").unwrap();
     kubelet.kill("pipelines", &lost);
-    kubelet.set_usage("bookings-enrich", 1800);
     wait_until_or(
-        "the pod on node a resized to 2 CPUs with a replica missing",
-        Duration::from_secs(150),
+        "the pod on node a resized with a replica missing",
+        minutes(4),
         &|| show("not resized while a replica was missing"),
         || {
             let p = pods();
-            p.iter()
-                .any(|(_, spec, have, node, _)| node == "node-a" && spec == "2" && have == "2")
-                && p.iter()
-                    .any(|(_, _, _, node, phase)| node.is_empty() && phase == "Pending")
+            p.iter().any(|(_, spec, have, node, _)| {
+                node == "node-a" && spec == have && millis(spec) > 1700
+            }) && p
+                .iter()
+                .any(|(_, _, _, node, phase)| node.is_empty() && phase == "Pending")
         },
     );
     assert_eq!(
@@ -667,14 +680,18 @@ fn the_in_place_loop_resizes_patches_back_and_holds_through_a_reclaim_and_a_quot
         2,
         "no replica step while one is missing"
     );
-    // Node b back: the replacement starts at the template's CPU (1) and is resized to 2.
+    // Node b back: the replacement starts at the template's CPU and is resized like the other.
+    kubelet.cordon("node-a", false);
     kubelet.cordon("node-b", false);
     wait_until_or(
-        "the replacement resized to 2 CPUs",
-        Duration::from_secs(120),
+        "the replacement resized",
+        minutes(3),
         &|| show("the replacement"),
-        || all_at("2", 2),
+        || settled().is_some_and(|m| m > 1000),
     );
+    // (The window remembers the load as two pods carry it, 1.5 CPUs each: the pod carrying
+    // both shares was sized 2 x 1.7, and the replacement joins it there.)
+    assert_eq!(settled(), Some(3400), "{:?}", pods());
     let template = get(&["deployment", "bookings-enrich"])["spec"]["template"]["spec"]["containers"]
         [0]["resources"]["requests"]["cpu"]
         .clone();
@@ -683,7 +700,9 @@ fn the_in_place_loop_resizes_patches_back_and_holds_through_a_reclaim_and_a_quot
         "no rollout happened: the template keeps its CPU"
     );
 
-    // 3. The tier quota leaves 0.2 CPUs: the resize to 2.4 is refused by the API server.
+    // 3. More load (3.3 CPUs a pod: a target of 3.7), and the tier quota leaves 0.2 CPUs: the
+    //    resize is refused by the API server.
+    let size = 3400;
     let quota = |cpu: &str| {
         plane.kubectl(&[
             "-n",
@@ -697,11 +716,11 @@ fn the_in_place_loop_resizes_patches_back_and_holds_through_a_reclaim_and_a_quot
             &format!(r#"{{"spec": {{"hard": {{"requests.cpu": "{cpu}"}}}}}}"#),
         ]);
     };
-    quota("4200m");
-    kubelet.set_usage("bookings-enrich", 2100);
+    quota(&format!("{}m", 2 * size + 200));
+    kubelet.set_load("bookings-enrich", 6600);
     wait_until_or(
         "Degraded/ResizeRefused",
-        Duration::from_secs(150),
+        minutes(5),
         &|| show("no refusal"),
         || {
             status()["conditions"]
@@ -729,31 +748,41 @@ fn the_in_place_loop_resizes_patches_back_and_holds_through_a_reclaim_and_a_quot
             .contains("exceeded quota: sluice-tolerant"),
         "{degraded}"
     );
-    assert!(all_at("2", 2), "{:?}", pods());
+    assert_eq!(settled(), Some(size), "{:?}", pods());
 
-    // 4. Quota back, more load: the nodes have no CPU left, the resize to 2.6 is deferred; two
-    //    minutes later it is patched back to 2 CPUs and held, and no pod is left pending.
+    // 4. The quota back, other pods take the nodes' room (0.1 CPU left on each), more load:
+    //    the resize is deferred; two minutes later it is patched back and the pods held.
     quota("400");
-    kubelet.set_usage("bookings-enrich", 2300);
+    for name in ["filler-c", "filler-d"] {
+        filler(name, &format!("{}m", 6000 - 2000 - size - 100));
+    }
+    wait_until("the new fillers run", Duration::from_secs(30), || {
+        fillers_running(4)
+    });
+    // 3.8 CPUs a pod: a target of 4 (maxAllowed), 0.6 more than the nodes have.
+    kubelet.set_load("bookings-enrich", 7600);
     let deferred_at = std::time::Instant::now();
     wait_until_or(
         "a deferred resize",
-        Duration::from_secs(150),
+        minutes(5),
         &|| show("never deferred"),
-        || pods().iter().any(|(_, spec, _, _, _)| spec == "2600m"),
+        || pods().iter().any(|(_, spec, have, _, _)| spec != have),
     );
     wait_until_or(
         "the deferred resizes patched back and held",
-        Duration::from_secs(240),
+        minutes(4),
         &|| show("not patched back"),
         || {
             let held = status()["policy"]["fast"]["held"]
                 .as_array()
                 .map_or(0, Vec::len);
-            held == 2 && all_at("2", 2)
+            held == 2 && settled() == Some(size)
         },
     );
-    eprintln!("patched back {:?} after the resize", deferred_at.elapsed());
+    eprintln!(
+        "patched back {:?} after the load rose",
+        deferred_at.elapsed()
+    );
     // The kubelet sees the spec back at what the pods run: nothing is left pending.
     let pending = || -> Vec<Value> {
         get(&["pods"])["items"]

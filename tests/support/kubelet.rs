@@ -12,7 +12,9 @@
 //!   the pod's `observedGeneration`; a deferred resize is retried every round;
 //! - removes pods being deleted (an eviction, a drain, a Deployment scaling down) at once;
 //! - publishes each running pod's CPU usage as a `PodMetrics` object (`metrics.k8s.io/v1beta1`,
-//!   served here by a CRD standing in for metrics-server, which reads kubelets).
+//!   served here by a CRD standing in for metrics-server, which reads kubelets): a load set per
+//!   pod name prefix, shared evenly by the running pods of a ReplicaSet (as a consumer group
+//!   spreads its partitions), capped by each pod's limit.
 //!
 //! Only CPU is accounted. Affinity, taints and memory are not: placement is not what is tested.
 
@@ -49,7 +51,7 @@ struct Shared {
     token: String,
     ca: std::path::PathBuf,
     namespaces: Vec<String>,
-    /// Usage (m) per pod name prefix: a pod uses what its longest matching prefix says.
+    /// Load (m) per pod name prefix, shared by the running pods that match it.
     usage: Mutex<BTreeMap<String, u64>>,
     stop: AtomicBool,
 }
@@ -111,9 +113,10 @@ impl Kubelet {
         }
     }
 
-    /// Pods whose name starts with `prefix` use `millis` of CPU from now on (their limit caps
-    /// it, as the CFS quota would).
-    pub fn set_usage(&self, prefix: &str, millis: u64) {
+    /// The pods whose name starts with `prefix` share `millis` of CPU from now on, evenly over
+    /// those running (as a consumer group spreads its partitions), each capped by its limit (as
+    /// the CFS quota would).
+    pub fn set_load(&self, prefix: &str, millis: u64) {
         self.shared
             .usage
             .lock()
@@ -159,6 +162,13 @@ fn cpu(resources: &Value, kind: &str) -> Option<u64> {
     resources[kind]["cpu"]
         .as_str()
         .and_then(sluice_vpa::manifests::cpu_millis)
+}
+
+/// Both pods come from the same ReplicaSet (their names differ only after the last `-`).
+fn common_prefix(pod: &Value, name: &str) -> bool {
+    let other = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let stem = |n: &str| n.rsplit_once('-').map(|(stem, _)| stem.to_owned());
+    stem(other).is_some() && stem(other) == stem(name)
 }
 
 /// The CPU (m) a pod's containers request in its spec.
@@ -331,7 +341,13 @@ impl Shared {
                 continue;
             }
             self.resize(pod, &path, allocatable(node), &mut used, node_name);
-            self.report_usage(pod, namespace, name);
+            let sharing = pods
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| common_prefix(p, name))
+                .count();
+            self.report_usage(pod, namespace, name, sharing.max(1) as u64);
         }
     }
 
@@ -457,10 +473,10 @@ impl Shared {
         }
     }
 
-    /// The pod's CPU usage as metrics-server reports it.
-    fn report_usage(&self, pod: &Value, namespace: &str, name: &str) {
+    /// The pod's CPU usage as metrics-server reports it: its share of the load of its prefix.
+    fn report_usage(&self, pod: &Value, namespace: &str, name: &str, sharing: u64) {
         let usage = self.usage.lock().unwrap();
-        let Some(wanted) = usage
+        let Some(load) = usage
             .iter()
             .filter(|(prefix, _)| name.starts_with(prefix.as_str()))
             .max_by_key(|(prefix, _)| prefix.len())
@@ -469,6 +485,7 @@ impl Shared {
             return;
         };
         drop(usage);
+        let wanted = load / sharing;
         let limit: u64 = containers(&pod["status"]["containerStatuses"])
             .filter_map(|c| cpu(&c["resources"], "limits"))
             .sum();

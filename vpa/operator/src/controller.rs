@@ -996,12 +996,9 @@ fn fast_plan(
                 request: cores(target),
                 // The smallest pod's limit: a pod held below the target (patched back after a
                 // deferral) is throttled at its own, and its usage says so only against it.
+                // (Pods that run: the kubelet reports their CPU; a pending one uses nothing.)
                 limit: cores(
-                    pods.iter()
-                        .filter_map(|p| p.actual.or(p.request))
-                        .min()
-                        .unwrap_or(target)
-                        * CPU_BURST,
+                    pods.iter().filter_map(|p| p.actual).min().unwrap_or(target) * CPU_BURST,
                 ),
                 fullest_usage: cores(fullest),
                 running: observed.running.unwrap_or(replicas),
