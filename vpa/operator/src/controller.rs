@@ -1094,6 +1094,8 @@ fn fast_plan(
                 .filter(|p| p.request != Some(target) && p.resize != ResizeState::InProgress)
                 // (Pending: answered above, or still up to the kubelet.)
                 .filter(|p| !p.cpu_pending() && !held(p))
+                // A pod not running yet (no CPU reported) is placed at the template's size.
+                .filter(|p| p.actual.is_some())
                 .map(|p| (p.name.clone(), target)),
         );
     }
@@ -1857,7 +1859,12 @@ mod tests {
             rolling: false,
             ..Rollout::default()
         };
-        let pods = [pod("p-0", 1000, ResizeState::Settled)];
+        // (Its replacement, not placed yet, is left at the template's size to be placed.)
+        let pending = PodView {
+            actual: None,
+            ..pod("p-1", 1000, ResizeState::Settled)
+        };
+        let pods = [pod("p-0", 1000, ResizeState::Settled), pending];
         let plan = run_fast(&sp, Some(&missing), Some(1500), &pods, NOW + 60);
         assert_eq!(plan.resizes, [("p-0".to_owned(), 1700)]);
         // Load beyond maxAllowed steps up; with a replica missing, it waits, and the pod that
