@@ -12,6 +12,9 @@ KAFKA := $(CACHE)/kafka-$(KAFKA_VERSION)/libs/.complete
 # The reference client built on Kafka's own Java client (tests/tools/java).
 JAVA_TOOL := tests/tools/java/target/kafka-tool-1.jar
 JAVA_TOOL_SRC := tests/tools/java/pom.xml $(wildcard tests/tools/java/src/main/java/dev/sluice/tool/*.java)
+# Kafka Streams as a measured peer (runtime/benches/streams), built by `make bench`.
+STREAMS_PEER := runtime/benches/streams/target/streams-peer-1.jar
+STREAMS_PEER_SRC := runtime/benches/streams/pom.xml $(wildcard runtime/benches/streams/src/main/java/dev/sluice/bench/*.java)
 PYTHON := $(CACHE)/venv/bin/python
 # The Kubernetes control plane of the operator's tests (kube-apiserver, kube-controller-manager,
 # etcd): built from the Go module proxy (tests/tools/controlplane pins k8s.io/kubernetes) once
@@ -135,15 +138,21 @@ lint:
 
 ## bench: the plugin-boundary benchmark (dlopen vs statically linked), the Kafka benchmark
 ## (sluice vs a raw rdkafka loop on an Apache Kafka broker), what an event costs (the same two on
-## librdkafka's mock cluster, CPU per event and latency) and the PostgreSQL sink vs psql COPY; see
+## librdkafka's mock cluster, CPU per event and latency), the PostgreSQL sink vs psql COPY and
+## sluice vs Kafka Streams on the same broker (runtime/benches/streams, built here); see
 ## BENCHMARKS.md.
-bench: deps
+bench: deps $(STREAMS_PEER)
 	$(CARGO) build --release -p passthrough -p sluice-cli
 	$(CARGO) bench -p sluice-runtime --bench abi
 	$(CARGO) bench -p sluice-runtime --bench kafka
 	$(CARGO) bench -p sluice-runtime --bench cost
 	$(CARGO) bench -p sluice-runtime --bench state
 	$(CARGO) bench -p sluice-runtime --bench postgres
+	$(CARGO) bench -p sluice-runtime --bench peers
+
+$(STREAMS_PEER): $(STREAMS_PEER_SRC) | java-maven
+	rm -rf runtime/benches/streams/target
+	mvn -q -B -f runtime/benches/streams/pom.xml package dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=target/libs
 
 ## fuzz: every fuzz target (fuzz/fuzz_targets/) for FUZZ_SECONDS each (default 120) with
 ## libFuzzer through cargo-fuzz (installed once into the cache). Needs a nightly toolchain
