@@ -1,6 +1,7 @@
-//! Sluice against Kafka Streams on the same broker (Apache Kafka, one KRaft node on 127.0.0.1),
+//! Sluice against Kafka Streams and a tuned raw rdkafka loop (`common::tuned_loop`: commits what
+//! delivery reports confirm, no stop-and-wait; the floor) on the same broker (Apache Kafka, one KRaft node on 127.0.0.1),
 //! with the same input, in one run: Kafka -> passthrough -> Kafka, at least once. Rounds
-//! alternate (Kafka Streams, Sluice), each with a fresh output topic and consumer group. A
+//! alternate (raw loop, Kafka Streams, Sluice), each with a fresh output topic and group. A
 //! round's rate and CPU time are measured over its steady state: from the moment a third of the
 //! input is in its output topic to the last record (start-up, group join and the JVM's warm-up
 //! left out); the CPU time is every thread's (for the JVM, its JIT compiler and garbage
@@ -20,7 +21,7 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{cpu_seconds, median, output_count, run_spec};
+use common::{cpu_seconds, median, output_count, run_spec, tuned_loop};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use sluice_tests::{Broker, plugin, root, write_spec};
@@ -93,7 +94,23 @@ fn stop(mut child: Child) -> f64 {
     rss
 }
 
+/// The tuned raw loop in a process of its own: this benchmark's binary, asked through the
+/// environment.
+fn raw(broker: &str, input: &str, output: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .env("PEERS_TUNED_LOOP", format!("{broker} {input} {output}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn main() {
+    if let Ok(args) = std::env::var("PEERS_TUNED_LOOP") {
+        let args: Vec<&str> = args.split(' ').collect();
+        tuned_loop(args[0], args[1], args[2], args[2]);
+        return;
+    }
     let peer = root().join("runtime/benches/streams");
     assert!(
         peer.join("target/classes/dev/sluice/bench/StreamsPeer.class")
@@ -113,7 +130,7 @@ fn main() {
     let sluice = plugin("passthrough").parent().unwrap().join("sluice");
     let dir = tempfile::tempdir().unwrap();
 
-    let names = ["Kafka Streams 4.1.1", "Sluice"];
+    let names = ["tuned raw loop", "Kafka Streams 4.1.1", "Sluice"];
     // Per peer, per round: events/s, CPU-s per M events, peak RSS (MB).
     let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); names.len()];
     for round in 0..ROUNDS {
@@ -121,6 +138,8 @@ fn main() {
             let out = format!("peers-{i}-{round}");
             broker.create_topic(&out, PARTITIONS as u32);
             let child = if i == 0 {
+                raw(&broker.addr, input, &out)
+            } else if i == 1 {
                 streams(&peer, &broker.addr, input, &out, &out)
             } else {
                 let spec = write_spec(
@@ -160,10 +179,17 @@ fn main() {
             med(i, |r| r.2)
         );
     }
+    let ratio = |a: usize, b: usize, f: fn(&(f64, f64, f64)) -> f64| med(a, f) / med(b, f);
     println!(
         "Sluice / Kafka Streams: throughput {:.2}x, events per CPU-second {:.2}x, peak RSS {:.2}x",
-        med(1, |r| r.0) / med(0, |r| r.0),
-        med(0, |r| r.1) / med(1, |r| r.1),
-        med(1, |r| r.2) / med(0, |r| r.2)
+        ratio(2, 1, |r| r.0),
+        ratio(1, 2, |r| r.1),
+        ratio(2, 1, |r| r.2)
+    );
+    println!(
+        "Sluice / tuned raw loop: throughput {:.2}x, CPU per event {:.2}x, peak RSS {:.2}x",
+        ratio(2, 0, |r| r.0),
+        ratio(2, 0, |r| r.1),
+        ratio(2, 0, |r| r.2)
     );
 }

@@ -187,3 +187,104 @@ pub fn run_spec(bin: &Path, spec: &Path) -> Child {
         .spawn()
         .unwrap()
 }
+
+/// What the tuned loop's producer context tracks per input partition: offsets sent and not yet
+/// delivered, and the next offset after the last one sent.
+type InFlight = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<i32, (std::collections::BTreeSet<i64>, i64)>>,
+>;
+
+/// Delivery reports of the tuned loop: a delivered record leaves the in-flight set of its input
+/// partition (its opaque is the input partition and offset).
+pub struct Delivered(InFlight);
+
+impl rdkafka::ClientContext for Delivered {}
+
+impl rdkafka::producer::ProducerContext for Delivered {
+    type DeliveryOpaque = Box<(i32, i64)>;
+
+    fn delivery(
+        &self,
+        result: &rdkafka::message::DeliveryResult<'_>,
+        opaque: Self::DeliveryOpaque,
+    ) {
+        if let Err((e, _)) = result {
+            panic!("tuned loop: a record was not delivered: {e}");
+        }
+        let (partition, offset) = *opaque;
+        if let Some((sent, _)) = self.0.lock().unwrap().get_mut(&partition) {
+            sent.remove(&offset);
+        }
+    }
+}
+
+/// The tuned raw loop, the floor a Kafka -> Kafka service cannot go below: poll, produce
+/// (idempotent, acks=all, default batching), and once a second commit, per input partition,
+/// what the delivery reports confirm (the lowest offset still in flight, or the next after the
+/// last sent): no flush, no stop-and-wait. Runs until killed.
+pub fn tuned_loop(broker: &str, input: &str, output: &str, group: &str) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()
+        .unwrap();
+    let in_flight: InFlight = Default::default();
+    let producer: ThreadedProducer<Delivered> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create_with_context(Delivered(in_flight.clone()))
+        .unwrap();
+    consumer.subscribe(&[input]).unwrap();
+    let mut last_commit = Instant::now();
+    loop {
+        if let Some(polled) = consumer.poll(Duration::from_millis(100)) {
+            let m = polled.unwrap();
+            let (partition, offset) = (m.partition(), m.offset());
+            {
+                let mut map = in_flight.lock().unwrap();
+                let entry = map.entry(partition).or_default();
+                entry.0.insert(offset);
+                entry.1 = offset + 1;
+            }
+            let mut record = BaseRecord::<[u8], [u8], Box<(i32, i64)>>::with_opaque_to(
+                output,
+                Box::new((partition, offset)),
+            );
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(p) = m.payload() {
+                record = record.payload(p);
+            }
+            while let Err((e, r)) = producer.send(record) {
+                assert!(
+                    matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ),
+                    "{e}"
+                );
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if last_commit.elapsed() >= Duration::from_secs(1) {
+            let mut tpl = TopicPartitionList::new();
+            for (partition, (sent, next)) in in_flight.lock().unwrap().iter() {
+                let at = sent.first().copied().unwrap_or(*next);
+                tpl.add_partition_offset(input, *partition, Offset::Offset(at))
+                    .unwrap();
+            }
+            if tpl.count() > 0 {
+                let _ = consumer.commit(&tpl, CommitMode::Async);
+            }
+            last_commit = Instant::now();
+        }
+    }
+}
