@@ -142,7 +142,7 @@ lint:
 ## sluice vs Kafka Streams on the same broker (runtime/benches/streams, built here); see
 ## BENCHMARKS.md.
 bench: deps $(STREAMS_PEER)
-	$(CARGO) build --release -p passthrough -p sluice-cli
+	$(CARGO) build --release -p passthrough -p filter-and-enrich -p sluice-cli
 	$(CARGO) bench -p sluice-runtime --bench abi
 	$(CARGO) bench -p sluice-runtime --bench kafka
 	$(CARGO) bench -p sluice-runtime --bench cost

@@ -1,20 +1,25 @@
-//! Sluice against Kafka Streams and a tuned raw rdkafka loop (`common::tuned_loop`: commits what
-//! delivery reports confirm, no stop-and-wait; the floor) on the same broker (Apache Kafka, one KRaft node on 127.0.0.1),
-//! with the same input, in one run: Kafka -> passthrough -> Kafka, at least once. Rounds
-//! alternate (raw loop, Kafka Streams, Sluice), each with a fresh output topic and group. A
-//! round's rate and CPU time are measured over its steady state: from the moment a third of the
-//! input is in its output topic to the last record (start-up, group join and the JVM's warm-up
-//! left out); the CPU time is every thread's (for the JVM, its JIT compiler and garbage
+//! Sluice against Kafka Streams on the same broker (Apache Kafka, one KRaft node on 127.0.0.1),
+//! with the same input, in one run, at least once, two jobs:
+//! - **passthrough** (Kafka -> Kafka, every record copied), with a tuned raw rdkafka loop as the
+//!   floor (`common::tuned_loop`: commits what delivery reports confirm, no stop-and-wait);
+//! - **filter-and-enrich** (the `filter-and-enrich` plugin with `min_fare: 5` and
+//!   `drop_statuses: [cancelled]`, and the same logic in Kafka Streams): JSON bookings in, the
+//!   kept ones enriched out.
+//!
+//! Rounds alternate between the peers, each with a fresh output topic and group. A round's rate
+//! (input events/s) and CPU time are measured over its steady state: from the moment a third of
+//! its output is in its output topic to the last record (start-up, group join and the JVM's
+//! warm-up left out); the CPU time is every thread's (for the JVM, its JIT compiler and garbage
 //! collector too). Peak RSS is the process's `VmHWM` at the end of the round. The report gives
 //! medians and Sluice's ratios.
 //!
-//! Kafka Streams is `benches/streams` (a Maven project, built by `make bench`): its
-//! `passthrough` copies each record with byte-array serdes, two stream threads (Sluice runs two
-//! workers on this 2-core machine), `acks=all` and idempotence like Sluice's outputs.
+//! Kafka Streams is `benches/streams` (a Maven project, built by `make bench`): byte-array
+//! serdes, two stream threads (Sluice runs two workers on this 2-core machine), `acks=all` and
+//! idempotence like Sluice's outputs; filter-and-enrich parses and writes JSON with Jackson.
 //!
 //! Run: `make bench` (or build the peer with
 //! `mvn -q -f runtime/benches/streams/pom.xml package dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=target/libs`,
-//! then `cargo build --release -p passthrough -p sluice-cli && cargo bench -p sluice-runtime --bench peers`).
+//! then `cargo build --release -p passthrough -p filter-and-enrich -p sluice-cli && cargo bench -p sluice-runtime --bench peers`).
 
 mod common;
 
@@ -24,7 +29,7 @@ use std::process::{Child, Command, Stdio};
 use common::{cpu_seconds, median, output_count, run_spec, tuned_loop};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
-use sluice_tests::{Broker, plugin, root, write_spec};
+use sluice_tests::{Broker, kafka_tool, plugin, root, write_spec};
 
 const EVENTS: usize = 600_000;
 const PARTITIONS: i32 = 12;
@@ -40,19 +45,21 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// Waits until `topic` holds every event; the rate (events/s) and the CPU seconds `pid` spent
-/// per million events from the moment it held a third of them.
-fn steady(consumer: &BaseConsumer, topic: &str, pid: u32) -> (f64, f64) {
+/// Waits until `topic` holds the `expected` records the job's `EVENTS` input events give; the
+/// rate (input events/s) and the CPU seconds `pid` spent per million input events from the
+/// moment it held a third of them.
+fn steady(consumer: &BaseConsumer, topic: &str, pid: u32, expected: usize) -> (f64, f64) {
+    let per_output = EVENTS as f64 / expected as f64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     let mut from: Option<(std::time::Instant, i64, f64)> = None;
     loop {
         let n = output_count(consumer, topic, PARTITIONS);
-        if n >= (EVENTS / 3) as i64 && from.is_none() {
+        if n >= (expected / 3) as i64 && from.is_none() {
             from = Some((std::time::Instant::now(), n, cpu_seconds(pid)));
         }
-        if n >= EVENTS as i64 {
+        if n >= expected as i64 {
             let (at, n0, cpu0) = from.unwrap();
-            let events = (n - n0).max(1) as f64;
+            let events = (n - n0).max(1) as f64 * per_output;
             return (
                 events / at.elapsed().as_secs_f64(),
                 (cpu_seconds(pid) - cpu0) / (events / 1e6),
@@ -60,23 +67,18 @@ fn steady(consumer: &BaseConsumer, topic: &str, pid: u32) -> (f64, f64) {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{topic}: only {n} of {EVENTS} records after 600 s"
+            "{topic}: only {n} of {expected} records after 600 s"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
-/// Kafka Streams' passthrough on `input` -> `output`.
-fn streams(dir: &Path, broker: &str, input: &str, output: &str, app: &str) -> Child {
+/// Kafka Streams' `job` on `input` -> `output`.
+fn streams(dir: &Path, job: &str, broker: &str, input: &str, output: &str) -> Child {
     let classpath = format!("{0}/target/classes:{0}/target/libs/*", dir.display());
     Command::new("java")
-        .args([
-            "-cp",
-            &classpath,
-            "dev.sluice.bench.StreamsPeer",
-            "passthrough",
-        ])
-        .args([broker, input, output, app, "2"])
+        .args(["-cp", &classpath, "dev.sluice.bench.StreamsPeer", job])
+        .args([broker, input, output, output, "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -119,52 +121,126 @@ fn main() {
         peer.display()
     );
     let broker = Broker::start();
-    let input = "peers-in";
-    broker.create_topic(input, PARTITIONS as u32);
-    // JSON events of about 200 bytes (the value) with 1,000 keys.
-    broker.produce(input, EVENTS, 0, &["--keys", "1000", "--size", "150"]);
     let watcher: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)
         .create()
         .unwrap();
-    let sluice = plugin("passthrough").parent().unwrap().join("sluice");
     let dir = tempfile::tempdir().unwrap();
-
-    let names = ["tuned raw loop", "Kafka Streams 4.1.1", "Sluice"];
-    // Per peer, per round: events/s, CPU-s per M events, peak RSS (MB).
-    let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); names.len()];
-    for round in 0..ROUNDS {
-        for (i, name) in names.iter().enumerate() {
-            let out = format!("peers-{i}-{round}");
-            broker.create_topic(&out, PARTITIONS as u32);
-            let child = if i == 0 {
-                raw(&broker.addr, input, &out)
-            } else if i == 1 {
-                streams(&peer, &broker.addr, input, &out, &out)
-            } else {
-                let spec = write_spec(
-                    dir.path(),
-                    &format!(
-                        "name: bench\nadmin:\n  listen: 127.0.0.1:0\nplugin:\n  path: {}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{input}]\n    group-id: {out}\noutputs:\n  out:\n    kafka: {{topic: {out}}}\n",
-                        plugin("passthrough").display(),
-                        broker.addr
-                    ),
+    let sluice = plugin("passthrough").parent().unwrap().join("sluice");
+    // passthrough: JSON events of about 200 bytes (the value) with 1,000 keys.
+    broker.create_topic("peers-in", PARTITIONS as u32);
+    broker.produce("peers-in", EVENTS, 0, &["--keys", "1000", "--size", "150"]);
+    // filter-and-enrich: bookings of about 130 bytes, a tenth cancelled and some below the
+    // minimum fare (dropped).
+    let (bookings, kept) = bookings(dir.path());
+    broker.create_topic("bookings", PARTITIONS as u32);
+    kafka_tool(&[
+        "produce-file",
+        "--broker",
+        &broker.addr,
+        "--topic",
+        "bookings",
+        "--file",
+        bookings.to_str().unwrap(),
+        "--key-field",
+        "booking_id",
+    ]);
+    let jobs = [
+        (
+            "passthrough",
+            "peers-in",
+            EVENTS,
+            "plugin:\n  path: PASSTHROUGH\n",
+        ),
+        (
+            "filter-and-enrich",
+            "bookings",
+            kept,
+            "plugin:\n  path: FILTER\n  config: {min_fare: 5, drop_statuses: [cancelled]}\n",
+        ),
+    ];
+    for (job, input, expected, plugin_spec) in jobs {
+        let plugin_spec = plugin_spec
+            .replace("PASSTHROUGH", &plugin("passthrough").display().to_string())
+            .replace("FILTER", &plugin("filter-and-enrich").display().to_string());
+        // The raw loop is the floor of the passthrough only.
+        let names: &[&str] = if job == "passthrough" {
+            &["tuned raw loop", "Kafka Streams 4.1.1", "Sluice"]
+        } else {
+            &["Kafka Streams 4.1.1", "Sluice"]
+        };
+        // Per peer, per round: input events/s, CPU-s per M input events, peak RSS (MB).
+        let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); names.len()];
+        for round in 0..ROUNDS {
+            for (i, name) in names.iter().enumerate() {
+                let out = format!("peers-{job}-{i}-{round}");
+                broker.create_topic(&out, PARTITIONS as u32);
+                let child = match *name {
+                    "tuned raw loop" => raw(&broker.addr, input, &out),
+                    "Sluice" => {
+                        let spec = write_spec(
+                            dir.path(),
+                            &format!(
+                                "name: bench\nadmin:\n  listen: 127.0.0.1:0\n{plugin_spec}source:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{input}]\n    group-id: {out}\noutputs:\n  {}\n",
+                                broker.addr,
+                                if job == "passthrough" {
+                                    format!("out:\n    kafka: {{topic: {out}}}")
+                                } else {
+                                    format!(
+                                        "enriched:\n    kafka: {{topic: {out}}}\n  filtered:\n    kafka: {{topic: {out}-filtered}}"
+                                    )
+                                }
+                            ),
+                        );
+                        run_spec(&sluice, &spec)
+                    }
+                    _ => streams(&peer, job, &broker.addr, input, &out),
+                };
+                let (rate, cpu) = steady(&watcher, &out, child.id(), expected);
+                let rss = stop(child);
+                println!(
+                    "{job} round {round}: {name}: {rate:.0} ev/s, {cpu:.2} CPU-s per M events, peak RSS {rss:.0} MB"
                 );
-                run_spec(&sluice, &spec)
-            };
-            let (rate, cpu) = steady(&watcher, &out, child.id());
-            let rss = stop(child);
-            println!(
-                "round {round}: {name}: {rate:.0} ev/s, {cpu:.2} CPU-s per M events, peak RSS {rss:.0} MB"
-            );
-            results[i].push((rate, cpu, rss));
+                results[i].push((rate, cpu, rss));
+            }
         }
+        report(job, expected, names, &results);
     }
+}
+
+/// `EVENTS` bookings in a JSONL file; how many `filter-and-enrich` keeps.
+fn bookings(dir: &Path) -> (std::path::PathBuf, usize) {
+    use std::io::Write;
+    let path = dir.join("bookings.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut kept = 0;
+    for i in 0..EVENTS {
+        let city = ["SG", "JKT", "MNL", "BKK"][i % 4];
+        let status = if i % 10 == 0 {
+            "cancelled"
+        } else {
+            "completed"
+        };
+        let fare = (i * 7 % 600) as f64 / 10.0;
+        let km = (i * 13 % 400) as f64 / 10.0;
+        writeln!(
+            file,
+            r#"{{"booking_id":"b-{i}","city":"{city}","status":"{status}","fare":{fare:.1},"distance_km":{km:.1},"pickup_ts":{}}}"#,
+            1_763_798_400_000u64 + i as u64 * 1000
+        )
+        .unwrap();
+        kept += usize::from(status != "cancelled" && fare >= 5.0);
+    }
+    (path, kept)
+}
+
+/// One job's table: medians, and Sluice's ratios.
+fn report(job: &str, expected: usize, names: &[&str], results: &[Vec<(f64, f64, f64)>]) {
     let med = |i: usize, f: fn(&(f64, f64, f64)) -> f64| {
         median(&results[i].iter().map(f).collect::<Vec<_>>())
     };
     println!(
-        "Kafka -> passthrough -> Kafka, at least once, {EVENTS} events of ~200 B, {PARTITIONS} partitions, steady state (the last two thirds), median of {ROUNDS}"
+        "Kafka -> {job} -> Kafka, at least once, {EVENTS} events in ({expected} out), {PARTITIONS} partitions, steady state (the last two thirds), median of {ROUNDS}"
     );
     println!(
         "{:>20} {:>12} {:>16} {:>14} {:>10}",
@@ -179,17 +255,21 @@ fn main() {
             med(i, |r| r.2)
         );
     }
+    let at = |name: &str| names.iter().position(|n| *n == name).unwrap();
     let ratio = |a: usize, b: usize, f: fn(&(f64, f64, f64)) -> f64| med(a, f) / med(b, f);
+    let (sluice, streams) = (at("Sluice"), at("Kafka Streams 4.1.1"));
     println!(
         "Sluice / Kafka Streams: throughput {:.2}x, events per CPU-second {:.2}x, peak RSS {:.2}x",
-        ratio(2, 1, |r| r.0),
-        ratio(1, 2, |r| r.1),
-        ratio(2, 1, |r| r.2)
+        ratio(sluice, streams, |r| r.0),
+        ratio(streams, sluice, |r| r.1),
+        ratio(sluice, streams, |r| r.2)
     );
-    println!(
-        "Sluice / tuned raw loop: throughput {:.2}x, CPU per event {:.2}x, peak RSS {:.2}x",
-        ratio(2, 0, |r| r.0),
-        ratio(2, 0, |r| r.1),
-        ratio(2, 0, |r| r.2)
-    );
+    if let Some(raw) = names.iter().position(|n| *n == "tuned raw loop") {
+        println!(
+            "Sluice / tuned raw loop: throughput {:.2}x, CPU per event {:.2}x, peak RSS {:.2}x",
+            ratio(sluice, raw, |r| r.0),
+            ratio(sluice, raw, |r| r.1),
+            ratio(sluice, raw, |r| r.2)
+        );
+    }
 }

@@ -68,7 +68,13 @@ def produce_file(args):
             if args.key_field:
                 key = str(json.loads(line).get(args.key_field, "")) or None
             headers = [("line", str(count).encode())] if args.headers else None
-            p.produce(args.topic, key=key, value=line, headers=headers)
+            while True:
+                try:
+                    p.produce(args.topic, key=key, value=line, headers=headers)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    p.poll(0.05)
+            p.poll(0)
             count += 1
     if p.flush(60):
         sys.exit("produce-file: not all records were delivered")

@@ -121,10 +121,15 @@ impl Pipeline for FilterAndEnrich {
     }
 
     fn process_event(&mut self, event: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
-        let mut doc: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(event.payload())?;
-        let booking: Booking = serde_json::from_value(serde_json::Value::Object(doc.clone()))
+        // One parse: the booking's fields are read from the document itself (no copy), which is
+        // then enriched and written.
+        let value: serde_json::Value = serde_json::from_slice(event.payload())?;
+        let booking = Booking::deserialize(&value)
             .map_err(|e| EventError::invalid(format!("not a booking: {e}")))?;
+        // (serde also reads a struct from a JSON array: a booking must be an object.)
+        let serde_json::Value::Object(mut doc) = value else {
+            return Err(EventError::invalid("not a booking: expected a JSON object"));
+        };
         if !booking.fare.is_finite()
             || booking.fare < 0.0
             || !booking.distance_km.is_finite()
@@ -241,6 +246,8 @@ mod tests {
                 TestEvent::json(&json!({"booking_id": "b9"})),
                 booking("b1", "SG", "completed", -1.0, 1.0),
                 booking("b2", "SG", "completed", 12.0, 0.0),
+                // A booking's fields in an array: not an object.
+                TestEvent::json(&json!(["b3", "SG", "completed", 12.0, 3.0, null])),
             ])
             .unwrap();
         let indexes: Vec<_> = out.errors.iter().map(|e| (e.index, e.kind)).collect();
@@ -249,8 +256,14 @@ mod tests {
             [
                 (0, EventErrorKind::InvalidInput),
                 (1, EventErrorKind::InvalidInput),
-                (2, EventErrorKind::InvalidInput)
+                (2, EventErrorKind::InvalidInput),
+                (4, EventErrorKind::InvalidInput)
             ]
+        );
+        assert!(
+            out.errors[3].message.contains("expected a JSON object"),
+            "{:?}",
+            out.errors[3]
         );
         assert!(
             out.errors[1].message.contains("missing field"),

@@ -1,28 +1,79 @@
 package dev.sluice.bench;
 
+import java.nio.charset.StandardCharsets;
+import java.util.List;
 import java.util.Properties;
+import java.util.Set;
 import java.util.concurrent.CountDownLatch;
 
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.streams.KafkaStreams;
+import org.apache.kafka.streams.KeyValue;
 import org.apache.kafka.streams.StreamsBuilder;
 import org.apache.kafka.streams.StreamsConfig;
 
 /**
- * Kafka Streams doing what the benchmark's Sluice pipeline does, for the peers benchmark:
- * {@code passthrough} copies each record (key and value as bytes) from the input topic to the
- * output topic, at least once, committing every {@code commit.interval.ms}.
+ * Kafka Streams doing what the benchmark's Sluice pipelines do, for the peers benchmark, at least
+ * once, committing every {@code commit.interval.ms}:
  *
- * <p>Usage: {@code StreamsPeer passthrough BOOTSTRAP INPUT OUTPUT APPLICATION_ID THREADS}. It
- * runs until killed (SIGTERM closes it cleanly).
+ * <ul>
+ *   <li>{@code passthrough} copies each record (key and value as bytes);
+ *   <li>{@code filter-and-enrich} is the {@code filter-and-enrich} plugin with {@code min_fare: 5}
+ *       and {@code drop_statuses: [cancelled]}: JSON bookings in; dropped ones gone; kept ones
+ *       gain {@code fare_per_km}, {@code fare_band}, {@code long_trip} and {@code
+ *       pickup_hour_utc}, keyed by {@code booking_id}. A record that is not a booking is skipped.
+ * </ul>
+ *
+ * <p>Usage: {@code StreamsPeer JOB BOOTSTRAP INPUT OUTPUT APPLICATION_ID THREADS}. It runs until
+ * killed (SIGTERM closes it cleanly).
  */
 public final class StreamsPeer {
+    private static final ObjectMapper JSON = new ObjectMapper();
+    private static final double MIN_FARE = 5.0;
+    private static final Set<String> DROP_STATUSES = Set.of("cancelled");
+    private static final double[] FARE_BANDS = {10.0, 30.0};
+    private static final double LONG_TRIP_KM = 20.0;
+
     private StreamsPeer() {}
 
+    /** The kept booking, enriched, keyed by its id; empty when it is dropped or no booking. */
+    static List<KeyValue<byte[], byte[]>> filterAndEnrich(byte[] value) {
+        try {
+            JsonNode node = JSON.readTree(value);
+            if (!(node instanceof ObjectNode doc)) {
+                return List.of();
+            }
+            String id = doc.get("booking_id").asText();
+            String status = doc.get("status").asText();
+            double fare = doc.get("fare").asDouble();
+            double km = doc.get("distance_km").asDouble();
+            if (!Double.isFinite(fare) || fare < 0 || !Double.isFinite(km) || km < 0) {
+                return List.of();
+            }
+            if (DROP_STATUSES.contains(status) || fare < MIN_FARE) {
+                return List.of();
+            }
+            double perKm = km > 0 ? Math.round(fare / km * 100.0) / 100.0 : 0.0;
+            doc.put("fare_per_km", perKm);
+            doc.put("fare_band", fare < FARE_BANDS[0] ? "low" : fare < FARE_BANDS[1] ? "mid" : "high");
+            doc.put("long_trip", km >= LONG_TRIP_KM);
+            JsonNode ts = doc.get("pickup_ts");
+            if (ts != null && ts.canConvertToLong()) {
+                doc.put("pickup_hour_utc", (ts.asLong() / 3_600_000L) % 24);
+            }
+            return List.of(KeyValue.pair(id.getBytes(StandardCharsets.UTF_8), JSON.writeValueAsBytes(doc)));
+        } catch (Exception e) {
+            return List.of();
+        }
+    }
+
     public static void main(String[] args) throws InterruptedException {
-        if (args.length != 6 || !args[0].equals("passthrough")) {
+        if (args.length != 6 || !Set.of("passthrough", "filter-and-enrich").contains(args[0])) {
             System.err.println(
-                    "usage: StreamsPeer passthrough BOOTSTRAP INPUT OUTPUT APPLICATION_ID THREADS");
+                    "usage: StreamsPeer passthrough|filter-and-enrich BOOTSTRAP INPUT OUTPUT APPLICATION_ID THREADS");
             System.exit(2);
         }
         Properties props = new Properties();
@@ -38,7 +89,13 @@ public final class StreamsPeer {
         props.put(StreamsConfig.producerPrefix("enable.idempotence"), "true");
 
         StreamsBuilder builder = new StreamsBuilder();
-        builder.<byte[], byte[]>stream(args[2]).to(args[3]);
+        if (args[0].equals("passthrough")) {
+            builder.<byte[], byte[]>stream(args[2]).to(args[3]);
+        } else {
+            builder.<byte[], byte[]>stream(args[2])
+                    .flatMap((key, value) -> filterAndEnrich(value))
+                    .to(args[3]);
+        }
         KafkaStreams streams = new KafkaStreams(builder.build(), props);
         CountDownLatch done = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
