@@ -1,7 +1,7 @@
 //! The plugin ABI end to end: real libraries opened with dlopen, the real `sluice` binary, real
 //! files. Covers every refusal the host makes, panic containment, a plugin written in C, every
 //! example spec in the repository, `sluice plugin new`, and the Kubernetes side's binaries
-//! (`sluice render`, `sluice capacity`, the `sluice-vpa` operator against a stand-in API server).
+//! (`sluice render`, `sluice capacity`; the `sluice-vpa` operator is in `kubernetes.rs`, on a real API server).
 
 use std::path::Path;
 

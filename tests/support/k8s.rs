@@ -106,19 +106,16 @@ impl ControlPlane {
         content_type: &str,
         body: &str,
     ) -> (u16, String) {
-        let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "-X", method])
-            .arg("--cacert")
-            .arg(self.dir.path().join("pki/ca.crt"))
-            .args(["-H", &format!("Authorization: Bearer {token}")])
-            .args(["-H", &format!("Content-Type: {content_type}")])
-            .args(["--data-binary", body])
-            .arg(format!("{}{path}", self.server))
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        self.client(token).request(method, path, content_type, body)
+    }
+
+    /// A client of the API server holding `token`.
+    pub fn client(&self, token: &str) -> ApiClient {
+        ApiClient {
+            server: self.server.clone(),
+            ca: self.dir.path().join("pki/ca.crt"),
+            token: token.to_owned(),
+        }
     }
 
     /// A kubeconfig for ServiceAccount `name` in `namespace` (a token from the TokenRequest
@@ -151,6 +148,43 @@ impl ControlPlane {
     /// The directory with the logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Requests to a control plane's API server with a bearer token, through curl.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    server: String,
+    ca: PathBuf,
+    token: String,
+}
+
+impl ApiClient {
+    /// One request: the status code and the body (none sent when `body` is empty).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let mut command = Command::new("curl");
+        command
+            .args(["-s", "-w", "\n%{http_code}", "-X", method])
+            .arg("--cacert")
+            .arg(&self.ca)
+            .args(["-H", &format!("Authorization: Bearer {}", self.token)])
+            .args(["-H", &format!("Content-Type: {content_type}")]);
+        if !body.is_empty() {
+            command.args(["--data-binary", body]);
+        }
+        let out = command
+            .arg(format!("{}{path}", self.server))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::k8s::ControlPlane;
+use crate::k8s::{ApiClient, ControlPlane};
 
 /// The `PodMetrics` CRD: `metrics.k8s.io/v1beta1` `pods`, as metrics-server serves them.
 const POD_METRICS_CRD: &str = r#"{
@@ -47,9 +47,7 @@ pub struct Kubelet {
 
 #[derive(Debug)]
 struct Shared {
-    server: String,
-    token: String,
-    ca: std::path::PathBuf,
+    api: ApiClient,
     namespaces: Vec<String>,
     /// Load (m) per pod name prefix, shared by the running pods that match it.
     usage: Mutex<BTreeMap<String, u64>>,
@@ -61,9 +59,7 @@ impl Kubelet {
     /// pods of `namespaces`.
     pub fn start(plane: &ControlPlane, nodes: &[(&str, u64)], namespaces: &[&str]) -> Kubelet {
         let shared = Arc::new(Shared {
-            server: plane.server.clone(),
-            token: plane.admin_token(),
-            ca: plane.dir().join("pki/ca.crt"),
+            api: plane.client(&plane.admin_token()),
             namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
             usage: Mutex::new(BTreeMap::new()),
             stop: AtomicBool::new(false),
@@ -229,23 +225,7 @@ impl Shared {
     }
 
     fn send(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
-        let mut command = std::process::Command::new("curl");
-        command
-            .args(["-s", "-w", "\n%{http_code}", "-X", method])
-            .arg("--cacert")
-            .arg(&self.ca)
-            .args(["-H", &format!("Authorization: Bearer {}", self.token)])
-            .args(["-H", &format!("Content-Type: {content_type}")]);
-        if !body.is_empty() {
-            command.args(["--data-binary", body]);
-        }
-        let out = command
-            .arg(format!("{}{path}", self.server))
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        self.api.request(method, path, content_type, body)
     }
 
     fn get(&self, path: &str) -> Option<Value> {

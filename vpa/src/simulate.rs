@@ -816,6 +816,20 @@ struct Pod {
     gone_until: Option<usize>,
 }
 
+impl Pod {
+    /// A pod placed at minute `t` with `cpu`, on a node leaving it `room`.
+    fn placed(cpu: f64, room: f64, t: usize) -> Pod {
+        Pod {
+            cpu,
+            room,
+            placed: t,
+            resize: None,
+            held: None,
+            gone_until: None,
+        }
+    }
+}
+
 /// The in-place strategy as the operator runs it on a cluster (`policy::fast_decide`, tuned by
 /// [`FastLoop`], wrapped in the controller's rules), under what a cluster does to it:
 /// - The loop does not know its nodes' free CPU. Each pod, at each placement, has a random room
@@ -848,14 +862,7 @@ pub fn inplace(trace: &Trace, s: &Scenario, from: usize, f: &FastLoop) -> Run {
     let mut high_water = (floor, 0usize);
     let start = aligned.first().copied().unwrap_or(s.partitions);
     let mut pods: Vec<Pod> = (0..start)
-        .map(|_| Pod {
-            cpu: floor,
-            room: room(&mut rng),
-            placed: 0,
-            resize: None,
-            held: None,
-            gone_until: None,
-        })
+        .map(|_| Pod::placed(floor, room(&mut rng), 0))
         .collect();
     let mut state = FastState::default();
     let mut minutes = Vec::with_capacity(trace.cores.len());
@@ -868,14 +875,7 @@ pub fn inplace(trace: &Trace, s: &Scenario, from: usize, f: &FastLoop) -> Run {
         if t == next_rollout {
             template = high_water.0.max(target);
             for pod in &mut pods {
-                *pod = Pod {
-                    cpu: template,
-                    room: room(&mut rng),
-                    placed: t,
-                    resize: None,
-                    held: None,
-                    gone_until: None,
-                };
+                *pod = Pod::placed(template, room(&mut rng), t);
             }
             moved = 1.0;
             next_rollout = t + rollout_every;
@@ -883,14 +883,7 @@ pub fn inplace(trace: &Trace, s: &Scenario, from: usize, f: &FastLoop) -> Run {
         for pod in &mut pods {
             // Replacements start; reclaims take pods.
             if pod.gone_until.is_some_and(|until| until <= t) {
-                *pod = Pod {
-                    cpu: template,
-                    room: room(&mut rng),
-                    placed: t,
-                    resize: None,
-                    held: None,
-                    gone_until: None,
-                };
+                *pod = Pod::placed(template, room(&mut rng), t);
             } else if pod.gone_until.is_none() && rng.next() < per_minute {
                 pod.gone_until = Some(t + s.replace_min);
                 pod.resize = None;
@@ -992,12 +985,8 @@ pub fn inplace(trace: &Trace, s: &Scenario, from: usize, f: &FastLoop) -> Run {
                 } else {
                     while pods.len() < to {
                         pods.push(Pod {
-                            cpu: template,
-                            room: 0.0,
-                            placed: t,
-                            resize: None,
-                            held: None,
                             gone_until: Some(t + s.replace_min),
+                            ..Pod::placed(template, 0.0, t)
                         });
                     }
                 }

@@ -13,12 +13,13 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 /// Sends `record`, waiting while the producer's queue is full.
-pub fn send<K, P>(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    mut record: BaseRecord<'_, K, P>,
+pub fn send<K, P, C>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
 ) where
     K: ToBytes + ?Sized,
     P: ToBytes + ?Sized,
+    C: rdkafka::producer::ProducerContext + 'static,
 {
     while let Err((e, r)) = producer.send(record) {
         assert!(
@@ -260,19 +261,7 @@ pub fn tuned_loop(broker: &str, input: &str, output: &str, group: &str) {
             if let Some(p) = m.payload() {
                 record = record.payload(p);
             }
-            while let Err((e, r)) = producer.send(record) {
-                assert!(
-                    matches!(
-                        e,
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull
-                        )
-                    ),
-                    "{e}"
-                );
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            send(&producer, record);
         }
         if last_commit.elapsed() >= Duration::from_secs(1) {
             let mut tpl = TopicPartitionList::new();

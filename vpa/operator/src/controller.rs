@@ -697,17 +697,7 @@ pub fn plan(
     let resize_refused = fast
         .as_ref()
         .and_then(|f| f.status.refused.as_ref())
-        .map(|r| {
-            (
-                "ResizeRefused".to_owned(),
-                format!(
-                    "the API server refused resizing pods to cpu {}: {} (asked again {} minutes after)",
-                    r.target_cpu,
-                    r.message,
-                    REFUSED_S / 60
-                ),
-            )
-        });
+        .map(|r| ("ResizeRefused".to_owned(), refused_note(r)));
     let degraded = deployment
         .and_then(|d| d.failure.clone())
         .or(unsupported)
@@ -1124,6 +1114,17 @@ fn pending_note(pending: &[(String, ResizeState)]) -> Option<(&'static str, Stri
     ))
 }
 
+/// The `Degraded/ResizeRefused` message of a refused resize (the reconcile that met the refusal
+/// and every plan after it say the same).
+fn refused_note(r: &RefusedResize) -> String {
+    format!(
+        "the API server refused resizing pods to cpu {}: {} (asked again {} minutes after)",
+        r.target_cpu,
+        r.message,
+        REFUSED_S / 60
+    )
+}
+
 /// `old` with `Degraded/ApplyRefused` saying what the API server refused.
 fn refused(old: StreamPipelineStatus, message: String, now: u64) -> StreamPipelineStatus {
     let mut status = old.clone();
@@ -1432,14 +1433,12 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
                 ctx.metrics.resizes.with_label_values(&["refused"]).inc();
                 let message = format!("pod {pod}: {}", status.message);
                 tracing::warn!(pipeline = %name, %namespace, "in-place resize refused: {message}");
+                let record = RefusedResize {
+                    target_cpu: millis_quantity(*millis),
+                    message: message.clone(),
+                    at: rfc3339(now),
+                };
                 let mut refused = statuses.written.clone().unwrap_or_default();
-                if let Some(fast) = refused.policy.fast.as_mut() {
-                    fast.refused = Some(RefusedResize {
-                        target_cpu: millis_quantity(*millis),
-                        message: message.clone(),
-                        at: rfc3339(now),
-                    });
-                }
                 let old = refused.conditions.clone();
                 set_condition(
                     &mut refused.conditions,
@@ -1447,13 +1446,12 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
                     "Degraded",
                     true,
                     "ResizeRefused",
-                    format!(
-                        "the API server refused resizing pods to cpu {}: {message} (asked again {} minutes after)",
-                        millis_quantity(*millis),
-                        REFUSED_S / 60
-                    ),
+                    refused_note(&record),
                     now,
                 );
+                if let Some(fast) = refused.policy.fast.as_mut() {
+                    fast.refused = Some(record);
+                }
                 if !statuses.write(refused).await? {
                     return again();
                 }
