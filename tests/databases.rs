@@ -562,9 +562,9 @@ fn exactly_once_restarts_with_a_backlog_make_progress_every_time() {
     pg.sql("CREATE TABLE events (seq bigint NOT NULL, key text)");
     let topic = unique("eos-backlog");
     broker().create_topic(&topic, 4);
-    // Topped up as it is worked off: every run starts with at least 150,000 events to go (a run
-    // writes up to ~70,000 rows in 3 s).
-    let mut total = 150_000;
+    // Topped up as it is worked off: every run starts with at least 400,000 events to go (a run
+    // alone on the machine writes up to ~200,000 rows in 3 s against Apache Kafka).
+    let mut total = 400_000;
     broker().produce(&topic, total, 0, &[]);
     let dir = tempfile::tempdir().unwrap();
     let group = unique("eos-backlog");
@@ -584,7 +584,7 @@ fn exactly_once_restarts_with_a_backlog_make_progress_every_time() {
     let mut landed = Vec::new();
     for _ in 0..8 {
         let before = count();
-        while total - before < 150_000 {
+        while total - before < 400_000 {
             broker().produce(&topic, 50_000, total, &[]);
             total += 50_000;
         }

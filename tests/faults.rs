@@ -60,7 +60,7 @@ fn injected_broker_faults_lose_nothing() {
     let started = Instant::now();
     let runner = {
         let shutdown = shutdown.clone();
-        std::thread::spawn(move || sluice_runtime::pipeline::run(&spec, &shutdown))
+        std::thread::spawn(move || sluice_runtime::source::kafka::run(&spec, &shutdown))
     };
 
     // ...then, once the group is assigned (~3 s on the mock) and work is under way, the broker
@@ -211,7 +211,7 @@ fn a_delivery_that_finally_fails_stops_the_pipeline_without_committing_past_it()
     )
     .unwrap();
     let shutdown = sluice_runtime::shutdown::Shutdown::manual();
-    let runner = std::thread::spawn(move || sluice_runtime::pipeline::run(&spec, &shutdown));
+    let runner = std::thread::spawn(move || sluice_runtime::source::kafka::run(&spec, &shutdown));
     let deadline = Instant::now() + Duration::from_secs(30);
     while committed(&bootstrap, "undeliverable", "in", 1) < 100 {
         assert!(

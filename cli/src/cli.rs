@@ -24,9 +24,10 @@ use clap::{Parser, Subcommand};
 
 use crate::scaffold;
 use sluice_runtime::config::{OutputSpec, PipelineSpec, SourceSpec};
+use sluice_runtime::error::RunError;
+use sluice_runtime::plugin::check;
 use sluice_runtime::plugin::{LoadError, Plugin};
 use sluice_runtime::run;
-use sluice_runtime::run::RunError;
 
 /// Sluice: a plugin-based Kafka stream-processing runtime.
 #[derive(Debug, Parser)]
@@ -225,13 +226,13 @@ fn replay_through(
     let end = options
         .end_offsets()
         .map_err(|e| anyhow::anyhow!("dlq replay: {e}"))?;
-    let replay = sluice_runtime::pipeline::ReplayUntil {
+    let replay = sluice_runtime::source::kafka::ReplayUntil {
         keep: Box::new(move |m| options.selects(m.headers())),
         end,
     };
     let shutdown = sluice_runtime::shutdown::Shutdown::install()
         .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
-    let summary = sluice_runtime::pipeline::run_with(&spec, &shutdown, Some(replay))
+    let summary = sluice_runtime::source::kafka::run_with(&spec, &shutdown, Some(replay))
         .map_err(|e| with_detail(e, verbose))?;
     eprintln!(
         "sluice: dead letters replayed through pipeline {}: {summary}",
@@ -572,8 +573,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 &spec.resolve(&spec.plugin.path),
                 spec.plugin.sha256.as_deref(),
             )?;
-            let plugin = run::prepare(&spec).map_err(|e| with_detail(e, cli.verbose))?;
-            run::try_open(&plugin, &spec)?;
+            let plugin = check::prepare(&spec).map_err(|e| with_detail(e, cli.verbose))?;
+            check::try_open(&plugin, &spec)?;
             let source = match &spec.source {
                 SourceSpec::File(file) => {
                     let input = spec.resolve(&file.path);

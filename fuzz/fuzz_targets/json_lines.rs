@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sluice_runtime::config::{FileSourceSpec, LineFormat};
-use sluice_runtime::source::file::{Batch, FileSource};
+use sluice_runtime::source::file::reader::{Batch, FileSource};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, input)) = data.split_first() else {

@@ -23,13 +23,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use common::{cpu_seconds, median, percentile, raw_loop, run_spec, watch};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use common::{FixedRate, cpu_seconds, median, percentile, raw_loop, run_spec, watch};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::producer::Producer;
 use sluice_tests::{plugin, write_spec};
 
 const PARTITIONS: i32 = 4;
@@ -40,8 +40,14 @@ const RATE_SECONDS: usize = 10;
 /// fetch when data arrives), so every consumer here, the subjects' and the harness's, uses the
 /// same short wait; with librdkafka's default (500 ms) the latency would be the mock's.
 const FETCH_WAIT_MS: &str = "5";
-/// Bytes of padding in each event's value (the value is ~100 bytes with its JSON).
-const PAD: usize = 60;
+/// The fixed-rate rounds; an event's value is ~100 bytes with its JSON.
+const LATENCY: FixedRate = FixedRate {
+    rate: RATE,
+    seconds: RATE_SECONDS,
+    partitions: PARTITIONS,
+    fetch_wait_ms: Some(FETCH_WAIT_MS),
+    pad: 60,
+};
 
 /// Events pre-filled for the throughput and file rounds (`SLUICE_COST_EVENTS`, default 100,000).
 /// The mock cluster keeps about 5 MB per partition and drops older records beyond that, so a
@@ -84,16 +90,16 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
 
     mock.create_topic("cost-in", PARTITIONS, 1).unwrap();
-    let producer = producer(&bootstrap);
+    let producer = common::timed_producer(&bootstrap);
     for i in 0..events {
-        send(&producer, "cost-in", i, &event(i, 0));
+        common::timed_send(&producer, "cost-in", i, &LATENCY.event(i, 0));
     }
     producer.flush(Duration::from_secs(60)).unwrap();
     let lines = dir.path().join("in.jsonl");
     std::fs::write(
         &lines,
         (0..events)
-            .map(|i| String::from_utf8(event(i, 0)).unwrap() + "\n")
+            .map(|i| String::from_utf8(LATENCY.event(i, 0)).unwrap() + "\n")
             .collect::<String>(),
     )
     .unwrap();
@@ -127,7 +133,8 @@ fn main() {
             mock.create_topic(&input, PARTITIONS, 1).unwrap();
             mock.create_topic(&out, PARTITIONS, 1).unwrap();
             let mut child = subject.spawn(&bootstrap, &input, &out, dir.path());
-            let (latencies, cpu_s) = fixed_rate(&bootstrap, &producer, &input, &out, &child);
+            let (latencies, cpu_s) =
+                LATENCY.measure(&bootstrap, &producer, &input, &out, child.id());
             p50[s].push(percentile(&latencies, 0.50));
             p99[s].push(percentile(&latencies, 0.99));
             lat_cpu[s].push(cpu_s / (latencies.len() as f64 / 1e6));
@@ -244,118 +251,6 @@ fn stop(child: &mut Child) {
         .status()
         .unwrap();
     child.wait().unwrap();
-}
-
-/// One event: `{"seq": i, "sent_us": t, "pad": "..."}`, keyed by one of 1,000 keys.
-fn event(i: usize, sent_us: u128) -> Vec<u8> {
-    format!(
-        r#"{{"seq": {i}, "sent_us": {sent_us:>16}, "pad": "{}"}}"#,
-        "x".repeat(PAD)
-    )
-    .into_bytes()
-}
-
-fn send(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, i: usize, value: &[u8]) {
-    let key = format!("k{}", i % 1000);
-    common::send(producer, BaseRecord::to(topic).key(&key).payload(value));
-}
-
-fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "1")
-        .create()
-        .unwrap()
-}
-
-fn now_us() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros()
-}
-
-/// Sends a warm-up event and waits for it, then `RATE` events/s for `RATE_SECONDS` s, each
-/// carrying its send time; returns the milliseconds from send to the harness reading the output
-/// record, and the subject's CPU seconds spent while the timed events went through.
-fn fixed_rate(
-    bootstrap: &str,
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    input: &str,
-    output: &str,
-    child: &Child,
-) -> (Vec<f64>, f64) {
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("reader-{output}"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(output, p, Offset::Beginning)
-            .unwrap();
-    }
-    reader.assign(&tpl).unwrap();
-    send(producer, input, 0, &event(0, 0));
-    producer.flush(Duration::from_secs(10)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "{output}: the warm-up event never came through"
-        );
-        if let Some(Ok(_)) = reader.poll(Duration::from_millis(50)) {
-            break;
-        }
-    }
-    let cpu_before = cpu_seconds(child.id());
-    let total = RATE * RATE_SECONDS;
-    let sender = {
-        let producer = producer.clone();
-        let input = input.to_owned();
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            for i in 0..total {
-                let due = start + Duration::from_secs_f64(i as f64 / RATE as f64);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                send(&producer, &input, i + 1, &event(i + 1, now_us()));
-            }
-        })
-    };
-    let mut latencies = Vec::with_capacity(total);
-    let deadline = Instant::now() + Duration::from_secs(RATE_SECONDS as u64 + 60);
-    while latencies.len() < total {
-        assert!(
-            Instant::now() < deadline,
-            "{output}: {} of {total} timed events came through",
-            latencies.len()
-        );
-        if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
-            let value = m.payload().unwrap();
-            let at = std::str::from_utf8(value).unwrap();
-            let sent: u128 = at[at.find("\"sent_us\": ").unwrap() + 11..][..16]
-                .trim()
-                .parse()
-                .unwrap();
-            let ms = (now_us() - sent) as f64 / 1000.0;
-            if ms > 100.0 && std::env::var_os("SLUICE_COST_DEBUG").is_some() {
-                eprintln!(
-                    "slow: {ms:.0} ms, {} of {total} read, partition {} offset {}",
-                    latencies.len(),
-                    m.partition(),
-                    m.offset()
-                );
-            }
-            latencies.push(ms);
-        }
-    }
-    sender.join().unwrap();
-    (latencies, cpu_seconds(child.id()) - cpu_before)
 }
 
 /// Runs `sluice run` over a file of events to a file output; wall and CPU seconds to its exit.

@@ -26,7 +26,7 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{cpu_seconds, median, output_count, run_spec, tuned_loop};
+use common::{FixedRate, cpu_seconds, median, output_count, percentile, run_spec, tuned_loop};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use sluice_tests::{Broker, kafka_tool, plugin, root, write_spec};
@@ -34,6 +34,8 @@ use sluice_tests::{Broker, kafka_tool, plugin, root, write_spec};
 const EVENTS: usize = 600_000;
 const PARTITIONS: i32 = 12;
 const ROUNDS: usize = 3;
+/// Rounds per peer at each fixed rate.
+const LATENCY_ROUNDS: usize = 3;
 
 /// Peak resident set size (MB) of `pid` so far (`VmHWM`).
 fn peak_rss_mb(pid: u32) -> f64 {
@@ -126,7 +128,11 @@ fn main() {
         .create()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let sluice = plugin("passthrough").parent().unwrap().join("sluice");
+    let peers = Peers {
+        broker: &broker.addr,
+        streams: &peer,
+        dir: dir.path(),
+    };
     // passthrough: JSON events of about 200 bytes (the value) with 1,000 keys.
     broker.create_topic("peers-in", PARTITIONS as u32);
     broker.produce("peers-in", EVENTS, 0, &["--keys", "1000", "--size", "150"]);
@@ -145,7 +151,7 @@ fn main() {
         "--key-field",
         "booking_id",
     ]);
-    let jobs = [
+    let jobs: [(&str, &str, usize, &str); 2] = [
         (
             "passthrough",
             "peers-in",
@@ -175,27 +181,7 @@ fn main() {
             for (i, name) in names.iter().enumerate() {
                 let out = format!("peers-{job}-{i}-{round}");
                 broker.create_topic(&out, PARTITIONS as u32);
-                let child = match *name {
-                    "tuned raw loop" => raw(&broker.addr, input, &out),
-                    "Sluice" => {
-                        let spec = write_spec(
-                            dir.path(),
-                            &format!(
-                                "name: bench\nadmin:\n  listen: 127.0.0.1:0\n{plugin_spec}source:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{input}]\n    group-id: {out}\noutputs:\n  {}\n",
-                                broker.addr,
-                                if job == "passthrough" {
-                                    format!("out:\n    kafka: {{topic: {out}}}")
-                                } else {
-                                    format!(
-                                        "enriched:\n    kafka: {{topic: {out}}}\n  filtered:\n    kafka: {{topic: {out}-filtered}}"
-                                    )
-                                }
-                            ),
-                        );
-                        run_spec(&sluice, &spec)
-                    }
-                    _ => streams(&peer, job, &broker.addr, input, &out),
-                };
+                let child = peers.start(name, job, input, &out, &plugin_spec);
                 let (rate, cpu) = steady(&watcher, &out, child.id(), expected);
                 let rss = stop(child);
                 println!(
@@ -205,6 +191,113 @@ fn main() {
             }
         }
         report(job, expected, names, &results);
+    }
+    latency(&broker, &peers);
+}
+
+/// The passthrough at fixed input rates: per peer, p50 and p99 end-to-end latency and the CPU
+/// it spends per event, each peer in a fresh input and output topic.
+fn latency(broker: &Broker, peers: &Peers<'_>) {
+    let names = ["tuned raw loop", "Kafka Streams 4.1.1", "Sluice"];
+    let producer = common::timed_producer(&broker.addr);
+    let plugin_spec = format!("plugin:\n  path: {}\n", plugin("passthrough").display());
+    for (rate, seconds) in [(5_000, 10), (50_000, 6)] {
+        let round = FixedRate {
+            rate,
+            seconds,
+            partitions: PARTITIONS,
+            fetch_wait_ms: None,
+            // The value is about 200 bytes with its JSON.
+            pad: 150,
+        };
+        // Per peer, per round: p50 ms, p99 ms, CPU-s per M events.
+        let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); names.len()];
+        for r in 0..LATENCY_ROUNDS {
+            for (i, name) in names.iter().enumerate() {
+                let (input, out) = (
+                    format!("lat-in-{rate}-{i}-{r}"),
+                    format!("lat-out-{rate}-{i}-{r}"),
+                );
+                broker.create_topic(&input, PARTITIONS as u32);
+                broker.create_topic(&out, PARTITIONS as u32);
+                let child = peers.start(name, "passthrough", &input, &out, &plugin_spec);
+                let (latencies, cpu) =
+                    round.measure(&broker.addr, &producer, &input, &out, child.id());
+                stop(child);
+                let per_m = cpu / (latencies.len() as f64 / 1e6);
+                let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+                println!(
+                    "passthrough at {rate} ev/s, round {r}: {name}: p50 {p50:.1} ms, p99 {p99:.1} ms, {per_m:.2} CPU-s per M events"
+                );
+                results[i].push((p50, p99, per_m));
+            }
+        }
+        let med = |i: usize, f: fn(&(f64, f64, f64)) -> f64| {
+            median(&results[i].iter().map(f).collect::<Vec<_>>())
+        };
+        println!(
+            "Kafka -> passthrough -> Kafka at {rate} events/s for {seconds} s, median of {LATENCY_ROUNDS}"
+        );
+        println!(
+            "{:>20} {:>10} {:>10} {:>16}",
+            "", "p50 ms", "p99 ms", "CPU-s/M events"
+        );
+        for (i, name) in names.iter().enumerate() {
+            println!(
+                "{name:>20} {:>10.1} {:>10.1} {:>16.2}",
+                med(i, |r| r.0),
+                med(i, |r| r.1),
+                med(i, |r| r.2)
+            );
+        }
+        let (raw, streams, sluice) = (0, 1, 2);
+        let best_peer_p99 = med(raw, |r| r.1).min(med(streams, |r| r.1));
+        println!(
+            "Sluice at {rate}/s: p99 {:.2}x the best peer's, CPU per event {:.2}x the tuned raw loop's, {:.2}x Kafka Streams' events per CPU-second",
+            med(sluice, |r| r.1) / best_peer_p99,
+            med(sluice, |r| r.2) / med(raw, |r| r.2),
+            med(streams, |r| r.2) / med(sluice, |r| r.2)
+        );
+    }
+}
+
+/// Where the peers run: the broker, the Kafka Streams project, a directory for Sluice's specs.
+struct Peers<'a> {
+    broker: &'a str,
+    streams: &'a Path,
+    dir: &'a Path,
+}
+
+impl Peers<'_> {
+    /// Starts peer `name` on `job` (Sluice with `plugin_spec`): `input` -> `output` (also its
+    /// group / application id).
+    fn start(&self, name: &str, job: &str, input: &str, output: &str, plugin_spec: &str) -> Child {
+        let Peers {
+            broker,
+            streams: peer,
+            dir,
+        } = *self;
+        match name {
+            "tuned raw loop" => raw(broker, input, output),
+            "Sluice" => {
+                let outputs = if job == "passthrough" {
+                    format!("out:\n    kafka: {{topic: {output}}}")
+                } else {
+                    format!(
+                        "enriched:\n    kafka: {{topic: {output}}}\n  filtered:\n    kafka: {{topic: {output}-filtered}}"
+                    )
+                };
+                let spec = write_spec(
+                    dir,
+                    &format!(
+                        "name: bench\nadmin:\n  listen: 127.0.0.1:0\n{plugin_spec}source:\n  kafka:\n    bootstrap-servers: {broker}\n    topics: [{input}]\n    group-id: {output}\noutputs:\n  {outputs}\n"
+                    ),
+                );
+                let sluice = plugin("passthrough").parent().unwrap().join("sluice");
+                run_spec(&sluice, &spec)
+            }
+            _ => streams(peer, job, broker, input, output),
+        }
     }
 }
 

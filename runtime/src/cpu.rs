@@ -7,6 +7,7 @@
 //! affinity: std's `available_parallelism` already floors the quota, so it cannot be the cap).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The environment variable that moves the cgroup filesystem's root (for tests).
 pub const CGROUP_ROOT_ENV: &str = "SLUICE_CGROUP_ROOT";
@@ -149,6 +150,34 @@ fn read_v1(dir: &Path) -> Option<f64> {
         .parse()
         .ok()?;
     (quota > 0.0 && period > 0.0).then(|| quota / period)
+}
+
+/// How often the quota is read again.
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// When to read the quota next: a run's loop asks every turn, and it is read every
+/// [`CHECK_EVERY`] (an in-place resize changes it while the pod runs).
+#[derive(Debug)]
+pub(crate) struct CpuWatch {
+    next: Instant,
+}
+
+impl CpuWatch {
+    pub(crate) fn new() -> CpuWatch {
+        CpuWatch {
+            next: Instant::now() + CHECK_EVERY,
+        }
+    }
+
+    /// The limit now, if it is time to look again.
+    pub(crate) fn due(&mut self) -> Option<CpuLimit> {
+        let now = Instant::now();
+        if now < self.next {
+            return None;
+        }
+        self.next = now + CHECK_EVERY;
+        Some(CpuLimit::detect())
+    }
 }
 
 #[cfg(test)]

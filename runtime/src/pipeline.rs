@@ -1,9 +1,10 @@
 //! The one event path, whatever the source: [`start`] sets up what every run has (telemetry and
 //! the admin endpoint, the plugin, the offset tracker, outputs and sinks, the worker pool) and
-//! [`Running::finish`] stops it; between them runs a source's loop (`source::kafka::run_with`,
-//! `source::file::run`), which registers units in the tracker and hands events to the workers.
+//! [`Running::finish`] stops it and says what the run did ([`Summary`]); between them runs a
+//! source's loop (`source::kafka`, `source::file`), which feeds the dispatcher
+//! (`crate::dispatch`) and commits what it says is complete.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,10 +12,12 @@ use std::time::Duration;
 use crate::config::{OutputSpec, PipelineSpec, RecordFormat, SourceSpec};
 use crate::cpu::CpuLimit;
 use crate::dead_letter::{DeadLetterTarget, DeadLetters};
+use crate::error::RunError;
 use crate::fatal::Fatal;
+use crate::kafka_client;
 use crate::offsets::OffsetTracker;
+use crate::plugin::check::prepare;
 use crate::pool::WorkerPool;
-use crate::run::{RunError, Summary, open_local_output, prepare};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::local::LocalOutput;
 use crate::sink::table::{Dialect, SinkContext, TableSink};
@@ -23,9 +26,53 @@ use crate::status::{Capacity, Lifecycle, PluginStatus, SinkProbe};
 use crate::telemetry::{Stopped, Telemetry};
 use crate::worker::{OutputTarget, Positions, WorkerShared};
 
-pub use crate::source::file::run::run_file;
-use crate::source::kafka::client_config;
-pub use crate::source::kafka::{ReplayUntil, run, run_with};
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events handed to the plugin.
+    pub events_in: u64,
+    /// Records written, per output.
+    pub records_out: BTreeMap<String, u64>,
+    /// Undecodable lines skipped by policy.
+    pub skipped_invalid: u64,
+    /// Failed events skipped by policy.
+    pub skipped_failed: u64,
+    /// Failed events (or rejected records) written to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Blank lines a file source skipped (they are not events).
+    pub blank_lines: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let total: u64 = self.records_out.values().sum();
+        let per: Vec<String> = self
+            .records_out
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        write!(
+            f,
+            "{} events in, {total} records out ({})",
+            self.events_in,
+            per.join(", ")
+        )?;
+        if self.skipped_invalid + self.skipped_failed > 0 {
+            write!(
+                f,
+                ", skipped {} invalid and {} failed events",
+                self.skipped_invalid, self.skipped_failed
+            )?;
+        }
+        if self.dead_lettered > 0 {
+            write!(f, ", {} dead-lettered", self.dead_lettered)?;
+        }
+        if self.blank_lines > 0 {
+            write!(f, ", {} blank lines skipped", self.blank_lines)?;
+        }
+        Ok(())
+    }
+}
 
 /// How a source wants its pipeline set up.
 #[derive(Debug)]
@@ -50,22 +97,23 @@ pub(crate) struct Setup<'a> {
 }
 
 /// What every run has, whatever its source: telemetry (and the admin endpoint), the plugin, the
-/// offset tracker, the outputs and sinks, and the worker pool. A source's loop feeds the
-/// workers; [`Running::finish`] stops them and flushes the sinks.
+/// offset tracker, the outputs and sinks ([`start`] hands the worker pool over separately, for
+/// the dispatcher to own). [`Running::finish`] stops the workers and flushes the sinks.
 pub(crate) struct Running {
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) _admin: Option<crate::admin::AdminServer>,
     pub(crate) tracker: Arc<Mutex<OffsetTracker>>,
     pub(crate) failure: Fatal,
     pub(crate) shared: Arc<WorkerShared>,
-    /// The workers; a source's loop resizes it while running.
-    pub(crate) pool: Arc<Mutex<WorkerPool>>,
     /// librdkafka's statistics interval, when the admin endpoint wants lag.
     pub(crate) stats_interval: Option<String>,
 }
 
 /// Loads the plugin, opens the outputs and sinks, and starts the workers.
-pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, RunError> {
+pub(crate) fn start(
+    spec: &PipelineSpec,
+    setup: &Setup<'_>,
+) -> Result<(Running, WorkerPool), RunError> {
     let telemetry = Arc::new(Telemetry::new(
         &spec.name,
         spec.admin.metrics,
@@ -104,7 +152,7 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
                     "producer.bootstrap-servers: needed for Kafka outputs and dead letters without a Kafka source".into(),
                 )
             })?;
-        let mut config = client_config(
+        let mut config = kafka_client::config(
             bootstrap,
             &spec.producer.properties,
             &spec.producer.properties_from_env,
@@ -225,7 +273,7 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
             let changelog = match (changelog_source, &sink) {
                 (Some(kafka), Some(sink)) => {
                     let config = || {
-                        client_config(
+                        kafka_client::config(
                             &kafka.bootstrap_servers,
                             &kafka.properties,
                             &kafka.properties_from_env,
@@ -311,15 +359,15 @@ pub(crate) fn start(spec: &PipelineSpec, setup: &Setup<'_>) -> Result<Running, R
         },
     );
 
-    Ok(Running {
+    let running = Running {
         telemetry,
         _admin: admin,
         tracker,
         failure,
         shared,
-        pool: Arc::new(Mutex::new(pool)),
         stats_interval,
-    })
+    };
+    Ok((running, pool))
 }
 
 impl Running {
@@ -328,6 +376,7 @@ impl Running {
     /// the error that stopped the source's loop, if one did.
     pub(crate) fn finish(
         self,
+        pool: &mut WorkerPool,
         drain_timeout: Duration,
         fatal: Option<String>,
     ) -> Result<Summary, RunError> {
@@ -336,7 +385,6 @@ impl Running {
             _admin,
             failure,
             shared,
-            pool,
             ..
         } = self;
         // The drain is over: a database still down is not waited for any longer (its rows stay
@@ -351,7 +399,7 @@ impl Running {
                 })
         };
         tables().for_each(TableSink::give_up);
-        pool.lock().unwrap_or_else(|e| e.into_inner()).stop();
+        pool.stop();
         tables().for_each(TableSink::close);
         for (name, (target, _)) in &shared.outputs {
             if let OutputTarget::Local(out) = target {
@@ -399,4 +447,26 @@ impl Running {
         summary.dead_lettered = crate::metrics::Metrics::sum(&telemetry.metrics.dead_letters);
         Ok(summary)
     }
+}
+
+/// Opens a local output; `None` for outputs that are not local (Kafka topics).
+fn open_local_output(
+    spec: &PipelineSpec,
+    name: &str,
+    output: &OutputSpec,
+) -> Result<Option<LocalOutput>, RunError> {
+    Ok(match output {
+        OutputSpec::Stdout(stdout) => Some(LocalOutput::stdout(stdout.format)),
+        OutputSpec::File(file) => {
+            let target = spec.resolve(&file.path);
+            Some(
+                LocalOutput::file(&target, file.format).map_err(|source| RunError::Output {
+                    name: name.to_owned(),
+                    target,
+                    source,
+                })?,
+            )
+        }
+        OutputSpec::Kafka(_) | OutputSpec::Postgres(_) | OutputSpec::Mysql(_) => None,
+    })
 }

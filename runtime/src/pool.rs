@@ -1,7 +1,8 @@
-//! The worker pool: a run's worker threads, each with its own plugin instance. It can grow and
-//! shrink while running (the Kafka source makes it follow the container's CPU quota). Opening
-//! and stopping workers is here; which partitions a worker holds, and moving them between
-//! workers, is the dispatcher's (`source::kafka::resize`).
+//! The worker pool: a run's worker threads, each with its own plugin instance, and the only
+//! sender of worker commands. It can grow and shrink while running (the dispatcher makes it
+//! follow the container's CPU quota). Opening and stopping workers is here; which partitions a
+//! worker holds, and moving them between workers, is the dispatcher's (`crate::dispatch`), which
+//! reaches the pool through [`Workers`] (a fake in its unit tests).
 
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
@@ -10,10 +11,37 @@ use std::thread::JoinHandle;
 use sluice_plugin_api::abi::OpenContext;
 
 use crate::config::PipelineSpec;
+use crate::error::RunError;
 use crate::offsets::TopicPartition;
 use crate::plugin::Plugin;
-use crate::run::RunError;
 use crate::worker::{Command, Delivery, Request, Worker, WorkerShared};
+
+/// What the dispatcher asks of its workers: the pool's commands, by worker id (`0..len()`).
+pub(crate) trait Workers {
+    /// How many workers run.
+    fn len(&self) -> usize;
+    /// Events of assigned partitions, a partition's in offset order, each unit's part whole.
+    fn events(&self, worker: usize, events: Vec<Delivery>);
+    /// Partitions newly pinned to `worker`: it calls `assigned`.
+    fn assigned(&self, worker: usize, partitions: Vec<TopicPartition>);
+    /// `worker` finishes what is queued, calls `revoked` and `flush`, then replies.
+    fn revoke(&self, worker: usize, partitions: Vec<TopicPartition>) -> mpsc::Receiver<()>;
+    /// `worker` finishes what is queued and flushes, then replies (a transaction's commit point).
+    fn barrier(&self, worker: usize) -> mpsc::Receiver<()>;
+    /// Every worker flushes between two inbox messages (ahead of queued events); one reply each.
+    fn flush_round(&self) -> Vec<mpsc::Receiver<()>>;
+    /// `worker` gives `partitions` up ahead of its queued events: it calls `revoked` and
+    /// flushes, and its reply holds their events it had not processed yet, in order.
+    fn handoff(
+        &self,
+        worker: usize,
+        partitions: Vec<TopicPartition>,
+    ) -> Option<mpsc::Receiver<Vec<Delivery>>>;
+    /// Starts worker `len()`; `of` is the count its instance is told about.
+    fn grow(&mut self, of: usize) -> Result<(), String>;
+    /// Stops the highest-numbered worker once it has finished what is queued.
+    fn shrink(&mut self);
+}
 
 /// One running worker.
 struct Handle {
@@ -55,52 +83,14 @@ impl WorkerPool {
             batch_size,
         };
         for _ in 0..count {
-            pool.grow(count)?;
+            pool.open(count)?;
         }
         Ok(pool)
     }
 
-    /// How many workers run.
-    pub(crate) fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// The workers' inboxes, in id order.
-    pub(crate) fn senders(&self) -> Vec<mpsc::Sender<Command>> {
-        self.workers.iter().map(|w| w.tx.clone()).collect()
-    }
-
-    /// Asks every worker to flush between two inbox messages (ahead of queued events) and wakes
-    /// the idle ones; one reply per worker.
-    pub(crate) fn flush_round(&self) -> Vec<mpsc::Receiver<()>> {
-        self.workers
-            .iter()
-            .map(|w| {
-                let (reply, rx) = mpsc::sync_channel(1);
-                let _ = w.requests.send(Request::Flush(reply));
-                let _ = w.tx.send(Command::Nudge);
-                rx
-            })
-            .collect()
-    }
-
-    /// Asks worker `id` to give `partitions` up ahead of its queued events: it calls `revoked`
-    /// and flushes, and its reply holds their events it had not processed yet, in order.
-    pub(crate) fn handoff(
-        &self,
-        id: usize,
-        partitions: Vec<TopicPartition>,
-    ) -> Option<mpsc::Receiver<Vec<Delivery>>> {
-        let w = self.workers.get(id)?;
-        let (reply, rx) = mpsc::sync_channel(1);
-        w.requests.send(Request::Handoff(partitions, reply)).ok()?;
-        let _ = w.tx.send(Command::Nudge);
-        Some(rx)
-    }
-
     /// Opens one more instance and starts its worker (id `len()`); `of` is the worker count the
     /// instance is told about (`OpenContext::worker_count`).
-    pub(crate) fn grow(&mut self, of: usize) -> Result<(), RunError> {
+    fn open(&mut self, of: usize) -> Result<(), RunError> {
         let id = self.workers.len();
         let label = self.shared.plugin.clone();
         let ctx = OpenContext::new(&self.pipeline, id as u32, of as u32);
@@ -138,14 +128,10 @@ impl WorkerPool {
         Ok(())
     }
 
-    /// Stops the highest-numbered worker: it finishes what is queued, closes its instance and
-    /// ends. The caller has moved its partitions away first.
-    pub(crate) fn shrink(&mut self) {
-        if let Some(w) = self.workers.pop() {
-            let _ = w.tx.send(Command::Stop);
-            let _ = w.thread.join();
-            self.shared.telemetry.health.remove_last_worker();
-            self.shared.telemetry.metrics.workers.set(self.len() as i64);
+    /// Sends `command` to `worker` (a worker that has ended drops it: the run is stopping).
+    fn send(&self, worker: usize, command: Command) {
+        if let Some(w) = self.workers.get(worker) {
+            let _ = w.tx.send(command);
         }
     }
 
@@ -157,6 +143,71 @@ impl WorkerPool {
         for w in self.workers.drain(..) {
             drop(w.tx);
             let _ = w.thread.join();
+        }
+    }
+}
+
+impl Workers for WorkerPool {
+    fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn events(&self, worker: usize, events: Vec<Delivery>) {
+        self.send(worker, Command::Events(events));
+    }
+
+    fn assigned(&self, worker: usize, partitions: Vec<TopicPartition>) {
+        self.send(worker, Command::Assigned(partitions));
+    }
+
+    fn revoke(&self, worker: usize, partitions: Vec<TopicPartition>) -> mpsc::Receiver<()> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.send(worker, Command::Revoke(partitions, reply));
+        rx
+    }
+
+    fn barrier(&self, worker: usize) -> mpsc::Receiver<()> {
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.send(worker, Command::Barrier(reply));
+        rx
+    }
+
+    fn flush_round(&self) -> Vec<mpsc::Receiver<()>> {
+        self.workers
+            .iter()
+            .map(|w| {
+                let (reply, rx) = mpsc::sync_channel(1);
+                let _ = w.requests.send(Request::Flush(reply));
+                let _ = w.tx.send(Command::Nudge);
+                rx
+            })
+            .collect()
+    }
+
+    fn handoff(
+        &self,
+        worker: usize,
+        partitions: Vec<TopicPartition>,
+    ) -> Option<mpsc::Receiver<Vec<Delivery>>> {
+        let w = self.workers.get(worker)?;
+        let (reply, rx) = mpsc::sync_channel(1);
+        w.requests.send(Request::Handoff(partitions, reply)).ok()?;
+        let _ = w.tx.send(Command::Nudge);
+        Some(rx)
+    }
+
+    fn grow(&mut self, of: usize) -> Result<(), String> {
+        self.open(of).map_err(|e| e.to_string())
+    }
+
+    /// Stops the highest-numbered worker: it finishes what is queued, closes its instance and
+    /// ends. The caller has moved its partitions away first.
+    fn shrink(&mut self) {
+        if let Some(w) = self.workers.pop() {
+            let _ = w.tx.send(Command::Stop);
+            let _ = w.thread.join();
+            self.shared.telemetry.health.remove_last_worker();
+            self.shared.telemetry.metrics.workers.set(self.len() as i64);
         }
     }
 }

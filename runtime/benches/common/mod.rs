@@ -1,5 +1,6 @@
-//! What the Kafka benchmarks share: the raw rdkafka loop sluice is compared with, a produce
-//! that waits out a full queue, reading output progress and a process's CPU time.
+//! What the Kafka benchmarks share: the raw rdkafka loops sluice is compared with, a produce
+//! that waits out a full queue, reading output progress and a process's CPU time, and the
+//! fixed-rate latency round (`FixedRate`).
 
 #![allow(dead_code)] // each benchmark uses its part
 
@@ -275,5 +276,145 @@ pub fn tuned_loop(broker: &str, input: &str, output: &str, group: &str) {
             }
             last_commit = Instant::now();
         }
+    }
+}
+
+/// Microseconds since the epoch.
+pub fn now_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+}
+
+/// The harness's producer for timed events (a short linger: its own delay is the same for every
+/// subject).
+pub fn timed_producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "1")
+        .create()
+        .unwrap()
+}
+
+/// Sends event `i` (keyed by one of 1,000 keys).
+pub fn timed_send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    i: usize,
+    value: &[u8],
+) {
+    let key = format!("k{}", i % 1000);
+    send(producer, BaseRecord::to(topic).key(&key).payload(value));
+}
+
+/// A fixed-rate round: the harness produces `rate` events/s for `seconds` s into a subject's
+/// input, each carrying its send time, and reads the subject's output; latency is from the send
+/// to the harness reading the output record (the harness's own produce and fetch are the same
+/// for every subject).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedRate {
+    pub rate: usize,
+    pub seconds: usize,
+    pub partitions: i32,
+    /// The harness reader's `fetch.wait.max.ms` (librdkafka's default when `None`).
+    pub fetch_wait_ms: Option<&'static str>,
+    /// Bytes of padding in each event's value.
+    pub pad: usize,
+}
+
+impl FixedRate {
+    /// One event: `{"seq": i, "sent_us": t, "pad": "..."}`.
+    pub fn event(&self, i: usize, sent_us: u128) -> Vec<u8> {
+        format!(
+            r#"{{"seq": {i}, "sent_us": {sent_us:>16}, "pad": "{}"}}"#,
+            "x".repeat(self.pad)
+        )
+        .into_bytes()
+    }
+
+    /// Sends a warm-up event and waits for it, then `rate` events/s for `seconds` s; returns the
+    /// milliseconds from send to the harness reading each output record, and the CPU seconds
+    /// process `pid` spent while the timed events went through.
+    pub fn measure(
+        &self,
+        bootstrap: &str,
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        input: &str,
+        output: &str,
+        pid: u32,
+    ) -> (Vec<f64>, f64) {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("reader-{output}"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false");
+        if let Some(wait) = self.fetch_wait_ms {
+            config.set("fetch.wait.max.ms", wait);
+        }
+        let reader: BaseConsumer = config.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition_offset(output, p, Offset::Beginning)
+                .unwrap();
+        }
+        reader.assign(&tpl).unwrap();
+        timed_send(producer, input, 0, &self.event(0, 0));
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "{output}: the warm-up event never came through"
+            );
+            if let Some(Ok(_)) = reader.poll(Duration::from_millis(50)) {
+                break;
+            }
+        }
+        let cpu_before = cpu_seconds(pid);
+        let total = self.rate * self.seconds;
+        let sender = {
+            let (producer, input, this) = (producer.clone(), input.to_owned(), *self);
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                for i in 0..total {
+                    let due = start + Duration::from_secs_f64(i as f64 / this.rate as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    timed_send(&producer, &input, i + 1, &this.event(i + 1, now_us()));
+                }
+            })
+        };
+        let mut latencies = Vec::with_capacity(total);
+        let deadline = Instant::now() + Duration::from_secs(self.seconds as u64 + 60);
+        while latencies.len() < total {
+            assert!(
+                Instant::now() < deadline,
+                "{output}: {} of {total} timed events came through",
+                latencies.len()
+            );
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
+                let value = m.payload().unwrap();
+                let at = std::str::from_utf8(value).unwrap();
+                let sent: u128 = at[at.find("\"sent_us\": ").unwrap() + 11..][..16]
+                    .trim()
+                    .parse()
+                    .unwrap();
+                let ms = (now_us() - sent) as f64 / 1000.0;
+                if ms > 100.0 && std::env::var_os("SLUICE_COST_DEBUG").is_some() {
+                    eprintln!(
+                        "slow: {ms:.0} ms, {} of {total} read, partition {} offset {}",
+                        latencies.len(),
+                        m.partition(),
+                        m.offset()
+                    );
+                }
+                latencies.push(ms);
+            }
+        }
+        sender.join().unwrap();
+        (latencies, cpu_seconds(pid) - cpu_before)
     }
 }

@@ -14,6 +14,7 @@
 
 #![allow(unsafe_code)] // The one place the runtime loads libraries and trusts their descriptors; SAFETY notes inline.
 
+pub mod check;
 mod elf;
 mod layout;
 

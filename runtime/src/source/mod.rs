@@ -1,6 +1,7 @@
-//! Sources: each turns its input into events on the one event path (`crate::pipeline`). [`file`]
-//! reads a file or stdin (one partition, lines as offsets); [`kafka`] is a consumer group (its
-//! client configuration, consumer, statistics, rebalances, dispatch and commits).
+//! Sources: thin adapters that feed the dispatcher (`crate::dispatch`) and do for it what only
+//! they can (pause, resume, commit). [`file`] reads a file or stdin (one partition, lines as
+//! offsets, a no-op commit); [`kafka`] is a consumer group (its poll loop, rebalance callbacks,
+//! commit cycle and watch). Neither imports the other.
 
 pub mod file;
 pub mod kafka;

@@ -488,7 +488,7 @@ pub fn dump(
         ));
     };
     let dir = dir.or_else(|| spec.state_dir()).unwrap_or_default();
-    let config = crate::source::kafka::client_config(
+    let config = crate::kafka_client::config(
         &kafka.bootstrap_servers,
         &kafka.properties,
         &kafka.properties_from_env,

@@ -3,10 +3,9 @@
 //! back from an asynchronous commit); SAFETY notes inline.
 #![allow(unsafe_code)]
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 
-use super::commit::tpl_of_commits;
-use super::rebalance::RebalanceContext;
+use super::consumer::{KafkaConsumer, tpl_of_commits};
 use crate::offsets::TopicPartition;
 
 /// The broker's answer to a commit.
@@ -30,7 +29,7 @@ impl std::fmt::Debug for AnswerQueue {
 }
 
 impl AnswerQueue {
-    pub(crate) fn new(consumer: &BaseConsumer<RebalanceContext>) -> AnswerQueue {
+    pub(crate) fn new(consumer: &KafkaConsumer) -> AnswerQueue {
         // SAFETY: the client is alive; the queue is destroyed (Drop) before it (`close`).
         AnswerQueue(unsafe {
             rdkafka::bindings::rd_kafka_queue_new(consumer.client().native_ptr())
@@ -40,7 +39,7 @@ impl AnswerQueue {
     /// Sends `commits`; the answer comes out of [`AnswerQueue::next`].
     pub(crate) fn commit(
         &self,
-        consumer: &BaseConsumer<RebalanceContext>,
+        consumer: &KafkaConsumer,
         commits: &[(TopicPartition, i64)],
     ) -> Result<(), String> {
         let tpl = tpl_of_commits(commits)?;

@@ -1,21 +1,17 @@
-//! Committing offsets: the commit cycle (every `commit-interval-ms` the workers flush, without
-//! blocking the poll loop, then the offsets of complete units are committed), the transaction
-//! barrier (with `producer.transactional-id`: every worker flushes, every record is delivered,
-//! then the offsets go into the transaction, which commits), and the drain at the stop.
+//! The commit cycle: every `commit-interval-ms` the workers flush, without blocking the poll
+//! loop, then the offsets of complete units are committed asynchronously and the broker's answer
+//! settled; with `producer.transactional-id` the dispatcher's commit point instead (every worker
+//! flushes, every record is delivered, the offsets go into the transaction, which commits).
+//! Commits at a release are the dispatcher's (`Source::commit`).
 
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
-
 use super::answers::{AnswerQueue, CommitAnswer};
-use super::dispatch::Dispatch;
-use super::rebalance::{RebalanceContext, revoke};
+use super::consumer::KafkaConsumer;
+use crate::dispatch::{Dispatcher, lock};
 use crate::offsets::TopicPartition;
-use crate::pool::WorkerPool;
-use crate::telemetry::{CommitFailed, CommitPoint, Draining, OffsetsCommitted, StopReason};
-use crate::worker::Command;
+use crate::telemetry::{CommitFailed, CommitPoint, OffsetsCommitted};
 
 /// When an interval commit with no answer is taken as failed (see [`CommitCycle::settle`]).
 const UNANSWERED: Duration = Duration::from_secs(90);
@@ -46,7 +42,7 @@ pub(crate) struct CommitCycle {
 impl CommitCycle {
     /// The cycle of `consumer`. [`CommitCycle::close`] it before the consumer is dropped.
     pub(crate) fn new(
-        consumer: &BaseConsumer<RebalanceContext>,
+        consumer: &KafkaConsumer,
         every: Duration,
         transactional: bool,
     ) -> CommitCycle {
@@ -67,14 +63,13 @@ impl CommitCycle {
     /// round (the plugin's flush), so waiting for the interval would delay the first commit by
     /// up to two intervals, and a pod restarted again within that time (kill -9s under load)
     /// would never make progress. Early rounds run every 100 ms, for at most one interval.
-    fn early(&mut self, now: Instant, dispatch: &Mutex<Dispatch>) -> bool {
+    fn early(&mut self, now: Instant, dispatcher: &Mutex<Dispatcher>) -> bool {
         if now < self.last_round + FIRST_COMMIT_EVERY.min(self.every) {
             return false;
         }
         let awaits = {
-            let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-            let tracker = d.tracker.lock().unwrap_or_else(|e| e.into_inner());
-            tracker.awaits_first_commit()
+            let d = lock(dispatcher);
+            lock(d.tracker()).awaits_first_commit()
         };
         if !awaits {
             self.early_until = None;
@@ -97,26 +92,21 @@ impl CommitCycle {
     /// a flush round is started once the interval is up (or early, see `early`), and when every
     /// worker has answered, the offsets of complete units are committed (a failed commit is
     /// retried next interval).
-    pub(crate) fn turn(
-        &mut self,
-        consumer: &BaseConsumer<RebalanceContext>,
-        dispatch: &Mutex<Dispatch>,
-        pool: &Mutex<WorkerPool>,
-    ) {
+    pub(crate) fn turn(&mut self, consumer: &KafkaConsumer, dispatcher: &Mutex<Dispatcher>) {
         if self.transactional {
             if Instant::now() >= self.next {
-                let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(err) = commit_transaction(&d, consumer) {
-                    d.failure.set(err);
+                let d = lock(dispatcher);
+                if let Err(err) = d.commit_point(consumer) {
+                    d.failure().set(err);
                 }
                 self.next = Instant::now() + self.every;
             }
             return;
         }
-        self.settle(dispatch);
+        self.settle(dispatcher);
         let now = Instant::now();
-        if self.round.is_none() && (now >= self.next || self.early(now, dispatch)) {
-            self.round = Some(pool.lock().unwrap_or_else(|e| e.into_inner()).flush_round());
+        if self.round.is_none() && (now >= self.next || self.early(now, dispatcher)) {
+            self.round = Some(lock(dispatcher).flush_round());
         }
         let Some(round) = &self.round else { return };
         if round
@@ -131,14 +121,10 @@ impl CommitCycle {
         if self.sent.is_some() {
             return;
         }
-        let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-        let commits = d
-            .tracker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take_commits();
+        let d = lock(dispatcher);
+        let commits = lock(d.tracker()).take_commits();
         if commits.is_empty() {
-            d.telemetry.emit(OffsetsCommitted {
+            d.telemetry().emit(OffsetsCommitted {
                 commits: &commits,
                 point: CommitPoint::Interval,
                 released: &[],
@@ -166,7 +152,7 @@ impl CommitCycle {
     /// Takes the broker's answer to the interval commit sent, if it came, and settles it:
     /// confirmed, or handed out again. One unanswered for longer than an interval and 5 s counts
     /// as failing (`CommitsFailing`) until it is answered.
-    fn settle(&mut self, dispatch: &Mutex<Dispatch>) {
+    fn settle(&mut self, dispatcher: &Mutex<Dispatcher>) {
         let Some(sent) = &mut self.sent else { return };
         let answer = self
             .answers
@@ -185,8 +171,7 @@ impl CommitCycle {
         let Some(answer) = answer else {
             if !sent.overdue && sent.at.elapsed() > self.every.max(Duration::from_secs(5)) {
                 sent.overdue = true;
-                let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-                d.telemetry.emit(CommitFailed {
+                lock(dispatcher).telemetry().emit(CommitFailed {
                     error: &format!(
                         "no answer from the broker after {:.0} s",
                         sent.at.elapsed().as_secs_f64()
@@ -197,14 +182,11 @@ impl CommitCycle {
             return;
         };
         let Some(sent) = self.sent.take() else { return };
-        let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        let d = lock(dispatcher);
         match answer.error {
             None => {
-                d.tracker
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .commit_confirmed(&sent.commits);
-                d.telemetry.emit(OffsetsCommitted {
+                lock(d.tracker()).commit_confirmed(&sent.commits);
+                d.telemetry().emit(OffsetsCommitted {
                     commits: &sent.commits,
                     point: CommitPoint::Interval,
                     released: &[],
@@ -216,15 +198,12 @@ impl CommitCycle {
 }
 
 /// An interval commit failed: reported, and its offsets handed out again at the next interval.
-fn commit_failed(d: &Dispatch, commits: &[(TopicPartition, i64)], error: &str) {
-    d.telemetry.emit(CommitFailed {
+fn commit_failed(d: &Dispatcher, commits: &[(TopicPartition, i64)], error: &str) {
+    d.telemetry().emit(CommitFailed {
         error,
         retried: true,
     });
-    d.tracker
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .commit_failed(commits);
+    lock(d.tracker()).commit_failed(commits);
 }
 
 /// An interval commit on its way to the broker.
@@ -234,120 +213,4 @@ struct SentCommit {
     at: Instant,
     /// Reported as failing for want of an answer.
     overdue: bool,
-}
-
-pub(crate) fn tpl_of_commits(
-    commits: &[(TopicPartition, i64)],
-) -> Result<TopicPartitionList, String> {
-    let mut tpl = TopicPartitionList::new();
-    for (TopicPartition { topic, partition }, offset) in commits {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(tpl)
-}
-
-/// The stop: every partition is drained, flushed, acknowledged and committed (as on revoke),
-/// then the workers' inboxes are dropped. The caller then leaves the group.
-pub(crate) fn drain(
-    consumer: &BaseConsumer<RebalanceContext>,
-    dispatch: &Mutex<Dispatch>,
-    reason: StopReason,
-) {
-    let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-    let mut all: Vec<TopicPartition> = d.slots.keys().cloned().collect();
-    all.sort();
-    d.telemetry.emit(Draining {
-        reason,
-        partitions: &all,
-    });
-    revoke(&mut d, consumer, &all);
-}
-
-/// Transactions: a commit point. Every worker finishes what is queued and flushes, every record
-/// is delivered, so every dispatched event is complete; then the offsets after them go into the
-/// transaction, which commits. The poll loop waits meanwhile (bounded by the drain timeout).
-/// After a fatal error the transaction is aborted instead.
-pub(crate) fn commit_transaction(
-    dispatch: &Dispatch,
-    consumer: &BaseConsumer<RebalanceContext>,
-) -> Result<(), String> {
-    let Some(sink) = &dispatch.transactions else {
-        return Ok(());
-    };
-    let timeout = dispatch.drain_timeout;
-    let deadline = Instant::now() + timeout;
-    let failed = || dispatch.failure.is_set();
-    let replies: Vec<_> = dispatch
-        .workers
-        .iter()
-        .map(|w| {
-            let (tx, rx) = mpsc::sync_channel(1);
-            let _ = w.send(Command::Barrier(tx));
-            rx
-        })
-        .collect();
-    for rx in replies {
-        if rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_err()
-        {
-            let _ = sink.abort_transaction(timeout);
-            return Err(
-                "workers did not finish within the drain timeout: transaction aborted".into(),
-            );
-        }
-    }
-    if failed()
-        || sink
-            .flush(deadline.saturating_duration_since(Instant::now()))
-            .is_err()
-    {
-        let _ = sink.abort_transaction(timeout);
-        return Err("not every record was delivered: transaction aborted".into());
-    }
-    let mut tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
-    if tracker.total_in_flight() > 0 {
-        drop(tracker);
-        let _ = sink.abort_transaction(timeout);
-        return Err("events still incomplete at the commit point: transaction aborted".into());
-    }
-    let commits = tracker.take_commits();
-    drop(tracker);
-    let mut tpl = TopicPartitionList::new();
-    for (TopicPartition { topic, partition }, offset) in &commits {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            .map_err(|e| e.to_string())?;
-    }
-    let group = consumer
-        .group_metadata()
-        .ok_or("no consumer group metadata for the transaction")?;
-    sink.commit_transaction(&tpl, &group, timeout)
-        .map_err(|e| format!("transaction commit failed: {e}"))?;
-    dispatch
-        .tracker
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .commit_confirmed(&commits);
-    dispatch.telemetry.emit(OffsetsCommitted {
-        commits: &commits,
-        point: CommitPoint::Transaction,
-        released: &[],
-    });
-    Ok(())
-}
-
-/// Commits synchronously (revokes and the stop: the partitions must be settled before they go).
-pub(crate) fn commit(
-    consumer: &BaseConsumer<RebalanceContext>,
-    commits: &[(TopicPartition, i64)],
-) -> Result<(), String> {
-    if commits.is_empty() {
-        return Ok(());
-    }
-    let tpl = tpl_of_commits(commits)?;
-    consumer
-        .commit(&tpl, CommitMode::Sync)
-        .map_err(|e| e.to_string())?;
-    Ok(())
 }

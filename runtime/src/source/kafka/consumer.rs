@@ -1,27 +1,33 @@
 //! The consumer: created from the spec with the offset discipline Sluice needs (no auto offset
-//! store, commits only of complete units), subscribed by the Kafka loop.
+//! store, commits only of complete units), and the dispatcher's source: it pauses, resumes and
+//! commits partitions for it.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
-use super::config::client_config;
-use super::dispatch::Dispatch;
 use super::rebalance::{RebalanceContext, StartPlan};
 use crate::config::{KafkaSourceSpec, PipelineSpec, StartFrom};
+use crate::dispatch::{Dispatcher, Source};
+use crate::error::RunError;
+use crate::kafka_client;
 use crate::offsets::TopicPartition;
-use crate::run::RunError;
+use crate::sink::kafka::KafkaSink;
 use crate::telemetry::Telemetry;
+
+/// The Kafka source's consumer.
+pub(crate) type KafkaConsumer = BaseConsumer<RebalanceContext>;
 
 pub(crate) fn create_consumer(
     spec: &PipelineSpec,
     source: &KafkaSourceSpec,
-    dispatch: Arc<Mutex<Dispatch>>,
+    dispatcher: Arc<Mutex<Dispatcher>>,
     telemetry: Arc<Telemetry>,
     stats_interval: Option<&str>,
-) -> Result<BaseConsumer<RebalanceContext>, RunError> {
-    let mut config = client_config(
+) -> Result<KafkaConsumer, RunError> {
+    let mut config = kafka_client::config(
         &source.bootstrap_servers,
         &source.properties,
         &source.properties_from_env,
@@ -55,7 +61,7 @@ pub(crate) fn create_consumer(
     }
     config
         .create_with_context(RebalanceContext {
-            dispatch,
+            dispatcher,
             telemetry,
             start: StartPlan {
                 from: source.start_from.clone(),
@@ -69,8 +75,52 @@ pub(crate) fn create_consumer(
         .map_err(|e| RunError::Setup(format!("source.kafka: cannot create the consumer: {e}")))
 }
 
-pub(crate) fn tpl_of(tp: &TopicPartition) -> TopicPartitionList {
+impl Source for KafkaConsumer {
+    fn pause(&self, tp: &TopicPartition) -> Result<(), String> {
+        Consumer::pause(self, &tpl_of(tp)).map_err(|e| e.to_string())
+    }
+
+    fn resume(&self, tp: &TopicPartition) -> Result<(), String> {
+        Consumer::resume(self, &tpl_of(tp)).map_err(|e| e.to_string())
+    }
+
+    /// Synchronous: the partitions must be settled before librdkafka lets them go.
+    fn commit(&self, commits: &[(TopicPartition, i64)]) -> Result<(), String> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        Consumer::commit(self, &tpl_of_commits(commits)?, CommitMode::Sync)
+            .map_err(|e| e.to_string())
+    }
+
+    fn commit_transaction(
+        &self,
+        sink: &KafkaSink,
+        commits: &[(TopicPartition, i64)],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let group = self
+            .group_metadata()
+            .ok_or("no consumer group metadata for the transaction")?;
+        sink.commit_transaction(&tpl_of_commits(commits)?, &group, timeout)
+            .map_err(|e| format!("transaction commit failed: {e}"))
+    }
+}
+
+fn tpl_of(tp: &TopicPartition) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&tp.topic, tp.partition);
     tpl
+}
+
+/// `commits` as librdkafka's list (the offset is the next one to read).
+pub(crate) fn tpl_of_commits(
+    commits: &[(TopicPartition, i64)],
+) -> Result<TopicPartitionList, String> {
+    let mut tpl = TopicPartitionList::new();
+    for (TopicPartition { topic, partition }, offset) in commits {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(tpl)
 }

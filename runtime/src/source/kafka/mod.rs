@@ -1,52 +1,45 @@
-//! The Kafka source: a consumer group in. One thread polls the consumer (so rebalance callbacks
-//! and the main queue are always served: no split partition queues) and dispatches each event to
-//! the worker its partition is pinned to. A partition with `partition-capacity` events in flight
-//! is paused, and resumed when its worker catches up, so memory stays bounded whatever the input
-//! rate. Every `commit-interval-ms` the workers flush their plugin instance and the offsets of
-//! complete units (processed, flushed and acknowledged by every sink) are committed. On revoke
-//! the revoked partitions are drained, flushed, acknowledged and committed before they are
-//! released; on SIGTERM/SIGINT every partition is, then the consumer leaves the group. A fatal
-//! error stops the pipeline with nothing committed past the failing event.
+//! The Kafka source: a consumer group in, a thin adapter over the dispatcher (`crate::dispatch`).
+//! One thread polls the consumer (so rebalance callbacks and the main queue are always served:
+//! no split partition queues) and hands each burst to the dispatcher, which pauses a partition
+//! with `partition-capacity` events in flight through this source and resumes it as its workers
+//! catch up, so memory stays bounded whatever the input rate. Every `commit-interval-ms` the
+//! workers flush their plugin instance and the offsets of complete units (processed, flushed and
+//! acknowledged by every sink) are committed. On revoke the dispatcher releases the partitions
+//! (drained, flushed, acknowledged and committed) before librdkafka lets them go; on
+//! SIGTERM/SIGINT every partition is, then the consumer leaves the group. A fatal error stops
+//! the pipeline with nothing committed past the failing event.
 //!
-//! `config` (client configuration), `consumer` (creation), `statistics` (librdkafka's
-//! statistics), `rebalance` (assign and revoke), `dispatch` (slots, units, pause and release),
-//! `commit` (the commit cycle, the transaction barrier and the drain), `answers` (the broker's
-//! answers to asynchronous commits), `resize` (the worker pool
-//! following the CPU quota); the loop is [`run_with`].
+//! `consumer` (creation, and the dispatcher's [`crate::dispatch::Source`]: pause, resume,
+//! commit), `rebalance` (librdkafka's callbacks: start offsets, assign and release),
+//! `statistics` (librdkafka's statistics), `commit` (the commit cycle), `answers` (the broker's
+//! answers to asynchronous commits), `watch` (is it making progress); the loop is [`run_with`].
 
 mod answers;
 mod commit;
-pub(crate) mod config;
-pub(crate) mod consumer;
-pub(crate) mod dispatch;
-pub(crate) mod rebalance;
-pub(crate) mod resize;
-pub(crate) mod statistics;
-pub(crate) mod watch;
+mod consumer;
+mod rebalance;
+mod statistics;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::message::{Message, TopicNames};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 
 use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
+use crate::cpu::CpuWatch;
+use crate::dispatch::{Context, Dispatcher, ResumeFrom, Settings, lock, partition_view};
+use crate::error::RunError;
+use crate::message::{Message, TopicNames};
 use crate::offsets::TopicPartition;
-use crate::pipeline::{Running, Setup, start};
-use crate::run::{RunError, Summary};
+use crate::pipeline::{Setup, Summary, start};
 use crate::shutdown::Shutdown;
 use crate::status::Lifecycle;
 use crate::telemetry::StopReason;
 use crate::worker::{OutputTarget, Positions, WorkerShared};
-use commit::{CommitCycle, drain};
-pub(crate) use config::client_config;
-pub(crate) use consumer::create_consumer;
-pub(crate) use dispatch::{
-    Dispatch, ResumeFrom, Slot, dispatch_burst, hand_out, partition_view, release_held,
-};
-pub(crate) use rebalance::RebalanceContext;
-use resize::CpuWatch;
+use commit::CommitCycle;
+use consumer::{KafkaConsumer, create_consumer};
 
 /// `sluice dlq replay --through`: the pipeline reads its dead-letter topic instead of its
 /// source, hands the plugin only the selected dead letters (without their `sluice.*`
@@ -84,7 +77,7 @@ pub fn run_with(
         ));
     };
     let drain_timeout = Duration::from_millis(source.drain_timeout_ms);
-    let running = start(
+    let (running, pool) = start(
         spec,
         &Setup {
             // The poll loop may block for a revoke's drain plus a transaction commit.
@@ -99,56 +92,38 @@ pub fn run_with(
             positions: Positions::Offsets,
         },
     )?;
-    let Running {
-        telemetry,
-        tracker,
-        failure,
-        shared,
+    let telemetry = running.telemetry.clone();
+    let failure = running.failure.clone();
+    let dispatcher = Arc::new(Mutex::new(Dispatcher::new(
         pool,
-        stats_interval,
-        ..
-    } = &running;
-    let (telemetry, tracker, failure, shared, pool) = (
-        telemetry.clone(),
-        tracker.clone(),
-        failure.clone(),
-        shared.clone(),
-        pool.clone(),
-    );
-    let stats_interval = stats_interval.clone();
-    let senders = pool.lock().unwrap_or_else(|e| e.into_inner()).senders();
-    let worker_count = senders.len();
-
-    let dispatch = Arc::new(Mutex::new(Dispatch {
-        slots: HashMap::new(),
-        load: vec![0; worker_count],
-        workers: senders,
-        pool: pool.clone(),
-        ordering: spec.ordering,
-        next_worker: 0,
-        tracker: tracker.clone(),
-        failure: failure.clone(),
-        drain_timeout,
-        revoked_log: Vec::new(),
-        resume_from: exactly_once(spec, &shared),
-        transactions: spec
-            .producer
-            .transactional_id
-            .is_some()
-            .then(|| shared.sink.clone())
-            .flatten(),
-        telemetry: telemetry.clone(),
-        state: shared.state.clone(),
-    }));
+        Settings {
+            ordering: spec.ordering,
+            capacity: source.partition_capacity,
+            drain_timeout,
+        },
+        Context {
+            tracker: running.tracker.clone(),
+            failure: failure.clone(),
+            telemetry: telemetry.clone(),
+            state: running.shared.state.clone(),
+            resume_from: exactly_once(spec, &running.shared),
+            transactions: spec
+                .producer
+                .transactional_id
+                .is_some()
+                .then(|| running.shared.sink.clone())
+                .flatten(),
+        },
+    )));
     telemetry
         .health
-        .set_partition_view(partition_view(Arc::downgrade(&dispatch)));
+        .set_partition_view(partition_view(Arc::downgrade(&dispatcher)));
     let consumer = create_consumer(
         spec,
         source,
-        dispatch.clone(),
+        dispatcher.clone(),
         telemetry.clone(),
-        stats_interval.as_deref(),
+        running.stats_interval.as_deref(),
     )?;
     let topics: Vec<&str> = source.topics.iter().map(String::as_str).collect();
     consumer
@@ -163,20 +138,20 @@ pub fn run_with(
         spec.producer.transactional_id.is_some(),
     );
     // Is it making progress? With the admin endpoint on (librdkafka's statistics give the lag).
-    let mut watch = (stats_interval.is_some() && replay.is_none())
+    let mut watch = (running.stats_interval.is_some() && replay.is_none())
         .then(|| watch::Watch::new(&spec.admin, &source.topics, &telemetry));
     let mut replay_done_now = false;
     let mut topic_names = TopicNames::default();
     telemetry.health.set_lifecycle(Lifecycle::Consuming);
     while !shutdown.requested() && !failure.is_set() {
         telemetry.health.heartbeat();
-        release_held(&consumer, &dispatch, source.partition_capacity);
         // Drain what librdkafka has ready in one burst, then hand each worker its share in one
         // message: one wake-up per burst, not per event.
         let burst_limit = {
-            let mut d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-            d.revoked_log.clear();
-            source.batch_size * d.workers.len()
+            let mut d = lock(&dispatcher);
+            d.begin_turn();
+            d.release_held(&consumer);
+            source.batch_size * d.worker_count()
         };
         let mut burst = Vec::new();
         let mut wait = Duration::from_millis(50);
@@ -194,22 +169,22 @@ pub fn run_with(
         if let Some(replay) = &replay {
             burst.retain(|m| (replay.keep)(m));
         }
-        dispatch_burst(&consumer, &dispatch, burst, source.partition_capacity);
+        lock(&dispatcher).dispatch(&consumer, burst);
         if let Some(replay) = &replay {
-            if replay_done(&consumer, &dispatch, &replay.end) {
+            if replay_done(&consumer, &dispatcher, &replay.end) {
                 tracing::info!("replay: read to where the dead-letter topic ended");
                 replay_done_now = true;
                 break;
             }
         }
-        cycle.turn(&consumer, &dispatch, &pool);
+        cycle.turn(&consumer, &dispatcher);
         if let Some(watch) = &mut watch {
-            watch.turn(&consumer, &dispatch, &telemetry);
+            watch.turn(&consumer, &dispatcher, &telemetry);
         }
         // The CPU quota changed (an in-place resize): the pool follows, between flush rounds.
         if cycle.idle() {
             if let Some(cpu) = cpu_watch.as_mut().and_then(CpuWatch::due) {
-                resize::follow(&mut dispatch.lock().unwrap_or_else(|e| e.into_inner()), cpu);
+                lock(&dispatcher).resize(cpu);
             }
         }
     }
@@ -223,33 +198,27 @@ pub fn run_with(
     } else {
         StopReason::Signal
     };
-    drain(&consumer, &dispatch, reason);
+    lock(&dispatcher).drain(&consumer, reason);
     cycle.close();
     consumer.unsubscribe();
     drop(consumer);
-    dispatch
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .workers
-        .clear();
-    drop((pool, shared));
-    running.finish(drain_timeout, fatal)
+    let mut d = lock(&dispatcher);
+    running.finish(d.workers_mut(), drain_timeout, fatal)
 }
 
 /// Replays: every partition of the dead-letter topic is assigned here, read up to its end, and
 /// nothing is held back in a paused partition.
-pub(crate) fn replay_done(
-    consumer: &BaseConsumer<RebalanceContext>,
-    dispatch: &Mutex<Dispatch>,
+fn replay_done(
+    consumer: &KafkaConsumer,
+    dispatcher: &Mutex<Dispatcher>,
     end: &HashMap<TopicPartition, i64>,
 ) -> bool {
-    let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-    if d.slots.len() < end.values().filter(|e| **e > 0).count()
-        || d.slots.values().any(|s| !s.held.is_empty())
     {
-        return false;
+        let d = lock(dispatcher);
+        if d.partitions().len() < end.values().filter(|e| **e > 0).count() || d.holds_events() {
+            return false;
+        }
     }
-    drop(d);
     let Ok(positions) = consumer.position() else {
         return false;
     };
@@ -271,7 +240,7 @@ pub(crate) fn replay_done(
 
 /// The reader of stored offsets, when the pipeline has an exactly-once output: that output's
 /// writer reads them (the rebalance callback opens no connection of its own).
-pub(crate) fn exactly_once(spec: &PipelineSpec, shared: &Arc<WorkerShared>) -> Option<ResumeFrom> {
+fn exactly_once(spec: &PipelineSpec, shared: &Arc<WorkerShared>) -> Option<ResumeFrom> {
     let name = spec.outputs.iter().find_map(|(name, o)| match o {
         OutputSpec::Postgres(t) if t.exactly_once => Some(name.clone()),
         _ => None,

@@ -1,25 +1,26 @@
-//! Rebalances: librdkafka's callbacks (run inside `poll` on the poll thread). On assign a
-//! partition gets a slot and its workers; on revoke its events are drained, flushed,
-//! acknowledged and committed (or committed into the open transaction) before it is released.
+//! Rebalances: librdkafka's callbacks (run inside `poll` on the poll thread), which hand the
+//! dispatcher its partitions: before an assignment its start offsets are placed (`start-from`,
+//! `--reset`), after it the dispatcher assigns; on revoke the dispatcher releases (drained,
+//! flushed, acknowledged and committed, or committed into the open transaction) before
+//! librdkafka lets the partitions go. The consumer's statistics callback is here too (the
+//! context is one type), handing over to `statistics`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::commit::{commit, commit_transaction};
-use super::dispatch::{Dispatch, Slot};
-use crate::config::{Ordering, StartFrom};
+use crate::config::StartFrom;
+use crate::dispatch::{Dispatcher, lock};
 use crate::offsets::TopicPartition;
-use crate::telemetry::{
-    CommitFailed, CommitPoint, OffsetsCommitted, PartitionsAssigned, PartitionsRevoked, Telemetry,
-};
-use crate::worker::Command;
+use crate::telemetry::Telemetry;
 
+/// The consumer's context: its rebalance callbacks (which call the dispatcher) and its
+/// statistics.
 pub(crate) struct RebalanceContext {
-    pub(crate) dispatch: Arc<Mutex<Dispatch>>,
+    pub(crate) dispatcher: Arc<Mutex<Dispatcher>>,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) start: StartPlan,
     /// Partitions of the assignment in progress that start from `start-from` (placed in
@@ -174,8 +175,7 @@ impl ConsumerContext for RebalanceContext {
                         tracing::warn!("partitions assigned while stopping are not started: {err}");
                     } else {
                         // Never start somewhere else than asked: the pipeline stops.
-                        let dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
-                        dispatch.failure.set(err);
+                        lock(&self.dispatcher).failure().set(err);
                     }
                 }
             }
@@ -186,229 +186,34 @@ impl ConsumerContext for RebalanceContext {
                 .iter()
                 .map(|e| TopicPartition::new(e.topic(), e.partition()))
                 .collect();
-            let mut dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
-            revoke(&mut dispatch, consumer, &partitions);
+            lock(&self.dispatcher).release(consumer, &partitions);
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             // librdkafka keeps a partition's pause flag across unassign and assign: a partition
-            // revoked while paused would come back paused, and our fresh slot would never resume it.
+            // revoked while paused would come back paused, and its fresh slot would never resume.
             if let Err(err) = consumer.resume(tpl) {
                 tracing::warn!("resume of newly assigned partitions failed: {err}");
             }
-            let mut dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
-            let stored = match dispatch.resume_from.as_ref().map(|read| read()) {
-                None => HashMap::new(),
-                Some(Ok(stored)) => stored,
-                Some(Err(err)) => {
-                    dispatch.failure.set(format!(
-                        "exactly-once: cannot read the stored offsets ({err}): is the database reachable?"
-                    ));
-                    return;
-                }
-            };
-            if let Some(state) = dispatch.state.clone() {
-                let new: Vec<TopicPartition> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| TopicPartition::new(e.topic(), e.partition()))
-                    .filter(|tp| !dispatch.slots.contains_key(tp))
-                    .collect();
-                let (fresh, why) =
-                    std::mem::take(&mut *self.fresh.lock().unwrap_or_else(|e| e.into_inner()));
-                // Restored before the partitions get slots: none of their events is dispatched
-                // (or even polled into a burst) before their state is there.
-                if let Err(err) = state.open(&new, &fresh, why) {
-                    dispatch.failure.set(err);
-                    return;
-                }
-            }
-            let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
-            let mut assigned = Vec::new();
-            for e in tpl.elements() {
-                let tp = TopicPartition::new(e.topic(), e.partition());
-                if dispatch.slots.contains_key(&tp) {
-                    continue;
-                }
-                let workers = match dispatch.ordering {
-                    Ordering::Partition => {
-                        let worker = (0..dispatch.load.len())
-                            .min_by_key(|w| dispatch.load[*w])
-                            .unwrap_or(0);
-                        dispatch.load[worker] += 1;
-                        vec![worker]
-                    }
-                    Ordering::Key | Ordering::None => (0..dispatch.workers.len()).collect(),
-                };
-                dispatch
-                    .tracker
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .assign(tp.clone());
-                dispatch.slots.insert(
-                    tp.clone(),
-                    Slot {
-                        workers: workers.clone(),
-                        in_flight: Arc::default(),
-                        held: VecDeque::new(),
-                        paused: false,
-                        skip_below: stored.get(&tp).copied().unwrap_or(0),
-                    },
-                );
-                for worker in workers {
-                    per_worker.entry(worker).or_default().push(tp.clone());
-                }
-                assigned.push(tp);
-            }
-            self.telemetry.emit(PartitionsAssigned {
-                partitions: &assigned,
-            });
-            for (worker, partitions) in per_worker {
-                tracing::debug!(worker, partitions = ?partitions, "partitions pinned to worker");
-                let _ = dispatch.workers[worker].send(Command::Assigned(partitions));
+            let partitions: Vec<TopicPartition> = tpl
+                .elements()
+                .iter()
+                .map(|e| TopicPartition::new(e.topic(), e.partition()))
+                .collect();
+            let (fresh, why) = std::mem::take(&mut *lock(&self.fresh));
+            let mut dispatcher = lock(&self.dispatcher);
+            if let Err(err) = dispatcher.assign(&partitions, &fresh, why) {
+                dispatcher.failure().set(err);
             }
         }
     }
 }
 
-/// Drains, flushes and commits `partitions`, then forgets them. Bounded by the drain timeout.
-pub(crate) fn revoke(
-    dispatch: &mut Dispatch,
-    consumer: &BaseConsumer<RebalanceContext>,
-    partitions: &[TopicPartition],
-) {
-    if dispatch.transactions.is_some() {
-        return revoke_in_transaction(dispatch, consumer, partitions);
-    }
-    let per_worker = release_slots(dispatch, partitions);
-    if per_worker.is_empty() {
-        return;
-    }
-    dispatch.telemetry.emit(PartitionsRevoked {
-        partitions,
-        into_transaction: false,
-    });
-    let deadline = Instant::now() + dispatch.drain_timeout;
-    let replies: Vec<_> = per_worker
-        .into_iter()
-        .map(|(worker, parts)| {
-            let (tx, rx) = mpsc::sync_channel(1);
-            let _ = dispatch.workers[worker].send(Command::Revoke(parts, tx));
-            rx
-        })
-        .collect();
-    for rx in replies {
-        let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-    }
-    // Wait for the sinks to acknowledge what the revoked partitions emitted.
-    let drained;
-    loop {
-        let in_flight: usize = {
-            let tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
-            partitions.iter().map(|tp| tracker.in_flight(tp)).sum()
-        };
-        // After a fatal error the failing unit never completes: commit what is complete now.
-        let failed = dispatch.failure.is_set();
-        if in_flight == 0 || failed || Instant::now() >= deadline {
-            if in_flight > 0 && !failed {
-                tracing::warn!(in_flight, "drain timeout: committing only what is complete");
-            }
-            drained = in_flight == 0;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let commits: Vec<(TopicPartition, i64)> = {
-        let mut tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
-        partitions
-            .iter()
-            .filter_map(|tp| tracker.revoke(tp).map(|o| (tp.clone(), o)))
-            .collect()
-    };
-    let committed = match commit(consumer, &commits) {
-        Ok(()) => {
-            dispatch.telemetry.emit(OffsetsCommitted {
-                commits: &commits,
-                point: CommitPoint::Release,
-                released: partitions,
-            });
-            true
-        }
-        Err(err) => {
-            dispatch.telemetry.emit(CommitFailed {
-                error: &err,
-                retried: false,
-            });
-            false
-        }
-    };
-    if let Some(state) = &dispatch.state {
-        state.close(
-            partitions,
-            committed && drained && !dispatch.failure.is_set(),
-        );
-    }
-}
-
-/// Forgets the slots of revoked `partitions` (their events still in this poll burst are dropped)
-/// and returns which workers held which of them.
-pub(crate) fn release_slots(
-    dispatch: &mut Dispatch,
-    partitions: &[TopicPartition],
-) -> HashMap<usize, Vec<TopicPartition>> {
-    dispatch.revoked_log.extend(partitions.iter().cloned());
-    let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
-    for tp in partitions {
-        if let Some(slot) = dispatch.slots.remove(tp) {
-            if let [worker] = slot.workers[..] {
-                dispatch.load[worker] -= 1;
-            }
-            for worker in slot.workers {
-                per_worker.entry(worker).or_default().push(tp.clone());
-            }
-        }
-    }
-    per_worker
-}
-
-/// Transactions: the revoked partitions' workers call `revoked` and flush, then the open
-/// transaction commits with every partition's offsets (so the revoked ones' too), then they are
-/// forgotten.
-pub(crate) fn revoke_in_transaction(
-    dispatch: &mut Dispatch,
-    consumer: &BaseConsumer<RebalanceContext>,
-    partitions: &[TopicPartition],
-) {
-    let per_worker = release_slots(dispatch, partitions);
-    if per_worker.is_empty() {
-        return;
-    }
-    dispatch.telemetry.emit(PartitionsRevoked {
-        partitions,
-        into_transaction: true,
-    });
-    for (worker, parts) in per_worker {
-        let (tx, _rx) = mpsc::sync_channel(1);
-        let _ = dispatch.workers[worker].send(Command::Revoke(parts, tx));
-    }
-    let committed = match commit_transaction(dispatch, consumer) {
-        Ok(()) => true,
-        Err(err) => {
-            dispatch
-                .failure
-                .set(format!("transaction commit on revoke failed: {err}"));
-            false
-        }
-    };
-    {
-        let mut tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
-        for tp in partitions {
-            tracker.revoke(tp);
-        }
-    }
-    if let Some(state) = &dispatch.state {
-        state.close(partitions, committed && !dispatch.failure.is_set());
+impl ClientContext for RebalanceContext {
+    /// librdkafka's statistics (every `admin.lag-interval-ms`): see `statistics`.
+    fn stats_raw(&self, statistics: &[u8]) {
+        super::statistics::observe(statistics, &self.brokers, &self.telemetry);
     }
 }

@@ -4,65 +4,61 @@
 //! lost broker, its return, a partition's leader moving).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use rdkafka::ClientContext;
-
-use super::rebalance::RebalanceContext;
 use crate::offsets::TopicPartition;
 use crate::status::{BrokerOffsets, BrokerStatus};
+use crate::telemetry::Telemetry;
 
-impl ClientContext for RebalanceContext {
-    /// librdkafka's statistics (every `admin.lag-interval-ms`): the watermarks and committed
-    /// offsets behind the lag, whether the group is joined, and the brokers.
-    fn stats_raw(&self, statistics: &[u8]) {
-        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
-            return;
-        };
-        if stats["cgrp"]["state"] == "up" {
-            self.telemetry.health.set_group_joined();
-        }
-        let mut offsets = HashMap::new();
-        // The partitions this pod consumes (librdkafka's "desired" ones).
-        let mut assigned = Vec::new();
-        for (topic, t) in stats["topics"].as_object().into_iter().flatten() {
-            for p in t["partitions"]
-                .as_object()
-                .into_iter()
-                .flat_map(|p| p.values())
-            {
-                let partition = p["partition"].as_i64().unwrap_or(-1);
-                if partition < 0 {
-                    continue; // librdkafka's internal "unassigned" partition
-                }
-                let get = |k: &str| p[k].as_i64().unwrap_or(-1);
-                let tp = TopicPartition::new(topic.clone(), partition as i32);
-                if p["desired"] == true {
-                    assigned.push(tp.clone());
-                }
-                offsets.insert(
-                    tp,
-                    BrokerOffsets {
-                        low: get("lo_offset"),
-                        high: get("hi_offset"),
-                        committed: get("committed_offset"),
-                        leader: get("leader") as i32,
-                    },
-                );
-            }
-        }
-        let brokers = self
-            .brokers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(brokers(&stats, &offsets, &assigned), &offsets);
-        self.telemetry.health.set_brokers(brokers);
-        self.telemetry.health.set_broker_offsets(offsets);
+/// Reads one statistics report into `/status`: the watermarks and committed offsets behind the
+/// lag, whether the group is joined, and the brokers (as `brokers` watches them).
+pub(crate) fn observe(statistics: &[u8], brokers: &Mutex<BrokerWatch>, telemetry: &Telemetry) {
+    let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+        return;
+    };
+    if stats["cgrp"]["state"] == "up" {
+        telemetry.health.set_group_joined();
     }
+    let mut offsets = HashMap::new();
+    // The partitions this pod consumes (librdkafka's "desired" ones).
+    let mut assigned = Vec::new();
+    for (topic, t) in stats["topics"].as_object().into_iter().flatten() {
+        for p in t["partitions"]
+            .as_object()
+            .into_iter()
+            .flat_map(|p| p.values())
+        {
+            let partition = p["partition"].as_i64().unwrap_or(-1);
+            if partition < 0 {
+                continue; // librdkafka's internal "unassigned" partition
+            }
+            let get = |k: &str| p[k].as_i64().unwrap_or(-1);
+            let tp = TopicPartition::new(topic.clone(), partition as i32);
+            if p["desired"] == true {
+                assigned.push(tp.clone());
+            }
+            offsets.insert(
+                tp,
+                BrokerOffsets {
+                    low: get("lo_offset"),
+                    high: get("hi_offset"),
+                    committed: get("committed_offset"),
+                    leader: get("leader") as i32,
+                },
+            );
+        }
+    }
+    let seen = brokers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .observe(listed(&stats, &offsets, &assigned), &offsets);
+    telemetry.health.set_brokers(seen);
+    telemetry.health.set_broker_offsets(offsets);
 }
 
 /// The cluster's brokers (bootstrap entries left out) with the `assigned` partitions each leads.
-fn brokers(
+fn listed(
     stats: &serde_json::Value,
     offsets: &HashMap<TopicPartition, BrokerOffsets>,
     assigned: &[TopicPartition],
@@ -204,7 +200,7 @@ mod tests {
                 leader,
             },
         )]);
-        watch.observe(brokers(&stats(listed), &offsets, &[tp]), &offsets)
+        watch.observe(super::listed(&stats(listed), &offsets, &[tp]), &offsets)
     }
 
     #[test]

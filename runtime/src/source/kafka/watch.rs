@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::dispatch::Dispatch;
-use super::rebalance::RebalanceContext;
+use super::consumer::KafkaConsumer;
 use crate::condition::{Action, Bounds, Condition, Observation, PartitionSeen, Remedy, decide};
 use crate::config::AdminSpec;
+use crate::dispatch::{Dispatcher, lock};
 use crate::offsets::TopicPartition;
 use crate::telemetry::{ConditionChanged, RemediesExhausted, RemedyTried, Telemetry};
 
@@ -62,8 +62,8 @@ impl Watch {
     /// One look, once a second.
     pub(crate) fn turn(
         &mut self,
-        consumer: &BaseConsumer<RebalanceContext>,
-        dispatch: &Mutex<Dispatch>,
+        consumer: &KafkaConsumer,
+        dispatcher: &Mutex<Dispatcher>,
         telemetry: &Telemetry,
     ) {
         let now = Instant::now();
@@ -71,10 +71,7 @@ impl Watch {
             return;
         }
         self.next = now + Duration::from_secs(1);
-        let assigned: Vec<TopicPartition> = {
-            let d = dispatch.lock().unwrap_or_else(|e| e.into_inner());
-            d.slots.keys().cloned().collect()
-        };
+        let assigned = lock(dispatcher).partitions();
         let seen = self.observe(consumer, &assigned, telemetry, now);
         let verdict = decide(&seen, &self.bounds);
         // What is published (`Health`) is the one record of the condition and since when.
@@ -119,7 +116,7 @@ impl Watch {
 
     fn observe(
         &mut self,
-        consumer: &BaseConsumer<RebalanceContext>,
+        consumer: &KafkaConsumer,
         assigned: &[TopicPartition],
         telemetry: &Telemetry,
         now: Instant,
@@ -186,7 +183,7 @@ impl Watch {
 
     /// The group's lag over every partition of its topics: committed offsets (OffsetFetch, for
     /// partitions held by anyone) against high watermarks. `None` when the broker does not say.
-    fn read_group_lag(&self, consumer: &BaseConsumer<RebalanceContext>) -> Option<i64> {
+    fn read_group_lag(&self, consumer: &KafkaConsumer) -> Option<i64> {
         let timeout = Duration::from_secs(2);
         let mut tpl = TopicPartitionList::new();
         for topic in &self.topics {

@@ -1,12 +1,14 @@
 //! librdkafka client configuration from a spec: bootstrap servers, properties, and properties
-//! read from the environment (secrets stay out of the spec). Used by the consumer and the
-//! producer alike.
+//! read from the environment (secrets stay out of the spec). One module below every Kafka
+//! client of a run: the source's consumer, the producer, the changelog's readers.
 
 use rdkafka::ClientConfig;
 
-use crate::run::RunError;
+use crate::error::RunError;
 
-pub(crate) fn client_config(
+/// A client configuration: `bootstrap`, then `properties`, then `from_env` (property ->
+/// environment variable); `field` names the spec section in errors.
+pub(crate) fn config(
     bootstrap: &str,
     properties: &std::collections::BTreeMap<String, String>,
     from_env: &std::collections::BTreeMap<String, String>,

@@ -1,6 +1,6 @@
-//! Following the CPU quota: while consuming, the poll loop re-reads the container's CPU quota
-//! (cgroup `cpu.max`, or v1's CFS files) every few seconds and, when it asks for another worker
-//! count, resizes the pool (Grab's GOMAXPROCS lesson, made live for in-place pod resizes).
+//! Following the CPU quota: when the container's CPU quota asks for another worker count (the
+//! source's loop re-reads it every few seconds, `cpu::CpuWatch`), the pool is resized (Grab's
+//! GOMAXPROCS lesson, made live for in-place pod resizes).
 //!
 //! A partition moves between workers only at a unit boundary. With `ordering: partition` its
 //! old worker gives it up ahead of its queue (a handoff, served after the plugin call it is in):
@@ -12,56 +12,30 @@
 //! way, and the returned events are spread again over the new set of workers (which gets
 //! `assigned`), each unit's parts counted anew in the tracker.
 //!
-//! Resizing runs on the poll thread, the only thread that hands events to workers, so nothing
+//! Resizing runs on the source's thread, the only thread that hands events to workers, so nothing
 //! reaches a worker mid-move; events held for a paused partition go to its new worker. Offsets
 //! are untouched (the tracker counts units, not workers): nothing is lost or committed early.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::dispatch::{Dispatch, key_worker};
+use super::units::key_worker;
+use super::{Dispatcher, lock};
 use crate::config::Ordering;
 use crate::cpu::CpuLimit;
 use crate::offsets::{TopicPartition, UnitId};
-use crate::pool::WorkerPool;
+use crate::pool::Workers;
 use crate::status::Capacity;
 use crate::telemetry::WorkersResized;
-use crate::worker::{Command, Delivery};
-
-/// How often the quota is read again.
-pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
-
-/// When to read the quota next.
-#[derive(Debug)]
-pub(crate) struct CpuWatch {
-    next: Instant,
-}
-
-impl CpuWatch {
-    pub(crate) fn new() -> CpuWatch {
-        CpuWatch {
-            next: Instant::now() + CHECK_EVERY,
-        }
-    }
-
-    /// The limit now, if it is time to look again.
-    pub(crate) fn due(&mut self) -> Option<CpuLimit> {
-        let now = Instant::now();
-        if now < self.next {
-            return None;
-        }
-        self.next = now + CHECK_EVERY;
-        Some(CpuLimit::detect())
-    }
-}
+use crate::worker::Delivery;
 
 /// Resizes the pool to the worker count `cpu` asks for, moving partitions between workers
 /// first (see the module docs). Nothing happens if the count is already right. A worker that
 /// cannot be opened stops the growth there (logged); the pool keeps what it has.
-pub(crate) fn follow(dispatch: &mut Dispatch, cpu: CpuLimit) {
-    let from = dispatch.workers.len();
+pub(crate) fn follow<W: Workers>(d: &mut Dispatcher<W>, cpu: CpuLimit) {
+    let from = d.workers.len();
     let wanted = cpu.workers();
-    dispatch
+    d.ctx
         .telemetry
         .metrics
         .cpu_quota_cores
@@ -70,35 +44,31 @@ pub(crate) fn follow(dispatch: &mut Dispatch, cpu: CpuLimit) {
         return;
     }
     let started = Instant::now();
-    let pool = dispatch.pool.clone();
-    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
     let mut to = wanted;
-    while pool.len() < to {
-        if let Err(err) = pool.grow(to) {
+    while d.workers.len() < to {
+        if let Err(err) = d.workers.grow(to) {
             tracing::warn!("cannot add a worker to follow the CPU quota: {err}");
-            to = pool.len();
+            to = d.workers.len();
         }
     }
     if to == from {
         return; // nothing could be added: the pool stays as it is
     }
-    dispatch.workers = pool.senders();
-    let moved = match dispatch.ordering {
-        Ordering::Partition => rebalance_pinned(dispatch, &pool, to),
-        Ordering::Key | Ordering::None => respread(dispatch, &pool, from, to),
+    let moved = match d.settings.ordering {
+        Ordering::Partition => rebalance_pinned(d, to),
+        Ordering::Key | Ordering::None => respread(d, from, to),
     };
-    while pool.len() > to {
-        pool.shrink();
+    while d.workers.len() > to {
+        d.workers.shrink();
     }
-    dispatch.workers = pool.senders();
-    dispatch.load.truncate(to);
-    dispatch.next_worker = 0;
-    dispatch.telemetry.health.set_capacity(Capacity {
+    d.load.truncate(to);
+    d.next_worker = 0;
+    d.ctx.telemetry.health.set_capacity(Capacity {
         workers: to,
         cpu_quota: cpu.quota_cpus,
         host_cpus: cpu.host_cpus,
     });
-    dispatch.telemetry.emit(WorkersResized {
+    d.ctx.telemetry.emit(WorkersResized {
         from,
         to,
         quota_cpus: cpu.quota_cpus,
@@ -110,7 +80,7 @@ pub(crate) fn follow(dispatch: &mut Dispatch, cpu: CpuLimit) {
 /// `ordering: partition`: the partitions of workers at or above `to` move to the least loaded
 /// remaining workers, then partitions move from the most to the least loaded worker until no two
 /// differ by more than one. Returns how many moved.
-fn rebalance_pinned(dispatch: &mut Dispatch, pool: &WorkerPool, to: usize) -> usize {
+fn rebalance_pinned<W: Workers>(dispatch: &mut Dispatcher<W>, to: usize) -> usize {
     dispatch.load.resize(dispatch.load.len().max(to), 0);
     let mut pinned: Vec<(TopicPartition, usize)> = dispatch
         .slots
@@ -130,7 +100,7 @@ fn rebalance_pinned(dispatch: &mut Dispatch, pool: &WorkerPool, to: usize) -> us
     }
     let mut queued: HashMap<TopicPartition, Vec<Delivery>> = HashMap::new();
     for (worker, partitions) in leaving {
-        let Some(reply) = pool.handoff(worker, partitions) else {
+        let Some(reply) = dispatch.workers.handoff(worker, partitions) else {
             continue;
         };
         for delivery in reply.recv().unwrap_or_default() {
@@ -152,8 +122,8 @@ fn rebalance_pinned(dispatch: &mut Dispatch, pool: &WorkerPool, to: usize) -> us
         entry.0.push(tp);
     }
     for (worker, (partitions, events)) in arriving {
-        let _ = dispatch.workers[worker].send(Command::Assigned(partitions));
-        send_by_unit(&dispatch.workers[worker], events);
+        dispatch.workers.assigned(worker, partitions);
+        send_by_unit(&dispatch.workers, worker, events);
     }
     moved
 }
@@ -207,14 +177,14 @@ pub(crate) fn plan_moves(
 /// (`revoked`, flush, its queued events back); the `to` workers get `assigned`, then the
 /// returned events, spread again by key (or evenly) in offset order, each unit's parts counted
 /// anew. Returns how many partitions moved.
-fn respread(dispatch: &mut Dispatch, pool: &WorkerPool, from: usize, to: usize) -> usize {
+fn respread<W: Workers>(dispatch: &mut Dispatcher<W>, from: usize, to: usize) -> usize {
     let mut all: Vec<TopicPartition> = dispatch.slots.keys().cloned().collect();
     all.sort();
     if all.is_empty() {
         return 0;
     }
     let replies: Vec<_> = (0..from)
-        .filter_map(|w| pool.handoff(w, all.clone()))
+        .filter_map(|w| dispatch.workers.handoff(w, all.clone()))
         .collect();
     // Per unit: its returned events and how many workers returned part of it.
     let mut returned: HashMap<(TopicPartition, UnitId), (u32, Vec<Delivery>)> = HashMap::new();
@@ -234,19 +204,19 @@ fn respread(dispatch: &mut Dispatch, pool: &WorkerPool, from: usize, to: usize) 
         slot.workers = (0..to).collect();
     }
     for worker in 0..to {
-        let _ = dispatch.workers[worker].send(Command::Assigned(all.clone()));
+        dispatch.workers.assigned(worker, all.clone());
     }
     let mut outgoing: Vec<Vec<Delivery>> = (0..to).map(|_| Vec::new()).collect();
     let mut units: Vec<_> = returned.into_iter().collect();
     units.sort_by_key(|((tp, _), (_, events))| {
         (tp.clone(), events.iter().map(|d| d.message.offset()).min())
     });
-    let mut tracker = dispatch.tracker.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tracker = lock(&dispatch.ctx.tracker);
     for (i, ((tp, unit), (removed, mut events))) in units.into_iter().enumerate() {
         events.sort_by_key(|d| d.message.offset());
         let mut added = vec![false; to];
         for delivery in events {
-            let worker = match dispatch.ordering {
+            let worker = match dispatch.settings.ordering {
                 Ordering::Key => key_worker(&delivery.message, to),
                 _ => i % to,
             };
@@ -258,25 +228,25 @@ fn respread(dispatch: &mut Dispatch, pool: &WorkerPool, from: usize, to: usize) 
     }
     drop(tracker);
     for (worker, events) in outgoing.into_iter().enumerate() {
-        send_by_unit(&dispatch.workers[worker], events);
+        send_by_unit(&dispatch.workers, worker, events);
     }
     all.len()
 }
 
 /// Sends returned events one unit per inbox message, as they were first sent: a worker serves
 /// flushes and handoffs between messages, so one message must not hold a whole backlog.
-fn send_by_unit(worker: &std::sync::mpsc::Sender<Command>, events: Vec<Delivery>) {
+fn send_by_unit(workers: &impl Workers, worker: usize, events: Vec<Delivery>) {
     let mut chunk: Vec<Delivery> = Vec::new();
     for delivery in events {
         if chunk.last().is_some_and(|last| {
             last.unit != delivery.unit || last.message.partition() != delivery.message.partition()
         }) {
-            let _ = worker.send(Command::Events(std::mem::take(&mut chunk)));
+            workers.events(worker, std::mem::take(&mut chunk));
         }
         chunk.push(delivery);
     }
     if !chunk.is_empty() {
-        let _ = worker.send(Command::Events(chunk));
+        workers.events(worker, chunk);
     }
 }
 

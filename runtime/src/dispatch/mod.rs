@@ -1,0 +1,662 @@
+//! The dispatcher: between a source and the worker pool, written once for every source. It owns
+//! the partitions a run holds ([`Slot`]s); turns each partition's events into offset units and
+//! hands them to the workers by the pipeline's `ordering` (`units`); pauses a partition with
+//! `capacity` events in flight, holds what was read meanwhile and resumes it as its workers
+//! catch up; assigns partitions (state restored, workers told) and releases them (drained,
+//! flushed, acknowledged, committed, state closed); makes the transaction's commit point; and
+//! resizes the pool (`resize`).
+//!
+//! It reaches its source only through [`Source`] (pause, resume, commit) and its workers only
+//! through [`Workers`]: a Kafka run's source is the consumer (`source::kafka`), a file run's its
+//! reader (`source::file`); the unit tests drive it with a fake of each.
+
+mod resize;
+#[cfg(test)]
+mod tests;
+mod units;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use crate::config::Ordering;
+use crate::cpu::CpuLimit;
+use crate::fatal::Fatal;
+use crate::message::Message;
+use crate::offsets::{OffsetTracker, TopicPartition};
+use crate::pool::{WorkerPool, Workers};
+use crate::sink::kafka::KafkaSink;
+use crate::state::StateStores;
+use crate::status::{PartitionLive, PartitionView};
+use crate::telemetry::{
+    CommitFailed, CommitPoint, Draining, OffsetsCommitted, PartitionPaused, PartitionsAssigned,
+    PartitionsRevoked, StopReason, Telemetry,
+};
+use crate::worker::Delivery;
+
+/// What the dispatcher asks of the source it serves, on the source's own thread (a Kafka run's
+/// poll thread, rebalance callbacks included; a file run's reading loop).
+pub(crate) trait Source {
+    /// Stops reading `tp`: it has `capacity` events in flight (what was read meanwhile is held).
+    fn pause(&self, tp: &TopicPartition) -> Result<(), String>;
+    /// Reads `tp` again.
+    fn resume(&self, tp: &TopicPartition) -> Result<(), String>;
+    /// Whether the source keeps committed positions at all (a file does not: its commit is a
+    /// no-op, and nothing is reported as committed).
+    fn commits(&self) -> bool {
+        true
+    }
+    /// Commits `commits` (per partition, the offset after its last complete unit) before their
+    /// partitions are released; returns once the commit is settled.
+    fn commit(&self, commits: &[(TopicPartition, i64)]) -> Result<(), String>;
+    /// Puts `commits` into `sink`'s open transaction and commits it (exactly-once Kafka outputs).
+    fn commit_transaction(
+        &self,
+        sink: &KafkaSink,
+        commits: &[(TopicPartition, i64)],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let _ = (sink, commits, timeout);
+        Err("this source cannot commit into a transaction".into())
+    }
+}
+
+/// One assigned partition, as the dispatcher sees it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// The workers its events may go to: one with `ordering: partition`, else all of them.
+    pub(crate) workers: Vec<usize>,
+    /// Its events handed to workers and not yet given to the plugin.
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    /// Events read while the partition was full, in order; the partition is paused meanwhile.
+    pub(crate) held: VecDeque<Message>,
+    pub(crate) paused: bool,
+    /// Exactly-once: events below this offset are already in the database; they are read and
+    /// dropped.
+    pub(crate) skip_below: i64,
+}
+
+/// Exactly-once tables: reads where each partition resumes (the offsets stored with the rows).
+pub(crate) type ResumeFrom = Box<dyn Fn() -> Result<HashMap<TopicPartition, i64>, String> + Send>;
+
+/// How the dispatcher hands events out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) ordering: Ordering,
+    /// Events a partition may have in flight before it is paused.
+    pub(crate) capacity: usize,
+    /// How long a release may wait for the workers and the sinks.
+    pub(crate) drain_timeout: Duration,
+}
+
+/// What the dispatcher shares with the rest of the run.
+pub(crate) struct Context {
+    pub(crate) tracker: Arc<Mutex<OffsetTracker>>,
+    pub(crate) failure: Fatal,
+    pub(crate) telemetry: Arc<Telemetry>,
+    /// The state stores: opened (restored) on assign, closed on release.
+    pub(crate) state: Option<Arc<StateStores>>,
+    /// Exactly-once tables: where assigned partitions resume.
+    pub(crate) resume_from: Option<ResumeFrom>,
+    /// Kafka transactions: the producer whose transaction carries the offsets.
+    pub(crate) transactions: Option<Arc<KafkaSink>>,
+}
+
+/// How a release ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Released {
+    /// Units of the released partitions still incomplete when it ended (the drain timeout ran
+    /// out, or a fatal error stopped them): their offsets were not committed.
+    pub(crate) incomplete: usize,
+    /// The positions after the complete units were committed.
+    pub(crate) committed: bool,
+}
+
+/// The dispatcher of one run. Shared (behind a mutex) by a Kafka run's poll loop and its
+/// rebalance callbacks; a file run's loop alone uses its own.
+pub(crate) struct Dispatcher<W: Workers = WorkerPool> {
+    slots: HashMap<TopicPartition, Slot>,
+    /// Partitions pinned to each worker (`ordering: partition`).
+    load: Vec<usize>,
+    workers: W,
+    settings: Settings,
+    /// Rotates the first worker of `ordering: none` hand-outs.
+    next_worker: usize,
+    /// Partitions released since the current turn began: their events still in a burst are
+    /// dropped (whoever owns them now reads them again from the committed offset).
+    released_in_turn: Vec<TopicPartition>,
+    ctx: Context,
+}
+
+impl<W: Workers> std::fmt::Debug for Dispatcher<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("slots", &self.slots.len())
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Workers> Dispatcher<W> {
+    pub(crate) fn new(workers: W, settings: Settings, ctx: Context) -> Self {
+        Dispatcher {
+            slots: HashMap::new(),
+            load: vec![0; workers.len()],
+            workers,
+            settings,
+            next_worker: 0,
+            released_in_turn: Vec::new(),
+            ctx,
+        }
+    }
+
+    pub(crate) fn tracker(&self) -> &Mutex<OffsetTracker> {
+        &self.ctx.tracker
+    }
+
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        &self.ctx.telemetry
+    }
+
+    pub(crate) fn failure(&self) -> &Fatal {
+        &self.ctx.failure
+    }
+
+    /// The workers (to stop them at the end of the run).
+    pub(crate) fn workers_mut(&mut self) -> &mut W {
+        &mut self.workers
+    }
+
+    /// How many workers events go to.
+    pub(crate) fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The partitions held, in order.
+    pub(crate) fn partitions(&self) -> Vec<TopicPartition> {
+        let mut all: Vec<TopicPartition> = self.slots.keys().cloned().collect();
+        all.sort();
+        all
+    }
+
+    /// Whether a paused partition still holds events not handed out.
+    pub(crate) fn holds_events(&self) -> bool {
+        self.slots.values().any(|s| !s.held.is_empty())
+    }
+
+    /// A new turn of the source's loop begins: partitions released in the last one may be read
+    /// again.
+    pub(crate) fn begin_turn(&mut self) {
+        self.released_in_turn.clear();
+    }
+
+    /// Takes `partitions` on (those not held yet): their state is restored first, then each
+    /// gets its slot and workers (one by load with `ordering: partition`, else all), the
+    /// tracker starts counting their units and their workers call `assigned`. `fresh` are the
+    /// partitions that start from `start-from` (their state starts empty), for the reason `why`.
+    pub(crate) fn assign(
+        &mut self,
+        partitions: &[TopicPartition],
+        fresh: &HashSet<TopicPartition>,
+        why: &str,
+    ) -> Result<(), String> {
+        let stored = match &self.ctx.resume_from {
+            None => HashMap::new(),
+            Some(read) => read().map_err(|err| {
+                format!("exactly-once: cannot read the stored offsets ({err}): is the database reachable?")
+            })?,
+        };
+        let new: Vec<TopicPartition> = partitions
+            .iter()
+            .filter(|tp| !self.slots.contains_key(tp))
+            .cloned()
+            .collect();
+        if let Some(state) = &self.ctx.state {
+            // Restored before the partitions get slots: none of their events is handed out
+            // before their state is there.
+            state.open(&new, fresh, why)?;
+        }
+        let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
+        for tp in &new {
+            let workers = match self.settings.ordering {
+                Ordering::Partition => {
+                    let worker = (0..self.load.len())
+                        .min_by_key(|w| self.load[*w])
+                        .unwrap_or(0);
+                    self.load[worker] += 1;
+                    vec![worker]
+                }
+                Ordering::Key | Ordering::None => (0..self.workers.len()).collect(),
+            };
+            lock(&self.ctx.tracker).assign(tp.clone());
+            for worker in &workers {
+                per_worker.entry(*worker).or_default().push(tp.clone());
+            }
+            self.slots.insert(
+                tp.clone(),
+                Slot {
+                    workers,
+                    in_flight: Arc::default(),
+                    held: VecDeque::new(),
+                    paused: false,
+                    skip_below: stored.get(tp).copied().unwrap_or(0),
+                },
+            );
+        }
+        self.ctx
+            .telemetry
+            .emit(PartitionsAssigned { partitions: &new });
+        for (worker, partitions) in per_worker {
+            tracing::debug!(worker, partitions = ?partitions, "partitions pinned to worker");
+            self.workers.assigned(worker, partitions);
+        }
+        Ok(())
+    }
+
+    /// Hands a burst of events (of any partitions, each partition's in offset order) to the
+    /// workers: one offset unit per partition, one message per worker. A partition with
+    /// `capacity` events in flight is paused and the rest of its events held. Events of
+    /// partitions not held (or released in this turn) are dropped.
+    pub(crate) fn dispatch(&mut self, source: &impl Source, burst: Vec<Message>) {
+        if burst.is_empty() {
+            return;
+        }
+        let capacity = self.settings.capacity;
+        // Accepted events per partition, in offset order; partitions in first-seen order.
+        let mut accepted: Vec<(TopicPartition, Vec<Message>)> = Vec::new();
+        let mut tp = TopicPartition::new(String::new(), -1);
+        let mut index = 0;
+        for message in burst {
+            // Consecutive events mostly share a partition: look it up only when it changes.
+            if tp.partition != message.partition() || tp.topic != message.topic() {
+                tp = TopicPartition::new(message.topic(), message.partition());
+                index = match accepted.iter().position(|(t, _)| *t == tp) {
+                    Some(i) => i,
+                    None => {
+                        accepted.push((tp.clone(), Vec::new()));
+                        accepted.len() - 1
+                    }
+                };
+            }
+            if self.released_in_turn.contains(&tp) {
+                continue;
+            }
+            let Some(slot) = self.slots.get_mut(&tp) else {
+                continue; // not (or no longer) ours
+            };
+            if message.offset() < slot.skip_below {
+                continue; // exactly-once: already in the database
+            }
+            let pending = slot.in_flight.load(AtomicOrdering::Acquire) + accepted[index].1.len();
+            if slot.paused || pending >= capacity {
+                if !slot.paused {
+                    if let Err(err) = source.pause(&tp) {
+                        tracing::warn!(partition = %tp, "pause failed: {err}");
+                    }
+                    slot.paused = true;
+                    self.ctx.telemetry.emit(PartitionPaused { tp: &tp });
+                }
+                slot.held.push_back(message);
+                continue;
+            }
+            accepted[index].1.push(message);
+        }
+        let mut outgoing = self.outgoing();
+        for (tp, messages) in accepted {
+            if !self.hand_out(&tp, messages, &mut outgoing) {
+                return;
+            }
+        }
+        self.send(outgoing);
+    }
+
+    /// Hands held events of paused partitions to their workers as room frees up, and resumes a
+    /// partition once everything it held is handed over and its workers are down to half its
+    /// capacity (so a slow partition does not flap between pause and resume).
+    pub(crate) fn release_held(&mut self, source: &impl Source) {
+        let capacity = self.settings.capacity;
+        let mut outgoing = self.outgoing();
+        let paused: Vec<TopicPartition> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.paused)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in paused {
+            let Some(slot) = self.slots.get_mut(&tp) else {
+                continue;
+            };
+            let room = capacity.saturating_sub(slot.in_flight.load(AtomicOrdering::Acquire));
+            let take = room.min(slot.held.len());
+            if take > 0 {
+                let messages: Vec<Message> = slot.held.drain(..take).collect();
+                if !self.hand_out(&tp, messages, &mut outgoing) {
+                    return;
+                }
+            }
+            let Some(slot) = self.slots.get_mut(&tp) else {
+                continue;
+            };
+            if slot.held.is_empty() && slot.in_flight.load(AtomicOrdering::Acquire) <= capacity / 2
+            {
+                match source.resume(&tp) {
+                    Ok(()) => slot.paused = false,
+                    Err(err) => tracing::warn!(partition = %tp, "resume failed: {err}"),
+                }
+            }
+        }
+        self.send(outgoing);
+    }
+
+    /// One outgoing list per worker.
+    fn outgoing(&self) -> Vec<Vec<Delivery>> {
+        (0..self.workers.len()).map(|_| Vec::new()).collect()
+    }
+
+    /// Registers `messages` of `tp` as one unit and adds them to `outgoing`; false (the run
+    /// failed) if the tracker refused the unit.
+    fn hand_out(
+        &mut self,
+        tp: &TopicPartition,
+        messages: Vec<Message>,
+        outgoing: &mut [Vec<Delivery>],
+    ) -> bool {
+        let Some(slot) = self.slots.get(tp) else {
+            return true;
+        };
+        let handed = units::hand_out(
+            &mut lock(&self.ctx.tracker),
+            self.settings.ordering,
+            &mut self.next_worker,
+            tp,
+            slot,
+            messages,
+            outgoing,
+        );
+        match handed {
+            Ok(()) => true,
+            Err(err) => {
+                self.ctx.failure.set(err);
+                false
+            }
+        }
+    }
+
+    /// Sends each worker its events in one message.
+    fn send(&self, outgoing: Vec<Vec<Delivery>>) {
+        for (worker, events) in outgoing.into_iter().enumerate() {
+            if !events.is_empty() {
+                self.workers.events(worker, events);
+            }
+        }
+    }
+
+    /// Every worker flushes ahead of its queued events (the commit cycle's round).
+    pub(crate) fn flush_round(&self) -> Vec<std::sync::mpsc::Receiver<()>> {
+        self.workers.flush_round()
+    }
+
+    /// Releases `partitions` (a revoke): their workers finish what is queued, call `revoked`
+    /// and flush, the sinks acknowledge what they emitted (all bounded by the drain timeout),
+    /// the positions after their complete units are committed (into the open transaction with
+    /// Kafka transactions) and their state is closed; then they are forgotten.
+    pub(crate) fn release(
+        &mut self,
+        source: &impl Source,
+        partitions: &[TopicPartition],
+    ) -> Released {
+        if self.ctx.transactions.is_some() {
+            return self.release_in_transaction(source, partitions);
+        }
+        let per_worker = self.forget(partitions);
+        if per_worker.is_empty() {
+            return Released {
+                incomplete: 0,
+                committed: true,
+            };
+        }
+        self.ctx.telemetry.emit(PartitionsRevoked {
+            partitions,
+            into_transaction: false,
+        });
+        let deadline = Instant::now() + self.settings.drain_timeout;
+        let replies: Vec<_> = per_worker
+            .into_iter()
+            .map(|(worker, parts)| self.workers.revoke(worker, parts))
+            .collect();
+        for rx in replies {
+            let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+        // Wait for the sinks to acknowledge what the released partitions emitted.
+        let incomplete = loop {
+            let in_flight: usize = {
+                let tracker = lock(&self.ctx.tracker);
+                partitions.iter().map(|tp| tracker.in_flight(tp)).sum()
+            };
+            // After a fatal error the failing unit never completes: commit what is complete now.
+            let failed = self.ctx.failure.is_set();
+            if in_flight == 0 || failed || Instant::now() >= deadline {
+                if in_flight > 0 && !failed {
+                    tracing::warn!(in_flight, "drain timeout: committing only what is complete");
+                }
+                break in_flight;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let commits: Vec<(TopicPartition, i64)> = {
+            let mut tracker = lock(&self.ctx.tracker);
+            partitions
+                .iter()
+                .filter_map(|tp| tracker.revoke(tp).map(|o| (tp.clone(), o)))
+                .collect()
+        };
+        let committed = !source.commits()
+            || match source.commit(&commits) {
+                Ok(()) => {
+                    self.ctx.telemetry.emit(OffsetsCommitted {
+                        commits: &commits,
+                        point: CommitPoint::Release,
+                        released: partitions,
+                    });
+                    true
+                }
+                Err(err) => {
+                    self.ctx.telemetry.emit(CommitFailed {
+                        error: &err,
+                        retried: false,
+                    });
+                    false
+                }
+            };
+        if let Some(state) = &self.ctx.state {
+            let clean = committed && incomplete == 0 && !self.ctx.failure.is_set();
+            state.close(partitions, clean);
+        }
+        Released {
+            incomplete,
+            committed,
+        }
+    }
+
+    /// Transactions: the released partitions' workers call `revoked` and flush, then the open
+    /// transaction commits with every partition's offsets (the released ones' too).
+    fn release_in_transaction(
+        &mut self,
+        source: &impl Source,
+        partitions: &[TopicPartition],
+    ) -> Released {
+        let per_worker = self.forget(partitions);
+        if per_worker.is_empty() {
+            return Released {
+                incomplete: 0,
+                committed: true,
+            };
+        }
+        self.ctx.telemetry.emit(PartitionsRevoked {
+            partitions,
+            into_transaction: true,
+        });
+        for (worker, parts) in per_worker {
+            // The commit point's barrier waits for these too.
+            drop(self.workers.revoke(worker, parts));
+        }
+        let committed = match self.commit_point(source) {
+            Ok(()) => true,
+            Err(err) => {
+                self.ctx
+                    .failure
+                    .set(format!("transaction commit on revoke failed: {err}"));
+                false
+            }
+        };
+        let incomplete = {
+            let mut tracker = lock(&self.ctx.tracker);
+            let incomplete = partitions.iter().map(|tp| tracker.in_flight(tp)).sum();
+            for tp in partitions {
+                tracker.revoke(tp);
+            }
+            incomplete
+        };
+        if let Some(state) = &self.ctx.state {
+            state.close(partitions, committed && !self.ctx.failure.is_set());
+        }
+        Released {
+            incomplete,
+            committed,
+        }
+    }
+
+    /// The stop: every partition is released (drained, flushed, acknowledged, committed).
+    pub(crate) fn drain(&mut self, source: &impl Source, reason: StopReason) -> Released {
+        let all = self.partitions();
+        self.ctx.telemetry.emit(Draining {
+            reason,
+            partitions: &all,
+        });
+        self.release(source, &all)
+    }
+
+    /// Forgets the slots of `partitions` (their events still in this turn's burst are dropped)
+    /// and returns which workers held which of them.
+    fn forget(&mut self, partitions: &[TopicPartition]) -> HashMap<usize, Vec<TopicPartition>> {
+        self.released_in_turn.extend(partitions.iter().cloned());
+        let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
+        for tp in partitions {
+            if let Some(slot) = self.slots.remove(tp) {
+                if let [worker] = slot.workers[..] {
+                    self.load[worker] -= 1;
+                }
+                for worker in slot.workers {
+                    per_worker.entry(worker).or_default().push(tp.clone());
+                }
+            }
+        }
+        per_worker
+    }
+
+    /// Transactions: a commit point. Every worker finishes what is queued and flushes, every
+    /// record is delivered, so every dispatched event is complete; then the offsets after them
+    /// go into the transaction, which commits. The source's loop waits meanwhile (bounded by the
+    /// drain timeout). On failure the transaction is aborted.
+    pub(crate) fn commit_point(&self, source: &impl Source) -> Result<(), String> {
+        let Some(sink) = &self.ctx.transactions else {
+            return Ok(());
+        };
+        let timeout = self.settings.drain_timeout;
+        let deadline = Instant::now() + timeout;
+        let replies: Vec<_> = (0..self.workers.len())
+            .map(|w| self.workers.barrier(w))
+            .collect();
+        for rx in replies {
+            if rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                let _ = sink.abort_transaction(timeout);
+                return Err(
+                    "workers did not finish within the drain timeout: transaction aborted".into(),
+                );
+            }
+        }
+        if self.ctx.failure.is_set()
+            || sink
+                .flush(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+        {
+            let _ = sink.abort_transaction(timeout);
+            return Err("not every record was delivered: transaction aborted".into());
+        }
+        let commits = {
+            let mut tracker = lock(&self.ctx.tracker);
+            if tracker.total_in_flight() > 0 {
+                drop(tracker);
+                let _ = sink.abort_transaction(timeout);
+                return Err(
+                    "events still incomplete at the commit point: transaction aborted".into(),
+                );
+            }
+            tracker.take_commits()
+        };
+        source.commit_transaction(sink, &commits, timeout)?;
+        lock(&self.ctx.tracker).commit_confirmed(&commits);
+        self.ctx.telemetry.emit(OffsetsCommitted {
+            commits: &commits,
+            point: CommitPoint::Transaction,
+            released: &[],
+        });
+        Ok(())
+    }
+
+    /// Resizes the pool to the worker count `cpu` asks for (see `resize`).
+    pub(crate) fn resize(&mut self, cpu: CpuLimit) {
+        resize::follow(self, cpu);
+    }
+
+    /// What `/status` shows of the partitions.
+    fn live(&self) -> Vec<PartitionLive> {
+        self.slots
+            .iter()
+            .map(|(tp, slot)| PartitionLive {
+                tp: tp.clone(),
+                workers: slot.workers.clone(),
+                in_flight: slot.in_flight.load(AtomicOrdering::Acquire),
+                held: slot.held.len(),
+                paused: slot.paused,
+            })
+            .collect()
+    }
+}
+
+/// What `/status` and the sampled gauges read of a dispatcher: its slots, without waiting long
+/// for the lock (a release holds it while it drains: then the last reading is shown).
+pub(crate) fn partition_view<W: Workers + Send + 'static>(
+    dispatcher: Weak<Mutex<Dispatcher<W>>>,
+) -> PartitionView {
+    let last: Mutex<Vec<PartitionLive>> = Mutex::default();
+    Box::new(move || {
+        let Some(dispatcher) = dispatcher.upgrade() else {
+            return Vec::new();
+        };
+        let deadline = Instant::now() + Duration::from_millis(50);
+        loop {
+            match dispatcher.try_lock() {
+                Ok(d) => {
+                    let live = d.live();
+                    live.clone_into(&mut lock(&last));
+                    return live;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return lock(&last).clone(),
+            }
+        }
+    })
+}
+
+/// Locks `m`, taking the data of a poisoned lock as it is (a panicking holder has already
+/// stopped the run).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
