@@ -15,6 +15,8 @@ JAVA_TOOL_SRC := tests/tools/java/pom.xml $(wildcard tests/tools/java/src/main/j
 # Kafka Streams as a measured peer (runtime/benches/streams), built by `make bench`.
 STREAMS_PEER := runtime/benches/streams/target/streams-peer-1.jar
 STREAMS_PEER_SRC := runtime/benches/streams/pom.xml $(wildcard runtime/benches/streams/src/main/java/dev/sluice/bench/*.java)
+FLINK_PEER := runtime/benches/flink/target/flink-peer-1.jar
+FLINK_PEER_SRC := runtime/benches/flink/pom.xml $(wildcard runtime/benches/flink/src/main/java/dev/sluice/bench/*.java)
 PYTHON := $(CACHE)/venv/bin/python
 # The Kubernetes control plane of the operator's tests (kube-apiserver, kube-controller-manager,
 # etcd): built from the Go module proxy (tests/tools/controlplane pins k8s.io/kubernetes) once
@@ -139,10 +141,11 @@ lint:
 ## bench: the plugin-boundary benchmark (dlopen vs statically linked), the Kafka benchmark
 ## (sluice vs a raw rdkafka loop on an Apache Kafka broker), what an event costs (the same two on
 ## librdkafka's mock cluster, CPU per event and latency), the PostgreSQL sink vs psql COPY and
-## sluice vs Kafka Streams on the same broker (runtime/benches/streams, built here); see
+## sluice vs Kafka Streams and Flink on the same broker (runtime/benches/streams and
+## runtime/benches/flink, built here); see
 ## BENCHMARKS.md.
-bench: deps $(STREAMS_PEER)
-	$(CARGO) build --release -p passthrough -p filter-and-enrich -p sluice-cli
+bench: deps $(STREAMS_PEER) $(FLINK_PEER)
+	$(CARGO) build --release -p passthrough -p filter-and-enrich -p windowed-count -p sluice-cli
 	$(CARGO) bench -p sluice-runtime --bench abi
 	$(CARGO) bench -p sluice-runtime --bench kafka
 	$(CARGO) bench -p sluice-runtime --bench cost
@@ -153,6 +156,10 @@ bench: deps $(STREAMS_PEER)
 $(STREAMS_PEER): $(STREAMS_PEER_SRC) | java-maven
 	rm -rf runtime/benches/streams/target
 	mvn -q -B -f runtime/benches/streams/pom.xml package dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=target/libs
+
+$(FLINK_PEER): $(FLINK_PEER_SRC) | java-maven
+	rm -rf runtime/benches/flink/target
+	mvn -q -B -f runtime/benches/flink/pom.xml package dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=target/libs
 
 ## fuzz: every fuzz target (fuzz/fuzz_targets/) for FUZZ_SECONDS each (default 120) with
 ## libFuzzer through cargo-fuzz (installed once into the cache). Needs a nightly toolchain

@@ -1,25 +1,39 @@
 //! Sluice against Kafka Streams on the same broker (Apache Kafka, one KRaft node on 127.0.0.1),
-//! with the same input, in one run, at least once, two jobs:
+//! with the same input, in one run, at least once:
 //! - **passthrough** (Kafka -> Kafka, every record copied), with a tuned raw rdkafka loop as the
-//!   floor (`common::tuned_loop`: commits what delivery reports confirm, no stop-and-wait);
+//!   floor (`common::tuned_loop`: commits what delivery reports confirm, no stop-and-wait), and
+//!   Flink besides Kafka Streams;
 //! - **filter-and-enrich** (the `filter-and-enrich` plugin with `min_fare: 5` and
 //!   `drop_statuses: [cancelled]`, and the same logic in Kafka Streams): JSON bookings in, the
-//!   kept ones enriched out.
+//!   kept ones enriched out;
+//! - **latency**: the passthrough at fixed input rates (5,000 and 50,000 events/s), p50 and p99
+//!   from the harness's send to its read of the output record, and the CPU each peer spends per
+//!   event at that rate (`common::FixedRate`);
+//! - **windowed-count** (stateful): counts per key in 1-minute tumbling windows (the
+//!   `windowed-count` plugin with its redb store and changelog; Kafka Streams' `count()` with its
+//!   RocksDB window store and changelog), then a SIGKILL, the local state removed, and the restore
+//!   from the changelog timed as each peer reports it.
 //!
 //! Rounds alternate between the peers, each with a fresh output topic and group. A round's rate
 //! (input events/s) and CPU time are measured over its steady state: from the moment a third of
-//! its output is in its output topic to the last record (start-up, group join and the JVM's
-//! warm-up left out); the CPU time is every thread's (for the JVM, its JIT compiler and garbage
-//! collector too). Peak RSS is the process's `VmHWM` at the end of the round. The report gives
-//! medians and Sluice's ratios.
+//! its output is in its output topic (a third of its input committed, for the stateful job) to
+//! the end (start-up, group join and the JVM's warm-up left out); the CPU time is every thread's
+//! (for the JVM, its JIT compiler and garbage collector too). Peak RSS is the process's `VmHWM`
+//! at the end of the round. The report gives medians and Sluice's ratios.
+//!
+//! Flink 2.2.0 (`benches/flink`, a Maven project built by `make bench`) runs the passthrough in a
+//! local MiniCluster in one JVM, parallelism 2, at least once: a checkpoint every second flushes
+//! its Kafka sink and commits its offsets (flink-connector-kafka 5.0.0-2.2).
 //!
 //! Kafka Streams is `benches/streams` (a Maven project, built by `make bench`): byte-array
 //! serdes, two stream threads (Sluice runs two workers on this 2-core machine), `acks=all` and
-//! idempotence like Sluice's outputs; filter-and-enrich parses and writes JSON with Jackson.
+//! idempotence like Sluice's outputs, its other settings its defaults (its producer's
+//! `linger.ms` is 100); filter-and-enrich parses and writes JSON with Jackson.
 //!
-//! Run: `make bench` (or build the peer with
-//! `mvn -q -f runtime/benches/streams/pom.xml package dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=target/libs`,
-//! then `cargo build --release -p passthrough -p filter-and-enrich -p sluice-cli && cargo bench -p sluice-runtime --bench peers`).
+//! Run: `make bench` (or build the peers with
+//! `mvn -q -f runtime/benches/streams/pom.xml package dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=target/libs`
+//! and the same for `runtime/benches/flink/pom.xml`,
+//! then `cargo build --release -p passthrough -p filter-and-enrich -p windowed-count -p sluice-cli && cargo bench -p sluice-runtime --bench peers`).
 
 mod common;
 
@@ -32,6 +46,7 @@ use rdkafka::consumer::BaseConsumer;
 use sluice_tests::{Broker, kafka_tool, plugin, root, write_spec};
 
 const EVENTS: usize = 600_000;
+const FLINK: &str = "Flink 2.2.0";
 const PARTITIONS: i32 = 12;
 const ROUNDS: usize = 3;
 /// Rounds per peer at each fixed rate.
@@ -77,14 +92,38 @@ fn steady(consumer: &BaseConsumer, topic: &str, pid: u32, expected: usize) -> (f
 
 /// Kafka Streams' `job` on `input` -> `output`.
 fn streams(dir: &Path, job: &str, broker: &str, input: &str, output: &str) -> Child {
+    streams_command(dir, job, broker, input, output)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("java (make bench installs it)")
+}
+
+/// Flink's passthrough in a local MiniCluster (`benches/flink`), parallelism 2.
+fn flink(dir: &Path, broker: &str, input: &str, output: &str) -> Child {
     let classpath = format!("{0}/target/classes:{0}/target/libs/*", dir.display());
     Command::new("java")
-        .args(["-cp", &classpath, "dev.sluice.bench.StreamsPeer", job])
+        .args([
+            "-cp",
+            &classpath,
+            "dev.sluice.bench.FlinkPeer",
+            "passthrough",
+        ])
         .args([broker, input, output, output, "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("java (make bench installs it)")
+}
+
+/// The Kafka Streams peer's command line (stderr discarded).
+fn streams_command(dir: &Path, job: &str, broker: &str, input: &str, output: &str) -> Command {
+    let classpath = format!("{0}/target/classes:{0}/target/libs/*", dir.display());
+    let mut command = Command::new("java");
+    command
+        .args(["-cp", &classpath, "dev.sluice.bench.StreamsPeer", job])
+        .args([broker, input, output, output, "2"])
+        .stderr(Stdio::null());
+    command
 }
 
 /// Stops `child` (SIGTERM) after reading its peak RSS; returns that.
@@ -116,12 +155,17 @@ fn main() {
         return;
     }
     let peer = root().join("runtime/benches/streams");
-    assert!(
-        peer.join("target/classes/dev/sluice/bench/StreamsPeer.class")
-            .exists(),
-        "{}: not built: run `make bench`",
-        peer.display()
-    );
+    let flink_peer = root().join("runtime/benches/flink");
+    for built in [
+        peer.join("target/classes/dev/sluice/bench/StreamsPeer.class"),
+        flink_peer.join("target/classes/dev/sluice/bench/FlinkPeer.class"),
+    ] {
+        assert!(
+            built.exists(),
+            "{}: not built: run `make bench`",
+            built.display()
+        );
+    }
     let broker = Broker::start();
     let watcher: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)
@@ -131,6 +175,7 @@ fn main() {
     let peers = Peers {
         broker: &broker.addr,
         streams: &peer,
+        flink: &flink_peer,
         dir: dir.path(),
     };
     // passthrough: JSON events of about 200 bytes (the value) with 1,000 keys.
@@ -171,7 +216,7 @@ fn main() {
             .replace("FILTER", &plugin("filter-and-enrich").display().to_string());
         // The raw loop is the floor of the passthrough only.
         let names: &[&str] = if job == "passthrough" {
-            &["tuned raw loop", "Kafka Streams 4.1.1", "Sluice"]
+            &["tuned raw loop", "Kafka Streams 4.1.1", FLINK, "Sluice"]
         } else {
             &["Kafka Streams 4.1.1", "Sluice"]
         };
@@ -193,12 +238,249 @@ fn main() {
         report(job, expected, names, &results);
     }
     latency(&broker, &peers);
+    stateful(&broker, &peers);
+}
+
+/// The stateful job: records keyed by one of 1,000 drivers counted per key in 1-minute tumbling
+/// windows of their record time (the `windowed-count` plugin: a redb store and its changelog;
+/// Kafka Streams: a RocksDB window store and its changelog), both committing every second.
+/// Progress is the group's committed offsets (the outputs differ: Sluice emits a window's count
+/// when it closes, Kafka Streams' record cache on commit). Each round then kills the peer with
+/// SIGKILL, removes its local state and starts it again: the restore from the changelog,
+/// records/s as the peer itself reports it.
+fn stateful(broker: &Broker, peers: &Peers<'_>) {
+    const INPUT: &str = "windowed-in";
+    broker.create_topic(INPUT, PARTITIONS as u32);
+    produce_timed(&broker.addr, INPUT);
+    let names = ["Kafka Streams 4.1.1", "Sluice"];
+    // Per peer, per round: input events/s, CPU-s per M events, peak RSS (MB), restore records/s.
+    let mut results: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); names.len()];
+    for round in 0..ROUNDS {
+        for (i, name) in names.iter().enumerate() {
+            let out = format!("peers-windowed-{i}-{round}");
+            broker.create_topic(&out, PARTITIONS as u32);
+            let state = peers.dir.join(&out);
+            let child = stateful_peer(name, peers, INPUT, &out, &state);
+            let (rate, cpu) = committed_steady(&broker.addr, &out, INPUT, child.id());
+            let rss = peak_rss_mb(child.id());
+            let mut child = child;
+            child.kill().unwrap();
+            child.wait().unwrap();
+            std::fs::remove_dir_all(&state).unwrap();
+            let (records, seconds, again) = restore(name, peers, INPUT, &out, &state);
+            stop(again);
+            let restore_rate = records / seconds;
+            println!(
+                "windowed-count round {round}: {name}: {rate:.0} ev/s, {cpu:.2} CPU-s per M events, peak RSS {rss:.0} MB; after kill -9, restored {records:.0} records in {seconds:.2} s: {restore_rate:.0} records/s"
+            );
+            results[i].push((rate, cpu, rss, restore_rate));
+        }
+    }
+    let med = |i: usize, f: fn(&(f64, f64, f64, f64)) -> f64| {
+        median(&results[i].iter().map(f).collect::<Vec<_>>())
+    };
+    println!(
+        "Kafka -> windowed-count (1-minute tumbling, per key) -> Kafka, at least once, {EVENTS} events in, {PARTITIONS} partitions, steady state (the last two thirds committed), median of {ROUNDS}"
+    );
+    println!(
+        "{:>20} {:>12} {:>16} {:>14} {:>10} {:>18}",
+        "", "events/s", "CPU-s/M events", "events/CPU-s", "peak RSS", "restore records/s"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let cpu = med(i, |r| r.1);
+        println!(
+            "{name:>20} {:>12.0} {cpu:>16.2} {:>14.0} {:>7.0} MB {:>18.0}",
+            med(i, |r| r.0),
+            1e6 / cpu,
+            med(i, |r| r.2),
+            med(i, |r| r.3)
+        );
+    }
+    let (streams, sluice) = (0, 1);
+    println!(
+        "Sluice / Kafka Streams (stateful): throughput {:.2}x, events per CPU-second {:.2}x, peak RSS {:.2}x, restore rate {:.2}x",
+        med(sluice, |r| r.0) / med(streams, |r| r.0),
+        med(streams, |r| r.1) / med(sluice, |r| r.1),
+        med(sluice, |r| r.2) / med(streams, |r| r.2),
+        med(sluice, |r| r.3) / med(streams, |r| r.3)
+    );
+}
+
+/// `EVENTS` records keyed by one of 1,000 drivers, 10 ms of record time apart (about 100
+/// minutes in all), values of about 130 bytes.
+fn produce_timed(broker: &str, topic: &str) {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let producer = common::timed_producer(broker);
+    let start_ms = 1_763_798_400_000i64;
+    for i in 0..EVENTS {
+        let key = format!("d{}", i % 1000);
+        let value = format!(
+            r#"{{"driver":"{key}","booking_id":"b-{i}","fare":{:.1},"pad":"{}"}}"#,
+            (i * 7 % 600) as f64 / 10.0,
+            "x".repeat(60)
+        );
+        common::send(
+            &producer,
+            BaseRecord::to(topic)
+                .key(&key)
+                .payload(&value)
+                .timestamp(start_ms + i as i64 * 10),
+        );
+    }
+    producer.flush(std::time::Duration::from_secs(60)).unwrap();
+}
+
+/// Starts the stateful job of peer `name` with its local state in `state`.
+fn stateful_peer(name: &str, peers: &Peers<'_>, input: &str, out: &str, state: &Path) -> Child {
+    stateful_command(name, peers, input, out, state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn stateful_command(
+    name: &str,
+    peers: &Peers<'_>,
+    input: &str,
+    out: &str,
+    state: &Path,
+) -> Command {
+    if name == "Sluice" {
+        let spec = write_spec(
+            peers.dir,
+            &format!(
+                "name: bench\nadmin:\n  listen: 127.0.0.1:0\nplugin:\n  path: {}\n  config: {{key_field: driver, window_ms: 60000}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{input}]\n    group-id: {out}\nstate:\n  stores: [windows]\n  dir: {}\noutputs:\n  counts:\n    kafka: {{topic: {out}}}\n",
+                plugin("windowed-count").display(),
+                peers.broker,
+                state.display()
+            ),
+        );
+        let mut command = Command::new(plugin("passthrough").parent().unwrap().join("sluice"));
+        command.args(["run", "-f"]).arg(spec);
+        command
+    } else {
+        let mut command =
+            streams_command(peers.streams, "windowed-count", peers.broker, input, out);
+        command.arg(state);
+        command
+    }
+}
+
+/// Input events committed by `group` on `topic` (the sum over its partitions).
+fn committed(consumer: &BaseConsumer, topic: &str) -> i64 {
+    use rdkafka::consumer::Consumer;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(tpl, std::time::Duration::from_secs(10))
+        .map(|c| {
+            c.elements()
+                .iter()
+                .filter_map(|e| e.offset().to_raw())
+                .filter(|o| *o > 0)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `group` has committed every input event; the rate (events/s) and the CPU seconds
+/// `pid` spent per million events from the moment a third were committed.
+fn committed_steady(broker: &str, group: &str, topic: &str, pid: u32) -> (f64, f64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let mut from: Option<(std::time::Instant, i64, f64)> = None;
+    loop {
+        let n = committed(&consumer, topic);
+        if n >= (EVENTS / 3) as i64 && from.is_none() {
+            from = Some((std::time::Instant::now(), n, cpu_seconds(pid)));
+        }
+        if n >= EVENTS as i64 {
+            let (at, n0, cpu0) = from.unwrap();
+            let events = (n - n0).max(1) as f64;
+            return (
+                events / at.elapsed().as_secs_f64(),
+                (cpu_seconds(pid) - cpu0) / (events / 1e6),
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{group}: only {n} of {EVENTS} events committed after 600 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Starts peer `name` again on an empty state directory and waits for its restore of every
+/// partition: the records restored, the seconds it took, and the running peer.
+fn restore(
+    name: &str,
+    peers: &Peers<'_>,
+    input: &str,
+    out: &str,
+    state: &Path,
+) -> (f64, f64, Child) {
+    use std::io::BufRead;
+    let mut command = stateful_command(name, peers, input, out, state);
+    let mut child = if name == "Sluice" {
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    } else {
+        command.stdout(Stdio::piped()).spawn().unwrap()
+    };
+    let pipe: Box<dyn std::io::Read + Send> = match child.stderr.take() {
+        Some(stderr) => Box::new(stderr),
+        None => Box::new(child.stdout.take().unwrap()),
+    };
+    // Lines are read (and the pipe drained) until the peer exits.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut records, mut seconds, mut partitions) = (0.0, 0.0f64, 0);
+    while partitions < PARTITIONS {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .unwrap_or_else(|_| panic!("{name}: no restore of every partition in 300 s"));
+        if let Some(rest) = line.strip_prefix("restored ") {
+            // Kafka Streams: "restored N records in MS ms (P partitions)", cumulative.
+            let words: Vec<&str> = rest.split(' ').collect();
+            records = words[0].parse().unwrap();
+            seconds = words[3].parse::<f64>().unwrap() / 1000.0;
+            partitions = words[5].trim_start_matches('(').parse().unwrap();
+        } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            // Sluice: one "state: restored" line per partition, the restore of all at once.
+            if v["message"] == "state: restored" || v["fields"]["message"] == "state: restored" {
+                let f = if v["message"].is_string() {
+                    &v
+                } else {
+                    &v["fields"]
+                };
+                records += f["records"].as_f64().unwrap_or(0.0);
+                let s: f64 = f["seconds"].as_str().unwrap_or("0").parse().unwrap_or(0.0);
+                seconds = seconds.max(s);
+                partitions += 1;
+            }
+        }
+    }
+    (records, seconds.max(1e-3), child)
 }
 
 /// The passthrough at fixed input rates: per peer, p50 and p99 end-to-end latency and the CPU
 /// it spends per event, each peer in a fresh input and output topic.
 fn latency(broker: &Broker, peers: &Peers<'_>) {
-    let names = ["tuned raw loop", "Kafka Streams 4.1.1", "Sluice"];
+    let names = ["tuned raw loop", "Kafka Streams 4.1.1", FLINK, "Sluice"];
     let producer = common::timed_producer(&broker.addr);
     let plugin_spec = format!("plugin:\n  path: {}\n", plugin("passthrough").display());
     for (rate, seconds) in [(5_000, 10), (50_000, 6)] {
@@ -250,8 +532,10 @@ fn latency(broker: &Broker, peers: &Peers<'_>) {
                 med(i, |r| r.2)
             );
         }
-        let (raw, streams, sluice) = (0, 1, 2);
-        let best_peer_p99 = med(raw, |r| r.1).min(med(streams, |r| r.1));
+        let (raw, streams, flink, sluice) = (0, 1, 2, 3);
+        let best_peer_p99 = med(raw, |r| r.1)
+            .min(med(streams, |r| r.1))
+            .min(med(flink, |r| r.1));
         println!(
             "Sluice at {rate}/s: p99 {:.2}x the best peer's, CPU per event {:.2}x the tuned raw loop's, {:.2}x Kafka Streams' events per CPU-second",
             med(sluice, |r| r.1) / best_peer_p99,
@@ -265,6 +549,7 @@ fn latency(broker: &Broker, peers: &Peers<'_>) {
 struct Peers<'a> {
     broker: &'a str,
     streams: &'a Path,
+    flink: &'a Path,
     dir: &'a Path,
 }
 
@@ -275,10 +560,12 @@ impl Peers<'_> {
         let Peers {
             broker,
             streams: peer,
+            flink: flink_peer,
             dir,
         } = *self;
         match name {
             "tuned raw loop" => raw(broker, input, output),
+            FLINK => flink(flink_peer, broker, input, output),
             "Sluice" => {
                 let outputs = if job == "passthrough" {
                     format!("out:\n    kafka: {{topic: {output}}}")
@@ -357,6 +644,14 @@ fn report(job: &str, expected: usize, names: &[&str], results: &[Vec<(f64, f64, 
         ratio(streams, sluice, |r| r.1),
         ratio(sluice, streams, |r| r.2)
     );
+    if let Some(flink) = names.iter().position(|n| *n == FLINK) {
+        println!(
+            "Sluice / Flink: throughput {:.2}x, events per CPU-second {:.2}x, peak RSS {:.2}x",
+            ratio(sluice, flink, |r| r.0),
+            ratio(flink, sluice, |r| r.1),
+            ratio(sluice, flink, |r| r.2)
+        );
+    }
     if let Some(raw) = names.iter().position(|n| *n == "tuned raw loop") {
         println!(
             "Sluice / tuned raw loop: throughput {:.2}x, CPU per event {:.2}x, peak RSS {:.2}x",

@@ -17,7 +17,7 @@ mod units;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Ordering;
@@ -126,6 +126,9 @@ pub(crate) struct Dispatcher<W: Workers = WorkerPool> {
     /// Partitions released since the current turn began: their events still in a burst are
     /// dropped (whoever owns them now reads them again from the committed offset).
     released_in_turn: Vec<TopicPartition>,
+    /// What `/status` showed last: read while a release holds the dispatcher (taken as the
+    /// release begins, so the partitions being drained stay in view).
+    shown: Arc<Mutex<Vec<PartitionLive>>>,
     ctx: Context,
 }
 
@@ -147,6 +150,7 @@ impl<W: Workers> Dispatcher<W> {
             settings,
             next_worker: 0,
             released_in_turn: Vec::new(),
+            shown: Arc::default(),
             ctx,
         }
     }
@@ -406,6 +410,7 @@ impl<W: Workers> Dispatcher<W> {
         source: &impl Source,
         partitions: &[TopicPartition],
     ) -> Released {
+        *lock(&self.shown) = self.live();
         if self.ctx.transactions.is_some() {
             return self.release_in_transaction(source, partitions);
         }
@@ -629,11 +634,13 @@ impl<W: Workers> Dispatcher<W> {
 }
 
 /// What `/status` and the sampled gauges read of a dispatcher: its slots, without waiting long
-/// for the lock (a release holds it while it drains: then the last reading is shown).
+/// for the lock (a release holds it while it drains: then the last reading is shown, the
+/// partitions being released among them).
 pub(crate) fn partition_view<W: Workers + Send + 'static>(
-    dispatcher: Weak<Mutex<Dispatcher<W>>>,
+    dispatcher: &Arc<Mutex<Dispatcher<W>>>,
 ) -> PartitionView {
-    let last: Mutex<Vec<PartitionLive>> = Mutex::default();
+    let last = lock(dispatcher).shown.clone();
+    let dispatcher = Arc::downgrade(dispatcher);
     Box::new(move || {
         let Some(dispatcher) = dispatcher.upgrade() else {
             return Vec::new();

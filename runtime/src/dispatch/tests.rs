@@ -62,6 +62,8 @@ struct FakeWorkers {
     tracker: Arc<Mutex<OffsetTracker>>,
     /// A worker that never answers a revoke (a plugin stuck in a call).
     stuck: bool,
+    /// The replies a stuck worker holds on to.
+    unanswered: Mutex<Vec<mpsc::SyncSender<()>>>,
 }
 
 impl FakeWorkers {
@@ -70,6 +72,7 @@ impl FakeWorkers {
             workers: Mutex::new((0..n).map(|_| FakeWorker::default()).collect()),
             tracker,
             stuck: false,
+            unanswered: Mutex::default(),
         }
     }
 
@@ -123,7 +126,8 @@ impl Workers for FakeWorkers {
     }
     fn revoke(&self, worker: usize, partitions: Vec<TopicPartition>) -> mpsc::Receiver<()> {
         if self.stuck {
-            let (_tx, rx) = mpsc::sync_channel(1);
+            let (tx, rx) = mpsc::sync_channel(1);
+            lock(&self.unanswered).push(tx);
             return rx;
         }
         self.flush(worker);
@@ -471,4 +475,23 @@ fn resizing_respreads_key_ordered_units_and_counts_their_parts_anew() {
     }
     d.workers.flush(2);
     assert_eq!(lock(d.tracker()).committable(&tp(0)), Some(20));
+}
+
+#[test]
+fn status_shows_the_partitions_being_released_while_the_release_holds_the_dispatcher() {
+    let mut d = dispatcher(1, Ordering::Partition, 100);
+    assign(&mut d, &[0, 1]);
+    d.workers.stuck = true;
+    let d = Arc::new(Mutex::new(d));
+    // No reading before the release: what it shows meanwhile is what the release left there.
+    let view = partition_view(&d);
+    let releasing = {
+        let d = d.clone();
+        std::thread::spawn(move || lock(&d).release(&FakeSource::default(), &[tp(0), tp(1)]))
+    };
+    std::thread::sleep(Duration::from_millis(60));
+    let shown: Vec<TopicPartition> = view().into_iter().map(|p| p.tp).collect();
+    assert_eq!(shown.len(), 2, "while draining: {shown:?}");
+    releasing.join().unwrap();
+    assert!(view().is_empty());
 }

@@ -104,7 +104,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     )));
     telemetry
         .health
-        .set_partition_view(partition_view(Arc::downgrade(&dispatcher)));
+        .set_partition_view(partition_view(&dispatcher));
     let tp = TopicPartition::new(reader.topic(), 0);
     let topic: Arc<str> = reader.topic().into();
     // No changelog: the stores start empty, as the file starts at its first line.

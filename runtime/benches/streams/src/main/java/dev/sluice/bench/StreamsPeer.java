@@ -1,19 +1,25 @@
 package dev.sluice.bench;
 
 import java.nio.charset.StandardCharsets;
+import java.time.Duration;
 import java.util.List;
 import java.util.Properties;
 import java.util.Set;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.atomic.AtomicLong;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
+import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.KeyValue;
 import org.apache.kafka.streams.StreamsBuilder;
 import org.apache.kafka.streams.StreamsConfig;
+import org.apache.kafka.streams.kstream.Materialized;
+import org.apache.kafka.streams.kstream.TimeWindows;
+import org.apache.kafka.streams.processor.StateRestoreListener;
 
 /**
  * Kafka Streams doing what the benchmark's Sluice pipelines do, for the peers benchmark, at least
@@ -25,10 +31,18 @@ import org.apache.kafka.streams.StreamsConfig;
  *       and {@code drop_statuses: [cancelled]}: JSON bookings in; dropped ones gone; kept ones
  *       gain {@code fare_per_km}, {@code fare_band}, {@code long_trip} and {@code
  *       pickup_hour_utc}, keyed by {@code booking_id}. A record that is not a booking is skipped.
+ *   <li>{@code windowed-count} counts records per key in 1-minute tumbling windows of their
+ *       record time, in a RocksDB window store ({@code windows}) with its changelog, and writes
+ *       the counts (Kafka Streams' record cache sends a window's count on commit and eviction,
+ *       not per record); commits every second.
  * </ul>
  *
- * <p>Usage: {@code StreamsPeer JOB BOOTSTRAP INPUT OUTPUT APPLICATION_ID THREADS}. It runs until
- * killed (SIGTERM closes it cleanly).
+ * <p>A restore of a state store prints one line per partition restored, to stdout: {@code
+ * restored RECORDS records in MS ms (PARTITIONS partitions)}, cumulative since the first restore
+ * began.
+ *
+ * <p>Usage: {@code StreamsPeer JOB BOOTSTRAP INPUT OUTPUT APPLICATION_ID THREADS [STATE_DIR]}. It
+ * runs until killed (SIGTERM closes it cleanly).
  */
 public final class StreamsPeer {
     private static final ObjectMapper JSON = new ObjectMapper();
@@ -70,10 +84,38 @@ public final class StreamsPeer {
         }
     }
 
+    /** Prints the restores' progress: records and time since the first restore began. */
+    static final class Restores implements StateRestoreListener {
+        private final AtomicLong started = new AtomicLong();
+        private final AtomicLong records = new AtomicLong();
+        private final AtomicLong partitions = new AtomicLong();
+
+        @Override
+        public void onRestoreStart(TopicPartition tp, String store, long start, long end) {
+            started.compareAndSet(0, System.nanoTime());
+        }
+
+        @Override
+        public void onBatchRestored(TopicPartition tp, String store, long endOffset, long restored) {}
+
+        @Override
+        public void onRestoreEnd(TopicPartition tp, String store, long restored) {
+            long total = records.addAndGet(restored);
+            long done = partitions.incrementAndGet();
+            long ms = (System.nanoTime() - started.get()) / 1_000_000;
+            synchronized (System.out) {
+                System.out.println("restored " + total + " records in " + ms + " ms (" + done + " partitions)");
+                System.out.flush();
+            }
+        }
+    }
+
     public static void main(String[] args) throws InterruptedException {
-        if (args.length != 6 || !Set.of("passthrough", "filter-and-enrich").contains(args[0])) {
+        if (args.length < 6
+                || args.length > 7
+                || !Set.of("passthrough", "filter-and-enrich", "windowed-count").contains(args[0])) {
             System.err.println(
-                    "usage: StreamsPeer passthrough|filter-and-enrich BOOTSTRAP INPUT OUTPUT APPLICATION_ID THREADS");
+                    "usage: StreamsPeer passthrough|filter-and-enrich|windowed-count BOOTSTRAP INPUT OUTPUT APPLICATION_ID THREADS [STATE_DIR]");
             System.exit(2);
         }
         Properties props = new Properties();
@@ -87,16 +129,35 @@ public final class StreamsPeer {
         // The same producer durability as Sluice's Kafka outputs.
         props.put(StreamsConfig.producerPrefix("acks"), "all");
         props.put(StreamsConfig.producerPrefix("enable.idempotence"), "true");
+        if (args.length == 7) {
+            props.put(StreamsConfig.STATE_DIR_CONFIG, args[6]);
+        }
+        if (args[0].equals("windowed-count")) {
+            // The same commit interval as Sluice's default.
+            props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 1000);
+        }
 
         StreamsBuilder builder = new StreamsBuilder();
         if (args[0].equals("passthrough")) {
             builder.<byte[], byte[]>stream(args[2]).to(args[3]);
+        } else if (args[0].equals("windowed-count")) {
+            builder.<byte[], byte[]>stream(args[2])
+                    .groupByKey()
+                    .windowedBy(TimeWindows.ofSizeWithNoGrace(Duration.ofMinutes(1)))
+                    .count(Materialized.as("windows"))
+                    .toStream()
+                    .map((window, count) -> KeyValue.pair(
+                            window.key(),
+                            ("{\"window_start\":" + window.window().start() + ",\"count\":" + count + "}")
+                                    .getBytes(StandardCharsets.UTF_8)))
+                    .to(args[3]);
         } else {
             builder.<byte[], byte[]>stream(args[2])
                     .flatMap((key, value) -> filterAndEnrich(value))
                     .to(args[3]);
         }
         KafkaStreams streams = new KafkaStreams(builder.build(), props);
+        streams.setGlobalStateRestoreListener(new Restores());
         CountDownLatch done = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
             streams.close();
