@@ -83,6 +83,13 @@ impl Message {
         &self.topic
     }
 
+    /// Whether `other` is of the same topic and partition (the shared topic name is compared by
+    /// address first).
+    pub fn same_partition(&self, other: &Message) -> bool {
+        self.partition == other.partition
+            && (Arc::ptr_eq(&self.topic, &other.topic) || self.topic == other.topic)
+    }
+
     /// The partition.
     pub fn partition(&self) -> i32 {
         self.partition

@@ -34,6 +34,7 @@ use crate::telemetry::{
     PartitionsRevoked, StopReason, Telemetry,
 };
 use crate::worker::Delivery;
+use units::Plan;
 
 /// What the dispatcher asks of the source it serves, on the source's own thread (a Kafka run's
 /// poll thread, rebalance callbacks included; a file run's reading loop).
@@ -75,6 +76,17 @@ pub(crate) struct Slot {
     /// Exactly-once: events below this offset are already in the database; they are read and
     /// dropped.
     pub(crate) skip_below: i64,
+}
+
+/// What becomes of one run of a burst (consecutive events of one partition), in order: the first
+/// `dropped` are dropped, the next `handed` handed out as `plan`'s unit, the last `held` held.
+#[derive(Debug)]
+struct Run {
+    tp: TopicPartition,
+    dropped: usize,
+    handed: usize,
+    held: usize,
+    plan: Option<Plan>,
 }
 
 /// Exactly-once tables: reads where each partition resumes (the offsets stored with the rows).
@@ -259,65 +271,106 @@ impl<W: Workers> Dispatcher<W> {
     }
 
     /// Hands a burst of events (of any partitions, each partition's in offset order) to the
-    /// workers: one offset unit per partition, one message per worker. A partition with
-    /// `capacity` events in flight is paused and the rest of its events held. Events of
-    /// partitions not held (or released in this turn) are dropped.
+    /// workers: each run of consecutive events of one partition becomes one offset unit, and
+    /// each worker gets its share of the burst in one message. A partition with `capacity`
+    /// events in flight is paused and the rest of its events held. Events of partitions not held
+    /// (or released in this turn) are dropped. The burst is read twice by reference (runs,
+    /// plans) and its events moved once, into their workers' lists or a slot's held ones.
     pub(crate) fn dispatch(&mut self, source: &impl Source, burst: Vec<Message>) {
-        if burst.is_empty() {
-            return;
-        }
-        let capacity = self.settings.capacity;
-        // Accepted events per partition, in offset order; partitions in first-seen order.
-        let mut accepted: Vec<(TopicPartition, Vec<Message>)> = Vec::new();
-        let mut tp = TopicPartition::new(String::new(), -1);
-        let mut index = 0;
-        for message in burst {
-            // Consecutive events mostly share a partition: look it up only when it changes.
-            if tp.partition != message.partition() || tp.topic != message.topic() {
-                tp = TopicPartition::new(message.topic(), message.partition());
-                index = match accepted.iter().position(|(t, _)| *t == tp) {
-                    Some(i) => i,
-                    None => {
-                        accepted.push((tp.clone(), Vec::new()));
-                        accepted.len() - 1
-                    }
-                };
-            }
-            if self.released_in_turn.contains(&tp) {
-                continue;
-            }
-            let Some(slot) = self.slots.get_mut(&tp) else {
-                continue; // not (or no longer) ours
-            };
-            if message.offset() < slot.skip_below {
-                continue; // exactly-once: already in the database
-            }
-            let pending = slot.in_flight.load(AtomicOrdering::Acquire) + accepted[index].1.len();
-            if slot.paused || pending >= capacity {
-                if !slot.paused {
-                    if let Err(err) = source.pause(&tp) {
-                        tracing::warn!(partition = %tp, "pause failed: {err}");
-                    }
-                    slot.paused = true;
-                    self.ctx.telemetry.emit(PartitionPaused { tp: &tp });
+        let mut runs: Vec<Run> = Vec::new();
+        let mut start = 0;
+        while start < burst.len() {
+            let first = &burst[start];
+            let end = start
+                + burst[start..]
+                    .iter()
+                    .take_while(|m| m.same_partition(first))
+                    .count();
+            match self.plan_run(source, &burst[start..end]) {
+                Ok(run) => runs.push(run),
+                Err(err) => {
+                    self.ctx.failure.set(err);
+                    return;
                 }
-                slot.held.push_back(message);
-                continue;
             }
-            accepted[index].1.push(message);
+            start = end;
         }
         let mut outgoing = self.outgoing();
-        for (tp, messages) in accepted {
-            if !self.hand_out(&tp, messages, &mut outgoing) {
-                return;
+        let mut events = burst.into_iter();
+        for run in runs {
+            events.by_ref().take(run.dropped).for_each(drop);
+            if let Some(plan) = &run.plan {
+                plan.hand_out(events.by_ref().take(run.handed), &mut outgoing);
+            }
+            if run.held > 0 {
+                if let Some(slot) = self.slots.get_mut(&run.tp) {
+                    slot.held.extend(events.by_ref().take(run.held));
+                }
             }
         }
         self.send(outgoing);
     }
 
-    /// Hands held events of paused partitions to their workers as room frees up, and resumes a
+    /// What becomes of `events` (consecutive events of one partition): dropped (not ours, or
+    /// below an exactly-once table's stored offset), handed out as one unit (planned and
+    /// registered now), or held behind a full partition (paused here).
+    fn plan_run(&mut self, source: &impl Source, events: &[Message]) -> Result<Run, String> {
+        let tp = TopicPartition::new(events[0].topic(), events[0].partition());
+        let released = self.released_in_turn.contains(&tp);
+        let Some(slot) = self.slots.get_mut(&tp).filter(|_| !released) else {
+            return Ok(Run {
+                tp,
+                dropped: events.len(),
+                handed: 0,
+                held: 0,
+                plan: None,
+            });
+        };
+        let dropped = events
+            .iter()
+            .take_while(|m| m.offset() < slot.skip_below)
+            .count();
+        let room = if slot.paused {
+            0
+        } else {
+            let in_flight = slot.in_flight.load(AtomicOrdering::Acquire);
+            self.settings.capacity.saturating_sub(in_flight)
+        };
+        let handed = room.min(events.len() - dropped);
+        let held = events.len() - dropped - handed;
+        if held > 0 && !slot.paused {
+            if let Err(err) = source.pause(&tp) {
+                tracing::warn!(partition = %tp, "pause failed: {err}");
+            }
+            slot.paused = true;
+            self.ctx.telemetry.emit(PartitionPaused { tp: &tp });
+        }
+        let plan = if handed > 0 {
+            Some(Plan::new(
+                &mut lock(&self.ctx.tracker),
+                self.settings.ordering,
+                &mut self.next_worker,
+                &tp,
+                (&slot.workers, &slot.in_flight),
+                &events[dropped..dropped + handed],
+            )?)
+        } else {
+            None
+        };
+        Ok(Run {
+            tp,
+            dropped,
+            handed,
+            held,
+            plan,
+        })
+    }
+
+    /// Hands held events of paused partitions to their workers once their workers are down to
+    /// half the partition's capacity (then up to the capacity, in one unit), and resumes a
     /// partition once everything it held is handed over and its workers are down to half its
-    /// capacity (so a slow partition does not flap between pause and resume).
+    /// capacity again: a slow partition neither flaps between pause and resume nor trickles out
+    /// in small units.
     pub(crate) fn release_held(&mut self, source: &impl Source) {
         let capacity = self.settings.capacity;
         let mut outgoing = self.outgoing();
@@ -331,17 +384,29 @@ impl<W: Workers> Dispatcher<W> {
             let Some(slot) = self.slots.get_mut(&tp) else {
                 continue;
             };
-            let room = capacity.saturating_sub(slot.in_flight.load(AtomicOrdering::Acquire));
-            let take = room.min(slot.held.len());
+            let in_flight = slot.in_flight.load(AtomicOrdering::Acquire);
+            if in_flight > capacity / 2 {
+                continue;
+            }
+            let take = (capacity - in_flight).min(slot.held.len());
             if take > 0 {
-                let messages: Vec<Message> = slot.held.drain(..take).collect();
-                if !self.hand_out(&tp, messages, &mut outgoing) {
-                    return;
+                let events: Vec<Message> = slot.held.drain(..take).collect();
+                let planned = Plan::new(
+                    &mut lock(&self.ctx.tracker),
+                    self.settings.ordering,
+                    &mut self.next_worker,
+                    &tp,
+                    (&slot.workers, &slot.in_flight),
+                    &events,
+                );
+                match planned {
+                    Ok(plan) => plan.hand_out(events.into_iter(), &mut outgoing),
+                    Err(err) => {
+                        self.ctx.failure.set(err);
+                        return;
+                    }
                 }
             }
-            let Some(slot) = self.slots.get_mut(&tp) else {
-                continue;
-            };
             if slot.held.is_empty() && slot.in_flight.load(AtomicOrdering::Acquire) <= capacity / 2
             {
                 match source.resume(&tp) {
@@ -356,35 +421,6 @@ impl<W: Workers> Dispatcher<W> {
     /// One outgoing list per worker.
     fn outgoing(&self) -> Vec<Vec<Delivery>> {
         (0..self.workers.len()).map(|_| Vec::new()).collect()
-    }
-
-    /// Registers `messages` of `tp` as one unit and adds them to `outgoing`; false (the run
-    /// failed) if the tracker refused the unit.
-    fn hand_out(
-        &mut self,
-        tp: &TopicPartition,
-        messages: Vec<Message>,
-        outgoing: &mut [Vec<Delivery>],
-    ) -> bool {
-        let Some(slot) = self.slots.get(tp) else {
-            return true;
-        };
-        let handed = units::hand_out(
-            &mut lock(&self.ctx.tracker),
-            self.settings.ordering,
-            &mut self.next_worker,
-            tp,
-            slot,
-            messages,
-            outgoing,
-        );
-        match handed {
-            Ok(()) => true,
-            Err(err) => {
-                self.ctx.failure.set(err);
-                false
-            }
-        }
     }
 
     /// Sends each worker its events in one message.

@@ -495,3 +495,15 @@ fn status_shows_the_partitions_being_released_while_the_release_holds_the_dispat
     releasing.join().unwrap();
     assert!(view().is_empty());
 }
+
+#[test]
+fn exactly_once_drops_what_the_table_already_has() {
+    let source = FakeSource::default();
+    let mut d = dispatcher(1, Ordering::Partition, 100);
+    d.ctx.resume_from = Some(Box::new(|| Ok(HashMap::from([(tp(0), 3)]))));
+    assign(&mut d, &[0]);
+    d.dispatch(&source, (0..5).map(|o| event(0, o, "k")).collect());
+    d.workers.flush(0);
+    assert_eq!(d.workers.with(0, |w| w.seen.clone()), vec![(0, 3), (0, 4)]);
+    assert_eq!(lock(d.tracker()).committable(&tp(0)), Some(5));
+}
