@@ -11,7 +11,9 @@
 //! - **latency** at a fixed input rate: the harness produces `RATE` events/s, each carrying its
 //!   send time, and reads the output; p50/p99 from send to the harness reading the output
 //!   record (the harness's own produce and fetch are the same for every subject);
-//! - **file run**: `sluice run` over a file of the same events to a file output (no broker).
+//! - **file run**: `sluice run` over 1,000,000 lines of the same events to a file output (no
+//!   broker); CPU per million lines after the CPU of a run over an empty file (start-up: the
+//!   plugin's load and hash, threads) is taken off.
 //!
 //! `SLUICE_BEFORE=/path/to/old/sluice` adds the same rows for another build of `sluice` (the
 //! "before" column of BENCHMARKS.md: the binary built from the commit before the one-path
@@ -36,6 +38,8 @@ const PARTITIONS: i32 = 4;
 const ROUNDS: usize = 5;
 const RATE: usize = 5_000;
 const RATE_SECONDS: usize = 10;
+/// Lines of a file run.
+const FILE_LINES: usize = 1_000_000;
 /// The mock cluster answers a fetch only when this wait runs out (it does not wake a waiting
 /// fetch when data arrives), so every consumer here, the subjects' and the harness's, uses the
 /// same short wait; with librdkafka's default (500 ms) the latency would be the mock's.
@@ -95,14 +99,19 @@ fn main() {
         common::timed_send(&producer, "cost-in", i, &LATENCY.event(i, 0));
     }
     producer.flush(Duration::from_secs(60)).unwrap();
+    // File runs: FILE_LINES of the same events, and an empty file for what a run costs before
+    // its first line (loading and hashing the plugin, threads): the per-line cost is the
+    // difference.
     let lines = dir.path().join("in.jsonl");
     std::fs::write(
         &lines,
-        (0..events)
+        (0..FILE_LINES)
             .map(|i| String::from_utf8(LATENCY.event(i, 0)).unwrap() + "\n")
             .collect::<String>(),
     )
     .unwrap();
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
 
     let watcher: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -143,7 +152,12 @@ fn main() {
             // A file run over the same events (the raw loop has no file counterpart).
             if let Subject::Sluice(_, bin) = subject {
                 let (wall, cpu_s) = file_run(bin, &lines, dir.path());
-                file[s].push((events as f64 / wall, cpu_s / (events as f64 / 1e6)));
+                let (_, fixed) = file_run(bin, &empty, dir.path());
+                file[s].push((
+                    FILE_LINES as f64 / wall,
+                    (cpu_s - fixed) / (FILE_LINES as f64 / 1e6),
+                    fixed,
+                ));
             }
         }
         println!(
@@ -192,18 +206,22 @@ fn main() {
             median(&lat_cpu[s]),
         );
     }
-    println!("\nfile -> passthrough -> file, {events} lines, median of {ROUNDS} rounds");
+    println!(
+        "\nfile -> passthrough -> file, {FILE_LINES} lines, CPU per million lines less an empty file's run, median of {ROUNDS} rounds"
+    );
     for (s, subject) in subjects.iter().enumerate() {
         if matches!(subject, Subject::Raw) {
             continue;
         }
         let r: Vec<f64> = file[s].iter().map(|f| f.0).collect();
         let c: Vec<f64> = file[s].iter().map(|f| f.1).collect();
+        let fixed: Vec<f64> = file[s].iter().map(|f| f.2).collect();
         println!(
-            "{:>16} {:>10.0} ev/s {:>10.2} CPU-s/M",
+            "{:>16} {:>10.0} ev/s {:>10.2} CPU-s/M, {:.3} CPU-s for an empty file",
             subject.name(),
             median(&r),
-            median(&c)
+            median(&c),
+            median(&fixed)
         );
     }
 }

@@ -47,10 +47,22 @@ use sluice_tests::{Broker, kafka_tool, plugin, root, write_spec};
 
 const EVENTS: usize = 600_000;
 const FLINK: &str = "Flink 2.2.0";
+/// Input events of the stateful job (long enough for a steady state between one-second commits).
+const STATEFUL_EVENTS: usize = 2_000_000;
 const PARTITIONS: i32 = 12;
-const ROUNDS: usize = 3;
-/// Rounds per peer at each fixed rate.
-const LATENCY_ROUNDS: usize = 3;
+/// Whether `part` of the benchmark runs: all of them, or those `PEERS_ONLY` lists (comma
+/// separated: passthrough, filter-and-enrich, latency, windowed-count).
+fn wanted(part: &str) -> bool {
+    std::env::var("PEERS_ONLY").map_or(true, |only| only.split(',').any(|p| p == part))
+}
+
+/// Rounds per peer (`PEERS_ROUNDS` for a quick look), at full speed and at each fixed rate.
+fn rounds() -> usize {
+    std::env::var("PEERS_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
+}
 
 /// Peak resident set size (MB) of `pid` so far (`VmHWM`).
 fn peak_rss_mb(pid: u32) -> f64 {
@@ -211,6 +223,9 @@ fn main() {
         ),
     ];
     for (job, input, expected, plugin_spec) in jobs {
+        if !wanted(job) {
+            continue;
+        }
         let plugin_spec = plugin_spec
             .replace("PASSTHROUGH", &plugin("passthrough").display().to_string())
             .replace("FILTER", &plugin("filter-and-enrich").display().to_string());
@@ -222,7 +237,7 @@ fn main() {
         };
         // Per peer, per round: input events/s, CPU-s per M input events, peak RSS (MB).
         let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); names.len()];
-        for round in 0..ROUNDS {
+        for round in 0..rounds() {
             for (i, name) in names.iter().enumerate() {
                 let out = format!("peers-{job}-{i}-{round}");
                 broker.create_topic(&out, PARTITIONS as u32);
@@ -237,8 +252,12 @@ fn main() {
         }
         report(job, expected, names, &results);
     }
-    latency(&broker, &peers);
-    stateful(&broker, &peers);
+    if wanted("latency") {
+        latency(&broker, &peers);
+    }
+    if wanted("windowed-count") {
+        stateful(&broker, &peers);
+    }
 }
 
 /// The stateful job: records keyed by one of 1,000 drivers counted per key in 1-minute tumbling
@@ -255,7 +274,7 @@ fn stateful(broker: &Broker, peers: &Peers<'_>) {
     let names = ["Kafka Streams 4.1.1", "Sluice"];
     // Per peer, per round: input events/s, CPU-s per M events, peak RSS (MB), restore records/s.
     let mut results: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); names.len()];
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         for (i, name) in names.iter().enumerate() {
             let out = format!("peers-windowed-{i}-{round}");
             broker.create_topic(&out, PARTITIONS as u32);
@@ -280,7 +299,8 @@ fn stateful(broker: &Broker, peers: &Peers<'_>) {
         median(&results[i].iter().map(f).collect::<Vec<_>>())
     };
     println!(
-        "Kafka -> windowed-count (1-minute tumbling, per key) -> Kafka, at least once, {EVENTS} events in, {PARTITIONS} partitions, steady state (the last two thirds committed), median of {ROUNDS}"
+        "Kafka -> windowed-count (1-minute tumbling, per key) -> Kafka, at least once, {STATEFUL_EVENTS} events in, {PARTITIONS} partitions, steady state (the last two thirds committed), median of {}",
+        rounds()
     );
     println!(
         "{:>20} {:>12} {:>16} {:>14} {:>10} {:>18}",
@@ -306,13 +326,15 @@ fn stateful(broker: &Broker, peers: &Peers<'_>) {
     );
 }
 
-/// `EVENTS` records keyed by one of 1,000 drivers, 10 ms of record time apart (about 100
-/// minutes in all), values of about 130 bytes.
+/// `STATEFUL_EVENTS` records keyed by one of 1,000 drivers, 3 ms of record time apart (100
+/// minutes in all, ending now: the changelogs' retention counts from their records' times),
+/// values of about 130 bytes.
 fn produce_timed(broker: &str, topic: &str) {
     use rdkafka::producer::{BaseRecord, Producer};
     let producer = common::timed_producer(broker);
-    let start_ms = 1_763_798_400_000i64;
-    for i in 0..EVENTS {
+    let now_ms = (common::now_us() / 1000) as i64;
+    let start_ms = now_ms - STATEFUL_EVENTS as i64 * 3;
+    for i in 0..STATEFUL_EVENTS {
         let key = format!("d{}", i % 1000);
         let value = format!(
             r#"{{"driver":"{key}","booking_id":"b-{i}","fare":{:.1},"pad":"{}"}}"#,
@@ -324,7 +346,7 @@ fn produce_timed(broker: &str, topic: &str) {
             BaseRecord::to(topic)
                 .key(&key)
                 .payload(&value)
-                .timestamp(start_ms + i as i64 * 10),
+                .timestamp(start_ms + i as i64 * 3),
         );
     }
     producer.flush(std::time::Duration::from_secs(60)).unwrap();
@@ -398,10 +420,10 @@ fn committed_steady(broker: &str, group: &str, topic: &str, pid: u32) -> (f64, f
     let mut from: Option<(std::time::Instant, i64, f64)> = None;
     loop {
         let n = committed(&consumer, topic);
-        if n >= (EVENTS / 3) as i64 && from.is_none() {
+        if n >= (STATEFUL_EVENTS / 3) as i64 && from.is_none() {
             from = Some((std::time::Instant::now(), n, cpu_seconds(pid)));
         }
-        if n >= EVENTS as i64 {
+        if n >= STATEFUL_EVENTS as i64 {
             let (at, n0, cpu0) = from.unwrap();
             let events = (n - n0).max(1) as f64;
             return (
@@ -411,7 +433,7 @@ fn committed_steady(broker: &str, group: &str, topic: &str, pid: u32) -> (f64, f
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{group}: only {n} of {EVENTS} events committed after 600 s"
+            "{group}: only {n} of {STATEFUL_EVENTS} events committed after 600 s"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -494,7 +516,7 @@ fn latency(broker: &Broker, peers: &Peers<'_>) {
         };
         // Per peer, per round: p50 ms, p99 ms, CPU-s per M events.
         let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); names.len()];
-        for r in 0..LATENCY_ROUNDS {
+        for r in 0..rounds() {
             for (i, name) in names.iter().enumerate() {
                 let (input, out) = (
                     format!("lat-in-{rate}-{i}-{r}"),
@@ -518,7 +540,8 @@ fn latency(broker: &Broker, peers: &Peers<'_>) {
             median(&results[i].iter().map(f).collect::<Vec<_>>())
         };
         println!(
-            "Kafka -> passthrough -> Kafka at {rate} events/s for {seconds} s, median of {LATENCY_ROUNDS}"
+            "Kafka -> passthrough -> Kafka at {rate} events/s for {seconds} s, median of {}",
+            rounds()
         );
         println!(
             "{:>20} {:>10} {:>10} {:>16}",
@@ -577,7 +600,7 @@ impl Peers<'_> {
                 let spec = write_spec(
                     dir,
                     &format!(
-                        "name: bench\nadmin:\n  listen: 127.0.0.1:0\n{plugin_spec}source:\n  kafka:\n    bootstrap-servers: {broker}\n    topics: [{input}]\n    group-id: {output}\noutputs:\n  {outputs}\n"
+                        "name: bench\n{plugin_spec}source:\n  kafka:\n    bootstrap-servers: {broker}\n    topics: [{input}]\n    group-id: {output}\noutputs:\n  {outputs}\n"
                     ),
                 );
                 let sluice = plugin("passthrough").parent().unwrap().join("sluice");
@@ -620,7 +643,8 @@ fn report(job: &str, expected: usize, names: &[&str], results: &[Vec<(f64, f64, 
         median(&results[i].iter().map(f).collect::<Vec<_>>())
     };
     println!(
-        "Kafka -> {job} -> Kafka, at least once, {EVENTS} events in ({expected} out), {PARTITIONS} partitions, steady state (the last two thirds), median of {ROUNDS}"
+        "Kafka -> {job} -> Kafka, at least once, {EVENTS} events in ({expected} out), {PARTITIONS} partitions, steady state (the last two thirds), median of {}",
+        rounds()
     );
     println!(
         "{:>20} {:>12} {:>16} {:>14} {:>10}",

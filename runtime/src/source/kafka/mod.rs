@@ -172,9 +172,12 @@ pub fn run_with(
                 Some(Err(err)) => tracing::warn!("consumer: {err}"),
                 None => break,
             }
-            // After the first event, what arrives within GATHER joins the burst.
+            // After the first event, what arrives within GATHER joins the burst. In whole
+            // milliseconds: librdkafka waits in milliseconds, and rdkafka's poll spins through a
+            // timeout's sub-millisecond rest (a queue poll of 0 ms, again and again).
             let until = *gather_until.get_or_insert_with(|| Instant::now() + GATHER);
-            wait = until.saturating_duration_since(Instant::now());
+            let rest = until.saturating_duration_since(Instant::now());
+            wait = Duration::from_millis(rest.as_micros().div_ceil(1000) as u64);
         }
         if let Some(replay) = &replay {
             burst.retain(|m| (replay.keep)(m));
