@@ -600,7 +600,7 @@ impl Peers<'_> {
                 let spec = write_spec(
                     dir,
                     &format!(
-                        "name: bench\n{plugin_spec}source:\n  kafka:\n    bootstrap-servers: {broker}\n    topics: [{input}]\n    group-id: {output}\noutputs:\n  {outputs}\n"
+                        "name: bench\nadmin:\n  listen: 127.0.0.1:0\n{plugin_spec}source:\n  kafka:\n    bootstrap-servers: {broker}\n    topics: [{input}]\n    group-id: {output}\noutputs:\n  {outputs}\n"
                     ),
                 );
                 let sluice = plugin("passthrough").parent().unwrap().join("sluice");
