@@ -79,24 +79,38 @@ fn peak_rss_mb(pid: u32) -> f64 {
 /// moment it held a third of them.
 fn steady(consumer: &BaseConsumer, topic: &str, pid: u32, expected: usize) -> (f64, f64) {
     let per_output = EVENTS as f64 / expected as f64;
+    let (rate, cpu) = measure_from_a_third(pid, expected, topic, || {
+        output_count(consumer, topic, PARTITIONS)
+    });
+    (rate * per_output, cpu / per_output)
+}
+
+/// Waits until `progress` reaches `total`; the rate (progress/s) and the CPU seconds `pid` spent
+/// per million of it from the moment it reached a third.
+fn measure_from_a_third(
+    pid: u32,
+    total: usize,
+    what: &str,
+    mut progress: impl FnMut() -> i64,
+) -> (f64, f64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     let mut from: Option<(std::time::Instant, i64, f64)> = None;
     loop {
-        let n = output_count(consumer, topic, PARTITIONS);
-        if n >= (expected / 3) as i64 && from.is_none() {
+        let n = progress();
+        if n >= (total / 3) as i64 && from.is_none() {
             from = Some((std::time::Instant::now(), n, cpu_seconds(pid)));
         }
-        if n >= expected as i64 {
+        if n >= total as i64 {
             let (at, n0, cpu0) = from.unwrap();
-            let events = (n - n0).max(1) as f64 * per_output;
+            let done = (n - n0).max(1) as f64;
             return (
-                events / at.elapsed().as_secs_f64(),
-                (cpu_seconds(pid) - cpu0) / (events / 1e6),
+                done / at.elapsed().as_secs_f64(),
+                (cpu_seconds(pid) - cpu0) / (done / 1e6),
             );
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{topic}: only {n} of {expected} records after 600 s"
+            "{what}: only {n} of {total} after 600 s"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -416,27 +430,7 @@ fn committed_steady(broker: &str, group: &str, topic: &str, pid: u32) -> (f64, f
         .set("group.id", group)
         .create()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    let mut from: Option<(std::time::Instant, i64, f64)> = None;
-    loop {
-        let n = committed(&consumer, topic);
-        if n >= (STATEFUL_EVENTS / 3) as i64 && from.is_none() {
-            from = Some((std::time::Instant::now(), n, cpu_seconds(pid)));
-        }
-        if n >= STATEFUL_EVENTS as i64 {
-            let (at, n0, cpu0) = from.unwrap();
-            let events = (n - n0).max(1) as f64;
-            return (
-                events / at.elapsed().as_secs_f64(),
-                (cpu_seconds(pid) - cpu0) / (events / 1e6),
-            );
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{group}: only {n} of {STATEFUL_EVENTS} events committed after 600 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    measure_from_a_third(pid, STATEFUL_EVENTS, group, || committed(&consumer, topic))
 }
 
 /// Starts peer `name` again on an empty state directory and waits for its restore of every

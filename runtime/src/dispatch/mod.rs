@@ -447,9 +447,6 @@ impl<W: Workers> Dispatcher<W> {
         partitions: &[TopicPartition],
     ) -> Released {
         *lock(&self.shown) = self.live();
-        if self.ctx.transactions.is_some() {
-            return self.release_in_transaction(source, partitions);
-        }
         let per_worker = self.forget(partitions);
         if per_worker.is_empty() {
             return Released {
@@ -457,10 +454,14 @@ impl<W: Workers> Dispatcher<W> {
                 committed: true,
             };
         }
+        let into_transaction = self.ctx.transactions.is_some();
         self.ctx.telemetry.emit(PartitionsRevoked {
             partitions,
-            into_transaction: false,
+            into_transaction,
         });
+        if into_transaction {
+            return self.release_in_transaction(source, partitions, per_worker);
+        }
         let deadline = Instant::now() + self.settings.drain_timeout;
         let replies: Vec<_> = per_worker
             .into_iter()
@@ -526,18 +527,8 @@ impl<W: Workers> Dispatcher<W> {
         &mut self,
         source: &impl Source,
         partitions: &[TopicPartition],
+        per_worker: HashMap<usize, Vec<TopicPartition>>,
     ) -> Released {
-        let per_worker = self.forget(partitions);
-        if per_worker.is_empty() {
-            return Released {
-                incomplete: 0,
-                committed: true,
-            };
-        }
-        self.ctx.telemetry.emit(PartitionsRevoked {
-            partitions,
-            into_transaction: true,
-        });
         for (worker, parts) in per_worker {
             // The commit point's barrier waits for these too.
             drop(self.workers.revoke(worker, parts));
