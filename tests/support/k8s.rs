@@ -199,11 +199,13 @@ impl Drop for ControlPlane {
 }
 
 /// [`crate::watchdog`] for a server that starts children of its own: it runs in a session of
-/// its own (`setsid`), and the whole process group is killed.
+/// its own (`setsid`), and the whole process group is killed. `kill -9 -PGID`, not
+/// `kill -9 -- -PGID`: dash (Debian's `sh`) refuses the `--`, and then `wait` waits for ever
+/// on a plane left running (a static plane, whose `Drop` never runs, outlived the tests).
 fn group_watchdog(server: &str, dir: &Path) -> String {
     format!(
         "{server} & b=$!; \
-         while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill -9 -- -$b 2>/dev/null; wait $b; \
+         while kill -0 {parent} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill -9 -$b 2>/dev/null; wait $b; \
          kill -0 {parent} 2>/dev/null || rm -rf '{dir}'",
         parent = std::process::id(),
         dir = dir.display()
