@@ -16,6 +16,7 @@ use sluice_plugin_api::abi::{Header, Record};
 use crate::sink::SinkError;
 use crate::sink::kafka::{Ack, KafkaSink};
 use crate::sink::local::LocalOutput;
+use crate::sync::lock;
 
 /// Provenance header names, all prefixed `sluice.`.
 pub mod header {
@@ -143,7 +144,7 @@ impl DeadLetters {
         match &self.target {
             DeadLetterTarget::Topic { sink, topic } => sink.send(topic, &record, ack),
             DeadLetterTarget::File(file) => {
-                let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+                let mut file = lock(file);
                 file.write(to, &record)
                     // Written before the event's offset may be committed.
                     .and_then(|()| file.flush())

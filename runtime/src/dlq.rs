@@ -19,6 +19,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::dead_letter::header;
 use crate::offsets::TopicPartition;
+use crate::sync::lock;
 
 /// Which dead letters to replay and where to.
 #[derive(Debug, Clone, Default)]
@@ -144,10 +145,7 @@ impl ProducerContext for Deliveries {
         if let Err((err, _)) = result {
             self.failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.first_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(|| err.to_string());
+            lock(&self.first_error).get_or_insert_with(|| err.to_string());
         }
     }
 }

@@ -26,5 +26,6 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod status;
+pub(crate) mod sync;
 pub mod telemetry;
 pub mod worker;

@@ -23,6 +23,7 @@ use crate::sink::local::LocalOutput;
 use crate::sink::table::{Dialect, SinkContext, TableSink};
 use crate::state::{Changelog, StateStores};
 use crate::status::{Capacity, Lifecycle, PluginStatus, SinkProbe};
+use crate::sync::lock;
 use crate::telemetry::{Stopped, Telemetry};
 use crate::worker::{OutputTarget, Positions, WorkerShared};
 
@@ -403,7 +404,7 @@ impl Running {
         tables().for_each(TableSink::close);
         for (name, (target, _)) in &shared.outputs {
             if let OutputTarget::Local(out) = target {
-                let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                let mut out = lock(out);
                 match out.flush() {
                     Ok(()) => {}
                     Err(err) if out.reader_gone(&err) => failure.set_reader_gone(format!(

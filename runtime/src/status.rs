@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::condition::Condition;
 use crate::metrics::Metrics;
 use crate::offsets::TopicPartition;
+use crate::sync::lock;
 
 /// Where the run is in its life: `Starting -> Consuming -> Draining -> Stopped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,13 +242,13 @@ impl Health {
 
     /// The condition now: what, for how long, about what.
     pub fn condition(&self) -> (Condition, Duration, Vec<String>) {
-        let c = self.condition.lock().unwrap_or_else(|e| e.into_inner());
+        let c = lock(&self.condition);
         (c.0, c.1.elapsed(), c.2.clone())
     }
 
     /// A new condition (or new subjects of the same one).
     pub fn set_condition(&self, condition: Condition, subjects: Vec<String>) {
-        let mut c = self.condition.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.condition);
         let since = if c.0 == condition {
             c.1
         } else {
@@ -258,7 +259,7 @@ impl Health {
 
     /// The remedies gave up: `/healthz` fails from now on with `why`.
     pub fn give_up(&self, why: String) {
-        *self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        *lock(&self.gave_up) = Some(why);
     }
 
     /// A commit failed (`true`) or worked (`false`).
@@ -276,19 +277,12 @@ impl Health {
 
     /// For how long commits have been failing.
     pub fn commits_failing_for(&self) -> Option<Duration> {
-        self.commits_failing_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|at| at.elapsed())
+        lock(&self.commits_failing_since).map(|at| at.elapsed())
     }
 
     /// librdkafka's last reported offsets of `tp`.
     pub fn broker_offsets(&self, tp: &TopicPartition) -> Option<BrokerOffsets> {
-        self.broker_offsets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(tp)
-            .copied()
+        lock(&self.broker_offsets).get(tp).copied()
     }
 
     /// When the run started (seconds since the epoch).
@@ -315,7 +309,7 @@ impl Health {
 
     /// The worker count or the CPU quota changed.
     pub fn set_capacity(&self, capacity: Capacity) {
-        *self.capacity.lock().unwrap_or_else(|e| e.into_inner()) = Some(capacity);
+        *lock(&self.capacity) = Some(capacity);
     }
 
     /// The consumer joined its group.
@@ -332,24 +326,18 @@ impl Health {
     /// A probe for a new worker.
     pub fn add_worker(&self) -> Arc<WorkerProbe> {
         let probe = Arc::new(WorkerProbe::new(self.started));
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(probe.clone());
+        lock(&self.workers).push(probe.clone());
         probe
     }
 
     /// The highest-numbered worker was stopped on purpose (the pool shrank).
     pub fn remove_last_worker(&self) {
-        self.workers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        lock(&self.workers).pop();
     }
 
     /// A sink to check for readiness.
     pub fn add_sink(&self, probe: SinkProbe) {
-        self.sinks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(probe);
+        lock(&self.sinks).push(probe);
     }
 
     /// Where the dispatcher's partitions are read from.
@@ -372,12 +360,12 @@ impl Health {
 
     /// librdkafka's statistics reported these brokers.
     pub fn set_brokers(&self, brokers: Vec<BrokerStatus>) {
-        *self.brokers.lock().unwrap_or_else(|e| e.into_inner()) = brokers;
+        *lock(&self.brokers) = brokers;
     }
 
     /// The group committed these offsets.
     pub fn committed(&self, commits: &[(TopicPartition, i64)]) {
-        let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut committed = lock(&self.committed);
         for (tp, offset) in commits {
             committed.insert(tp.clone(), *offset);
         }
@@ -418,14 +406,14 @@ impl Health {
                 self.liveness_ms
             ));
         }
-        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let workers = lock(&self.workers);
         if let Some(i) = workers
             .iter()
             .position(|w| w.state() == WorkerState::Exited)
         {
             return Err(format!("worker {i} ended unexpectedly"));
         }
-        if let Some(why) = &*self.gave_up.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(why) = &*lock(&self.gave_up) {
             return Err(why.clone());
         }
         Ok(())
@@ -433,7 +421,7 @@ impl Health {
 
     /// Why the pod is not ready, if it is not.
     pub fn readiness(&self) -> Readiness {
-        let sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        let sinks = lock(&self.sinks);
         let unreachable: Vec<String> = sinks
             .iter()
             .filter(|s| !s.reachable.load(Ordering::Acquire))
@@ -488,7 +476,7 @@ impl Health {
                 .with_label_values(&labels)
                 .set(i64::from(p.paused));
         }
-        for s in self.sinks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for s in lock(&self.sinks).iter() {
             metrics
                 .sink_reachable
                 .with_label_values(&[&s.output])
@@ -554,7 +542,7 @@ impl Health {
     pub fn status(&self, metrics: &Metrics) -> Status {
         let readiness = self.readiness();
         let live = self.liveness().err();
-        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let workers = lock(&self.workers);
         let now_ms = self.started.elapsed().as_millis() as u64;
         let partitions = self.partition_status(metrics);
         let worker_status = workers

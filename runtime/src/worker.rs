@@ -30,6 +30,7 @@ use crate::sink::local::LocalOutput;
 use crate::sink::table::TableSink;
 use crate::state::StateStores;
 use crate::status::{ExitGuard, WorkerProbe, WorkerState};
+use crate::sync::lock;
 use crate::telemetry::{EventDeadLettered, EventFailed, EventSkipped, Failed, Telemetry};
 
 /// Accepts and drops records and state writes (reads see the stores): the rerun that finds a
@@ -242,7 +243,7 @@ impl<'a> Collector for Emitter<'a> {
         };
         match target {
             OutputTarget::Local(out) => {
-                let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                let mut out = lock(out);
                 out.write(output, record).map_err(|e| {
                     if out.reader_gone(&e) {
                         self.shared.failure.set_reader_gone(format!(
@@ -571,7 +572,7 @@ impl Worker {
         emitter.count_sent();
         match result {
             Ok(()) => {
-                let mut tracker = shared.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                let mut tracker = lock(&shared.tracker);
                 for (tp, unit) in units.iter() {
                     tracker.processed(tp, *unit);
                 }
@@ -741,7 +742,7 @@ impl Worker {
                 };
                 // Counted for the event's units before it can be acknowledged.
                 if dlq.acknowledged_later() {
-                    let mut tracker = shared.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut tracker = lock(&shared.tracker);
                     for (tp, unit) in ack.units() {
                         tracker.emitted(tp, unit, 1);
                     }

@@ -29,6 +29,7 @@ use crate::pool::{WorkerPool, Workers};
 use crate::sink::kafka::KafkaSink;
 use crate::state::StateStores;
 use crate::status::{PartitionLive, PartitionView};
+use crate::sync::lock;
 use crate::telemetry::{
     CommitFailed, CommitPoint, Draining, OffsetsCommitted, PartitionPaused, PartitionsAssigned,
     PartitionsRevoked, StopReason, Telemetry,
@@ -43,14 +44,10 @@ pub(crate) trait Source {
     fn pause(&self, tp: &TopicPartition) -> Result<(), String>;
     /// Reads `tp` again.
     fn resume(&self, tp: &TopicPartition) -> Result<(), String>;
-    /// Whether the source keeps committed positions at all (a file does not: its commit is a
-    /// no-op, and nothing is reported as committed).
-    fn commits(&self) -> bool {
-        true
-    }
     /// Commits `commits` (per partition, the offset after its last complete unit) before their
-    /// partitions are released; returns once the commit is settled.
-    fn commit(&self, commits: &[(TopicPartition, i64)]) -> Result<(), String>;
+    /// partitions are released; returns once the commit is settled, saying whether the source
+    /// keeps positions at all (a file does not: nothing is reported as committed).
+    fn commit(&self, commits: &[(TopicPartition, i64)]) -> Result<bool, String>;
     /// Puts `commits` into `sink`'s open transaction and commits it (exactly-once Kafka outputs).
     fn commit_transaction(
         &self,
@@ -65,17 +62,17 @@ pub(crate) trait Source {
 
 /// One assigned partition, as the dispatcher sees it.
 #[derive(Debug)]
-pub(crate) struct Slot {
+struct Slot {
     /// The workers its events may go to: one with `ordering: partition`, else all of them.
-    pub(crate) workers: Vec<usize>,
+    workers: Vec<usize>,
     /// Its events handed to workers and not yet given to the plugin.
-    pub(crate) in_flight: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
     /// Events read while the partition was full, in order; the partition is paused meanwhile.
-    pub(crate) held: VecDeque<Message>,
-    pub(crate) paused: bool,
+    held: VecDeque<Message>,
+    paused: bool,
     /// Exactly-once: events below this offset are already in the database; they are read and
     /// dropped.
-    pub(crate) skip_below: i64,
+    skip_below: i64,
 }
 
 /// What becomes of one run of a burst (consecutive events of one partition), in order: the first
@@ -113,16 +110,6 @@ pub(crate) struct Context {
     pub(crate) resume_from: Option<ResumeFrom>,
     /// Kafka transactions: the producer whose transaction carries the offsets.
     pub(crate) transactions: Option<Arc<KafkaSink>>,
-}
-
-/// How a release ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Released {
-    /// Units of the released partitions still incomplete when it ended (the drain timeout ran
-    /// out, or a fatal error stopped them): their offsets were not committed.
-    pub(crate) incomplete: usize,
-    /// The positions after the complete units were committed.
-    pub(crate) committed: bool,
 }
 
 /// The dispatcher of one run. Shared (behind a mutex) by a Kafka run's poll loop and its
@@ -440,19 +427,14 @@ impl<W: Workers> Dispatcher<W> {
     /// Releases `partitions` (a revoke): their workers finish what is queued, call `revoked`
     /// and flush, the sinks acknowledge what they emitted (all bounded by the drain timeout),
     /// the positions after their complete units are committed (into the open transaction with
-    /// Kafka transactions) and their state is closed; then they are forgotten.
-    pub(crate) fn release(
-        &mut self,
-        source: &impl Source,
-        partitions: &[TopicPartition],
-    ) -> Released {
+    /// Kafka transactions) and their state is closed; then they are forgotten. Returns the
+    /// units of them still incomplete when it ended (the drain timeout ran out, or a fatal error
+    /// stopped them): their offsets were not committed.
+    pub(crate) fn release(&mut self, source: &impl Source, partitions: &[TopicPartition]) -> usize {
         *lock(&self.shown) = self.live();
         let per_worker = self.forget(partitions);
         if per_worker.is_empty() {
-            return Released {
-                incomplete: 0,
-                committed: true,
-            };
+            return 0;
         }
         let into_transaction = self.ctx.transactions.is_some();
         self.ctx.telemetry.emit(PartitionsRevoked {
@@ -493,32 +475,30 @@ impl<W: Workers> Dispatcher<W> {
                 .filter_map(|tp| tracker.revoke(tp).map(|o| (tp.clone(), o)))
                 .collect()
         };
-        let committed = !source.commits()
-            || match source.commit(&commits) {
-                Ok(()) => {
+        let committed = match source.commit(&commits) {
+            Ok(kept) => {
+                if kept {
                     self.ctx.telemetry.emit(OffsetsCommitted {
                         commits: &commits,
                         point: CommitPoint::Release,
                         released: partitions,
                     });
-                    true
                 }
-                Err(err) => {
-                    self.ctx.telemetry.emit(CommitFailed {
-                        error: &err,
-                        retried: false,
-                    });
-                    false
-                }
-            };
+                true
+            }
+            Err(err) => {
+                self.ctx.telemetry.emit(CommitFailed {
+                    error: &err,
+                    retried: false,
+                });
+                false
+            }
+        };
         if let Some(state) = &self.ctx.state {
             let clean = committed && incomplete == 0 && !self.ctx.failure.is_set();
             state.close(partitions, clean);
         }
-        Released {
-            incomplete,
-            committed,
-        }
+        incomplete
     }
 
     /// Transactions: the released partitions' workers call `revoked` and flush, then the open
@@ -528,7 +508,7 @@ impl<W: Workers> Dispatcher<W> {
         source: &impl Source,
         partitions: &[TopicPartition],
         per_worker: HashMap<usize, Vec<TopicPartition>>,
-    ) -> Released {
+    ) -> usize {
         for (worker, parts) in per_worker {
             // The commit point's barrier waits for these too.
             drop(self.workers.revoke(worker, parts));
@@ -553,14 +533,12 @@ impl<W: Workers> Dispatcher<W> {
         if let Some(state) = &self.ctx.state {
             state.close(partitions, committed && !self.ctx.failure.is_set());
         }
-        Released {
-            incomplete,
-            committed,
-        }
+        incomplete
     }
 
-    /// The stop: every partition is released (drained, flushed, acknowledged, committed).
-    pub(crate) fn drain(&mut self, source: &impl Source, reason: StopReason) -> Released {
+    /// The stop: every partition is released (drained, flushed, acknowledged, committed);
+    /// returns the units left incomplete.
+    pub(crate) fn drain(&mut self, source: &impl Source, reason: StopReason) -> usize {
         let all = self.partitions();
         self.ctx.telemetry.emit(Draining {
             reason,
@@ -687,10 +665,4 @@ pub(crate) fn partition_view<W: Workers + Send + 'static>(
             }
         }
     })
-}
-
-/// Locks `m`, taking the data of a poisoned lock as it is (a panicking holder has already
-/// stopped the run).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

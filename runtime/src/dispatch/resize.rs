@@ -19,13 +19,14 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use super::Dispatcher;
 use super::units::key_worker;
-use super::{Dispatcher, lock};
 use crate::config::Ordering;
 use crate::cpu::CpuLimit;
 use crate::offsets::{TopicPartition, UnitId};
 use crate::pool::Workers;
 use crate::status::Capacity;
+use crate::sync::lock;
 use crate::telemetry::WorkersResized;
 use crate::worker::Delivery;
 

@@ -12,6 +12,7 @@ use rdkafka::Timestamp;
 use super::*;
 use crate::message::Bytes;
 use crate::offsets::UnitId;
+use crate::sync::lock;
 
 /// What the dispatcher asked of the source.
 #[derive(Debug, Default)]
@@ -35,9 +36,9 @@ impl Source for FakeSource {
         lock(&self.calls).push(format!("resume {tp}"));
         Ok(())
     }
-    fn commit(&self, commits: &[(TopicPartition, i64)]) -> Result<(), String> {
+    fn commit(&self, commits: &[(TopicPartition, i64)]) -> Result<bool, String> {
         lock(&self.commits).extend(commits.iter().cloned());
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -340,14 +341,7 @@ fn a_release_drains_commits_the_complete_units_and_forgets_the_partitions() {
         &source,
         vec![event(0, 0, "a"), event(0, 1, "a"), event(1, 5, "b")],
     );
-    let released = d.release(&source, &[tp(0)]);
-    assert_eq!(
-        released,
-        Released {
-            incomplete: 0,
-            committed: true
-        }
-    );
+    assert_eq!(d.release(&source, &[tp(0)]), 0);
     assert_eq!(*lock(&source.commits), vec![(tp(0), 2)]);
     assert_eq!(d.workers.with(0, |w| w.revoked.clone()), vec![tp(0)]);
     assert_eq!(d.partitions(), vec![tp(1)]);
@@ -359,8 +353,7 @@ fn a_release_drains_commits_the_complete_units_and_forgets_the_partitions() {
     assert_eq!(d.workers.with(0, |w| w.queued.len()), 0);
 
     // The stop drains every partition.
-    let released = d.drain(&source, StopReason::Signal);
-    assert_eq!(released.incomplete, 0);
+    assert_eq!(d.drain(&source, StopReason::Signal), 0);
     assert_eq!(*lock(&source.commits), vec![(tp(0), 2), (tp(1), 6)]);
     assert!(d.partitions().is_empty());
 }
@@ -374,40 +367,9 @@ fn a_release_that_times_out_commits_only_what_is_complete() {
     d.workers.flush(0); // the first unit is complete
     d.dispatch(&source, vec![event(0, 2, "a")]);
     d.workers.stuck = true;
-    let released = d.release(&source, &[tp(0)]);
-    assert_eq!(
-        released,
-        Released {
-            incomplete: 1,
-            committed: true
-        }
-    );
+    assert_eq!(d.release(&source, &[tp(0)]), 1);
     // Offset 2 was never handled: the commit stops short of it.
     assert_eq!(*lock(&source.commits), vec![(tp(0), 2)]);
-}
-
-#[test]
-fn a_source_without_commits_is_never_asked_to_commit() {
-    struct NoCommits(FakeSource);
-    impl Source for NoCommits {
-        fn pause(&self, tp: &TopicPartition) -> Result<(), String> {
-            self.0.pause(tp)
-        }
-        fn resume(&self, tp: &TopicPartition) -> Result<(), String> {
-            self.0.resume(tp)
-        }
-        fn commits(&self) -> bool {
-            false
-        }
-        fn commit(&self, _: &[(TopicPartition, i64)]) -> Result<(), String> {
-            panic!("a file has nothing to commit")
-        }
-    }
-    let source = NoCommits(FakeSource::default());
-    let mut d = dispatcher(1, Ordering::Partition, 100);
-    assign(&mut d, &[0]);
-    d.dispatch(&source, vec![event(0, 0, "a")]);
-    assert_eq!(d.drain(&source, StopReason::EndOfInput).incomplete, 0);
 }
 
 #[test]
@@ -444,8 +406,7 @@ fn resizing_moves_pinned_partitions_with_their_queued_events_in_order() {
     assert_eq!(held, (0..4).map(tp).collect());
     // Every unit completes: flushing the one worker makes every partition committable.
     d.workers.flush(0);
-    let released = d.drain(&source, StopReason::Signal);
-    assert_eq!(released.incomplete, 0);
+    assert_eq!(d.drain(&source, StopReason::Signal), 0);
     let mut commits = lock(&source.commits).clone();
     commits.sort();
     assert_eq!(commits, (0..4).map(|p| (tp(p), 2)).collect::<Vec<_>>());

@@ -20,6 +20,7 @@ use sluice_plugin_api::abi::Record;
 use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
 use crate::sink::SinkError;
+use crate::sync::lock;
 use crate::telemetry::{DeliveryFailed, ProducerReachability, Telemetry};
 
 /// The units a record acknowledges.
@@ -125,7 +126,7 @@ impl ProducerContext for DeliveryContext {
         match result {
             Ok(message) => {
                 {
-                    let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut tracker = lock(&self.tracker);
                     for (tp, unit) in ack.units() {
                         tracker.acked(tp, unit);
                     }

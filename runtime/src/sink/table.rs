@@ -34,6 +34,7 @@ use crate::fatal::Fatal;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::sink::SinkError;
 use crate::sink::kafka::Ack;
+use crate::sync::lock;
 use crate::telemetry::{
     EventDeadLettered, EventSkipped, Failed, SinkRecovered, SinkRejected, SinkUnavailable,
     Telemetry,
@@ -775,9 +776,7 @@ impl TableSink {
     /// 30 s.
     pub fn stored_offsets(&self) -> ResumeOffsets {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        self.queries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.queries)
             .send(reply)
             .map_err(|_| "the writer stopped".to_owned())?;
         answer
@@ -835,8 +834,8 @@ impl TableSink {
 
     /// Writes what is queued, then ends the writer.
     pub fn close(&self) {
-        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
-        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        drop(lock(&self.tx).take());
+        if let Some(thread) = lock(&self.thread).take() {
             let _ = thread.join();
         }
     }
@@ -1113,7 +1112,7 @@ impl Writer {
     /// The rows are committed: acknowledges their units and counts the batch.
     fn ack(&self, rows: &[Pending]) {
         {
-            let mut tracker = self.ctx.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tracker = lock(&self.ctx.tracker);
             for row in rows {
                 for (tp, unit) in row.ack.units() {
                     tracker.acked(tp, unit);
@@ -1298,7 +1297,7 @@ impl Writer {
             .collect();
         // Counted for the units before the row's own acknowledgement can complete them.
         if dlq.acknowledged_later() {
-            let mut tracker = self.ctx.tracker.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tracker = lock(&self.ctx.tracker);
             for (tp, unit) in row.ack.units() {
                 tracker.emitted(tp, unit, 1);
             }

@@ -18,6 +18,7 @@ use super::Local;
 use crate::config::StateSpec;
 use crate::offsets::TopicPartition;
 use crate::sink::kafka::{Ack, KafkaSink};
+use crate::sync::lock;
 use crate::telemetry::{
     RestoreFrom, StateReset, StateRestoreProgress, StateRestored, StateRestoring, Telemetry,
 };
@@ -88,7 +89,7 @@ impl Changelog {
 
     /// Every partition of the input `topics` (from the broker's metadata).
     pub(crate) fn partitions_of(&self, topics: &[String]) -> Result<Vec<TopicPartition>, String> {
-        let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let client = lock(&self.client);
         let mut all = Vec::new();
         for topic in topics {
             let metadata = client
@@ -116,7 +117,7 @@ impl Changelog {
         state: &StateSpec,
     ) -> Result<(), String> {
         let stores = &state.stores;
-        let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let client = lock(&self.client);
         let partitions = |topic: &str| -> Result<Option<usize>, String> {
             let metadata = client
                 .fetch_metadata(Some(topic), self.timeout)
@@ -215,7 +216,7 @@ impl Changelog {
         stores: &[String],
         tp: &TopicPartition,
     ) -> Result<BTreeMap<String, i64>, KafkaError> {
-        let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let client = lock(&self.client);
         stores
             .iter()
             .map(|store| {
@@ -238,8 +239,8 @@ impl Changelog {
             return Ok(());
         }
         let started = Instant::now();
-        let client = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        let log_ends = self.log_ends.lock().unwrap_or_else(|e| e.into_inner());
+        let client = lock(&self.client);
+        let log_ends = lock(&self.log_ends);
         // changelog (topic, partition) -> (which partition, which store, end)
         let mut targets: HashMap<(String, i32), (usize, usize, i64)> = HashMap::new();
         let mut remaining: Vec<i64> = vec![0; opened.len()];

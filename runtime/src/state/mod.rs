@@ -30,6 +30,7 @@ use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
 use crate::offsets::TopicPartition;
 use crate::sink::kafka::KafkaSink;
+use crate::sync::lock;
 use crate::telemetry::Telemetry;
 
 pub(crate) use changelog::Changelog;
@@ -265,7 +266,7 @@ impl StateStores {
     ) -> Result<bool, String> {
         let index = self.store_index(store)?;
         let local = self.local(tp)?;
-        let local = local.lock().unwrap_or_else(|e| e.into_inner());
+        let local = lock(&local);
         local.get(index, store, key, out)
     }
 
@@ -280,7 +281,7 @@ impl StateStores {
     ) -> Result<Option<Arc<str>>, String> {
         let index = self.store_index(store)?;
         let local = self.local(tp)?;
-        let mut local = local.lock().unwrap_or_else(|e| e.into_inner());
+        let mut local = lock(&local);
         local.buffers[index].insert(key.to_vec(), value.map(<[u8]>::to_vec));
         local.buffered += 1;
         if local.buffered >= APPLY_EVERY {
@@ -303,10 +304,7 @@ impl StateStores {
         let index = self.store_index(store)?;
         let local = self.local(tp)?;
         // Collected first: the plugin's visitor runs without the partition's lock held.
-        let entries = local
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entries(index, store, prefix)?;
+        let entries = lock(&local).entries(index, store, prefix)?;
         for (key, value) in entries {
             if let Some(value) = value {
                 if !visit(&key, &value) {
@@ -401,7 +399,7 @@ impl StateStores {
             closing.into_iter().map(|(_, local)| local).collect()
         };
         for local in closing {
-            let mut local = local.lock().unwrap_or_else(|e| e.into_inner());
+            let mut local = lock(&local);
             if let Err(err) = local.apply(&self.names, Durability::Immediate) {
                 tracing::warn!(partition = %local.tp, "state: cannot write the local copy ({err}): the next owner restores from the changelog");
                 continue;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use rdkafka::Timestamp;
 
 use crate::config::{Action, ClassPolicy, Ordering, PipelineSpec, SourceSpec};
-use crate::dispatch::{Context, Dispatcher, Settings, Source, lock, partition_view};
+use crate::dispatch::{Context, Dispatcher, Settings, Source, partition_view};
 use crate::error::RunError;
 use crate::error_policy::{self, Attempt, Class, Verdict};
 use crate::message::{Bytes, Message};
@@ -23,6 +23,7 @@ use crate::pipeline::{Setup, Summary, start};
 use crate::pool::Workers;
 use crate::shutdown::Shutdown;
 use crate::status::Lifecycle;
+use crate::sync::lock;
 use crate::telemetry::{EventSkipped, Failed, StopReason};
 use crate::worker::Positions;
 use reader::{Batch, FileSource};
@@ -48,12 +49,8 @@ impl Source for Lines {
         Ok(())
     }
 
-    fn commits(&self) -> bool {
-        false
-    }
-
-    fn commit(&self, _: &[(TopicPartition, i64)]) -> Result<(), String> {
-        Ok(())
+    fn commit(&self, _: &[(TopicPartition, i64)]) -> Result<bool, String> {
+        Ok(false)
     }
 }
 
@@ -202,7 +199,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         StopReason::Signal
     };
     let mut d = lock(&dispatcher);
-    let released = d.drain(&source, reason);
+    let incomplete = d.drain(&source, reason);
     let result = running.finish(d.workers_mut(), FILE_DRAIN_TIMEOUT, fatal);
     if let Some(err) = source_error {
         return Err(err.into());
@@ -210,10 +207,9 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     let mut summary = result?;
     summary.blank_lines = blank_lines;
     // The no-op commit: nothing may be left incomplete after a clean stop.
-    if released.incomplete > 0 {
+    if incomplete > 0 {
         return Err(RunError::Fatal(format!(
-            "{path}: {} batch(es) of lines not fully handled when the run stopped (an output did not acknowledge them)",
-            released.incomplete
+            "{path}: {incomplete} batch(es) of lines not fully handled when the run stopped (an output did not acknowledge them)"
         )));
     }
     Ok(summary)

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::answers::{AnswerQueue, CommitAnswer};
 use super::consumer::KafkaConsumer;
-use crate::dispatch::{Dispatcher, lock};
+use crate::dispatch::Dispatcher;
 use crate::offsets::TopicPartition;
+use crate::sync::lock;
 use crate::telemetry::{CommitFailed, CommitPoint, OffsetsCommitted};
 
 /// When an interval commit with no answer is taken as failed (see [`CommitCycle::settle`]).

@@ -85,12 +85,12 @@ impl Source for KafkaConsumer {
     }
 
     /// Synchronous: the partitions must be settled before librdkafka lets them go.
-    fn commit(&self, commits: &[(TopicPartition, i64)]) -> Result<(), String> {
-        if commits.is_empty() {
-            return Ok(());
+    fn commit(&self, commits: &[(TopicPartition, i64)]) -> Result<bool, String> {
+        if !commits.is_empty() {
+            Consumer::commit(self, &tpl_of_commits(commits)?, CommitMode::Sync)
+                .map_err(|e| e.to_string())?;
         }
-        Consumer::commit(self, &tpl_of_commits(commits)?, CommitMode::Sync)
-            .map_err(|e| e.to_string())
+        Ok(true)
     }
 
     fn commit_transaction(

@@ -29,13 +29,14 @@ use rdkafka::consumer::Consumer;
 
 use crate::config::{OutputSpec, PipelineSpec, SourceSpec};
 use crate::cpu::CpuWatch;
-use crate::dispatch::{Context, Dispatcher, ResumeFrom, Settings, lock, partition_view};
+use crate::dispatch::{Context, Dispatcher, ResumeFrom, Settings, partition_view};
 use crate::error::RunError;
 use crate::message::{Message, TopicNames};
 use crate::offsets::TopicPartition;
 use crate::pipeline::{Setup, Summary, start};
 use crate::shutdown::Shutdown;
 use crate::status::Lifecycle;
+use crate::sync::lock;
 use crate::telemetry::StopReason;
 use crate::worker::{OutputTarget, Positions, WorkerShared};
 use commit::CommitCycle;

@@ -13,8 +13,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::StartFrom;
-use crate::dispatch::{Dispatcher, lock};
+use crate::dispatch::Dispatcher;
 use crate::offsets::TopicPartition;
+use crate::sync::lock;
 use crate::telemetry::Telemetry;
 
 /// The consumer's context: its rebalance callbacks (which call the dispatcher) and its
@@ -58,7 +59,7 @@ impl StartPlan {
             // earliest / latest without committed offsets: auto.offset.reset
             return Ok((HashSet::new(), ""));
         }
-        let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut placed = lock(&self.placed);
         let tp_of = |e: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>| {
             TopicPartition::new(e.topic(), e.partition())
         };
@@ -162,7 +163,7 @@ impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             match self.start.place(consumer, tpl) {
-                Ok(fresh) => *self.fresh.lock().unwrap_or_else(|e| e.into_inner()) = fresh,
+                Ok(fresh) => *lock(&self.fresh) = fresh,
                 Err(err) => {
                     use crate::status::Lifecycle;
                     if matches!(

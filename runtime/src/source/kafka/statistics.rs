@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::offsets::TopicPartition;
 use crate::status::{BrokerOffsets, BrokerStatus};
+use crate::sync::lock;
 use crate::telemetry::Telemetry;
 
 /// Reads one statistics report into `/status`: the watermarks and committed offsets behind the
@@ -49,10 +50,7 @@ pub(crate) fn observe(statistics: &[u8], brokers: &Mutex<BrokerWatch>, telemetry
             );
         }
     }
-    let seen = brokers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .observe(listed(&stats, &offsets, &assigned), &offsets);
+    let seen = lock(brokers).observe(listed(&stats, &offsets, &assigned), &offsets);
     telemetry.health.set_brokers(seen);
     telemetry.health.set_broker_offsets(offsets);
 }

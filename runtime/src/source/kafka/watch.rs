@@ -13,8 +13,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::consumer::KafkaConsumer;
 use crate::condition::{Action, Bounds, Condition, Observation, PartitionSeen, Remedy, decide};
 use crate::config::AdminSpec;
-use crate::dispatch::{Dispatcher, lock};
+use crate::dispatch::Dispatcher;
 use crate::offsets::TopicPartition;
+use crate::sync::lock;
 use crate::telemetry::{ConditionChanged, RemediesExhausted, RemedyTried, Telemetry};
 
 /// How often the group's lag is read while this member holds no partition.
