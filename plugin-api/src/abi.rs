@@ -50,6 +50,14 @@ pub const FLAG_VALUE_NULL: u32 = 2;
 /// [`Record::partition`] value that lets the sink choose the partition.
 pub const PARTITION_ANY: i32 = -1;
 
+/// Header the host adds to an event whose value it decoded from a schema-registry format
+/// (`source.kafka.format: avro | protobuf | json-schema`): the schema id, in ASCII decimal.
+/// Headers named `sluice.schema-id` and `sluice.raw-value` are not written to outputs.
+pub const SCHEMA_ID_HEADER: &str = "sluice.schema-id";
+/// Header holding the value's bytes as they were read (the Confluent wire format), beside the
+/// decoded JSON payload. See [`SCHEMA_ID_HEADER`].
+pub const RAW_VALUE_HEADER: &str = "sluice.raw-value";
+
 /// Per-event error kind: the input could not be decoded or is invalid; retrying cannot help.
 pub const EVENT_ERROR_INVALID_INPUT: u32 = 1;
 /// Per-event error kind: processing this event failed; a retry may succeed.
@@ -308,6 +316,19 @@ impl<'a> Event<'a> {
             .iter()
             .find(|h| h.key() == key)
             .map(|h| h.value())
+    }
+    /// The registry schema id the value was decoded with (`source.kafka.format: avro`,
+    /// `protobuf`, `json-schema`); `None` for raw values.
+    pub fn schema_id(&self) -> Option<u32> {
+        std::str::from_utf8(self.header(SCHEMA_ID_HEADER)?)
+            .ok()?
+            .parse()
+            .ok()
+    }
+    /// The value as it was read, before decoding (the Confluent wire format); `None` for raw
+    /// values, whose [`Event::payload`] is already that.
+    pub fn raw_value(&self) -> Option<&'a [u8]> {
+        self.header(RAW_VALUE_HEADER)
     }
 }
 

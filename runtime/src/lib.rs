@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod plugin;
 pub(crate) mod pool;
 pub mod run;
+pub mod schema;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{OutputSpec, PipelineSpec, RecordFormat, SourceSpec};
+use crate::config::{
+    KafkaOutputSpec, OutputSpec, PipelineSpec, RecordFormat, SourceSpec, ValueFormat,
+};
 use crate::cpu::CpuLimit;
 use crate::dead_letter::{DeadLetterTarget, DeadLetters};
 use crate::error::RunError;
@@ -18,11 +20,13 @@ use crate::kafka_client;
 use crate::offsets::OffsetTracker;
 use crate::plugin::check::prepare;
 use crate::pool::WorkerPool;
+use crate::schema::registry::Registry;
+use crate::schema::{Decoder, Encoder, Schemas};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::local::LocalOutput;
 use crate::sink::table::{Dialect, SinkContext, TableSink};
 use crate::state::{Changelog, StateStores};
-use crate::status::{Capacity, Lifecycle, PluginStatus, SinkProbe};
+use crate::status::{Capacity, Lifecycle, PluginStatus, REGISTRY, SinkProbe};
 use crate::sync::lock;
 use crate::telemetry::{Stopped, Telemetry};
 use crate::worker::{OutputTarget, Positions, WorkerShared};
@@ -244,6 +248,36 @@ pub(crate) fn start(
         telemetry: telemetry.clone(),
         group: setup.group.to_owned(),
     };
+    // The schema registry: decoding the source's values, encoding outputs' records.
+    let schemas = spec
+        .schema_registry
+        .as_ref()
+        .map(|registry| {
+            let registry = Registry::new(registry, &spec.base_dir)
+                .map_err(|e| RunError::Setup(format!("{}: {e}", spec.file.display())))?;
+            Ok::<_, RunError>(Arc::new(Schemas::new(registry)))
+        })
+        .transpose()?;
+    let decoder = match (&spec.source, &schemas) {
+        (SourceSpec::Kafka(k), Some(schemas)) if k.format != ValueFormat::Raw => {
+            telemetry.health.add_sink(SinkProbe {
+                output: REGISTRY.to_owned(),
+                kind: "schema-registry",
+                reachable: schemas.reachable().clone(),
+            });
+            Some(Decoder::new(k.format, schemas.clone()))
+        }
+        _ => None,
+    };
+    let encoder = |name: &str, k: &KafkaOutputSpec| match (&schemas, k.format) {
+        (Some(schemas), format) if format != ValueFormat::Raw => {
+            let encoder = Encoder::new(name, k, &spec.base_dir, schemas)
+                .map_err(|e| RunError::Setup(format!("{}: {e}", spec.file.display())))?;
+            tracing::info!(output = name, subject = %encoder.subject, schema_id = encoder.id, format = format.name(), "encoding records with the registry's schema");
+            Ok::<_, RunError>(Some(encoder))
+        }
+        _ => Ok(None),
+    };
     let mut outputs = HashMap::new();
     for (name, output) in &spec.outputs {
         let table = |dialect, t| {
@@ -260,7 +294,7 @@ pub(crate) fn start(
             Ok::<_, RunError>(OutputTarget::Table(sink))
         };
         let target = match (output, open_local_output(spec, name, output)?) {
-            (OutputSpec::Kafka(k), _) => OutputTarget::Kafka(k.topic.clone()),
+            (OutputSpec::Kafka(k), _) => OutputTarget::Kafka(k.topic.clone(), encoder(name, k)?),
             (OutputSpec::Postgres(t), _) => table(Dialect::Postgres, t)?,
             (OutputSpec::Mysql(t), _) => table(Dialect::Mysql, t)?,
             (_, Some(local)) => OutputTarget::Local(Mutex::new(local)),
@@ -320,6 +354,7 @@ pub(crate) fn start(
         telemetry: telemetry.clone(),
         positions: setup.positions.clone(),
         state,
+        decoder,
     });
     let events_in = Arc::downgrade(&shared);
     telemetry.health.set_events_in(Arc::new(move || {
@@ -400,6 +435,10 @@ impl Running {
                 })
         };
         tables().for_each(TableSink::give_up);
+        // Nor a schema registry still down (the events waiting for it stay uncommitted).
+        if let Some(decoder) = &shared.decoder {
+            decoder.schemas().give_up();
+        }
         pool.stop();
         tables().for_each(TableSink::close);
         for (name, (target, _)) in &shared.outputs {

@@ -57,16 +57,19 @@ pub enum WorkerState {
     Stopped,
     /// Its thread ended unexpectedly: the pod is not live.
     Exited,
+    /// Waiting for the schema registry to decode its events.
+    WaitingForRegistry,
 }
 
 impl WorkerState {
-    const ALL: [WorkerState; 6] = [
+    const ALL: [WorkerState; 7] = [
         WorkerState::Idle,
         WorkerState::Processing,
         WorkerState::Flushing,
         WorkerState::Rebalancing,
         WorkerState::Stopped,
         WorkerState::Exited,
+        WorkerState::WaitingForRegistry,
     ];
 }
 
@@ -161,6 +164,10 @@ pub struct BrokerOffsets {
     /// The broker leading the partition (-1: unknown).
     pub leader: i32,
 }
+
+/// The [`SinkProbe::output`] of the schema registry: not an output, but events wait on it the
+/// same way.
+pub const REGISTRY: &str = "schema-registry";
 
 /// A sink whose reachability counts for readiness.
 #[derive(Debug, Clone)]
@@ -648,7 +655,11 @@ impl Readiness {
             out.push("consumer group not joined".to_owned());
         }
         for sink in &self.unreachable_sinks {
-            out.push(format!("output {sink} unreachable"));
+            if sink == REGISTRY {
+                out.push("schema registry unreachable".to_owned());
+            } else {
+                out.push(format!("output {sink} unreachable"));
+            }
         }
         out
     }

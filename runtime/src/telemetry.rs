@@ -406,6 +406,34 @@ impl InternalEvent for ProducerReachability<'_> {
     }
 }
 
+/// The schema registry stopped answering a worker, or answered again. Logs the edge once; the
+/// flag drives readiness and `sluice_sink_reachable{output="schema-registry"}`.
+#[derive(Debug)]
+pub struct RegistryReachability<'a> {
+    /// Whether it answered.
+    pub up: bool,
+    /// The error, when it did not.
+    pub error: &'a str,
+    /// Its reachability flag.
+    pub reachable: &'a AtomicBool,
+}
+
+impl InternalEvent for RegistryReachability<'_> {
+    fn emit(self, _t: &Telemetry) {
+        if self.reachable.swap(self.up, Ordering::AcqRel) == self.up {
+            return;
+        }
+        if self.up {
+            tracing::info!("schema registry reachable again: decoding");
+        } else {
+            tracing::warn!(
+                "{}: events wait for it (their partitions pause once full) and nothing past them is committed",
+                self.error
+            );
+        }
+    }
+}
+
 impl InternalEvent for SinkRecovered<'_> {
     fn emit(self, _t: &Telemetry) {
         self.reachable.store(true, Ordering::Release);

@@ -25,13 +25,16 @@ use crate::error_policy::{self, Attempt, Class, Verdict};
 use crate::fatal::Fatal;
 use crate::message::Message;
 use crate::offsets::{OffsetTracker, TopicPartition, UnitId};
+use crate::schema::{DecodeError, Decoded, Decoder, Encoder, RAW_VALUE_HEADER, SCHEMA_ID_HEADER};
 use crate::sink::kafka::{Ack, KafkaSink, Units};
 use crate::sink::local::LocalOutput;
 use crate::sink::table::TableSink;
 use crate::state::StateStores;
 use crate::status::{ExitGuard, WorkerProbe, WorkerState};
 use crate::sync::lock;
-use crate::telemetry::{EventDeadLettered, EventFailed, EventSkipped, Failed, Telemetry};
+use crate::telemetry::{
+    EventDeadLettered, EventFailed, EventSkipped, Failed, RegistryReachability, Telemetry,
+};
 
 /// Accepts and drops records and state writes (reads see the stores): the rerun that finds a
 /// panicking event changes nothing.
@@ -79,8 +82,8 @@ impl Collector for Discard<'_> {
 /// Where an output name leads.
 #[derive(Debug)]
 pub enum OutputTarget {
-    /// A Kafka topic.
-    Kafka(String),
+    /// A Kafka topic; values encoded by `encoder` (schema-registry formats) when set.
+    Kafka(String, Option<Encoder>),
     /// stdout or a file: written synchronously, so nothing to acknowledge later.
     Local(Mutex<LocalOutput>),
     /// A database table: rows are acknowledged once their batch is committed.
@@ -180,7 +183,13 @@ pub struct WorkerShared {
     pub positions: Positions,
     /// The state stores, when the spec declares any.
     pub state: Option<Arc<StateStores>>,
+    /// Decodes event values before the plugin sees them (`source.kafka.format` other than raw).
+    pub decoder: Option<Decoder>,
 }
+
+/// A value decoded for the plugin: `None` for a tombstone, else its schema id and JSON, or why
+/// its schema does not decode it.
+type DecodedValue = Option<Result<(u32, Decoded), String>>;
 
 /// An event error a plugin call reported: index into the call's events, kind, message.
 type EventFailure = (usize, EventErrorKind, String);
@@ -229,6 +238,97 @@ impl Emitter<'_> {
     }
 }
 
+impl Emitter<'_> {
+    /// A record that does not fit its output's schema: `error-policy.sink-rejection`, at once
+    /// (a retry would encode the same value the same way). Skipped and dead-lettered records count
+    /// as handled; `fail` stops the pipeline before the event's offset is committed.
+    fn reject(
+        &mut self,
+        output: &str,
+        encoder: &Encoder,
+        record: &Record<'_>,
+        why: String,
+    ) -> Result<(), Refusal> {
+        let shared = self.shared;
+        let class = Class::SinkRejection;
+        shared.telemetry.emit(EventFailed {
+            class: class.name(),
+        });
+        let message = format!(
+            "the record does not fit schema id {} of subject `{}`: {why}",
+            encoder.id, encoder.subject
+        );
+        let source = self.ack.units().next().map(|(tp, _)| tp.clone());
+        let at = source
+            .as_ref()
+            .map_or_else(String::new, ToString::to_string);
+        let failed = Failed {
+            what: "a record its output's schema refused",
+            topic: source.as_ref().map_or("", |tp| tp.topic.as_str()),
+            partition: source.as_ref().map_or(-1, |tp| tp.partition),
+            offset: None,
+            class: class.name(),
+            attempts: 1,
+            message: &message,
+            output: Some(output),
+            at: &at,
+        };
+        match class.policy(&shared.policy).then {
+            Action::Skip => {
+                shared.telemetry.emit(EventSkipped(failed));
+                Ok(())
+            }
+            Action::DeadLetter => {
+                let (Some(dlq), Some(tp)) = (&shared.dead_letters, &source) else {
+                    shared
+                        .failure
+                        .set("dead-letter policy without a dead-letter topic or file".into());
+                    return Err(Refusal::Invalid(message));
+                };
+                let failure = Failure {
+                    class: class.name(),
+                    message: &message,
+                    attempts: 1,
+                    topic: &tp.topic,
+                    partition: tp.partition,
+                    offset: None,
+                    output: Some(output),
+                };
+                if dlq.acknowledged_later() {
+                    self.sent += 1;
+                }
+                match dlq.send(
+                    record.key_bytes(),
+                    record.value_bytes(),
+                    record.header_list(),
+                    &failure,
+                    self.ack.clone(),
+                ) {
+                    Ok(()) => {
+                        shared.telemetry.emit(EventDeadLettered {
+                            failed,
+                            to: &dlq.label,
+                        });
+                        Ok(())
+                    }
+                    Err(err) => {
+                        shared.failure.set(format!(
+                            "output `{output}`: cannot write the dead letter for a record its schema refused: {err}"
+                        ));
+                        Err(Refusal::Invalid(message))
+                    }
+                }
+            }
+            Action::Fail => {
+                shared.failure.set(format!(
+                    "output `{output}` ({at}): {message}: fix the plugin's records or the schema, or set `error-policy.sink-rejection` to skip or dead-letter"
+                ));
+                Err(Refusal::Invalid(message))
+            }
+        }
+    }
+}
+
 impl<'a> Collector for Emitter<'a> {
     fn emit(&mut self, output: &str, record: &Record<'_>) -> Result<(), Refusal> {
         let (target, written) = match self.last {
@@ -253,15 +353,26 @@ impl<'a> Collector for Emitter<'a> {
                     Refusal::Invalid(format!("writing to {} failed: {e}", out.target().display()))
                 })
             }
-            OutputTarget::Kafka(topic) => {
+            OutputTarget::Kafka(topic, encoder) => {
                 let sink = self
                     .shared
                     .sink
                     .as_ref()
                     .ok_or_else(|| Refusal::Invalid("no producer".into()))?;
+                let encoded;
+                let record = match (encoder, record.value_bytes()) {
+                    (Some(encoder), Some(value)) => match encoder.encode(value) {
+                        Ok(bytes) => {
+                            encoded = bytes;
+                            (*record).value(&encoded)
+                        }
+                        Err(why) => return self.reject(output, encoder, record, why),
+                    },
+                    _ => *record,
+                };
                 // Counted even if the send fails: such a unit must never complete.
                 self.sent += 1;
-                sink.send(topic, record, self.ack.clone())
+                sink.send(topic, &record, self.ack.clone())
                     .map_err(|e| Refusal::Invalid(e.to_string()))
             }
             OutputTarget::Table(table) => {
@@ -676,12 +787,16 @@ impl Worker {
         ack: &Arc<Ack>,
         class: Class,
         message: String,
+        retry: bool,
     ) -> bool {
         let shared = self.shared.clone();
         shared.telemetry.emit(EventFailed {
             class: class.name(),
         });
-        let policy = class.policy(&shared.policy);
+        let mut policy = class.policy(&shared.policy);
+        if !retry {
+            policy.retries = 0;
+        }
         let offset = event.offset();
         let verdict = error_policy::decide_sleeping(&policy, message, || {
             let (result, errors) = self.call(std::slice::from_ref(event), ack);
@@ -747,7 +862,9 @@ impl Worker {
                         tracker.emitted(tp, unit, 1);
                     }
                 }
-                let value = (!event.is_tombstone()).then(|| event.payload());
+                // A decoded event's dead letter holds its value as it was read.
+                let value =
+                    (!event.is_tombstone()).then(|| event.raw_value().unwrap_or(event.payload()));
                 match dlq.send(event.key(), value, event.headers(), &failure, ack.clone()) {
                     Ok(()) => {
                         shared.telemetry.emit(EventDeadLettered {
@@ -776,6 +893,57 @@ impl Worker {
         }
     }
 
+    /// Decodes the values of `messages` (`source.kafka.format`): per message its schema id and
+    /// JSON, or why it cannot be decoded (`None` for a tombstone). While the registry does not
+    /// answer, the worker waits: its events stay unprocessed, so nothing past them is committed,
+    /// and their partitions pause once full. `None` when the run stops first.
+    fn decode(&self, decoder: &Decoder, messages: &[&Message]) -> Option<Vec<DecodedValue>> {
+        let shared = &self.shared;
+        let reachable = decoder.schemas().reachable();
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            let Some(value) = m.payload() else {
+                out.push(None);
+                continue;
+            };
+            let mut backoff = std::time::Duration::from_millis(100);
+            let mut waited = false;
+            let decoded = loop {
+                match decoder.decode(value) {
+                    Ok(decoded) => break Ok(decoded),
+                    Err(DecodeError::Invalid(why)) => break Err(why),
+                    Err(DecodeError::Unreachable(err)) => {
+                        shared.telemetry.emit(RegistryReachability {
+                            up: false,
+                            error: &err.to_string(),
+                            reachable,
+                        });
+                        if !waited {
+                            self.probe.set(WorkerState::WaitingForRegistry);
+                            waited = true;
+                        }
+                        if shared.failure.is_set() || decoder.schemas().given_up() {
+                            self.probe.set(WorkerState::Idle);
+                            return None;
+                        }
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            };
+            if waited {
+                self.probe.set(WorkerState::Idle);
+                shared.telemetry.emit(RegistryReachability {
+                    up: true,
+                    error: "",
+                    reachable,
+                });
+            }
+            out.push(Some(decoded));
+        }
+        Some(out)
+    }
+
     fn process_partition(&mut self, deliveries: &[Delivery]) {
         let shared = self.shared.clone();
         if shared.failure.is_set() {
@@ -792,33 +960,35 @@ impl Worker {
             }
         }
         let messages: Vec<&Message> = deliveries.iter().map(|d| &d.message).collect();
+        let decoded = match &shared.decoder {
+            Some(decoder) => match self.decode(decoder, &messages) {
+                Some(decoded) => decoded,
+                None => return, // the run stops: never marked processed
+            },
+            None => Vec::new(),
+        };
+        let ids: Vec<String> = decoded
+            .iter()
+            .map(|d| match d {
+                Some(Ok((id, _))) => id.to_string(),
+                _ => String::new(),
+            })
+            .collect();
         let headers: Vec<Vec<Header<'_>>> = messages
             .iter()
-            .map(|m| {
-                m.headers().map_or_else(Vec::new, |hs| {
+            .enumerate()
+            .map(|(i, m)| {
+                let mut headers = m.headers().map_or_else(Vec::new, |hs| {
                     hs.iter()
                         .filter(|h| !(shared.strip_provenance && h.key.starts_with("sluice.")))
                         .map(|h| Header::new(h.key, h.value.unwrap_or_default()))
                         .collect()
-                })
-            })
-            .collect();
-        let events: Vec<Event<'_>> = messages
-            .iter()
-            .zip(&headers)
-            .map(|(m, headers)| {
-                let mut e = Event::new(&tp.topic, tp.partition, m.offset()).with_headers(headers);
-                e = match m.payload() {
-                    Some(p) => e.with_payload(p),
-                    None => e.with_null_payload(),
-                };
-                if let Some(k) = m.key() {
-                    e = e.with_key(k);
+                });
+                if let (Some(Some(Ok(_))), Some(raw)) = (decoded.get(i), m.payload()) {
+                    headers.push(Header::new(SCHEMA_ID_HEADER, ids[i].as_bytes()));
+                    headers.push(Header::new(RAW_VALUE_HEADER, raw));
                 }
-                if let Some(ts) = m.timestamp().to_millis() {
-                    e = e.with_timestamp_ms(ts);
-                }
-                e
+                headers
             })
             .collect();
         let units_acked = match units.as_slice() {
@@ -830,6 +1000,31 @@ impl Worker {
             .filter_map(|m| m.timestamp().to_millis())
             .min();
         let ack = Arc::new(Ack::new(units_acked, event_time_ms));
+        let mut events: Vec<Event<'_>> = Vec::with_capacity(messages.len());
+        for (i, (m, headers)) in messages.iter().zip(&headers).enumerate() {
+            let mut e = Event::new(&tp.topic, tp.partition, m.offset()).with_headers(headers);
+            e = match (m.payload(), decoded.get(i)) {
+                (Some(_), Some(Some(Ok((_, Decoded::Json(json)))))) => e.with_payload(json),
+                (Some(p), Some(Some(Ok((_, Decoded::Tail(from)))))) => e.with_payload(&p[*from..]),
+                (Some(p), _) => e.with_payload(p),
+                (None, _) => e.with_null_payload(),
+            };
+            if let Some(k) = m.key() {
+                e = e.with_key(k);
+            }
+            if let Some(ts) = m.timestamp().to_millis() {
+                e = e.with_timestamp_ms(ts);
+            }
+            // A value its schema does not decode never reaches the plugin.
+            if let Some(Some(Err(why))) = decoded.get(i) {
+                let class = Class::InvalidInput;
+                if !self.settle(&tp, &e, &ack, class, why.clone(), false) {
+                    return; // failed: the unit is never marked processed
+                }
+                continue;
+            }
+            events.push(e);
+        }
         let (result, errors) = self.call(&events, &ack);
         shared
             .events_in
@@ -877,7 +1072,7 @@ impl Worker {
             Err(err) => return self.fail_call(&tp, first.offset(), last_offset, &err),
         }
         for (index, class, message) in failures {
-            if !self.settle(&tp, &events[index], &ack, class, message) {
+            if !self.settle(&tp, &events[index], &ack, class, message, true) {
                 return; // failed: the unit is never marked processed
             }
         }

@@ -102,6 +102,9 @@ pub struct PipelineSpec {
     /// Keyed state stores the plugin reads and writes (ABI 1.2), per input partition.
     #[serde(default)]
     pub state: Option<StateSpec>,
+    /// The schema registry that `avro`, `protobuf` and `json-schema` sources and outputs use.
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistrySpec>,
     /// Directory of the spec file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -141,6 +144,79 @@ impl StateSpec {
     pub fn changelog_topic(group: &str, topic: &str, store: &str) -> String {
         format!("{group}-{topic}-{store}-changelog")
     }
+}
+
+/// `schema-registry`: a Confluent-compatible schema registry (Confluent Schema Registry, or
+/// Apicurio Registry's `/apis/ccompat/v7`). Sources decode and outputs encode the Confluent wire
+/// format through it: a magic byte 0, the 4-byte schema id, for Protobuf the message indexes,
+/// then the data. Schemas are cached by id for the life of the process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SchemaRegistrySpec {
+    /// Base URL, e.g. `http://registry:8080/apis/ccompat/v7` (Apicurio) or
+    /// `https://registry:8081` (Confluent).
+    pub url: String,
+    /// HTTP basic auth user (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// HTTP basic auth password: write `${REGISTRY_PASSWORD}`, never the password itself.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A bearer token (`Authorization: Bearer ...`): write `${REGISTRY_TOKEN}`.
+    #[serde(default)]
+    pub bearer_token: Option<String>,
+    /// PEM file of the CAs that sign the registry's certificate (relative to the spec); default:
+    /// the public web roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How long one request may take before the registry counts as unreachable.
+    #[serde(default = "default_registry_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_registry_timeout_ms() -> u64 {
+    5_000
+}
+
+/// How a Kafka event's value reaches the plugin (`source.kafka.format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValueFormat {
+    /// The bytes as they are.
+    #[default]
+    Raw,
+    /// Confluent wire format, Avro: decoded with the writer's schema into JSON.
+    Avro,
+    /// Confluent wire format, Protobuf: decoded into Protobuf's JSON mapping.
+    Protobuf,
+    /// Confluent wire format, JSON Schema: the JSON, validated against its schema.
+    JsonSchema,
+}
+
+impl ValueFormat {
+    /// As written in the spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueFormat::Raw => "raw",
+            ValueFormat::Avro => "avro",
+            ValueFormat::Protobuf => "protobuf",
+            ValueFormat::JsonSchema => "json-schema",
+        }
+    }
+}
+
+/// Which registry subject an output's schema is registered under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubjectNameStrategy {
+    /// `<topic>-value`.
+    #[default]
+    TopicName,
+    /// The record's full name (Avro `namespace.name`, the Protobuf message's full name, the JSON
+    /// Schema's `title`).
+    RecordName,
+    /// `<topic>-<record name>`.
+    TopicRecordName,
 }
 
 /// The admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
@@ -304,6 +380,10 @@ pub struct KafkaSourceSpec {
     /// or explicit offsets `{"topic/partition": offset}` (partitions not named: earliest).
     #[serde(default)]
     pub start_from: StartFrom,
+    /// How event values reach the plugin: `raw` (default), or `avro`, `protobuf`,
+    /// `json-schema` in the Confluent wire format, decoded into JSON through `schema-registry`.
+    #[serde(default)]
+    pub format: ValueFormat,
     /// `sluice run --reset`: positions from `start-from` instead of the committed offsets.
     #[serde(skip)]
     pub reset: bool,
@@ -624,6 +704,28 @@ fn is_identifier(name: &str, allow_schema: bool) -> bool {
 pub struct KafkaOutputSpec {
     /// The topic records go to.
     pub topic: String,
+    /// `raw` (default): record values as the plugin wrote them. `avro`, `protobuf`,
+    /// `json-schema`: each value, a JSON document, is encoded with the subject's schema in the
+    /// Confluent wire format; a value that does not fit it meets `error-policy.sink-rejection`.
+    #[serde(default)]
+    pub format: ValueFormat,
+    /// The registry subject (default: from `subject-name-strategy`).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// How the subject is named when `subject` is not set.
+    #[serde(default)]
+    pub subject_name_strategy: SubjectNameStrategy,
+    /// The schema file (`.avsc`, `.proto`, `.json`; relative to the spec), registered under the
+    /// subject at start (or only looked up, with `auto-register: false`). Unset: the subject's
+    /// latest version.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// Protobuf: the message type records are (default: the schema's first message).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Register `schema` if the subject lacks it (else it must be registered already).
+    #[serde(default = "yes")]
+    pub auto_register: bool,
 }
 
 /// Standard output.
@@ -926,6 +1028,7 @@ impl PipelineSpec {
         }
         self.check_admin()?;
         self.check_state()?;
+        self.check_schemas()?;
         match &self.source {
             SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
             SourceSpec::File(file) => {
@@ -996,6 +1099,100 @@ impl PipelineSpec {
     pub fn set_admin_listen(&mut self, listen: String) -> Result<(), ConfigError> {
         self.admin.listen = Some(listen);
         self.check_admin()
+    }
+
+    /// Formats that need the registry have one; output schema settings fit their format.
+    fn check_schemas(&self) -> Result<(), ConfigError> {
+        if let SourceSpec::Kafka(k) = &self.source {
+            if k.format != ValueFormat::Raw && self.schema_registry.is_none() {
+                return Err(self.invalid(
+                    "source.kafka.format",
+                    format!(
+                        "`{}` needs `schema-registry: {{url: ...}}`",
+                        k.format.name()
+                    ),
+                ));
+            }
+        }
+        for (name, output) in &self.outputs {
+            let OutputSpec::Kafka(k) = output else {
+                continue;
+            };
+            let field = |f: &str| format!("outputs.{name}.kafka.{f}");
+            if k.format == ValueFormat::Raw {
+                let set = [
+                    ("subject", k.subject.is_some()),
+                    ("schema", k.schema.is_some()),
+                    ("message", k.message.is_some()),
+                ];
+                if let Some((f, _)) = set.iter().find(|(_, set)| *set) {
+                    return Err(self.invalid(
+                        &field(f),
+                        "needs `format: avro`, `protobuf` or `json-schema`",
+                    ));
+                }
+                continue;
+            }
+            if self.schema_registry.is_none() {
+                return Err(self.invalid(
+                    &field("format"),
+                    format!(
+                        "`{}` needs `schema-registry: {{url: ...}}`",
+                        k.format.name()
+                    ),
+                ));
+            }
+            if k.message.is_some() && k.format != ValueFormat::Protobuf {
+                return Err(self.invalid(&field("message"), "is for `format: protobuf` only"));
+            }
+            if k.subject.is_none()
+                && k.schema.is_none()
+                && k.subject_name_strategy != SubjectNameStrategy::TopicName
+            {
+                return Err(self.invalid(
+                    &field("subject-name-strategy"),
+                    "the record name comes from the schema: set `schema: FILE`, or `subject`",
+                ));
+            }
+            if let Some(schema) = &k.schema {
+                let path = self.base_dir.join(schema);
+                if !path.is_file() {
+                    return Err(self.invalid(
+                        &field("schema"),
+                        format!("{} is not a file", path.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(registry) = &self.schema_registry {
+            if !registry.url.starts_with("http://") && !registry.url.starts_with("https://") {
+                return Err(
+                    self.invalid("schema-registry.url", "must start with http:// or https://")
+                );
+            }
+            if registry.username.is_some() != registry.password.is_some() {
+                return Err(self.invalid(
+                    "schema-registry",
+                    "set both `username` and `password` (basic auth), or neither",
+                ));
+            }
+            if registry.username.is_some() && registry.bearer_token.is_some() {
+                return Err(self.invalid(
+                    "schema-registry.bearer-token",
+                    "choose basic auth (`username`, `password`) or a bearer token, not both",
+                ));
+            }
+            if let Some(ca) = &registry.ca_file {
+                let path = self.base_dir.join(ca);
+                if !path.is_file() {
+                    return Err(self.invalid(
+                        "schema-registry.ca-file",
+                        format!("{} is not a file", path.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_state(&self) -> Result<(), ConfigError> {
@@ -1847,6 +2044,69 @@ outputs:
         ))
         .unwrap();
         assert!(matches!(spec.outputs["out"], OutputSpec::Kafka(_)));
+    }
+
+    #[test]
+    fn schema_formats_need_a_registry_and_fitting_output_settings() {
+        let kafka = SPEC.replace(
+            "  file:\n    path: events.jsonl\n    key-field: id\n",
+            "  kafka:\n    bootstrap-servers: 127.0.0.1:9092\n    topics: [a]\n    group-id: g\n    format: avro\n",
+        );
+        let err = parse(&kafka).unwrap_err().to_string();
+        assert!(
+            err.contains("source.kafka.format: `avro` needs `schema-registry: {url: ...}`"),
+            "{err}"
+        );
+        let registry = "schema-registry: {url: http://127.0.0.1:8080/apis/ccompat/v7}\n";
+        let spec = parse(&format!("{kafka}{registry}")).unwrap();
+        let SourceSpec::Kafka(k) = &spec.source else {
+            panic!("kafka source")
+        };
+        assert_eq!(k.format, ValueFormat::Avro);
+        let with_output = |output: &str| {
+            parse(&format!(
+                "{}{registry}",
+                kafka.replace(
+                    "    stdout: {}\n",
+                    &format!("    kafka: {{topic: t, {output}}}\n")
+                )
+            ))
+            .map_err(|e| e.to_string())
+        };
+        let out = with_output("format: protobuf, message: rides.v1.Booking").unwrap();
+        let OutputSpec::Kafka(o) = &out.outputs["out"] else {
+            panic!("kafka output")
+        };
+        assert_eq!((o.format, o.auto_register), (ValueFormat::Protobuf, true));
+        let err = with_output("subject: s").unwrap_err();
+        assert!(
+            err.contains("outputs.out.kafka.subject: needs `format: avro`"),
+            "{err}"
+        );
+        let err = with_output("format: avro, message: M").unwrap_err();
+        assert!(
+            err.contains("outputs.out.kafka.message: is for `format: protobuf` only"),
+            "{err}"
+        );
+        let err = with_output("format: avro, subject-name-strategy: record-name").unwrap_err();
+        assert!(err.contains("set `schema: FILE`, or `subject`"), "{err}");
+        let err = with_output("format: avro, schema: nope.avsc").unwrap_err();
+        assert!(err.contains("/specs/nope.avsc is not a file"), "{err}");
+        let err = parse(&format!(
+            "{kafka}schema-registry: {{url: 127.0.0.1:8080, username: u}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("schema-registry.url: must start with http://"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{kafka}schema-registry: {{url: http://r, username: u}}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set both `username` and `password`"), "{err}");
     }
 
     #[test]

@@ -243,15 +243,19 @@ impl KafkaSink {
     /// queue is full.
     pub fn send(&self, topic: &str, record: &Record<'_>, ack: Arc<Ack>) -> Result<(), SinkError> {
         let headers = (!record.header_list().is_empty()).then(|| {
-            record.header_list().iter().fold(
-                OwnedHeaders::new_with_capacity(record.header_list().len()),
-                |hs, h| {
-                    hs.insert(Header {
-                        key: h.key(),
-                        value: Some(h.value()),
-                    })
-                },
-            )
+            record
+                .header_list()
+                .iter()
+                .filter(|h| !crate::schema::is_decoding_header(h.key()))
+                .fold(
+                    OwnedHeaders::new_with_capacity(record.header_list().len()),
+                    |hs, h| {
+                        hs.insert(Header {
+                            key: h.key(),
+                            value: Some(h.value()),
+                        })
+                    },
+                )
         });
         let mut base = BaseRecord::<[u8], [u8], Arc<Ack>>::with_opaque_to(topic, ack);
         if let Some(key) = record.key_bytes() {

@@ -72,6 +72,7 @@ impl LocalOutput {
                     "key": record.key_bytes().map(text),
                     "value": record.value_bytes().map(text),
                     "headers": record.header_list().iter()
+                        .filter(|h| !crate::schema::is_decoding_header(h.key()))
                         .map(|h| (h.key().to_owned(), serde_json::Value::String(text(h.value()))))
                         .collect::<serde_json::Map<_, _>>(),
                     "partition": record.partition_hint(),
