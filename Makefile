@@ -18,6 +18,14 @@ STREAMS_PEER_SRC := runtime/benches/streams/pom.xml $(wildcard runtime/benches/s
 FLINK_PEER := runtime/benches/flink/target/flink-peer-1.jar
 FLINK_PEER_SRC := runtime/benches/flink/pom.xml $(wildcard runtime/benches/flink/src/main/java/dev/sluice/bench/*.java)
 PYTHON := $(CACHE)/venv/bin/python
+# confluent-kafka's schema-registry serializers (Avro, Protobuf, JSON Schema) and protoc (from
+# grpcio-tools): the other implementation of the Confluent wire format in the tests and demo.
+CONFLUENT_KAFKA_VERSION := 2.16.1
+PY_SERDES := $(CACHE)/venv/.serdes-$(CONFLUENT_KAFKA_VERSION)
+# Apicurio Registry (a Confluent-compatible schema registry) from Maven Central, run by
+# scripts/schema-registry.sh for the demo and the tests. It needs Java 21 or newer.
+APICURIO_VERSION := 3.3.3
+REGISTRY := $(CACHE)/apicurio-registry-$(APICURIO_VERSION)/.complete
 # The Kubernetes control plane of the operator's tests (kube-apiserver, kube-controller-manager,
 # etcd): built from the Go module proxy (tests/tools/controlplane pins k8s.io/kubernetes) once
 # per machine, run by scripts/kube-control-plane.sh. Only `make test` needs it.
@@ -33,19 +41,21 @@ VPA_SCHEMA := $(NODE_MODULES)/node_modules/@kubernetes-models/autoscaler/package
 CEL := $(K8S_VENV)/.cel-python-0.5.0
 export SLUICE_CACHE := $(CACHE)
 export KAFKA_VERSION
+export APICURIO_VERSION
 export KUBERNETES_VERSION
 
 .PHONY: demo test lint bench build deps fuzz java-maven
 
 ## deps: what the build and tests need: a C compiler (the C plugin, the header check), a JDK and
 ## Maven (Debian packages), Apache Kafka (from Maven Central, once per machine), the reference
-## clients (Kafka's own Java client, built with Maven; confluent-kafka from PyPI, in a
-## virtualenv), and the PostgreSQL and MariaDB servers (Debian
+## clients (Kafka's own Java client, built with Maven; confluent-kafka from PyPI with its
+## schema-registry serializers, in a virtualenv), Apicurio Registry (Maven Central; Java 21+,
+## installed if the machine has none), and the PostgreSQL and MariaDB servers (Debian
 ## packages; the tests start their own instances on 127.0.0.1), promtool (Debian package
 ## prometheus: checks the alert rules and lints /metrics), tmux (drives `sluice top` in a real
 ## terminal), kubectl (kustomize) and, from PyPI, kubernetes-validate, checkov and cel-python
 ## (evaluates the CRD's and admission policies' CEL) for deploy/, and from npm the VPA schema.
-deps: $(KAFKA) $(JAVA_TOOL) $(PYTHON) $(K8S_VENV)/bin/checkov $(CEL) $(VPA_SCHEMA)
+deps: $(KAFKA) $(JAVA_TOOL) $(PYTHON) $(PY_SERDES) $(REGISTRY) $(K8S_VENV)/bin/checkov $(CEL) $(VPA_SCHEMA)
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
 	@command -v gcc >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends gcc libc6-dev; }
 	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v psql; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql postgresql-client; }
@@ -60,6 +70,15 @@ $(KAFKA): scripts/kafka/pom.xml | java-maven
 	@echo "fetching Apache Kafka $(KAFKA_VERSION) from Maven Central once; it is cached in $(CACHE)"
 	rm -rf $(dir $@)
 	mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -Dkafka.version=$(KAFKA_VERSION) -DoutputDirectory=$(dir $@)
+	touch $@
+
+$(REGISTRY): | java-maven
+	@scripts/schema-registry.sh --java >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends openjdk-21-jre-headless; }
+	@echo "fetching Apicurio Registry $(APICURIO_VERSION) from Maven Central once; it is cached in $(CACHE)"
+	rm -rf $(dir $@)
+	mvn -q -B dependency:copy -Dartifact=io.apicurio:apicurio-registry-app:$(APICURIO_VERSION):tar.gz:all -DoutputDirectory=$(dir $@)
+	tar xzf $(dir $@)apicurio-registry-app-$(APICURIO_VERSION)-all.tar.gz -C $(dir $@)
+	rm $(dir $@)apicurio-registry-app-$(APICURIO_VERSION)-all.tar.gz
 	touch $@
 
 $(JAVA_TOOL): $(JAVA_TOOL_SRC) | java-maven
@@ -80,7 +99,11 @@ $(CONTROLPLANE): tests/tools/controlplane/go.mod tests/tools/controlplane/go.sum
 
 $(PYTHON):
 	python3 -m venv $(CACHE)/venv || { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && python3 -m venv $(CACHE)/venv; }
-	$(PYTHON) -m pip install --quiet confluent-kafka==2.16.1
+	$(PYTHON) -m pip install --quiet confluent-kafka==$(CONFLUENT_KAFKA_VERSION)
+
+$(PY_SERDES): $(PYTHON)
+	$(PYTHON) -m pip install --quiet "confluent-kafka[avro,json,protobuf,schemaregistry]==$(CONFLUENT_KAFKA_VERSION)" grpcio-tools==1.85.4
+	touch $@
 
 $(K8S_VENV)/bin/checkov:
 	python3 -m venv $(K8S_VENV)

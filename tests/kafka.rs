@@ -37,6 +37,9 @@ fn on_own_broker() -> &'static Broker {
     own
 }
 
+/// Schema-registry formats (on the shared broker).
+mod schemas;
+
 fn use_broker(broker: &'static Broker) {
     OWN_BROKER.with(|own| own.set(Some(broker)));
 }

@@ -5,6 +5,7 @@ pub mod db;
 pub mod k8s;
 mod kafka;
 pub mod kubelet;
+pub mod registry;
 
 pub use kafka::{Broker, Cluster, java_consume, java_tool, java_tool_command};
 
