@@ -1164,7 +1164,7 @@ fn json_lines(text: &str) -> Vec<Value> {
 #[test]
 fn every_example_spec_validates() {
     let specs = example_specs();
-    assert_eq!(specs.len(), 6, "{specs:?}");
+    assert_eq!(specs.len(), 7, "{specs:?}");
     let plugin_dir = plugin("passthrough").parent().unwrap().to_owned();
     let c_dir = plugin("c-mask").parent().unwrap().to_owned();
     let out = tempfile::tempdir().unwrap();
