@@ -174,6 +174,7 @@ bench: deps $(STREAMS_PEER) $(FLINK_PEER)
 	$(CARGO) bench -p sluice-runtime --bench cost
 	$(CARGO) bench -p sluice-runtime --bench state
 	$(CARGO) bench -p sluice-runtime --bench postgres
+	$(CARGO) bench -p sluice-runtime --bench schemas
 	$(CARGO) bench -p sluice-runtime --bench peers
 
 $(STREAMS_PEER): $(STREAMS_PEER_SRC) | java-maven
