@@ -11,7 +11,7 @@
 # PORT+1).
 #
 # Environment: SLUICE_CACHE (default ~/.cache/sluice), APICURIO_VERSION (3.3.3), REGISTRY_HEAP
-# (default 256m).
+# (default 256m), REGISTRY_TLS_CERT and REGISTRY_TLS_KEY (PEM files: serve HTTPS only, on PORT).
 set -euo pipefail
 [ $# -ge 1 ] && [ $# -le 2 ] || { echo "usage: $0 PORT [MANAGEMENT_PORT] | --java" >&2; exit 2; }
 PORT=$1
@@ -30,8 +30,14 @@ CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
 APP=$CACHE/apicurio-registry-${APICURIO_VERSION:-3.3.3}
 [ -f "$APP/.complete" ] || { echo "error: $APP: no schema registry: run \`make deps\` (it fetches Apicurio Registry from Maven Central)" >&2; exit 1; }
 
+tls=()
+if [ -n "${REGISTRY_TLS_CERT:-}" ]; then
+  tls=(-Dquarkus.http.ssl-port="$PORT" -Dquarkus.http.insecure-requests=disabled
+       -Dquarkus.http.ssl.certificate.files="$REGISTRY_TLS_CERT"
+       -Dquarkus.http.ssl.certificate.key-files="${REGISTRY_TLS_KEY:?REGISTRY_TLS_KEY: the key of REGISTRY_TLS_CERT}")
+fi
 exec "$JAVA" -Xmx${REGISTRY_HEAP:-256m} -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
   -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$PORT" \
   -Dquarkus.log.level=WARN -Dquarkus.banner.enabled=false -Dquarkus.http.access-log.enabled=false \
   -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="${2:-$((PORT + 1))}" \
-  -jar "$APP/quarkus-run.jar"
+  "${tls[@]}" -jar "$APP/quarkus-run.jar"

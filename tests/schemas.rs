@@ -175,10 +175,20 @@ fn each_format_is_decoded_for_the_plugin_and_encoded_back_through_the_registry()
     let v2 = [json!({"id": 3, "city": "Singapore", "fare": 21.25, "promo": "SPRING"})];
     let first = records(dir.path(), "v1.jsonl", &v1);
     let evolved = records(dir.path(), "v2.jsonl", &v2);
-    for (format, schema, newer) in [
-        ("avro", "booking.avsc", Some("booking-v2.avsc")),
-        ("protobuf", "booking.proto", None),
-        ("json-schema", "booking.schema.json", None),
+    for (format, schema, newer, strategy) in [
+        (
+            "avro",
+            "booking.avsc",
+            Some("booking-v2.avsc"),
+            "topic-name",
+        ),
+        ("protobuf", "booking.proto", None, "record-name"),
+        (
+            "json-schema",
+            "booking.schema.json",
+            None,
+            "topic-record-name",
+        ),
     ] {
         let (input, output, group) = (unique("in"), unique("out"), unique("group"));
         broker().create_topic(&input, 1);
@@ -194,7 +204,7 @@ fn each_format_is_decoded_for_the_plugin_and_encoded_back_through_the_registry()
         };
         let expected = v1.len() + usize::from(newer.is_some());
         let outputs = format!(
-            "  out:\n    kafka: {{topic: {output}, format: {format}, schema: {}}}\n",
+            "  out:\n    kafka: {{topic: {output}, format: {format}, schema: {}, subject-name-strategy: {strategy}}}\n",
             schema_file(out_schema).display()
         );
         let spec = spec(dir.path(), &input, &group, registry(), format, &outputs, "");
@@ -244,6 +254,18 @@ fn each_format_is_decoded_for_the_plugin_and_encoded_back_through_the_registry()
                 "{format}: two writer schemas, two ids"
             );
         }
+        // The output's schema went under the subject its strategy names.
+        let subject = match strategy {
+            "topic-name" => format!("{output}-value"),
+            "record-name" => "rides.v1.Booking".to_owned(),
+            _ => format!("{output}-Booking"),
+        };
+        let port = registry().port();
+        let subjects = http_get(port, "/apis/ccompat/v7/subjects").unwrap().1;
+        assert!(
+            subjects.contains(&format!("\"{subject}\"")),
+            "{format}: {subject} in {subjects}"
+        );
     }
 }
 
@@ -404,6 +426,16 @@ fn a_registry_outage_holds_events_until_it_answers_and_commits_nothing_past_them
             })
         },
     );
+    let scrape = http_get(port, "/metrics").unwrap().1;
+    assert_eq!(
+        sluice_tests::metric(
+            &scrape,
+            "sluice_sink_reachable",
+            &[("output", "schema-registry")]
+        ),
+        Some(0.0),
+        "{scrape}"
+    );
     let status: Value = serde_json::from_str(&http_get(port, "/status").unwrap().1).unwrap();
     assert!(
         status["workers"]
@@ -439,4 +471,84 @@ fn a_registry_outage_holds_events_until_it_answers_and_commits_nothing_past_them
         .collect();
     assert_eq!(cities, ["\"Jakarta\"", "\"Manila\"", "\"Cebu\""]);
     assert!(log.contains("schema registry reachable again"), "{log}");
+}
+
+#[test]
+fn an_https_registry_is_trusted_through_ca_file_and_refused_without_it() {
+    sluice_tests::build();
+    let registry = Registry::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    broker().create_topic(&input, 1);
+    broker().create_topic(&output, 1);
+    let bookings = schema_file("bookings.jsonl");
+    sluice_tests::kafka_tool(&[
+        "produce-file",
+        "--broker",
+        &broker().addr,
+        "--topic",
+        &input,
+        "--file",
+        bookings.to_str().unwrap(),
+    ]);
+    let outputs = format!(
+        "  out:\n    kafka: {{topic: {output}, format: avro, schema: {}}}\n",
+        schema_file("booking.avsc").display()
+    );
+    // A raw JSON source, an Avro output: the schema is registered over HTTPS at start.
+    let trusted = spec(dir.path(), &input, &group, &registry, "raw", &outputs, "")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let text = std::fs::read_to_string(&trusted).unwrap();
+    std::fs::write(
+        &trusted,
+        text.replace(
+            "  timeout-ms: 1000\n",
+            &format!(
+                "  timeout-ms: 1000\n  ca-file: {}\n",
+                registry.ca_cert().display()
+            ),
+        ),
+    )
+    .unwrap();
+    let run = start(Path::new(&trusted), dir.path());
+    let read: Vec<Value> = registry_tool(&[
+        "consume",
+        "--broker",
+        &broker().addr,
+        "--registry",
+        &registry.url,
+        "--ca",
+        registry.ca_cert().to_str().unwrap(),
+        "--topic",
+        &output,
+        "--format",
+        "avro",
+        "--expect",
+        "3",
+    ])
+    .lines()
+    .map(|l| serde_json::from_str::<Value>(l).unwrap()["value"].clone())
+    .collect();
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        read[2],
+        json!({"id": 3, "city": "Singapore", "fare": 21.25})
+    );
+
+    // Without the CA the registry's certificate is not trusted: the run does not start, and
+    // says which output and why in one line.
+    let untrusted = dir.path().join("untrusted.yaml");
+    std::fs::write(&untrusted, text.replace(&group, &unique("group"))).unwrap();
+    let run = sluice_tests::sluice(&["run", "-f", untrusted.to_str().unwrap()], dir.path(), "");
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let line = run.error_line();
+    assert!(
+        line.contains("output `out`")
+            && line.contains(&registry.url)
+            && line.contains("certificate"),
+        "{line}"
+    );
 }

@@ -912,7 +912,7 @@ impl Worker {
                 match decoder.decode(value) {
                     Ok(decoded) => break Ok(decoded),
                     Err(DecodeError::Invalid(why)) => break Err(why),
-                    Err(DecodeError::Unreachable(err)) => {
+                    Err(DecodeError::Unavailable(err)) => {
                         shared.telemetry.emit(RegistryReachability {
                             up: false,
                             error: &err.to_string(),

@@ -162,16 +162,7 @@ impl Postgres {
         let mut ssl = String::new();
         if tls {
             let d = dir.path();
-            run(
-                "openssl",
-                Command::new("sh").current_dir(d).arg("-c").arg(
-                    "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=sluice-test-ca 2>/dev/null \
-                     && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null \
-                     && printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext \
-                     && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san.ext 2>/dev/null \
-                     && chmod 600 server.key",
-                ),
-            );
+            crate::test_certificates(d);
             if is_root() {
                 run(
                     "chown",

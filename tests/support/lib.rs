@@ -390,6 +390,24 @@ pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// Writes a fresh CA (`ca.crt`, `ca.key`) and a server certificate for 127.0.0.1 signed by it
+/// (`server.crt`, `server.key`, mode 600) into `dir`, with openssl: for servers the tests run
+/// with TLS only.
+pub fn test_certificates(dir: &Path) {
+    let output = Command::new("sh")
+        .current_dir(dir)
+        .arg("-c")
+        .arg(
+            "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=sluice-test-ca 2>/dev/null \
+             && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null \
+             && printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext \
+             && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san.ext 2>/dev/null \
+             && chmod 600 server.key",
+        )
+        .output();
+    check("openssl", output);
+}
+
 /// A TCP port free on 127.0.0.1 right now (for a child's admin endpoint).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

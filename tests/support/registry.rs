@@ -23,6 +23,21 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry and waits until its API answers.
     pub fn start() -> Registry {
+        Self::start_with(false)
+    }
+
+    /// A registry that serves HTTPS only, with a certificate for 127.0.0.1 signed by a fresh CA
+    /// ([`Registry::ca_cert`]).
+    pub fn start_tls() -> Registry {
+        Self::start_with(true)
+    }
+
+    /// The CA certificate of a [`Registry::start_tls`] registry.
+    pub fn ca_cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn start_with(tls: bool) -> Registry {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let script = root().join("scripts/schema-registry.sh");
@@ -33,22 +48,35 @@ impl Registry {
             free_port(),
             log.display()
         );
-        let child = Command::new("sh")
+        let mut command = Command::new("sh");
+        if tls {
+            crate::test_certificates(dir.path());
+            command
+                .env("REGISTRY_TLS_CERT", dir.path().join("server.crt"))
+                .env("REGISTRY_TLS_KEY", dir.path().join("server.key"));
+        }
+        let child = command
             .arg("-c")
             .arg(watchdog(&line, dir.path()))
             .env("SLUICE_CACHE", cache_dir())
             .stdin(Stdio::null())
             .spawn()
             .expect("start the schema registry");
+        let scheme = if tls { "https" } else { "http" };
         let registry = Registry {
-            url: format!("http://127.0.0.1:{port}/apis/ccompat/v7"),
+            url: format!("{scheme}://127.0.0.1:{port}/apis/ccompat/v7"),
             port,
             dir,
             child: Mutex::new(child),
         };
+        // Quarkus binds its port once the application has started.
+        let answers = || match tls {
+            true => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            false => crate::http_get(port, "/apis/ccompat/v7/subjects")
+                .is_some_and(|(code, _)| code == 200),
+        };
         let deadline = Instant::now() + Duration::from_secs(90);
-        while crate::http_get(port, "/apis/ccompat/v7/subjects").is_none_or(|(code, _)| code != 200)
-        {
+        while !answers() {
             let exited = registry.child.lock().unwrap().try_wait().ok().flatten();
             assert!(
                 exited.is_none() && Instant::now() < deadline,

@@ -3,15 +3,15 @@
 confluent-kafka's serializers and SchemaRegistryClient (PyPI), against a real registry.
 
   registry_tool.py produce --broker B --registry URL --topic T --format F --schema FILE --records FILE
-      [--message NAME] [--strategy topic|record|topic-record]
+      [--message NAME] [--strategy topic|record|topic-record] [--ca FILE]
   registry_tool.py consume --broker B --registry URL --topic T --format F --expect N
-      [--schema FILE] [--message NAME] [--timeout S]
+      [--schema FILE] [--message NAME] [--timeout S] [--ca FILE]
 
 F is avro, protobuf or json-schema. `produce` serializes each line of --records (a JSON object)
 with the schema in --schema (registered under the subject the strategy names) and writes it
 keyed by its line number. `consume` reads a topic from the beginning, deserializes each value
 through the registry and prints one JSON object per record: {"offset", "key", "schema_id",
-"value"}. Protobuf schemas are compiled with protoc from grpcio-tools; --message picks the
+"value"}. --ca: the CA file of an https registry. Protobuf schemas are compiled with protoc from grpcio-tools; --message picks the
 message (default: the file's first).
 """
 import argparse
@@ -57,6 +57,13 @@ def proto_message_class(schema_file, message):
     return getattr(module, wanted)
 
 
+def registry_client(args):
+    conf = {"url": args.registry}
+    if args.ca:
+        conf["ssl.ca.location"] = args.ca
+    return SchemaRegistryClient(conf)
+
+
 def serializer(args, client):
     conf = {"auto.register.schemas": True, "subject.name.strategy": STRATEGIES[args.strategy]}
     if args.format == "avro":
@@ -88,7 +95,7 @@ def deserializer(args, client):
 
 
 def produce(args):
-    client = SchemaRegistryClient({"url": args.registry})
+    client = registry_client(args)
     ser, to_obj = serializer(args, client)
     p = Producer({"bootstrap.servers": args.broker, "enable.idempotence": True, "linger.ms": 5})
     failures = []
@@ -109,7 +116,7 @@ def produce(args):
 
 
 def consume(args):
-    client = SchemaRegistryClient({"url": args.registry})
+    client = registry_client(args)
     de, to_json = deserializer(args, client)
     c = Consumer({"bootstrap.servers": args.broker, "group.id": f"registry-tool-{uuid.uuid4()}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
@@ -143,6 +150,7 @@ def main():
         s.add_argument("--format", required=True, choices=["avro", "protobuf", "json-schema"])
         s.add_argument("--schema")
         s.add_argument("--message")
+        s.add_argument("--ca", help="CA file of an https registry")
         if name == "produce":
             s.add_argument("--records", required=True)
             s.add_argument("--strategy", default="topic", choices=sorted(STRATEGIES))

@@ -5,10 +5,10 @@
 //! record value into the wire format (in the emitter). Schemas come from the registry by id and
 //! stay cached for the life of the process ([`Schemas`]); ids are immutable in a registry.
 //!
-//! Errors come in two kinds, which the worker treats differently: the registry is unreachable
-//! (the event waits, nothing past it is committed) or the value is wrong for good (no magic
-//! byte, an id the registry does not know, a payload its schema does not decode): the
-//! `invalid-input` policy.
+//! Errors come in two kinds, which the worker treats differently: the registry cannot be used
+//! (unreachable, refusing, a TLS failure: the event waits, nothing past it is committed) or the
+//! value is wrong for good (no magic byte, an id the registry does not know, a payload its
+//! schema does not decode): the `invalid-input` policy.
 
 pub mod avro;
 pub mod json;
@@ -37,9 +37,12 @@ pub const MAGIC: u8 = 0;
 /// Why a value could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    /// The registry did not answer: the event waits for it.
+    /// The registry cannot be used right now (no answer, a server error, a refusal such as an
+    /// expired credential, a TLS failure): the event waits for it. Only the value can be wrong
+    /// for good, never the registry: dead-lettering every event while it is down would lose
+    /// nothing but send the whole stream to the dead letters.
     #[error("{0}")]
-    Unreachable(RegistryError),
+    Unavailable(RegistryError),
     /// The value is wrong for good: the `invalid-input` policy.
     #[error("{0}")]
     Invalid(String),
@@ -162,8 +165,8 @@ impl Schemas {
             return Ok(parsed.clone());
         }
         let fail = |e: RegistryError| match e {
-            e @ RegistryError::Unreachable { .. } => DecodeError::Unreachable(e),
-            e => DecodeError::Invalid(e.to_string()),
+            e @ RegistryError::NotFound { .. } => DecodeError::Invalid(e.to_string()),
+            e => DecodeError::Unavailable(e),
         };
         let schema = self.registry.schema(id).map_err(fail)?;
         let references = self.references(&schema).map_err(fail)?;

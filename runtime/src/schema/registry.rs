@@ -42,6 +42,16 @@ pub enum RegistryError {
         /// The registry's message.
         message: String,
     },
+    /// TLS failed: most often a certificate signed by a CA the client does not trust.
+    #[error(
+        "schema registry {url}: TLS failed ({message}): if its certificate is signed by a private CA, set `schema-registry.ca-file` to that CA"
+    )]
+    Tls {
+        /// The request URL.
+        url: String,
+        /// rustls' error.
+        message: String,
+    },
     /// The `ca-file` could not be used.
     #[error("schema-registry.ca-file {path}: {message}")]
     CaFile {
@@ -50,13 +60,6 @@ pub enum RegistryError {
         /// What is wrong.
         message: String,
     },
-}
-
-impl RegistryError {
-    /// Whether waiting may help (the registry is down or overloaded).
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, RegistryError::Unreachable { .. })
-    }
 }
 
 /// A schema reference: another subject's version that a schema imports.
@@ -247,7 +250,13 @@ impl Registry {
             url: url.to_owned(),
             message,
         };
-        let mut response = response.map_err(|e| unreachable(e.to_string()))?;
+        let mut response = response.map_err(|e| match e {
+            ureq::Error::Rustls(e) => RegistryError::Tls {
+                url: url.to_owned(),
+                message: e.to_string(),
+            },
+            e => unreachable(e.to_string()),
+        })?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
