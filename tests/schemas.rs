@@ -28,10 +28,18 @@ fn schema_file(name: &str) -> PathBuf {
     root().join("tests/fixtures/schemas").join(name)
 }
 
-/// confluent-kafka's serializer writes each JSON line of `records` to `topic`.
-fn produce_with(registry: &Registry, topic: &str, format: &str, schema: &str, records: &Path) {
-    registry_tool(&[
-        "produce",
+/// registry_tool.py `command` on `topic` in `format` with the schema file `schema`, then `extra`.
+fn serdes(
+    registry: &Registry,
+    command: &str,
+    topic: &str,
+    format: &str,
+    schema: &str,
+    extra: &[&str],
+) -> String {
+    let schema = schema_file(schema);
+    let mut args = vec![
+        command,
         "--broker",
         &broker().addr,
         "--registry",
@@ -41,10 +49,22 @@ fn produce_with(registry: &Registry, topic: &str, format: &str, schema: &str, re
         "--format",
         format,
         "--schema",
-        schema_file(schema).to_str().unwrap(),
-        "--records",
-        records.to_str().unwrap(),
-    ]);
+        schema.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    registry_tool(&args)
+}
+
+/// confluent-kafka's serializer writes each JSON line of `records` to `topic`.
+fn produce_with(registry: &Registry, topic: &str, format: &str, schema: &str, records: &Path) {
+    serdes(
+        registry,
+        "produce",
+        topic,
+        format,
+        schema,
+        &["--records", records.to_str().unwrap()],
+    );
 }
 
 /// confluent-kafka's deserializer reads `expect` records of `topic`: (schema id, value).
@@ -55,21 +75,14 @@ fn consume_with(
     schema: &str,
     expect: usize,
 ) -> Vec<(u64, Value)> {
-    registry_tool(&[
+    serdes(
+        registry,
         "consume",
-        "--broker",
-        &broker().addr,
-        "--registry",
-        &registry.url,
-        "--topic",
         topic,
-        "--format",
         format,
-        "--schema",
-        schema_file(schema).to_str().unwrap(),
-        "--expect",
-        &expect.to_string(),
-    ])
+        schema,
+        &["--expect", &expect.to_string()],
+    )
     .lines()
     .map(|l| {
         let v: Value = serde_json::from_str(l).unwrap();

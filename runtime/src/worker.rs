@@ -1025,7 +1025,11 @@ impl Worker {
             }
             events.push(e);
         }
-        let (result, errors) = self.call(&events, &ack);
+        let (result, errors) = if events.is_empty() {
+            (Ok(()), Vec::new()) // every value failed to decode: nothing for the plugin
+        } else {
+            self.call(&events, &ack)
+        };
         shared
             .events_in
             .fetch_add(events.len() as u64, Ordering::Relaxed);

@@ -217,11 +217,17 @@ pub fn kafka_tool(args: &[&str]) -> String {
 /// [`kafka_tool`], returning the failure (exit status and stderr) instead of panicking: for
 /// questions asked while a test has the broker stopped or frozen.
 pub fn try_kafka_tool(args: &[&str]) -> Result<String, String> {
+    try_python_tool("kafka_tool.py", args)
+}
+
+/// `tests/tools/SCRIPT` with `args` in the set-up's virtualenv (confluent-kafka and its
+/// serializers); stdout, or the exit status and stderr.
+pub(crate) fn try_python_tool(script: &str, args: &[&str]) -> Result<String, String> {
     let python = std::env::var_os("SLUICE_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("venv/bin/python"));
     let output = Command::new(&python)
-        .arg(root().join("tests/tools/kafka_tool.py"))
+        .arg(root().join("tests/tools").join(script))
         .args(args)
         .output()
         .unwrap_or_else(|e| {
@@ -232,7 +238,7 @@ pub fn try_kafka_tool(args: &[&str]) -> Result<String, String> {
         });
     if !output.status.success() {
         return Err(format!(
-            "kafka_tool {args:?} failed ({}):\n{}",
+            "{script} {args:?} failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));

@@ -141,24 +141,5 @@ impl Registry {
 /// `tests/tools/registry_tool.py` (confluent-kafka's schema-registry serializers) with `args`;
 /// returns stdout, panics with stderr on failure.
 pub fn registry_tool(args: &[&str]) -> String {
-    let python = std::env::var_os("SLUICE_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("venv/bin/python"));
-    let output = Command::new(&python)
-        .arg(root().join("tests/tools/registry_tool.py"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}: run `make test` (it installs the reference serializers)",
-                python.display()
-            )
-        });
-    assert!(
-        output.status.success(),
-        "registry_tool {args:?} failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
+    crate::try_python_tool("registry_tool.py", args).unwrap_or_else(|e| panic!("{e}"))
 }
