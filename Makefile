@@ -191,7 +191,7 @@ $(FLINK_PEER): $(FLINK_PEER_SRC) | java-maven
 ## what the fuzzer finds grows fuzz/corpus/; a crash stops it with the input in fuzz/artifacts/.
 FUZZ_SECONDS ?= 120
 CARGO_FUZZ := $(CACHE)/cargo-fuzz/bin/cargo-fuzz
-FUZZ_TARGETS := spec_parse library_precheck plugin_descriptor json_lines dlq_headers
+FUZZ_TARGETS := spec_parse library_precheck plugin_descriptor json_lines dlq_headers wire_values
 
 $(CARGO_FUZZ):
 	$(CARGO) install cargo-fuzz --version 0.13.2 --locked --root $(CACHE)/cargo-fuzz
