@@ -105,6 +105,42 @@ pub struct KafkaSpec {
     /// the operator needs no Kafka client; raise it when the topics grow.
     #[schemars(range(min = 1, max = MAX_PARTITIONS))]
     pub partitions: u32,
+    /// How event values reach the plugin: `raw` (default), or `avro`, `protobuf`, `json-schema`
+    /// in the Confluent wire format, decoded through `spec.pipeline.schema-registry` (README,
+    /// "Schemas").
+    #[serde(default, skip_serializing_if = "ValueFormat::is_raw")]
+    pub format: ValueFormat,
+}
+
+/// `spec.kafka.format`: the runtime's `source.kafka.format`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValueFormat {
+    /// The bytes as they are.
+    #[default]
+    Raw,
+    /// Avro in the Confluent wire format.
+    Avro,
+    /// Protobuf in the Confluent wire format.
+    Protobuf,
+    /// JSON Schema in the Confluent wire format.
+    JsonSchema,
+}
+
+impl ValueFormat {
+    fn is_raw(&self) -> bool {
+        *self == ValueFormat::Raw
+    }
+
+    /// As the pipeline spec writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueFormat::Raw => "raw",
+            ValueFormat::Avro => "avro",
+            ValueFormat::Protobuf => "protobuf",
+            ValueFormat::JsonSchema => "json-schema",
+        }
+    }
 }
 
 /// The most partitions (and so replicas) one pipeline may declare: far above any real topic,

@@ -391,15 +391,16 @@ pub fn pipeline_yaml(sp: &StreamPipeline, drain_ms: u64) -> String {
         plugin["config"] = config.clone();
     }
     spec.insert("plugin".into(), plugin);
-    spec.insert(
-        "source".into(),
-        json!({"kafka": {
-            "bootstrap-servers": "${KAFKA_BOOTSTRAP_SERVERS}",
-            "topics": sp.spec.kafka.topics,
-            "group-id": sp.spec.kafka.group,
-            "drain-timeout-ms": drain_ms,
-        }}),
-    );
+    let mut kafka = json!({
+        "bootstrap-servers": "${KAFKA_BOOTSTRAP_SERVERS}",
+        "topics": sp.spec.kafka.topics,
+        "group-id": sp.spec.kafka.group,
+        "drain-timeout-ms": drain_ms,
+    });
+    if sp.spec.kafka.format != crate::crd::ValueFormat::Raw {
+        kafka["format"] = json!(sp.spec.kafka.format.name());
+    }
+    spec.insert("source".into(), json!({ "kafka": kafka }));
     spec.insert(
         "admin".into(),
         json!({"listen": format!("0.0.0.0:{ADMIN_PORT}")}),
@@ -1088,6 +1089,25 @@ mod tests {
             "bookings-enriched"
         );
         assert_eq!(spec["plugin"]["config"]["min_fare"], 5);
+    }
+
+    #[test]
+    fn a_registry_format_reaches_the_source_and_needs_the_registry_in_the_pipeline() {
+        let mut sp = example();
+        sp.spec.kafka.format = crate::crd::ValueFormat::Protobuf;
+        let err = check_pipeline(&sp).unwrap_err();
+        assert!(
+            err.contains("source.kafka.format: `protobuf` needs `schema-registry"),
+            "{err}"
+        );
+        sp.spec.pipeline["schema-registry"] =
+            json!({"url": "http://registry.kafka:8080/apis/ccompat/v7"});
+        check_pipeline(&sp).unwrap();
+        let spec: Value = serde_yaml_ng::from_str(&pipeline_yaml(&sp, 25_000)).unwrap();
+        assert_eq!(spec["source"]["kafka"]["format"], "protobuf");
+        // Raw is the default and is not written.
+        let spec: Value = serde_yaml_ng::from_str(&pipeline_yaml(&example(), 25_000)).unwrap();
+        assert!(spec["source"]["kafka"].get("format").is_none());
     }
 
     #[test]
