@@ -483,17 +483,25 @@ impl Changelog {
             .ok_or_else(|| format!("state: reset of {}: no producer", local.tp))?;
         for (s, store) in stores.iter().enumerate() {
             let topic = self.topic(&local.tp.topic, store);
-            for (key, value) in local.entries(s, store, b"")? {
-                if value.is_none() {
-                    continue;
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let (page, more) = local.page(s, store, b"", after.as_deref())?;
+                after = page.keys().next_back().cloned();
+                for (key, value) in page {
+                    if value.is_none() {
+                        continue;
+                    }
+                    let record = Record::to("")
+                        .key(&key)
+                        .tombstone()
+                        .partition(local.tp.partition);
+                    sink.send(&topic, &record, ack.clone())
+                        .map_err(|e| format!("state: reset of {}: {e}", local.tp))?;
+                    keys += 1;
                 }
-                let record = Record::to("")
-                    .key(&key)
-                    .tombstone()
-                    .partition(local.tp.partition);
-                sink.send(&topic, &record, ack.clone())
-                    .map_err(|e| format!("state: reset of {}: {e}", local.tp))?;
-                keys += 1;
+                if !more {
+                    break;
+                }
             }
             local.buffers[s].clear();
             local.clear(store).map_err(|e| local.io(store, e))?;
