@@ -76,7 +76,7 @@ fn loads_every_example_plugin_with_its_descriptor() {
         let info = plugin.describe();
         assert_eq!(info["name"], name);
         assert_eq!(info["version"], "0.1.0");
-        assert_eq!(info["abi_version"], "1.2");
+        assert_eq!(info["abi_version"], "1.3");
         assert_eq!(info["language"], language);
         assert!(!info["description"].as_str().unwrap().is_empty());
         assert!(
@@ -431,6 +431,39 @@ fn null_optional_hooks_are_no_ops_and_null_required_ones_are_refused_by_name() {
     }
 }
 
+/// A plugin that declares its stores (ABI 1.3 `Pipeline::STORES`) and a spec without `state:`:
+/// refused in one line before any event, not at the first state call.
+#[test]
+fn validate_and_run_refuse_a_stateful_plugins_spec_without_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: counts\nplugin:\n  path: {}\n  config: {{key_field: user, window_ms: 1000}}\nsource:\n  file: {{path: \"-\", format: lines}}\noutputs:\n  counts:\n    stdout: {{}}\n",
+            plugin("windowed-count").display()
+        ),
+    );
+    for command in ["validate", "run"] {
+        let run = sluice(
+            &[command, "-f", spec.to_str().unwrap()],
+            dir.path(),
+            "{\"user\": \"a\"}\n",
+        );
+        assert_exit_1(&run);
+        assert_eq!(
+            run.error_line(),
+            format!(
+                "error: {}: state: plugin windowed-count 0.1.0 keeps state in stores windows: add `state: {{stores: [windows]}}` to the spec (with the names its config gives them)",
+                spec.display()
+            )
+        );
+    }
+    let with_state = std::fs::read_to_string(&spec).unwrap() + "state:\n  stores: [windows]\n";
+    std::fs::write(&spec, with_state).unwrap();
+    let run = sluice(&["validate", "-f", spec.to_str().unwrap()], dir.path(), "");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
 #[test]
 fn validate_and_run_refuse_a_spec_without_an_output_the_plugin_declares() {
     let dir = tempfile::tempdir().unwrap();
@@ -564,7 +597,7 @@ fn refuses_a_plugin_built_for_another_abi_major_version() {
     assert_eq!(
         err,
         format!(
-            "plugin {}: plugin built for ABI 2.0, this host speaks ABI 1.2: rebuild the plugin against sluice-plugin-api 1.x",
+            "plugin {}: plugin built for ABI 2.0, this host speaks ABI 1.3: rebuild the plugin against sluice-plugin-api 1.x",
             lib.display()
         )
     );
@@ -1379,9 +1412,15 @@ fn inspect_prints_text_and_json() {
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains("abi          1.2 (rust plugin)"));
+    assert!(run.stdout.contains("abi          1.3 (rust plugin)"));
     // Its outputs come from the config (`output`), so it declares none.
     assert!(run.stdout.contains("outputs      not declared"));
+    assert!(
+        run.stdout
+            .contains("stores       windows (declare them in `state.stores`)"),
+        "{}",
+        run.stdout
+    );
     let run = sluice(
         &["plugin", "inspect", "--json", lib.to_str().unwrap()],
         &root(),

@@ -774,6 +774,17 @@ fn print_descriptor(info: &serde_json::Value) -> std::io::Result<()> {
         }
         None => outln!("outputs      not declared"),
     }
+    match info["stores"].as_array() {
+        Some(names) if !names.is_empty() => {
+            let names: Vec<&str> = names.iter().filter_map(|n| n.as_str()).collect();
+            outln!(
+                "stores       {} (declare them in `state.stores`)",
+                names.join(", ")
+            )
+        }
+        Some(_) => outln!("stores       none"),
+        None => outln!("stores       not declared"),
+    }
     match &info["config_schema"] {
         serde_json::Value::Null => outln!("config       no schema published"),
         schema => outln!(

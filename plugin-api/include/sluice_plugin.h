@@ -30,6 +30,9 @@
  * 1.1 added sluice_plugin_vtable.output_name; a 1.0 table (without it) still loads.
  * 1.2 added the state calls at the end of sluice_host (state_get, state_put, state_delete,
  * state_scan): use them only when host->size >= SLUICE_HOST_SIZE_1_2.
+ * 1.3 added sluice_plugin_vtable.committed and store_name; a 1.2 host never calls them. Fill the vtable with
+ * designated initializers (.open = my_open, ...): entries a newer header adds are then NULL
+ * (positional initializers miss them, an error under -Wextra -Werror).
  */
 #ifndef SLUICE_PLUGIN_H
 #define SLUICE_PLUGIN_H
@@ -42,7 +45,7 @@ extern "C" {
 #endif
 
 #define SLUICE_ABI_MAJOR 1
-#define SLUICE_ABI_MINOR 2
+#define SLUICE_ABI_MINOR 3
 
 typedef int32_t sluice_status;
 #define SLUICE_STATUS_OK 0
@@ -186,6 +189,18 @@ typedef struct sluice_plugin_vtable {
      * string ({NULL, 0}) past the last one. `sluice validate` refuses a spec that lacks one of
      * them. NULL: the plugin does not say. */
     sluice_str (*output_name)(size_t index);
+    /* Optional, ABI 1.3. What the host committed: for each of partitions, offsets[i] (as many
+     * as partitions) is the next offset to read of partitions.ptr[i]; every event before it was
+     * fully handled, its records delivered and its offset committed, so none of them is replayed
+     * after a crash. Called at the instance's flush after the commit is confirmed, for the
+     * partitions the instance processed. Delete state kept only for a replay (a closed window,
+     * a join) here. NULL: no-op. */
+    sluice_status (*committed)(void *instance, sluice_partitions partitions,
+                               const int64_t *offsets, const sluice_host *host);
+    /* Optional, ABI 1.3. The name of the index-th state store this plugin keeps state in (by
+     * default), and an empty string past the last one. `sluice validate` refuses a spec without
+     * `state:` for a plugin that names any. NULL: the plugin does not say. */
+    sluice_str (*store_name)(size_t index);
 } sluice_plugin_vtable;
 
 typedef struct sluice_plugin_descriptor {

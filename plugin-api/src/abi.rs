@@ -20,7 +20,7 @@ use abi_stable::StableAbi;
 /// ABI major version. Plugins built for another major version are refused.
 pub const ABI_MAJOR: u32 = 1;
 /// ABI minor version. Grows when entries are appended to a table; either side may be newer.
-pub const ABI_MINOR: u32 = 2;
+pub const ABI_MINOR: u32 = 3;
 /// The symbol every plugin library exports: `const sluice_plugin_descriptor *sluice_plugin_entry(void)`.
 pub const ENTRY_SYMBOL: &str = "sluice_plugin_entry";
 
@@ -606,13 +606,26 @@ pub type InstanceFn = unsafe extern "C" fn(instance: *mut c_void, host: *const H
 /// last one.
 pub type OutputNameFn = unsafe extern "C" fn(index: usize) -> Str<'static>;
 
+/// `committed` (ABI 1.3): for each of `partitions`, `offsets` (as many, in the same order) holds
+/// its committed offset: the next offset to read, so every event before it was fully handled,
+/// its records delivered, its state writes in the changelog and the offset committed to the
+/// group. A record emitted on behalf of an event before it is never emitted again, even after a
+/// crash (at-least-once replays start there).
+pub type CommittedFn = unsafe extern "C" fn(
+    instance: *mut c_void,
+    partitions: Slice<'_, Partition<'_>>,
+    offsets: *const i64,
+    host: *const Host,
+) -> Status;
+
 /// The plugin's entry points: `sluice_plugin_vtable`. Growable: entries are only appended, and
 /// the host checks `size` before it calls an entry added after ABI 1.0.
 ///
 /// `open`, `process` and `close` are required: a library whose table has NULL in one of them is
 /// refused at load, naming the entry. `assigned`, `revoked` and `flush` are optional: NULL means
 /// the plugin has nothing to do then (the host treats the call as done). `output_name` (1.1) is
-/// optional: NULL means the plugin does not say which outputs it emits to.
+/// optional: NULL means the plugin does not say which outputs it emits to. `committed` (1.3) is
+/// optional: NULL means the plugin does not need to know.
 #[repr(C)]
 #[derive(Debug)]
 pub struct PluginVTable {
@@ -634,6 +647,15 @@ pub struct PluginVTable {
     /// past the last). `sluice validate` compares them with the spec's `outputs:`. Read only when
     /// `size` covers it.
     pub output_name: Option<OutputNameFn>,
+    /// ABI 1.3, optional: what the host committed of the partitions this instance processed,
+    /// told after the commit is confirmed (at the instance's next flush; see [`CommittedFn`]).
+    /// State kept only until its event's records are delivered (a closed window, a join) can go
+    /// then. Read only when `size` covers it.
+    pub committed: Option<CommittedFn>,
+    /// ABI 1.3, optional: the state stores the plugin keeps state in by default, one name per
+    /// index (an empty string past the last; see [`OutputNameFn`]). `sluice validate` refuses a
+    /// spec without `state:` for a plugin that names any. Read only when `size` covers it.
+    pub store_name: Option<OutputNameFn>,
 }
 
 /// What `sluice_plugin_entry` returns: `sluice_plugin_descriptor`. Its first two fields are
@@ -721,7 +743,8 @@ mod header_matches_rust {
             layout!("sluice_plugin_vtable", PluginVTable, {
                 "size" => size, "open" => open, "process" => process, "assigned" => assigned,
                 "revoked" => revoked, "flush" => flush, "close" => close,
-                "output_name" => output_name,
+                "output_name" => output_name, "committed" => committed,
+                "store_name" => store_name,
             }),
             layout!("sluice_plugin_descriptor", Descriptor, {
                 "abi_major" => abi_major, "abi_minor" => abi_minor, "name" => name, "version" => version,

@@ -267,10 +267,10 @@ impl PluginRef {
     /// The outputs the plugin says it emits to (ABI 1.1 `output_name`); `None` when it does not
     /// say (a 1.0 plugin, or NULL).
     pub fn declared_outputs(&self) -> Option<Vec<&'static str>> {
-        if self.vtable.size < std::mem::size_of::<PluginVTable>() {
-            return None;
-        }
-        let output_name = self.vtable.output_name?;
+        let output_name = self.entry(
+            std::mem::offset_of!(PluginVTable, output_name),
+            self.vtable.output_name,
+        )?;
         let mut names = Vec::new();
         for index in 0..MAX_DECLARED_OUTPUTS {
             // SAFETY: a 1.1 table's `output_name` per the ABI: static strings, any index.
@@ -282,6 +282,42 @@ impl PluginRef {
             }
         }
         Some(names)
+    }
+
+    /// A vtable entry added after ABI 1.0 (at `offset`): `None` when the plugin's table is too
+    /// short to hold it (built against an older minor version) or it is NULL.
+    fn entry<F: Copy>(&self, offset: usize, entry: Option<F>) -> Option<F> {
+        if self.vtable.size < offset + std::mem::size_of::<Option<F>>() {
+            return None;
+        }
+        entry
+    }
+
+    /// The state stores the plugin says it keeps state in (ABI 1.3 `store_name`); `None` when
+    /// it does not say.
+    pub fn declared_stores(&self) -> Option<Vec<&'static str>> {
+        let store_name = self.entry(
+            std::mem::offset_of!(PluginVTable, store_name),
+            self.vtable.store_name,
+        )?;
+        let mut names = Vec::new();
+        for index in 0..MAX_DECLARED_OUTPUTS {
+            // SAFETY: a 1.3 table's `store_name` per the ABI: static strings, any index.
+            match unsafe { store_name(index) }.to_str() {
+                Ok("") | Err(_) => break,
+                Ok(name) => names.push(name),
+            }
+        }
+        Some(names)
+    }
+
+    /// Whether the plugin wants to know what is committed (ABI 1.3 `committed`).
+    pub fn wants_committed(&self) -> bool {
+        self.entry(
+            std::mem::offset_of!(PluginVTable, committed),
+            self.vtable.committed,
+        )
+        .is_some()
     }
 
     /// The raw descriptor.
@@ -400,6 +436,28 @@ impl Instance {
         };
         // SAFETY: live instance.
         call(collector, 0, |host| unsafe { flush(ptr, host) })
+    }
+
+    /// Tells the instance what is committed (ABI 1.3): `partitions` with, in the same order,
+    /// the next offset to read of each. A no-op for a plugin without the entry.
+    pub fn committed(
+        &mut self,
+        partitions: &[Partition<'_>],
+        offsets: &[i64],
+        collector: &mut dyn Collector,
+    ) -> Result<(), CallError> {
+        assert_eq!(partitions.len(), offsets.len(), "an offset per partition");
+        let committed = self.plugin.entry(
+            std::mem::offset_of!(PluginVTable, committed),
+            self.plugin.vtable.committed,
+        );
+        let (Some(committed), ptr) = (committed, self.ptr) else {
+            return Ok(());
+        };
+        // SAFETY: live instance; partitions and offsets borrowed for the call, as many of each.
+        call(collector, 0, |host| unsafe {
+            committed(ptr, Slice::new(partitions), offsets.as_ptr(), host)
+        })
     }
 
     /// Closes the instance.

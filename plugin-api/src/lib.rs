@@ -18,7 +18,8 @@
 //! load, by name); `assigned`, `revoked`, `flush` and, since ABI 1.1, `output_name` (the outputs
 //! a plugin declares, [`Pipeline::OUTPUTS`] in Rust) may be NULL. ABI 1.2 appended the state
 //! calls to the host table (`state_get`, `state_put`, `state_delete`, `state_scan`); the SDK's
-//! [`Store`] checks the host's `size` and fails its calls on an older host.
+//! [`Store`] checks the host's `size` and fails its calls on an older host. ABI 1.3 appended
+//! `committed` to the function table ([`Pipeline::committed`]): what the host has committed.
 //!
 //! ## Data flow
 //! Events arrive in batches as borrowed views ([`abi::Event`]) valid only during the call; the

@@ -248,6 +248,11 @@ pub trait Pipeline: Sized + Send + 'static {
     /// `None`: the plugin does not say.
     const OUTPUTS: Option<&'static [&'static str]> = None;
 
+    /// ABI 1.3: the state stores this plugin keeps state in, by default (a config may rename
+    /// them). Declare them, and `sluice validate` refuses a spec without `state:` in one line
+    /// naming them, instead of the first event failing. `None`: the plugin does not say.
+    const STORES: Option<&'static [&'static str]> = None;
+
     /// Creates an instance.
     fn open(config: Self::Config, ctx: &Context<'_>) -> Result<Self, Error>;
 
@@ -291,6 +296,22 @@ pub trait Pipeline: Sized + Send + 'static {
 
     /// Called before the host commits offsets: emit everything buffered.
     fn flush(&mut self, _out: &mut Output<'_>) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// ABI 1.3: the host committed `partition` up to `offset` (the next offset to read): every
+    /// event before it was fully handled, its records delivered, and none of them is replayed
+    /// after a crash. Called at a flush after the commit is confirmed (just before
+    /// [`Pipeline::flush`]), once per partition whose committed offset moved, for the partitions
+    /// this instance processed. State kept only to answer a replay (a closed window, a join made
+    /// by an event at or after the committed offset) can be deleted here; see
+    /// [`crate::window::StoredWindows::committed`]. A 1.2 host never calls it.
+    fn committed(
+        &mut self,
+        _partition: &Partition<'_>,
+        _offset: i64,
+        _out: &mut Output<'_>,
+    ) -> Result<(), Error> {
         Ok(())
     }
 
@@ -445,6 +466,34 @@ pub mod shims {
     }
 
     /// # Safety
+    /// Called by the host per the C ABI: `offsets` holds as many offsets as `partitions`.
+    pub unsafe extern "C" fn committed<P: Pipeline>(
+        instance: *mut c_void,
+        partitions: abi::Slice<'_, Partition<'_>>,
+        offsets: *const i64,
+        host: *const Host,
+    ) -> abi::Status {
+        guard(host, |host| {
+            // SAFETY: see `instance`.
+            let plugin = unsafe { self::instance::<P>(instance) }?;
+            let partitions = partitions.as_slice();
+            if partitions.is_empty() {
+                return Ok(());
+            }
+            if offsets.is_null() {
+                return Err(Error::msg("committed: NULL offsets"));
+            }
+            // SAFETY: per the ABI, one offset per partition, borrowed for the call.
+            let offsets = unsafe { std::slice::from_raw_parts(offsets, partitions.len()) };
+            let mut out = Output { host };
+            for (partition, offset) in partitions.iter().zip(offsets) {
+                plugin.committed(partition, *offset, &mut out)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// # Safety
     /// Called by the host per the C ABI.
     pub unsafe extern "C" fn flush<P: Pipeline>(
         instance: *mut c_void,
@@ -487,12 +536,25 @@ pub mod shims {
                 Some(_) => Some(output_name::<P>),
                 None => None,
             },
+            committed: Some(committed::<P>),
+            store_name: match P::STORES {
+                Some(_) => Some(store_name::<P>),
+                None => None,
+            },
         }
     }
 
     /// `output_name`: [`Pipeline::OUTPUTS`], one name per index, empty past the last.
     pub extern "C" fn output_name<P: Pipeline>(index: usize) -> Str<'static> {
         match P::OUTPUTS.and_then(|names| names.get(index)) {
+            Some(name) => Str::new(name),
+            None => Str::EMPTY,
+        }
+    }
+
+    /// `store_name`: [`Pipeline::STORES`], one name per index, empty past the last.
+    pub extern "C" fn store_name<P: Pipeline>(index: usize) -> Str<'static> {
+        match P::STORES.and_then(|names| names.get(index)) {
             Some(name) => Str::new(name),
             None => Str::EMPTY,
         }

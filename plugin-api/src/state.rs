@@ -6,19 +6,54 @@
 //! events that made it. On assignment the store is restored before the partition's first event,
 //! so a restart or a rebalance keeps it. The guarantee is at-least-once: after a crash, events
 //! after the last commit are processed again against state that may already contain their
-//! changes. Updates that record the offset they applied ([`Event::offset`](crate::Event::offset))
-//! can skip such a replay and so count every event once (`plugins/windowed-count` does).
+//! changes. A bare `n + 1` counts those events twice.
+//!
+//! ## Idempotent under replay: keep the offset with the state it guards
+//!
+//! Store, **in the same value as the state of each key**, the offset of the last event applied
+//! to it ([`Event::offset`](crate::Event::offset)), and skip an event at or below it: one value
+//! is one changelog record, so the state and its offset are restored together or not at all.
+//! One offset per partition would not do: it would skip a replayed event of key B because key
+//! A's later update landed, or, written as its own entry, land without the update it vouches
+//! for. What to emit on a replay: the events after the last commit come again *in order*, so
+//! the event at the key's last offset emits its record again (the original may have been lost in
+//! the crash), and an event before it emits nothing (the later one emits the newer value). A
+//! consumer that keeps the latest value per key sees every final value at least once, never a
+//! wrong one.
 //!
 //! ```
-//! # use sluice_plugin_api::{Event, EventError, Output};
-//! fn count(event: &Event<'_>, out: &mut Output<'_>) -> Result<(), EventError> {
-//!     let mut store = out.store("counts", event.topic(), event.partition());
+//! # use sluice_plugin_api::{Event, EventError, Output, Record};
+//! /// Per key: the running total and the offset of the last event in it.
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Total {
+//!     sum: i64,
+//!     offset: i64,
+//! }
+//!
+//! fn add(event: &Event<'_>, amount: i64, out: &mut Output<'_>) -> Result<(), EventError> {
 //!     let key = event.key().unwrap_or_default();
-//!     let n: u64 = store.get_json(key)?.unwrap_or(0);
-//!     store.put_json(key, &(n + 1))?;
+//!     let mut store = out.store("totals", event.topic(), event.partition());
+//!     let mut total: Total = store.get_json(key)?.unwrap_or(Total { sum: 0, offset: -1 });
+//!     if event.offset() < total.offset {
+//!         return Ok(()); // a replay, and a later event of this key is replayed too
+//!     }
+//!     if event.offset() > total.offset {
+//!         total.sum += amount; // first time: apply, with the offset, in one value
+//!         total.offset = event.offset();
+//!         store.put_json(key, &total)?;
+//!     } // equal: a replay of the key's last event; its update is in, emit its record again
+//!     let value = total.sum.to_string();
+//!     out.emit(Record::to("totals").key(key).value(value.as_bytes()))?;
 //!     Ok(())
 //! }
 //! ```
+//!
+//! Test it with [`crate::testing::Harness`]: `with_stores(&["totals"])` gives the instance its
+//! stores, `state()` shows them, `restart()` drops the instance as a crash would (the stores
+//! keep every write, as a restore from the changelog does), and processing the same events
+//! again (`TestEvent::offset`) is the replay. State kept only to answer a replay (a closed
+//! window, a join's record) can be deleted once the host says the event is committed:
+//! [`Pipeline::committed`](crate::Pipeline::committed) (ABI 1.3).
 
 use std::ffi::c_void;
 use std::fmt;

@@ -47,7 +47,9 @@ pub struct TestEvent {
     pub topic: String,
     /// Partition (default 0).
     pub partition: i32,
-    /// Offset (default: position in the batch).
+    /// Offset (default: one past the offset of the event this harness processed last, whatever
+    /// its batch or partition; 0 for the first). Set it to replay events after
+    /// [`Harness::restart`].
     pub offset: Option<i64>,
     /// Event time, ms since the epoch.
     pub timestamp_ms: Option<i64>,
@@ -441,6 +443,23 @@ impl<P: Pipeline> Harness<P> {
         let mut outcome = Outcome::default();
         let mut checked = Checked::new(&mut outcome, &self.outputs, &mut self.stores);
         self.instance.flush(&mut checked)?;
+        Ok(outcome)
+    }
+
+    /// What the host calls after a commit is confirmed (ABI 1.3 [`Pipeline::committed`]):
+    /// `topic`/`partition` is committed up to `offset`, the next offset to read. The host calls
+    /// it at a flush, right before `flush`; here call it after [`Harness::flush`] to say that
+    /// commit went through.
+    pub fn committed(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<Outcome, CallError> {
+        let mut outcome = Outcome::default();
+        let mut checked = Checked::new(&mut outcome, &self.outputs, &mut self.stores);
+        self.instance
+            .committed(&[Partition::new(topic, partition)], &[offset], &mut checked)?;
         Ok(outcome)
     }
 

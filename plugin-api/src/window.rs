@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
 
 mod stored;
-pub use stored::{KEEP_CLOSED, StoredWindows, WindowResult};
+pub use stored::{StoredWindows, WindowResult};
 
 /// How event times map to windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

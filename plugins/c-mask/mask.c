@@ -175,6 +175,7 @@ static sluice_status mask_close(void *instance, const sluice_host *host) {
 static const sluice_plugin_vtable VTABLE = {
     sizeof(sluice_plugin_vtable), mask_open, mask_process, mask_partitions, mask_partitions,
     NULL /* flush: nothing is buffered */, mask_close, mask_output_name,
+    NULL /* committed (1.3): nothing is kept for a replay */, NULL /* store_name: no state */,
 };
 
 static const sluice_plugin_descriptor DESCRIPTOR = {

@@ -50,6 +50,18 @@ pub enum RunError {
         /// "it" or "them".
         what: &'static str,
     },
+    /// The plugin keeps state and the spec declares no stores.
+    #[error(
+        "{spec}: state: plugin {plugin} keeps state in stores {stores}: add `state: {{stores: [{stores}]}}` to the spec (with the names its config gives them)"
+    )]
+    NoState {
+        /// The spec file.
+        spec: PathBuf,
+        /// "name version".
+        plugin: String,
+        /// The stores it names, joined.
+        stores: String,
+    },
     /// `open` failed.
     #[error("plugin {plugin} failed to open: {source}: check `plugin.config` in {spec}")]
     Open {

@@ -320,6 +320,11 @@ impl OffsetTracker {
         }
     }
 
+    /// The offset the broker last confirmed as committed for `tp`.
+    pub fn confirmed(&self, tp: &TopicPartition) -> Option<i64> {
+        self.partitions.get(tp).and_then(|s| s.confirmed)
+    }
+
     /// The broker confirmed a commit of offsets from [`OffsetTracker::take_commits`].
     pub fn commit_confirmed(&mut self, commits: &[(TopicPartition, i64)]) {
         for (tp, offset) in commits {

@@ -479,6 +479,11 @@ pub struct Worker {
     busy: Counter,
     /// Events handed to the plugin per partition (resolved once per partition).
     consumed: HashMap<TopicPartition, IntCounter>,
+    /// Partitions the instance processed since they were assigned, with the committed offset
+    /// it was last told of (ABI 1.3 `committed`; -1: none yet). Empty when the plugin does not
+    /// want to know.
+    told: HashMap<TopicPartition, i64>,
+    wants_committed: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -505,6 +510,7 @@ impl Worker {
             .worker_busy_seconds
             .with_label_values(&[&id.to_string()]);
         Worker {
+            wants_committed: instance.plugin().wants_committed(),
             instance,
             shared,
             batch_size,
@@ -514,6 +520,7 @@ impl Worker {
             probe,
             busy,
             consumed: HashMap::new(),
+            told: HashMap::new(),
         }
     }
 
@@ -653,7 +660,10 @@ impl Worker {
         let started = self.enter(WorkerState::Rebalancing);
         let result = match hook {
             Hook::Assigned => self.instance.assigned(&parts, &mut emitter),
-            Hook::Revoked => self.instance.revoked(&parts, &mut emitter),
+            Hook::Revoked => {
+                self.told.retain(|tp, _| !partitions.contains(tp));
+                self.instance.revoked(&parts, &mut emitter)
+            }
         };
         self.leave(started, 0);
         emitter.count_sent(); // before the next flush marks the pending units processed
@@ -664,6 +674,22 @@ impl Worker {
                 hook.name()
             ));
         }
+    }
+
+    /// The partitions whose confirmed commit moved since the instance was last told, with it.
+    fn newly_committed(&mut self) -> Vec<(TopicPartition, i64)> {
+        if self.told.is_empty() {
+            return Vec::new();
+        }
+        let tracker = lock(&self.shared.tracker);
+        let mut moved = Vec::new();
+        for (tp, told) in &mut self.told {
+            if let Some(confirmed) = tracker.confirmed(tp).filter(|c| c > told) {
+                *told = confirmed;
+                moved.push((tp.clone(), confirmed));
+            }
+        }
+        moved
     }
 
     fn flush(&mut self) {
@@ -677,8 +703,27 @@ impl Worker {
         let mut seen = std::collections::HashSet::with_capacity(units.len());
         units.retain(|(tp, unit)| seen.insert((tp.partition, *unit)));
         let mut emitter = Emitter::new(&shared, Ack::many(units.clone()));
+        let committed = self.newly_committed();
         let started = self.enter(WorkerState::Flushing);
-        let result = self.instance.flush(&mut emitter);
+        // What is committed first (ABI 1.3): state it lets go of is written on behalf of the
+        // units this flush completes.
+        let result = if committed.is_empty() {
+            Ok(())
+        } else {
+            let parts: Vec<Partition<'_>> = committed
+                .iter()
+                .map(|(tp, _)| Partition::new(&tp.topic, tp.partition))
+                .collect();
+            let offsets: Vec<i64> = committed.iter().map(|(_, o)| *o).collect();
+            self.instance
+                .committed(&parts, &offsets, &mut emitter)
+                .map_err(|err| format!("plugin {} failed in committed: {err}", shared.plugin))
+        };
+        let result = result.and_then(|()| {
+            self.instance
+                .flush(&mut emitter)
+                .map_err(|err| format!("plugin {} failed in flush: {err}", shared.plugin))
+        });
         self.leave(started, 0);
         emitter.count_sent();
         match result {
@@ -688,9 +733,7 @@ impl Worker {
                     tracker.processed(tp, *unit);
                 }
             }
-            Err(err) => shared
-                .failure
-                .set(format!("plugin {} failed in flush: {err}", shared.plugin)),
+            Err(err) => shared.failure.set(err),
         }
     }
 
@@ -1033,6 +1076,9 @@ impl Worker {
         shared
             .events_in
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        if self.wants_committed && !self.told.contains_key(&tp) {
+            self.told.insert(tp.clone(), -1);
+        }
         if shared.telemetry.metrics.enabled {
             let n = events.len() as u64;
             match self.consumed.get(&tp) {

@@ -7,18 +7,16 @@
 //! commit against state that already holds some of them, and those are recognised and not
 //! aggregated twice. A window closed by events the commit did not cover yet is handed back for
 //! emission once more after a restart, so its result reaches the output at least once and is
-//! counted exactly once. A closed window stays in the store until its result is surely
-//! delivered: at least two flushes (the host commits after each) and [`KEEP_CLOSED`] of wall
-//! time (the producer's delivery timeout, `message.timeout.ms`, is 5 minutes by default: a
-//! record not delivered by then has failed the pipeline). Deleting it sooner could drop a result
-//! whose record a crash lost while the window's tombstone got through.
+//! counted exactly once. A closed window stays in the store until the host says the close is
+//! committed ([`StoredWindows::committed`], from [`Pipeline::committed`](crate::Pipeline::committed),
+//! ABI 1.3): its result is delivered then, and no replay reaches it again. Deleting it sooner
+//! could drop a result whose record a crash lost while the window's tombstone got through.
 //!
 //! Needs `ordering: partition` (one instance sees all of a partition's keys) and one store
 //! declared in the spec (`state.stores`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -61,9 +59,6 @@ struct Meta {
 
 const META: &[u8] = b"m";
 
-/// How long a closed window is kept by default ([`StoredWindows::keep_closed`]): the producer's
-/// default `message.timeout.ms` (5 minutes) and a margin.
-pub const KEEP_CLOSED: Duration = Duration::from_secs(330);
 const WINDOW: u8 = b'w';
 
 /// The store key of `key`'s window starting at `start`: `w`, the start (order-preserving), the key.
@@ -92,9 +87,9 @@ struct Part {
     meta_dirty: bool,
     /// Open windows by when they close: (end + lateness, start, key).
     open: BTreeSet<(i64, i64, Vec<u8>)>,
-    /// Closed windows kept for re-emission: (the flush count and the time when closed, start,
-    /// key).
-    closed: Vec<(u64, Instant, i64, Vec<u8>)>,
+    /// Closed windows kept for re-emission until their close is committed: (the offset that
+    /// closed it, start, key).
+    closed: Vec<(i64, i64, Vec<u8>)>,
     /// Results to hand out at the next close: windows closed by events after the last commit.
     again: Vec<(i64, Vec<u8>)>,
 }
@@ -117,13 +112,21 @@ struct Part {
 /// }
 /// # Ok(()) }
 /// ```
+///
+/// And in [`Pipeline::committed`](crate::Pipeline::committed), so closed windows leave the store:
+///
+/// ```no_run
+/// # use sluice_plugin_api::{Error, Output, Partition};
+/// # use sluice_plugin_api::window::StoredWindows;
+/// # fn f(windows: &mut StoredWindows<u64>, partition: &Partition<'_>, offset: i64, out: &mut Output<'_>) -> Result<(), Error> {
+/// windows.committed(out, partition.topic(), partition.partition(), offset)?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct StoredWindows<A> {
     kind: WindowKind,
     lateness: i64,
     store: String,
-    flushes: u64,
-    keep_closed: Duration,
     parts: HashMap<(String, i32), Part>,
     _aggregate: PhantomData<A>,
 }
@@ -151,18 +154,9 @@ impl<A: Serialize + DeserializeOwned + Default> StoredWindows<A> {
             kind,
             lateness: allowed_lateness_ms,
             store: store.to_owned(),
-            flushes: 0,
-            keep_closed: KEEP_CLOSED,
             parts: HashMap::new(),
             _aggregate: PhantomData,
         })
-    }
-
-    /// How long a closed window stays in the store for re-emission after a restart (default
-    /// [`KEEP_CLOSED`]); keep it above the producer's `message.timeout.ms`.
-    pub fn keep_closed(mut self, keep: Duration) -> Self {
-        self.keep_closed = keep;
-        self
     }
 
     fn size(&self) -> i64 {
@@ -192,7 +186,7 @@ impl<A: Serialize + DeserializeOwned + Default> StoredWindows<A> {
                 entries.push((k.to_vec(), v.to_vec()));
                 true
             })?;
-            let (size, lateness, flushes) = (self.size(), self.lateness, self.flushes);
+            let (size, lateness) = (self.size(), self.lateness);
             for (k, v) in entries {
                 let Some((start, key)) = parse_key(&k) else {
                     continue;
@@ -208,8 +202,7 @@ impl<A: Serialize + DeserializeOwned + Default> StoredWindows<A> {
                         if at >= first {
                             part.again.push((start, key.to_vec()));
                         }
-                        part.closed
-                            .push((flushes, Instant::now(), start, key.to_vec()));
+                        part.closed.push((at, start, key.to_vec()));
                     }
                 }
             }
@@ -286,7 +279,7 @@ impl<A: Serialize + DeserializeOwned + Default> StoredWindows<A> {
         offset: i64,
     ) -> Result<Vec<WindowResult<A>>, StateError> {
         let id = (topic.to_owned(), partition);
-        let (size, flushes, store_name) = (self.size(), self.flushes, self.store.clone());
+        let (size, store_name) = (self.size(), self.store.clone());
         let Some(part) = self.parts.get_mut(&id) else {
             return Ok(Vec::new());
         };
@@ -309,8 +302,7 @@ impl<A: Serialize + DeserializeOwned + Default> StoredWindows<A> {
             };
             entry.closed_at = Some(offset);
             store.put_json(&k, &entry)?;
-            part.closed
-                .push((flushes, Instant::now(), start, key.clone()));
+            part.closed.push((offset, start, key.clone()));
             results.push(result(key, start, size, entry.v, true));
         }
         if part.meta_dirty {
@@ -342,29 +334,49 @@ impl<A: Serialize + DeserializeOwned + Default> StoredWindows<A> {
         Ok(results)
     }
 
-    /// Call from `flush`: windows closed at least two flushes and `keep_closed` ago are deleted
-    /// from the store (their results are delivered and committed by then).
-    pub fn flush(&mut self, out: &mut Output<'_>) -> Result<(), StateError> {
-        self.flushes += 1;
-        let (flushes, keep) = (self.flushes, self.keep_closed);
-        let due = |(at, when, _, _): &(u64, Instant, i64, Vec<u8>)| {
-            at + 2 <= flushes && when.elapsed() >= keep
+    /// Call from [`Pipeline::committed`](crate::Pipeline::committed): the windows of
+    /// `topic`/`partition` closed by events before `offset` (the committed offset) are deleted
+    /// from the store. Their results were emitted on behalf of those events, so the commit
+    /// means they were delivered, and no replay reaches those events again.
+    pub fn committed(
+        &mut self,
+        out: &mut Output<'_>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<(), StateError> {
+        let Some(part) = self.parts.get_mut(&(topic.to_owned(), partition)) else {
+            return Ok(()); // not read yet: its closed windows go at a later commit
         };
-        for ((topic, partition), part) in &mut self.parts {
-            if !part.closed.iter().any(due) {
-                continue;
-            }
-            let mut store = out.store(&self.store, topic, *partition);
-            let mut kept = Vec::new();
-            for closed in std::mem::take(&mut part.closed) {
-                if due(&closed) {
-                    store.delete(&entry_key(closed.2, &closed.3))?;
-                } else {
-                    kept.push(closed);
-                }
-            }
-            part.closed = kept;
+        if !part.closed.iter().any(|(at, _, _)| *at < offset) {
+            return Ok(());
         }
+        let mut store = out.store(&self.store, topic, partition);
+        let mut kept = Vec::new();
+        for closed in std::mem::take(&mut part.closed) {
+            if closed.0 < offset {
+                store.delete(&entry_key(closed.1, &closed.2))?;
+            } else {
+                kept.push(closed);
+            }
+        }
+        part.closed = kept;
+        Ok(())
+    }
+
+    /// Closed windows held for re-emission (their close not committed yet), over all
+    /// partitions this instance has read.
+    pub fn closed_held(&self) -> usize {
+        self.parts.values().map(|p| p.closed.len()).sum()
+    }
+
+    /// Nothing to do at a flush since ABI 1.3: closed windows leave the store at
+    /// [`StoredWindows::committed`].
+    #[deprecated(
+        since = "1.3.0",
+        note = "call StoredWindows::committed from Pipeline::committed: closed windows go once their close is committed"
+    )]
+    pub fn flush(&mut self, _out: &mut Output<'_>) -> Result<(), StateError> {
         Ok(())
     }
 

@@ -19,6 +19,11 @@
 //! `p/<side>/<booking_id>` (waiting), `j/<booking_id>` (joined). An event's `seen` entry is
 //! written last and records its offset, so after a crash a replayed event is told from a
 //! duplicate, and its join is emitted again (at least once) but never made twice.
+//!
+//! Entries older than their span behind the watermark are swept, but a `seen` or `joined` entry
+//! only once the host has committed its event (`committed`, ABI 1.3): until then a crash
+//! replays the event, and the entry is what tells the replay from a new event and emits the
+//! join again.
 
 use std::collections::HashMap;
 
@@ -94,6 +99,9 @@ struct Progress {
     watermark: i64,
     swept_at: i64,
     duplicates: u64,
+    /// The committed offset, once the host said (entries of events before it are never
+    /// replayed).
+    committed: Option<i64>,
 }
 
 /// The pipeline.
@@ -249,19 +257,25 @@ impl BookingPayments {
             return Ok(());
         }
         progress.swept_at = progress.watermark;
-        let watermark = progress.watermark;
+        let (watermark, committed) = (progress.watermark, progress.committed);
         let mut store: Store<'_> = out.store(&self.config.store, topic, partition);
         let mut expired = Vec::new();
         store.scan(b"", |key, value| {
-            let ts = serde_json::from_slice::<Value>(value)
-                .ok()
-                .and_then(|v| v["ts"].as_i64());
+            let Ok(entry) = serde_json::from_slice::<Value>(value) else {
+                return true;
+            };
             let span = if key.starts_with(b"s/") {
                 dedup
             } else {
                 within
             };
-            if ts.is_some_and(|ts| ts < watermark - span) {
+            let old = entry["ts"].as_i64().is_some_and(|ts| ts < watermark - span);
+            // A seen or joined entry answers a replay of its event: kept until it is committed.
+            let replayable = match entry["offset"].as_i64() {
+                Some(offset) => committed.is_none_or(|c| offset >= c),
+                None => false, // a waiting side: its event emitted nothing
+            };
+            if old && !replayable {
                 expired.push(key.to_vec());
             }
             true
@@ -278,6 +292,7 @@ impl Pipeline for BookingPayments {
     const DESCRIPTION: &'static str =
         "Joins bookings with their payments within a time span, dropping duplicate events";
     const CONFIG_SCHEMA: Option<&'static str> = Some(SCHEMA);
+    const STORES: Option<&'static [&'static str]> = Some(&["joins"]);
 
     fn open(config: Config, _ctx: &Context<'_>) -> Result<Self, Error> {
         Ok(BookingPayments {
@@ -299,6 +314,21 @@ impl Pipeline for BookingPayments {
         }
         if let Some(last) = events.last() {
             self.sweep(out, last.topic(), last.partition())?;
+        }
+        Ok(())
+    }
+
+    fn committed(
+        &mut self,
+        partition: &Partition<'_>,
+        offset: i64,
+        _out: &mut Output<'_>,
+    ) -> Result<(), Error> {
+        if let Some(progress) = self
+            .partitions
+            .get_mut(&(partition.topic().to_owned(), partition.partition()))
+        {
+            progress.committed = Some(offset);
         }
         Ok(())
     }
@@ -445,16 +475,40 @@ mod tests {
         );
     }
 
-    #[test]
-    fn old_entries_are_swept() {
-        let mut h = open();
-        paid(&mut h, &[booking("e1", "b1", 0)]);
-        paid(&mut h, &[booking("e2", "b2", 5000)]);
-        let state = &h.state()[&("test".into(), 0, "joins".into())];
-        let keys: Vec<String> = state
+    fn keys(h: &Harness<BookingPayments>) -> Vec<String> {
+        h.state()[&("test".into(), 0, "joins".into())]
             .keys()
             .map(|k| String::from_utf8_lossy(k).into())
-            .collect();
-        assert_eq!(keys, ["p/booking/b2", "s/e2"]);
+            .collect()
+    }
+
+    #[test]
+    fn old_entries_are_swept_once_their_events_are_committed() {
+        let mut h = open();
+        // Offsets 0 to 2: b1 joined at 1; e3 waits.
+        paid(
+            &mut h,
+            &[
+                booking("e1", "b1", 0),
+                payment("p1", "b1", 10),
+                booking("e3", "b3", 20),
+            ],
+        );
+        // Far later (offset 3): the old entries are past their span, but no commit yet: a crash
+        // would replay offsets 0 to 2, and their seen and joined entries must answer it. The
+        // waiting booking emitted nothing: it goes.
+        paid(&mut h, &[booking("e2", "b2", 5000)]);
+        assert_eq!(
+            keys(&h),
+            ["j/b1", "p/booking/b2", "s/e1", "s/e2", "s/e3", "s/p1"]
+        );
+        // Committed up to 2: the join's event (1) and e1 (0) are never replayed; e3 (2) may be.
+        h.flush().unwrap();
+        h.committed("test", 0, 2).unwrap();
+        paid(&mut h, &[booking("e4", "b4", 10_000)]);
+        assert_eq!(keys(&h), ["p/booking/b4", "s/e2", "s/e3", "s/e4"]);
+        h.committed("test", 0, 5).unwrap();
+        paid(&mut h, &[booking("e5", "b5", 20_000)]);
+        assert_eq!(keys(&h), ["p/booking/b5", "s/e5"]);
     }
 }

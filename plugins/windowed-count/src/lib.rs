@@ -12,8 +12,9 @@
 //! Counts are exact across crashes: every window records the offset it counted last, so the
 //! events the host replays after a crash are not counted twice ([`StoredWindows`]). A closed
 //! window's record is emitted at least once: again after a restart when the commit had not
-//! covered its close yet (same count); a closed window stays in the store `keep_closed_ms`
-//! (330 s) for that. On `revoked` (a rebalance, or the end of a file) the open
+//! covered its close yet (same count); a closed window stays in the store for that until the
+//! host says its close is committed (`committed`, ABI 1.3). On `revoked` (a rebalance, or the
+//! end of a file) the open
 //! windows' counts so far are emitted with `"closed": false`; they stay in the store, and their
 //! final count comes with `"closed": true` from whoever owns the partition next.
 
@@ -43,10 +44,6 @@ pub struct Config {
     /// The state store the windows live in (declared in the spec's `state.stores`).
     #[serde(default = "default_store")]
     pub store: String,
-    /// How long a closed window stays in the store, to be emitted again after a crash
-    /// (default 330000: above the producer's `message.timeout.ms`).
-    #[serde(default)]
-    pub keep_closed_ms: Option<u64>,
 }
 
 fn default_output() -> String {
@@ -67,8 +64,7 @@ const SCHEMA: &str = r#"{
     "advance_ms": {"type": "integer", "minimum": 1},
     "allowed_lateness_ms": {"type": "integer", "minimum": 0},
     "output": {"type": "string", "minLength": 1},
-    "store": {"type": "string", "minLength": 1},
-    "keep_closed_ms": {"type": "integer", "minimum": 0}
+    "store": {"type": "string", "minLength": 1}
   }
 }"#;
 
@@ -117,6 +113,7 @@ impl Pipeline for WindowedCount {
     const DESCRIPTION: &'static str =
         "Counts events per key in event-time windows kept in a state store";
     const CONFIG_SCHEMA: Option<&'static str> = Some(SCHEMA);
+    const STORES: Option<&'static [&'static str]> = Some(&["windows"]);
 
     fn open(config: Config, _ctx: &Context<'_>) -> Result<Self, Error> {
         let kind = match config.advance_ms {
@@ -128,11 +125,8 @@ impl Pipeline for WindowedCount {
                 advance_ms,
             },
         };
-        let mut windows = StoredWindows::new(kind, config.allowed_lateness_ms, &config.store)
+        let windows = StoredWindows::new(kind, config.allowed_lateness_ms, &config.store)
             .map_err(Error::msg)?;
-        if let Some(ms) = config.keep_closed_ms {
-            windows = windows.keep_closed(std::time::Duration::from_millis(ms));
-        }
         Ok(WindowedCount {
             config,
             windows,
@@ -186,8 +180,14 @@ impl Pipeline for WindowedCount {
         Ok(())
     }
 
-    fn flush(&mut self, out: &mut Output<'_>) -> Result<(), Error> {
-        self.windows.flush(out)?;
+    fn committed(
+        &mut self,
+        partition: &Partition<'_>,
+        offset: i64,
+        out: &mut Output<'_>,
+    ) -> Result<(), Error> {
+        self.windows
+            .committed(out, partition.topic(), partition.partition(), offset)?;
         Ok(())
     }
 }
@@ -331,9 +331,9 @@ mod tests {
     }
 
     #[test]
-    fn closed_windows_leave_the_store_two_flushes_after_they_close() {
-        // By default they also stay 330 s; here no time at all, so the flushes decide.
-        let mut h = open(json!({"key_field": "user", "window_ms": 1000, "keep_closed_ms": 0}));
+    fn a_closed_window_leaves_the_store_once_its_close_is_committed() {
+        let mut h = open(json!({"key_field": "user", "window_ms": 1000}));
+        // Offsets 0 and 1; the event at 1 closes [0,1000).
         h.process(&[click("a", 100), click("a", 1100)]).unwrap();
         let windows = |h: &Harness<WindowedCount>| {
             h.state()
@@ -341,14 +341,19 @@ mod tests {
                 .map(|m| m.keys().filter(|k| k[0] == b'w').count())
                 .sum::<usize>()
         };
-        assert_eq!(windows(&h), 2);
-        h.flush().unwrap();
+        for _ in 0..5 {
+            h.flush().unwrap();
+        }
+        assert_eq!(windows(&h), 2, "flushes alone keep it: no commit yet");
+        h.committed("test", 0, 1).unwrap();
         assert_eq!(
             windows(&h),
             2,
-            "kept for re-emission until the commit after the next flush"
+            "committed up to 1: the close at offset 1 may still be replayed"
         );
-        h.flush().unwrap();
+        h.committed("other", 0, 5).unwrap();
+        assert_eq!(windows(&h), 2, "another partition's commit changes nothing");
+        h.committed("test", 0, 2).unwrap();
         assert_eq!(
             windows(&h),
             1,
@@ -357,18 +362,25 @@ mod tests {
     }
 
     #[test]
-    fn by_default_a_closed_window_outlives_the_producers_delivery_timeout() {
+    fn after_a_restart_closed_windows_go_at_the_first_commit_past_their_close() {
         let mut h = open(json!({"key_field": "user", "window_ms": 1000}));
-        h.process(&[click("a", 100), click("a", 1100)]).unwrap();
-        for _ in 0..5 {
-            h.flush().unwrap();
-        }
-        let windows: usize = h
+        h.process(&[click("a", 100), click("b", 1100), click("b", 2100)])
+            .unwrap();
+        h.restart().unwrap();
+        // The new instance reads the partition at its first event, closed windows included.
+        h.process(&[click("c", 2200).offset(3)]).unwrap();
+        h.committed("test", 0, 4).unwrap();
+        let left: Vec<i64> = h
             .state()
             .values()
-            .map(|m| m.keys().filter(|k| k[0] == b'w').count())
-            .sum();
-        assert_eq!(windows, 2, "kept: its record may not be delivered yet");
+            .flat_map(|m| m.keys().filter(|k| k[0] == b'w'))
+            .map(|k| (u64::from_be_bytes(k[1..9].try_into().unwrap()) ^ (1 << 63)) as i64)
+            .collect();
+        assert_eq!(
+            left,
+            [2000, 2000],
+            "only the open window [2000,3000) of b and c"
+        );
     }
 
     #[test]

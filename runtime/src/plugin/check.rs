@@ -1,6 +1,6 @@
 //! The plugin checks every run and `sluice validate` start with: the library loads, its config
-//! matches its schema, the spec defines every output it declares, and (`validate`) its `open`
-//! accepts the config.
+//! matches its schema, the spec defines every output it declares and has `state:` when it keeps
+//! state, and (`validate`) its `open` accepts the config.
 
 use std::path::Path;
 
@@ -19,7 +19,24 @@ pub fn prepare(spec: &PipelineSpec) -> Result<Plugin, RunError> {
     )?;
     check_config(&plugin, &spec.plugin.config, &spec.file)?;
     check_outputs(&plugin, spec)?;
+    check_state(&plugin, spec)?;
     Ok(plugin)
+}
+
+/// Refuses a spec without `state:` for a plugin that says it keeps state (ABI 1.3
+/// `store_name`): its first state call would fail the run.
+pub fn check_state(plugin: &Plugin, spec: &PipelineSpec) -> Result<(), RunError> {
+    let Some(stores) = plugin.plugin_ref().declared_stores() else {
+        return Ok(());
+    };
+    if stores.is_empty() || spec.state.is_some() {
+        return Ok(());
+    }
+    Err(RunError::NoState {
+        spec: spec.file.clone(),
+        plugin: plugin.label(),
+        stores: stores.join(", "),
+    })
 }
 
 /// Refuses a spec that lacks an output the plugin declares (ABI 1.1 `output_name`): the first

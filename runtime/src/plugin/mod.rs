@@ -247,6 +247,7 @@ impl Plugin {
             "path": self.path,
             "sha256": self.sha256,
             "outputs": self.plugin.declared_outputs(),
+            "stores": self.plugin.declared_stores(),
             "config_schema": self.plugin.config_schema()
                 .map(|s| serde_json::from_str::<serde_json::Value>(s).unwrap_or_else(|_| s.into())),
         })
