@@ -779,3 +779,119 @@ fn a_changelog_setting_the_broker_refuses_is_named_in_one_line() {
     );
     assert_eq!(broker.committed_sum(&names.input, &names.group), 0);
 }
+
+/// Restore off the poll thread: a pod whose restore takes longer than `max.poll.interval.ms`
+/// keeps its group membership. A run is killed inside a transaction holding changelog writes
+/// (`producer.transactional-id`, 3 s between commits), so its successor, under a new id, waits
+/// in the restore until the coordinator aborts that transaction (`transaction.timeout.ms`,
+/// 20 s). The successor polls with `max.poll.interval.ms` 6 s meanwhile: its partitions stay
+/// paused and restoring in `/status`, it is assigned once and never revoked, and then it takes
+/// every event and commits them all.
+#[test]
+fn a_restore_longer_than_max_poll_interval_keeps_the_member() {
+    let broker = broker();
+    let dir = tempfile::tempdir().unwrap();
+    let names = names(broker, 2);
+    let state = dir.path().join("state");
+    plugin("misbehaving");
+    let spec = |id: &str, properties: &str, port: u16| {
+        write_spec(
+            dir.path(),
+            &format!(
+                "name: restore\nplugin:\n  path: {}\n  config: {{mode: slow, delay_us: 200, count_store: counts}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{}]\n    group-id: {}\n    commit-interval-ms: 3000\n    batch-size: 16\n    properties: {{{properties}}}\nproducer:\n  transactional-id: {id}\n  properties: {{transaction.timeout.ms: \"20000\"}}\nstate:\n  stores: [counts]\n  dir: {}\nadmin:\n  listen: 127.0.0.1:{port}\noutputs:\n  out:\n    kafka: {{topic: {}}}\n",
+                plugin("misbehaving").display(),
+                broker.addr,
+                names.input,
+                names.group,
+                state.display(),
+                names.output,
+            ),
+        )
+    };
+    let total = 6_000;
+    let flow = Flow::start(broker, &names.input, total, 500);
+    let committed = || broker.committed_sum(&names.input, &names.group);
+    let port = free_port();
+    let first = start(
+        &spec(
+            &unique("txn"),
+            "session.timeout.ms: \"2000\", heartbeat.interval.ms: \"500\"",
+            port,
+        ),
+        dir.path(),
+    );
+    wait_or_show(
+        "the first run's first commit",
+        &first,
+        port,
+        Duration::from_secs(90),
+        || committed() > 0,
+    );
+    // Inside the next transaction, which has changelog writes by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    first.kill();
+
+    let port = free_port();
+    let max_poll = Duration::from_secs(6);
+    let run = start(
+        &spec(
+            &unique("txn"),
+            &format!(
+                "session.timeout.ms: \"6000\", heartbeat.interval.ms: \"1000\", max.poll.interval.ms: \"{}\"",
+                max_poll.as_millis()
+            ),
+            port,
+        ),
+        dir.path(),
+    );
+    wait_or_show(
+        "the restore held by the dead run's transaction",
+        &run,
+        port,
+        Duration::from_secs(60),
+        || {
+            let status: Value = http_get(port, "/status")
+                .and_then(|(_, body)| serde_json::from_str(&body).ok())
+                .unwrap_or(Value::Null);
+            status["partitions"].as_array().is_some_and(|ps| {
+                !ps.is_empty()
+                    && ps
+                        .iter()
+                        .all(|p| p["restoring"] == true && p["paused"] == true)
+            })
+        },
+    );
+    flow.finish();
+    wait_or_show(
+        "every offset committed",
+        &run,
+        port,
+        Duration::from_secs(180),
+        || committed() == total as i64,
+    );
+    // Before the stop, whose drain revokes everything.
+    let log = std::fs::read_to_string(&run.log).unwrap();
+    assert!(
+        !log_events(&log, "state: an open transaction holds the restore").is_empty(),
+        "the restore waited for the dead run's transaction:\n{log}"
+    );
+    let longest = log_events(&log, "state: restored")
+        .iter()
+        .filter_map(|e| e["seconds"].as_str()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    assert!(
+        longest > max_poll.as_secs_f64(),
+        "the restore took {longest} s, not longer than max.poll.interval.ms:\n{log}"
+    );
+    assert_eq!(
+        log_events(&log, "assigned").len(),
+        1,
+        "assigned once: the member was kept through the restore:\n{log}"
+    );
+    assert!(
+        log_events(&log, "revoked").is_empty() && !log.contains("maximum poll interval"),
+        "nothing revoked while the restore ran:\n{log}"
+    );
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+}

@@ -26,7 +26,7 @@ use crate::scaffold;
 use sluice_runtime::config::{OutputSpec, PipelineSpec, SourceSpec};
 use sluice_runtime::error::RunError;
 use sluice_runtime::plugin::check;
-use sluice_runtime::plugin::{LoadError, Plugin};
+use sluice_runtime::plugin::{LoadError, Plugin, probe};
 use sluice_runtime::run;
 
 /// Sluice: a plugin-based Kafka stream-processing runtime.
@@ -420,7 +420,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             probe(
                 &spec.resolve(&spec.plugin.path),
                 spec.plugin.sha256.as_deref(),
-            )?;
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
             let summary = run::run(&spec).map_err(|e| with_detail(e, cli.verbose))?;
             eprintln!("sluice: pipeline {}: {summary}", spec.name);
             Ok(())
@@ -572,7 +573,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             probe(
                 &spec.resolve(&spec.plugin.path),
                 spec.plugin.sha256.as_deref(),
-            )?;
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
             let plugin = check::prepare(&spec).map_err(|e| with_detail(e, cli.verbose))?;
             check::try_open(&plugin, &spec)?;
             let source = match &spec.source {
@@ -637,10 +639,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Inspect { library, json }) => {
             if let Err(crash) = probe(&library, None) {
                 if json {
-                    let refusal = serde_json::json!({"error": crash.to_string(), "path": library});
+                    let refusal = serde_json::json!({"error": crash, "path": library});
                     outln!("{}", serde_json::to_string_pretty(&refusal)?);
                 }
-                return Err(crash);
+                return Err(anyhow::anyhow!(crash));
             }
             let plugin = match Plugin::load(&library, None) {
                 Ok(plugin) => plugin,
@@ -680,52 +682,6 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Loads the library at `path` in a child process first (`sluice plugin probe`): the dynamic
-/// loader runs a library's initializers and its entry point, and a malformed library can crash
-/// there (a bad relocation, a constructor that faults) beyond any check. A child killed by a
-/// signal is a one-line refusal here instead of this process dying; anything else the child
-/// finds, this process finds again and reports itself. The pin is checked in the child before
-/// any of the library's code runs, as in this process.
-fn probe(path: &Path, sha256: Option<&str>) -> anyhow::Result<()> {
-    use std::os::unix::process::ExitStatusExt;
-    let Ok(me) = std::env::current_exe() else {
-        return Ok(()); // no way to re-run ourselves: load in-process as before
-    };
-    let mut probe = std::process::Command::new(me);
-    probe.args(["plugin", "probe"]).arg(path);
-    if let Some(pin) = sha256 {
-        probe.args(["--sha256", pin]);
-    }
-    let status = probe
-        .env("SLUICE_LOG", "off")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .context("cannot start a process to probe the plugin library")?;
-    match status.signal() {
-        None => Ok(()),
-        Some(signal) => anyhow::bail!(
-            "plugin {}: loading it killed the process that tried ({}): the library is malformed or its initializers crash: rebuild it, and run its own tests",
-            path.display(),
-            signal_name(signal)
-        ),
-    }
-}
-
-fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        _ => return format!("signal {signal}"),
-    };
-    format!("{name}, signal {signal}")
 }
 
 /// Whether a command failed only because the reader of its stdout went away (a closed pipe):

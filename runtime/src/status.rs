@@ -145,8 +145,10 @@ pub struct PartitionLive {
     pub in_flight: usize,
     /// Events read while paused, waiting.
     pub held: usize,
-    /// Paused for backpressure.
+    /// Paused for backpressure, or while its state restores.
     pub paused: bool,
+    /// Its state is being restored (off the poll thread); its events wait.
+    pub restoring: bool,
 }
 
 /// Reads the dispatcher's partitions (set by the pipeline once it has a dispatcher).
@@ -536,6 +538,7 @@ impl Health {
                     in_flight: p.in_flight,
                     held: p.held,
                     paused: p.paused,
+                    restoring: p.restoring,
                     events,
                     leader: (b.leader >= 0).then_some(b.leader),
                 }
@@ -710,8 +713,11 @@ pub struct PartitionStatus {
     pub in_flight: usize,
     /// Events read while paused, waiting.
     pub held: usize,
-    /// Paused for backpressure.
+    /// Paused for backpressure, or while its state restores.
     pub paused: bool,
+    /// Its state is being restored; its events wait (absent when not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restoring: bool,
     /// Events of this partition handed to the plugin (absent with `admin.metrics: false`).
     pub events: Option<u64>,
     /// The broker (node id) leading it, as librdkafka last saw it.
@@ -936,7 +942,12 @@ impl Status {
                     opt(p.lag),
                     p.in_flight.to_string(),
                     p.held.to_string(),
-                    if p.paused { "yes" } else { "no" }.to_owned(),
+                    match (p.restoring, p.paused) {
+                        (true, _) => "restoring",
+                        (false, true) => "yes",
+                        (false, false) => "no",
+                    }
+                    .to_owned(),
                     p.workers
                         .iter()
                         .map(usize::to_string)
@@ -1065,6 +1076,7 @@ mod tests {
                 in_flight: 3,
                 held: 0,
                 paused: false,
+                restoring: false,
             }]
         }));
         h

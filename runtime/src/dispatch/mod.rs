@@ -16,7 +16,7 @@ mod tests;
 mod units;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use crate::message::Message;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::pool::{WorkerPool, Workers};
 use crate::sink::kafka::KafkaSink;
-use crate::state::StateStores;
+use crate::state::{RESTORE_CANCELLED, StateStores};
 use crate::status::{PartitionLive, PartitionView};
 use crate::sync::lock;
 use crate::telemetry::{
@@ -70,9 +70,49 @@ struct Slot {
     /// Events read while the partition was full, in order; the partition is paused meanwhile.
     held: VecDeque<Message>,
     paused: bool,
+    /// Its state is being restored (off the poll thread): it stays paused, what was read is
+    /// held, and its workers are told `assigned` once the restore is done.
+    restoring: bool,
     /// Exactly-once: events below this offset are already in the database; they are read and
     /// dropped.
     skip_below: i64,
+}
+
+/// A restore of newly assigned partitions, running on a thread of its own so the poll thread
+/// keeps polling (a restore longer than `max.poll.interval.ms` would otherwise cost the group
+/// membership).
+struct Restore {
+    partitions: Vec<TopicPartition>,
+    fresh: HashSet<TopicPartition>,
+    why: String,
+    cancel: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl Restore {
+    fn start(
+        state: &Arc<StateStores>,
+        partitions: Vec<TopicPartition>,
+        fresh: HashSet<TopicPartition>,
+        why: String,
+    ) -> Result<Restore, String> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let handle = std::thread::Builder::new()
+            .name("sluice-restore".into())
+            .spawn({
+                let (state, cancel) = (state.clone(), cancel.clone());
+                let (partitions, fresh, why) = (partitions.clone(), fresh.clone(), why.clone());
+                move || state.open(&partitions, &fresh, &why, &cancel)
+            })
+            .map_err(|e| format!("state: cannot start the restore thread: {e}"))?;
+        Ok(Restore {
+            partitions,
+            fresh,
+            why,
+            cancel,
+            handle,
+        })
+    }
 }
 
 /// What becomes of one run of a burst (consecutive events of one partition), in order: the first
@@ -128,6 +168,8 @@ pub(crate) struct Dispatcher<W: Workers = WorkerPool> {
     /// What `/status` showed last: read while a release holds the dispatcher (taken as the
     /// release begins, so the partitions being drained stay in view).
     shown: Arc<Mutex<Vec<PartitionLive>>>,
+    /// Restores running off the poll thread.
+    restores: Vec<Restore>,
     ctx: Context,
 }
 
@@ -150,6 +192,7 @@ impl<W: Workers> Dispatcher<W> {
             next_worker: 0,
             released_in_turn: Vec::new(),
             shown: Arc::default(),
+            restores: Vec::new(),
             ctx,
         }
     }
@@ -183,6 +226,18 @@ impl<W: Workers> Dispatcher<W> {
         all
     }
 
+    /// The partitions whose state is being restored.
+    pub(crate) fn restoring(&self) -> Vec<TopicPartition> {
+        let mut restoring: Vec<TopicPartition> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.restoring)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        restoring.sort();
+        restoring
+    }
+
     /// Whether a paused partition still holds events not handed out.
     pub(crate) fn holds_events(&self) -> bool {
         self.slots.values().any(|s| !s.held.is_empty())
@@ -194,12 +249,16 @@ impl<W: Workers> Dispatcher<W> {
         self.released_in_turn.clear();
     }
 
-    /// Takes `partitions` on (those not held yet): their state is restored first, then each
-    /// gets its slot and workers (one by load with `ordering: partition`, else all), the
-    /// tracker starts counting their units and their workers call `assigned`. `fresh` are the
-    /// partitions that start from `start-from` (their state starts empty), for the reason `why`.
+    /// Takes `partitions` on (those not held yet): each gets its slot and workers (one by load
+    /// with `ordering: partition`, else all), the tracker starts counting their units and their
+    /// workers call `assigned`. `fresh` are the partitions that start from `start-from` (their
+    /// state starts empty), for the reason `why`. State backed by changelogs is restored off the
+    /// poll thread: the partitions stay paused (what was read meanwhile held) and their workers
+    /// are told only once it is done ([`Dispatcher::finish_restores`]); none of their events
+    /// is handed out before their state is there.
     pub(crate) fn assign(
         &mut self,
+        source: &impl Source,
         partitions: &[TopicPartition],
         fresh: &HashSet<TopicPartition>,
         why: &str,
@@ -215,10 +274,23 @@ impl<W: Workers> Dispatcher<W> {
             .filter(|tp| !self.slots.contains_key(tp))
             .cloned()
             .collect();
+        let mut restoring = false;
         if let Some(state) = &self.ctx.state {
-            // Restored before the partitions get slots: none of their events is handed out
-            // before their state is there.
-            state.open(&new, fresh, why)?;
+            if state.has_changelog() && !new.is_empty() {
+                for tp in &new {
+                    source.pause(tp)?;
+                }
+                let fresh = new
+                    .iter()
+                    .filter(|tp| fresh.contains(tp))
+                    .cloned()
+                    .collect();
+                self.restores
+                    .push(Restore::start(state, new.clone(), fresh, why.to_owned())?);
+                restoring = true;
+            } else {
+                state.open(&new, fresh, why, &AtomicBool::new(false))?;
+            }
         }
         let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
         for tp in &new {
@@ -242,7 +314,8 @@ impl<W: Workers> Dispatcher<W> {
                     workers,
                     in_flight: Arc::default(),
                     held: VecDeque::new(),
-                    paused: false,
+                    paused: restoring,
+                    restoring,
                     skip_below: stored.get(tp).copied().unwrap_or(0),
                 },
             );
@@ -250,11 +323,102 @@ impl<W: Workers> Dispatcher<W> {
         self.ctx
             .telemetry
             .emit(PartitionsAssigned { partitions: &new });
-        for (worker, partitions) in per_worker {
-            tracing::debug!(worker, partitions = ?partitions, "partitions pinned to worker");
-            self.workers.assigned(worker, partitions);
+        if !restoring {
+            for (worker, partitions) in per_worker {
+                tracing::debug!(worker, partitions = ?partitions, "partitions pinned to worker");
+                self.workers.assigned(worker, partitions);
+            }
         }
         Ok(())
+    }
+
+    /// Takes the restores that ended: their partitions' workers call `assigned`, and
+    /// [`Dispatcher::release_held`] hands out what was read meanwhile and resumes them. A
+    /// restore that failed fails the run.
+    pub(crate) fn finish_restores(&mut self) {
+        let (done, running): (Vec<Restore>, Vec<Restore>) = std::mem::take(&mut self.restores)
+            .into_iter()
+            .partition(|r| r.handle.is_finished());
+        self.restores = running;
+        for restore in done {
+            let result = restore
+                .handle
+                .join()
+                .unwrap_or_else(|_| Err("state: the restore thread panicked".into()));
+            if let Err(err) = result {
+                self.ctx.failure.set(err);
+                continue;
+            }
+            let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
+            for tp in &restore.partitions {
+                if let Some(slot) = self.slots.get_mut(tp) {
+                    slot.restoring = false;
+                    for worker in &slot.workers {
+                        per_worker.entry(*worker).or_default().push(tp.clone());
+                    }
+                }
+            }
+            for (worker, partitions) in per_worker {
+                tracing::debug!(worker, partitions = ?partitions, "partitions pinned to worker");
+                self.workers.assigned(worker, partitions);
+            }
+        }
+    }
+
+    /// Stops the restores of `released` partitions before their state is closed: a restore
+    /// holding one of them is cancelled and joined; what it restored for partitions still held
+    /// is restored again.
+    fn stop_restores(&mut self, released: &[TopicPartition]) {
+        let (hit, keep): (Vec<Restore>, Vec<Restore>) = std::mem::take(&mut self.restores)
+            .into_iter()
+            .partition(|r| r.partitions.iter().any(|tp| released.contains(tp)));
+        self.restores = keep;
+        for restore in hit {
+            restore.cancel.store(true, AtomicOrdering::Relaxed);
+            let result = restore
+                .handle
+                .join()
+                .unwrap_or_else(|_| Err("state: the restore thread panicked".into()));
+            let rest: Vec<TopicPartition> = restore
+                .partitions
+                .iter()
+                .filter(|tp| !released.contains(tp))
+                .cloned()
+                .collect();
+            match result {
+                // Done before the cancel: the released ones are open and close as usual.
+                Ok(()) => {
+                    let mut per_worker: HashMap<usize, Vec<TopicPartition>> = HashMap::new();
+                    for tp in &rest {
+                        if let Some(slot) = self.slots.get_mut(tp) {
+                            slot.restoring = false;
+                            for worker in &slot.workers {
+                                per_worker.entry(*worker).or_default().push(tp.clone());
+                            }
+                        }
+                    }
+                    for (worker, partitions) in per_worker {
+                        self.workers.assigned(worker, partitions);
+                    }
+                }
+                Err(err) if err == RESTORE_CANCELLED => {
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    let fresh = rest
+                        .iter()
+                        .filter(|tp| restore.fresh.contains(tp))
+                        .cloned()
+                        .collect();
+                    let state = self.ctx.state.as_ref().expect("a restore has state");
+                    match Restore::start(state, rest, fresh, restore.why) {
+                        Ok(again) => self.restores.push(again),
+                        Err(err) => self.ctx.failure.set(err),
+                    }
+                }
+                Err(err) => self.ctx.failure.set(err),
+            }
+        }
     }
 
     /// Hands a burst of events (of any partitions, each partition's in offset order) to the
@@ -364,7 +528,7 @@ impl<W: Workers> Dispatcher<W> {
         let paused: Vec<TopicPartition> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.paused)
+            .filter(|(_, s)| s.paused && !s.restoring)
             .map(|(tp, _)| tp.clone())
             .collect();
         for tp in paused {
@@ -432,6 +596,7 @@ impl<W: Workers> Dispatcher<W> {
     /// stopped them): their offsets were not committed.
     pub(crate) fn release(&mut self, source: &impl Source, partitions: &[TopicPartition]) -> usize {
         *lock(&self.shown) = self.live();
+        self.stop_restores(partitions);
         let per_worker = self.forget(partitions);
         if per_worker.is_empty() {
             return 0;
@@ -557,6 +722,9 @@ impl<W: Workers> Dispatcher<W> {
                 if let [worker] = slot.workers[..] {
                     self.load[worker] -= 1;
                 }
+                if slot.restoring {
+                    continue; // its workers never heard of it
+                }
                 for worker in slot.workers {
                     per_worker.entry(worker).or_default().push(tp.clone());
                 }
@@ -633,6 +801,7 @@ impl<W: Workers> Dispatcher<W> {
                 in_flight: slot.in_flight.load(AtomicOrdering::Acquire),
                 held: slot.held.len(),
                 paused: slot.paused,
+                restoring: slot.restoring,
             })
             .collect()
     }

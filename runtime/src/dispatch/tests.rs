@@ -220,7 +220,8 @@ fn dispatcher(workers: usize, ordering: Ordering, capacity: usize) -> Dispatcher
 
 fn assign(d: &mut Dispatcher<FakeWorkers>, partitions: &[i32]) {
     let all: Vec<TopicPartition> = partitions.iter().map(|p| tp(*p)).collect();
-    d.assign(&all, &HashSet::new(), "").unwrap();
+    d.assign(&FakeSource::default(), &all, &HashSet::new(), "")
+        .unwrap();
 }
 
 #[test]

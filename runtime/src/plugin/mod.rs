@@ -254,6 +254,52 @@ impl Plugin {
     }
 }
 
+/// Loads the library at `path` in a child process first (`sluice plugin probe`, the running executable): the dynamic
+/// loader runs a library's initializers and its entry point, and a malformed library can crash
+/// there (a bad relocation, a constructor that faults) beyond any check. A child killed by a
+/// signal is a one-line refusal here instead of this process dying; anything else the child
+/// finds, this process finds again and reports itself. The pin is checked in the child before
+/// any of the library's code runs, as in this process.
+pub fn probe(path: &Path, sha256: Option<&str>) -> Result<(), String> {
+    use std::os::unix::process::ExitStatusExt;
+    let Ok(me) = std::env::current_exe() else {
+        return Ok(()); // no way to re-run ourselves: load in-process as before
+    };
+    let mut probe = std::process::Command::new(me);
+    probe.args(["plugin", "probe"]).arg(path);
+    if let Some(pin) = sha256 {
+        probe.args(["--sha256", pin]);
+    }
+    let status = probe
+        .env("SLUICE_LOG", "off")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot start a process to probe the plugin library: {e}"))?;
+    match status.signal() {
+        None => Ok(()),
+        Some(signal) => Err(format!(
+            "plugin {}: loading it killed the process that tried ({}): the library is malformed or its initializers crash: rebuild it, and run its own tests",
+            path.display(),
+            signal_name(signal)
+        )),
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        _ => return format!("signal {signal}"),
+    };
+    format!("{name}, signal {signal}")
+}
+
 /// Opens the library for good and calls its entry point.
 fn open_library(path: &Path) -> Result<*const Descriptor, LoadError> {
     // Absolute path, so dlopen does not search the library path for a bare file name.

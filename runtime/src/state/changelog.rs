@@ -3,6 +3,7 @@
 //! when missing; read back on assignment (restore); tombstoned on a rewind (reset).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use redb::Durability;
 use sluice_plugin_api::Record;
 
-use super::Local;
+use super::{Local, RESTORE_CANCELLED};
 use crate::config::StateSpec;
 use crate::offsets::TopicPartition;
 use crate::sink::kafka::{Ack, KafkaSink};
@@ -234,6 +235,7 @@ impl Changelog {
         stores: &[String],
         opened: &mut [(Local, BTreeMap<String, i64>)],
         telemetry: &Telemetry,
+        cancel: &AtomicBool,
     ) -> Result<(), String> {
         if opened.is_empty() {
             return Ok(());
@@ -300,6 +302,7 @@ impl Changelog {
                 &mut records,
                 &mut bytes,
                 telemetry,
+                cancel,
             );
             let _ = client.unassign();
             result?;
@@ -330,6 +333,7 @@ impl Changelog {
         records: &mut [u64],
         bytes: &mut [u64],
         telemetry: &Telemetry,
+        cancel: &AtomicBool,
     ) -> Result<(), String> {
         let mut last_read = Instant::now();
         let mut progress = Instant::now();
@@ -338,6 +342,9 @@ impl Changelog {
         let (mut held_back, mut last_look) = (false, Instant::now());
         let mut since = vec![(0u64, 0u64); opened.len()];
         while !targets.is_empty() {
+            if cancel.load(AtomicOrdering::Relaxed) {
+                return Err(RESTORE_CANCELLED.into());
+            }
             match client.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => {
                     last_read = Instant::now();

@@ -23,6 +23,7 @@ pub(crate) mod changelog;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus::IntCounter;
@@ -49,6 +50,9 @@ const DURABLE_EVERY: u32 = 8;
 /// Entries of redb a scan reads at a time: a scan holds at most this many (plus the buffered
 /// writes among them) in memory, whatever the store's size.
 const SCAN_PAGE: usize = 256;
+
+/// What a cancelled restore returns (its partitions were revoked while it ran).
+pub(crate) const RESTORE_CANCELLED: &str = "state: restore cancelled: the partitions were revoked";
 
 /// The checkpoint file of a partition's directory: `{"store": next changelog offset}`.
 const CHECKPOINT: &str = "checkpoint.json";
@@ -373,13 +377,22 @@ impl StateStores {
         }
     }
 
+    /// Whether opening a partition reads a changelog (a Kafka source's stores): then the
+    /// dispatcher restores off the poll thread.
+    pub(crate) fn has_changelog(&self) -> bool {
+        self.changelog.is_some()
+    }
+
     /// Opens newly assigned partitions: restores each from its changelog (resetting those in
-    /// `fresh` to empty first, `why` says why) before any of their events is processed.
+    /// `fresh` to empty first, `why` says why) before any of their events is processed. Once
+    /// `cancel` is set (the partitions were revoked meanwhile) the restore stops with
+    /// [`RESTORE_CANCELLED`] and none of them is opened.
     pub(crate) fn open(
         &self,
         partitions: &[TopicPartition],
         fresh: &HashSet<TopicPartition>,
         why: &str,
+        cancel: &AtomicBool,
     ) -> Result<(), String> {
         let mut opened = Vec::new();
         for tp in partitions {
@@ -425,7 +438,7 @@ impl StateStores {
             opened.push((local, checkpoint.unwrap_or_default()));
         }
         if let Some(changelog) = &self.changelog {
-            changelog.restore(&self.names, &mut opened, &self.telemetry)?;
+            changelog.restore(&self.names, &mut opened, &self.telemetry, cancel)?;
             for (local, _) in &mut opened {
                 if fresh.contains(&local.tp) {
                     changelog.reset(&self.names, local, why, &self.telemetry)?;
@@ -564,7 +577,7 @@ pub fn dump(
         std::time::Duration::from_secs(60),
     ));
     let stores = StateStores::new(state.stores.clone(), dir, Some(changelog), telemetry)?;
-    stores.open(&partitions, &HashSet::new(), "")?;
+    stores.open(&partitions, &HashSet::new(), "", &AtomicBool::new(false))?;
     let result = (|| {
         for tp in &partitions {
             for store in &state.stores {
@@ -603,7 +616,12 @@ mod tests {
             StateStores::new(vec!["s".into()], dir.join("state"), None, telemetry).unwrap();
         let tp = TopicPartition::new("in", 0);
         stores
-            .open(std::slice::from_ref(&tp), &HashSet::new(), "")
+            .open(
+                std::slice::from_ref(&tp),
+                &HashSet::new(),
+                "",
+                &AtomicBool::new(false),
+            )
             .unwrap();
         (stores, tp)
     }

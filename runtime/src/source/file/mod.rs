@@ -104,13 +104,13 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         .set_partition_view(partition_view(&dispatcher));
     let tp = TopicPartition::new(reader.topic(), 0);
     let topic: Arc<str> = reader.topic().into();
+    let source = Lines::default();
     // No changelog: the stores start empty, as the file starts at its first line.
     lock(&dispatcher)
-        .assign(std::slice::from_ref(&tp), &HashSet::new(), "")
+        .assign(&source, std::slice::from_ref(&tp), &HashSet::new(), "")
         .map_err(RunError::Setup)?;
     telemetry.health.set_lifecycle(Lifecycle::Consuming);
 
-    let source = Lines::default();
     let invalid_input = Class::InvalidInput.policy(&spec.error_policy);
     let mut batch = Batch::default();
     let mut source_error = None;

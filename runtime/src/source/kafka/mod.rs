@@ -158,6 +158,7 @@ pub fn run_with(
         let burst_limit = {
             let mut d = lock(&dispatcher);
             d.begin_turn();
+            d.finish_restores();
             d.release_held(&consumer);
             source.batch_size * d.worker_count()
         };

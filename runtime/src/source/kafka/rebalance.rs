@@ -205,7 +205,7 @@ impl ConsumerContext for RebalanceContext {
                 .collect();
             let (fresh, why) = std::mem::take(&mut *lock(&self.fresh));
             let mut dispatcher = lock(&self.dispatcher);
-            if let Err(err) = dispatcher.assign(&partitions, &fresh, why) {
+            if let Err(err) = dispatcher.assign(consumer, &partitions, &fresh, why) {
                 dispatcher.failure().set(err);
             }
         }

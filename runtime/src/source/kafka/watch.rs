@@ -72,8 +72,11 @@ impl Watch {
             return;
         }
         self.next = now + Duration::from_secs(1);
-        let assigned = lock(dispatcher).partitions();
-        let seen = self.observe(consumer, &assigned, telemetry, now);
+        let (assigned, restoring) = {
+            let d = lock(dispatcher);
+            (d.partitions(), d.restoring())
+        };
+        let seen = self.observe(consumer, &assigned, &restoring, telemetry, now);
         let verdict = decide(&seen, &self.bounds);
         // What is published (`Health`) is the one record of the condition and since when.
         let (current, lasted, subjects) = telemetry.health.condition();
@@ -119,6 +122,7 @@ impl Watch {
         &mut self,
         consumer: &KafkaConsumer,
         assigned: &[TopicPartition],
+        restoring: &[TopicPartition],
         telemetry: &Telemetry,
         now: Instant,
     ) -> Observation {
@@ -141,8 +145,9 @@ impl Watch {
                         .filter(|b| b.high >= 0)
                         .map(|b| (b.high - from).max(0))
                 });
-                if lag == Some(0) {
-                    // Nothing to do is not a stall: the clock starts when work arrives.
+                if lag == Some(0) || restoring.contains(tp) {
+                    // Nothing to do is not a stall: the clock starts when work arrives (or its
+                    // state is restored: the restore logs and exports its own progress).
                     entry.1 = now;
                 }
                 PartitionSeen {
