@@ -40,6 +40,9 @@ fn on_own_broker() -> &'static Broker {
 /// Schema-registry formats (on the shared broker).
 mod schemas;
 
+/// Plugin upgrades without a restart (on the shared broker).
+mod upgrades;
+
 fn use_broker(broker: &'static Broker) {
     OWN_BROKER.with(|own| own.set(Some(broker)));
 }

@@ -67,10 +67,8 @@ pub struct DeadLetters {
     pub label: String,
     /// Pipeline name.
     pub pipeline: String,
-    /// Plugin name.
-    pub plugin: String,
-    /// Plugin version.
-    pub plugin_version: String,
+    /// The plugin (name and version, as it runs now).
+    pub plugin: crate::plugin::PluginLabel,
 }
 
 /// Why and where from.
@@ -119,8 +117,8 @@ impl DeadLetters {
             (header::ATTEMPTS, failure.attempts.to_string()),
             (header::TIME, time.to_string()),
             (header::PIPELINE, self.pipeline.clone()),
-            (header::PLUGIN, self.plugin.clone()),
-            (header::PLUGIN_VERSION, self.plugin_version.clone()),
+            (header::PLUGIN, self.plugin.name()),
+            (header::PLUGIN_VERSION, self.plugin.version()),
             (header::TOPIC, failure.topic.to_owned()),
             (header::PARTITION, failure.partition.to_string()),
         ];

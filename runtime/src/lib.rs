@@ -29,4 +29,5 @@ pub mod state;
 pub mod status;
 pub(crate) mod sync;
 pub mod telemetry;
+pub mod upgrade;
 pub mod worker;

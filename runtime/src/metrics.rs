@@ -104,6 +104,11 @@ pub struct Metrics {
     pub commit_failures: IntCounter,
     /// Always 1; the plugin's name, version and ABI version as labels.
     pub plugin_info: IntGaugeVec,
+    /// Plugin upgrades without a restart (`POST /plugin`), by outcome: `upgraded`, `refused`
+    /// (nothing changed), `rolled-back` (back to the version before).
+    pub plugin_upgrades: IntCounterVec,
+    /// Plugin libraries this process has loaded (never unloaded: each upgrade adds one).
+    pub plugin_libraries_loaded: IntGauge,
     /// Worker threads (plugin instances).
     pub workers: IntGauge,
     /// Times the worker pool was resized to follow the CPU quota.
@@ -350,6 +355,16 @@ impl Metrics {
                 "plugin_info",
                 "Always 1: the loaded plugin's name, version and ABI version.",
                 &["plugin", "version", "abi_version"],
+            ),
+            plugin_upgrades: counter(
+                reg,
+                "plugin_upgrades_total",
+                "Plugin upgrades without a restart, by outcome (upgraded, refused, rolled-back).",
+                &["outcome"],
+            ),
+            plugin_libraries_loaded: single(
+                "plugin_libraries_loaded",
+                "Plugin libraries this process has loaded; they are never unloaded.",
             ),
             workers: single(
                 "workers",

@@ -18,6 +18,7 @@ use crate::error::RunError;
 use crate::fatal::Fatal;
 use crate::kafka_client;
 use crate::offsets::OffsetTracker;
+use crate::plugin::PluginLabel;
 use crate::plugin::check::prepare;
 use crate::pool::WorkerPool;
 use crate::schema::registry::Registry;
@@ -112,6 +113,9 @@ pub(crate) struct Running {
     pub(crate) shared: Arc<WorkerShared>,
     /// librdkafka's statistics interval, when the admin endpoint wants lag.
     pub(crate) stats_interval: Option<String>,
+    /// Plugin upgrades `POST /plugin` asks for (with `SLUICE_ADMIN_TOKEN` and an admin
+    /// endpoint); a source that cannot upgrade drops it, and the endpoint says so.
+    pub(crate) upgrades: Option<std::sync::mpsc::Receiver<crate::upgrade::UpgradeRequest>>,
 }
 
 /// Loads the plugin, opens the outputs and sinks, and starts the workers.
@@ -125,13 +129,25 @@ pub(crate) fn start(
         setup.liveness,
     ));
     let admin_listen = spec.admin.listen.as_deref().filter(|_| setup.admin);
+    // Plugin upgrades through the admin endpoint, when a token is set.
+    let (upgrades, upgrade_requests) = match std::env::var(crate::upgrade::TOKEN_ENV) {
+        Ok(token) if !token.is_empty() && admin_listen.is_some() => {
+            let (requests, inbox) = std::sync::mpsc::channel();
+            (
+                Some(crate::admin::Upgrades { token, requests }),
+                Some(inbox),
+            )
+        }
+        _ => (None, None),
+    };
     let admin = admin_listen
-        .map(|listen| crate::admin::start(listen, telemetry.clone()))
+        .map(|listen| crate::admin::start(listen, telemetry.clone(), upgrades))
         .transpose()
         .map_err(RunError::Setup)?;
     let stats_interval = admin_listen.map(|_| spec.admin.lag_interval_ms.to_string());
     let plugin = prepare(spec)?;
     let label = plugin.label();
+    let plugin_label = PluginLabel::new(&plugin);
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let failure = Fatal::default();
 
@@ -236,8 +252,7 @@ pub(crate) fn start(
         target,
         label,
         pipeline: spec.name.clone(),
-        plugin: plugin.name().to_owned(),
-        plugin_version: plugin.version().to_owned(),
+        plugin: plugin_label.clone(),
     });
 
     let sink_context = SinkContext {
@@ -342,7 +357,7 @@ pub(crate) fn start(
         _ => None,
     };
     let shared = Arc::new(WorkerShared {
-        plugin: label.clone(),
+        plugin: plugin_label,
         outputs,
         sink,
         dead_letters,
@@ -350,6 +365,7 @@ pub(crate) fn start(
         failure: failure.clone(),
         policy: spec.error_policy.clone(),
         events_in: Default::default(),
+        events_failed: Default::default(),
         strip_provenance: setup.replay,
         telemetry: telemetry.clone(),
         positions: setup.positions.clone(),
@@ -378,6 +394,9 @@ pub(crate) fn start(
         .with_label_values(&[plugin.name(), plugin.version(), &plugin.abi_version()])
         .set(1);
     metrics.workers.set(worker_count as i64);
+    metrics
+        .plugin_libraries_loaded
+        .set(crate::plugin::libraries_loaded() as i64);
     metrics.cpu_quota_cores.set(cpu.quota_cpus.unwrap_or(0.0));
     metrics.host_cpus.set(cpu.host_cpus as i64);
     telemetry.health.set_plugin_open(
@@ -387,6 +406,7 @@ pub(crate) fn start(
             abi_version: plugin.abi_version(),
             path: plugin.path().display().to_string(),
             sha256: plugin.sha256().to_owned(),
+            last_upgrade: None,
         },
         Capacity {
             workers: worker_count,
@@ -402,6 +422,7 @@ pub(crate) fn start(
         failure,
         shared,
         stats_interval,
+        upgrades: upgrade_requests,
     };
     Ok((running, pool))
 }

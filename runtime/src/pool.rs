@@ -92,7 +92,7 @@ impl WorkerPool {
     /// instance is told about (`OpenContext::worker_count`).
     fn open(&mut self, of: usize) -> Result<(), RunError> {
         let id = self.workers.len();
-        let label = self.shared.plugin.clone();
+        let label = self.shared.plugin.to_string();
         let ctx = OpenContext::new(&self.pipeline, id as u32, of as u32);
         let mut emitter = crate::sink::NullCollector::new(&label);
         let instance = self
@@ -126,6 +126,50 @@ impl WorkerPool {
         });
         self.shared.telemetry.metrics.workers.set(self.len() as i64);
         Ok(())
+    }
+
+    /// The plugin the workers run.
+    pub(crate) fn plugin(&self) -> Plugin {
+        self.plugin
+    }
+
+    /// A plugin upgrade: opens an instance of `plugin` for every worker (with the spec's
+    /// config), and only when all opened puts them in place of the current ones, which close.
+    /// The caller has released every partition first. Returns the plugin before; when an
+    /// instance fails to open, the ones opened close again and nothing changes.
+    pub(crate) fn swap(&mut self, plugin: Plugin) -> Result<Plugin, String> {
+        let count = self.workers.len();
+        let label = plugin.label();
+        let mut opened = Vec::with_capacity(count);
+        for id in 0..count {
+            let ctx = OpenContext::new(&self.pipeline, id as u32, count as u32);
+            let mut collector = crate::sink::NullCollector::new(&label);
+            match plugin
+                .plugin_ref()
+                .open(&self.config_json, &ctx, &mut collector)
+            {
+                Ok(instance) => opened.push(instance),
+                Err(err) => {
+                    for instance in opened {
+                        let _ = instance.close(&mut collector);
+                    }
+                    return Err(format!("plugin {label} failed to open: {err}"));
+                }
+            }
+        }
+        let replies: Vec<_> = opened
+            .into_iter()
+            .enumerate()
+            .map(|(id, instance)| {
+                let (reply, rx) = mpsc::sync_channel(1);
+                self.send(id, Command::Swap(Box::new(instance), reply));
+                rx
+            })
+            .collect();
+        for rx in replies {
+            let _ = rx.recv();
+        }
+        Ok(std::mem::replace(&mut self.plugin, plugin))
     }
 
     /// Sends `command` to `worker` (a worker that has ended drops it: the run is stopping).

@@ -200,7 +200,7 @@ pub struct Health {
     broker_offsets: Mutex<HashMap<TopicPartition, BrokerOffsets>>,
     brokers: Mutex<Vec<BrokerStatus>>,
     committed: Mutex<HashMap<TopicPartition, i64>>,
-    plugin: OnceLock<PluginStatus>,
+    plugin: Mutex<Option<PluginStatus>>,
     capacity: Mutex<Option<Capacity>>,
     events_in: OnceLock<Arc<dyn Fn() -> u64 + Send + Sync>>,
     /// The pipeline's condition (`condition::decide`), since when, and what it is about.
@@ -240,7 +240,7 @@ impl Health {
             broker_offsets: Mutex::default(),
             brokers: Mutex::default(),
             committed: Mutex::default(),
-            plugin: OnceLock::new(),
+            plugin: Mutex::new(None),
             capacity: Mutex::default(),
             events_in: OnceLock::new(),
             condition: Mutex::new((Condition::Healthy, Instant::now(), Vec::new())),
@@ -309,9 +309,19 @@ impl Health {
         self.lifecycle.store(state as u8, Ordering::Release);
     }
 
+    /// The plugin now running (after an upgrade or a rollback), and what became of the upgrade.
+    pub fn set_plugin(&self, plugin: PluginStatus) {
+        *lock(&self.plugin) = Some(plugin);
+    }
+
+    /// What `/status` shows of the plugin.
+    pub fn plugin(&self) -> Option<PluginStatus> {
+        lock(&self.plugin).clone()
+    }
+
     /// Every plugin instance is open.
     pub fn set_plugin_open(&self, plugin: PluginStatus, capacity: Capacity) {
-        let _ = self.plugin.set(plugin);
+        *lock(&self.plugin) = Some(plugin);
         self.set_capacity(capacity);
         self.plugin_open.store(true, Ordering::Release);
     }
@@ -596,7 +606,7 @@ impl Health {
             not_ready: readiness.reasons(),
             live,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
-            plugin: self.plugin.get().cloned(),
+            plugin: lock(&self.plugin).clone(),
             capacity: self
                 .capacity
                 .lock()
@@ -681,6 +691,23 @@ pub struct PluginStatus {
     pub path: String,
     /// The library's sha256.
     pub sha256: String,
+    /// The last plugin upgrade without a restart (`POST /plugin`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upgrade: Option<UpgradeStatus>,
+}
+
+/// What became of the last plugin upgrade.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpgradeStatus {
+    /// "name version" before.
+    pub from: String,
+    /// "name version" asked for.
+    pub to: String,
+    /// `watching` (running the new version through its first events), `upgraded` (kept),
+    /// `rolled-back` (back to `from`) or `refused` (nothing changed).
+    pub outcome: String,
+    /// Why, in one line.
+    pub message: String,
 }
 
 /// The worker count and what it was derived from.
@@ -888,6 +915,13 @@ impl Status {
                 "plugin   {} {} (ABI {})  {}",
                 p.name, p.version, p.abi_version, p.path
             );
+            if let Some(u) = &p.last_upgrade {
+                let _ = writeln!(
+                    out,
+                    "upgrade  {} -> {}: {} ({})",
+                    u.from, u.to, u.outcome, u.message
+                );
+            }
         }
         if let Some(c) = &self.capacity {
             let quota = c
@@ -1134,6 +1168,7 @@ mod tests {
                 abi_version: "1.0".into(),
                 path: "/x.so".into(),
                 sha256: String::new(),
+                last_upgrade: None,
             },
             Capacity {
                 workers: 1,

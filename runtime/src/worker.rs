@@ -8,7 +8,7 @@
 //! buffer what it derived from it until then; records the plugin emits from `flush` acknowledge
 //! every unit since the previous flush, records emitted from `process` every unit of the batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
@@ -141,6 +141,9 @@ pub enum Command {
     Nudge,
     /// Finish everything queued, call `flush`, then reply (a transaction's commit point).
     Barrier(mpsc::SyncSender<()>),
+    /// Plugin upgrade: put this instance in place of the current one (whose partitions were
+    /// released first), close the old one, reply.
+    Swap(Box<Instance>, mpsc::SyncSender<()>),
     /// Close the instance and end the thread.
     Stop,
 }
@@ -159,8 +162,8 @@ pub enum Request {
 /// Shared by every worker of a pipeline.
 #[derive(Debug)]
 pub struct WorkerShared {
-    /// "name version" of the plugin, for messages.
-    pub plugin: String,
+    /// The plugin's name and version, for messages (an upgrade changes it).
+    pub plugin: crate::plugin::PluginLabel,
     /// Outputs by name, with the counter of records emitted to each.
     pub outputs: HashMap<String, (OutputTarget, IntCounter)>,
     /// The Kafka producer, if any output is a topic (or dead letters are on).
@@ -175,6 +178,9 @@ pub struct WorkerShared {
     pub policy: ErrorPolicy,
     /// Events handed to the plugin.
     pub events_in: AtomicU64,
+    /// Of those, events the plugin failed (an event error or a panic): a plugin upgrade's
+    /// error rate is read from these two.
+    pub events_failed: AtomicU64,
     /// Dead-letter replays: the plugin does not see the `sluice.*` provenance headers.
     pub strip_provenance: bool,
     /// Metrics and health.
@@ -394,7 +400,7 @@ impl<'a> Collector for Emitter<'a> {
     }
 
     fn log(&mut self, level: u32, message: &str) {
-        crate::plugin::log_line(&self.shared.plugin, level, message);
+        crate::plugin::log_line(&self.shared.plugin.to_string(), level, message);
     }
 
     fn state_get(
@@ -634,6 +640,10 @@ impl Worker {
                     self.flush();
                     let _ = reply.send(());
                 }
+                Command::Swap(instance, reply) => {
+                    self.swap(*instance);
+                    let _ = reply.send(());
+                }
                 Command::Stop => break,
             }
         }
@@ -645,6 +655,19 @@ impl Worker {
             tracing::warn!(plugin = %shared.plugin, "close failed: {err}");
         }
         self.probe.set(WorkerState::Stopped);
+    }
+
+    /// Puts `instance` in place of the current one and closes that (its partitions were
+    /// released, so nothing of it is pending).
+    fn swap(&mut self, instance: Instance) {
+        let shared = self.shared.clone();
+        self.wants_committed = instance.plugin().wants_committed();
+        self.told.clear();
+        let old = std::mem::replace(&mut self.instance, instance);
+        let label = format!("{} {}", old.plugin().name(), old.plugin().version());
+        if let Err(err) = old.close(&mut Emitter::new(&shared, Ack::many(Vec::new()))) {
+            tracing::warn!(plugin = %label, "close failed: {err}");
+        }
     }
 
     fn hook(&mut self, hook: Hook, partitions: &[TopicPartition]) {
@@ -790,7 +813,8 @@ impl Worker {
     ) {
         let shared = self.shared.clone();
         for event in events {
-            let mut discard = Discard(&shared.plugin, shared.state.as_deref());
+            let label = shared.plugin.to_string();
+            let mut discard = Discard(&label, shared.state.as_deref());
             if let Err(err @ CallError::Panicked(_)) = self
                 .instance
                 .process(std::slice::from_ref(event), &mut discard)
@@ -1120,6 +1144,12 @@ impl Worker {
                 return self.fail_at_panicking_event(&tp, &events, m);
             }
             Err(err) => return self.fail_call(&tp, first.offset(), last_offset, &err),
+        }
+        if !failures.is_empty() {
+            let failed: HashSet<usize> = failures.iter().map(|(i, _, _)| *i).collect();
+            shared
+                .events_failed
+                .fetch_add(failed.len() as u64, Ordering::Relaxed);
         }
         for (index, class, message) in failures {
             if !self.settle(&tp, &events[index], &ack, class, message, true) {

@@ -447,6 +447,27 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// POST `body` (JSON) to `http://127.0.0.1:{port}{path}` with a bearer `token`: the status
+/// code and body, or `None` if nothing answers.
+pub fn http_post(port: u16, path: &str, token: &str, body: &str) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut response = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .map_err(|e| eprintln!("POST {url}: {e}"))
+        .ok()?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().ok()?;
+    Some((status, body))
+}
+
 /// The JSON log lines of a `sluice` log file whose `message` starts with `message`.
 pub fn log_events(log: &str, message: &str) -> Vec<serde_json::Value> {
     log.lines()

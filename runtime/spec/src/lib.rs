@@ -246,6 +246,23 @@ pub struct AdminSpec {
     /// Leave-and-rejoin attempts for `Starved` and `Stalled` before `/healthz` fails.
     #[serde(default = "default_rejoin_attempts")]
     pub rejoin_attempts: u32,
+    /// A plugin upgrade (`POST /plugin`) is judged after the new version's first this many
+    /// events: it goes back to the version before when more than `upgrade-max-error-rate` of
+    /// them failed.
+    #[serde(default = "default_upgrade_watch_events")]
+    pub upgrade_watch_events: u64,
+    /// The share of a new version's first `upgrade-watch-events` events that may fail (an
+    /// event error or a panic) before it is rolled back, from 0 to 1.
+    #[serde(default = "default_upgrade_max_error_rate")]
+    pub upgrade_max_error_rate: f64,
+}
+
+fn default_upgrade_watch_events() -> u64 {
+    1000
+}
+
+fn default_upgrade_max_error_rate() -> f64 {
+    0.1
 }
 
 fn default_starved_after_ms() -> u64 {
@@ -274,6 +291,8 @@ impl Default for AdminSpec {
             stalled_after_ms: default_stalled_after_ms(),
             commits_failing_after_ms: default_commits_failing_after_ms(),
             rejoin_attempts: default_rejoin_attempts(),
+            upgrade_watch_events: default_upgrade_watch_events(),
+            upgrade_max_error_rate: default_upgrade_max_error_rate(),
         }
     }
 }
@@ -1292,6 +1311,12 @@ impl PipelineSpec {
             return Err(self.invalid(
                 "admin.rejoin-attempts",
                 "must be at most 100 (0: fail /healthz at once)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.admin.upgrade_max_error_rate) {
+            return Err(self.invalid(
+                "admin.upgrade-max-error-rate",
+                "must be between 0 (no event may fail) and 1 (never roll back)",
             ));
         }
         Ok(())

@@ -163,11 +163,7 @@ impl Plugin {
             }
         }
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        static LOADED: OnceLock<Mutex<HashMap<PathBuf, Plugin>>> = OnceLock::new();
-        let mut loaded = LOADED
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut loaded = loaded();
         if let Some(plugin) = loaded.get(&key) {
             // The file may have been rebuilt since; a process can only ever run its first load.
             if plugin.sha256 != digest {
@@ -298,6 +294,59 @@ fn signal_name(signal: i32) -> String {
         _ => return format!("signal {signal}"),
     };
     format!("{name}, signal {signal}")
+}
+
+/// The libraries this process has loaded, by canonical path (never unloaded).
+fn loaded() -> std::sync::MutexGuard<'static, HashMap<PathBuf, Plugin>> {
+    static LOADED: OnceLock<Mutex<HashMap<PathBuf, Plugin>>> = OnceLock::new();
+    LOADED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// How many plugin libraries this process has loaded: they are never unloaded, so each
+/// upgrade to a new library keeps one more mapped (`sluice_plugin_libraries_loaded`).
+pub fn libraries_loaded() -> usize {
+    loaded().len()
+}
+
+/// The running plugin's name and version, shared by what names it (log lines, errors, dead
+/// letters, `/status`); a plugin upgrade without a restart changes it.
+#[derive(Debug, Clone)]
+pub struct PluginLabel(std::sync::Arc<std::sync::RwLock<(String, String)>>);
+
+impl PluginLabel {
+    /// The label of `plugin`.
+    pub fn new(plugin: &Plugin) -> Self {
+        PluginLabel(std::sync::Arc::new(std::sync::RwLock::new((
+            plugin.name().to_owned(),
+            plugin.version().to_owned(),
+        ))))
+    }
+
+    /// Now `plugin` runs.
+    pub fn set(&self, plugin: &Plugin) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) =
+            (plugin.name().to_owned(), plugin.version().to_owned());
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> String {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// The plugin's version.
+    pub fn version(&self) -> String {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+}
+
+impl fmt::Display for PluginLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = self.0.read().unwrap_or_else(|e| e.into_inner());
+        write!(f, "{} {}", label.0, label.1)
+    }
 }
 
 /// Opens the library for good and calls its entry point.

@@ -64,7 +64,7 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
     let input = spec.resolve(&file.path);
     let mut reader = FileSource::open(file, &input)?;
     let path = input.display().to_string();
-    let (running, pool) = start(
+    let (mut running, pool) = start(
         spec,
         &Setup {
             // The loop turns at least once per batch, or while waiting for the workers.
@@ -80,6 +80,8 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
         },
     )?;
     let (telemetry, failure) = (running.telemetry.clone(), running.failure.clone());
+    // A file is read once from its first line: no plugin upgrades (`POST /plugin` says so).
+    drop(running.upgrades.take());
     // A file run never resizes its pool: the workers it starts with are the ones it has.
     let workers = pool.len();
     let dispatcher = Arc::new(Mutex::new(Dispatcher::new(

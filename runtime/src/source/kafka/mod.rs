@@ -12,13 +12,15 @@
 //! `consumer` (creation, and the dispatcher's [`crate::dispatch::Source`]: pause, resume,
 //! commit), `rebalance` (librdkafka's callbacks: start offsets, assign and release),
 //! `statistics` (librdkafka's statistics), `commit` (the commit cycle), `answers` (the broker's
-//! answers to asynchronous commits), `watch` (is it making progress); the loop is [`run_with`].
+//! answers to asynchronous commits), `watch` (is it making progress), `upgrade` (plugin
+//! upgrades without a restart); the loop is [`run_with`].
 
 mod answers;
 mod commit;
 mod consumer;
 mod rebalance;
 mod statistics;
+mod upgrade;
 mod watch;
 
 use std::collections::HashMap;
@@ -85,7 +87,7 @@ pub fn run_with(
         ));
     };
     let drain_timeout = Duration::from_millis(source.drain_timeout_ms);
-    let (running, pool) = start(
+    let (mut running, pool) = start(
         spec,
         &Setup {
             // The poll loop may block for a revoke's drain plus a transaction commit.
@@ -102,6 +104,11 @@ pub fn run_with(
     )?;
     let telemetry = running.telemetry.clone();
     let failure = running.failure.clone();
+    // Plugin upgrades without a restart (`POST /plugin`), when the admin endpoint takes them.
+    let mut upgrader = running
+        .upgrades
+        .take()
+        .map(|requests| upgrade::Upgrader::new(requests, spec));
     let dispatcher = Arc::new(Mutex::new(Dispatcher::new(
         pool,
         Settings {
@@ -195,6 +202,9 @@ pub fn run_with(
         cycle.turn(&consumer, &dispatcher);
         if let Some(watch) = &mut watch {
             watch.turn(&consumer, &dispatcher, &telemetry);
+        }
+        if let Some(upgrader) = &mut upgrader {
+            upgrader.turn(spec, &consumer, &dispatcher, &running.shared);
         }
         // The CPU quota changed (an in-place resize): the pool follows, between flush rounds.
         if cycle.idle() {

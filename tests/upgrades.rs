@@ -1,0 +1,249 @@
+//! Plugin upgrades without a restart (`POST /plugin`), on Apache Kafka with input flowing: a
+//! swap under load, refusals that change nothing, a new version that does not open, and one
+//! whose first events fail, rolled back on its own.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_tests::{
+    cc_plugin, free_port, http_get, http_post, log_events, metric, start_with, unique, wait_until,
+    write_spec,
+};
+
+use super::{broker, committed_sum, consume_quick, produce, topics};
+
+/// A C plugin `name` at `version`: `mode` 0 emits `version|payload` to `out` (key and
+/// partition kept), 1 reports every event as invalid input, 2 fails to open.
+fn versioned(dir: &Path, name: &str, version: &str, mode: u32) -> PathBuf {
+    let file = format!("{name}_{}", version.replace('.', "_"));
+    let source = format!(
+        r#"#include <string.h>
+#include "sluice_plugin.h"
+#define VERSION "{version}"
+#define MODE {mode}
+static sluice_status op(sluice_str c, const sluice_open_context *x, const sluice_host *h, void **i) {{
+    (void)c; (void)x;
+    if (MODE == 2) {{ h->fail(h->ctx, SLUICE_STR("this version cannot open")); return SLUICE_STATUS_ERROR; }}
+    *i = (void *)1; return SLUICE_STATUS_OK; }}
+static sluice_status pr(void *i, sluice_events ev, const sluice_host *h) {{
+    (void)i;
+    for (size_t n = 0; n < ev.len; n++) {{
+        if (MODE == 1) {{
+            h->event_error(h->ctx, n, SLUICE_EVENT_ERROR_INVALID_INPUT, SLUICE_STR("this version refuses every event"));
+            continue;
+        }}
+        char buf[4096];
+        size_t vl = sizeof(VERSION) - 1, pl = ev.ptr[n].payload.len;
+        if (vl + 1 + pl > sizeof buf) pl = sizeof buf - vl - 1;
+        memcpy(buf, VERSION, vl); buf[vl] = '|';
+        if (pl) memcpy(buf + vl + 1, ev.ptr[n].payload.ptr, pl);
+        sluice_record r; memset(&r, 0, sizeof r);
+        r.output = SLUICE_STR("out"); r.key = ev.ptr[n].key;
+        r.flags = ev.ptr[n].flags & SLUICE_FLAG_KEY_NULL; r.partition = ev.ptr[n].partition;
+        r.value.ptr = (const uint8_t *)buf; r.value.len = vl + 1 + pl;
+        if (h->emit(h->ctx, &r) != SLUICE_STATUS_OK) return SLUICE_STATUS_ERROR;
+    }}
+    return SLUICE_STATUS_OK; }}
+static sluice_status cl(void *i, const sluice_host *h) {{ (void)i; (void)h; return SLUICE_STATUS_OK; }}
+static const sluice_plugin_vtable VT = {{ .size = sizeof(sluice_plugin_vtable), .open = op, .process = pr, .close = cl }};
+static const sluice_plugin_descriptor D = {{ SLUICE_ABI_MAJOR, SLUICE_ABI_MINOR, SLUICE_STR("{name}"),
+    SLUICE_STR(VERSION), SLUICE_STR("upgrade test plugin"), {{0, 0}}, &VT, 0 }};
+SLUICE_EXPORT const sluice_plugin_descriptor *sluice_plugin_entry(void) {{ return &D; }}
+"#
+    );
+    cc_plugin(dir, &file, &source)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+fn body(lib: &Path, sha: &str) -> String {
+    serde_json::json!({"path": lib, "sha256": sha}).to_string()
+}
+
+fn status(port: u16) -> Value {
+    http_get(port, "/status")
+        .and_then(|(_, body)| serde_json::from_str(&body).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// A swap under load on the real broker: every event reaches the output (or, for the version
+/// that refuses them, the dead letters) and none of them through two versions; refusals
+/// (token, pin, another plugin) change nothing; a version that does not open and one whose
+/// first events fail are rolled back, and `/status`, the log and the metrics say so.
+#[test]
+fn plugin_upgrades_swap_under_load_refuse_and_roll_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(4);
+    let dead = unique("dead");
+    broker().create_topic(&dead, 1);
+    let v1 = versioned(dir.path(), "swapper", "1.0.0", 0);
+    let v2 = versioned(dir.path(), "swapper", "2.0.0", 0);
+    let failing = versioned(dir.path(), "swapper", "3.0.0", 1);
+    let no_open = versioned(dir.path(), "swapper", "4.0.0", 2);
+    let other = versioned(dir.path(), "other", "2.0.0", 0);
+    let port = free_port();
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: upgrades\nplugin:\n  path: {}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{}]\n    group-id: {}\n    commit-interval-ms: 200\nadmin:\n  listen: 127.0.0.1:{port}\n  upgrade-watch-events: 100\n  upgrade-max-error-rate: 0.5\nerror-policy:\n  invalid-input: dead-letter\n  dead-letter-topic: {dead}\noutputs:\n  out:\n    kafka: {{topic: {}}}\n",
+            v1.display(),
+            broker().addr,
+            names.input,
+            names.group,
+            names.output,
+        ),
+    );
+    let token = "s3cret-token";
+    let run = start_with(&spec, dir.path(), &[], &[("SLUICE_ADMIN_TOKEN", token)]);
+    // Input flows all along: 100 events every ~100 ms.
+    let produced = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (input, produced, stop) = (names.input.clone(), produced.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let start = produced.load(Ordering::Relaxed);
+                produce(&input, 100, start);
+                produced.fetch_add(100, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait_until("a first commit", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(300));
+        committed_sum(&names.input, &names.group) > 0
+    });
+    let version = |port| status(port)["plugin"]["version"].clone();
+    let post = |lib: &Path, sha: &str, token: &str| {
+        http_post(port, "/plugin", token, &body(lib, sha)).expect("the admin endpoint answers")
+    };
+
+    // Refused, nothing changed: no token, a wrong pin, another plugin.
+    let (code, text) = post(&v2, &sha256(&v2), "wrong");
+    assert_eq!(code, 401, "{text}");
+    let (code, text) = post(&v2, &"0".repeat(64), token);
+    assert_eq!(code, 422, "{text}");
+    assert!(
+        text.starts_with("upgrade refused, nothing changed: plugin ")
+            && text.contains("sha256")
+            && text.lines().count() == 1,
+        "{text}"
+    );
+    let (code, text) = post(&other, &sha256(&other), token);
+    assert_eq!(code, 422, "{text}");
+    assert!(
+        text.contains("plugin `other`, but this pipeline runs `swapper`"),
+        "{text}"
+    );
+    assert_eq!(version(port), "1.0.0");
+
+    // The swap, under load.
+    let (code, text) = post(&v2, &sha256(&v2), token);
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.starts_with("upgraded swapper 1.0.0 -> swapper 2.0.0"),
+        "{text}"
+    );
+    assert_eq!(version(port), "2.0.0");
+    wait_until(
+        "2.0.0 kept after its trial",
+        Duration::from_secs(60),
+        || status(port)["plugin"]["last_upgrade"]["outcome"] == "upgraded",
+    );
+
+    // A version that does not open: the old one stays.
+    let (code, text) = post(&no_open, &sha256(&no_open), token);
+    assert_eq!(code, 409, "{text}");
+    assert!(
+        text.contains("rolled back to swapper 2.0.0") && text.contains("this version cannot open"),
+        "{text}"
+    );
+    assert_eq!(version(port), "2.0.0");
+
+    // A version whose every event fails: rolled back after its first 100.
+    let (code, text) = post(&failing, &sha256(&failing), token);
+    assert_eq!(code, 200, "{text}");
+    wait_until(
+        "the failing version rolled back",
+        Duration::from_secs(60),
+        || {
+            let s = status(port);
+            s["plugin"]["version"] == "2.0.0"
+                && s["plugin"]["last_upgrade"]["outcome"] == "rolled-back"
+        },
+    );
+    let upgrade = status(port)["plugin"]["last_upgrade"].clone();
+    assert_eq!(upgrade["to"], "swapper 3.0.0", "{upgrade}");
+    assert!(
+        upgrade["message"]
+            .as_str()
+            .unwrap()
+            .contains("of its first 100 events failed"),
+        "{upgrade}"
+    );
+    let m = http_get(port, "/metrics").unwrap().1;
+    let upgrades = |outcome| metric(&m, "sluice_plugin_upgrades_total", &[("outcome", outcome)]);
+    assert_eq!(upgrades("upgraded"), Some(2.0), "{m}");
+    assert_eq!(upgrades("refused"), Some(2.0), "{m}");
+    assert_eq!(upgrades("rolled-back"), Some(2.0), "{m}");
+    assert_eq!(
+        metric(&m, "sluice_plugin_libraries_loaded", &[]),
+        Some(5.0),
+        "v1, v2, the other plugin, the one that does not open, the failing one: {m}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    producer.join().unwrap();
+    let total = produced.load(Ordering::Relaxed);
+    wait_until("every event committed", Duration::from_secs(120), || {
+        std::thread::sleep(Duration::from_millis(500));
+        committed_sum(&names.input, &names.group) == total as i64
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(log_events(&log, "plugin upgraded").len(), 2, "{log}");
+    assert_eq!(
+        log_events(&log, "plugin upgrade rolled back").len(),
+        2,
+        "{log}"
+    );
+
+    // Every event once: through 1.0.0, 2.0.0, or (refused by 3.0.0) the dead letters.
+    let mut seen: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for r in consume_quick(&names.output) {
+        let value = r["value"].as_str().unwrap();
+        let (version, payload) = value.split_once('|').unwrap();
+        let seq = serde_json::from_str::<Value>(payload).unwrap()["seq"]
+            .as_i64()
+            .unwrap();
+        seen.entry(seq).or_default().insert(version.to_owned());
+    }
+    for r in consume_quick(&dead) {
+        let seq = serde_json::from_str::<Value>(r["value"].as_str().unwrap()).unwrap()["seq"]
+            .as_i64()
+            .unwrap();
+        seen.entry(seq).or_default().insert("dead letter".into());
+    }
+    let missing: Vec<i64> = (0..total as i64)
+        .filter(|s| !seen.contains_key(s))
+        .collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    let twice: Vec<_> = seen.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(twice.is_empty(), "through two versions: {twice:?}");
+    let by: BTreeSet<&String> = seen.values().flatten().collect();
+    assert_eq!(
+        by.into_iter().cloned().collect::<Vec<_>>(),
+        ["1.0.0", "2.0.0", "dead letter"],
+        "each version ran"
+    );
+}
