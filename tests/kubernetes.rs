@@ -280,6 +280,11 @@ fn wait_until_or(
 /// The `sluice-vpa` binary, started as the ServiceAccount `deploy/operator` creates (a token
 /// of `sluice-vpa` in `sluice-system`: only the grants its Role and ClusterRole give it).
 fn operator(plane: &ControlPlane, name: &str) -> (Running, u16) {
+    operator_with(plane, name, &[])
+}
+
+/// [`operator`] with more environment.
+fn operator_with(plane: &ControlPlane, name: &str, env: &[(&str, &str)]) -> (Running, u16) {
     let kubeconfig = plane.service_account_kubeconfig("sluice-system", "sluice-vpa");
     let probes = free_port();
     let log = plane.dir().join(format!("{name}.log"));
@@ -291,6 +296,7 @@ fn operator(plane: &ControlPlane, name: &str) -> (Running, u16) {
         .env("SLUICE_VPA_WATCH_NAMESPACES", "pipelines")
         .env("SLUICE_VPA_RESYNC_S", "5")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
         .spawn()
@@ -815,4 +821,234 @@ fn the_in_place_loop_resizes_patches_back_and_holds_through_a_reclaim_and_a_quot
     }
     let (code, log) = operator.stop();
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// `plugin.upgrade: in-place` on the real API server: a change of only the plugin's path and
+/// sha256 goes to the running pod's admin endpoint (a real `sluice run` on 127.0.0.1:9464, on
+/// Apache Kafka, standing in for the pod the emulated kubelet runs) instead of a rollout: the
+/// pod and its template stay, the pod runs the new library, and the status and an Event say
+/// so. A new version the pod cannot open turns into a rollout (the template changes once).
+#[test]
+fn a_plugin_only_change_goes_to_the_pods_in_place_and_a_refusal_rolls() {
+    use sluice_tests::{Broker, sha256, start_with, versioned_plugin, write_spec};
+    let plane = installed_plane();
+    let kubelet = Kubelet::start(&plane, &[("node-a", 8000)], &["pipelines"]);
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = versioned_plugin(dir.path(), "swapper", "1.0.0", 0);
+    let v2 = versioned_plugin(dir.path(), "swapper", "2.0.0", 0);
+    let broken = versioned_plugin(dir.path(), "swapper", "3.0.0", 2);
+    let token = "in-place-token";
+    plane.kubectl(&[
+        "-n",
+        "pipelines",
+        "create",
+        "secret",
+        "generic",
+        "sluice-upgrade-token",
+        &format!("--from-literal=token={token}"),
+    ]);
+    // "The pod": the pipeline the Deployment would run, on the admin port the operator calls.
+    let input = sluice_tests::unique("in");
+    let output = sluice_tests::unique("out");
+    broker.create_topic(&input, 2);
+    broker.create_topic(&output, 2);
+    let spec = write_spec(
+        dir.path(),
+        &format!(
+            "name: upgrader\nplugin:\n  path: {}\n  sha256: {}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{input}]\n    group-id: {}\n    commit-interval-ms: 200\nadmin:\n  listen: 127.0.0.1:{}\n  upgrade-watch-events: 20\noutputs:\n  out:\n    kafka: {{topic: {output}}}\n",
+            v1.display(),
+            sha256(&v1),
+            broker.addr,
+            sluice_tests::unique("group"),
+            sluice_vpa::manifests::ADMIN_PORT,
+        ),
+    );
+    // The token as the pod and the operator get it: a mounted Secret's file.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let token_file = token_file.to_str().unwrap();
+    let pod = start_with(
+        &spec,
+        dir.path(),
+        &[],
+        &[("SLUICE_ADMIN_TOKEN_FILE", token_file)],
+    );
+    let admin = sluice_vpa::manifests::ADMIN_PORT;
+    wait_until("the pod's admin endpoint", Duration::from_secs(60), || {
+        http_get(admin, "/status").is_some()
+    });
+    let running = || {
+        http_get(admin, "/status")
+            .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+            .map(|s| {
+                s["plugin"]["version"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    // Events flow, so a new version's trial (20 events) ends.
+    let feeding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let feeder = {
+        let (feeding, addr, input) = (feeding.clone(), broker.addr.clone(), input.clone());
+        std::thread::spawn(move || {
+            let mut start = 0;
+            while feeding.load(std::sync::atomic::Ordering::Relaxed) {
+                sluice_tests::kafka_tool(&[
+                    "produce",
+                    "--broker",
+                    &addr,
+                    "--topic",
+                    &input,
+                    "--count",
+                    "50",
+                    "--start",
+                    &start.to_string(),
+                ]);
+                start += 50;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+
+    let mut sp: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root().join("deploy/examples/streampipeline.yaml")).unwrap(),
+    )
+    .unwrap();
+    sp["metadata"]["name"] = "upgrader".into();
+    sp["spec"]["replicas"] = serde_json::json!({"min": 1, "max": 1});
+    let plugin = |lib: &Path| {
+        serde_json::json!({"path": lib, "sha256": sha256(lib), "upgrade": "in-place",
+                           "config": {"min_fare": 5}})
+    };
+    sp["spec"]["plugin"] = plugin(&v1);
+    let file = dir.path().join("upgrader.json");
+    let apply_sp = |sp: &Value| {
+        std::fs::write(&file, sp.to_string()).unwrap();
+        plane.kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    };
+    apply_sp(&sp);
+    let (operator, _) = operator_with(
+        &plane,
+        "sluice-vpa-upgrades",
+        &[("SLUICE_VPA_UPGRADE_TOKEN_FILE", token_file)],
+    );
+    let get = |kind: &str, name: &str| {
+        json(&plane.kubectl(&["-n", "pipelines", "get", kind, name, "-o", "json"]))
+    };
+    let pods = || -> Vec<String> {
+        json(&plane.kubectl(&[
+            "-n",
+            "pipelines",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/instance=upgrader",
+            "-o",
+            "json",
+        ]))["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["metadata"]["deletionTimestamp"].is_null() && p["status"]["phase"] == "Running"
+            })
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let log = operator.log.clone();
+    let show = |what: &str| {
+        format!(
+            "{what}\nstatus {}\npods {:?}\n--- operator ---\n{}",
+            get("streampipeline", "upgrader")["status"],
+            pods(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    };
+    wait_until_or(
+        "the pod runs",
+        Duration::from_secs(90),
+        &|| show("no pod"),
+        || pods().len() == 1,
+    );
+    let first = pods();
+    let template_hash = || {
+        get("deployment", "upgrader")["spec"]["template"]["metadata"]["annotations"]
+            ["sluice.dev/config-hash"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let before = template_hash();
+    let template = get("deployment", "upgrader")["spec"]["template"]["spec"].clone();
+    assert!(
+        template["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "SLUICE_ADMIN_TOKEN_FILE")
+            && template["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "sluice-upgrade-token"),
+        "{template}"
+    );
+    assert_eq!(running(), "1.0.0");
+
+    // Only the plugin changes: in place.
+    sp["spec"]["plugin"] = plugin(&v2);
+    apply_sp(&sp);
+    wait_until_or(
+        "the pod upgraded in place",
+        Duration::from_secs(120),
+        &|| show("not upgraded"),
+        || {
+            get("streampipeline", "upgrader")["status"]["pluginUpgrade"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("every pod runs plugin sha256"))
+        },
+    );
+    assert_eq!(running(), "2.0.0");
+    assert_eq!(pods(), first, "the same pod: no rollout");
+    assert_eq!(template_hash(), before, "the template did not change");
+    let config_map = get("configmap", "upgrader")["data"]["pipeline.yaml"].clone();
+    assert!(
+        config_map.as_str().unwrap().contains(&sha256(&v2)),
+        "a pod that starts reads the new library: {config_map}"
+    );
+    let events = plane.kubectl(&["-n", "pipelines", "get", "events", "-o", "json"]);
+    assert!(
+        events.contains("PluginUpgrading") && events.contains("PluginUpgraded"),
+        "{events}"
+    );
+
+    // A version the pod cannot open: refused there, so every pod rolls instead.
+    sp["spec"]["plugin"] = plugin(&broken);
+    apply_sp(&sp);
+    wait_until_or(
+        "a rollout instead",
+        Duration::from_secs(120),
+        &|| show("no rollout"),
+        || template_hash() != before,
+    );
+    let status = get("streampipeline", "upgrader")["status"]["pluginUpgrade"].clone();
+    assert_eq!(status["rolled"], sha256(&broken), "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("refused the upgrade") && m.contains("cannot open")),
+        "{status}"
+    );
+    assert_eq!(running(), "2.0.0", "the pod kept the version it had");
+    let events = plane.kubectl(&["-n", "pipelines", "get", "events", "-o", "json"]);
+    assert!(events.contains("PluginUpgradeRolled"), "{events}");
+
+    feeding.store(false, std::sync::atomic::Ordering::Relaxed);
+    feeder.join().unwrap();
+    let (code, log) = pod.stop();
+    assert_eq!(code, Some(0), "{log}");
+    drop(kubelet);
 }

@@ -3,68 +3,18 @@
 //! whose first events fail, rolled back on its own.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
 use sluice_tests::{
-    cc_plugin, free_port, http_get, http_post, log_events, metric, start_with, unique, wait_until,
-    write_spec,
+    free_port, http_get, http_post, log_events, metric, sha256, start_with, unique,
+    versioned_plugin as versioned, wait_until, write_spec,
 };
 
 use super::{broker, committed_sum, consume_quick, produce, topics};
-
-/// A C plugin `name` at `version`: `mode` 0 emits `version|payload` to `out` (key and
-/// partition kept), 1 reports every event as invalid input, 2 fails to open.
-fn versioned(dir: &Path, name: &str, version: &str, mode: u32) -> PathBuf {
-    let file = format!("{name}_{}", version.replace('.', "_"));
-    let source = format!(
-        r#"#include <string.h>
-#include "sluice_plugin.h"
-#define VERSION "{version}"
-#define MODE {mode}
-static sluice_status op(sluice_str c, const sluice_open_context *x, const sluice_host *h, void **i) {{
-    (void)c; (void)x;
-    if (MODE == 2) {{ h->fail(h->ctx, SLUICE_STR("this version cannot open")); return SLUICE_STATUS_ERROR; }}
-    *i = (void *)1; return SLUICE_STATUS_OK; }}
-static sluice_status pr(void *i, sluice_events ev, const sluice_host *h) {{
-    (void)i;
-    for (size_t n = 0; n < ev.len; n++) {{
-        if (MODE == 1) {{
-            h->event_error(h->ctx, n, SLUICE_EVENT_ERROR_INVALID_INPUT, SLUICE_STR("this version refuses every event"));
-            continue;
-        }}
-        char buf[4096];
-        size_t vl = sizeof(VERSION) - 1, pl = ev.ptr[n].payload.len;
-        if (vl + 1 + pl > sizeof buf) pl = sizeof buf - vl - 1;
-        memcpy(buf, VERSION, vl); buf[vl] = '|';
-        if (pl) memcpy(buf + vl + 1, ev.ptr[n].payload.ptr, pl);
-        sluice_record r; memset(&r, 0, sizeof r);
-        r.output = SLUICE_STR("out"); r.key = ev.ptr[n].key;
-        r.flags = ev.ptr[n].flags & SLUICE_FLAG_KEY_NULL; r.partition = ev.ptr[n].partition;
-        r.value.ptr = (const uint8_t *)buf; r.value.len = vl + 1 + pl;
-        if (h->emit(h->ctx, &r) != SLUICE_STATUS_OK) return SLUICE_STATUS_ERROR;
-    }}
-    return SLUICE_STATUS_OK; }}
-static sluice_status cl(void *i, const sluice_host *h) {{ (void)i; (void)h; return SLUICE_STATUS_OK; }}
-static const sluice_plugin_vtable VT = {{ .size = sizeof(sluice_plugin_vtable), .open = op, .process = pr, .close = cl }};
-static const sluice_plugin_descriptor D = {{ SLUICE_ABI_MAJOR, SLUICE_ABI_MINOR, SLUICE_STR("{name}"),
-    SLUICE_STR(VERSION), SLUICE_STR("upgrade test plugin"), {{0, 0}}, &VT, 0 }};
-SLUICE_EXPORT const sluice_plugin_descriptor *sluice_plugin_entry(void) {{ return &D; }}
-"#
-    );
-    cc_plugin(dir, &file, &source)
-}
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
-}
 
 fn body(lib: &Path, sha: &str) -> String {
     serde_json::json!({"path": lib, "sha256": sha}).to_string()

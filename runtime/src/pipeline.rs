@@ -130,8 +130,9 @@ pub(crate) fn start(
     ));
     let admin_listen = spec.admin.listen.as_deref().filter(|_| setup.admin);
     // Plugin upgrades through the admin endpoint, when a token is set.
-    let (upgrades, upgrade_requests) = match std::env::var(crate::upgrade::TOKEN_ENV) {
-        Ok(token) if !token.is_empty() && admin_listen.is_some() => {
+    let token = crate::upgrade::admin_token().map_err(RunError::Setup)?;
+    let (upgrades, upgrade_requests) = match token {
+        Some(token) if admin_listen.is_some() => {
             let (requests, inbox) = std::sync::mpsc::channel();
             (
                 Some(crate::admin::Upgrades { token, requests }),

@@ -20,8 +20,30 @@ use crate::plugin::{Plugin, check};
 use crate::status::UpgradeStatus;
 
 /// The environment variable holding the admin endpoint's bearer token for `POST /plugin`:
-/// without it, upgrades are off.
+/// without it (or [`TOKEN_FILE_ENV`]), upgrades are off.
 pub const TOKEN_ENV: &str = "SLUICE_ADMIN_TOKEN";
+/// The environment variable naming a file that holds the token (a mounted Secret).
+pub const TOKEN_FILE_ENV: &str = "SLUICE_ADMIN_TOKEN_FILE";
+
+/// The admin token, from [`TOKEN_ENV`] or the file [`TOKEN_FILE_ENV`] names (trimmed); `None`
+/// when neither gives a non-empty one.
+pub fn admin_token() -> Result<Option<String>, String> {
+    if let Some(token) = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
+        return Ok(Some(token));
+    }
+    let Some(file) = std::env::var_os(TOKEN_FILE_ENV).filter(|f| !f.is_empty()) else {
+        return Ok(None);
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(token) => Ok(Some(token.trim().to_owned()).filter(|t| !t.is_empty())),
+        // An optional Secret that is not there: upgrades are off, as without the variable.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "{TOKEN_FILE_ENV}: cannot read {}: {e}",
+            std::path::Path::new(&file).display()
+        )),
+    }
+}
 
 /// What a `POST /plugin` asks, and where the answer goes.
 #[derive(Debug)]

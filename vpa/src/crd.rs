@@ -80,6 +80,30 @@ pub struct PluginSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
     pub config: Option<serde_json::Value>,
+    /// How a change of only `path` and `sha256` (same image, same config) reaches running
+    /// pods: `rollout` (a rolling update) or `in-place` (each pod's admin endpoint swaps the
+    /// library without a restart, one pod at a time; needs `sha256`, the new library in the
+    /// image at its own path, and the `sluice-upgrade-token` Secret; a pod that refuses or rolls
+    /// back turns it into a rollout). Any other change rolls.
+    #[serde(default, skip_serializing_if = "PluginUpgrade::is_rollout")]
+    pub upgrade: PluginUpgrade,
+}
+
+/// `spec.plugin.upgrade`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginUpgrade {
+    /// A rolling update.
+    #[default]
+    Rollout,
+    /// Through each pod's admin endpoint (`POST /plugin`), one pod at a time.
+    InPlace,
+}
+
+impl PluginUpgrade {
+    fn is_rollout(&self) -> bool {
+        *self == PluginUpgrade::Rollout
+    }
 }
 
 fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -329,6 +353,26 @@ pub struct StreamPipelineStatus {
     /// only every few minutes (drift repair), not on every resync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<AppliedChildren>,
+    /// `plugin.upgrade: in-place`: where the plugin upgrade of the running pods stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_upgrade: Option<PluginUpgradeStatus>,
+}
+
+/// An in-place plugin upgrade of the running pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginUpgradeStatus {
+    /// The library's sha256 the pods are being brought to.
+    pub sha256: String,
+    /// The pod asked last (its trial must end before the next pod is asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The sha256 of a plugin that could not be upgraded in place and rolled the pods instead
+    /// (part of the pod template, so the rollout happens once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled: Option<String>,
+    /// Where it stands, in one line.
+    pub message: String,
 }
 
 /// The capacity policy's memory (RFC 3339 times).

@@ -15,6 +15,7 @@ pub mod crd;
 pub mod manifests;
 pub mod policy;
 pub mod simulate;
+pub mod upgrade;
 
 /// Paths in the repository, and its example StreamPipeline (tests and `render-example`).
 pub mod repo {

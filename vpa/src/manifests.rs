@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 
 use sha2::{Digest, Sha256};
 
-use crate::crd::{AppliedBy, ControlledValues, MAX_PARTITIONS, Quantities, StreamPipeline, Tier};
+use crate::crd::{
+    AppliedBy, ControlledValues, MAX_PARTITIONS, PluginUpgrade, Quantities, StreamPipeline, Tier,
+};
 
 /// The admin port (metrics and probes) of every pipeline pod.
 pub const ADMIN_PORT: u16 = 9464;
@@ -248,6 +250,9 @@ pub fn check(sp: &StreamPipeline) -> Result<Bounds, String> {
     if spec.plugin.path.trim().is_empty() {
         return Err("spec.plugin.path: empty: give the plugin's path inside the image".into());
     }
+    if spec.plugin.upgrade == PluginUpgrade::InPlace && spec.plugin.sha256.is_none() {
+        return Err("spec.plugin.upgrade: in-place needs spec.plugin.sha256: a pod swaps only a pinned library (`sha256sum` of the .so in the image)".into());
+    }
     if spec.kafka.topics.is_empty() || spec.kafka.topics.iter().any(|t| t.trim().is_empty()) {
         return Err("spec.kafka.topics: list at least one topic, none empty".into());
     }
@@ -374,6 +379,9 @@ pub fn drain_and_grace(sp: &StreamPipeline, placement: &Placement) -> (u64, u64)
 /// Where a stateful pipeline's pod keeps its state stores (an `emptyDir`).
 pub const STATE_DIR: &str = "/var/lib/sluice/state";
 
+/// Where `plugin.upgrade: in-place` pods mount the `sluice-upgrade-token` Secret.
+pub const UPGRADE_TOKEN_DIR: &str = "/var/run/sluice/upgrade-token";
+
 /// The pipeline spec the runtime reads: `spec.pipeline` plus what the resource's own fields say
 /// (the drain timeout as `drain_and_grace` gives it).
 pub fn pipeline_yaml(sp: &StreamPipeline, drain_ms: u64) -> String {
@@ -472,8 +480,23 @@ pub fn children_sized(
         "data": {"pipeline.yaml": pipeline_yaml},
     });
     // The runtime reads its spec once, at start: a changed spec must be a rollout, so its hash
-    // is on the pod template (and so is the restart nonce, when set).
-    let mut pod_annotations = json!({CONFIG_HASH: config_hash(&pipeline_yaml)});
+    // is on the pod template (and so is the restart nonce, when set). With `plugin.upgrade:
+    // in-place` the plugin's path and sha256 stay out of it (the operator swaps the library in
+    // the running pods; a pod that starts reads the new spec), unless an upgrade had to roll.
+    let in_place = sp.spec.plugin.upgrade == PluginUpgrade::InPlace;
+    let hashed = if in_place {
+        let mut without = sp.clone();
+        without.spec.plugin.path = String::new();
+        without.spec.plugin.sha256 = sp
+            .status
+            .as_ref()
+            .and_then(|s| s.plugin_upgrade.as_ref())
+            .and_then(|u| u.rolled.clone());
+        self::pipeline_yaml(&without, drain_ms)
+    } else {
+        pipeline_yaml.clone()
+    };
+    let mut pod_annotations = json!({CONFIG_HASH: config_hash(&hashed)});
     if let Some(nonce) = sp.spec.restart_nonce {
         pod_annotations[RESTART_NONCE] = json!(nonce.to_string());
     }
@@ -512,6 +535,16 @@ pub fn children_sized(
     ];
     let mut mounts = vec![json!({"name": "spec", "mountPath": "/etc/sluice", "readOnly": true})];
     let mut volumes = vec![json!({"name": "spec", "configMap": {"name": name}})];
+    if in_place {
+        // The admin endpoint's bearer token for `POST /plugin`, a mounted Secret; without it
+        // the pod starts, refuses upgrades, and the operator rolls instead.
+        env.push(json!({"name": "SLUICE_ADMIN_TOKEN_FILE", "value": format!("{UPGRADE_TOKEN_DIR}/token")}));
+        mounts.push(
+            json!({"name": "upgrade-token", "mountPath": UPGRADE_TOKEN_DIR, "readOnly": true}),
+        );
+        volumes.push(json!({"name": "upgrade-token", "secret": {
+            "secretName": crate::upgrade::TOKEN_SECRET, "optional": true}}));
+    }
     if stateful {
         env.push(json!({"name": "SLUICE_STATE_DIR", "value": STATE_DIR}));
         mounts.push(json!({"name": "state", "mountPath": STATE_DIR}));
@@ -896,6 +929,64 @@ mod tests {
 
     fn example() -> StreamPipeline {
         crate::repo::example().unwrap()
+    }
+
+    #[test]
+    fn an_in_place_plugin_change_leaves_the_template_and_anything_else_rolls() {
+        let hash = |sp: &StreamPipeline| {
+            children(sp, 2, &Placement::neutral()).deployment["spec"]["template"]["metadata"]
+                ["annotations"][CONFIG_HASH]
+                .clone()
+        };
+        let mut sp = example();
+        sp.spec.plugin.sha256 = Some("a".repeat(64));
+        let rolling = hash(&sp);
+        sp.spec.plugin.upgrade = PluginUpgrade::InPlace;
+        let in_place = hash(&sp);
+        // A new library: the ConfigMap says so, the template does not.
+        sp.spec.plugin.path = "/plugins/libfilter_and_enrich-2.so".into();
+        sp.spec.plugin.sha256 = Some("b".repeat(64));
+        assert_eq!(hash(&sp), in_place);
+        let c = children(&sp, 2, &Placement::neutral());
+        assert!(
+            c.config_map["data"]["pipeline.yaml"]
+                .as_str()
+                .unwrap()
+                .contains(&"b".repeat(64))
+        );
+        let env = &c.deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "SLUICE_ADMIN_TOKEN_FILE")
+        );
+        // With `rollout` the same change rolls.
+        let mut rolled = sp.clone();
+        rolled.spec.plugin.upgrade = PluginUpgrade::Rollout;
+        assert_ne!(hash(&rolled), rolling);
+        // Anything else rolls in place mode too: the config...
+        let mut config = sp.clone();
+        config.spec.plugin.config = Some(json!({"min_fare": 7}));
+        assert_ne!(hash(&config), in_place);
+        // ...and an upgrade the pods could not take (the operator records it in the status).
+        let mut refused = sp.clone();
+        refused.status = Some(crate::crd::StreamPipelineStatus {
+            plugin_upgrade: Some(crate::crd::PluginUpgradeStatus {
+                sha256: "b".repeat(64),
+                rolled: Some("b".repeat(64)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_ne!(hash(&refused), in_place);
+        // In place needs a pinned library.
+        sp.spec.plugin.sha256 = None;
+        assert!(
+            check(&sp)
+                .unwrap_err()
+                .contains("spec.plugin.upgrade: in-place needs spec.plugin.sha256")
+        );
     }
 
     #[test]

@@ -26,9 +26,10 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use sluice_vpa::crd::{
-    AppliedBy, AppliedChildren, Condition, FastStatus, HeldPod, PolicyStatus, Quantities,
-    RefusedResize, StreamPipeline, StreamPipelineStatus,
+    AppliedBy, AppliedChildren, Condition, FastStatus, HeldPod, PluginUpgrade, PluginUpgradeStatus,
+    PolicyStatus, Quantities, RefusedResize, StreamPipeline, StreamPipelineStatus,
 };
+use sluice_vpa::manifests::ADMIN_PORT;
 use sluice_vpa::manifests::{
     Bounds, CONTAINER, CPU_BURST, Placement, ResizeState, actual_cpu, at_least_cpus, check,
     children_sized, cpu_millis, cpu_resize_patch, memory_bytes, millis_quantity,
@@ -38,6 +39,7 @@ use sluice_vpa::policy::{
     self, Action, Change, DEFER_GRACE_S, Decision, FRESH_S, FastAction, FastInputs, FastLoop,
     FastState, HOLD_S, PolicyConfig, Reason, aligned_replicas,
 };
+use sluice_vpa::upgrade::{PodPlugin, Step, next_step};
 
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "sluice-vpa";
@@ -150,6 +152,9 @@ pub struct Context {
     pub reapply_every: Duration,
     /// The API server's minor version (read at start), when it says.
     pub server_minor: Option<u32>,
+    /// The bearer token for the pods' `POST /plugin` (`SLUICE_VPA_UPGRADE_TOKEN`; the pods get
+    /// the same from the `sluice-upgrade-token` Secret); without it in-place upgrades roll.
+    pub upgrade_token: Option<String>,
 }
 
 impl std::fmt::Debug for Context {
@@ -1461,6 +1466,13 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
             Err(e) => return Err(e.into()),
         }
     }
+    let mut requeue = ctx.resync;
+    if sp.spec.plugin.upgrade == PluginUpgrade::InPlace && !sp.spec.suspend {
+        match upgrade_in_place(&sp, ctx, &namespace, &mut statuses, &mut events).await? {
+            Some(sooner) => requeue = requeue.min(sooner),
+            None => return again(),
+        }
+    }
     let reference = sp.object_ref(&());
     for (warning, reason, note) in events {
         tracing::info!(pipeline = %name, %namespace, %reason, "{note}");
@@ -1485,7 +1497,198 @@ async fn reconcile_once(sp: Arc<StreamPipeline>, ctx: &Context) -> Result<Requeu
             tracing::warn!(pipeline = %name, %namespace, %reason, "event not written: {e}");
         }
     }
-    Ok(Requeue::requeue(ctx.resync))
+    Ok(Requeue::requeue(requeue))
+}
+
+/// How long a pod's admin endpoint may take to answer.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A swap drains every partition first: the pod answers once it is done.
+const SWAP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How soon to look again while a pod's new version is on trial.
+const UPGRADE_POLL: Duration = Duration::from_secs(5);
+
+/// `plugin.upgrade: in-place`: asks the running pods, one at a time, to swap to the spec's
+/// library (`sluice_vpa::upgrade::next_step`), and rolls them instead when one cannot. Returns
+/// how soon to look again (`None`: the status changed under us, read again).
+async fn upgrade_in_place(
+    sp: &StreamPipeline,
+    ctx: &Context,
+    namespace: &str,
+    statuses: &mut StatusWriter,
+    events: &mut Vec<(bool, String, String)>,
+) -> Result<Option<Duration>, Error> {
+    let Some(wanted) = sp.spec.plugin.sha256.clone() else {
+        return Ok(Some(ctx.resync)); // refused by `check` before anything was applied
+    };
+    let wanted = wanted.to_ascii_lowercase();
+    let name = sp.name_any();
+    let current = statuses.written.clone().unwrap_or_default();
+    let known = current.plugin_upgrade.clone();
+    if known.as_ref().and_then(|u| u.rolled.as_deref()) == Some(wanted.as_str()) {
+        return Ok(Some(ctx.resync)); // rolling out instead: the new pods run it
+    }
+    let listed =
+        Api::<DynamicObject>::namespaced_with(ctx.client.clone(), namespace, &pods_resource())
+            .list(&kube::api::ListParams::default().labels(&pod_selector(&name)))
+            .await?;
+    let mut pods = Vec::new();
+    for pod in &listed.items {
+        let pod = serde_json::to_value(pod).unwrap_or_default();
+        let running =
+            pod["status"]["phase"] == "Running" && pod["metadata"]["deletionTimestamp"].is_null();
+        let (Some(pod_name), Some(ip)) = (
+            pod["metadata"]["name"].as_str(),
+            pod["status"]["podIP"].as_str(),
+        ) else {
+            continue;
+        };
+        if !running {
+            continue;
+        }
+        let url = format!("http://{ip}:{ADMIN_PORT}/status");
+        let view = blocking_http(move || {
+            let agent = agent(ADMIN_TIMEOUT);
+            agent
+                .get(&url)
+                .call()
+                .ok()?
+                .body_mut()
+                .read_json::<Value>()
+                .ok()
+        })
+        .await
+        .and_then(|status| PodPlugin::from_status(pod_name, &status));
+        pods.push((pod_name.to_owned(), view));
+    }
+    if pods.is_empty() {
+        return Ok(Some(UPGRADE_POLL));
+    }
+    let mut next = known.clone().unwrap_or_default();
+    let step = next_step(&wanted, &pods, known.as_ref());
+    let (sooner, event) = match &step {
+        Step::Done => {
+            let done = format!("every pod runs plugin sha256 {}", &wanted[..12]);
+            if known
+                .as_ref()
+                .is_none_or(|k| k.sha256 == wanted && k.message == done)
+                || known.is_none()
+            {
+                return Ok(Some(ctx.resync));
+            }
+            next = PluginUpgradeStatus {
+                sha256: wanted.clone(),
+                pod: None,
+                message: done.clone(),
+                ..next
+            };
+            (ctx.resync, Some((false, "PluginUpgraded".to_owned(), done)))
+        }
+        Step::Wait(_) => return Ok(Some(UPGRADE_POLL)),
+        Step::Upgrade(pod) => {
+            let ip = listed
+                .items
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(pod.as_str()))
+                .and_then(|p| p.data["status"]["podIP"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let answer = match &ctx.upgrade_token {
+                None => Err("the operator has no SLUICE_VPA_UPGRADE_TOKEN".to_owned()),
+                Some(token) => {
+                    let (token, path) = (token.clone(), sp.spec.plugin.path.clone());
+                    let body = serde_json::json!({"path": path, "sha256": wanted}).to_string();
+                    let url = format!("http://{ip}:{ADMIN_PORT}/plugin");
+                    blocking_http(move || {
+                        let agent = agent(SWAP_TIMEOUT);
+                        let mut response = agent
+                            .post(&url)
+                            .header("Authorization", &format!("Bearer {token}"))
+                            .header("Content-Type", "application/json")
+                            .send(&body)
+                            .map_err(|e| e.to_string());
+                        Some(match &mut response {
+                            Ok(r) if r.status().as_u16() == 200 => Ok(()),
+                            Ok(r) => Err(format!(
+                                "{} {}",
+                                r.status().as_u16(),
+                                r.body_mut().read_to_string().unwrap_or_default().trim()
+                            )),
+                            Err(e) => Err(e.clone()),
+                        })
+                    })
+                    .await
+                    .unwrap_or_else(|| Err("no answer".into()))
+                }
+            };
+            match answer {
+                Ok(()) => {
+                    let note = format!("pod {pod}: swapping to {} in place", sp.spec.plugin.path);
+                    next = PluginUpgradeStatus {
+                        sha256: wanted.clone(),
+                        pod: Some(pod.clone()),
+                        message: note.clone(),
+                        ..next
+                    };
+                    (
+                        UPGRADE_POLL,
+                        Some((false, "PluginUpgrading".to_owned(), note)),
+                    )
+                }
+                Err(why) => roll(
+                    &mut next,
+                    &wanted,
+                    format!("pod {pod} refused the upgrade: {why}"),
+                ),
+            }
+        }
+        Step::Roll(why) => roll(&mut next, &wanted, why.clone()),
+    };
+    if !statuses
+        .write(StreamPipelineStatus {
+            plugin_upgrade: Some(next),
+            ..current
+        })
+        .await?
+    {
+        return Ok(None);
+    }
+    if let Some(event) = event {
+        events.push(event);
+    }
+    Ok(Some(sooner))
+}
+
+/// The upgrade could not be done in place: the pod template takes the new sha256 (a rollout).
+fn roll(
+    next: &mut PluginUpgradeStatus,
+    wanted: &str,
+    why: String,
+) -> (Duration, Option<(bool, String, String)>) {
+    let note = format!("rolling every pod instead: {why}");
+    *next = PluginUpgradeStatus {
+        sha256: wanted.to_owned(),
+        pod: None,
+        rolled: Some(wanted.to_owned()),
+        message: note.clone(),
+    };
+    (
+        Duration::from_secs(1),
+        Some((true, "PluginUpgradeRolled".to_owned(), note)),
+    )
+}
+
+/// A blocking HTTP call, off the async runtime.
+async fn blocking_http<T: Send + 'static>(
+    call: impl FnOnce() -> Option<T> + Send + 'static,
+) -> Option<T> {
+    tokio::task::spawn_blocking(call).await.ok().flatten()
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
 }
 
 /// Writes a pipeline's status by server-side apply with the resourceVersion last read or
@@ -2546,6 +2749,7 @@ mod tests {
             resync: Duration::from_secs(60),
             reapply_every: Duration::from_secs(600),
             server_minor: None,
+            upgrade_token: None,
         })
     }
 

@@ -177,6 +177,8 @@ async fn run() -> anyhow::Result<()> {
         resync: Duration::from_secs(resync_s),
         reapply_every: Duration::from_secs(600),
         server_minor,
+        // `plugin.upgrade: in-place`: the pods' admin token (the `sluice-upgrade-token` Secret).
+        upgrade_token: upgrade_token(),
     });
     let scope_names: Vec<&str> = scopes.iter().map(|(_, _, s)| s.as_str()).collect();
     tracing::info!(%namespace, resync_s, watching = ?scope_names, "sluice-vpa watching StreamPipelines");
@@ -261,6 +263,26 @@ async fn placement(client: &Client, namespace: &str) -> anyhow::Result<Placement
         None => {
             tracing::info!(%namespace, "no sluice-placement ConfigMap: neutral labels (sluice.dev/capacity-type)");
             Ok(Placement::neutral())
+        }
+    }
+}
+
+/// The pods' admin token for `plugin.upgrade: in-place`: `SLUICE_VPA_UPGRADE_TOKEN`, or the file
+/// `SLUICE_VPA_UPGRADE_TOKEN_FILE` names (the mounted `sluice-upgrade-token` Secret; read at
+/// start, so a rotated token needs a restart). `None`: plugin changes roll the pods.
+fn upgrade_token() -> Option<String> {
+    if let Some(token) = std::env::var("SLUICE_VPA_UPGRADE_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        return Some(token);
+    }
+    let file = std::env::var_os("SLUICE_VPA_UPGRADE_TOKEN_FILE")?;
+    match std::fs::read_to_string(&file) {
+        Ok(token) => Some(token.trim().to_owned()).filter(|t| !t.is_empty()),
+        Err(e) => {
+            tracing::info!(file = %std::path::Path::new(&file).display(), "no plugin upgrade token ({e}): plugin changes roll the pods");
+            None
         }
     }
 }
