@@ -197,3 +197,84 @@ fn plugin_upgrades_swap_under_load_refuse_and_roll_back() {
         "each version ran"
     );
 }
+
+/// A stateful plugin upgraded under load keeps its state stores: `windowed-count`, swapped for
+/// a copy of itself at a new path mid-stream, emits every window closed across the swap with
+/// exactly the count the reference client's read of the input gives.
+#[test]
+fn an_upgrade_keeps_the_state_stores() {
+    use super::{assert_windows_match, emitted_windows, reference_windows, windowed_spec};
+    let dir = tempfile::tempdir().unwrap();
+    let names = topics(4);
+    let copy = dir.path().join("libwindowed_count-copy.so");
+    std::fs::copy(sluice_tests::plugin("windowed-count"), &copy).unwrap();
+    let spec = windowed_spec(dir.path(), &names, &names.output, "");
+    let port = free_port();
+    let state = dir.path().join("state");
+    let run = start_with(
+        &spec,
+        dir.path(),
+        &["--admin", &format!("127.0.0.1:{port}")],
+        &[
+            ("SLUICE_ADMIN_TOKEN", "t"),
+            ("SLUICE_STATE_DIR", state.to_str().unwrap()),
+        ],
+    );
+    let produced = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (input, produced, stop) = (names.input.clone(), produced.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let start = produced.load(Ordering::Relaxed);
+                produce(&input, 200, start);
+                produced.fetch_add(200, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    wait_until("a first commit", Duration::from_secs(90), || {
+        std::thread::sleep(Duration::from_millis(300));
+        committed_sum(&names.input, &names.group) > 0
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, text) = http_post(port, "/plugin", "t", &body(&copy, &sha256(&copy))).unwrap();
+    assert_eq!(code, 200, "{text}");
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
+    producer.join().unwrap();
+    // Closing events, one per key (so on every partition), after every window so far ended.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before_close = produced.load(Ordering::Relaxed);
+    produce(&names.input, 16, before_close);
+    let total = before_close + 16;
+    wait_until("every event committed", Duration::from_secs(120), || {
+        std::thread::sleep(Duration::from_millis(500));
+        committed_sum(&names.input, &names.group) == total as i64
+    });
+    let shown = status(port)["plugin"].clone();
+    assert_eq!(shown["path"], copy.display().to_string(), "{shown}");
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log_events(&log, "state: restored").len() >= 8,
+        "the 4 partitions' stores opened at the start and again after the swap:\n{log}"
+    );
+    let input = consume_quick(&names.input);
+    assert_eq!(input.len(), total);
+    let until = input
+        .iter()
+        .filter(|r| {
+            let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+            v["seq"].as_u64().unwrap() as usize >= before_close
+        })
+        .map(|r| r["timestamp"].as_i64().unwrap())
+        .min()
+        .unwrap();
+    assert_windows_match(
+        "across an upgrade",
+        &reference_windows(input.iter()),
+        &emitted_windows(&consume_quick(&names.output)),
+        until,
+    );
+}
