@@ -1815,13 +1815,7 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
         .collect();
     let emitted_closed = emitted_windows(&output).len();
     for entry in &closed {
-        let value: Value = serde_json::from_str(entry["value"].as_str().unwrap()).unwrap();
-        let partition = entry["partition"]
-            .as_str()
-            .unwrap()
-            .rsplit('/')
-            .next()
-            .unwrap();
+        let (partition, value) = dump_entry(entry);
         assert!(
             value["closed_at"].as_i64().unwrap() >= ends[partition] - 16,
             "a window closed before the closing events is still in the store ({} of {emitted_closed} closed windows are): {entry}",
@@ -1888,13 +1882,7 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
         if entry["key"] == "m" {
             continue;
         }
-        let value: Value = serde_json::from_str(entry["value"].as_str().unwrap()).unwrap();
-        let partition = entry["partition"]
-            .as_str()
-            .unwrap()
-            .rsplit('/')
-            .next()
-            .unwrap();
+        let (partition, value) = dump_entry(entry);
         assert!(
             value["through"].as_i64().unwrap() >= index[partition],
             "state from before the rewind survived: {entry}"
@@ -1902,6 +1890,13 @@ fn stateful_windowed_counts_survive_kill_9s_a_rebalance_and_a_rewind() {
         windows += 1;
     }
     assert!(windows > 0, "{restored:?}");
+}
+
+/// A `sluice state dump` line of a window store: its input partition's number and its value.
+fn dump_entry(entry: &Value) -> (&str, Value) {
+    let partition = entry["partition"].as_str().unwrap();
+    let value = serde_json::from_str(entry["value"].as_str().unwrap()).unwrap();
+    (partition.rsplit('/').next().unwrap(), value)
 }
 
 /// The `/status` of the pod whose admin endpoint is on `port` (`Null` while it does not answer).

@@ -16,6 +16,43 @@ use sluice_tests::{
 
 use super::{broker, committed_sum, consume_quick, produce, topics};
 
+/// `batch` events (seq from 0 on) produced to `input` every ~100 ms, until `finish`.
+struct Feed {
+    produced: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Feed {
+    fn start(input: &str, batch: usize) -> Feed {
+        let produced = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (input, produced, stop) = (input.to_owned(), produced.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let start = produced.load(Ordering::Relaxed);
+                    produce(&input, batch, start);
+                    produced.fetch_add(batch, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        Feed {
+            produced,
+            stop,
+            thread,
+        }
+    }
+
+    /// Stops producing; how many events were produced.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.produced.load(Ordering::Relaxed)
+    }
+}
+
 fn body(lib: &Path, sha: &str) -> String {
     serde_json::json!({"path": lib, "sha256": sha}).to_string()
 }
@@ -56,19 +93,7 @@ fn plugin_upgrades_swap_under_load_refuse_and_roll_back() {
     let token = "s3cret-token";
     let run = start_with(&spec, dir.path(), &[], &[("SLUICE_ADMIN_TOKEN", token)]);
     // Input flows all along: 100 events every ~100 ms.
-    let produced = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let producer = {
-        let (input, produced, stop) = (names.input.clone(), produced.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let start = produced.load(Ordering::Relaxed);
-                produce(&input, 100, start);
-                produced.fetch_add(100, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let feed = Feed::start(&names.input, 100);
     wait_until("a first commit", Duration::from_secs(60), || {
         std::thread::sleep(Duration::from_millis(300));
         committed_sum(&names.input, &names.group) > 0
@@ -152,9 +177,7 @@ fn plugin_upgrades_swap_under_load_refuse_and_roll_back() {
         "v1, v2, the other plugin, the one that does not open, the failing one: {m}"
     );
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    producer.join().unwrap();
-    let total = produced.load(Ordering::Relaxed);
+    let total = feed.finish();
     wait_until("every event committed", Duration::from_secs(120), || {
         std::thread::sleep(Duration::from_millis(500));
         committed_sum(&names.input, &names.group) == total as i64
@@ -220,19 +243,7 @@ fn an_upgrade_keeps_the_state_stores() {
             ("SLUICE_STATE_DIR", state.to_str().unwrap()),
         ],
     );
-    let produced = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let producer = {
-        let (input, produced, stop) = (names.input.clone(), produced.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let start = produced.load(Ordering::Relaxed);
-                produce(&input, 200, start);
-                produced.fetch_add(200, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let feed = Feed::start(&names.input, 200);
     wait_until("a first commit", Duration::from_secs(90), || {
         std::thread::sleep(Duration::from_millis(300));
         committed_sum(&names.input, &names.group) > 0
@@ -241,11 +252,9 @@ fn an_upgrade_keeps_the_state_stores() {
     let (code, text) = http_post(port, "/plugin", "t", &body(&copy, &sha256(&copy))).unwrap();
     assert_eq!(code, 200, "{text}");
     std::thread::sleep(Duration::from_millis(2500));
-    stop.store(true, Ordering::Relaxed);
-    producer.join().unwrap();
+    let before_close = feed.finish();
     // Closing events, one per key (so on every partition), after every window so far ended.
     std::thread::sleep(Duration::from_millis(1500));
-    let before_close = produced.load(Ordering::Relaxed);
     produce(&names.input, 16, before_close);
     let total = before_close + 16;
     wait_until("every event committed", Duration::from_secs(120), || {
