@@ -27,7 +27,7 @@ use crate::sink::kafka::KafkaSink;
 use crate::sink::local::LocalOutput;
 use crate::sink::table::{Dialect, SinkContext, TableSink};
 use crate::state::{Changelog, StateStores};
-use crate::status::{Capacity, Lifecycle, PluginStatus, REGISTRY, SinkProbe};
+use crate::status::{Capacity, Lifecycle, REGISTRY, SinkProbe};
 use crate::sync::lock;
 use crate::telemetry::{Stopped, Telemetry};
 use crate::worker::{OutputTarget, Positions, WorkerShared};
@@ -401,14 +401,7 @@ pub(crate) fn start(
     metrics.cpu_quota_cores.set(cpu.quota_cpus.unwrap_or(0.0));
     metrics.host_cpus.set(cpu.host_cpus as i64);
     telemetry.health.set_plugin_open(
-        PluginStatus {
-            name: plugin.name().to_owned(),
-            version: plugin.version().to_owned(),
-            abi_version: plugin.abi_version(),
-            path: plugin.path().display().to_string(),
-            sha256: plugin.sha256().to_owned(),
-            last_upgrade: None,
-        },
+        plugin.status(None),
         Capacity {
             workers: worker_count,
             cpu_quota: cpu.quota_cpus,

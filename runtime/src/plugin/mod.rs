@@ -201,6 +201,21 @@ impl Plugin {
         Ok(plugin)
     }
 
+    /// What `/status` shows of it, after `last_upgrade`.
+    pub fn status(
+        &self,
+        last_upgrade: Option<crate::status::UpgradeStatus>,
+    ) -> crate::status::PluginStatus {
+        crate::status::PluginStatus {
+            name: self.name().to_owned(),
+            version: self.version().to_owned(),
+            abi_version: self.abi_version(),
+            path: self.path().display().to_string(),
+            sha256: self.sha256().to_owned(),
+            last_upgrade,
+        }
+    }
+
     /// The checked descriptor, for opening instances.
     pub fn plugin_ref(&self) -> &PluginRef {
         &self.plugin

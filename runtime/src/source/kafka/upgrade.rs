@@ -15,7 +15,6 @@ use super::consumer::KafkaConsumer;
 use crate::config::PipelineSpec;
 use crate::dispatch::Dispatcher;
 use crate::plugin::Plugin;
-use crate::status::PluginStatus;
 use crate::sync::lock;
 use crate::telemetry::Telemetry;
 use crate::upgrade::{Answer, UpgradeRequest, Verdict, check_library, status, verdict};
@@ -227,14 +226,7 @@ fn show(shared: &WorkerShared, plugin: &Plugin, upgrade: Option<crate::status::U
     }
     info.with_label_values(&[plugin.name(), plugin.version(), &plugin.abi_version()])
         .set(1);
-    telemetry.health.set_plugin(PluginStatus {
-        name: plugin.name().to_owned(),
-        version: plugin.version().to_owned(),
-        abi_version: plugin.abi_version(),
-        path: plugin.path().display().to_string(),
-        sha256: plugin.sha256().to_owned(),
-        last_upgrade: upgrade,
-    });
+    telemetry.health.set_plugin(plugin.status(upgrade));
 }
 
 /// Swaps the running plugin for `to`: every partition released (drained, flushed,
