@@ -78,6 +78,7 @@ fn plugin_upgrades_swap_under_load_refuse_and_roll_back() {
     let failing = versioned(dir.path(), "swapper", "3.0.0", 1);
     let no_open = versioned(dir.path(), "swapper", "4.0.0", 2);
     let other = versioned(dir.path(), "other", "2.0.0", 0);
+    let next_abi = versioned(dir.path(), "swapper", "5.0.0", 3);
     let port = free_port();
     let spec = write_spec(
         dir.path(),
@@ -118,6 +119,13 @@ fn plugin_upgrades_swap_under_load_refuse_and_roll_back() {
     assert_eq!(code, 422, "{text}");
     assert!(
         text.contains("plugin `other`, but this pipeline runs `swapper`"),
+        "{text}"
+    );
+    let (code, text) = post(&next_abi, &sha256(&next_abi), token);
+    assert_eq!(code, 422, "{text}");
+    assert!(
+        text.contains("plugin built for ABI 2.3, this host speaks ABI 1.3")
+            && text.lines().count() == 1,
         "{text}"
     );
     assert_eq!(version(port), "1.0.0");
@@ -169,12 +177,12 @@ fn plugin_upgrades_swap_under_load_refuse_and_roll_back() {
     let m = http_get(port, "/metrics").unwrap().1;
     let upgrades = |outcome| metric(&m, "sluice_plugin_upgrades_total", &[("outcome", outcome)]);
     assert_eq!(upgrades("upgraded"), Some(2.0), "{m}");
-    assert_eq!(upgrades("refused"), Some(2.0), "{m}");
+    assert_eq!(upgrades("refused"), Some(3.0), "{m}");
     assert_eq!(upgrades("rolled-back"), Some(2.0), "{m}");
     assert_eq!(
         metric(&m, "sluice_plugin_libraries_loaded", &[]),
-        Some(5.0),
-        "v1, v2, the other plugin, the one that does not open, the failing one: {m}"
+        Some(6.0),
+        "v1, v2, the other plugin, the other ABI, the one that does not open, the failing one: {m}"
     );
     std::thread::sleep(Duration::from_secs(1));
     let total = feed.finish();

@@ -109,7 +109,8 @@ pub fn changed_layout_plugin() -> PathBuf {
 }
 
 /// A C plugin `name` at `version`: `mode` 0 emits `version|payload` to `out` (key and
-/// partition kept), 1 reports every event as invalid input, 2 fails to open.
+/// partition kept), 1 reports every event as invalid input, 2 fails to open, 3 is built for ABI
+/// major version 2.
 pub fn versioned_plugin(dir: &Path, name: &str, version: &str, mode: u32) -> PathBuf {
     let file = format!("{name}_{}", version.replace('.', "_"));
     let source = format!(
@@ -142,7 +143,7 @@ static sluice_status pr(void *i, sluice_events ev, const sluice_host *h) {{
     return SLUICE_STATUS_OK; }}
 static sluice_status cl(void *i, const sluice_host *h) {{ (void)i; (void)h; return SLUICE_STATUS_OK; }}
 static const sluice_plugin_vtable VT = {{ .size = sizeof(sluice_plugin_vtable), .open = op, .process = pr, .close = cl }};
-static const sluice_plugin_descriptor D = {{ SLUICE_ABI_MAJOR, SLUICE_ABI_MINOR, SLUICE_STR("{name}"),
+static const sluice_plugin_descriptor D = {{ MODE == 3 ? 2 : SLUICE_ABI_MAJOR, SLUICE_ABI_MINOR, SLUICE_STR("{name}"),
     SLUICE_STR(VERSION), SLUICE_STR("upgrade test plugin"), {{0, 0}}, &VT, 0 }};
 SLUICE_EXPORT const sluice_plugin_descriptor *sluice_plugin_entry(void) {{ return &D; }}
 "#

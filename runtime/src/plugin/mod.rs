@@ -320,10 +320,14 @@ fn loaded() -> std::sync::MutexGuard<'static, HashMap<PathBuf, Plugin>> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
-/// How many plugin libraries this process has loaded: they are never unloaded, so each
-/// upgrade to a new library keeps one more mapped (`sluice_plugin_libraries_loaded`).
+/// Libraries `dlopen` mapped, refused ones included: none is ever unmapped.
+static MAPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many plugin libraries this process has mapped: they are never unloaded (those refused
+/// after `dlopen` neither), so each upgrade to a new library keeps one more
+/// (`sluice_plugin_libraries_loaded`).
 pub fn libraries_loaded() -> usize {
-    loaded().len()
+    MAPPED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The running plugin's name and version, shared by what names it (log lines, errors, dead
@@ -377,6 +381,7 @@ fn open_library(path: &Path) -> Result<*const Descriptor, LoadError> {
         })?;
     // Never unloaded: see the module docs.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
+    MAPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     type Entry = extern "C" fn() -> *const Descriptor;
     // SAFETY: the symbol's type is fixed by the ABI (sluice_plugin.h).
     let entry = unsafe { library.get::<Entry>(abi::ENTRY_SYMBOL.as_bytes()) }
