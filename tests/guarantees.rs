@@ -137,6 +137,11 @@ impl Flow {
         flow
     }
 
+    /// Whether the producer is still producing.
+    fn flowing(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
     /// Waits until every event was acknowledged and `committed()` reaches them all (`total`),
     /// then stops `run` (SIGTERM), which must exit 0; returns its log.
     fn finish_with(
@@ -808,8 +813,10 @@ fn a_restore_longer_than_max_poll_interval_keeps_the_member() {
             ),
         )
     };
-    let total = 6_000;
-    let flow = Flow::start(broker, &names.input, total, 500);
+    // A minute of input: it still flows when the first run is killed and while the second one
+    // restores, however slowly a loaded machine starts them.
+    let total = 30_000;
+    let mut flow = Flow::start(broker, &names.input, total, 500);
     let committed = || broker.committed_sum(&names.input, &names.group);
     let port = free_port();
     let first = start(
@@ -829,6 +836,10 @@ fn a_restore_longer_than_max_poll_interval_keeps_the_member() {
     );
     // Inside the next transaction, which has changelog writes by now.
     std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        flow.flowing(),
+        "the input still flows when the first run is killed"
+    );
     first.kill();
 
     let port = free_port();
