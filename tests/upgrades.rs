@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,40 +14,35 @@ use sluice_tests::{
 
 use super::{broker, committed_sum, consume_quick, produce, topics};
 
-/// `batch` events (seq from 0 on) produced to `input` every ~100 ms, until `finish`.
-struct Feed {
-    produced: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
+/// `count` events (seq from 0 on) produced to `input` at `rate` per second by Kafka's Java
+/// producer, one process for the whole feed (a client started per batch would take a core of
+/// the machine the other tests run on).
+struct Feed(std::process::Child, usize);
 
 impl Feed {
-    fn start(input: &str, batch: usize) -> Feed {
-        let produced = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (input, produced, stop) = (input.to_owned(), produced.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let start = produced.load(Ordering::Relaxed);
-                    produce(&input, batch, start);
-                    produced.fetch_add(batch, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            })
-        };
-        Feed {
-            produced,
-            stop,
-            thread,
-        }
+    fn start(input: &str, count: usize, rate: u32) -> Feed {
+        let child = sluice_tests::java_tool_command(&[
+            "produce",
+            "--broker",
+            &broker().addr,
+            "--topic",
+            input,
+            "--count",
+            &count.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the Java producer");
+        Feed(child, count)
     }
 
-    /// Stops producing; how many events were produced.
-    fn finish(self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap();
-        self.produced.load(Ordering::Relaxed)
+    /// Waits until every event was acknowledged; how many there were.
+    fn finish(mut self) -> usize {
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "the Java producer failed: {status}");
+        self.1
     }
 }
 
@@ -93,8 +86,8 @@ fn plugin_upgrades_swap_under_load_refuse_and_roll_back() {
     );
     let token = "s3cret-token";
     let run = start_with(&spec, dir.path(), &[], &[("SLUICE_ADMIN_TOKEN", token)]);
-    // Input flows all along: 100 events every ~100 ms.
-    let feed = Feed::start(&names.input, 100);
+    // Input flows all along (40 s of it), so every trial gets its events.
+    let feed = Feed::start(&names.input, 6_000, 150);
     wait_until("a first commit", Duration::from_secs(60), || {
         std::thread::sleep(Duration::from_millis(300));
         committed_sum(&names.input, &names.group) > 0
@@ -184,7 +177,6 @@ fn plugin_upgrades_swap_under_load_refuse_and_roll_back() {
         Some(6.0),
         "v1, v2, the other plugin, the other ABI, the one that does not open, the failing one: {m}"
     );
-    std::thread::sleep(Duration::from_secs(1));
     let total = feed.finish();
     wait_until("every event committed", Duration::from_secs(120), || {
         std::thread::sleep(Duration::from_millis(500));
@@ -251,7 +243,7 @@ fn an_upgrade_keeps_the_state_stores() {
             ("SLUICE_STATE_DIR", state.to_str().unwrap()),
         ],
     );
-    let feed = Feed::start(&names.input, 200);
+    let feed = Feed::start(&names.input, 6_000, 500);
     wait_until("a first commit", Duration::from_secs(90), || {
         std::thread::sleep(Duration::from_millis(300));
         committed_sum(&names.input, &names.group) > 0
