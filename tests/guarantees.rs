@@ -791,7 +791,8 @@ fn a_changelog_setting_the_broker_refuses_is_named_in_one_line() {
 /// in the restore until the coordinator aborts that transaction (`transaction.timeout.ms`,
 /// 20 s). The successor polls with `max.poll.interval.ms` 6 s meanwhile: its partitions stay
 /// paused and restoring in `/status`, it is assigned once and never revoked, and then it takes
-/// every event and commits them all.
+/// every event and commits them all. (A transaction's commit point holds the poll thread until
+/// the workers have run what is queued: `partition-capacity` keeps that short of the 6 s.)
 #[test]
 fn a_restore_longer_than_max_poll_interval_keeps_the_member() {
     let broker = broker();
@@ -803,7 +804,7 @@ fn a_restore_longer_than_max_poll_interval_keeps_the_member() {
         write_spec(
             dir.path(),
             &format!(
-                "name: restore\nplugin:\n  path: {}\n  config: {{mode: slow, delay_us: 200, count_store: counts}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{}]\n    group-id: {}\n    commit-interval-ms: 3000\n    batch-size: 16\n    properties: {{{properties}}}\nproducer:\n  transactional-id: {id}\n  properties: {{transaction.timeout.ms: \"20000\"}}\nstate:\n  stores: [counts]\n  dir: {}\nadmin:\n  listen: 127.0.0.1:{port}\noutputs:\n  out:\n    kafka: {{topic: {}}}\n",
+                "name: restore\nplugin:\n  path: {}\n  config: {{mode: slow, delay_us: 20, count_store: counts}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{}]\n    group-id: {}\n    commit-interval-ms: 3000\n    batch-size: 16\n    partition-capacity: 500\n    properties: {{{properties}}}\nproducer:\n  transactional-id: {id}\n  properties: {{transaction.timeout.ms: \"20000\"}}\nstate:\n  stores: [counts]\n  dir: {}\nadmin:\n  listen: 127.0.0.1:{port}\noutputs:\n  out:\n    kafka: {{topic: {}}}\n",
                 plugin("misbehaving").display(),
                 broker.addr,
                 names.input,
