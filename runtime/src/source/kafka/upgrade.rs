@@ -59,7 +59,14 @@ impl Upgrader {
             return;
         }
         if let Ok(request) = self.requests.try_recv() {
-            let answer = self.upgrade(spec, consumer, dispatcher, shared, &request);
+            let running = lock(dispatcher).workers_mut().plugin();
+            let answer = self.upgrade(spec, consumer, dispatcher, shared, &request, running);
+            // Whatever came of it, a library that was mapped stays mapped.
+            shared
+                .telemetry
+                .metrics
+                .plugin_libraries_loaded
+                .set(crate::plugin::libraries_loaded() as i64);
             let _ = request.reply.send(answer);
         }
         let Some(trial) = &self.trial else {
@@ -112,25 +119,6 @@ impl Upgrader {
     }
 
     fn upgrade(
-        &mut self,
-        spec: &PipelineSpec,
-        consumer: &KafkaConsumer,
-        dispatcher: &Arc<Mutex<Dispatcher>>,
-        shared: &WorkerShared,
-        request: &UpgradeRequest,
-    ) -> Answer {
-        let running = lock(dispatcher).workers_mut().plugin();
-        let answer = self.try_upgrade(spec, consumer, dispatcher, shared, request, running);
-        // Whatever came of it, a library that was loaded stays loaded.
-        shared
-            .telemetry
-            .metrics
-            .plugin_libraries_loaded
-            .set(crate::plugin::libraries_loaded() as i64);
-        answer
-    }
-
-    fn try_upgrade(
         &mut self,
         spec: &PipelineSpec,
         consumer: &KafkaConsumer,
