@@ -43,6 +43,9 @@ mod schemas;
 /// Plugin upgrades without a restart (on the shared broker).
 mod upgrades;
 
+/// TLS, SASL and ACLs (on a secured node of their own).
+mod security;
+
 fn use_broker(broker: &'static Broker) {
     OWN_BROKER.with(|own| own.set(Some(broker)));
 }

@@ -132,6 +132,10 @@ pub enum Command {
     /// Work with a pipeline's state stores.
     #[command(subcommand)]
     State(StateCommand),
+    /// The Kafka ACLs a pipeline needs, derived from its spec (least privilege): printed as
+    /// kafka-acls.sh commands and a Strimzi KafkaUser `authorization` block, or applied through
+    /// the Admin API with --apply.
+    Acls(crate::acls::AclsArgs),
 }
 
 /// `sluice state ...`
@@ -170,9 +174,17 @@ pub enum DlqCommand {
     /// Re-inject dead letters into their source topic (after the fix is deployed). At-least-once;
     /// resumes where the last replay of the same --group stopped.
     Replay {
-        /// Kafka bootstrap servers.
-        #[arg(long, env = "SLUICE_BOOTSTRAP_SERVERS")]
-        bootstrap_servers: String,
+        /// Kafka bootstrap servers (default: the --file spec's).
+        #[arg(
+            long,
+            env = "SLUICE_BOOTSTRAP_SERVERS",
+            required_unless_present = "file"
+        )]
+        bootstrap_servers: Option<String>,
+        /// Connect as this pipeline spec's Kafka source does: its brokers, `security` (TLS,
+        /// SASL, mTLS) and properties.
+        #[arg(short = 'f', long = "file", value_name = "SPEC")]
+        file: Option<PathBuf>,
         /// The dead-letter topic.
         #[arg(long)]
         topic: String,
@@ -277,7 +289,7 @@ fn render(file: &Path, tier: Option<&str>, placement: Option<&Path>) -> anyhow::
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
-fn parse_property(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_property(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("`{s}`: write key=value"))
@@ -428,6 +440,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dlq(DlqCommand::Replay {
             bootstrap_servers,
+            file,
             topic,
             to_topic,
             classes,
@@ -448,8 +461,31 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                     known.join(", ")
                 );
             }
+            let mut client = match &file {
+                Some(path) => {
+                    let spec = PipelineSpec::load(path)?;
+                    sluice_runtime::kafka_client::Endpoint::of(
+                        &spec,
+                        sluice_runtime::kafka_client::Connection::Source,
+                    )
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: source: --file needs a `source: kafka` spec",
+                            path.display()
+                        )
+                    })?
+                    .config()?
+                }
+                None => rdkafka::ClientConfig::new(),
+            };
+            if let Some(bootstrap) = &bootstrap_servers {
+                client.set("bootstrap.servers", bootstrap);
+            }
+            for (key, value) in &properties {
+                client.set(key, value);
+            }
             let options = sluice_runtime::dlq::ReplayOptions {
-                bootstrap_servers,
+                client,
                 dlq_topic: topic,
                 to_topic,
                 classes,
@@ -458,7 +494,6 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 from_offset,
                 to_offset,
                 group,
-                properties: properties.into_iter().collect(),
             };
             if let Some(path) = through {
                 return replay_through(&path, options, cli.verbose);
@@ -493,6 +528,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
                 None => Ok(()),
             }
         }
+        Command::Acls(args) => crate::acls::run(&args),
         Command::Render {
             file,
             tier,
@@ -570,6 +606,29 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Validate { spec } => {
             let spec = PipelineSpec::load(&spec)?;
+            use sluice_runtime::kafka_client::{Connection, Endpoint};
+            let producer_needed = spec.producer.transactional_id.is_some()
+                || spec.error_policy.dead_letter_topic.is_some()
+                || spec.state.is_some()
+                || spec
+                    .outputs
+                    .values()
+                    .any(|o| matches!(o, OutputSpec::Kafka(_)));
+            let mut connections = Vec::new();
+            for which in [Connection::Source, Connection::Producer] {
+                if which == Connection::Producer && !producer_needed {
+                    continue;
+                }
+                if let Some(endpoint) = Endpoint::of(&spec, which) {
+                    endpoint.validate()?;
+                    connections.push(format!(
+                        "{} {} ({})",
+                        endpoint.section,
+                        endpoint.bootstrap,
+                        endpoint.describe()
+                    ));
+                }
+            }
             probe(
                 &spec.resolve(&spec.plugin.path),
                 spec.plugin.sha256.as_deref(),
@@ -601,6 +660,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<()> {
             let (label, path) = (plugin.label(), plugin.path().display());
             outln!("  plugin   {label} (ABI {major}.{minor}) from {path}");
             outln!("  source   {source}");
+            for connection in &connections {
+                outln!("  kafka    {connection}");
+            }
             for (name, output) in &spec.outputs {
                 match output {
                     OutputSpec::Stdout(_) => outln!("  output   {name} -> stdout"),

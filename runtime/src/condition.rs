@@ -10,6 +10,9 @@ use crate::offsets::TopicPartition;
 /// The pipeline's condition, worst first when several hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Condition {
+    /// Kafka refuses the pipeline's principal: a login, a TLS handshake or a missing ACL,
+    /// within the last `Health::ACCESS_DENIED_FOR`. Needs a person (credentials, ACLs).
+    AccessDenied,
     /// An output cannot be reached (its last write or connection attempt failed).
     SinkDown,
     /// Offset commits have failed for longer than `commits_failing_after`.
@@ -29,7 +32,7 @@ pub enum Condition {
 
 impl Condition {
     /// Every condition, in the order of the metric's label values.
-    pub const ALL: [Condition; 7] = [
+    pub const ALL: [Condition; 8] = [
         Condition::Healthy,
         Condition::Idle,
         Condition::Unassigned,
@@ -37,6 +40,7 @@ impl Condition {
         Condition::Stalled,
         Condition::SinkDown,
         Condition::CommitsFailing,
+        Condition::AccessDenied,
     ];
 
     /// The name in `/status`, metrics and logs.
@@ -48,6 +52,7 @@ impl Condition {
             Condition::Unassigned => "Unassigned",
             Condition::Stalled => "Stalled",
             Condition::SinkDown => "SinkDown",
+            Condition::AccessDenied => "AccessDenied",
             Condition::CommitsFailing => "CommitsFailing",
         }
     }
@@ -107,6 +112,8 @@ pub struct Observation {
     pub unassigned_for: Duration,
     /// Outputs that cannot be reached.
     pub sinks_down: Vec<String>,
+    /// What Kafka refused lately (`group g`, `topic t`, `login`, `tls`).
+    pub access_denied: Vec<String>,
     /// For how long commits have been failing (`None`: the last one worked).
     pub commits_failing_for: Option<Duration>,
 }
@@ -126,6 +133,10 @@ pub fn decide(seen: &Observation, bounds: &Bounds) -> Verdict {
         condition,
         subjects,
     };
+    // A refusal needs a person whatever else holds, starting or not.
+    if !seen.access_denied.is_empty() {
+        return verdict(Condition::AccessDenied, seen.access_denied.clone());
+    }
     if !seen.consuming {
         // Starting, draining or stopped: no claim about progress, but a member without a
         // partition is not healthy.

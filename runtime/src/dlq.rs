@@ -24,8 +24,9 @@ use crate::sync::lock;
 /// Which dead letters to replay and where to.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayOptions {
-    /// Kafka bootstrap servers.
-    pub bootstrap_servers: String,
+    /// The clients' settings: bootstrap servers, security, properties (from a spec's
+    /// [`Endpoint`](crate::kafka_client::Endpoint) or the command line).
+    pub client: ClientConfig,
     /// The dead-letter topic.
     pub dlq_topic: String,
     /// Target topic; default: each dead letter's `sluice.source.topic`.
@@ -42,8 +43,6 @@ pub struct ReplayOptions {
     pub to_offset: Option<i64>,
     /// The replay's consumer group (its position in the dead-letter topic).
     pub group: String,
-    /// librdkafka properties for both clients (security settings, ...).
-    pub properties: BTreeMap<String, String>,
 }
 
 impl ReplayOptions {
@@ -151,12 +150,7 @@ impl ProducerContext for Deliveries {
 }
 
 fn client(options: &ReplayOptions) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &options.bootstrap_servers);
-    for (k, v) in &options.properties {
-        config.set(k, v);
-    }
-    config
+    options.client.clone()
 }
 
 /// Runs a replay to the end of the dead-letter topic as it is now.

@@ -9,16 +9,17 @@ use std::sync::{Arc, Mutex};
 pub struct Fatal(Arc<Mutex<Option<(String, bool)>>>);
 
 impl Fatal {
-    /// Logs `message` and keeps it if it is the first. After stdout's reader went away, what
-    /// fails next is its consequence (the refused emit, ...): logged at debug only.
+    /// Keeps `message` and logs it if it is the first. What fails after the first (every
+    /// record of a refused batch, the refused emit after stdout's reader went away) is its
+    /// consequence: logged at debug only.
     pub fn set(&self, message: String) {
         let mut first = self.lock();
-        if first.as_ref().is_some_and(|(_, gone)| *gone) {
+        if first.is_some() {
             tracing::debug!("{message}");
             return;
         }
         tracing::error!("{message}");
-        first.get_or_insert((message, false));
+        *first = Some((message, false));
     }
 
     /// Stops the pipeline because the reader of stdout went away (a closed pipe): not an error

@@ -94,6 +94,9 @@ pub struct Metrics {
     pub sink_batch_seconds: HistogramVec,
     /// Sink failures per output and kind (`transient`, `rejected`, `delivery`).
     pub sink_failures: IntCounterVec,
+    /// Kafka refusals per client (`source.kafka`, `producer`) and kind (`authentication`,
+    /// `tls`, `authorization`).
+    pub kafka_access_denied: IntCounterVec,
     /// 1 while an output's sink is reachable.
     pub sink_reachable: IntGaugeVec,
     /// Rebalance callbacks, per kind (`assign`, `revoke`).
@@ -229,6 +232,12 @@ impl Metrics {
                 "events_consumed_total",
                 "Events read from the source partition and handed to the plugin.",
                 tp,
+            ),
+            kafka_access_denied: counter(
+                reg,
+                "kafka_access_denied_total",
+                "Refusals by Kafka per client (source.kafka, producer) and kind (authentication, tls, authorization); the log says which principal, resource and fix.",
+                &["client", "kind"],
             ),
             records_emitted: counter(
                 reg,

@@ -47,6 +47,24 @@ pub struct Summary {
     pub dead_lettered: u64,
     /// Blank lines a file source skipped (they are not events).
     pub blank_lines: u64,
+    /// The run stopped because a Kafka credential file changed: [`run`](crate::run::run) starts
+    /// it again with new clients.
+    pub credentials_rotated: bool,
+}
+
+impl Summary {
+    /// Adds a later round's counts (a run started again after a credential rotation).
+    pub fn add(&mut self, other: Summary) {
+        self.events_in += other.events_in;
+        for (name, n) in other.records_out {
+            *self.records_out.entry(name).or_default() += n;
+        }
+        self.skipped_invalid += other.skipped_invalid;
+        self.skipped_failed += other.skipped_failed;
+        self.dead_lettered += other.dead_lettered;
+        self.blank_lines += other.blank_lines;
+        self.credentials_rotated = other.credentials_rotated;
+    }
 }
 
 impl std::fmt::Display for Summary {
@@ -87,8 +105,6 @@ pub(crate) struct Setup<'a> {
     pub(crate) liveness: Duration,
     /// Serve `admin.listen`, if the spec sets it.
     pub(crate) admin: bool,
-    /// The producer's bootstrap servers when `producer.bootstrap-servers` is not set.
-    pub(crate) bootstrap_servers: Option<&'a str>,
     /// The consumer group (or, for a file, the pipeline's name): exactly-once tables key their
     /// stored offsets by it.
     pub(crate) group: &'a str,
@@ -164,22 +180,15 @@ pub(crate) fn start(
             .values()
             .any(|o| matches!(o, OutputSpec::Kafka(_)));
     let sink = if needs_producer {
-        let bootstrap = spec
-            .producer
-            .bootstrap_servers
-            .as_deref()
-            .or(setup.bootstrap_servers)
+        let endpoint = kafka_client::Endpoint::of(spec, kafka_client::Connection::Producer)
             .ok_or_else(|| {
                 RunError::Setup(
                     "producer.bootstrap-servers: needed for Kafka outputs and dead letters without a Kafka source".into(),
                 )
             })?;
-        let mut config = kafka_client::config(
-            bootstrap,
-            &spec.producer.properties,
-            &spec.producer.properties_from_env,
-            "producer",
-        )?;
+        let mut config = endpoint.config()?;
+        let mut who = endpoint.identity();
+        who.transactional_id = spec.producer.transactional_id.clone();
         if let Some(interval) = &stats_interval {
             config.set("statistics.interval.ms", interval);
         }
@@ -199,6 +208,7 @@ pub(crate) fn start(
                 spec.producer.transactional_id.as_deref(),
                 telemetry.clone(),
                 &topics,
+                who,
             )
             .map_err(|e| RunError::Setup(format!("producer: cannot create: {e}")))?,
         );
@@ -323,18 +333,21 @@ pub(crate) fn start(
         (Some(state), Some(dir)) => {
             let changelog = match (changelog_source, &sink) {
                 (Some(kafka), Some(sink)) => {
-                    let config = || {
-                        kafka_client::config(
-                            &kafka.bootstrap_servers,
-                            &kafka.properties,
-                            &kafka.properties_from_env,
-                            "source.kafka",
-                        )
-                    };
-                    let changelog = Changelog::new(&kafka.group_id, config()?, Some(sink.clone()))
-                        .map_err(RunError::Setup)?;
+                    let endpoint =
+                        kafka_client::Endpoint::of(spec, kafka_client::Connection::Source)
+                            .ok_or_else(|| {
+                                RunError::Setup("source.kafka: the spec has no Kafka source".into())
+                            })?;
+                    let config = || endpoint.config();
+                    let changelog = Changelog::new(
+                        &kafka.group_id,
+                        config()?,
+                        Some(sink.clone()),
+                        endpoint.identity(),
+                    )
+                    .map_err(RunError::Setup)?;
                     changelog
-                        .ensure_topics(config()?, &kafka.topics, state)
+                        .ensure_topics(config()?, &kafka.topics, state, &endpoint.identity())
                         .map_err(RunError::Setup)?;
                     Some(changelog)
                 }

@@ -209,6 +209,8 @@ pub struct Health {
     gave_up: Mutex<Option<String>>,
     /// When the current streak of failed commits began.
     commits_failing_since: Mutex<Option<Instant>>,
+    /// Kafka's recent refusals: subject -> (message, last seen).
+    refusals: Mutex<BTreeMap<String, (String, Instant)>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -246,6 +248,7 @@ impl Health {
             condition: Mutex::new((Condition::Healthy, Instant::now(), Vec::new())),
             gave_up: Mutex::default(),
             commits_failing_since: Mutex::default(),
+            refusals: Mutex::default(),
         }
     }
 
@@ -438,6 +441,31 @@ impl Health {
         Ok(())
     }
 
+    /// How long a Kafka refusal counts after it was last seen (librdkafka retries a refused
+    /// login within its reconnect backoff, at most 10 s, and a group lookup every second).
+    pub const ACCESS_DENIED_FOR: Duration = Duration::from_secs(30);
+
+    /// Records a refusal by Kafka; true when it is news (not seen within
+    /// [`ACCESS_DENIED_FOR`](Self::ACCESS_DENIED_FOR)): worth a log line.
+    pub fn access_denied(&self, refusal: &crate::kafka_access::Refusal) -> bool {
+        let now = Instant::now();
+        let previous =
+            lock(&self.refusals).insert(refusal.subject.clone(), (refusal.message.clone(), now));
+        previous.is_none_or(|(_, seen)| now.duration_since(seen) > Self::ACCESS_DENIED_FOR)
+    }
+
+    /// Kafka's refusals seen within [`ACCESS_DENIED_FOR`](Self::ACCESS_DENIED_FOR): (subject,
+    /// message).
+    pub fn refusals(&self) -> Vec<(String, String)> {
+        let now = Instant::now();
+        let mut refusals = lock(&self.refusals);
+        refusals.retain(|_, (_, seen)| now.duration_since(*seen) <= Self::ACCESS_DENIED_FOR);
+        refusals
+            .iter()
+            .map(|(subject, (message, _))| (subject.clone(), message.clone()))
+            .collect()
+    }
+
     /// Why the pod is not ready, if it is not.
     pub fn readiness(&self) -> Readiness {
         let sinks = lock(&self.sinks);
@@ -450,6 +478,7 @@ impl Health {
             plugin_open: self.plugin_open.load(Ordering::Acquire),
             group_joined: self.group_joined.load(Ordering::Acquire),
             unreachable_sinks: unreachable,
+            refusals: self.refusals().into_iter().map(|(_, m)| m).collect(),
             lifecycle: self.lifecycle(),
         }
     }
@@ -642,6 +671,8 @@ pub struct Readiness {
     pub group_joined: bool,
     /// Outputs whose sink cannot currently write.
     pub unreachable_sinks: Vec<String>,
+    /// What Kafka refused lately, explained.
+    pub refusals: Vec<String>,
     /// Where the run is (ready only while `Consuming`).
     pub lifecycle: Lifecycle,
 }
@@ -667,6 +698,7 @@ impl Readiness {
         if !self.group_joined {
             out.push("consumer group not joined".to_owned());
         }
+        out.extend(self.refusals.iter().cloned());
         for sink in &self.unreachable_sinks {
             if sink == REGISTRY {
                 out.push("schema registry unreachable".to_owned());

@@ -101,6 +101,8 @@ pub enum StopReason {
     ReplayDone,
     /// A file source read to its end.
     EndOfInput,
+    /// A Kafka credential file changed: the run starts again with new clients.
+    CredentialsRotated,
 }
 
 /// The pipeline stops fetching and drains every partition (not ready from here on).
@@ -119,6 +121,7 @@ impl InternalEvent for Draining<'_> {
             StopReason::Fatal => "fatal error",
             StopReason::ReplayDone => "replay done",
             StopReason::EndOfInput => "end of input",
+            StopReason::CredentialsRotated => "credentials rotated",
         };
         t.health.set_lifecycle(crate::status::Lifecycle::Draining);
         t.metrics.ready.set(0);
@@ -476,6 +479,34 @@ impl InternalEvent for DeliveryFailed<'_> {
     }
 }
 
+/// Kafka refused a client: a login, a TLS handshake, or an operation its ACLs do not allow.
+/// Logged once per distinct refusal while it recurs; the `AccessDenied` condition holds while
+/// it does.
+#[derive(Debug)]
+pub struct KafkaAccessDenied<'a> {
+    /// `source.kafka` or `producer`.
+    pub client: &'static str,
+    /// What Kafka refused, explained.
+    pub refusal: &'a crate::kafka_access::Refusal,
+}
+
+impl InternalEvent for KafkaAccessDenied<'_> {
+    fn emit(self, t: &Telemetry) {
+        t.metrics
+            .kafka_access_denied
+            .with_label_values(&[self.client, self.refusal.kind.label()])
+            .inc();
+        if t.health.access_denied(self.refusal) {
+            tracing::error!(
+                client = self.client,
+                kind = self.refusal.kind.label(),
+                "{}",
+                self.refusal.message
+            );
+        }
+    }
+}
+
 /// Where a partition's state came from on assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestoreFrom {
@@ -616,6 +647,9 @@ impl InternalEvent for ConditionChanged<'_> {
         match self.to {
             Condition::Healthy | Condition::Idle => {
                 tracing::info!(condition = to, "condition: {to}")
+            }
+            Condition::AccessDenied => {
+                tracing::warn!(condition = to, refused = %about, "condition: AccessDenied: Kafka refuses this pipeline's principal (see the error above); nothing past the refused work is committed")
             }
             Condition::SinkDown => {
                 tracing::warn!(condition = to, outputs = %about, "condition: SinkDown: an output cannot be reached; workers wait on it and nothing past it is committed")

@@ -29,9 +29,82 @@ pub struct Broker {
     args: Vec<String>,
     data: tempfile::TempDir,
     child: Mutex<Option<Child>>,
+    /// The secured listeners, for a node started with [`Broker::start_secured`].
+    pub secured: Option<Secured>,
+}
+
+/// The secured listeners of a node (`scripts/kafka-broker.sh` with `KAFKA_TLS_DIR`). The
+/// node's `addr` stays the harness's PLAINTEXT listener, whose principal (ANONYMOUS) is the
+/// only super user: topics, users and ACLs are made there.
+#[derive(Debug, Clone)]
+pub struct Secured {
+    /// `127.0.0.1:PORT` of the SASL_SSL listener (SCRAM-SHA-512 and -256, PLAIN, OAUTHBEARER
+    /// with unsigned tokens).
+    pub sasl_ssl: String,
+    /// `127.0.0.1:PORT` of the SSL listener, which requires a client certificate (mTLS).
+    pub ssl: String,
+    /// The test CA's directory (`scripts/tls-certs.sh`): `ca.crt`, and `NAME.crt`, `NAME.key`
+    /// for each [`Broker::client_certificate`].
+    pub tls: PathBuf,
+    /// `name=password` of each SCRAM and PLAIN user.
+    users: String,
+    /// The one host name the broker's certificate names, if not 127.0.0.1.
+    host: Option<String>,
+    sasl_ssl_port: u16,
+    ssl_port: u16,
 }
 
 impl Broker {
+    /// Starts a single node on fresh storage with secured listeners beside the harness's
+    /// PLAINTEXT one (`scripts/kafka-broker.sh`, KAFKA_TLS_DIR): a test CA and broker
+    /// certificate (for 127.0.0.1 and localhost; with `host`, for that name alone, which the
+    /// secured listeners then advertise), `users` (name, password) as SCRAM-SHA-512/256 and
+    /// PLAIN users, and the StandardAuthorizer denying what no ACL allows.
+    pub fn start_secured(users: &[(&str, &str)], host: Option<&str>) -> Broker {
+        let mut broker = Self::node(1, free_port(), free_port(), None, &[]);
+        let tls = broker.data.path().join("tls");
+        let mut certs = Command::new(root().join("scripts/tls-certs.sh"));
+        certs.arg(&tls).arg("broker");
+        if let Some(host) = host {
+            certs.env("TLS_SAN", format!("DNS:{host}"));
+        }
+        crate::check("scripts/tls-certs.sh", certs.output());
+        let (sasl_ssl_port, ssl_port) = (free_port(), free_port());
+        broker.secured = Some(Secured {
+            sasl_ssl: format!("127.0.0.1:{sasl_ssl_port}"),
+            ssl: format!("127.0.0.1:{ssl_port}"),
+            tls,
+            host: host.map(str::to_owned),
+            users: users
+                .iter()
+                .map(|(u, p)| format!("{u}={p}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            sasl_ssl_port,
+            ssl_port,
+        });
+        broker.up();
+        broker
+    }
+
+    /// A client certificate for `CN=name` signed by the node's test CA (`NAME.crt`,
+    /// `NAME.key`, the key encrypted with `password` if given); returns the TLS directory.
+    pub fn client_certificate(&self, name: &str, password: Option<&str>) -> PathBuf {
+        let secured = self.secured.as_ref().expect("a secured broker");
+        let spec = match password {
+            Some(p) => format!("{name}:{p}"),
+            None => name.to_owned(),
+        };
+        crate::check(
+            "scripts/tls-certs.sh",
+            Command::new(root().join("scripts/tls-certs.sh"))
+                .arg(&secured.tls)
+                .arg(spec)
+                .output(),
+        );
+        secured.tls.clone()
+    }
+
     /// Starts a single-node broker on fresh storage.
     pub fn start() -> Broker {
         Self::start_with(&[])
@@ -65,6 +138,7 @@ impl Broker {
             args,
             data: tempfile::tempdir().unwrap(),
             child: Mutex::new(None),
+            secured: None,
         }
     }
 
@@ -91,13 +165,24 @@ impl Broker {
         for arg in &self.args {
             line.push_str(&format!(" '{arg}'"));
         }
-        let child = Command::new("sh")
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(watchdog(&line, self.data.path()))
             .env("SLUICE_CACHE", cache_dir())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the broker");
+            .stdin(Stdio::null());
+        if let Some(secured) = &self.secured {
+            command
+                .env("KAFKA_TLS_DIR", &secured.tls)
+                .env("SASL_SSL_PORT", secured.sasl_ssl_port.to_string())
+                .env("SSL_PORT", secured.ssl_port.to_string())
+                .env("KAFKA_USERS", &secured.users)
+                .env(
+                    "ADVERTISED_HOST",
+                    secured.host.as_deref().unwrap_or("127.0.0.1"),
+                );
+        }
+        let child = command.spawn().expect("start the broker");
         *self.child.lock().unwrap() = Some(child);
     }
 

@@ -7,7 +7,7 @@ mod kafka;
 pub mod kubelet;
 pub mod registry;
 
-pub use kafka::{Broker, Cluster, java_consume, java_tool, java_tool_command};
+pub use kafka::{Broker, Cluster, Secured, java_consume, java_tool, java_tool_command};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -41,7 +41,7 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn check(what: &str, output: std::io::Result<Output>) {
+pub(crate) fn check(what: &str, output: std::io::Result<Output>) {
     let output = output.unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
     assert!(
         output.status.success(),

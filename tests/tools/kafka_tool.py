@@ -7,6 +7,13 @@
   kafka_tool.py create   --broker B --topic T --partitions P [--replication R] [--config K=V ...]
   kafka_tool.py committed --broker B --topic T --group G
   kafka_tool.py leaders  --broker B --topic T   (partition -> leader node id, and each one's ISR)
+  kafka_tool.py acl --broker B --topic {add,remove} --principal P --resource-type TYPE --name N --pattern PATTERN --operation OP
+  kafka_tool.py delete-topic --broker B --topic T
+  kafka_tool.py scram --broker B --topic USER --password P   (sets USER's SCRAM-SHA-512 and -256 password)
+
+`acl` adds or removes one allow binding for P on any host (the harness's super user does it);
+TYPE, PATTERN and OP are Kafka's names (TOPIC, LITERAL, READ), as `sluice acls --format json`
+prints them.
 
 `produce` writes N events; event i has key "k{i % K}" and value {"seq": i, "key": ...}, so a
 consumer can check per-key order; with --headers it also carries the header trace=t{i}; with
@@ -148,6 +155,16 @@ def create(args):
         f.result(30)
 
 
+def delete_topic(args):
+    admin = AdminClient({"bootstrap.servers": args.broker})
+    for f in admin.delete_topics([args.topic]).values():
+        f.result(30)
+    # Deletion completes in the background: return once the metadata no longer lists it.
+    deadline = time.monotonic() + 30
+    while args.topic in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def group_offsets(args):
     """The topic's partitions and the group's committed offset of each, through the admin API
     (a Consumer with the group's id would disturb the group it inspects)."""
@@ -169,6 +186,32 @@ def group_offsets(args):
                 raise
             time.sleep(0.2)
     return parts, {tp.partition: tp.offset for tp in result.topic_partitions if tp.topic == args.topic}
+
+
+def acl(args):
+    from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType,
+                                       ResourcePatternType, ResourceType)
+    admin = AdminClient({"bootstrap.servers": args.broker})
+    fields = (ResourceType[args.resource_type], args.name, ResourcePatternType[args.pattern],
+              args.principal, "*", AclOperation[args.operation], AclPermissionType.ALLOW)
+    if args.topic == "add":
+        futures = admin.create_acls([AclBinding(*fields)])
+    else:
+        futures = admin.delete_acls([AclBindingFilter(*fields)])
+    for f in futures.values():
+        result = f.result(30)
+        if args.topic == "remove" and not result:
+            sys.exit(f"acl remove: no binding matched {fields}")
+
+
+def scram(args):
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+    admin = AdminClient({"bootstrap.servers": args.broker})
+    # One alteration per user and request.
+    for m in (ScramMechanism.SCRAM_SHA_512, ScramMechanism.SCRAM_SHA_256):
+        upsert = UserScramCredentialUpsertion(args.topic, ScramCredentialInfo(m, 4096), args.password.encode())
+        for f in admin.alter_user_scram_credentials([upsert]).values():
+            f.result(30)
 
 
 def leaders(args):
@@ -212,7 +255,7 @@ def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("produce", "produce-file", "consume", "create", "committed", "lag", "offsets-for-times",
-                 "leaders"):
+                 "leaders", "acl", "scram", "delete-topic"):
         s = sub.add_parser(name)
         s.add_argument("--broker", required=True)
         s.add_argument("--topic", required=True)
@@ -241,10 +284,16 @@ def main():
             s.add_argument("--group", required=True)
         if name == "offsets-for-times":
             s.add_argument("--time-ms", type=int, required=True)
+        if name == "acl":
+            for flag in ("--principal", "--resource-type", "--name", "--pattern", "--operation"):
+                s.add_argument(flag, required=True)
+        if name == "scram":
+            s.add_argument("--password", required=True)
     args = ap.parse_args()
     commands = {"produce": produce, "produce-file": produce_file, "consume": consume, "create": create,
                 "committed": committed, "lag": lag, "offsets-for-times": offsets_for_times,
-                "leaders": leaders}
+                "leaders": leaders, "acl": acl, "scram": scram,
+                "delete-topic": delete_topic}
     commands[args.cmd](args)
 
 

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod acls;
+pub mod security;
+pub use security::{KafkaSecurity, SaslMechanism, SecurityProtocol};
+
 /// Why a spec could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -324,6 +328,8 @@ fn empty_object() -> serde_json::Value {
 }
 
 /// Where events come from: exactly one kind, written as `source: { file: {...} }`.
+// One per spec, read once at start: boxing the Kafka variant would only add indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "RawSourceSpec")]
 pub enum SourceSpec {
@@ -376,6 +382,10 @@ pub struct KafkaSourceSpec {
     /// `sasl.password: KAFKA_PASSWORD`.
     #[serde(default)]
     pub properties_from_env: BTreeMap<String, String>,
+    /// How every Kafka client of the pipeline connects and authenticates (TLS, SASL, mTLS);
+    /// default: plaintext.
+    #[serde(default)]
+    pub security: KafkaSecurity,
     /// Events of one partition read but not yet processed before the partition is paused (it
     /// resumes at half). Pausing discards what librdkafka prefetched for the partition, so a
     /// capacity below one fetch's worth of events (`max.partition.fetch.bytes`, 1 MiB by
@@ -506,6 +516,10 @@ pub struct ProducerSpec {
     /// Properties whose values come from environment variables (credentials).
     #[serde(default)]
     pub properties_from_env: BTreeMap<String, String>,
+    /// How the producer connects (outputs on another cluster); default: the Kafka source's
+    /// `security`.
+    #[serde(default)]
+    pub security: Option<KafkaSecurity>,
     /// Exactly-once Kafka -> Kafka: the producer's transactional id, unique per running
     /// process (e.g. `${POD_NAME}`). Outputs, dead letters and the source offsets of each
     /// commit interval then commit in one transaction; downstream consumers read with
@@ -1048,6 +1062,14 @@ impl PipelineSpec {
         self.check_admin()?;
         self.check_state()?;
         self.check_schemas()?;
+        if let Some(security) = &self.producer.security {
+            self.check_security(
+                "producer",
+                security,
+                &self.producer.properties,
+                &self.producer.properties_from_env,
+            )?;
+        }
         match &self.source {
             SourceSpec::Kafka(kafka) => self.check_kafka(kafka)?,
             SourceSpec::File(file) => {
@@ -1500,6 +1522,12 @@ impl PipelineSpec {
                 }
             }
         }
+        self.check_security(
+            "source.kafka",
+            &kafka.security,
+            &kafka.properties,
+            &kafka.properties_from_env,
+        )?;
         for key in self
             .producer
             .properties
@@ -1514,6 +1542,42 @@ impl PipelineSpec {
             }
         }
         Ok(())
+    }
+
+    /// `security` of `section` (source.kafka or producer) and the `properties` beside it.
+    fn check_security(
+        &self,
+        section: &str,
+        security: &KafkaSecurity,
+        properties: &BTreeMap<String, String>,
+        from_env: &BTreeMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        security.check().map_err(|(field, message)| {
+            self.invalid(&format!("{section}.security.{field}"), message)
+        })?;
+        if *security != KafkaSecurity::default() {
+            if let Some(key) = properties
+                .keys()
+                .chain(from_env.keys())
+                .find(|k| security::SECURITY_PROPERTIES.contains(&k.as_str()))
+            {
+                return Err(self.invalid(
+                    &format!("{section}.properties.{key}"),
+                    format!("is set by {section}.security: remove it"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The security settings of the pipeline's producer: `producer.security`, else the Kafka
+    /// source's.
+    pub fn producer_security(&self) -> KafkaSecurity {
+        match (&self.producer.security, &self.source) {
+            (Some(security), _) => security.clone(),
+            (None, SourceSpec::Kafka(kafka)) => kafka.security.clone(),
+            (None, _) => KafkaSecurity::default(),
+        }
     }
 
     /// A path from the spec, resolved against the spec's directory.

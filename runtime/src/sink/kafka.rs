@@ -15,6 +15,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, TopicPartitionList};
+
+use crate::kafka_access::{AccessReporter, ClientIdentity};
 use sluice_plugin_api::abi::Record;
 
 use crate::fatal::Fatal;
@@ -89,6 +91,11 @@ pub struct DeliveryContext {
     output_names: String,
     /// Some broker connection was up once (before that, "none up" is start-up, not an outage).
     connected: AtomicBool,
+    /// Explains Kafka's refusals (login, TLS, ACLs).
+    access: AccessReporter,
+    /// Topics a transaction could not add (not authorized), with the explanation: the records
+    /// it purged fail with `PurgeQueue`, which does not say why.
+    refused: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for DeliveryContext {
@@ -98,6 +105,21 @@ impl std::fmt::Debug for DeliveryContext {
 }
 
 impl ClientContext for DeliveryContext {
+    /// librdkafka's global errors: a refusal is explained once (`kafka_access`), the rest
+    /// logged as rdkafka does.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !self.access.report(&error, reason) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if let Some(refusal) = self.access.log(level, fac, message) {
+            let topic = refusal.subject.trim_start_matches("topic ").to_owned();
+            lock(&self.refused).insert(topic, refusal.message);
+        }
+    }
+
     fn stats_raw(&self, statistics: &[u8]) {
         // Reachable while librdkafka has a connection to some broker that is up.
         let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
@@ -146,8 +168,14 @@ impl ProducerContext for DeliveryContext {
                     .map_or("dead-letters", |(o, _)| o.as_str());
                 self.telemetry.emit(DeliveryFailed { output });
                 // librdkafka already retried for message.timeout.ms; the units stay unacknowledged.
+                let refused = lock(&self.refused).get(message.topic()).cloned();
+                let why = match (refused, self.access.delivery_refused(err, message.topic())) {
+                    (Some(message), _)
+                    | (None, Some(crate::kafka_access::Refusal { message, .. })) => message,
+                    (None, None) => err.to_string(),
+                };
                 self.failure.set(format!(
-                    "delivery to topic {} failed: {err}",
+                    "delivery to topic {} failed: {why}",
                     message.topic()
                 ));
             }
@@ -177,7 +205,8 @@ impl KafkaSink {
         transactional_id: Option<&str>,
         telemetry: Arc<Telemetry>,
         outputs: &HashMap<String, String>,
-    ) -> Result<Self, KafkaError> {
+        who: ClientIdentity,
+    ) -> Result<Self, String> {
         config.set("enable.idempotence", "true").set("acks", "all");
         if let Some(id) = transactional_id {
             config.set("transactional.id", id);
@@ -196,7 +225,12 @@ impl KafkaSink {
                 (topic.clone(), (output.clone(), latency))
             })
             .collect();
+        let access = AccessReporter::new(who, telemetry.clone());
+        let explain = access.clone();
+        let fail = move |e: KafkaError| explain.explain(&e).unwrap_or_else(|| e.to_string());
         let context = DeliveryContext {
+            access,
+            refused: Mutex::default(),
             tracker,
             failure,
             telemetry,
@@ -205,11 +239,14 @@ impl KafkaSink {
             output_names,
             connected: AtomicBool::new(false),
         };
-        let producer: ThreadedProducer<DeliveryContext> = config.create_with_context(context)?;
+        let producer: ThreadedProducer<DeliveryContext> =
+            config.create_with_context(context).map_err(&fail)?;
         if transactional_id.is_some() {
             // Fences any earlier producer with the same id and aborts its open transaction.
-            producer.init_transactions(Duration::from_secs(60))?;
-            producer.begin_transaction()?;
+            producer
+                .init_transactions(Duration::from_secs(60))
+                .map_err(&fail)?;
+            producer.begin_transaction().map_err(&fail)?;
         }
         Ok(KafkaSink { producer })
     }

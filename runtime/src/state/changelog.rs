@@ -46,6 +46,8 @@ pub(crate) struct Changelog {
     /// the records of transactions still open when it starts, once they end.
     log_ends: Mutex<BaseConsumer>,
     timeout: Duration,
+    /// Who the readers are to Kafka, for the messages of its refusals.
+    who: crate::kafka_access::ClientIdentity,
 }
 
 impl Changelog {
@@ -54,6 +56,7 @@ impl Changelog {
         group: &str,
         mut config: ClientConfig,
         sink: Option<Arc<KafkaSink>>,
+        who: crate::kafka_access::ClientIdentity,
     ) -> Result<Changelog, String> {
         config
             .set("group.id", format!("{group}-state-restore"))
@@ -76,6 +79,7 @@ impl Changelog {
             client: Mutex::new(client),
             log_ends: Mutex::new(log_ends),
             timeout: Duration::from_secs(10),
+            who,
         })
     }
 
@@ -116,6 +120,7 @@ impl Changelog {
         admin: ClientConfig,
         inputs: &[String],
         state: &StateSpec,
+        who: &crate::kafka_access::ClientIdentity,
     ) -> Result<(), String> {
         let stores = &state.stores;
         let client = lock(&self.client);
@@ -123,6 +128,18 @@ impl Changelog {
             let metadata = client
                 .fetch_metadata(Some(topic), self.timeout)
                 .map_err(|e| format!("state: cannot read the metadata of `{topic}` ({e}): is the broker reachable?"))?;
+            let refused = metadata
+                .topics()
+                .first()
+                .and_then(|t| t.error())
+                .is_some_and(|e| {
+                    rdkafka::types::RDKafkaErrorCode::from(e)
+                        == rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed
+                });
+            if refused {
+                let refusal = crate::kafka_access::denied(who, "Read", format!("topic {topic}"));
+                return Err(format!("state: {}", refusal.message));
+            }
             Ok(metadata
                 .topics()
                 .first()
@@ -189,6 +206,14 @@ impl Changelog {
                         .iter()
                         .find(|(n, _)| *n == topic)
                         .map_or(0, |(_, c)| *c);
+                    if matches!(
+                        code,
+                        Code::TopicAuthorizationFailed | Code::ClusterAuthorizationFailed
+                    ) {
+                        let refusal =
+                            crate::kafka_access::denied(who, "Create", format!("topic {topic}"));
+                        return Err(format!("state: {}", refusal.message));
+                    }
                     let what_to_do = match code {
                         Code::InvalidConfig | Code::PolicyViolation => {
                             "the broker refused its settings: fix `state.changelog-config`"
@@ -411,7 +436,27 @@ impl Changelog {
                         ));
                     }
                 }
-                Some(Err(err)) => tracing::warn!("state: changelog reader: {err}"),
+                Some(Err(err)) => {
+                    if err.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::TopicAuthorizationFailed)
+                    {
+                        let mut topics: Vec<&str> =
+                            targets.keys().map(|(t, _)| t.as_str()).collect();
+                        topics.sort_unstable();
+                        topics.dedup();
+                        let refusal = crate::kafka_access::denied(
+                            &self.who,
+                            "Read",
+                            format!("topic {}", topics.join(", ")),
+                        );
+                        telemetry.emit(crate::telemetry::KafkaAccessDenied {
+                            client: self.who.section,
+                            refusal: &refusal,
+                        });
+                        return Err(format!("state: restore: {}", refusal.message));
+                    }
+                    tracing::warn!("state: changelog reader: {err}")
+                }
             }
             if progress.elapsed() >= Duration::from_secs(1) || targets.is_empty() {
                 progress = Instant::now();

@@ -558,14 +558,10 @@ pub fn dump(
         ));
     };
     let dir = dir.or_else(|| spec.state_dir()).unwrap_or_default();
-    let config = crate::kafka_client::config(
-        &kafka.bootstrap_servers,
-        &kafka.properties,
-        &kafka.properties_from_env,
-        "source.kafka",
-    )
-    .map_err(|e| e.to_string())?;
-    let changelog = Changelog::new(&kafka.group_id, config, None)?;
+    let endpoint = crate::kafka_client::Endpoint::of(spec, crate::kafka_client::Connection::Source)
+        .ok_or("state dump needs a spec with `source: kafka`")?;
+    let config = endpoint.config().map_err(|e| e.to_string())?;
+    let changelog = Changelog::new(&kafka.group_id, config, None, endpoint.identity())?;
     let partitions = if partitions.is_empty() {
         changelog.partitions_of(&kafka.topics)?
     } else {

@@ -70,7 +70,6 @@ pub fn run(spec: &PipelineSpec, shutdown: &Shutdown) -> Result<Summary, RunError
             // The loop turns at least once per batch, or while waiting for the workers.
             liveness: Duration::from_secs(60),
             admin: true,
-            bootstrap_servers: None,
             group: &spec.name,
             batch_size: file.batch_size,
             replay: false,

@@ -27,12 +27,12 @@ pub(crate) fn create_consumer(
     telemetry: Arc<Telemetry>,
     stats_interval: Option<&str>,
 ) -> Result<KafkaConsumer, RunError> {
-    let mut config = kafka_client::config(
-        &source.bootstrap_servers,
-        &source.properties,
-        &source.properties_from_env,
-        "source.kafka",
-    )?;
+    let endpoint = kafka_client::Endpoint::of(spec, kafka_client::Connection::Source)
+        .ok_or_else(|| RunError::Setup("source.kafka: the spec has no Kafka source".into()))?;
+    let mut config = endpoint.config()?;
+    let mut who = endpoint.identity();
+    who.group = Some(source.group_id.clone());
+    let access = crate::kafka_access::AccessReporter::new(who, telemetry.clone());
     config
         .set("group.id", &source.group_id)
         .set("enable.auto.commit", "false")
@@ -63,6 +63,7 @@ pub(crate) fn create_consumer(
         .create_with_context(RebalanceContext {
             dispatcher,
             telemetry,
+            access,
             start: StartPlan {
                 from: source.start_from.clone(),
                 reset: source.reset,

@@ -94,7 +94,6 @@ pub fn run_with(
             liveness: drain_timeout * 2 + Duration::from_secs(30),
             // A replay is a one-off command, not a pod: it serves no endpoint.
             admin: replay.is_none(),
-            bootstrap_servers: Some(&source.bootstrap_servers),
             group: &source.group_id,
             batch_size: source.batch_size,
             replay: replay.is_some(),
@@ -156,6 +155,8 @@ pub fn run_with(
     let mut watch = (running.stats_interval.is_some() && replay.is_none())
         .then(|| watch::Watch::new(&spec.admin, &source.topics, &telemetry));
     let mut replay_done_now = false;
+    let mut secrets = crate::kafka_client::SecretWatch::of(spec);
+    let mut rotated = None;
     let mut topic_names = TopicNames::default();
     telemetry.health.set_lifecycle(Lifecycle::Consuming);
     while !shutdown.requested() && !failure.is_set() {
@@ -178,7 +179,11 @@ pub fn run_with(
                     let topic = topic_names.get(rdkafka::Message::topic(&message));
                     burst.push(Message::from_kafka(&message, topic));
                 }
-                Some(Err(err)) => tracing::warn!("consumer: {err}"),
+                Some(Err(err)) => {
+                    if !consumer.context().access.report(&err, &err.to_string()) {
+                        tracing::warn!("consumer: {err}");
+                    }
+                }
                 None => break,
             }
             // After the first event, what arrives within GATHER joins the burst. In whole
@@ -200,6 +205,10 @@ pub fn run_with(
             }
         }
         cycle.turn(&consumer, &dispatcher);
+        if let Some(file) = secrets.changed() {
+            rotated = Some(file.to_path_buf());
+            break;
+        }
         if let Some(watch) = &mut watch {
             watch.turn(&consumer, &dispatcher, &telemetry);
         }
@@ -220,6 +229,12 @@ pub fn run_with(
         StopReason::Fatal
     } else if replay_done_now {
         StopReason::ReplayDone
+    } else if let Some(file) = &rotated {
+        tracing::info!(
+            file = %file.display(),
+            "a Kafka credential changed: draining and committing, then starting again with new clients"
+        );
+        StopReason::CredentialsRotated
     } else {
         StopReason::Signal
     };
@@ -228,7 +243,9 @@ pub fn run_with(
     consumer.unsubscribe();
     drop(consumer);
     let mut d = lock(&dispatcher);
-    running.finish(d.workers_mut(), drain_timeout, fatal)
+    let mut summary = running.finish(d.workers_mut(), drain_timeout, fatal)?;
+    summary.credentials_rotated = rotated.is_some();
+    Ok(summary)
 }
 
 /// Replays: every partition of the dead-letter topic is assigned here, read up to its end, and

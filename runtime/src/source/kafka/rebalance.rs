@@ -23,6 +23,8 @@ use crate::telemetry::Telemetry;
 pub(crate) struct RebalanceContext {
     pub(crate) dispatcher: Arc<Mutex<Dispatcher>>,
     pub(crate) telemetry: Arc<Telemetry>,
+    /// Explains Kafka's refusals (login, TLS, ACLs).
+    pub(crate) access: crate::kafka_access::AccessReporter,
     pub(crate) start: StartPlan,
     /// Partitions of the assignment in progress that start from `start-from` (placed in
     /// `pre_rebalance`): their state is reset in `post_rebalance`, never ahead of the input.
@@ -213,6 +215,14 @@ impl ConsumerContext for RebalanceContext {
 }
 
 impl ClientContext for RebalanceContext {
+    /// librdkafka's global errors: a refusal is explained once (`kafka_access`), the rest
+    /// logged as rdkafka does.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !self.access.report(&error, reason) {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+
     /// librdkafka's statistics (every `admin.lag-interval-ms`): see `statistics`.
     fn stats_raw(&self, statistics: &[u8]) {
         super::statistics::observe(statistics, &self.brokers, &self.telemetry);

@@ -183,6 +183,7 @@ impl Watch {
             group_lag,
             unassigned_for,
             sinks_down: health.readiness().unreachable_sinks,
+            access_denied: health.refusals().into_iter().map(|(s, _)| s).collect(),
             commits_failing_for: health.commits_failing_for(),
         }
     }
