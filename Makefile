@@ -58,6 +58,9 @@ export KUBERNETES_VERSION
 deps: $(KAFKA) $(JAVA_TOOL) $(PYTHON) $(PY_SERDES) $(REGISTRY) $(K8S_VENV)/bin/checkov $(CEL) $(VPA_SCHEMA)
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
 	@command -v gcc >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends gcc libc6-dev; }
+	@# librdkafka's TLS and SASL (SCRAM, OAUTHBEARER with OIDC) link Debian's OpenSSL and libcurl;
+	@# openssl also makes the tests' certificates (scripts/tls-certs.sh).
+	@{ pkg-config --exists openssl libcurl && command -v openssl; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends pkg-config libssl-dev libcurl4-openssl-dev openssl; }
 	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v psql; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends postgresql postgresql-client; }
 	@{ [ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db && command -v mariadb; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends mariadb-server mariadb-client; }
 	@{ command -v promtool && command -v tmux; } >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus tmux; }
@@ -148,14 +151,14 @@ demo: build
 	@echo "(plot: target/capacity.svg; the model and the results: deploy/capacity/README.md)"
 
 ## test: lint, the crates' dependency layers (scripts/check-deps.sh), the alert rules (promtool),
-## then every test (unit, plugin end-to-end, Kafka,
-## databases, faults).
+## then every test (unit, plugin end-to-end, Kafka, secured Kafka, databases, faults, Kubernetes),
+## the test binaries side by side (scripts/test.sh; TEST_JOBS at once, logs in target/test-logs).
 test: build lint $(CONTROLPLANE)
 	scripts/check-deps.sh
 	promtool check rules deploy/observability/prometheus-rules.yaml
 	cd deploy/observability && promtool test rules prometheus-rules.test.yaml
 	SLUICE_K8S_VENV=$(K8S_VENV) SLUICE_NODE_MODULES=$(NODE_MODULES) deploy/check.sh
-	$(CARGO) test --workspace
+	CARGO=$(CARGO) scripts/test.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

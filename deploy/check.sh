@@ -56,6 +56,9 @@ sed 's/appliedBy: vpa/appliedBy: in-place/' examples/streampipeline.yaml > "$in_
 grep -q 'appliedBy: in-place' "$in_place"
 (cd .. && cargo run -q -p sluice-cli --bin sluice -- render -f "$in_place") \
   | sed 's/name: bookings-enrich/name: bookings-enrich-in-place/' >> "$rendered"
+# ... and on a Kafka that authenticates (Secrets mounted as files).
+(cd .. && cargo run -q -p sluice-cli --bin sluice -- render -f deploy/examples/streampipeline-secured.yaml) \
+  >> "$rendered"
 # (kubernetes-validate has no schema for the VPA and says so per object: validate-vpa.mjs checks
 # every VPA below.)
 if ! log=$("$VENV/bin/kubernetes-validate" --strict --quiet "$rendered" 2>&1); then

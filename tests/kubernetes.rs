@@ -1052,3 +1052,212 @@ fn a_plugin_only_change_goes_to_the_pods_in_place_and_a_refusal_rolls() {
     assert_eq!(code, Some(0), "{log}");
     drop(kubelet);
 }
+
+/// `spec.kafka.authentication` and `spec.kafka.tls` on the real API server: the operator's
+/// Deployment mounts the password and the CA Secrets as files (no Secret in the environment
+/// but the bootstrap servers, none in the ConfigMap or the status), and a real `sluice run` of
+/// the ConfigMap's pipeline.yaml, with those Secrets' keys where the mounts put them (as the
+/// kubelet would), consumes and produces on a SASL_SSL broker as the pipeline's own user, with
+/// the ACLs `sluice acls` derives from that same pipeline.yaml.
+#[test]
+fn kafka_credentials_come_from_mounted_secrets_and_the_rendered_pod_runs_on_sasl_ssl() {
+    use sluice_tests::{Broker, kafka_tool, plugin, start_with, unique};
+    let plane = installed_plane();
+    let password = "s3cret-from-a-secret";
+    let broker = Broker::start_secured(&[("pipeline-user", password)], None);
+    let secured = broker.secured.clone().unwrap();
+    let (input, output, group) = (unique("in"), unique("out"), unique("group"));
+    broker.create_topic(&input, 2);
+    broker.create_topic(&output, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let ns = |args: &[&str]| {
+        let mut all = vec!["-n", "pipelines"];
+        all.extend_from_slice(args);
+        plane.kubectl(&all)
+    };
+    let ca = secured.tls.join("ca.crt");
+    ns(&[
+        "create",
+        "secret",
+        "generic",
+        "kafka-secured",
+        &format!("--from-literal=bootstrap-servers={}", secured.sasl_ssl),
+    ]);
+    ns(&[
+        "create",
+        "secret",
+        "generic",
+        "pipeline-user",
+        &format!("--from-literal=password={password}"),
+    ]);
+    ns(&[
+        "create",
+        "secret",
+        "generic",
+        "cluster-ca",
+        &format!("--from-file=ca.crt={}", ca.display()),
+    ]);
+    let mut sp: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root().join("deploy/examples/streampipeline-secured.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    sp["metadata"]["name"] = "secured".into();
+    sp["spec"]["replicas"] = serde_json::json!({"min": 1, "max": 2});
+    sp["spec"]["plugin"] = serde_json::json!({"path": plugin("passthrough")});
+    let kafka = &mut sp["spec"]["kafka"];
+    kafka["bootstrapServers"] =
+        serde_json::json!({"name": "kafka-secured", "key": "bootstrap-servers"});
+    kafka["topics"] = serde_json::json!([input]);
+    kafka["group"] = group.clone().into();
+    kafka["partitions"] = 2.into();
+    kafka["authentication"]["username"] = "pipeline-user".into();
+    kafka["authentication"]["passwordSecret"] =
+        serde_json::json!({"secretName": "pipeline-user", "password": "password"});
+    kafka["tls"]["trustedCertificates"] =
+        serde_json::json!([{"secretName": "cluster-ca", "certificate": "ca.crt"}]);
+    sp["spec"]["pipeline"] = serde_json::json!({"outputs": {"out": {"kafka": {"topic": output}}}});
+    let file = dir.path().join("secured.json");
+    std::fs::write(&file, sp.to_string()).unwrap();
+    plane.kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    let (operator, _) = operator(&plane, "sluice-vpa-secured");
+    let get = |kind: &str, name: &str| {
+        plane
+            .kubectl_as(
+                &plane.admin,
+                &["-n", "pipelines", "get", kind, name, "-o", "json"],
+            )
+            .ok()
+            .map(|out| json(&out))
+    };
+    wait_until_or(
+        "the operator's Deployment",
+        Duration::from_secs(90),
+        &|| std::fs::read_to_string(&operator.log).unwrap_or_default(),
+        || get("deployment", "secured").is_some() && get("configmap", "secured").is_some(),
+    );
+    let pod = get("deployment", "secured").unwrap()["spec"]["template"]["spec"].clone();
+    let container = &pod["containers"][0];
+    let env = container["env"].as_array().unwrap();
+    let from_secrets: Vec<&Value> = env
+        .iter()
+        .filter(|e| !e["valueFrom"]["secretKeyRef"].is_null())
+        .collect();
+    assert_eq!(
+        from_secrets.len(),
+        1,
+        "only the bootstrap servers come from the environment: {env:?}"
+    );
+    let dir_of = |volume: &str| format!("{}/{volume}", sluice_vpa::manifests::KAFKA_SECRETS_DIR);
+    for (volume, secret) in [
+        ("kafka-password", "pipeline-user"),
+        ("kafka-ca", "cluster-ca"),
+    ] {
+        let v = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume)
+            .unwrap_or_else(|| panic!("no volume {volume}: {pod}"));
+        assert_eq!(v["secret"]["secretName"], secret, "{v}");
+        assert_eq!(v["secret"]["defaultMode"], 0o440, "{v}");
+        assert!(
+            container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == volume
+                    && m["mountPath"] == dir_of(volume).as_str()
+                    && m["readOnly"] == true),
+            "{container}"
+        );
+    }
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532, "{pod}");
+    let config_map = get("configmap", "secured").unwrap();
+    let pipeline_yaml = config_map["data"]["pipeline.yaml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = get("streampipeline", "secured").unwrap();
+    for (what, text) in [
+        ("ConfigMap", &config_map.to_string()),
+        ("status", &status.to_string()),
+    ] {
+        assert!(
+            !text.contains(password),
+            "the password is in the {what}: {text}"
+        );
+        assert!(
+            !text.contains("BEGIN CERTIFICATE"),
+            "a certificate is in the {what}"
+        );
+    }
+
+    // The pod, as the kubelet would run it: each mounted Secret's keys as files.
+    let mounts = dir.path().join("mounts");
+    for v in pod["volumes"].as_array().unwrap() {
+        let Some(secret) = v["secret"]["secretName"].as_str() else {
+            continue;
+        };
+        let data = json(&ns(&["get", "secret", secret, "-o", "json"]))["data"].clone();
+        let target = mounts.join(v["name"].as_str().unwrap());
+        std::fs::create_dir_all(&target).unwrap();
+        for item in v["secret"]["items"].as_array().unwrap() {
+            use base64::Engine as _;
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(data[item["key"].as_str().unwrap()].as_str().unwrap())
+                .unwrap();
+            std::fs::write(target.join(item["path"].as_str().unwrap()), value).unwrap();
+        }
+    }
+    let admin = free_port();
+    let local = pipeline_yaml
+        .replace(
+            sluice_vpa::manifests::KAFKA_SECRETS_DIR,
+            mounts.to_str().unwrap(),
+        )
+        .replace(
+            &format!("0.0.0.0:{}", sluice_vpa::manifests::ADMIN_PORT),
+            &format!("127.0.0.1:{admin}"),
+        );
+    let spec = dir.path().join("pipeline.yaml");
+    std::fs::write(&spec, &local).unwrap();
+    // The pipeline's ACLs, derived from the very file the pod reads.
+    let acls = std::process::Command::new(workspace_binary("sluice"))
+        .args(["acls", "-f"])
+        .arg(&spec)
+        .args(["--apply", "--bootstrap-servers", &broker.addr])
+        .env("KAFKA_BOOTSTRAP_SERVERS", &secured.sasl_ssl)
+        .output()
+        .unwrap();
+    assert!(
+        acls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&acls.stderr)
+    );
+    broker.produce(&input, 200, 0, &[]);
+    let run = start_with(
+        &spec,
+        dir.path(),
+        &[],
+        &[("KAFKA_BOOTSTRAP_SERVERS", &secured.sasl_ssl)],
+    );
+    wait_until("every event committed", Duration::from_secs(60), || {
+        broker.committed_sum(&input, &group) == 200
+    });
+    let (code, log) = run.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("assigned"), "{log}");
+    let out = kafka_tool(&[
+        "consume",
+        "--broker",
+        &broker.addr,
+        "--topic",
+        &output,
+        "--expect",
+        "200",
+        "--timeout",
+        "20",
+    ]);
+    assert_eq!(out.lines().count(), 200, "{log}");
+}

@@ -396,7 +396,7 @@ impl Metrics {
             condition: gauge(
                 reg,
                 "condition",
-                "1 for the pipeline's current condition (Healthy, Idle, Unassigned, Starved, Stalled, SinkDown, CommitsFailing), 0 for the others.",
+                "1 for the pipeline's current condition (Healthy, Idle, Unassigned, Starved, Stalled, SinkDown, CommitsFailing, AccessDenied), 0 for the others.",
                 &["condition"],
             ),
             condition_changes: counter(

@@ -851,7 +851,7 @@ pub struct Totals {
 /// The pipeline's condition in `/status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConditionStatus {
-    /// `Healthy`, `Idle`, `Unassigned`, `Starved`, `Stalled`, `SinkDown`, `CommitsFailing`.
+    /// `Healthy`, `Idle`, `Unassigned`, `Starved`, `Stalled`, `SinkDown`, `CommitsFailing`, `AccessDenied`.
     pub name: String,
     /// For how long.
     pub seconds: f64,

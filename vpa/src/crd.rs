@@ -134,6 +134,123 @@ pub struct KafkaSpec {
     /// "Schemas").
     #[serde(default, skip_serializing_if = "ValueFormat::is_raw")]
     pub format: ValueFormat,
+    /// How the pipeline logs in, modelled on Strimzi's client authentication; credentials are
+    /// Secrets mounted as files, never copied into the ConfigMap. Without it: no SASL, no client
+    /// certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<KafkaAuthentication>,
+    /// TLS to the brokers. Without it (and without `authentication.type: tls`) connections are
+    /// plaintext; `tls: {}` encrypts and trusts the image's public CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTls>,
+    /// Other librdkafka settings of the pipeline's consumer (timeouts, fetch sizes...); the
+    /// security settings come from `authentication` and `tls`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// `spec.kafka.authentication` (Strimzi's `KafkaClientAuthentication*`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaAuthentication {
+    /// `tls` (a client certificate), `scram-sha-512`, `scram-sha-256`, `plain` or `oauth`
+    /// (OIDC client credentials).
+    #[serde(rename = "type")]
+    pub kind: AuthenticationType,
+    /// The user name (`scram-*`, `plain`; a Strimzi KafkaUser's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username: Option<String>,
+    /// The password (`scram-*`, `plain`): Strimzi's KafkaUser Secret has it under `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<PasswordSecret>,
+    /// The client certificate and key (`tls`): a Strimzi KafkaUser Secret has `user.crt` and
+    /// `user.key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_and_key: Option<CertificateAndKey>,
+    /// The OIDC provider's token endpoint (`oauth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub token_endpoint_uri: Option<String>,
+    /// The OIDC client id (`oauth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_id: Option<String>,
+    /// The OIDC client secret (`oauth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<SecretKeyRef>,
+    /// The scope asked for (`oauth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub scope: Option<String>,
+}
+
+/// `spec.kafka.authentication.type`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthenticationType {
+    /// mTLS: the client certificate's subject is the principal.
+    Tls,
+    /// SASL SCRAM-SHA-512.
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+    /// SASL SCRAM-SHA-256.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// SASL PLAIN (Confluent Cloud API keys).
+    Plain,
+    /// SASL OAUTHBEARER with OIDC client credentials.
+    Oauth,
+}
+
+/// A password in a Secret (Strimzi's `PasswordSecretSource`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordSecret {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key of the password in the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub password: String,
+}
+
+/// A certificate and its key in a Secret (Strimzi's `CertAndKeySecretSource`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateAndKey {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key of the PEM certificate (with its intermediates).
+    #[schemars(length(min = 1, max = 253))]
+    pub certificate: String,
+    /// Key of the PEM private key.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// `spec.kafka.tls`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTls {
+    /// The CA bundle that signs the brokers' certificates (one PEM file holding every CA;
+    /// Strimzi's cluster CA Secret has it under `ca.crt`); default: the image's public CAs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1))]
+    pub trusted_certificates: Vec<TrustedCertificate>,
+}
+
+/// A CA certificate in a Secret (Strimzi's `CertSecretSource`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedCertificate {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key of the PEM certificate(s).
+    #[schemars(length(min = 1, max = 253))]
+    pub certificate: String,
 }
 
 /// `spec.kafka.format`: the runtime's `source.kafka.format`.

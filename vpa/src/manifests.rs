@@ -265,6 +265,7 @@ pub fn check(sp: &StreamPipeline) -> Result<Bounds, String> {
             spec.kafka.partitions
         ));
     }
+    check_authentication(&spec.kafka)?;
     let res = &spec.resources;
     let mut cpus = Vec::new();
     let mut memories = Vec::new();
@@ -382,6 +383,211 @@ pub const STATE_DIR: &str = "/var/lib/sluice/state";
 /// Where `plugin.upgrade: in-place` pods mount the `sluice-upgrade-token` Secret.
 pub const UPGRADE_TOKEN_DIR: &str = "/var/run/sluice/upgrade-token";
 
+/// Where the pods mount the Secrets of `spec.kafka.authentication` and `spec.kafka.tls`, one
+/// directory per Secret reference.
+pub const KAFKA_SECRETS_DIR: &str = "/var/run/secrets/sluice/kafka";
+
+/// `spec.kafka.authentication` and `spec.kafka.tls` hold together: each type has the
+/// references it needs and no other.
+fn check_authentication(kafka: &crate::crd::KafkaSpec) -> Result<(), String> {
+    use crate::crd::AuthenticationType as T;
+    let Some(auth) = &kafka.authentication else {
+        return Ok(());
+    };
+    let field = "spec.kafka.authentication";
+    let has = |present: bool, what: &str, kind: &str| {
+        if present {
+            Ok(())
+        } else {
+            Err(format!("{field}: type {kind} needs {what}"))
+        }
+    };
+    let not = |present: bool, what: &str, kind: &str| {
+        if present {
+            Err(format!(
+                "{field}.{what}: not used with type {kind}: remove it"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let oauth = auth.token_endpoint_uri.is_some()
+        || auth.client_id.is_some()
+        || auth.client_secret.is_some();
+    match auth.kind {
+        T::Tls => {
+            has(
+                auth.certificate_and_key.is_some(),
+                "certificateAndKey (the Secret with the client certificate and key)",
+                "tls",
+            )?;
+            not(auth.password_secret.is_some(), "passwordSecret", "tls")?;
+            not(
+                auth.username.is_some(),
+                "username",
+                "tls (the certificate's subject is the principal)",
+            )?;
+            not(oauth, "tokenEndpointUri", "tls")?;
+        }
+        T::ScramSha512 | T::ScramSha256 | T::Plain => {
+            let kind = match auth.kind {
+                T::ScramSha512 => "scram-sha-512",
+                T::ScramSha256 => "scram-sha-256",
+                _ => "plain",
+            };
+            has(auth.username.is_some(), "username", kind)?;
+            has(
+                auth.password_secret.is_some(),
+                "passwordSecret (the Secret and key of the password)",
+                kind,
+            )?;
+            not(
+                auth.certificate_and_key.is_some(),
+                "certificateAndKey",
+                kind,
+            )?;
+            not(oauth, "tokenEndpointUri", kind)?;
+        }
+        T::Oauth => {
+            has(
+                auth.token_endpoint_uri.is_some()
+                    && auth.client_id.is_some()
+                    && auth.client_secret.is_some(),
+                "tokenEndpointUri, clientId and clientSecret",
+                "oauth",
+            )?;
+            not(
+                auth.username.is_some() || auth.password_secret.is_some(),
+                "passwordSecret",
+                "oauth",
+            )?;
+            not(
+                auth.certificate_and_key.is_some(),
+                "certificateAndKey",
+                "oauth",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The Secret volumes of `spec.kafka.authentication` and `spec.kafka.tls`: (volume name,
+/// Secret, [(key, file)]), each mounted at `KAFKA_SECRETS_DIR/<volume name>`.
+fn kafka_secret_volumes(
+    kafka: &crate::crd::KafkaSpec,
+) -> Vec<(&'static str, String, Vec<(String, &'static str)>)> {
+    let mut volumes = Vec::new();
+    if let Some(auth) = &kafka.authentication {
+        if let Some(p) = &auth.password_secret {
+            volumes.push((
+                "kafka-password",
+                p.secret_name.clone(),
+                vec![(p.password.clone(), "password")],
+            ));
+        }
+        if let Some(c) = &auth.certificate_and_key {
+            volumes.push((
+                "kafka-client-certificate",
+                c.secret_name.clone(),
+                vec![
+                    (c.certificate.clone(), "tls.crt"),
+                    (c.key.clone(), "tls.key"),
+                ],
+            ));
+        }
+        if let Some(s) = &auth.client_secret {
+            volumes.push((
+                "kafka-oauth",
+                s.name.clone(),
+                vec![(s.key.clone(), "client-secret")],
+            ));
+        }
+    }
+    if let Some(ca) = kafka
+        .tls
+        .as_ref()
+        .and_then(|t| t.trusted_certificates.first())
+    {
+        volumes.push((
+            "kafka-ca",
+            ca.secret_name.clone(),
+            vec![(ca.certificate.clone(), "ca.crt")],
+        ));
+    }
+    volumes
+}
+
+/// `source.kafka.security` as the pod reads it: the mounted files' paths, no secret.
+fn kafka_security(kafka: &crate::crd::KafkaSpec) -> Option<Value> {
+    use crate::crd::AuthenticationType as T;
+    let file = |volume: &str, name: &str| format!("{KAFKA_SECRETS_DIR}/{volume}/{name}");
+    let tls = kafka.tls.is_some()
+        || kafka
+            .authentication
+            .as_ref()
+            .is_some_and(|a| a.kind == T::Tls);
+    let sasl = kafka
+        .authentication
+        .as_ref()
+        .filter(|a| a.kind != T::Tls)
+        .map(|auth| {
+            let mechanism = match auth.kind {
+                T::ScramSha512 => "SCRAM-SHA-512",
+                T::ScramSha256 => "SCRAM-SHA-256",
+                T::Plain => "PLAIN",
+                T::Oauth | T::Tls => "OAUTHBEARER",
+            };
+            let mut sasl = json!({"mechanism": mechanism});
+            if auth.kind == T::Oauth {
+                let mut oauth = json!({
+                    "token-endpoint-url": auth.token_endpoint_uri,
+                    "client-id": auth.client_id,
+                    "client-secret-file": file("kafka-oauth", "client-secret"),
+                });
+                if let Some(scope) = &auth.scope {
+                    oauth["scope"] = json!(scope);
+                }
+                sasl["oauthbearer"] = oauth;
+            } else {
+                sasl["username"] = json!(auth.username);
+                sasl["password-file"] = json!(file("kafka-password", "password"));
+            }
+            sasl
+        });
+    if !tls && sasl.is_none() {
+        return None;
+    }
+    let protocol = match (tls, sasl.is_some()) {
+        (true, true) => "sasl-ssl",
+        (true, false) => "ssl",
+        (false, _) => "sasl-plaintext",
+    };
+    let mut security = json!({"protocol": protocol});
+    if let Some(sasl) = sasl {
+        security["sasl"] = sasl;
+    }
+    if tls {
+        let mut t = json!({});
+        if kafka
+            .tls
+            .as_ref()
+            .is_some_and(|t| !t.trusted_certificates.is_empty())
+        {
+            t["ca-file"] = json!(file("kafka-ca", "ca.crt"));
+        }
+        if kafka
+            .authentication
+            .as_ref()
+            .is_some_and(|a| a.certificate_and_key.is_some())
+        {
+            t["certificate-file"] = json!(file("kafka-client-certificate", "tls.crt"));
+            t["key-file"] = json!(file("kafka-client-certificate", "tls.key"));
+        }
+        security["tls"] = t;
+    }
+    Some(security)
+}
+
 /// The pipeline spec the runtime reads: `spec.pipeline` plus what the resource's own fields say
 /// (the drain timeout as `drain_and_grace` gives it).
 pub fn pipeline_yaml(sp: &StreamPipeline, drain_ms: u64) -> String {
@@ -407,6 +613,12 @@ pub fn pipeline_yaml(sp: &StreamPipeline, drain_ms: u64) -> String {
     });
     if sp.spec.kafka.format != crate::crd::ValueFormat::Raw {
         kafka["format"] = json!(sp.spec.kafka.format.name());
+    }
+    if let Some(security) = kafka_security(&sp.spec.kafka) {
+        kafka["security"] = security;
+    }
+    if !sp.spec.kafka.properties.is_empty() {
+        kafka["properties"] = json!(sp.spec.kafka.properties);
     }
     spec.insert("source".into(), json!({ "kafka": kafka }));
     spec.insert(
@@ -545,6 +757,16 @@ pub fn children_sized(
         volumes.push(json!({"name": "upgrade-token", "secret": {
             "secretName": crate::upgrade::TOKEN_SECRET, "optional": true}}));
     }
+    // Kafka credentials: Secrets mounted read-only as files (never environment variables, never
+    // the ConfigMap), readable by the pod's group only.
+    for (volume, secret, items) in kafka_secret_volumes(&sp.spec.kafka) {
+        mounts.push(json!({"name": volume, "mountPath": format!("{KAFKA_SECRETS_DIR}/{volume}"), "readOnly": true}));
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(key, path)| json!({"key": key, "path": path}))
+            .collect();
+        volumes.push(json!({"name": volume, "secret": {"secretName": secret, "items": items, "defaultMode": 0o440}}));
+    }
     if stateful {
         env.push(json!({"name": "SLUICE_STATE_DIR", "value": STATE_DIR}));
         mounts.push(json!({"name": "state", "mountPath": STATE_DIR}));
@@ -577,6 +799,8 @@ pub fn children_sized(
                     "automountServiceAccountToken": false,
                     "securityContext": {
                         "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                        // Mounted Secrets (mode 0440) belong to this group.
+                        "fsGroup": 65532,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [{
@@ -929,6 +1153,91 @@ mod tests {
 
     fn example() -> StreamPipeline {
         crate::repo::example().unwrap()
+    }
+
+    fn secured() -> StreamPipeline {
+        let file = crate::repo::path("deploy/examples/streampipeline-secured.yaml");
+        serde_yaml_ng::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn kafka_credentials_are_mounted_secrets_and_the_spec_names_their_files() {
+        let sp = secured();
+        let spec: Value =
+            serde_yaml_ng::from_str(&pipeline_yaml(&sp, sp.spec.drain_timeout_ms)).unwrap();
+        let security = &spec["source"]["kafka"]["security"];
+        assert_eq!(security["protocol"], "sasl-ssl");
+        assert_eq!(security["sasl"]["mechanism"], "SCRAM-SHA-512");
+        assert_eq!(
+            security["sasl"]["password-file"],
+            "/var/run/secrets/sluice/kafka/kafka-password/password"
+        );
+        assert_eq!(
+            security["tls"]["ca-file"],
+            "/var/run/secrets/sluice/kafka/kafka-ca/ca.crt"
+        );
+        assert_eq!(
+            spec["source"]["kafka"]["properties"]["fetch.max.bytes"],
+            "16777216"
+        );
+        check_pipeline(&sp).unwrap();
+        let children = children(&sp, 2, &Placement::neutral());
+        let pod = &children.deployment["spec"]["template"]["spec"];
+        let secrets: Vec<&str> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+            .collect();
+        assert_eq!(secrets, ["bookings-enrich", "my-cluster-cluster-ca-cert"]);
+
+        // mTLS: the certificate and key, no SASL.
+        let mut mtls = sp.clone();
+        let auth = mtls.spec.kafka.authentication.as_mut().unwrap();
+        auth.kind = crate::crd::AuthenticationType::Tls;
+        auth.username = None;
+        auth.password_secret = None;
+        auth.certificate_and_key = Some(crate::crd::CertificateAndKey {
+            secret_name: "bookings-enrich".into(),
+            certificate: "user.crt".into(),
+            key: "user.key".into(),
+        });
+        let spec: Value =
+            serde_yaml_ng::from_str(&pipeline_yaml(&mtls, mtls.spec.drain_timeout_ms)).unwrap();
+        let security = &spec["source"]["kafka"]["security"];
+        assert_eq!(security["protocol"], "ssl");
+        assert!(security["sasl"].is_null());
+        assert_eq!(
+            security["tls"]["key-file"],
+            "/var/run/secrets/sluice/kafka/kafka-client-certificate/tls.key"
+        );
+        check_pipeline(&mtls).unwrap();
+    }
+
+    #[test]
+    fn authentication_types_need_their_references() {
+        let cases: [(&str, fn(&mut crate::crd::KafkaAuthentication)); 3] = [
+            ("type scram-sha-512 needs passwordSecret", |a| {
+                a.password_secret = None
+            }),
+            ("type scram-sha-512 needs username", |a| a.username = None),
+            ("tokenEndpointUri: not used with type scram-sha-512", |a| {
+                a.token_endpoint_uri = Some("https://idp/token".into())
+            }),
+        ];
+        for (expected, change) in cases {
+            let mut sp = secured();
+            change(sp.spec.kafka.authentication.as_mut().unwrap());
+            let err = check(&sp).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+        let mut sp = secured();
+        sp.spec.kafka.authentication.as_mut().unwrap().kind = crate::crd::AuthenticationType::Tls;
+        assert!(
+            check(&sp)
+                .unwrap_err()
+                .contains("type tls needs certificateAndKey")
+        );
     }
 
     #[test]
