@@ -471,36 +471,48 @@ fn check_authentication(kafka: &crate::crd::KafkaSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// The Secret volumes of `spec.kafka.authentication` and `spec.kafka.tls`: (volume name,
-/// Secret, [(key, file)]), each mounted at `KAFKA_SECRETS_DIR/<volume name>`.
-fn kafka_secret_volumes(
-    kafka: &crate::crd::KafkaSpec,
-) -> Vec<(&'static str, String, Vec<(String, &'static str)>)> {
+/// A Secret mounted for Kafka: volume `name` at `KAFKA_SECRETS_DIR/<name>`, Secret `secret`'s
+/// `items` (key, file name).
+struct SecretVolume {
+    name: &'static str,
+    secret: String,
+    items: Vec<(String, &'static str)>,
+}
+
+/// The Secret volumes of `spec.kafka.authentication` and `spec.kafka.tls`.
+fn kafka_secret_volumes(kafka: &crate::crd::KafkaSpec) -> Vec<SecretVolume> {
     let mut volumes = Vec::new();
+    let mut add = |name, secret: &str, items| {
+        volumes.push(SecretVolume {
+            name,
+            secret: secret.to_owned(),
+            items,
+        })
+    };
     if let Some(auth) = &kafka.authentication {
         if let Some(p) = &auth.password_secret {
-            volumes.push((
+            add(
                 "kafka-password",
-                p.secret_name.clone(),
+                &p.secret_name,
                 vec![(p.password.clone(), "password")],
-            ));
+            );
         }
         if let Some(c) = &auth.certificate_and_key {
-            volumes.push((
+            add(
                 "kafka-client-certificate",
-                c.secret_name.clone(),
+                &c.secret_name,
                 vec![
                     (c.certificate.clone(), "tls.crt"),
                     (c.key.clone(), "tls.key"),
                 ],
-            ));
+            );
         }
-        if let Some(s) = &auth.client_secret {
-            volumes.push((
+        if let Some(secret) = &auth.client_secret {
+            add(
                 "kafka-oauth",
-                s.name.clone(),
-                vec![(s.key.clone(), "client-secret")],
-            ));
+                &secret.name,
+                vec![(secret.key.clone(), "client-secret")],
+            );
         }
     }
     if let Some(ca) = kafka
@@ -508,11 +520,11 @@ fn kafka_secret_volumes(
         .as_ref()
         .and_then(|t| t.trusted_certificates.first())
     {
-        volumes.push((
+        add(
             "kafka-ca",
-            ca.secret_name.clone(),
+            &ca.secret_name,
             vec![(ca.certificate.clone(), "ca.crt")],
-        ));
+        );
     }
     volumes
 }
@@ -759,7 +771,12 @@ pub fn children_sized(
     }
     // Kafka credentials: Secrets mounted read-only as files (never environment variables, never
     // the ConfigMap), readable by the pod's group only.
-    for (volume, secret, items) in kafka_secret_volumes(&sp.spec.kafka) {
+    for SecretVolume {
+        name: volume,
+        secret,
+        items,
+    } in kafka_secret_volumes(&sp.spec.kafka)
+    {
         mounts.push(json!({"name": volume, "mountPath": format!("{KAFKA_SECRETS_DIR}/{volume}"), "readOnly": true}));
         let items: Vec<Value> = items
             .iter()
@@ -1216,7 +1233,8 @@ mod tests {
 
     #[test]
     fn authentication_types_need_their_references() {
-        let cases: [(&str, fn(&mut crate::crd::KafkaAuthentication)); 3] = [
+        type Change = fn(&mut crate::crd::KafkaAuthentication);
+        let cases: [(&str, Change); 3] = [
             ("type scram-sha-512 needs passwordSecret", |a| {
                 a.password_secret = None
             }),
