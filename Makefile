@@ -179,6 +179,7 @@ bench: deps $(STREAMS_PEER) $(FLINK_PEER)
 	$(CARGO) bench -p sluice-runtime --bench postgres
 	$(CARGO) bench -p sluice-runtime --bench schemas
 	$(CARGO) bench -p sluice-runtime --bench peers
+	$(CARGO) bench -p sluice-runtime --bench tls
 
 $(STREAMS_PEER): $(STREAMS_PEER_SRC) | java-maven
 	rm -rf runtime/benches/streams/target

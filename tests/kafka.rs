@@ -104,20 +104,7 @@ fn produce(topic: &str, count: usize, start: usize) {
 
 /// Every record of `topic`, read by the reference client.
 fn consume(topic: &str, expect: usize) -> Vec<Value> {
-    kafka_tool(&[
-        "consume",
-        "--broker",
-        &broker().addr,
-        "--topic",
-        topic,
-        "--expect",
-        &expect.to_string(),
-        "--timeout",
-        "20",
-    ])
-    .lines()
-    .map(|l| serde_json::from_str(l).unwrap())
-    .collect()
+    broker().consume(topic, expect)
 }
 
 fn committed_sum(topic: &str, group: &str) -> i64 {
@@ -265,7 +252,7 @@ fn broker_config_problems_are_one_line_errors() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("error: source.kafka.properties-from-env.sasl.password: environment variable `SLUICE_TEST_UNSET_SECRET` is not set: export it"),
+        stderr.contains(&format!("error: {}: source.kafka.properties-from-env.sasl.password: environment variable `SLUICE_TEST_UNSET_SECRET` is not set: export it", spec.display())),
         "{stderr}"
     );
 }

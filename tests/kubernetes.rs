@@ -304,6 +304,17 @@ fn operator_with(plane: &ControlPlane, name: &str, env: &[(&str, &str)]) -> (Run
     (Running { child, log }, probes)
 }
 
+/// An object of the `pipelines` namespace as JSON, if it exists.
+fn object(plane: &ControlPlane, kind: &str, name: &str) -> Option<Value> {
+    plane
+        .kubectl_as(
+            &plane.admin,
+            &["-n", "pipelines", "get", kind, name, "-o", "json"],
+        )
+        .ok()
+        .map(|out| json(&out))
+}
+
 fn lease_holder(plane: &ControlPlane) -> Option<String> {
     plane
         .kubectl_as(
@@ -352,15 +363,7 @@ fn the_operator_as_its_service_account_reconciles_and_a_standby_takes_over() {
             .to_str()
             .unwrap(),
     ]);
-    let get = |kind: &str, name: &str| {
-        plane
-            .kubectl_as(
-                &plane.admin,
-                &["-n", "pipelines", "get", kind, name, "-o", "json"],
-            )
-            .ok()
-            .map(|out| json(&out))
-    };
+    let get = |kind: &str, name: &str| object(plane, kind, name);
     let (log_a, log_b) = (a.log.clone(), b.log.clone());
     let show = |what: &str| {
         format!(
@@ -1121,15 +1124,7 @@ fn kafka_credentials_come_from_mounted_secrets_and_the_rendered_pod_runs_on_sasl
     std::fs::write(&file, sp.to_string()).unwrap();
     plane.kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
     let (operator, _) = operator(&plane, "sluice-vpa-secured");
-    let get = |kind: &str, name: &str| {
-        plane
-            .kubectl_as(
-                &plane.admin,
-                &["-n", "pipelines", "get", kind, name, "-o", "json"],
-            )
-            .ok()
-            .map(|out| json(&out))
-    };
+    let get = |kind: &str, name: &str| object(&plane, kind, name);
     wait_until_or(
         "the operator's Deployment",
         Duration::from_secs(90),

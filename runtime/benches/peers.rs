@@ -40,7 +40,10 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{FixedRate, cpu_seconds, median, output_count, percentile, run_spec, tuned_loop};
+use common::{
+    FixedRate, measure_from_a_third, median, output_count, peak_rss_mb, percentile, run_spec,
+    tuned_loop,
+};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use sluice_tests::{Broker, kafka_tool, plugin, root, write_spec};
@@ -64,16 +67,6 @@ fn rounds() -> usize {
         .unwrap_or(3)
 }
 
-/// Peak resident set size (MB) of `pid` so far (`VmHWM`).
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Waits until `topic` holds the `expected` records the job's `EVENTS` input events give; the
 /// rate (input events/s) and the CPU seconds `pid` spent per million input events from the
 /// moment it held a third of them.
@@ -83,37 +76,6 @@ fn steady(consumer: &BaseConsumer, topic: &str, pid: u32, expected: usize) -> (f
         output_count(consumer, topic, PARTITIONS)
     });
     (rate * per_output, cpu / per_output)
-}
-
-/// Waits until `progress` reaches `total`; the rate (progress/s) and the CPU seconds `pid` spent
-/// per million of it from the moment it reached a third.
-fn measure_from_a_third(
-    pid: u32,
-    total: usize,
-    what: &str,
-    mut progress: impl FnMut() -> i64,
-) -> (f64, f64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    let mut from: Option<(std::time::Instant, i64, f64)> = None;
-    loop {
-        let n = progress();
-        if n >= (total / 3) as i64 && from.is_none() {
-            from = Some((std::time::Instant::now(), n, cpu_seconds(pid)));
-        }
-        if n >= total as i64 {
-            let (at, n0, cpu0) = from.unwrap();
-            let done = (n - n0).max(1) as f64;
-            return (
-                done / at.elapsed().as_secs_f64(),
-                (cpu_seconds(pid) - cpu0) / (done / 1e6),
-            );
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: only {n} of {total} after 600 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
 }
 
 /// Kafka Streams' `job` on `input` -> `output`.

@@ -245,7 +245,8 @@ impl Health {
             plugin: Mutex::new(None),
             capacity: Mutex::default(),
             events_in: OnceLock::new(),
-            condition: Mutex::new((Condition::Healthy, Instant::now(), Vec::new())),
+            // A starting pod holds no partition: never `Healthy` before the first verdict.
+            condition: Mutex::new((Condition::Unassigned, Instant::now(), Vec::new())),
             gave_up: Mutex::default(),
             commits_failing_since: Mutex::default(),
             refusals: Mutex::default(),

@@ -266,6 +266,25 @@ impl Broker {
         }
     }
 
+    /// Every record of `topic`, read by the reference client until `expect` came (or 20 s of
+    /// silence), as JSON objects (`kafka_tool.py consume`).
+    pub fn consume(&self, topic: &str, expect: usize) -> Vec<serde_json::Value> {
+        kafka_tool(&[
+            "consume",
+            "--broker",
+            &self.addr,
+            "--topic",
+            topic,
+            "--expect",
+            &expect.to_string(),
+            "--timeout",
+            "20",
+        ])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+    }
+
     /// The last 30 lines of the node's log (for a failure message).
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.data.path().join("broker.log")).unwrap_or_default();

@@ -156,7 +156,7 @@ def main():
             s.add_argument("--strategy", default="topic", choices=sorted(STRATEGIES))
         else:
             s.add_argument("--expect", type=int, required=True)
-            s.add_argument("--timeout", type=float, default=30.0)
+            s.add_argument("--timeout", type=float, default=90.0)
     args = ap.parse_args()
     {"produce": produce, "consume": consume}[args.cmd](args)
 

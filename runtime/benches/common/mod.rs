@@ -418,3 +418,44 @@ impl FixedRate {
         (latencies, cpu_seconds(pid) - cpu_before)
     }
 }
+
+/// Peak resident set size (MB) of `pid` so far (`VmHWM`).
+pub fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Waits until `progress` reaches `total`; the rate (progress/s) and the CPU seconds `pid` spent
+/// per million of it from the moment it reached a third.
+pub fn measure_from_a_third(
+    pid: u32,
+    total: usize,
+    what: &str,
+    mut progress: impl FnMut() -> i64,
+) -> (f64, f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let mut from: Option<(std::time::Instant, i64, f64)> = None;
+    loop {
+        let n = progress();
+        if n >= (total / 3) as i64 && from.is_none() {
+            from = Some((std::time::Instant::now(), n, cpu_seconds(pid)));
+        }
+        if n >= total as i64 {
+            let (at, n0, cpu0) = from.unwrap();
+            let done = (n - n0).max(1) as f64;
+            return (
+                done / at.elapsed().as_secs_f64(),
+                (cpu_seconds(pid) - cpu0) / (done / 1e6),
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: only {n} of {total} after 600 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

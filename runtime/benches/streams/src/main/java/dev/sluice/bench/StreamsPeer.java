@@ -132,6 +132,19 @@ public final class StreamsPeer {
         if (args.length == 7) {
             props.put(StreamsConfig.STATE_DIR_CONFIG, args[6]);
         }
+        // Client settings for every client of the application (security.protocol, sasl.*,
+        // ssl.*: the TLS benchmark), from a properties file.
+        String extra = System.getenv("STREAMS_PEER_PROPERTIES");
+        if (extra != null) {
+            Properties client = new Properties();
+            try (java.io.FileInputStream in = new java.io.FileInputStream(extra)) {
+                client.load(in);
+            } catch (java.io.IOException e) {
+                System.err.println(extra + ": " + e);
+                System.exit(2);
+            }
+            props.putAll(client);
+        }
         if (args[0].equals("windowed-count")) {
             // The same commit interval as Sluice's default.
             props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 1000);
