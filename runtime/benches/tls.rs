@@ -5,6 +5,7 @@
 //!   third of the output on, as `peers` measures);
 //! - at a fixed 5,000 events/s for 10 s: p50 and p99 from the harness's send to its read of the
 //!   output record, and CPU per event (`common::FixedRate`).
+//!
 //! The harness produces and reads on the broker's PLAINTEXT listener; only the peer under test
 //! connects through the secured one, as the principal `User:bench` with ACLs on the `tls-`
 //! topics and groups. Rounds alternate between the four configurations.
