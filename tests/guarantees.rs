@@ -1,7 +1,7 @@
 //! What the stand-in broker could not show, on Apache Kafka and checked with Kafka's own Java
 //! client: exactly-once Kafka -> Kafka under `kill -9`s with input flowing, transactional state
 //! (state, outputs and offsets together) under `kill -9`s, broker restarts (SIGTERM and SIGKILL)
-//! mixed with `kill -9`s of the pipeline, a partition leader killed in a three-node cluster, the
+//! mixed with `kill -9`s of the pipeline, a partition leader killed in a secured three-node cluster, the
 //! KIP-848 consumer protocol with a second member and a kill, and changelog compaction bounding
 //! a restore by the keys.
 
@@ -433,10 +433,12 @@ fn broker_restarts_and_kill_9s_in_one_run_lose_nothing() {
 /// without a restart: its log says the broker's connection was lost, which partition leaders
 /// moved and when the broker was back; `/status` shows the lost broker's connection state and
 /// the new leaders while it is down. Nothing is lost, duplicates stay within what one commit
-/// interval of a member holds, and every offset is committed at the end.
+/// interval of a member holds, and every offset is committed at the end. The cluster is a
+/// secured one: the pipeline connects over SASL_SSL (SCRAM-SHA-512) as its own user with the
+/// ACLs `sluice acls` derives, and reconnects over TLS to the new leaders and the returning node.
 #[test]
 fn a_partition_leader_killed_and_restarted_in_a_three_node_cluster_loses_nothing() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start_secured(&[("guarantees", "guarantees-pw")]);
     let entry = cluster.node(1); // its address is the whole bootstrap list
     let dir = tempfile::tempdir().unwrap();
     let names = Names {
@@ -465,7 +467,35 @@ fn a_partition_leader_killed_and_restarted_in_a_three_node_cluster_loses_nothing
     let flow = Flow::start(entry, &names.input, total, 1_000);
     // The broker's default session (45 s): the member outlives the group coordinator's move.
     let port = free_port();
-    let spec = with_admin(&spec(dir.path(), entry, &names, 200, "", ""), port);
+    std::fs::write(dir.path().join("password"), "guarantees-pw\n").unwrap();
+    let ca = entry.secured.as_ref().unwrap().tls.join("ca.crt");
+    let security = format!(
+        "    security:\n      protocol: sasl-ssl\n      sasl: {{mechanism: SCRAM-SHA-512, username: guarantees, password-file: password}}\n      tls: {{ca-file: {}}}\n",
+        ca.display()
+    );
+    let spec = with_admin(&spec(dir.path(), entry, &names, 200, &security, ""), port);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace(
+            &format!("bootstrap-servers: {}", cluster.bootstrap),
+            &format!("bootstrap-servers: {}", cluster.sasl_ssl()),
+        ),
+    )
+    .unwrap();
+    let acls = sluice_tests::sluice(
+        &[
+            "acls",
+            "-f",
+            spec.to_str().unwrap(),
+            "--apply",
+            "--bootstrap-servers",
+            &cluster.bootstrap,
+        ],
+        dir.path(),
+        "",
+    );
+    assert_eq!(acls.code, Some(0), "{}", acls.stderr);
     let run = start(&spec, dir.path());
     let committed = || entry.committed_sum(&names.input, &names.group);
     wait_or_show(

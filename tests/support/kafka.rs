@@ -364,6 +364,26 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the three nodes and waits until each listens.
     pub fn start() -> Cluster {
+        Self::start_with_security(None)
+    }
+
+    /// [`Cluster::start`] with secured listeners on every node (as
+    /// [`Broker::start_secured`]: one test CA, `users` on every node). Each node's `secured`
+    /// names its own listeners; [`Cluster::sasl_ssl`] lists all of them.
+    pub fn start_secured(users: &[(&str, &str)]) -> Cluster {
+        Self::start_with_security(Some(users))
+    }
+
+    /// The bootstrap list of every node's SASL_SSL listener.
+    pub fn sasl_ssl(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.secured.as_ref().map(|s| s.sasl_ssl.clone()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start_with_security(users: Option<&[(&str, &str)]>) -> Cluster {
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let voters = ports
             .iter()
@@ -391,6 +411,33 @@ impl Cluster {
                 )
             })
             .collect();
+        if let Some(users) = users {
+            let tls = nodes[0].data.path().join("tls");
+            crate::check(
+                "scripts/tls-certs.sh",
+                Command::new(root().join("scripts/tls-certs.sh"))
+                    .arg(&tls)
+                    .arg("broker")
+                    .output(),
+            );
+            let users = users
+                .iter()
+                .map(|(u, p)| format!("{u}={p}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            for node in &mut nodes {
+                let (sasl_ssl_port, ssl_port) = (free_port(), free_port());
+                node.secured = Some(Secured {
+                    sasl_ssl: format!("127.0.0.1:{sasl_ssl_port}"),
+                    ssl: format!("127.0.0.1:{ssl_port}"),
+                    tls: tls.clone(),
+                    users: users.clone(),
+                    host: None,
+                    sasl_ssl_port,
+                    ssl_port,
+                });
+            }
+        }
         // Every node is started before any is waited for: the quorum needs a majority.
         for node in &nodes {
             node.spawn();
