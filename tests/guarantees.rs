@@ -1,9 +1,9 @@
 //! What the stand-in broker could not show, on Apache Kafka and checked with Kafka's own Java
 //! client: exactly-once Kafka -> Kafka under `kill -9`s with input flowing, transactional state
 //! (state, outputs and offsets together) under `kill -9`s, broker restarts (SIGTERM and SIGKILL)
-//! mixed with `kill -9`s of the pipeline, a partition leader killed in a secured three-node cluster, the
-//! KIP-848 consumer protocol with a second member and a kill, and changelog compaction bounding
-//! a restore by the keys.
+//! mixed with `kill -9`s of the pipeline, a partition leader killed in a secured three-node
+//! cluster, the KIP-848 consumer protocol with a second member and a kill, and changelog
+//! compaction bounding a restore by the keys.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
