@@ -629,3 +629,78 @@ fn a_rotated_password_is_picked_up_without_losing_an_event() {
         "a graceful restart duplicates nothing:\n{log}"
     );
 }
+
+/// Schema-registry formats on the secured node: Avro values in (decoded through an HTTPS
+/// Apicurio Registry trusted through its CA file) and out (the output's schema registered over
+/// HTTPS at start), the pipeline on SASL_SSL as its own user with its derived ACLs; confluent-
+/// kafka's deserializer reads every record back through the registry.
+#[test]
+fn avro_through_an_https_registry_on_the_secured_node() {
+    use sluice_tests::registry::{Registry, registry_tool};
+    sluice_tests::build();
+    let registry = Registry::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, group) = (unique("in"), unique("out"), unique("g"));
+    create(&input, 1);
+    create(&output, 1);
+    let schemas = sluice_tests::root().join("tests/fixtures/schemas");
+    let ca = registry.ca_cert();
+    let serdes = |command: &str, topic: &str, extra: &[&str]| {
+        let schema = schemas.join("booking.avsc");
+        let mut args = vec![
+            command,
+            "--broker",
+            &secured().addr,
+            "--registry",
+            &registry.url,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--topic",
+            topic,
+            "--format",
+            "avro",
+            "--schema",
+            schema.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        registry_tool(&args)
+    };
+    let bookings = schemas.join("bookings.jsonl");
+    serdes(
+        "produce",
+        &input,
+        &["--records", bookings.to_str().unwrap()],
+    );
+    let sent = std::fs::read_to_string(&bookings).unwrap().lines().count();
+    std::fs::write(dir.path().join("password"), "orders-pw\n").unwrap();
+    let security = format!(
+        "      protocol: sasl-ssl\n      sasl: {{mechanism: SCRAM-SHA-512, username: orders, password-file: password}}\n      tls: {{ca-file: {}}}",
+        listeners().tls.join("ca.crt").display()
+    );
+    let body = format!(
+        "name: avro\nplugin:\n  path: {}\n  config: {{mode: ok}}\nsource:\n  kafka:\n    bootstrap-servers: {}\n    topics: [{input}]\n    group-id: {group}\n    commit-interval-ms: 200\n    format: avro\n    security:\nSECURITY\nschema-registry:\n  url: {}\n  ca-file: {}\n  timeout-ms: 5000\noutputs:\n  out:\n    kafka: {{topic: {output}, format: avro, schema: {}}}\n",
+        plugin("misbehaving").display(),
+        listeners().sasl_ssl,
+        registry.url,
+        ca.display(),
+        schemas.join("booking.avsc").display(),
+    );
+    let spec = secured_spec(dir.path(), &body, &security, free_port());
+    apply(&spec, "User:orders", &[]);
+    let run = start_with(&spec, dir.path(), &[], &[]);
+    wait_until("every offset committed", Duration::from_secs(90), || {
+        secured().committed_sum(&input, &group) == sent as i64
+    });
+    let (code, log) = stop(run);
+    assert_eq!(code, Some(0), "{log}");
+    let read: Vec<Value> = serdes("consume", &output, &["--expect", &sent.to_string()])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["value"].clone())
+        .collect();
+    assert_eq!(read.len(), sent, "{log}");
+    assert_eq!(
+        read[2],
+        serde_json::json!({"id": 3, "city": "Singapore", "fare": 21.25}),
+        "{log}"
+    );
+}
