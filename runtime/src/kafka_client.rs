@@ -539,11 +539,17 @@ pub struct SecretWatch {
     files: Vec<PathBuf>,
     seen: Vec<Option<u64>>,
     next: std::time::Instant,
+    /// A change seen, and since when the files have stayed as they are now.
+    changed: Option<(PathBuf, std::time::Instant)>,
 }
 
 impl SecretWatch {
     /// How often the files are read.
     pub const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    /// How long changed files must stay as they are before they count: a certificate and its
+    /// key replaced one after the other (not as a Secret volume's atomic swap) are taken
+    /// together.
+    pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
     /// Watches every file `security` names on the spec's connections.
     pub fn of(spec: &PipelineSpec) -> SecretWatch {
@@ -565,23 +571,36 @@ impl SecretWatch {
             files,
             seen,
             next: std::time::Instant::now() + Self::EVERY,
+            changed: None,
         }
     }
 
-    /// The first watched file whose content changed since the watch began (read at most every
-    /// [`EVERY`](Self::EVERY)); a file being replaced (missing for a moment) is not a change.
+    /// The first watched file whose content changed since the watch began, once the files
+    /// have stayed as they are for [`SETTLE`](Self::SETTLE) (read at most every
+    /// [`EVERY`](Self::EVERY)); a file missing for a moment (being replaced) is not a change.
     pub fn changed(&mut self) -> Option<&Path> {
-        if self.files.is_empty() || std::time::Instant::now() < self.next {
+        let now = std::time::Instant::now();
+        if self.files.is_empty() || now < self.next {
             return None;
         }
-        self.next = std::time::Instant::now() + Self::EVERY;
-        for (file, seen) in self.files.iter().zip(&self.seen) {
-            let now = fingerprint(file);
-            if now.is_some() && now != *seen {
-                return Some(file);
+        self.next = now + Self::EVERY;
+        let mut moved = None;
+        for (file, seen) in self.files.iter().zip(self.seen.iter_mut()) {
+            let current = fingerprint(file);
+            if current.is_some() && current != *seen {
+                *seen = current;
+                moved.get_or_insert_with(|| file.clone());
             }
         }
-        None
+        match (moved, &self.changed) {
+            (Some(file), None) => self.changed = Some((file, now)),
+            (Some(_), Some((file, _))) => self.changed = Some((file.clone(), now)),
+            (None, _) => {}
+        }
+        match &self.changed {
+            Some((file, since)) if now.duration_since(*since) >= Self::SETTLE => Some(file),
+            _ => None,
+        }
     }
 }
 
@@ -592,4 +611,40 @@ fn fingerprint(path: &Path) -> Option<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut hasher);
     Some(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_file_counts_once_it_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "one").unwrap();
+        std::fs::write(&b, "one").unwrap();
+        let mut watch = SecretWatch {
+            files: vec![a.clone(), b.clone()],
+            seen: vec![fingerprint(&a), fingerprint(&b)],
+            next: std::time::Instant::now(),
+            changed: None,
+        };
+        let turn = |watch: &mut SecretWatch| {
+            watch.next = std::time::Instant::now();
+            watch.changed().map(Path::to_path_buf)
+        };
+        assert_eq!(turn(&mut watch), None, "nothing changed");
+        std::fs::write(&a, "two").unwrap();
+        assert_eq!(turn(&mut watch), None, "changed, not settled");
+        std::fs::remove_file(&b).unwrap();
+        assert_eq!(turn(&mut watch), None, "a missing file is not a change");
+        std::fs::write(&b, "two").unwrap();
+        // Settled once nothing moved for SETTLE.
+        let since = std::time::Instant::now() - SecretWatch::SETTLE;
+        watch.changed = watch.changed.take().map(|(f, _)| (f, since));
+        assert_eq!(turn(&mut watch), None, "b moved: the clock starts again");
+        let since = std::time::Instant::now() - SecretWatch::SETTLE;
+        watch.changed = watch.changed.take().map(|(f, _)| (f, since));
+        assert_eq!(turn(&mut watch), Some(a));
+    }
 }

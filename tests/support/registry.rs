@@ -141,5 +141,10 @@ impl Registry {
 /// `tests/tools/registry_tool.py` (confluent-kafka's schema-registry serializers) with `args`;
 /// returns stdout, panics with stderr on failure.
 pub fn registry_tool(args: &[&str]) -> String {
-    crate::try_python_tool("registry_tool.py", args).unwrap_or_else(|e| panic!("{e}"))
+    try_registry_tool(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`registry_tool`], its failure returned (to show a pipeline's log beside it).
+pub fn try_registry_tool(args: &[&str]) -> Result<String, String> {
+    crate::try_python_tool("registry_tool.py", args)
 }
