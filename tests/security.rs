@@ -597,36 +597,14 @@ fn a_rotated_password_is_picked_up_without_losing_an_event() {
     );
     let spec = secured_spec(dir.path(), &body, &security, port);
     apply(&spec, "User:rotating", &[]);
-    tool(&["produce", "--topic", &input, "--count", "300"]);
-    let run = start_with(&spec, dir.path(), &[], &[]);
-    wait_until(
-        "the first events committed",
-        Duration::from_secs(60),
-        || secured().committed_sum(&input, &group) == 300,
-    );
-    tool(&["scram", "--topic", "rotating", "--password", "second-pw"]);
-    std::fs::write(&password, "second-pw\n").unwrap();
-    wait_until("the pod started again", Duration::from_secs(30), || {
-        std::fs::read_to_string(&run.log)
-            .unwrap_or_default()
-            .contains("a Kafka credential changed")
-    });
-    tool(&[
-        "produce", "--topic", &input, "--count", "300", "--start", "300",
-    ]);
-    wait_until(
-        "the later events committed",
-        Duration::from_secs(60),
-        || secured().committed_sum(&input, &group) == 600,
-    );
-    let (code, log) = stop(run);
-    assert_eq!(code, Some(0), "{log}");
-    assert!(!log.contains("Kafka refused the login"), "{log}");
-    let out = consume(&output, 600);
-    assert_eq!(
-        sluice_tests::check_every_event_once_in_key_order(&out, 600),
-        0,
-        "a graceful restart duplicates nothing:\n{log}"
+    rides_through_rotation(
+        &spec,
+        (&input, &output, &group),
+        "Kafka refused the login",
+        || {
+            tool(&["scram", "--topic", "rotating", "--password", "second-pw"]);
+            std::fs::write(&password, "second-pw\n").unwrap();
+        },
     );
 }
 
@@ -740,35 +718,55 @@ fn a_renewed_client_certificate_is_picked_up_without_losing_an_event() {
     );
     let spec = secured_spec(dir.path(), &body, &security, port);
     apply(&spec, &format!("User:CN={cn}"), &[]);
-    tool(&["produce", "--topic", &input, "--count", "300"]);
-    let run = start_with(&spec, dir.path(), &[], &[]);
+    rides_through_rotation(
+        &spec,
+        (&input, &output, &group),
+        "TLS with Kafka failed",
+        || {
+            // The renewal: a new key and certificate for the same CN, signed by the same CA.
+            let before = std::fs::read(local.join("client.crt")).unwrap();
+            secured().client_certificate(&cn, None);
+            copy(&tls);
+            assert_ne!(before, std::fs::read(local.join("client.crt")).unwrap());
+        },
+    );
+}
+
+/// A passthrough `spec` (`input` -> `output`, group `group`) runs over 300 events; `rotate`
+/// changes its credential on the broker and in its files mid-run; the pod notices, drains,
+/// commits and starts again with new clients, 300 more events follow, nothing says `refused`,
+/// and every event arrives once.
+fn rides_through_rotation(
+    spec: &Path,
+    (input, output, group): (&str, &str, &str),
+    refused: &str,
+    rotate: impl FnOnce(),
+) {
+    tool(&["produce", "--topic", input, "--count", "300"]);
+    let run = start_with(spec, spec.parent().unwrap(), &[], &[]);
     wait_until(
         "the first events committed",
         Duration::from_secs(60),
-        || secured().committed_sum(&input, &group) == 300,
+        || secured().committed_sum(input, group) == 300,
     );
-    // The renewal: a new key and certificate for the same CN, signed by the same CA.
-    let before = std::fs::read(local.join("client.crt")).unwrap();
-    secured().client_certificate(&cn, None);
-    copy(&tls);
-    assert_ne!(before, std::fs::read(local.join("client.crt")).unwrap());
+    rotate();
     wait_until("the pod started again", Duration::from_secs(30), || {
         std::fs::read_to_string(&run.log)
             .unwrap_or_default()
             .contains("a Kafka credential changed")
     });
     tool(&[
-        "produce", "--topic", &input, "--count", "300", "--start", "300",
+        "produce", "--topic", input, "--count", "300", "--start", "300",
     ]);
     wait_until(
         "the later events committed",
         Duration::from_secs(60),
-        || secured().committed_sum(&input, &group) == 600,
+        || secured().committed_sum(input, group) == 600,
     );
     let (code, log) = stop(run);
     assert_eq!(code, Some(0), "{log}");
-    assert!(!log.contains("TLS with Kafka failed"), "{log}");
-    let out = consume(&output, 600);
+    assert!(!log.contains(refused), "{log}");
+    let out = consume(output, 600);
     assert_eq!(
         sluice_tests::check_every_event_once_in_key_order(&out, 600),
         0,
