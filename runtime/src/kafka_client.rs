@@ -334,15 +334,33 @@ impl<'a> Endpoint<'a> {
             &self.spec_file.display().to_string(),
             &self.security,
         );
+        // Security set through librdkafka properties instead of `security`: the login they name.
+        let property = |key: &str| self.properties.get(key).map(String::as_str);
+        let sasl = property("security.protocol")
+            .is_some_and(|p| p.to_ascii_lowercase().starts_with("sasl"));
+        if self.security == KafkaSecurity::default() && sasl {
+            let mechanism = property("sasl.mechanism")
+                .or(property("sasl.mechanisms"))
+                .unwrap_or("GSSAPI");
+            let user = property("sasl.username").or_else(|| {
+                property("sasl.oauthbearer.config")?
+                    .split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("principal="))
+            });
+            who.principal = match user {
+                Some(user) => format!("User:{user} ({mechanism})"),
+                None => format!("the {mechanism} login of {}.properties", self.section),
+            };
+        }
+        let certificate = self
+            .security
+            .tls
+            .as_ref()
+            .and_then(|t| t.certificate_file.clone())
+            .or_else(|| property("ssl.certificate.location").map(PathBuf::from));
         // mTLS: the broker's default principal builder names the client by its certificate's
         // subject, `User:CN=...` for a subject of one CN.
-        if let (None, Some(cert)) = (
-            &self.security.sasl,
-            self.security
-                .tls
-                .as_ref()
-                .and_then(|t| t.certificate_file.as_ref()),
-        ) {
+        if let (None, false, Some(cert)) = (&self.security.sasl, sasl, certificate.as_ref()) {
             let subject = std::fs::read(self.path(cert))
                 .ok()
                 .and_then(|pem| openssl::x509::X509::from_pem(&pem).ok())
