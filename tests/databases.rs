@@ -490,6 +490,13 @@ fn exactly_once_into_postgres_survives_ten_kill_9s() {
     }
     let run = start_with_url(&spec, dir.path(), &pg.url);
     wait_until("every row", Duration::from_secs(120), || count() >= total);
+    // Every row may be there already (the last killed run wrote them): the stop must not land
+    // before this run installed its signal handlers (it logs `starting` after).
+    wait_until("this run started", Duration::from_secs(60), || {
+        std::fs::read_to_string(&run.log)
+            .unwrap_or_default()
+            .contains("\"starting\"")
+    });
     let (code, log) = run.stop();
     assert_eq!(code, Some(0), "{log}");
     eprintln!("exactly-once: rows after each kill: {landed:?}");
