@@ -7,7 +7,10 @@
 #   scripts/test.sh [CARGO_TEST_ARGS...]      e.g. scripts/test.sh --release
 #
 # Environment: TEST_JOBS (test binaries at once, default 3: with 4 on 2 cores, timing-sensitive
-# tests failed now and then), CARGO (default cargo). Each binary's
+# tests failed now and then), CARGO (default cargo). `guarantees` runs alone once the others are
+# done: its kill and restore tests time their kills against transactions, and with other
+# binaries beside it one of them met an offset-bookkeeping failure (a held event dispatched after
+# newer ones) that it never met alone: see the closing note of issue 35. Each binary's
 # output goes to target/test-logs/NAME.log; a failing binary's log is printed at the end and the
 # script exits non-zero. Arguments after `--` reach every binary (a test name filter, ...).
 set -uo pipefail
@@ -27,7 +30,8 @@ rm -rf "$logs" && mkdir -p "$logs"
 list=$("$CARGO" test --workspace --no-run --message-format=json "${cargo_args[@]}" 2>"$logs/build.log" \
   | python3 -c '
 import json, sys
-slow = ["kubernetes", "guarantees", "kafka", "databases", "plugins", "faults"]
+slow = ["kubernetes", "kafka", "databases", "plugins", "faults"]
+solo = ["guarantees"]
 bins = []
 for line in sys.stdin:
     m = json.loads(line)
@@ -35,7 +39,8 @@ for line in sys.stdin:
         t = m["target"]
         name = t["name"] if t["kind"] != ["lib"] else t["name"] + "-unit"
         pkg = m["manifest_path"].rsplit("/", 1)[0]
-        bins.append((slow.index(t["name"]) if t["name"] in slow else len(slow), name, m["executable"], pkg))
+        rank = 1000 if t["name"] in solo else slow.index(t["name"]) if t["name"] in slow else len(slow)
+        bins.append((rank, name, m["executable"], pkg))
 for _, name, exe, pkg in sorted(bins):
     print(name, exe, pkg)
 ') || { cat "$logs/build.log"; echo "error: building the tests failed (log above)"; exit 1; }
@@ -52,11 +57,17 @@ run_one() {
   echo "$status $(( $(date +%s) - t0 ))" >"$logs/$name.status"
 }
 while read -r name exe pkg; do
+  if [ "$name" = guarantees ]; then continue; fi
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
   echo "== $name (started at +$(( $(date +%s) - start )) s)"
   run_one "$name" "$exe" "$pkg" &
 done <<<"$list"
 wait
+while read -r name exe pkg; do
+  [ "$name" = guarantees ] || continue
+  echo "== $name, alone (started at +$(( $(date +%s) - start )) s)"
+  run_one "$name" "$exe" "$pkg"
+done <<<"$list"
 
 failed=0
 echo
