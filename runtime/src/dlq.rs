@@ -65,7 +65,9 @@ impl ReplayOptions {
 
     /// Where each partition of the dead-letter topic ends now.
     pub fn end_offsets(&self) -> Result<HashMap<TopicPartition, i64>, String> {
-        let consumer: BaseConsumer = client(self)
+        let consumer: BaseConsumer = self
+            .client
+            .clone()
             .create()
             .map_err(|e| format!("cannot create a consumer: {e}"))?;
         let timeout = Duration::from_secs(30);
@@ -149,19 +151,19 @@ impl ProducerContext for Deliveries {
     }
 }
 
-fn client(options: &ReplayOptions) -> ClientConfig {
-    options.client.clone()
-}
-
 /// Runs a replay to the end of the dead-letter topic as it is now.
 pub fn replay(options: &ReplayOptions) -> Result<ReplaySummary, String> {
-    let consumer: BaseConsumer = client(options)
+    let consumer: BaseConsumer = options
+        .client
+        .clone()
         .set("group.id", &options.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .create()
         .map_err(|e| format!("cannot create the consumer: {e}"))?;
-    let producer: ThreadedProducer<Deliveries> = client(options)
+    let producer: ThreadedProducer<Deliveries> = options
+        .client
+        .clone()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .create_with_context(Deliveries::default())

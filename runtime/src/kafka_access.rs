@@ -213,11 +213,13 @@ impl AccessReporter {
 
     /// The refusal behind a failed delivery to `topic`, reported, if it is one.
     pub fn delivery_refused(&self, error: &KafkaError, topic: &str) -> Option<Refusal> {
-        let refusal = classify(
-            error.rdkafka_error_code()?,
-            &format!("topic {topic}"),
-            &self.who,
-        )?;
+        // The record's topic is the resource: no reason text to read it from.
+        let refusal = match error.rdkafka_error_code()? {
+            RDKafkaErrorCode::TopicAuthorizationFailed => {
+                denied(&self.who, "Write", format!("topic {topic}"))
+            }
+            code => classify(code, "", &self.who)?,
+        };
         self.telemetry.emit(KafkaAccessDenied {
             client: self.who.section,
             refusal: &refusal,
